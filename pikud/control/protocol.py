@@ -1,0 +1,60 @@
+"""The wire contract between pikud and its clients (stdlib only).
+
+Transport: HTTP/1.1 over the unix socket ``$PIKU_ROOT/pikud.sock`` (mode
+0600; the peer's uid must be the daemon's or root). Bodies are JSON objects.
+
+Every non-streaming answer is one envelope::
+
+    {"ok": true,  "data": {...}}
+    {"ok": false, "error": {"code": "app_not_found", "message": "app 'x' not found"}}
+
+Streaming answers (``?follow=1`` on logs and events, and deploy progress) are
+NDJSON: ``Content-Type: application/x-ndjson``, one JSON object per line.
+A stream ends with ``{"end": true}`` or, on failure, ``{"error": {...}}``.
+
+Routes (APP is a validated app name, KIND a Procfile kind):
+
+    GET    /status                     daemon: version, pid, uptime, loop, root, apps, processes
+    GET    /apps                       {"apps": [app summary, ...]}
+    GET    /apps/APP                   app detail: summary + "processes": [process, ...]
+    POST   /apps/APP/start             start (desired state: running) -> app detail
+    POST   /apps/APP/stop              stop  (desired state: stopped) -> app detail
+    POST   /apps/APP/restart           rolling restart -> app detail
+    POST   /apps/APP/deploy            (re)read Procfile/ENV/SCALING in apps/APP and apply -> app detail
+    POST   /apps/APP/scale             body {"scaling": {"KIND": N, ...}} -> app detail
+    GET    /apps/APP/config            {"config": {K: V}}  (the overrides in envs/APP/ENV)
+    POST   /apps/APP/config            body {"set": {K: V}, "unset": [K]} -> {"config": {...}}
+    GET    /apps/APP/config/live       {"env": {K: V}, "cwd": path}  (what processes get)
+    GET    /apps/APP/logs?lines=N&kind=KIND[&follow=1]
+                                       {"lines": [log line, ...]} or NDJSON of log lines
+    DELETE /apps/APP                   destroy -> {"removed": [paths], "kept": [paths]}
+    GET    /events?lines=N[&follow=1]  {"events": [event, ...]} or NDJSON of events
+
+Shapes:
+    app summary  {"name", "state": "running"|"stopped", "formation": {KIND: N},
+                  "processes": {"RUNNING": n, ...}}    (state counts in /apps)
+    process      {"name": "app:kind.N", "kind", "index", "pid", "state",
+                  "uptime": seconds|null, "restarts", "last_exit": str|null, "rss": bytes|null}
+    log line     {"source": "web.1", "line": "2026-... text"}
+    event        {"time": epoch seconds, "app", "process": name|null, "event", "message"}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+NDJSON = "application/x-ndjson"
+MAX_BODY = 64 * 1024
+
+
+def ok(data: Any) -> dict[str, Any]:
+    return {"ok": True, "data": data}
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+def ndjson_line(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"

@@ -1,0 +1,117 @@
+"""The one exception tree of pikud.
+
+Everything below the CLI and the control server raises a ``PikudError``; the
+CLI turns it into ``Error: ...`` in one place and the server into one JSON
+envelope with the error's ``code`` and HTTP ``status``::
+
+    PikudError                      code            status
+    +-- SpecError                   invalid_spec    400   bad Procfile/ENV/SCALING/app name
+    |   +-- ProcfileError                                 (file, line)
+    |   +-- EnvError                                      (file, line or key)
+    |   +-- ScalingError                                  (file, line or kind)
+    |   +-- AppNameError
+    +-- BadRequest                  bad_request     400   malformed API request
+    +-- AppNotFound                 app_not_found   404
+    +-- NotFound                    not_found       404   unknown API route
+    +-- Forbidden                   forbidden       403   peer uid not allowed
+    +-- DeployError                 deploy_failed   409   nothing to run, build failed, ...
+    +-- ControlError                control_error   502   client side of the socket
+    |   +-- DaemonNotRunning        daemon_not_running
+    |   +-- ProtocolError           protocol_error
+    +-- InvalidTransition           invalid_transition 500  a bug in procman
+
+This module is stdlib-only: the CLI imports it.
+"""
+
+from __future__ import annotations
+
+
+class PikudError(Exception):
+    """Base of every error pikud raises on purpose; its message is for users."""
+
+    code = "error"
+    status = 500
+
+
+class SpecError(PikudError):
+    """An app's Procfile, ENV, SCALING or name is malformed; nothing was applied."""
+
+    code = "invalid_spec"
+    status = 400
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        where = ""
+        if file is not None:
+            where = f"{file}, line {line}: " if line is not None else f"{file}: "
+        super().__init__(f"{where}{message}")
+        self.file, self.line, self.key = file, line, key
+
+
+class ProcfileError(SpecError):
+    pass
+
+
+class EnvError(SpecError):
+    pass
+
+
+class ScalingError(SpecError):
+    pass
+
+
+class AppNameError(SpecError):
+    pass
+
+
+class BadRequest(PikudError):
+    code = "bad_request"
+    status = 400
+
+
+class AppNotFound(PikudError):
+    code = "app_not_found"
+    status = 404
+
+    def __init__(self, app: str) -> None:
+        super().__init__(f"app {app!r} not found")
+        self.app = app
+
+
+class NotFound(PikudError):
+    code = "not_found"
+    status = 404
+
+
+class Forbidden(PikudError):
+    code = "forbidden"
+    status = 403
+
+
+class DeployError(PikudError):
+    code = "deploy_failed"
+    status = 409
+
+
+class ControlError(PikudError):
+    code = "control_error"
+    status = 502
+
+
+class DaemonNotRunning(ControlError):
+    code = "daemon_not_running"
+
+
+class ProtocolError(ControlError):
+    code = "protocol_error"
+
+
+class InvalidTransition(PikudError):
+    """A process was asked to take an edge that the state table forbids."""
+
+    code = "invalid_transition"
+    status = 500
+
+    def __init__(self, name: str, old: object, new: object) -> None:
+        super().__init__(f"{name}: invalid transition {old} -> {new}")
+        self.old, self.new = old, new

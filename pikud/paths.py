@@ -1,0 +1,82 @@
+"""Every location under PIKU_ROOT, in one place.
+
+The layout is piku's (apps, repos, envs, logs, data, cache, nginx, acme,
+plugins) plus the daemon's own: ``pikud.sock`` (the control socket),
+``pikud.toml`` (daemon settings) and ``pikud/`` (state written atomically).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+LAYOUT = ("apps", "repos", "envs", "logs", "data", "cache", "nginx", "acme", "plugins", "pikud")
+
+
+def default_root() -> Path:
+    """PIKU_ROOT from the environment, else ~/.piku as piku has it."""
+    return Path(os.environ.get("PIKU_ROOT") or Path.home() / ".piku")
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> Paths:
+        return cls(default_root())
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "pikud.sock"
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "pikud.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "pikud"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    def app(self, app: str) -> Path:
+        return self.root / "apps" / app
+
+    def repo(self, app: str) -> Path:
+        return self.root / "repos" / app
+
+    def env_dir(self, app: str) -> Path:
+        return self.root / "envs" / app
+
+    def env_file(self, app: str) -> Path:
+        return self.env_dir(app) / "ENV"
+
+    def live_env_file(self, app: str) -> Path:
+        return self.env_dir(app) / "LIVE_ENV"
+
+    def scaling_file(self, app: str) -> Path:
+        return self.env_dir(app) / "SCALING"
+
+    def virtualenv(self, app: str) -> Path:
+        return self.env_dir(app)
+
+    def log_dir(self, app: str) -> Path:
+        return self.root / "logs" / app
+
+    def data(self, app: str) -> Path:
+        return self.root / "data" / app
+
+    def cache(self, app: str) -> Path:
+        return self.root / "cache" / app
+
+    def nginx(self) -> Path:
+        return self.root / "nginx"
+
+    def create(self) -> None:
+        """Make the layout (idempotent), like `piku setup`."""
+        for name in LAYOUT:
+            (self.root / name).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,208 @@
+"""Spawning children and learning of their exit without a thread or a poll.
+
+Design notes: ``subprocess.Popen`` takes the vfork fast path and works under
+uvloop and asyncio alike; each child's exit is seen through a pidfd watched by
+``loop.add_reader`` and read with ``waitid(P_PIDFD)`` (FACTS.md). The daemon
+is a child subreaper, so grandchildren that daemonize are re-parented to it;
+a SIGCHLD handler (it only schedules a sweep on the loop) reaps those, and
+only those: pids we spawned ourselves are reaped by their own pidfd waiter,
+never by the sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PR_SET_CHILD_SUBREAPER = 36
+MARKER = "PIKU_PROCESS"         # every child carries PIKU_PROCESS=app:kind.N in its environment
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    code: int | None            # exit status, or None when killed by a signal
+    signal: int | None
+
+    @classmethod
+    def from_waitid(cls, result: os.waitid_result) -> ExitInfo:
+        if result.si_code == os.CLD_EXITED:
+            return cls(result.si_status, None)
+        return cls(None, result.si_status)
+
+    def __str__(self) -> str:
+        if self.signal is not None:
+            return f"killed by {signal.Signals(self.signal).name}"
+        return f"exit status {self.code}"
+
+
+_spawned: set[int] = set()      # pids whose exit their own Child waiter reads
+
+
+class Child:
+    """One spawned OS process, its pidfd, and an awaitable exit."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.pidfd = os.pidfd_open(self.pid)
+        self._exit: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().add_reader(self.pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.pidfd)
+        result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        os.close(self.pidfd)
+        _spawned.discard(self.pid)
+        info = ExitInfo.from_waitid(result) if result else ExitInfo(None, None)
+        self.popen.returncode = info.code if info.code is not None else -(info.signal or 0)
+        if not self._exit.done():
+            self._exit.set_result(info)
+
+    @property
+    def exited(self) -> bool:
+        return self._exit.done()
+
+    async def wait(self) -> ExitInfo:
+        return await asyncio.shield(self._exit)
+
+
+def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: int | None = None,
+          stdin: int | None = subprocess.DEVNULL, pass_fds: Sequence[int] = ()) -> Child:
+    """Start ``argv`` in its own session (so its group can be signalled whole)."""
+    popen = subprocess.Popen(
+        list(argv), env=dict(env), cwd=cwd, stdin=stdin,
+        stdout=output, stderr=subprocess.STDOUT if output is not None else None,
+        pass_fds=tuple(pass_fds), start_new_session=True, close_fds=True,
+    )
+    _spawned.add(popen.pid)
+    return Child(popen)
+
+
+def become_subreaper() -> None:
+    """Have orphaned descendants re-parented to us, so we can stop and reap them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("could not become a child subreaper: %s", os.strerror(ctypes.get_errno()))
+
+
+def install_orphan_reaper(loop: asyncio.AbstractEventLoop) -> None:
+    """On SIGCHLD, schedule a sweep that reaps exited children we did not spawn."""
+    signal.signal(signal.SIGCHLD, lambda signum, frame: loop.call_soon_threadsafe(reap_orphans))
+
+
+def own_children() -> set[int]:
+    children: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            children.update(int(pid) for pid in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return children
+
+
+def reap_orphans() -> int:
+    """Reap every exited child that is not one of ours; returns how many."""
+    reaped = 0
+    for pid in own_children() - _spawned:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                reaped += 1
+        except ChildProcessError:
+            continue
+    return reaped
+
+
+def find_members(pgid: int, marker: str) -> set[int]:
+    """Pids still in process group ``pgid`` or carrying ``PIKU_PROCESS=marker``.
+
+    The marker finds descendants that left the group with setsid() to daemonize.
+    """
+    needle = f"{MARKER}={marker}".encode() + b"\0"
+    found: set[int] = set()
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(b")") + 2:].split()
+            if fields[0] == b"Z":
+                continue
+            if int(fields[2]) == pgid:
+                found.add(pid)
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read():
+                    found.add(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+class ProcessTree:
+    """The live members of one process slot, held by pidfd so a signal never hits a reused pid."""
+
+    def __init__(self, pgid: int, marker: str) -> None:
+        self.pgid = pgid
+        self.fds: dict[int, int] = {}
+        for pid in find_members(pgid, marker):
+            try:
+                self.fds[pid] = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+
+    def __len__(self) -> int:
+        return len(self.fds)
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for fd in self.fds.values():
+            try:
+                signal.pidfd_send_signal(fd, sig)
+            except ProcessLookupError:
+                pass
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until every member has exited; False when ``timeout`` passed first."""
+        loop = asyncio.get_running_loop()
+        pending = set(self.fds.values())
+        if not pending:
+            return True
+        done = loop.create_future()
+
+        def gone(fd: int) -> None:
+            loop.remove_reader(fd)
+            pending.discard(fd)
+            if not pending and not done.done():
+                done.set_result(None)
+
+        for fd in pending.copy():
+            loop.add_reader(fd, gone, fd)
+        try:
+            await asyncio.wait_for(done, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            for fd in pending:
+                loop.remove_reader(fd)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()

@@ -1,0 +1,148 @@
+"""Process output: capture, timestamp, rotate by size, tail and follow.
+
+Each process slot writes ``logs/APP/KIND.N.log``; every line is prefixed with
+a local ISO-8601 timestamp. When the file passes ``max_bytes`` it becomes
+``.log.1`` (older backups shift up to ``backups``). Followers subscribe to the
+writer in the daemon, so following survives a rotation without reading files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+MAX_LINE = 64 * 1024            # a longer line is cut into pieces of this size
+
+Follower = Callable[[str, str], None]
+
+
+def timestamp() -> str:
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+class LogFile:
+    """One rotating, timestamped log file with live followers."""
+
+    def __init__(self, path: Path, source: str, max_bytes: int, backups: int,
+                 followers: set[Follower]) -> None:
+        self.path, self.source = path, source
+        self.max_bytes, self.backups = max_bytes, backups
+        self.followers = followers              # shared by every log of one app
+        self._file: BinaryIO | None = None
+        self._size = 0
+
+    def _open(self) -> BinaryIO:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "ab", buffering=0)
+            self._size = self._file.tell()
+        return self._file
+
+    def write_line(self, text: str) -> None:
+        line = f"{timestamp()} {text}"
+        data = (line + "\n").encode(errors="replace")
+        if self._size and self._size + len(data) > self.max_bytes:
+            self.rotate()
+        f = self._open()
+        f.write(data)
+        self._size += len(data)
+        for follower in tuple(self.followers):
+            follower(self.source, line)
+
+    def rotate(self) -> None:
+        self.close()
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        if self.path.exists():
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._size = 0
+
+
+class PipeReader:
+    """Reads a child's output pipe on the loop and writes whole lines to a LogFile."""
+
+    def __init__(self, fd: int, log: LogFile) -> None:
+        self.fd, self.log = fd, log
+        self._buffer = b""
+        os.set_blocking(fd, False)
+        self.closed = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._finish()
+            return
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self._emit(line)
+        while len(self._buffer) >= MAX_LINE:
+            self._emit(self._buffer[:MAX_LINE])
+            self._buffer = self._buffer[MAX_LINE:]
+
+    def _emit(self, raw: bytes) -> None:
+        self.log.write_line(raw.rstrip(b"\r").decode(errors="replace"))
+
+    def _finish(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.fd)
+        os.close(self.fd)
+        if self._buffer:
+            self._emit(self._buffer)
+            self._buffer = b""
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a log, reaching into ``.1`` when the file is short."""
+    found: list[str] = []
+    for candidate in (path, path.with_name(path.name + ".1")):
+        if len(found) >= lines:
+            break
+        found = _tail_one(candidate, lines - len(found)) + found
+    return found
+
+
+def _tail_one(path: Path, lines: int) -> list[str]:
+    if lines <= 0:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = f.tell()
+            block, data = 8192, b""
+            while end > 0 and data.count(b"\n") <= lines:
+                start = max(0, end - block)
+                f.seek(start)
+                data = f.read(end - start) + data
+                end = start
+    except FileNotFoundError:
+        return []
+    return [line.decode(errors="replace") for line in data.splitlines()[-lines:]]
+
+
+def log_files(directory: Path, kind: str | None = None) -> Iterator[tuple[str, Path]]:
+    """(source, path) of each current log in an app's log folder, e.g. ('web.1', .../web.1.log)."""
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.glob("*.log")):
+        source = path.name[: -len(".log")]
+        if kind is None or source == kind or source.startswith(kind + "."):
+            yield source, path

@@ -1,0 +1,258 @@
+"""ManagedProcess: the state machine of one supervised process slot ``app:kind.N``.
+
+One task per slot runs spawn -> wait -> decide -> back off -> respawn until the
+slot is stopped. Every change of state goes through ``_set_state()``, which
+checks the edge against ``state.ALLOWED``, logs one fixed phrase and reports
+an event to the owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pikud.errors import InvalidTransition
+from pikud.procman.children import MARKER, Child, ExitInfo, ProcessTree, spawn
+from pikud.procman.logs import Follower, LogFile, PipeReader
+from pikud.procman.policy import RestartPolicy, decide
+from pikud.procman.state import ALIVE, ProcessState, allowed
+
+log = logging.getLogger(__name__)
+S = ProcessState
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+EventSink = Callable[[str, str, str], None]      # (process name, event, message)
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """Everything one process is started with; two equal specs need no restart."""
+
+    name: str                                   # app:kind.N
+    kind: str
+    index: int
+    command: str                                # a shell command, by Procfile contract
+    env: tuple[tuple[str, str], ...]
+    cwd: Path
+    log_path: Path
+    stop_timeout: float = 10.0
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    log_max_bytes: int = 1024 * 1024
+    log_backups: int = 5
+
+    @property
+    def argv(self) -> list[str]:
+        return ["/bin/sh", "-c", self.command]
+
+    @property
+    def source(self) -> str:
+        """The short name logs use: ``kind.N``."""
+        return f"{self.kind}.{self.index}"
+
+
+def read_rss(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class ManagedProcess:
+    def __init__(self, spec: ProcessSpec, on_event: EventSink, followers: set[Follower]) -> None:
+        self.spec = spec
+        self.state = S.STOPPED
+        self.child: Child | None = None
+        self.restarts = 0
+        self.failures = 0
+        self.last_exit: str | None = None
+        self.started_at: float | None = None
+        self.log = LogFile(spec.log_path, spec.source, spec.log_max_bytes, spec.log_backups,
+                           followers)
+        self._on_event = on_event
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._kick = asyncio.Event()
+        self.settled = asyncio.Event()          # set unless STARTING or STOPPING
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def _set_state(self, new: ProcessState, phrase: str, level: int = logging.INFO) -> None:
+        if not allowed(self.state, new):
+            raise InvalidTransition(self.name, self.state, new)
+        self.state = new
+        if new in (S.STARTING, S.STOPPING):
+            self.settled.clear()
+        else:
+            self.settled.set()
+        log.log(level, "%s", phrase)
+        self._on_event(self.name, new.value, phrase)
+
+    # -- control -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the slot; a FATAL or backing-off slot is retried at once."""
+        self._stop.clear()
+        self.failures = 0
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._supervise(), name=self.name)
+        else:
+            self._kick.set()
+
+    async def stop(self) -> None:
+        """Stop gracefully (SIGTERM to the group, then SIGKILL after stop_timeout)."""
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):     # already logged by _supervise
+                await asyncio.shield(self._task)
+
+    async def started(self, timeout: float) -> bool:
+        """Wait until a freshly started slot leaves STARTING; True when it is RUNNING."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.settled.wait()
+        return self.state is S.RUNNING
+
+    # -- the supervision loop ------------------------------------------------
+
+    async def _supervise(self) -> None:
+        try:
+            while not self._stop.is_set():
+                child = self._spawn()
+                promote = asyncio.get_running_loop().call_later(
+                    self.spec.policy.start_secs, self._promote)
+                stopped = await self._wait_exit_or_stop(child)
+                promote.cancel()
+                if stopped:
+                    await self._terminate(child)
+                    return
+                await self._after_exit(child)
+        except Exception:
+            log.exception("supervision of %s failed", self.name)
+            raise
+        finally:
+            if self.state in (S.BACKOFF, S.FATAL, S.EXITED):
+                # BACKOFF/FATAL/EXITED -> STOPPED: stop requested while no process ran
+                self._set_state(S.STOPPED, f"stopped: {self.name} (was not running)")
+
+    def _spawn(self) -> Child:
+        read_end, write_end = os.pipe()
+        env = dict(self.spec.env)
+        env[MARKER] = self.name
+        try:
+            child = spawn(self.spec.argv, env=env, cwd=self.spec.cwd, output=write_end)
+        except OSError as exc:
+            os.close(read_end)
+            self.log.write_line(f"pikud: could not start {self.name}: {exc}")
+            raise
+        finally:
+            os.close(write_end)
+        PipeReader(read_end, self.log)
+        self.child = child
+        self.started_at = time.monotonic()
+        # STOPPED/BACKOFF/EXITED/FATAL -> STARTING: spawned
+        self._set_state(S.STARTING, f"spawned: {self.name} with pid {child.pid}")
+        return child
+
+    def _promote(self) -> None:
+        if self.state is S.STARTING and self.child and not self.child.exited:
+            self.failures = 0
+            # STARTING -> RUNNING: stayed up start_secs
+            self._set_state(S.RUNNING, f"success: {self.name} entered RUNNING state, "
+                            f"process has stayed up for > {self.spec.policy.start_secs:g}s")
+
+    async def _wait_exit_or_stop(self, child: Child) -> bool:
+        """True when a stop was asked for while the child still runs."""
+        exit_wait = asyncio.ensure_future(child.wait())
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({exit_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        exit_wait.cancel()
+        return self._stop.is_set() and not child.exited
+
+    async def _after_exit(self, child: Child) -> None:
+        info = await child.wait()
+        uptime = time.monotonic() - (self.started_at or 0.0)
+        self.last_exit = str(info)
+        self.child, self.started_at = None, None
+        if self._stop.is_set():
+            # STARTING/RUNNING -> STOPPING -> STOPPED: exited as the stop arrived
+            self._set_state(S.STOPPING, f"stopping: {self.name}")
+            self._set_state(S.STOPPED, f"stopped: {self.name} ({info})")
+            return
+        decision = decide(uptime, self.failures, self.spec.policy)
+        self.failures = decision.failures
+        self.restarts += 1
+        self.log.write_line(f"pikud: {self.name} {info} after {uptime:.1f}s")
+        if decision.state is S.EXITED:
+            # RUNNING -> EXITED: exited after a stable run; respawn at once
+            self._set_state(S.EXITED, f"exited: {self.name} ({info}; not expected)",
+                            logging.WARNING)
+        elif decision.state is S.BACKOFF:
+            # STARTING -> BACKOFF: quick failure, retries left
+            self._set_state(S.BACKOFF, f"backoff: {self.name} in {decision.delay:g}s "
+                            f"(attempt {decision.failures}, {info})", logging.WARNING)
+        else:
+            # STARTING -> FATAL: too many quick failures; retried after the cool-off
+            self._set_state(S.FATAL, f"gave up: {self.name} entered FATAL state, too many "
+                            f"start retries too quickly ({info}); retrying in "
+                            f"{decision.delay:g}s", logging.ERROR)
+        await self._pause(decision.delay)
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep before a respawn; a stop or a start request ends it early."""
+        if delay <= 0:
+            return
+        self._kick.clear()
+        waits = [asyncio.ensure_future(self._stop.wait()),
+                 asyncio.ensure_future(self._kick.wait())]
+        await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+
+    async def _terminate(self, child: Child) -> None:
+        # STARTING/RUNNING -> STOPPING: stop requested
+        self._set_state(S.STOPPING, f"stopping: {self.name} (pid {child.pid})")
+        tree = ProcessTree(child.pid, self.name)
+        try:
+            tree.signal(signal.SIGTERM)
+            if not await tree.wait(self.spec.stop_timeout):
+                log.warning("killed: %s did not stop within %gs; sent SIGKILL",
+                            self.name, self.spec.stop_timeout)
+                self.log.write_line(f"pikud: {self.name} did not stop within "
+                                    f"{self.spec.stop_timeout:g}s; sent SIGKILL")
+                tree.signal(signal.SIGKILL)
+                await tree.wait(self.spec.stop_timeout)
+        finally:
+            tree.close()
+        info = await child.wait()
+        self.last_exit = str(info)
+        self.child, self.started_at = None, None
+        # STOPPING -> STOPPED: the process group is gone
+        self._set_state(S.STOPPED, f"stopped: {self.name} ({info})")
+
+    # -- reporting -----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        alive = self.child is not None and self.state in ALIVE
+        return {
+            "name": self.name,
+            "kind": self.spec.kind,
+            "index": self.spec.index,
+            "pid": self.child.pid if alive and self.child else None,
+            "state": self.state.value,
+            "uptime": (time.monotonic() - self.started_at) if alive and self.started_at else None,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "rss": read_rss(self.child.pid) if alive and self.child else None,
+        }

@@ -1,0 +1,46 @@
+"""Process states and the edges allowed between them (stdlib only).
+
+    STOPPED --spawn--> STARTING --up start_secs--> RUNNING
+    STARTING --quick exit, retries left--> BACKOFF --delay--> STARTING
+    STARTING --quick exit, no retries left--> FATAL --cool-off--> STARTING
+    RUNNING --exit--> EXITED --respawn--> STARTING
+    STARTING/RUNNING --stop--> STOPPING --exit--> STOPPED
+    BACKOFF/FATAL/EXITED --stop--> STOPPED
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ProcessState(Enum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    EXITED = "EXITED"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    FATAL = "FATAL"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+S = ProcessState
+
+ALLOWED: dict[ProcessState, frozenset[ProcessState]] = {
+    S.STOPPED: frozenset({S.STARTING}),
+    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.FATAL, S.STOPPING, S.EXITED}),
+    S.RUNNING: frozenset({S.EXITED, S.STOPPING}),
+    S.EXITED: frozenset({S.STARTING, S.STOPPED}),
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
+    S.STOPPING: frozenset({S.STOPPED}),
+    S.FATAL: frozenset({S.STARTING, S.STOPPED}),
+}
+
+# States in which an OS process exists (or may still exist) for the slot.
+ALIVE = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
+
+
+def allowed(old: ProcessState, new: ProcessState) -> bool:
+    return new in ALLOWED[old]
