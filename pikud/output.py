@@ -1,0 +1,147 @@
+"""Pure formatters for the `piku` CLI (stdlib only: every ssh command imports it).
+
+Each ``format_*`` takes the API's data (shapes in ``pikud.control.protocol``)
+and returns text; nothing here prints. Colour is ANSI and only when the caller
+asks for it, so the same function serves a tty, a pipe and the tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+_RESET = "\x1b[0m"
+_CODES = {
+    "bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33",
+    "blue": "34", "magenta": "35", "cyan": "36",
+}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+# Process states (procman) and app states (apps) share one palette.
+STATE_STYLES = {
+    "RUNNING": "green",
+    "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
+    "FATAL": "red", "EXITED": "red",
+    "STOPPED": "dim",
+    "running": "green", "stopped": "dim",
+}
+# Log sources get a colour each, picked by name so it is stable across runs.
+_SOURCE_STYLES = ("cyan", "magenta", "blue", "yellow", "green")
+
+
+def style(text: str, name: str | None, color: bool) -> str:
+    """Wrap ``text`` in the ANSI style ``name``; unchanged when colour is off."""
+    if not color or name is None:
+        return text
+    return f"\x1b[{_CODES[name]}m{text}{_RESET}"
+
+
+def visible_len(text: str) -> int:
+    """Width on screen: ANSI sequences take no columns."""
+    return len(_ANSI.sub("", text))
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]], align: str = "") -> str:
+    """Columns separated by two spaces, each as wide as its widest cell.
+
+    ``align`` has one character per column, ``<`` (the default) or ``>``;
+    cells may carry colour, which does not count towards the width.
+    """
+    table = [list(headers), *(list(row) for row in rows)]
+    for row in table:
+        if len(row) != len(headers):
+            raise ValueError(f"row {row!r} has {len(row)} cells, expected {len(headers)}")
+    widths = [max(visible_len(row[i]) for row in table) for i in range(len(headers))]
+    lines = []
+    for row in table:
+        cells = []
+        for i, cell in enumerate(row):
+            pad = " " * (widths[i] - visible_len(cell))
+            cells.append(pad + cell if align[i:i + 1] == ">" else cell + pad)
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_duration(seconds: float) -> str:
+    """Two units at most, like ``ps``: 3s, 4m12s, 2h03m, 3d04h."""
+    total = max(0, int(seconds))
+    if total < 60:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def format_bytes(n: int) -> str:
+    """Binary units with one decimal (24.1M), as ``ls -lh`` reads."""
+    if n < 1024:
+        return f"{n}B"
+    value = float(n)
+    for unit in "KMGTP":
+        value /= 1024
+        if round(value, 1) < 1024 or unit == "P":
+            break
+    return f"{value:.1f}{unit}"
+
+
+def format_formation(formation: Mapping[str, int]) -> str:
+    """``web=2 worker=1`` (sorted by kind), or ``none``."""
+    return " ".join(f"{kind}={n}" for kind, n in sorted(formation.items())) or "none"
+
+
+def format_apps(apps: Sequence[Mapping[str, Any]], color: bool) -> str:
+    """One app a line, sorted; ``*`` marks a running app, as piku does."""
+    if not apps:
+        return "There are no applications deployed."
+    lines = []
+    for app in sorted(apps, key=lambda a: str(a["name"])):
+        running = app["state"] == "running"
+        lines.append(("* " if running else "  ") + style(app["name"], "green" if running else None, color))
+    return "\n".join(lines)
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_ps(detail: Mapping[str, Any], color: bool) -> str:
+    """A header (app state and formation) over the live process table."""
+    state = detail["state"]
+    header = (f"{style(detail['name'], 'bold', color)}: {style(state, STATE_STYLES.get(state), color)}"
+              f"  formation: {format_formation(detail.get('formation') or {})}")
+    processes = detail.get("processes") or []
+    if not processes:
+        return f"{header}\n(no processes)"
+    rows = []
+    for proc in sorted(processes, key=lambda p: (str(p["kind"]), int(p["index"]))):
+        uptime, rss = proc.get("uptime"), proc.get("rss")
+        rows.append([
+            f"{proc['kind']}.{proc['index']}",
+            style(proc["state"], STATE_STYLES.get(proc["state"]), color),
+            _dash(proc.get("pid")),
+            "-" if uptime is None else format_duration(uptime),
+            _dash(proc.get("restarts")),
+            _dash(proc.get("last_exit")),
+            "-" if rss is None else format_bytes(rss),
+        ])
+    table = format_table(
+        ["PROCESS", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS"], rows, align="<<>>><>")
+    return f"{header}\n{table}"
+
+
+def format_log_line(line: Mapping[str, Any], color: bool, width: int = 0) -> str:
+    """``web.1 | text``, the source padded to ``width`` so the bars line up."""
+    source = str(line["source"])
+    tint = _SOURCE_STYLES[sum(source.encode()) % len(_SOURCE_STYLES)]
+    return f"{style(source.ljust(width), tint, color)} | {line['line']}"
+
+
+def format_env(env: Mapping[str, str]) -> str:
+    """``KEY=VALUE`` lines sorted by key, the form of an ENV file."""
+    return "\n".join(f"{key}={value}" for key, value in sorted(env.items()))
