@@ -459,8 +459,13 @@ def _formation(procfile: Procfile, counts: Mapping[str, int], file: str,
 
 
 def load_spec(paths: Paths, app: str, base_env: Mapping[str, str],
-              defaults: AppSettings = AppSettings()) -> AppSpec:
-    """Read and validate an app's Procfile, ENV layers and SCALING, or raise."""
+              defaults: AppSettings = AppSettings(), *,
+              overrides: str | None = None, scaling_text: str | None = None) -> AppSpec:
+    """Read and validate an app's Procfile, ENV layers and SCALING, or raise.
+
+    ``overrides`` and ``scaling_text`` stand in for envs/APP/ENV and SCALING,
+    so a change can be validated whole before it is written.
+    """
     validate_app_name(app)
     app_dir = paths.app(app)
     procfile_path = app_dir / "Procfile"
@@ -468,12 +473,15 @@ def load_spec(paths: Paths, app: str, base_env: Mapping[str, str],
     if text is None:
         raise ProcfileError(f"no Procfile in {_label(paths, app_dir)}")
     procfile = parse_procfile(text, _label(paths, procfile_path))
-    layers = [(_label(paths, path), _read(paths, path, EnvError))
-              for path in (app_dir / "ENV", paths.env_file(app))]
+    env_file = paths.env_file(app)
+    layers = [(_label(paths, app_dir / "ENV"), _read(paths, app_dir / "ENV", EnvError)),
+              (_label(paths, env_file),
+               overrides if overrides is not None else _read(paths, env_file, EnvError))]
     env = merge_env(layers, _worker_env(paths, app, base_env))
     settings = app_settings(env, defaults)
     scaling_file = _label(paths, paths.scaling_file(app))
-    scaling_text = _read(paths, paths.scaling_file(app), ScalingError)
+    if scaling_text is None:
+        scaling_text = _read(paths, paths.scaling_file(app), ScalingError)
     counts = parse_scaling(scaling_text or "", scaling_file)
     scaling, warnings = _formation(procfile, counts, scaling_file)
     return AppSpec(app, procfile, env, scaling, settings, procfile.warnings + tuple(warnings))

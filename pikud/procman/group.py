@@ -16,6 +16,11 @@ from pikud.procman.plan import Plan, plan
 from pikud.procman.process import EventSink, ManagedProcess, ProcessSpec
 
 
+def settle_time(spec: ProcessSpec) -> float:
+    """How long to wait for a new process to leave STARTING."""
+    return spec.policy.start_secs + 5.0
+
+
 class ProcessGroup:
     def __init__(self, on_event: EventSink, followers: set[Follower]) -> None:
         self.processes: dict[str, ManagedProcess] = {}
@@ -36,8 +41,8 @@ class ProcessGroup:
         """Bring the running slots to ``desired``; returns what was done."""
         todo = plan(self.specs, desired)
         await self.stop(todo.stop)
-        for name in todo.start:
-            self._new(desired[name])
+        fresh = [self._new(desired[name]) for name in todo.start]
+        await asyncio.gather(*(proc.started(settle_time(proc.spec)) for proc in fresh))
         await self.replace({name: desired[name] for name in todo.replace}, rolling=rolling)
         return todo
 
@@ -55,8 +60,7 @@ class ProcessGroup:
         for name, spec in specs.items():
             await self.stop([name])
             proc = self._new(spec)
-            wait = spec.policy.start_secs + max(spec.policy.start_secs, 5.0)
-            if not await proc.started(wait):
+            if not await proc.started(settle_time(spec)):
                 raise DeployError(f"{name} did not start ({proc.state}, last exit: "
                                   f"{proc.last_exit or 'none'}); the processes after it "
                                   "were left as they were")

@@ -1,0 +1,278 @@
+"""The control API behind ``$PIKU_ROOT/pikud.sock`` (routes: control/protocol.py).
+
+Handlers parse the request, call ``apps`` and return plain data; one
+middleware checks the peer's uid (SO_PEERCRED: the daemon's own uid and root
+only), wraps results in the envelope and turns every ``PikudError`` into its
+named code. The socket is bound under umask 077, so it is born 0600.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from pikud import __version__
+from pikud.apps import AppRegistry
+from pikud.control.protocol import MAX_BODY, NDJSON, error, ndjson_line, ok
+from pikud.errors import BadRequest, Forbidden, NotFound, PikudError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REGISTRY = web.AppKey("registry", AppRegistry)
+STATUS = web.AppKey("status", dict)
+
+
+def peer_uid(request: web.Request) -> int:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None:
+        raise Forbidden("cannot identify the peer")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+@web.middleware
+async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        uid = peer_uid(request)
+        if uid not in (0, os.getuid()):
+            raise Forbidden(f"uid {uid} may not use this socket")
+        result = await handler(request)
+    except PikudError as exc:
+        return web.json_response(error(exc.code, str(exc)), status=exc.status)
+    except web.HTTPRequestEntityTooLarge:
+        return web.json_response(
+            error("body_too_large", f"request body is larger than {MAX_BODY} bytes"), status=413)
+    except web.HTTPException as exc:
+        code = "not_found" if exc.status == 404 else "bad_request"
+        return web.json_response(error(code, exc.reason), status=exc.status)
+    if isinstance(result, web.StreamResponse):
+        return result
+    return web.json_response(ok(result))
+
+
+async def body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON body: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def int_query(request: web.Request, key: str, default: int, maximum: int = 100_000) -> int:
+    raw = request.query.get(key, str(default))
+    if not raw.isdigit() or int(raw) > maximum:
+        raise BadRequest(f"{key} must be an integer from 0 to {maximum}, got {raw!r}")
+    return int(raw)
+
+
+def flag(request: web.Request, key: str) -> bool:
+    return request.query.get(key, "0").lower() in ("1", "true", "yes")
+
+
+class Routes:
+    """One method per route; each returns data or a stream."""
+
+    def __init__(self, registry: AppRegistry, status: Callable[[], dict[str, Any]]) -> None:
+        self.registry = registry
+        self.status_of_daemon = status
+
+    def app(self, request: web.Request):  # type: ignore[no-untyped-def]
+        return self.registry.get(request.match_info["app"])
+
+    async def status(self, request: web.Request) -> Any:
+        """GET /status -> version, pid, uptime, loop, root, apps, processes."""
+        return self.status_of_daemon()
+
+    async def list_apps(self, request: web.Request) -> Any:
+        """GET /apps -> {"apps": [summary, ...]}"""
+        return {"apps": [self.registry.get(name).summary() for name in self.registry.names()]}
+
+    async def show(self, request: web.Request) -> Any:
+        """GET /apps/APP -> detail with live processes."""
+        return self.app(request).detail()
+
+    async def start(self, request: web.Request) -> Any:
+        app = self.app(request)
+        await app.start()
+        return app.detail()
+
+    async def stop(self, request: web.Request) -> Any:
+        app = self.app(request)
+        await app.stop()
+        return app.detail()
+
+    async def restart(self, request: web.Request) -> Any:
+        app = self.app(request)
+        await app.restart()
+        return app.detail()
+
+    async def deploy(self, request: web.Request) -> Any:
+        app = self.app(request)
+        await app.deploy()
+        return app.detail()
+
+    async def scale(self, request: web.Request) -> Any:
+        """POST /apps/APP/scale {"scaling": {"KIND": N}}"""
+        app = self.app(request)
+        scaling = (await body(request)).get("scaling")
+        if not isinstance(scaling, dict) or not scaling:
+            raise BadRequest('expected {"scaling": {"KIND": N, ...}}')
+        await app.scale(scaling)
+        return app.detail()
+
+    async def config(self, request: web.Request) -> Any:
+        """GET /apps/APP/config -> {"config": {K: V}}"""
+        return {"config": self.app(request).config()}
+
+    async def configure(self, request: web.Request) -> Any:
+        """POST /apps/APP/config {"set": {K: V}, "unset": [K]} -> {"config": {...}}"""
+        app = self.app(request)
+        data = await body(request)
+        updates, removals = data.get("set", {}), data.get("unset", [])
+        if not isinstance(updates, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in updates.items()):
+            raise BadRequest('"set" must be an object of string values')
+        if not isinstance(removals, list) or not all(isinstance(k, str) for k in removals):
+            raise BadRequest('"unset" must be a list of strings')
+        if not updates and not removals:
+            raise BadRequest('nothing to change: give "set" or "unset"')
+        return {"config": await app.configure(updates, removals)}
+
+    async def live(self, request: web.Request) -> Any:
+        """GET /apps/APP/config/live -> {"env": {...}, "cwd": path}"""
+        return self.app(request).live()
+
+    async def logs(self, request: web.Request) -> Any:
+        """GET /apps/APP/logs?lines=N&kind=K[&follow=1]"""
+        app = self.app(request)
+        kind = request.query.get("kind") or None
+        lines = app.logs(int_query(request, "lines", 20), kind)
+        if not flag(request, "follow"):
+            return {"lines": lines}
+        queue: asyncio.Queue[dict[str, str]] = asyncio.Queue(maxsize=10_000)
+
+        def follower(source: str, line: str) -> None:
+            if (kind is None or source == kind or source.startswith(kind + ".")) \
+                    and not queue.full():
+                queue.put_nowait({"source": source, "line": line})
+
+        app.followers.add(follower)
+        try:
+            return await stream(request, lines, queue)
+        finally:
+            app.followers.discard(follower)
+
+    async def destroy(self, request: web.Request) -> Any:
+        """DELETE /apps/APP -> {"removed": [...], "kept": [...]}"""
+        return await self.app(request).destroy()
+
+    async def events(self, request: web.Request) -> Any:
+        """GET /events?lines=N[&app=APP][&follow=1]"""
+        app = request.query.get("app") or None
+        recent = self.registry.events.last(int_query(request, "lines", 100), app)
+        if not flag(request, "follow"):
+            return {"events": recent}
+        queue = self.registry.events.subscribe()
+        try:
+            return await stream(request, recent, queue)
+        finally:
+            self.registry.events.unsubscribe(queue)
+
+
+async def stream(request: web.Request, first: list[Any], queue: asyncio.Queue[Any]
+                 ) -> web.StreamResponse:
+    """Send ``first`` then whatever arrives on ``queue`` as NDJSON until the client leaves."""
+    response = web.StreamResponse(headers={"Content-Type": NDJSON})
+    await response.prepare(request)
+    try:
+        for item in first:
+            await response.write(ndjson_line(item))
+        while True:
+            await response.write(ndjson_line(await queue.get()))
+    except ConnectionResetError:
+        pass        # the client left; with handler_cancellation a silent one is cancelled
+    return response
+
+
+def make_app(registry: AppRegistry, status: Callable[[], dict[str, Any]]) -> web.Application:
+    app = web.Application(middlewares=[envelope], client_max_size=MAX_BODY)
+    r = Routes(registry, status)
+    app.add_routes([
+        web.get("/status", r.status),
+        web.get("/apps", r.list_apps),
+        web.get("/apps/{app}", r.show),
+        web.delete("/apps/{app}", r.destroy),
+        web.post("/apps/{app}/start", r.start),
+        web.post("/apps/{app}/stop", r.stop),
+        web.post("/apps/{app}/restart", r.restart),
+        web.post("/apps/{app}/deploy", r.deploy),
+        web.post("/apps/{app}/scale", r.scale),
+        web.get("/apps/{app}/config", r.config),
+        web.post("/apps/{app}/config", r.configure),
+        web.get("/apps/{app}/config/live", r.live),
+        web.get("/apps/{app}/logs", r.logs),
+        web.get("/events", r.events),
+    ])
+    return app
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """A listening unix socket at ``path``, mode 0600, replacing a stale one."""
+    if path.is_socket():
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+        else:
+            raise PikudError(f"another pikud is already serving {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+class ControlServer:
+    def __init__(self, registry: AppRegistry, status: Callable[[], dict[str, Any]],
+                 path: Path) -> None:
+        self.path = path
+        self.runner = web.AppRunner(make_app(registry, status), handle_signals=False,
+                                    access_log=None, handler_cancellation=True,
+                                    shutdown_timeout=2.0)
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        self._sock = bind_socket(self.path)
+        await web.SockSite(self.runner, self._sock).start()
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def daemon_status(started: float, loop_name: str, registry: AppRegistry) -> dict[str, Any]:
+    return {"version": __version__, "pid": os.getpid(), "uptime": time.monotonic() - started,
+            "loop": loop_name, "root": str(registry.paths.root),
+            "apps": len(registry.names()), "processes": registry.process_count()}

@@ -1,0 +1,184 @@
+"""`pikud serve`: the daemon's entry point, its phases and its wiring.
+
+startup (layout, subreaper, control socket, apps that were running) ->
+serve (until the shutdown trigger fires) -> shutdown (every app stopped,
+bounded by ``shutdown_timeout``). Signal handlers only queue the signal;
+one task acts on it: SIGTERM/SIGINT shut down, SIGHUP re-reads pikud.toml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from pikud import __version__
+from pikud.apps import App, AppRegistry
+from pikud.control.server import ControlServer, daemon_status
+from pikud.errors import PikudError
+from pikud.events import EventLog
+from pikud.paths import Paths
+from pikud.procman.children import become_subreaper, install_orphan_reaper
+from pikud.sdnotify import Notifier
+from pikud.settings import Settings, load_settings
+from pikud.watch import FileWatcher
+
+log = logging.getLogger("pikud")
+
+
+class Daemon:
+    def __init__(self, paths: Paths, settings: Settings, loop_name: str) -> None:
+        self.paths = paths
+        self.settings = settings
+        self.loop_name = loop_name
+        self.notifier = Notifier()
+        self.events = EventLog(settings.events_kept)
+        self.started = time.monotonic()
+        self.watcher: FileWatcher | None = None
+        self.registry = AppRegistry(paths, os.environ, settings.app_defaults, self.events,
+                                    watch=self._watch, unwatch=self._unwatch)
+
+    def _watch(self, app: App) -> None:
+        if self.watcher is not None and app.spec is not None:
+            touch = [self.paths.app(app.name) / p for p in app.spec.settings.touch_reload]
+            self.watcher.watch(app.name, self.paths.env_dir(app.name), touch)
+
+    def _unwatch(self, app: App) -> None:
+        if self.watcher is not None:
+            self.watcher.unwatch(app.name)
+
+    def _on_file_change(self, name: str, why: str) -> None:
+        app = self.registry.apps.get(name)
+        if app is not None:
+            asyncio.get_running_loop().create_task(self._reload(app, why))
+
+    async def _reload(self, app: App, why: str) -> None:
+        try:
+            await app.reload_files(why)
+        except PikudError as exc:
+            app.note("error", f"{app.name}: {exc}", logging.ERROR)
+        except Exception:
+            log.exception("%s: reload after a file change failed", app.name)
+
+    async def serve(self, shutdown_trigger: Callable[[], Awaitable[object]]) -> None:
+        loop = asyncio.get_running_loop()
+        self.paths.create()
+        become_subreaper()
+        install_orphan_reaper(loop)
+        self.watcher = FileWatcher(self._on_file_change)
+        control = ControlServer(self.registry, self.status, self.paths.socket)
+        await control.start()
+        log.info("pikud %s listening on %s (loop: %s)", __version__, self.paths.socket,
+                 self.loop_name)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                watching = tasks.create_task(self.watcher.run())
+                pulse = tasks.create_task(self._watchdog())
+                await self.registry.boot()
+                self.notifier.ready(self._summary())
+                log.info("ready: %s", self._summary())
+                await shutdown_trigger()
+                log.info("shutting down: stopping %d processes", self.registry.process_count())
+                self.notifier.stopping()
+                watching.cancel()
+                try:
+                    async with asyncio.timeout(self.settings.shutdown_timeout):
+                        await self.registry.shutdown()
+                except TimeoutError:
+                    log.error("apps did not stop within %gs; leaving the rest to systemd",
+                              self.settings.shutdown_timeout)
+                pulse.cancel()
+        finally:
+            await control.stop()
+            self.watcher.close()
+        log.info("stopped")
+
+    async def _watchdog(self) -> None:
+        if self.notifier.watchdog_interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(self.notifier.watchdog_interval)
+
+    def _summary(self) -> str:
+        running = sum(1 for app in self.registry.apps.values() if app.desired == "running")
+        return f"{running} apps, {self.registry.process_count()} processes"
+
+    def status(self) -> dict[str, object]:
+        return daemon_status(self.started, self.loop_name, self.registry)
+
+    def reload_settings(self) -> None:
+        """SIGHUP: re-read pikud.toml; running processes are not touched."""
+        try:
+            settings = load_settings(self.paths.settings)
+        except PikudError as exc:
+            log.error("SIGHUP: kept the settings in force: %s", exc)
+            return
+        self.settings = settings
+        self.registry.app_defaults = settings.app_defaults
+        self.events.recent = type(self.events.recent)(self.events.recent,
+                                                      maxlen=settings.events_kept)
+        logging.getLogger().setLevel(settings.log_level.upper())
+        log.info("SIGHUP: settings re-read from %s", self.paths.settings)
+
+
+async def run(daemon: Daemon) -> None:
+    """Serve until SIGTERM or SIGINT; SIGHUP re-reads the settings."""
+    loop = asyncio.get_running_loop()
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    stop = asyncio.Event()
+
+    async def handle_signals() -> None:
+        while True:
+            sig = await signals.get()
+            if sig == signal.SIGHUP:
+                daemon.reload_settings()
+            else:
+                log.info("received %s", sig.name)
+                stop.set()
+
+    handler = asyncio.create_task(handle_signals())
+    try:
+        await daemon.serve(stop.wait)
+    finally:
+        handler.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pikud", description="The pikud daemon.")
+    parser.add_argument("--version", action="version", version=f"pikud {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                       help="event loop (default: uvloop)")
+    args = parser.parse_args(argv)
+    paths = Paths.from_env()
+    try:
+        settings = load_settings(paths.settings)
+    except PikudError as exc:
+        print(f"pikud: {exc}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    daemon = Daemon(paths, settings, args.loop)
+    try:
+        if args.loop == "uvloop":
+            import uvloop
+            uvloop.run(run(daemon))
+        else:
+            asyncio.run(run(daemon))
+    except PikudError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""The daemon's own settings: ``$PIKU_ROOT/pikud.toml``, re-read on SIGHUP.
+
+    log_level = "info"            # debug, info, warning, error
+    shutdown_timeout = 30         # seconds for every app to stop on SIGTERM
+    events_kept = 1000            # recent events kept for GET /events
+
+    [defaults]                    # an app's ENV overrides each of these
+    PIKU_STOP_TIMEOUT = 10
+    PIKU_START_SECS = 1
+    ...                           # any key that appspec.app_settings reads
+
+A missing file means every default; a bad file is an error naming the key,
+and on SIGHUP the settings in force stay as they were.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pikud.appspec import AppSettings, app_settings
+from pikud.errors import EnvError, SpecError
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Settings:
+    log_level: str = "info"
+    shutdown_timeout: float = 30.0
+    events_kept: int = 1000
+    app_defaults: AppSettings = field(default_factory=AppSettings)
+
+
+def load_settings(path: Path) -> Settings:
+    label = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Settings()
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(f"not valid TOML: {exc}", file=label) from exc
+    unknown = set(raw) - {"log_level", "shutdown_timeout", "events_kept", "defaults"}
+    if unknown:
+        raise SpecError(f"unknown setting(s): {', '.join(sorted(unknown))}", file=label)
+    level = raw.get("log_level", "info")
+    if level not in LEVELS:
+        raise SpecError(f"log_level must be one of {', '.join(LEVELS)}, got {level!r}",
+                        file=label, key="log_level")
+    timeout = raw.get("shutdown_timeout", 30.0)
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise SpecError(f"shutdown_timeout must be a positive number, got {timeout!r}",
+                        file=label, key="shutdown_timeout")
+    kept = raw.get("events_kept", 1000)
+    if not isinstance(kept, int) or not 1 <= kept <= 1_000_000:
+        raise SpecError(f"events_kept must be an integer from 1 to 1000000, got {kept!r}",
+                        file=label, key="events_kept")
+    defaults = raw.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise SpecError("[defaults] must be a table", file=label, key="defaults")
+    try:
+        app_defaults = app_settings({k: str(v) for k, v in defaults.items()})
+    except EnvError as exc:
+        raise SpecError(f"[defaults] {exc}", file=label, key=exc.key) from exc
+    return Settings(level, float(timeout), kept, app_defaults)
