@@ -1,0 +1,131 @@
+"""Public keys for `piku setup:ssh` (stdlib only: the CLI imports it).
+
+A key is checked before it reaches ``authorized_keys``: a known type, base64
+that decodes, and a blob that names the same type. That is what sshd itself
+would reject later, silently, so we say it at once. The file is rewritten
+atomically (temp file + fsync + rename) and a key is never added twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pikud.errors import PikudError
+
+KEY_TYPES = frozenset({
+    "ssh-ed25519", "ssh-rsa",
+    "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+})
+RESTRICTIONS = "no-agent-forwarding,no-user-rc,no-X11-forwarding,no-port-forwarding"
+_NAME = re.compile(r"[A-Za-z0-9@._-]+")
+
+
+class InvalidKey(PikudError):
+    """A public key or its name that sshd would not take as we would write it."""
+
+    code = "invalid_key"
+    status = 400
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    type: str
+    blob: bytes
+    comment: str
+
+    @property
+    def base64(self) -> str:
+        return base64.b64encode(self.blob).decode()
+
+    @property
+    def fingerprint(self) -> str:
+        """What ``ssh-keygen -lf`` prints: SHA256 of the blob, base64 without padding."""
+        digest = base64.b64encode(hashlib.sha256(self.blob).digest()).decode()
+        return "SHA256:" + digest.rstrip("=")
+
+
+def parse_public_key(text: str) -> PublicKey:
+    """Parse one ``TYPE BASE64 [COMMENT]`` line; raise InvalidKey naming the fault."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise InvalidKey(f"expected one public key line, found {len(lines)}")
+    fields = lines[0].strip().split(None, 2)
+    if len(fields) < 2:
+        raise InvalidKey("expected 'TYPE BASE64 [COMMENT]'")
+    key_type, b64 = fields[0], fields[1]
+    if key_type not in KEY_TYPES:
+        raise InvalidKey(f"unknown key type {key_type!r} (expected one of {', '.join(sorted(KEY_TYPES))})")
+    try:
+        blob = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidKey(f"the key data is not valid base64 ({exc})") from None
+    head = len(key_type).to_bytes(4, "big") + key_type.encode()
+    if not blob.startswith(head) or len(blob) == len(head):
+        raise InvalidKey(f"the key data is not a {key_type} key")
+    return PublicKey(key_type, blob, fields[2].strip() if len(fields) == 3 else "")
+
+
+def key_name(name: str | None, key: PublicKey) -> str:
+    """``--name``, else the key's comment, else ``key``; only [A-Za-z0-9@._-]."""
+    chosen = name or key.comment or "key"
+    if not _NAME.fullmatch(chosen):
+        raise InvalidKey(f"key name {chosen!r} may only contain letters, digits and @._- (use --name)")
+    return chosen
+
+
+def piku_executable() -> Path:
+    """The absolute path sshd must run: ``piku`` on PATH, else this very program."""
+    return Path(shutil.which("piku") or sys.argv[0]).resolve()
+
+
+def authorized_line(key: PublicKey, name: str, executable: Path) -> str:
+    """The ``authorized_keys`` line whose forced command runs ``executable``."""
+    program = shlex.quote(str(executable)).replace('"', '\\"')
+    command = f"FINGERPRINT={key.fingerprint} NAME={name} {program} $SSH_ORIGINAL_COMMAND"
+    line = f'command="{command}",{RESTRICTIONS} {key.type} {key.base64}'
+    return f"{line} {key.comment}" if key.comment else line
+
+
+def add_authorized_key(path: Path, key: PublicKey, line: str) -> bool:
+    """Append ``line`` unless ``key`` is already in ``path``; False if it was.
+
+    The directory is created 0700 and the file written 0600, atomically, so
+    a crash never leaves sshd a half-written file.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        existing = path.read_text()
+    except FileNotFoundError:
+        existing = ""
+    if any(key.base64 in entry.split() for entry in existing.splitlines()):
+        return False
+    if existing and not existing.endswith("\n"):
+        existing += "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(f"{existing}{line}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True
