@@ -25,6 +25,7 @@ from pikud.atomic import write_atomic
 from pikud.errors import AppNotFound, BadRequest, EnvError, PikudError
 from pikud.events import EventLog
 from pikud.paths import Paths
+from pikud.procman.children import stop_leftovers
 from pikud.procman.group import ProcessGroup
 from pikud.procman.logs import Follower, LogFile, log_files, tail
 from pikud.procman.policy import RestartPolicy
@@ -82,7 +83,7 @@ class App:
         for kind in supervised_kinds(spec.procfile):
             for index in range(1, spec.scaling[kind] + 1):
                 name = f"{self.name}:{kind}.{index}"
-                process_env = dict(env, PROC_TYPE=kind)
+                process_env = dict(env, PROC_TYPE=kind, PIKU_ROOT=str(self.paths.root))
                 if kind in WEB_KINDS:
                     process_env["PORT"] = spec.env.get("PORT") or str(self._port(name))
                 specs[name] = ProcessSpec(
@@ -315,6 +316,7 @@ class AppRegistry:
 
     async def boot(self) -> None:
         """Start every app that was running when the daemon last stopped."""
+        await stop_leftovers(str(self.paths.root), self.app_defaults.stop_timeout)
         starting = []
         for name, state in self.load_state().items():
             try:

@@ -24,7 +24,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
-MARKER = "PIKU_PROCESS"         # every child carries PIKU_PROCESS=app:kind.N in its environment
+# Every child carries PIKU_PROCESS=app:kind.N and PIKU_ROOT=<root> in its environment:
+# together they find a slot's descendants that left its process group, and the
+# processes a previous daemon of the same root left behind.
+MARKER = "PIKU_PROCESS"
 
 
 @dataclass(frozen=True)
@@ -122,12 +125,13 @@ def reap_orphans() -> int:
     return reaped
 
 
-def find_members(pgid: int, marker: str) -> set[int]:
-    """Pids still in process group ``pgid`` or carrying ``PIKU_PROCESS=marker``.
+def find_processes(needles: Sequence[bytes], pgid: int | None = None) -> set[int]:
+    """Live pids in group ``pgid`` or whose environment holds every ``needles`` entry.
 
-    The marker finds descendants that left the group with setsid() to daemonize.
+    A needle is ``b"KEY=value"``, or ``b"KEY="`` for any value; the environment
+    finds descendants that left the group with setsid() to daemonize.
     """
-    needle = f"{MARKER}={marker}".encode() + b"\0"
+    wanted = [b"\0" + needle + (b"" if needle.endswith(b"=") else b"\0") for needle in needles]
     found: set[int] = set()
     me = os.getpid()
     for entry in os.scandir("/proc"):
@@ -140,12 +144,13 @@ def find_members(pgid: int, marker: str) -> set[int]:
             fields = stat[stat.rindex(b")") + 2:].split()
             if fields[0] == b"Z":
                 continue
-            if int(fields[2]) == pgid:
+            if pgid is not None and int(fields[2]) == pgid:
                 found.add(pid)
                 continue
             with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read():
-                    found.add(pid)
+                environ = b"\0" + f.read() + b"\0"
+            if wanted and all(needle in environ for needle in wanted):
+                found.add(pid)
         except (OSError, ValueError, IndexError):
             continue
     return found
@@ -154,10 +159,10 @@ def find_members(pgid: int, marker: str) -> set[int]:
 class ProcessTree:
     """The live members of one process slot, held by pidfd so a signal never hits a reused pid."""
 
-    def __init__(self, pgid: int, marker: str) -> None:
+    def __init__(self, pgid: int | None, needles: Sequence[bytes]) -> None:
         self.pgid = pgid
         self.fds: dict[int, int] = {}
-        for pid in find_members(pgid, marker):
+        for pid in find_processes(needles, pgid):
             try:
                 self.fds[pid] = os.pidfd_open(pid)
             except ProcessLookupError:
@@ -167,10 +172,11 @@ class ProcessTree:
         return len(self.fds)
 
     def signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if self.pgid is not None:
+            try:
+                os.killpg(self.pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
         for fd in self.fds.values():
             try:
                 signal.pidfd_send_signal(fd, sig)
@@ -206,3 +212,18 @@ class ProcessTree:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+
+
+async def stop_leftovers(root: str, timeout: float) -> int:
+    """Stop the app processes a previous daemon of ``root`` left running (kill -9 of pikud)."""
+    tree = ProcessTree(None, (f"{MARKER}=".encode(), f"PIKU_ROOT={root}".encode()))
+    try:
+        if tree:
+            log.warning("stopping %d processes left running by a previous pikud", len(tree))
+            tree.signal(signal.SIGTERM)
+            if not await tree.wait(timeout):
+                tree.signal(signal.SIGKILL)
+                await tree.wait(timeout)
+        return len(tree)
+    finally:
+        tree.close()

@@ -87,6 +87,12 @@ class ManagedProcess:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def needles(self) -> tuple[bytes, ...]:
+        """What marks this slot's processes in their environment (children.find_processes)."""
+        env = dict(self.spec.env)
+        return (f"{MARKER}={self.name}".encode(), f"PIKU_ROOT={env.get('PIKU_ROOT', '')}".encode())
+
     def _set_state(self, new: ProcessState, phrase: str, level: int = logging.INFO) -> None:
         if not allowed(self.state, new):
             raise InvalidTransition(self.name, self.state, new)
@@ -95,8 +101,11 @@ class ManagedProcess:
             self.settled.clear()
         else:
             self.settled.set()
+        self._report(new.value, phrase, level)
+
+    def _report(self, event: str, phrase: str, level: int = logging.INFO) -> None:
         log.log(level, "%s", phrase)
-        self._on_event(self.name, new.value, phrase)
+        self._on_event(self.name, event, phrase)
 
     # -- control -------------------------------------------------------------
 
@@ -223,14 +232,12 @@ class ManagedProcess:
     async def _terminate(self, child: Child) -> None:
         # STARTING/RUNNING -> STOPPING: stop requested
         self._set_state(S.STOPPING, f"stopping: {self.name} (pid {child.pid})")
-        tree = ProcessTree(child.pid, self.name)
+        tree = ProcessTree(child.pid, self.needles)
         try:
             tree.signal(signal.SIGTERM)
             if not await tree.wait(self.spec.stop_timeout):
-                log.warning("killed: %s did not stop within %gs; sent SIGKILL",
-                            self.name, self.spec.stop_timeout)
-                self.log.write_line(f"pikud: {self.name} did not stop within "
-                                    f"{self.spec.stop_timeout:g}s; sent SIGKILL")
+                self._report("killed", f"killed: {self.name} did not stop within "
+                             f"{self.spec.stop_timeout:g}s; sent SIGKILL", logging.WARNING)
                 tree.signal(signal.SIGKILL)
                 await tree.wait(self.spec.stop_timeout)
         finally:

@@ -12,7 +12,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from stubdaemon import Reply, StubDaemon, running
+from tests.unit.stubdaemon import Reply, StubDaemon, running
 
 from pikud.control.client import Client, RemoteError, map_exceptions
 from pikud.errors import ControlError, DaemonNotRunning, PikudError, ProtocolError

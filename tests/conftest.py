@@ -1,0 +1,190 @@
+"""Fixtures shared by the integration tests: a real pikud, real apps, deadlines.
+
+Every wait polls with a deadline; every daemon started here is stopped at
+teardown, and the teardown fails the test if any app process outlived it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pikud.control.client import Client
+from pikud.procman.children import find_processes
+
+STARTUP_DEADLINE = 15.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+             interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def proc_stat(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != b"Z"
+
+
+def app_processes(root: Path) -> set[int]:
+    """Pids of app processes started by a daemon of ``root`` that are still alive."""
+    return find_processes((b"PIKU_PROCESS=", f"PIKU_ROOT={root}".encode()))
+
+
+class Pikud:
+    """One real `pikud serve` in its own PIKU_ROOT."""
+
+    def __init__(self, root: Path, log: Path) -> None:
+        self.root = root
+        self.log_path = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client = Client(root / "pikud.sock", timeout=30)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIKU")}
+        env["PIKU_ROOT"] = str(self.root)
+        return env
+
+    def start(self, *args: str, extra_env: dict[str, str] | None = None) -> Pikud:
+        sock = self.root / "pikud.sock"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pikud", "serve", *args],
+                env=dict(self.env, **(extra_env or {})), stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: sock.exists() and self._ready(), STARTUP_DEADLINE, "pikud to listen")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.output()
+        try:
+            self.client.request("GET", "/status")
+            return True
+        except Exception:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.client.request(method, path, body)
+
+    def cli(self, *args: str, check: bool = False, input: str | None = None,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "pikud.cli", *args], env=self.env,
+                                capture_output=True, text=True, input=input, timeout=timeout)
+        if check:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def add_app(self, name: str, procfile: str, env: str | None = None) -> Path:
+        app = self.root / "apps" / name
+        app.mkdir(parents=True, exist_ok=True)
+        (app / "Procfile").write_text(procfile)
+        if env is not None:
+            (app / "ENV").write_text(env)
+        return app
+
+    def processes(self, app: str) -> list[dict[str, Any]]:
+        return list(self.api("GET", f"/apps/{app}")["processes"])
+
+    def process(self, app: str, name: str) -> dict[str, Any]:
+        return next(p for p in self.processes(app) if p["name"] == name)
+
+    def wait_state(self, app: str, name: str, state: str, timeout: float = 15.0
+                   ) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            proc = self.process(app, name)
+            return proc if proc["state"] == state else None
+        return wait_for(check, timeout, f"{name} to be {state}")  # type: ignore[no-any-return]
+
+    def log_text(self, app: str, source: str) -> str:
+        path = self.root / "logs" / app / f"{source}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+# Fast policy values for tests: they are settings, so nothing is faked.
+FAST = ("PIKU_START_SECS=0.3\nPIKU_BACKOFF_BASE=0.1\nPIKU_BACKOFF_MAX=0.5\n"
+        "PIKU_STOP_TIMEOUT=3\n")
+
+
+@pytest.fixture
+def short_root() -> Iterator[Path]:
+    """A PIKU_ROOT short enough for unix socket paths (108 bytes)."""
+    root = Path(tempfile.mkdtemp(prefix="pk-", dir="/tmp"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pikud_factory(short_root: Path, tmp_path: Path) -> Iterator[Callable[..., Pikud]]:
+    made: list[Pikud] = []
+
+    def make(*args: str, extra_env: dict[str, str] | None = None) -> Pikud:
+        daemon = Pikud(short_root, tmp_path / "pikud.log")
+        made.append(daemon)
+        return daemon.start(*args, extra_env=extra_env)
+
+    yield make
+    for daemon in made:
+        if daemon.proc is not None:
+            code = daemon.stop()
+            assert code == 0, f"pikud exited {code}:\n{daemon.output()}"
+    left = app_processes(short_root)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture
+def pikud(pikud_factory: Callable[..., Pikud]) -> Pikud:
+    return pikud_factory()
+
+
+def json_out(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
