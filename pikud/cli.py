@@ -154,10 +154,11 @@ def config_set(app: str, settings: tuple[str, ...], as_json: bool) -> None:
     The words are joined and shell-split again, so quoting survives ssh:
     piku config:set app 'GREETING="hello world"'.
     """
+    joined = " ".join(settings)
     try:
-        words = shlex.split(" ".join(settings))
+        words = shlex.split(joined)
     except ValueError as exc:
-        raise click.BadParameter(f"cannot split {' '.join(settings)!r}: {exc}", param_hint="SETTINGS") from None
+        raise click.BadParameter(f"cannot split {joined!r}: {exc}", param_hint="SETTINGS") from None
     pairs = _pairs(words, "KEY=VALUE", "SETTINGS")
     _change_config(app, {"set": dict(pairs)}, as_json)
 
@@ -194,7 +195,8 @@ def _lifecycle(name: str, done: str, doc: str) -> None:
         _emit(detail, as_json, lambda d: f"-----> {app} {done}\n{format_ps(d, _color())}")
 
 
-_lifecycle("deploy", "deployed", "Redeploy APP's current code.\n\nRe-reads Procfile, ENV and SCALING and applies them.")
+_lifecycle("deploy", "deployed",
+           "Redeploy APP's current code.\n\nRe-reads Procfile, ENV and SCALING and applies them.")
 _lifecycle("restart", "restarted", "Restart APP's processes, one by one.")
 _lifecycle("stop", "stopped", "Stop APP's processes (it stays stopped until start).")
 _lifecycle("start", "started", "Start APP's processes.")
@@ -348,8 +350,11 @@ def setup_ssh(keyfile: Any, name: str | None, as_json: bool) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot update {target}: {exc}") from None
     result = {"fingerprint": key.fingerprint, "name": owner, "file": str(target), "added": added}
-    verb = "Added" if added else "Already present:"
-    _emit(result, as_json, lambda d: f"-----> {verb} key {d['fingerprint']} ({d['name']}) in {d['file']}")
+    if added:
+        message = f"-----> Added key {key.fingerprint} ({owner}) to {target}"
+    else:
+        message = f"-----> Key {key.fingerprint} is already in {target}; nothing changed"
+    _emit(result, as_json, lambda d: message)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,7 +152,7 @@ def test_setup_ssh_adds_the_key_once(home: Path, pubkey: tuple[Path, str],
     pub, fingerprint = pubkey
     keys = home / ".ssh" / "authorized_keys"
     assert main(["setup:ssh", str(pub)]) == 0
-    assert capsys.readouterr().out == f"-----> Added key {fingerprint} (jane@laptop) in {keys}\n"
+    assert capsys.readouterr().out == f"-----> Added key {fingerprint} (jane@laptop) to {keys}\n"
     piku_bin = home.parent / "bin" / "piku"
     assert keys.read_text() == (
         f'command="FINGERPRINT={fingerprint} NAME=jane@laptop {piku_bin} $SSH_ORIGINAL_COMMAND",'
@@ -161,6 +161,8 @@ def test_setup_ssh_adds_the_key_once(home: Path, pubkey: tuple[Path, str],
     assert stat.S_IMODE(keys.parent.stat().st_mode) & 0o077 == 0
 
     before = keys.read_bytes()
+    assert main(["setup:ssh", str(pub)]) == 0
+    assert capsys.readouterr().out == f"-----> Key {fingerprint} is already in {keys}; nothing changed\n"
     assert main(["setup:ssh", str(pub), "--name", "other", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "fingerprint": fingerprint, "name": "other", "file": str(keys), "added": False}

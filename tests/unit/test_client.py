@@ -57,7 +57,8 @@ def test_error_envelope_keeps_code_message_and_status(stub: StubDaemon, client: 
     stub.on("GET", "/apps/x", status=404, body=NOT_FOUND)
     with pytest.raises(RemoteError) as info:
         client.request("GET", "/apps/x")
-    assert (info.value.code, str(info.value), info.value.status) == ("app_not_found", "app 'x' not found", 404)
+    error = info.value
+    assert (error.code, str(error), error.status) == ("app_not_found", "app 'x' not found", 404)
     assert isinstance(info.value, PikudError)
 
 
@@ -113,7 +114,8 @@ def test_dropped_connection_is_a_protocol_error(stub: StubDaemon, client: Client
 
 def test_stream_yields_lines_until_end(stub: StubDaemon, client: Client) -> None:
     lines = [{"source": "web.1", "line": "a"}, {"source": "web.2", "line": "b"}]
-    stub.on("GET", "/apps/a/logs?follow=1", lines=[*lines, {"end": True}, {"source": "x", "line": "after end"}])
+    after = {"source": "x", "line": "after end"}
+    stub.on("GET", "/apps/a/logs?follow=1", lines=[*lines, {"end": True}, after])
     assert list(client.stream("GET", "/apps/a/logs?follow=1")) == lines
 
 
