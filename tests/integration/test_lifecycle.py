@@ -1,0 +1,182 @@
+"""The daemon's life: kill -9 and restart, SIGHUP, systemd notify, watched files, config, logs."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import FAST, Pikud, alive, app_processes, wait_for
+
+
+def pids(daemon: Pikud, app: str) -> dict[str, int]:
+    return {p["name"]: p["pid"] for p in daemon.processes(app)}
+
+
+def test_kill9_then_restart_brings_every_app_back_as_it_was(pikud_factory) -> None:
+    daemon: Pikud = pikud_factory()
+    daemon.add_app("up", "worker: sleep 300\n", FAST)
+    daemon.add_app("down", "worker: sleep 300\n", FAST)
+    daemon.add_app("never", "worker: sleep 300\n", FAST)
+    daemon.api("POST", "/apps/up/deploy")
+    daemon.api("POST", "/apps/up/scale", {"scaling": {"worker": 2}})
+    daemon.api("POST", "/apps/down/deploy")
+    daemon.api("POST", "/apps/down/stop")
+    old = set(pids(daemon, "up").values())
+    daemon.kill9()
+    assert old <= app_processes(daemon.root)        # orphans of the killed daemon
+    daemon.start()
+    wait_for(lambda: all(p["state"] == "RUNNING" for p in daemon.processes("up"))
+             and len(daemon.processes("up")) == 2, 15, "up to run again")
+    assert "processes left running by a previous pikud" in daemon.output()
+    assert not any(alive(pid) for pid in old)
+    assert daemon.processes("down") == [] and daemon.processes("never") == []
+    states = {a["name"]: a["state"] for a in daemon.api("GET", "/apps")["apps"]}
+    assert states == {"up": "running", "down": "stopped", "never": "stopped"}
+
+
+def test_sigterm_stops_every_app_and_exits_0(pikud_factory) -> None:
+    daemon: Pikud = pikud_factory()
+    daemon.add_app("a", "worker: sleep 300\n", FAST)
+    daemon.api("POST", "/apps/a/deploy")
+    pid = pids(daemon, "a")["a:worker.1"]
+    assert daemon.stop() == 0
+    assert not alive(pid)
+    assert not (daemon.root / "pikud.sock").exists()
+
+
+def test_sighup_rereads_settings_without_touching_apps(pikud: Pikud) -> None:
+    pikud.add_app("steady", "worker: sleep 300\n", FAST)
+    pikud.api("POST", "/apps/steady/deploy")
+    before = pids(pikud, "steady")
+    (pikud.root / "pikud.toml").write_text('log_level = "debug"\n[defaults]\nPIKU_STOP_TIMEOUT = 2\n')
+    pikud.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: settings re-read" in pikud.output(), 5, "the reload")
+    (pikud.root / "pikud.toml").write_text("log_level = 'loud'\n")
+    pikud.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: kept the settings in force" in pikud.output(), 5, "the refusal")
+    assert "log_level must be one of" in pikud.output()
+    assert pids(pikud, "steady") == before
+
+
+def test_systemd_notify_ready_and_stopping(pikud_factory, short_root: Path) -> None:
+    path = short_root / "notify"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    listener.settimeout(15)
+    try:
+        daemon: Pikud = pikud_factory(extra_env={"NOTIFY_SOCKET": str(path)})
+        daemon.add_app("n", "worker: env\n", FAST)
+        first = listener.recv(4096).decode()
+        assert "READY=1" in first and "STATUS=" in first
+        daemon.api("POST", "/apps/n/deploy")
+        # The app never sees the daemon's NOTIFY_SOCKET.
+        wait_for(lambda: "PROC_TYPE=worker" in daemon.log_text("n", "worker.1"), 5, "env")
+        assert "NOTIFY_SOCKET" not in daemon.log_text("n", "worker.1")
+        daemon.stop()
+        assert "STOPPING=1" in listener.recv(4096).decode()
+    finally:
+        listener.close()
+
+
+def test_config_set_restarts_one_at_a_time_without_rebuild(pikud: Pikud) -> None:
+    pikud.add_app("conf", "worker: echo greeting=$GREETING; sleep 300\n", FAST + "GREETING=hi\n")
+    pikud.api("POST", "/apps/conf/scale", {"scaling": {"worker": 2}})
+    pikud.api("POST", "/apps/conf/deploy")
+    before = pids(pikud, "conf")
+    result = pikud.cli("config:set", "conf", "GREETING='hello world'", check=True)
+    assert "GREETING" in result.stdout
+    after = pids(pikud, "conf")
+    assert set(after) == set(before) and not set(after.values()) & set(before.values())
+    wait_for(lambda: "greeting=hello world" in pikud.log_text("conf", "worker.2"), 5, "new env")
+    out = pikud.output()
+    # One at a time: worker.2 is stopped only after the new worker.1 is RUNNING.
+    new1 = out.index("success: conf:worker.1 entered RUNNING state", out.index("config changed"))
+    assert new1 < out.index("stopping: conf:worker.2")
+    assert "GREETING=hello world" in (pikud.root / "envs/conf/ENV").read_text()
+    assert pikud.cli("config:get", "conf", "GREETING", check=True).stdout.strip() == "hello world"
+    live = pikud.api("GET", "/apps/conf/config/live")["env"]
+    assert live["GREETING"] == "hello world" and live["APP"] == "conf"
+
+
+def test_bad_config_set_changes_nothing(pikud: Pikud) -> None:
+    pikud.add_app("strict", "worker: sleep 300\n", FAST)
+    pikud.api("POST", "/apps/strict/deploy")
+    before = pids(pikud, "strict")
+    result = pikud.cli("config:set", "strict", "PIKU_STOP_TIMEOUT=soon")
+    assert result.returncode == 1
+    assert "PIKU_STOP_TIMEOUT" in result.stderr and "soon" in result.stderr
+    assert not (pikud.root / "envs/strict/ENV").exists()
+    assert pids(pikud, "strict") == before
+
+
+def test_hand_edits_of_env_and_scaling_are_applied_and_bad_ones_ignored(pikud: Pikud) -> None:
+    pikud.add_app("watched", "worker: echo color=$COLOR; sleep 300\n", FAST)
+    pikud.api("POST", "/apps/watched/deploy")
+    first = pids(pikud, "watched")
+    env_file = pikud.root / "envs/watched/ENV"
+    env_file.write_text("COLOR=blue\n")
+    wait_for(lambda: "color=blue" in pikud.log_text("watched", "worker.1"), 10, "the edit")
+    assert pids(pikud, "watched") != first
+    applied = pids(pikud, "watched")
+    env_file.write_text("COLOR=red\nthis line is broken\n")
+    wait_for(lambda: "ignored an edit" in pikud.log_text("watched", "pikud"), 10, "the report")
+    assert "envs/watched/ENV, line 2" in pikud.log_text("watched", "pikud")
+    assert pids(pikud, "watched") == applied
+    (pikud.root / "envs/watched/SCALING").write_text("worker: 2\n")     # ENV still broken
+    wait_for(lambda: pikud.log_text("watched", "pikud").count("ignored an edit") >= 2, 10,
+             "the second report")
+    assert pids(pikud, "watched") == applied
+    env_file.write_text("COLOR=red\n")
+    wait_for(lambda: len(pids(pikud, "watched")) == 2, 10, "the scaling edit")
+    wait_for(lambda: "color=red" in pikud.log_text("watched", "worker.2"), 10, "worker.2")
+
+
+def test_touch_reload_restarts_the_app(pikud: Pikud) -> None:
+    app = pikud.add_app("touchy", "worker: sleep 300\n", FAST + "PIKU_TOUCH_RELOAD=reload.txt\n")
+    (app / "reload.txt").write_text("")
+    pikud.api("POST", "/apps/touchy/deploy")
+    first = pids(pikud, "touchy")
+    os.utime(app / "reload.txt")
+    wait_for(lambda: "touch-reload" in pikud.log_text("touchy", "pikud"), 10, "the reload")
+    wait_for(lambda: pids(pikud, "touchy")["touchy:worker.1"] != first["touchy:worker.1"]
+             and pikud.process("touchy", "touchy:worker.1")["state"] == "RUNNING", 10, "restart")
+
+
+CHATTY = "i=0; while :; do i=$((i+1)); echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; sleep 0.005; done"
+
+
+def test_logs_rotate_and_follow_continues_across_a_rotation(pikud: Pikud) -> None:
+    pikud.add_app("chatty", f"worker: {CHATTY}\n", FAST + "PIKU_LOG_MAXSIZE=4K\nPIKU_LOG_BACKUPS=3\n")
+    pikud.api("POST", "/apps/chatty/deploy")
+    follower = subprocess.Popen([sys.executable, "-m", "pikud.cli", "logs", "chatty", "worker",
+                                 "--lines", "1"], env=pikud.env, stdout=subprocess.PIPE,
+                                text=True)
+    try:
+        seen: list[int] = []
+        deadline = time.monotonic() + 15
+        assert follower.stdout is not None
+        while len(seen) < 300 and time.monotonic() < deadline:
+            ready, _, _ = select.select([follower.stdout], [], [], 1)
+            if ready:
+                line = follower.stdout.readline()
+                if "line-" in line:
+                    seen.append(int(line.split("line-")[1].split("-")[0]))
+    finally:
+        follower.terminate()
+        follower.wait(5)
+        assert follower.stdout is not None
+        follower.stdout.close()
+    assert len(seen) >= 300, seen[-5:]
+    assert seen == list(range(seen[0], seen[0] + len(seen)))     # no line lost or repeated
+    logs = pikud.root / "logs/chatty"
+    assert (logs / "worker.1.log.1").exists() and (logs / "worker.1.log.3").exists()
+    assert not (logs / "worker.1.log.4").exists()
+    assert all(p.stat().st_size <= 4096 for p in logs.glob("worker.1.log*"))
+    first = (logs / "worker.1.log").read_text().splitlines()[0]
+    assert first[:4].isdigit() and "T" in first.split()[0]     # an ISO timestamp
