@@ -1,0 +1,72 @@
+"""Log rotation and tail on real files; the daemon's settings file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pikud.errors import SpecError
+from pikud.procman.logs import LogFile, log_files, tail
+from pikud.settings import Settings, load_settings
+
+
+def test_log_file_rotates_into_numbered_backups(tmp_path: Path) -> None:
+    seen: list[tuple[str, str]] = []
+    log = LogFile(tmp_path / "web.1.log", "web.1", max_bytes=200, backups=2,
+                  followers={lambda source, line: seen.append((source, line))})
+    for i in range(30):
+        log.write_line(f"line {i:02d}")
+    log.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["web.1.log", "web.1.log.1", "web.1.log.2"]
+    assert all(p.stat().st_size <= 200 for p in tmp_path.iterdir())
+    assert tail(tmp_path / "web.1.log", 1)[0].endswith("line 29")
+    assert len(seen) == 30 and seen[0][0] == "web.1" and seen[-1][1].endswith("line 29")
+
+
+def test_tail_reaches_into_the_previous_file(tmp_path: Path) -> None:
+    (tmp_path / "w.1.log.1").write_text("".join(f"old {i}\n" for i in range(5)))
+    (tmp_path / "w.1.log").write_text("new 0\nnew 1\n")
+    assert tail(tmp_path / "w.1.log", 4) == ["old 3", "old 4", "new 0", "new 1"]
+    assert tail(tmp_path / "w.1.log", 0) == []
+    assert tail(tmp_path / "missing.log", 3) == []
+
+
+def test_log_files_filters_by_kind(tmp_path: Path) -> None:
+    for name in ("web.1.log", "web.2.log", "worker.1.log", "pikud.log", "web.1.log.1"):
+        (tmp_path / name).write_text("")
+    assert [s for s, _ in log_files(tmp_path)] == ["pikud", "web.1", "web.2", "worker.1"]
+    assert [s for s, _ in log_files(tmp_path, "web")] == ["web.1", "web.2"]
+    assert [s for s, _ in log_files(tmp_path, "web.2")] == ["web.2"]
+
+
+def test_settings_defaults_when_absent(tmp_path: Path) -> None:
+    assert load_settings(tmp_path / "pikud.toml") == Settings()
+
+
+def test_settings_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "pikud.toml"
+    path.write_text('log_level = "debug"\nshutdown_timeout = 5\n[defaults]\n'
+                    'PIKU_STOP_TIMEOUT = "3s"\nPIKU_START_RETRIES = 2\n')
+    settings = load_settings(path)
+    assert settings.log_level == "debug" and settings.shutdown_timeout == 5.0
+    assert settings.app_defaults.stop_timeout == 3.0
+    assert settings.app_defaults.start_retries == 2
+
+
+@pytest.mark.parametrize("text, names", [
+    ("log_level = ", "not valid TOML"),
+    ("colour = 'red'\n", "unknown setting(s): colour"),
+    ("log_level = 'loud'\n", "log_level"),
+    ("shutdown_timeout = -1\n", "shutdown_timeout"),
+    ("events_kept = 0\n", "events_kept"),
+    ("defaults = 3\n", "[defaults] must be a table"),
+    ("[defaults]\nPIKU_STOP_TIMEOUT = 'soon'\n", "PIKU_STOP_TIMEOUT"),
+])
+def test_bad_settings_name_the_problem(tmp_path: Path, text: str, names: str) -> None:
+    path = tmp_path / "pikud.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_settings(path)
+    assert names in str(info.value) and str(path) in str(info.value)
