@@ -59,11 +59,22 @@ class ProcessSpec:
 
 
 def read_rss(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * PAGE_SIZE
-    except (OSError, ValueError, IndexError):
-        return None
+    """Resident memory of ``pid`` and all its descendants (the shell and what it runs)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            with open(f"/proc/{current}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * PAGE_SIZE
+            with open(f"/proc/{current}/task/{current}/children", "rb") as f:
+                todo += [int(child) for child in f.read().split()]
+        except (OSError, ValueError, IndexError):
+            if current == pid:
+                return None
+    return total
 
 
 class ManagedProcess:
