@@ -34,6 +34,9 @@ from pikud.procman.process import ProcessSpec
 log = logging.getLogger(__name__)
 
 RUNNING, STOPPED = "running", "stopped"
+# wsgi/asgi entries name a module, not a command: they need the WSGI/ASGI
+# server support of issue #4. Until then they are reported, not started.
+NOT_YET_SERVED = ("wsgi", "asgi")
 
 
 def free_port() -> int:
@@ -81,6 +84,8 @@ class App:
                                s.start_retries, s.fatal_cooloff)
         specs: dict[str, ProcessSpec] = {}
         for kind in supervised_kinds(spec.procfile):
+            if kind in NOT_YET_SERVED:
+                continue
             for index in range(1, spec.scaling[kind] + 1):
                 name = f"{self.name}:{kind}.{index}"
                 process_env = dict(env, PROC_TYPE=kind, PIKU_ROOT=str(self.paths.root))
@@ -103,6 +108,10 @@ class App:
     def _prepare(self, spec: AppSpec) -> None:
         for warning in spec.warnings:
             self.note("warning", f"{self.name}: {warning}", logging.WARNING)
+        for kind in NOT_YET_SERVED:
+            if kind in spec.procfile.entries:
+                self.note("warning", f"{self.name}: the {kind!r} kind is not served by this "
+                          "version of pikud yet; it was not started", logging.WARNING)
         for path in (self.paths.log_dir(self.name), self.paths.data(self.name),
                      self.paths.cache(self.name), self.paths.env_dir(self.name)):
             path.mkdir(parents=True, exist_ok=True)
