@@ -70,16 +70,19 @@ def test_systemd_notify_ready_and_stopping(pikud_factory, short_root: Path) -> N
     listener.bind(str(path))
     listener.settimeout(15)
     try:
-        daemon: Pikud = pikud_factory(extra_env={"NOTIFY_SOCKET": str(path)})
+        daemon: Pikud = pikud_factory(extra_env={"NOTIFY_SOCKET": str(path),
+                                                 "WATCHDOG_USEC": "200000"})
         daemon.add_app("n", "worker: env\n", FAST)
-        first = listener.recv(4096).decode()
-        assert "READY=1" in first and "STATUS=" in first
+        received = [listener.recv(4096).decode() for _ in range(3)]
+        assert any("READY=1" in r and "STATUS=" in r for r in received), received
+        assert "WATCHDOG=1" in received        # every 0.1 s: half of WATCHDOG_USEC
         daemon.api("POST", "/apps/n/deploy")
         # The app never sees the daemon's NOTIFY_SOCKET.
         wait_for(lambda: "PROC_TYPE=worker" in daemon.log_text("n", "worker.1"), 5, "env")
         assert "NOTIFY_SOCKET" not in daemon.log_text("n", "worker.1")
         daemon.stop()
-        assert "STOPPING=1" in listener.recv(4096).decode()
+        assert "STOPPING=1" in wait_for(lambda: (m := listener.recv(4096).decode())
+                                        and "STOPPING=1" in m and m, 10, "STOPPING=1")
     finally:
         listener.close()
 
