@@ -11,15 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import re
 import shlex
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pikud.atomic import write_atomic
 from pikud.errors import PikudError
 
 KEY_TYPES = frozenset({
@@ -100,8 +99,8 @@ def authorized_line(key: PublicKey, name: str, executable: Path) -> str:
 def add_authorized_key(path: Path, key: PublicKey, line: str) -> bool:
     """Append ``line`` unless ``key`` is already in ``path``; False if it was.
 
-    The directory is created 0700 and the file written 0600, atomically, so
-    a crash never leaves sshd a half-written file.
+    The directory is created 0700 and the file written 0600 with
+    ``write_atomic``, so a crash never leaves sshd a half-written file.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -112,20 +111,5 @@ def add_authorized_key(path: Path, key: PublicKey, line: str) -> bool:
         return False
     if existing and not existing.endswith("\n"):
         existing += "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(f"{existing}{line}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, f"{existing}{line}\n", 0o600)
     return True

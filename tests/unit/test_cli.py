@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,13 +36,10 @@ def piku(*args: str, env: dict[str, str] | None = None, input: str | None = None
 
 
 @pytest.fixture
-def root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def root(short_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty PIKU_ROOT, short enough to hold a unix socket."""
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="pikud-"))
-    monkeypatch.setenv("PIKU_ROOT", str(path))
-    monkeypatch.delenv("NO_COLOR", raising=False)
-    yield path
-    shutil.rmtree(path)
+    monkeypatch.setenv("PIKU_ROOT", str(short_root))
+    return short_root
 
 
 @pytest.fixture

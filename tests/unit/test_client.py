@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -21,16 +19,8 @@ NOT_FOUND = {"ok": False, "error": {"code": "app_not_found", "message": "app 'x'
 
 
 @pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory short enough for a unix socket path (108 bytes at most)."""
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="pikud-"))
-    yield path
-    shutil.rmtree(path)
-
-
-@pytest.fixture
-def stub(short_dir: Path) -> Iterator[StubDaemon]:
-    with running(short_dir / "pikud.sock") as daemon:
+def stub(short_root: Path) -> Iterator[StubDaemon]:
+    with running(short_root / "pikud.sock") as daemon:
         yield daemon
 
 
@@ -76,14 +66,14 @@ def test_malformed_answers_are_protocol_errors(stub: StubDaemon, client: Client,
         client.request("GET", "/x")
 
 
-def test_no_socket_means_not_running(short_dir: Path) -> None:
-    path = short_dir / "pikud.sock"
+def test_no_socket_means_not_running(short_root: Path) -> None:
+    path = short_root / "pikud.sock"
     with pytest.raises(DaemonNotRunning, match=f"pikud is not running \\(no socket at {path}\\)"):
         Client(path).request("GET", "/apps")
 
 
-def test_stale_socket_means_not_running(short_dir: Path) -> None:
-    path = short_dir / "pikud.sock"
+def test_stale_socket_means_not_running(short_root: Path) -> None:
+    path = short_root / "pikud.sock"
     with closing(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)) as sock:
         sock.bind(str(path))            # bound, never listening: what a dead daemon leaves
     with pytest.raises(DaemonNotRunning, match="nothing listens on"):
@@ -160,9 +150,9 @@ def test_stream_failures(stub: StubDaemon, client: Client, reply: Reply, error: 
         list(client.stream("GET", "/s"))
 
 
-def test_stream_to_a_stopped_daemon(short_dir: Path) -> None:
+def test_stream_to_a_stopped_daemon(short_root: Path) -> None:
     with pytest.raises(DaemonNotRunning):
-        list(Client(short_dir / "pikud.sock").stream("GET", "/events?follow=1"))
+        list(Client(short_root / "pikud.sock").stream("GET", "/events?follow=1"))
 
 
 def test_map_exceptions_translates_the_first_match_only() -> None:
