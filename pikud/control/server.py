@@ -23,7 +23,7 @@ from aiohttp import web
 from pikud import __version__
 from pikud.apps import AppRegistry
 from pikud.control.protocol import MAX_BODY, NDJSON, error, ndjson_line, ok
-from pikud.errors import BadRequest, Forbidden, NotFound, PikudError
+from pikud.errors import BadRequest, Forbidden, PikudError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REGISTRY = web.AppKey("registry", AppRegistry)

@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,16 +214,27 @@ class ProcessTree:
         self.fds.clear()
 
 
-async def stop_leftovers(root: str, timeout: float) -> int:
-    """Stop the app processes a previous daemon of ``root`` left running (kill -9 of pikud)."""
-    tree = ProcessTree(None, (f"{MARKER}=".encode(), f"PIKU_ROOT={root}".encode()))
+async def terminate(pgid: int | None, needles: Sequence[bytes], timeout: float,
+                    on_kill: Callable[[], None] = lambda: None) -> int:
+    """SIGTERM a process tree, SIGKILL it after ``timeout`` (calling ``on_kill``).
+
+    Returns how many processes were found; they are all gone (or unkillable) when it returns.
+    """
+    tree = ProcessTree(pgid, needles)
     try:
-        if tree:
-            log.warning("stopping %d processes left running by a previous pikud", len(tree))
-            tree.signal(signal.SIGTERM)
-            if not await tree.wait(timeout):
-                tree.signal(signal.SIGKILL)
-                await tree.wait(timeout)
+        tree.signal(signal.SIGTERM)
+        if not await tree.wait(timeout):
+            on_kill()
+            tree.signal(signal.SIGKILL)
+            await tree.wait(timeout)
         return len(tree)
     finally:
         tree.close()
+
+
+async def stop_leftovers(root: str, timeout: float) -> int:
+    """Stop the app processes a previous daemon of ``root`` left running (kill -9 of pikud)."""
+    needles = (f"{MARKER}=".encode(), f"PIKU_ROOT={root}".encode())
+    if find_processes(needles):
+        log.warning("stopping processes left running by a previous pikud")
+    return await terminate(None, needles, timeout)

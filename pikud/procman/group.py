@@ -68,10 +68,12 @@ class ProcessGroup:
     async def stop(self, names: list[str] | tuple[str, ...] | None = None) -> None:
         """Stop the named slots (all when None) at the same time and forget them."""
         chosen = list(self.processes) if names is None else list(names)
-        procs = [self.processes.pop(name) for name in chosen if name in self.processes]
-        await asyncio.gather(*(proc.stop() for proc in procs))
+        procs = [self.processes[name] for name in chosen if name in self.processes]
+        await asyncio.gather(*(proc.stop() for proc in procs))      # seen as STOPPING meanwhile
         for proc in procs:
             proc.log.close()
+            if self.processes.get(proc.name) is proc:
+                del self.processes[proc.name]
 
     def retry(self) -> None:
         """Start every FATAL or backing-off slot again now."""

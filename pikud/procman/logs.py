@@ -69,11 +69,14 @@ class LogFile:
             self._size = 0
 
 
-class PipeReader:
-    """Reads a child's output pipe on the loop and writes whole lines to a LogFile."""
+LineSink = Callable[[str], None]
 
-    def __init__(self, fd: int, log: LogFile) -> None:
-        self.fd, self.log = fd, log
+
+class PipeReader:
+    """Reads a child's output pipe on the loop and hands whole lines to ``sink``."""
+
+    def __init__(self, fd: int, sink: LineSink) -> None:
+        self.fd, self.sink = fd, sink
         self._buffer = b""
         os.set_blocking(fd, False)
         self.closed = asyncio.get_running_loop().create_future()
@@ -98,7 +101,7 @@ class PipeReader:
             self._buffer = self._buffer[MAX_LINE:]
 
     def _emit(self, raw: bytes) -> None:
-        self.log.write_line(raw.rstrip(b"\r").decode(errors="replace"))
+        self.sink(raw.rstrip(b"\r").decode(errors="replace"))
 
     def _finish(self) -> None:
         asyncio.get_running_loop().remove_reader(self.fd)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pikud.errors import InvalidTransition
-from pikud.procman.children import MARKER, Child, ExitInfo, ProcessTree, spawn
+from pikud.procman.children import MARKER, Child, spawn, terminate
 from pikud.procman.logs import Follower, LogFile, PipeReader
 from pikud.procman.policy import RestartPolicy, decide
 from pikud.procman.state import ALIVE, ProcessState, allowed
@@ -177,7 +176,7 @@ class ManagedProcess:
             raise
         finally:
             os.close(write_end)
-        PipeReader(read_end, self.log)
+        PipeReader(read_end, self.log.write_line)
         self.child = child
         self.started_at = time.monotonic()
         # STOPPED/BACKOFF/EXITED/FATAL -> STARTING: spawned
@@ -243,16 +242,9 @@ class ManagedProcess:
     async def _terminate(self, child: Child) -> None:
         # STARTING/RUNNING -> STOPPING: stop requested
         self._set_state(S.STOPPING, f"stopping: {self.name} (pid {child.pid})")
-        tree = ProcessTree(child.pid, self.needles)
-        try:
-            tree.signal(signal.SIGTERM)
-            if not await tree.wait(self.spec.stop_timeout):
-                self._report("killed", f"killed: {self.name} did not stop within "
-                             f"{self.spec.stop_timeout:g}s; sent SIGKILL", logging.WARNING)
-                tree.signal(signal.SIGKILL)
-                await tree.wait(self.spec.stop_timeout)
-        finally:
-            tree.close()
+        await terminate(child.pid, self.needles, self.spec.stop_timeout, lambda: self._report(
+            "killed", f"killed: {self.name} did not stop within {self.spec.stop_timeout:g}s; "
+            "sent SIGKILL", logging.WARNING))
         info = await child.wait()
         self.last_exit = str(info)
         self.child, self.started_at = None, None

@@ -7,7 +7,6 @@ import os
 import socket
 import stat
 import subprocess
-import sys
 
 import pytest
 

@@ -1,0 +1,65 @@
+"""Commands that run once to the end: cron jobs, release and preflight steps.
+
+Like a supervised process they run in their own session with their output
+captured line by line, and they are stopped the same way (SIGTERM to the
+tree, SIGKILL after ``stop_timeout``) on a timeout or a cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pikud.procman.children import Child, ExitInfo, spawn, terminate
+from pikud.procman.logs import LineSink, PipeReader
+
+DRAIN_GRACE = 1.0       # seconds to wait for the last output once the command ended
+
+
+class OneShotTimeout(Exception):
+    """The command ran past its timeout and was stopped; ``info`` is how it ended."""
+
+    def __init__(self, info: ExitInfo) -> None:
+        super().__init__(f"timed out ({info})")
+        self.info = info
+
+
+async def run_once(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
+                   on_line: LineSink, needles: Sequence[bytes] = (),
+                   timeout: float | None = None, stop_timeout: float = 10.0) -> ExitInfo:
+    """Run ``argv`` to its end, handing each output line to ``on_line``.
+
+    Raises OneShotTimeout after stopping it when ``timeout`` passes; when the
+    caller is cancelled, the command is stopped before the cancellation goes on.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        child = spawn(argv, env=env, cwd=cwd, output=write_end)
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    reader = PipeReader(read_end, on_line)
+    try:
+        async with asyncio.timeout(timeout):
+            info = await child.wait()
+    except TimeoutError:
+        raise OneShotTimeout(await stop(child, needles, stop_timeout)) from None
+    except asyncio.CancelledError:
+        await stop(child, needles, stop_timeout)
+        raise
+    finally:
+        # A descendant may hold the pipe open: take what is there, do not wait for it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reader.closed), DRAIN_GRACE)
+    return info
+
+
+async def stop(child: Child, needles: Sequence[bytes], timeout: float) -> ExitInfo:
+    """Stop the child's tree as a supervised process is stopped; returns how it ended."""
+    await terminate(child.pid, needles, timeout)
+    return await child.wait()
