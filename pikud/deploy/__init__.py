@@ -1,0 +1,1 @@
+"""Deploys: git receive and checkout, releases, runtimes and the build pipeline."""

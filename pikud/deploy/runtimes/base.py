@@ -1,0 +1,51 @@
+"""What every runtime module provides, and what a build is given.
+
+A runtime detects its manifest in a checked-out release and builds into an
+environment kept under ``envs/APP`` (keyed by a hash of the dependency files,
+so an unchanged redeploy reuses it). Output is streamed line by line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pikud.appspec import Procfile
+
+Progress = Callable[[str], None]
+
+
+class Runner(Protocol):
+    """Runs one build command, streaming its output; raises BuildError on failure."""
+
+    def __call__(self, argv: Sequence[str], *, cwd: Path,
+                 env: Mapping[str, str]) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    app: str
+    source: Path                    # the release directory (checked-out code)
+    env: Mapping[str, str]          # the app's environment for the build (ENV applied)
+    envs_dir: Path                  # envs/APP: runtime environments live below it
+    progress: Progress              # a line for the pusher ("-----> " is added by the caller)
+    run: Runner
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    runtime: str
+    env_path: Path | None = None    # the environment the release uses; kept while referred to
+    env_vars: dict[str, str] = field(default_factory=dict)    # e.g. VIRTUAL_ENV
+    path_prefix: tuple[str, ...] = ()                         # prepended to PATH
+    reused: bool = False            # True when the dependencies were not installed again
+
+
+class Runtime(Protocol):
+    name: str
+
+    def detect(self, source: Path, procfile: Procfile) -> bool: ...
+
+    async def build(self, ctx: BuildContext) -> BuildResult: ...
