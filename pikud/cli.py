@@ -340,13 +340,16 @@ def setup_ssh(keyfile: Any, name: str | None, as_json: bool) -> None:
     this piku, so its holder can only run piku commands.
     """
     # Imported here: only this command needs hashing and temp files.
-    from pikud.sshkeys import add_authorized_key, authorized_line, key_name, parse_public_key, piku_executable
+    from pikud.paths import cli_argv
+    from pikud.sshkeys import add_authorized_key, authorized_line, key_name, parse_public_key
 
     key = parse_public_key(keyfile.read().decode("utf-8", "replace"))
     owner = key_name(name, key)
     target = Path.home() / ".ssh" / "authorized_keys"
     try:
-        added = add_authorized_key(target, key, authorized_line(key, owner, piku_executable()))
+        root = Path(os.environ["PIKU_ROOT"]) if os.environ.get("PIKU_ROOT") else None
+        line = authorized_line(key, owner, cli_argv(), root)
+        added = add_authorized_key(target, key, line)
     except OSError as exc:
         raise click.ClickException(f"cannot update {target}: {exc}") from None
     result = {"fingerprint": key.fingerprint, "name": owner, "file": str(target), "added": added}

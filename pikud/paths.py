@@ -8,6 +8,7 @@ plugins) plus the daemon's own: ``pikud.sock`` (the control socket),
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,3 +81,15 @@ class Paths:
         """Make the layout (idempotent), like `piku setup`."""
         for name in LAYOUT:
             (self.root / name).mkdir(parents=True, exist_ok=True)
+
+
+def cli_argv() -> list[str]:
+    """How to run this very `piku` again (from a git hook or sshd's forced command).
+
+    The installed `piku` script when that is what runs, else this interpreter
+    with ``-m pikud.cli``, which works wherever this code is running.
+    """
+    program = Path(sys.argv[0])
+    if program.name == "piku" and os.access(program, os.X_OK):
+        return [str(program.resolve())]
+    return [sys.executable, "-m", "pikud.cli"]

@@ -13,8 +13,6 @@ import binascii
 import hashlib
 import re
 import shlex
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,16 +81,15 @@ def key_name(name: str | None, key: PublicKey) -> str:
     return chosen
 
 
-def piku_executable() -> Path:
-    """The absolute path sshd must run: ``piku`` on PATH, else this very program."""
-    return Path(shutil.which("piku") or sys.argv[0]).resolve()
+def authorized_line(key: PublicKey, name: str, command: list[str], root: Path | None = None) -> str:
+    """The ``authorized_keys`` line whose forced command runs ``command`` (piku's argv).
 
-
-def authorized_line(key: PublicKey, name: str, executable: Path) -> str:
-    """The ``authorized_keys`` line whose forced command runs ``executable``."""
-    program = shlex.quote(str(executable)).replace('"', '\\"')
-    command = f"FINGERPRINT={key.fingerprint} NAME={name} {program} $SSH_ORIGINAL_COMMAND"
-    line = f'command="{command}",{RESTRICTIONS} {key.type} {key.base64}'
+    ``root`` is set as PIKU_ROOT in the command when the server uses a non-default root.
+    """
+    program = shlex.join(command).replace('"', '\\"')
+    where = f"PIKU_ROOT={shlex.quote(str(root))} " if root is not None else ""
+    forced = f"FINGERPRINT={key.fingerprint} NAME={name} {where}{program} $SSH_ORIGINAL_COMMAND"
+    line = f'command="{forced}",{RESTRICTIONS} {key.type} {key.base64}'
     return f"{line} {key.comment}" if key.comment else line
 
 

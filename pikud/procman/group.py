@@ -3,15 +3,17 @@
 ``apply()`` is reconciliation (STYLE §6): slots that are new start, slots no
 longer wanted stop, and slots whose spec changed are replaced one at a time,
 each new process having to reach RUNNING before the next old one goes.
+``switch()`` replaces a whole generation (a deploy): the new one starts
+beside the old, and the old one stops only once every new process is RUNNING.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from pikud.errors import DeployError
-from pikud.procman.logs import Follower
+from pikud.procman.logs import Follower, LogFile
 from pikud.procman.plan import Plan, plan
 from pikud.procman.process import EventSink, ManagedProcess, ProcessSpec
 
@@ -24,17 +26,34 @@ def settle_time(spec: ProcessSpec) -> float:
 class ProcessGroup:
     def __init__(self, on_event: EventSink, followers: set[Follower]) -> None:
         self.processes: dict[str, ManagedProcess] = {}
+        self.incoming: dict[str, ManagedProcess] = {}     # a generation being started
         self._on_event = on_event
         self._followers = followers
+        self._logs: dict[str, LogFile] = {}
 
     @property
     def specs(self) -> dict[str, ProcessSpec]:
         return {name: proc.spec for name, proc in self.processes.items()}
 
-    def _new(self, spec: ProcessSpec) -> ManagedProcess:
-        proc = ManagedProcess(spec, self._on_event, self._followers)
-        self.processes[spec.name] = proc
+    def all(self) -> list[ManagedProcess]:
+        return [*self.processes.values(), *self.incoming.values()]
+
+    def _log(self, spec: ProcessSpec) -> LogFile:
+        log = self._logs.get(spec.name)
+        if log is None or log.path != spec.log_path:
+            log = LogFile(spec.log_path, spec.source, spec.log_max_bytes, spec.log_backups,
+                          self._followers)
+            self._logs[spec.name] = log
+        log.max_bytes, log.backups = spec.log_max_bytes, spec.log_backups
+        return log
+
+    def _spawn(self, spec: ProcessSpec) -> ManagedProcess:
+        proc = ManagedProcess(spec, self._on_event, self._log(spec))
         proc.start()
+        return proc
+
+    def _new(self, spec: ProcessSpec) -> ManagedProcess:
+        proc = self.processes[spec.name] = self._spawn(spec)
         return proc
 
     async def apply(self, desired: Mapping[str, ProcessSpec], *, rolling: bool = True) -> Plan:
@@ -65,15 +84,46 @@ class ProcessGroup:
                                   f"{proc.last_exit or 'none'}); the processes after it "
                                   "were left as they were")
 
+    async def switch(self, desired: Mapping[str, ProcessSpec],
+                     exclusive: Collection[str] = ()) -> None:
+        """Start the generation ``desired``; once all of it is RUNNING, stop the old one.
+
+        Slots in ``exclusive`` cannot run twice at once (a fixed port): their old
+        process stops first and comes back if the new generation fails. When any
+        new process does not reach RUNNING, the new generation is stopped, the
+        old one keeps running, and DeployError says which process failed.
+        """
+        held = {name: self.processes[name].spec for name in exclusive if name in self.processes}
+        await self.stop(list(held))
+        self.incoming = {name: self._spawn(spec) for name, spec in desired.items()}
+        ready = await asyncio.gather(*(proc.started(settle_time(proc.spec))
+                                       for proc in self.incoming.values()))
+        if not all(ready):
+            failed = [proc for proc, ok in zip(self.incoming.values(), ready) if not ok]
+            await asyncio.gather(*(proc.stop() for proc in self.incoming.values()))
+            self.incoming = {}
+            for spec in held.values():
+                self._new(spec)
+            raise DeployError("the new processes did not start: " + "; ".join(
+                f"{proc.name} {proc.state} ({proc.last_exit or 'no exit'})" for proc in failed))
+        old = self.processes
+        self.processes, self.incoming = self.incoming, {}
+        await asyncio.gather(*(proc.stop() for proc in old.values()))
+        self._close_logs_not_in(self.processes)
+
     async def stop(self, names: list[str] | tuple[str, ...] | None = None) -> None:
         """Stop the named slots (all when None) at the same time and forget them."""
         chosen = list(self.processes) if names is None else list(names)
         procs = [self.processes[name] for name in chosen if name in self.processes]
         await asyncio.gather(*(proc.stop() for proc in procs))      # seen as STOPPING meanwhile
         for proc in procs:
-            proc.log.close()
             if self.processes.get(proc.name) is proc:
                 del self.processes[proc.name]
+        self._close_logs_not_in(self.processes)
+
+    def _close_logs_not_in(self, keep: Mapping[str, ManagedProcess]) -> None:
+        for name in [n for n in self._logs if n not in keep]:
+            self._logs.pop(name).close()
 
     def retry(self) -> None:
         """Start every FATAL or backing-off slot again now."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from pikud.errors import InvalidTransition
 from pikud.procman.children import MARKER, Child, spawn, terminate
-from pikud.procman.logs import Follower, LogFile, PipeReader
+from pikud.procman.logs import LogFile, PipeReader
 from pikud.procman.policy import RestartPolicy, decide
 from pikud.procman.state import ALIVE, ProcessState, allowed
 
@@ -77,7 +77,7 @@ def read_rss(pid: int) -> int | None:
 
 
 class ManagedProcess:
-    def __init__(self, spec: ProcessSpec, on_event: EventSink, followers: set[Follower]) -> None:
+    def __init__(self, spec: ProcessSpec, on_event: EventSink, log: LogFile) -> None:
         self.spec = spec
         self.state = S.STOPPED
         self.child: Child | None = None
@@ -85,8 +85,7 @@ class ManagedProcess:
         self.failures = 0
         self.last_exit: str | None = None
         self.started_at: float | None = None
-        self.log = LogFile(spec.log_path, spec.source, spec.log_max_bytes, spec.log_backups,
-                           followers)
+        self.log = log                          # shared by every generation of the slot
         self._on_event = on_event
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()

@@ -7,6 +7,7 @@ socket (tests.unit.stubdaemon); the rest need nothing but a temp dir.
 from __future__ import annotations
 
 import json
+import shlex
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ import pytest
 from tests.unit.stubdaemon import StubDaemon, running
 
 from pikud.cli import main
-from pikud.paths import LAYOUT
+from pikud.paths import cli_argv, LAYOUT
 
 REPO = Path(__file__).resolve().parents[2]
 SSH_KEYGEN = shutil.which("ssh-keygen")
@@ -149,7 +150,7 @@ def test_setup_ssh_adds_the_key_once(home: Path, pubkey: tuple[Path, str],
     keys = home / ".ssh" / "authorized_keys"
     assert main(["setup:ssh", str(pub)]) == 0
     assert capsys.readouterr().out == f"-----> Added key {fingerprint} (jane@laptop) to {keys}\n"
-    piku_bin = home.parent / "bin" / "piku"
+    piku_bin = shlex.join(cli_argv())      # run in-process here: this interpreter, -m pikud.cli
     assert keys.read_text() == (
         f'command="FINGERPRINT={fingerprint} NAME=jane@laptop {piku_bin} $SSH_ORIGINAL_COMMAND",'
         f"no-agent-forwarding,no-user-rc,no-X11-forwarding,no-port-forwarding {pub.read_text().strip()}\n")

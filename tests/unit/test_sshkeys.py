@@ -101,19 +101,23 @@ def test_bad_key_names_are_refused(name: str | None, comment: str) -> None:
 
 def test_authorized_line() -> None:
     key = parse_public_key(ed25519_line("me@laptop"))
-    assert authorized_line(key, "me", Path("/usr/local/bin/piku")) == (
+    assert authorized_line(key, "me", ["/usr/local/bin/piku"]) == (
         f'command="FINGERPRINT={key.fingerprint} NAME=me /usr/local/bin/piku $SSH_ORIGINAL_COMMAND",'
         "no-agent-forwarding,no-user-rc,no-X11-forwarding,no-port-forwarding "
         f"ssh-ed25519 {key.base64} me@laptop")
     bare = parse_public_key(ed25519_line(""))
     # A path with a space is quoted for the shell that runs the forced command.
-    assert authorized_line(bare, "key", Path("/opt/my piku/piku")) == (
+    assert authorized_line(bare, "key", ["/opt/my piku/piku"]) == (
         f'command="FINGERPRINT={bare.fingerprint} NAME=key \'/opt/my piku/piku\' $SSH_ORIGINAL_COMMAND",'
         f"{RESTRICTIONS} ssh-ed25519 {bare.base64}")
+    # A non-default root and an interpreter-run CLI.
+    assert authorized_line(bare, "key", ["/usr/bin/python3", "-m", "pikud.cli"], Path("/srv/p")) == (
+        f'command="FINGERPRINT={bare.fingerprint} NAME=key PIKU_ROOT=/srv/p /usr/bin/python3 -m '
+        f'pikud.cli $SSH_ORIGINAL_COMMAND",{RESTRICTIONS} ssh-ed25519 {bare.base64}')
 
 
 def _add(path: Path, key: PublicKey) -> bool:
-    return add_authorized_key(path, key, authorized_line(key, "me", Path("/bin/piku")))
+    return add_authorized_key(path, key, authorized_line(key, "me", ["/bin/piku"]))
 
 
 def test_add_creates_the_file_privately(tmp_path: Path) -> None:
@@ -122,7 +126,7 @@ def test_add_creates_the_file_privately(tmp_path: Path) -> None:
     assert _add(target, key)
     assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700 & ~_umask()
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert target.read_text() == authorized_line(key, "me", Path("/bin/piku")) + "\n"
+    assert target.read_text() == authorized_line(key, "me", ["/bin/piku"]) + "\n"
     assert os.listdir(target.parent) == ["authorized_keys"]     # no temp file left
 
 
