@@ -14,7 +14,9 @@ envelope with the error's ``code`` and HTTP ``status``::
     +-- AppNotFound                 app_not_found   404
     +-- NotFound                    not_found       404   unknown API route
     +-- Forbidden                   forbidden       403   peer uid not allowed
-    +-- DeployError                 deploy_failed   409   nothing to run, build failed, ...
+    +-- DeployError                 deploy_failed   409   nothing to run, new processes failed, ...
+    |   +-- BuildError              build_failed    409   checkout, preflight or build step failed
+    |   +-- ReleaseError            release_failed  409   the Procfile's release command failed
     +-- ControlError                control_error   502   client side of the socket
     |   +-- DaemonNotRunning        daemon_not_running
     |   +-- ProtocolError           protocol_error
@@ -91,6 +93,14 @@ class Forbidden(PikudError):
 class DeployError(PikudError):
     code = "deploy_failed"
     status = 409
+
+
+class BuildError(DeployError):
+    code = "build_failed"
+
+
+class ReleaseError(DeployError):
+    code = "release_failed"
 
 
 class ControlError(PikudError):
