@@ -10,6 +10,7 @@ envelope with the error's ``code`` and HTTP ``status``::
     |   +-- EnvError                                      (file, line or key)
     |   +-- ScalingError                                  (file, line or kind)
     |   +-- AppNameError
+    |   +-- CronError                                     (kind and field, or TZ/PIKU_CRON_* key)
     +-- BadRequest                  bad_request     400   malformed API request
     +-- AppNotFound                 app_not_found   404
     +-- NotFound                    not_found       404   unknown API route
@@ -64,6 +65,10 @@ class ScalingError(SpecError):
 
 class AppNameError(SpecError):
     pass
+
+
+class CronError(SpecError):
+    """A cron entry or setting is invalid; the message names the kind and field, or the key."""
 
 
 class BadRequest(PikudError):

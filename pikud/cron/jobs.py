@@ -1,0 +1,86 @@
+"""One cron kind of one app: its settings, and how one run of it is carried out.
+
+A run is ``/bin/sh -c COMMAND`` (Procfile commands are shell commands by
+contract) in the app's cwd with its live environment, plus ``PIKU_PROCESS=
+app:KIND`` and ``PIKU_CRON_RUN=N``. Those mark the run's processes, so a
+timeout or a stop reaches its whole tree, even a daemonized grandchild, and
+never another run of the same kind (overlap ``allow``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pikud.appspec import seconds
+from pikud.cron.schedule import CronEntry, zone
+from pikud.errors import CronError
+from pikud.procman.children import MARKER
+from pikud.procman.logs import LogFile
+from pikud.procman.oneshot import OneShotTimeout, run_once
+
+
+OVERLAPS = ("skip", "allow", "queue")
+SHELL = "/bin/sh"
+RUN_ID = "PIKU_CRON_RUN"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything needed to run one cron kind of one app."""
+
+    app: str
+    kind: str
+    entry: CronEntry
+    env: tuple[tuple[str, str], ...]
+    cwd: Path
+    log_path: Path
+    tz: str | None = None               # IANA name from the app's TZ; None: the server's zone
+    overlap: str = "skip"               # skip | allow | queue
+    timeout: float | None = None
+    stop_timeout: float = 10.0
+    log_max_bytes: int = 1048576
+    log_backups: int = 5
+
+    @property
+    def name(self) -> str:
+        return f"{self.app}:{self.kind}"
+
+
+def job_settings(env: Mapping[str, str]) -> tuple[str | None, str, float | None]:
+    """(TZ, PIKU_CRON_OVERLAP, PIKU_CRON_TIMEOUT) of an app's env, checked; errors name the key."""
+    tz = env.get("TZ", "").strip().removeprefix(":") or None
+    if tz is not None:
+        zone(tz)
+    overlap = env.get("PIKU_CRON_OVERLAP", "skip").strip().lower()
+    if overlap not in OVERLAPS:
+        raise CronError(f"PIKU_CRON_OVERLAP: expected skip, allow or queue, got "
+                        f"{env['PIKU_CRON_OVERLAP']!r}", key="PIKU_CRON_OVERLAP")
+    timeout = None
+    if "PIKU_CRON_TIMEOUT" in env:
+        timeout = seconds("PIKU_CRON_TIMEOUT", env["PIKU_CRON_TIMEOUT"]) or None    # 0: none
+    return tz, overlap, timeout
+
+
+async def run_job(spec: JobSpec, run_id: int, output: LogFile) -> tuple[str, int]:
+    """Run the job once to its end (or its timeout); returns (status, log level).
+
+    The status is ``str(ExitInfo)``, ``timed out (...)`` or ``failed to start:
+    ...``. A cancellation stops the run's tree before it goes on.
+    """
+    env = dict(spec.env)
+    env[MARKER], env[RUN_ID] = spec.name, str(run_id)
+    needles = [f"{MARKER}={spec.name}".encode(), f"{RUN_ID}={run_id}".encode()]
+    if env.get("PIKU_ROOT"):
+        needles.append(f"PIKU_ROOT={env['PIKU_ROOT']}".encode())
+    try:
+        info = await run_once([SHELL, "-c", spec.entry.command], env=env, cwd=spec.cwd,
+                              on_line=output.write_line, needles=needles,
+                              timeout=spec.timeout, stop_timeout=spec.stop_timeout)
+    except OneShotTimeout as timeout:
+        return str(timeout), logging.WARNING
+    except OSError as error:
+        return f"failed to start: {error}", logging.ERROR
+    return str(info), logging.INFO if info.code == 0 else logging.WARNING
