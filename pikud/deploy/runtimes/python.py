@@ -1,0 +1,205 @@
+"""Python: a virtualenv per set of dependency files, installed by pip, uv or poetry.
+
+Detected by ``requirements.txt``, or by a ``pyproject.toml`` that describes a
+Python project. What installs the dependencies (``plan_python``, pure):
+
+====================================  =========================================
+the app has                           the build runs
+====================================  =========================================
+requirements.txt                      venv + ``pip install -r`` (uv when on PATH:
+                                      ``uv venv`` + ``uv pip install -r``)
+pyproject.toml + uv.lock/[tool.uv]    ``uv sync --frozen`` (uv is required)
+pyproject.toml + poetry.lock/         venv + ``poetry install --no-root``
+[tool.poetry]                         (poetry is required)
+pyproject.toml, uv on PATH            ``uv sync``
+pyproject.toml, nothing else          venv + ``pip install`` of
+                                      ``[project].dependencies``
+====================================  =========================================
+
+The project's own code is never installed into the environment: it runs from
+the release directory (uv ``--no-install-project``, poetry ``--no-root``).
+An installed copy would pin the environment to one release's code, and the
+environment is shared by every release with the same dependency files.
+"""
+
+# Design notes:
+# - The interpreter is chosen before anything else (interpreters.py), and its
+#   exact version is part of the environment's key, with the method and the
+#   dependency files' content: a new patch release of Python gives a fresh
+#   venv rather than one whose symlinks point at a replaced binary.
+# - uv.lock is honoured with --frozen and never deleted (piku deletes it).
+# - dev dependencies are left out (uv --no-dev, poetry --only main): this is
+#   a production environment.
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pikud.appspec import Procfile
+from pikud.deploy.runtimes.base import BuildContext, BuildResult
+from pikud.deploy.runtimes.envcache import build_once, content_key, shown
+from pikud.deploy.runtimes.interpreters import (Interpreter, find_interpreter,
+                                                requested_version)
+from pikud.deploy.runtimes.tools import require, which
+from pikud.errors import BuildError
+
+REQUIREMENTS = "requirements.txt"
+PYPROJECT = "pyproject.toml"
+UV_LOCK = "uv.lock"
+POETRY_LOCK = "poetry.lock"
+_PROJECT_TABLES = ("project", "build-system")
+_PIP = ("-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+        "--progress-bar", "off")
+
+
+@dataclass(frozen=True)
+class PythonPlan:
+    method: str                     # requirements | uv-sync | poetry | project
+    files: tuple[str, ...]          # the dependency files that key the environment
+    uv: bool = False                # requirements/project: uv venv + uv pip instead of pip
+
+    @property
+    def tool(self) -> str:
+        if self.method in ("uv-sync", "poetry"):
+            return self.method.split("-")[0]
+        return "uv" if self.uv else "pip"
+
+
+def read_pyproject(source: Path) -> dict[str, Any] | None:
+    """The parsed pyproject.toml, None if there is none; malformed TOML is a BuildError."""
+    try:
+        with open(source / PYPROJECT, "rb") as file:
+            return tomllib.load(file)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except tomllib.TOMLDecodeError as exc:
+        raise BuildError(f"{PYPROJECT}: invalid TOML: {exc}") from exc
+
+
+def _tool(pyproject: Mapping[str, Any], name: str) -> bool:
+    tools = pyproject.get("tool")
+    return isinstance(tools, dict) and name in tools
+
+
+def is_python_project(pyproject: Mapping[str, Any] | None, names: frozenset[str]) -> bool:
+    """A pyproject.toml that only configures tools (ruff, black) does not make a Python app."""
+    if pyproject is None:
+        return False
+    return (any(table in pyproject for table in _PROJECT_TABLES)
+            or _tool(pyproject, "uv") or _tool(pyproject, "poetry")
+            or UV_LOCK in names or POETRY_LOCK in names)
+
+
+def plan_python(names: frozenset[str], pyproject: Mapping[str, Any] | None, *,
+                uv_on_path: bool) -> PythonPlan | None:
+    """How to install an app's dependencies, from its file names and pyproject; pure."""
+    if REQUIREMENTS in names:
+        return PythonPlan("requirements", (REQUIREMENTS,), uv=uv_on_path)
+    if pyproject is None or not is_python_project(pyproject, names):
+        return None
+    if UV_LOCK in names or (_tool(pyproject, "uv") and POETRY_LOCK not in names):
+        return PythonPlan("uv-sync", (PYPROJECT, UV_LOCK))
+    if POETRY_LOCK in names or _tool(pyproject, "poetry"):
+        return PythonPlan("poetry", (PYPROJECT, POETRY_LOCK))
+    if uv_on_path:
+        return PythonPlan("uv-sync", (PYPROJECT, UV_LOCK))
+    return PythonPlan("project", (PYPROJECT,))
+
+
+def project_dependencies(pyproject: Mapping[str, Any]) -> list[str]:
+    """``[project].dependencies``, checked to be a list of strings."""
+    project = pyproject.get("project", {})
+    deps = project.get("dependencies", []) if isinstance(project, dict) else None
+    if not isinstance(deps, list) or not all(isinstance(dep, str) for dep in deps):
+        raise BuildError(f"{PYPROJECT}: [project].dependencies must be a list of strings")
+    return deps
+
+
+def _plan(source: Path, *, uv_on_path: bool) -> tuple[PythonPlan | None, dict[str, Any]]:
+    """The plan for the app in ``source`` and its pyproject (read only when it matters)."""
+    names = frozenset(name for name in (REQUIREMENTS, PYPROJECT, UV_LOCK, POETRY_LOCK)
+                      if (source / name).is_file())
+    pyproject = None if REQUIREMENTS in names else read_pyproject(source)
+    return plan_python(names, pyproject, uv_on_path=uv_on_path), pyproject or {}
+
+
+def build_env(ctx: BuildContext, venv: Path) -> dict[str, str]:
+    """The build's environment: the app's, with the venv active and output unbuffered."""
+    env = {key: value for key, value in ctx.env.items() if key != "PYTHONHOME"}
+    env.update(PYTHONUNBUFFERED="1", VIRTUAL_ENV=str(venv),
+               PATH=f"{venv / 'bin'}:{ctx.env.get('PATH', '')}", UV_PYTHON_DOWNLOADS="never")
+    return env
+
+
+class Python:
+    name = "python"
+
+    def detect(self, source: Path, procfile: Procfile) -> bool:
+        return _plan(source, uv_on_path=False)[0] is not None
+
+    async def build(self, ctx: BuildContext) -> BuildResult:
+        source = ctx.source
+        plan, pyproject = _plan(source, uv_on_path=which("uv", ctx.env) is not None)
+        if plan is None:
+            raise BuildError(f"no {REQUIREMENTS} and no Python {PYPROJECT}")
+        tools = require([plan.tool] if plan.tool != "pip" else [], ctx.env,
+                        needed_by=f"Python ({plan.files[0]}, {plan.tool})")
+        deps = project_dependencies(pyproject) if plan.method == "project" else []
+        interpreter = await find_interpreter(ctx.env, requested_version(ctx.env, source))
+        if plan.tool in ("pip", "poetry") and not interpreter.has_venv:
+            raise BuildError(f"{interpreter.path} ({interpreter.full}) cannot create a venv "
+                             "with pip: install it on the server (e.g. apt-get install "
+                             f"python{interpreter.short}-venv)")
+        key = content_key(["python", plan.method, plan.tool, interpreter.full],
+                          [source / name for name in plan.files])
+        venv = ctx.envs_dir / f"python-{interpreter.short}-{key}"
+        label = shown(ctx, venv)
+        env = build_env(ctx, venv)
+
+        async def fill(venv: Path) -> None:
+            ctx.progress(f"Python {interpreter.full} virtualenv: {label}")
+            ctx.progress(f"Installing Python dependencies from {plan.files[0]} with {plan.tool}")
+            await self._install(ctx, plan, interpreter, venv, tools.get(plan.tool, plan.tool),
+                                env, deps)
+
+        ctx.progress(f"Python {interpreter.full} from {interpreter.path}")
+        reused = await build_once(venv, fill)
+        if reused:
+            ctx.progress(f"Python dependencies unchanged: reusing {label}")
+        return BuildResult(runtime=self.name, env_path=venv, env_vars={"VIRTUAL_ENV": str(venv)},
+                           path_prefix=(str(venv / "bin"),), reused=reused)
+
+    async def _install(self, ctx: BuildContext, plan: PythonPlan, interpreter: Interpreter,
+                       venv: Path, tool: str, env: dict[str, str], deps: list[str]) -> None:
+        """Create the venv at ``venv`` and install into it; ``tool`` is uv's or poetry's path."""
+        run, source, python = ctx.run, ctx.source, str(venv / "bin" / "python")
+        if plan.method == "uv-sync":
+            frozen = ["--frozen"] if (source / UV_LOCK).is_file() else []
+            await run([tool, "sync", "--python", interpreter.path, "--python-preference",
+                       "only-system", "--no-dev", "--no-install-project", *frozen],
+                      cwd=source, env={**env, "UV_PROJECT_ENVIRONMENT": str(venv)})
+            return
+        if plan.uv:
+            await run([tool, "venv", "--python", interpreter.path, "--python-preference",
+                       "only-system", str(venv)], cwd=source, env=env)
+        else:
+            await run([interpreter.path, "-m", "venv", str(venv)], cwd=source, env=env)
+        if plan.method == "poetry":
+            await run([tool, "install", "--no-root", "--only", "main", "--no-interaction",
+                       "--no-ansi"], cwd=source, env={**env, "POETRY_VIRTUALENVS_CREATE": "false"})
+            return
+        args = ["-r", REQUIREMENTS] if plan.method == "requirements" else deps
+        if not args:
+            ctx.progress(f"{PYPROJECT} lists no dependencies")
+            return
+        if plan.uv:
+            await run([tool, "pip", "install", "--python", python, *args], cwd=source, env=env)
+        else:
+            await run([python, *_PIP, *args], cwd=source, env=env)
+
+
+PYTHON = Python()

@@ -1,0 +1,392 @@
+"""Real builds: pip, npm and cargo really run, offline, in temporary release directories.
+
+Each build gets a fresh release directory holding the app's files, as a push
+does, and one ``envs/APP`` directory shared by the builds of a test. The
+Python dependency is a wheel written here by hand and referenced by a
+relative path, so pip installs it without the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import DEVNULL, PIPE, STDOUT
+
+import pytest
+
+from pikud.appspec import parse_procfile
+from pikud.deploy.runtimes import BuildContext, BuildResult, Runner, detect
+from pikud.deploy.runtimes.envcache import MARKER, build_once
+from pikud.errors import BuildError
+
+RUN_DEADLINE = 120.0
+WHEEL = "wheels/tinypkg-1.0-py3-none-any.whl"
+REQUIREMENTS = f"./{WHEEL}\n"
+IMPORT = "import tinypkg; print(tinypkg.VALUE)"
+
+
+def make_wheel(path: Path, value: int = 42) -> Path:
+    """A pure-Python wheel of ``tinypkg`` 1.0 whose ``VALUE`` is ``value``."""
+    dist = "tinypkg-1.0.dist-info"
+    files = {
+        "tinypkg/__init__.py": f"VALUE = {value}\n",
+        f"{dist}/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n",
+        f"{dist}/WHEEL": ("Wheel-Version: 1.0\nGenerator: pikud-tests\n"
+                          "Root-Is-Purelib: true\nTag: py3-none-any\n"),
+    }
+    record = []
+    for name, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{name},sha256={digest.decode()},{len(text.encode())}")
+    files[f"{dist}/RECORD"] = "\n".join([*record, f"{dist}/RECORD,,"]) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return path
+
+
+def runner(lines: list[str]) -> Runner:
+    """A real Runner: streams the command's output lines into ``lines``, BuildError on failure."""
+    async def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> None:
+        command = shlex.join(argv)
+        lines.append(f"$ {command}")
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, env=dict(env),
+                                                        stdin=DEVNULL, stdout=PIPE, stderr=STDOUT)
+        except OSError as exc:
+            raise BuildError(f"`{command}` could not start: {exc.strerror}") from exc
+        try:
+            async with asyncio.timeout(RUN_DEADLINE):
+                assert proc.stdout is not None
+                async for raw in proc.stdout:
+                    lines.append(raw.decode(errors="replace").rstrip("\n"))
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if code != 0:
+            raise BuildError(f"`{command}` failed (exit status {code})")
+    return run
+
+
+@dataclass
+class Builds:
+    """Releases of one app: each build copies ``files`` into a new release directory."""
+
+    root: Path
+    files: dict[str, str | bytes] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    output: list[str] = field(default_factory=list)
+    progress: list[str] = field(default_factory=list)
+    count: int = 0
+
+    @property
+    def envs_dir(self) -> Path:
+        return self.root / "envs" / "app"
+
+    def release(self) -> Path:
+        self.count += 1
+        source = self.root / "apps" / f"release-{self.count}"
+        for name, content in self.files.items():
+            path = source / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
+        return source
+
+    def context(self, source: Path, **env: str) -> BuildContext:
+        self.output.clear()
+        self.progress.clear()
+        return BuildContext("app", source, {**base_env(), **self.env, **env}, self.envs_dir,
+                            self.progress.append, runner(self.output))
+
+    async def build(self, procfile: str = "web: ./serve\n", **env: str) -> BuildResult:
+        source = self.release()
+        runtime = detect(source, parse_procfile(procfile))
+        async with asyncio.timeout(RUN_DEADLINE):
+            return await runtime.build(self.context(source, **env))
+
+    def env_dirs(self) -> set[str]:
+        return {path.name for path in self.envs_dir.iterdir()} if self.envs_dir.exists() else set()
+
+
+def base_env() -> dict[str, str]:
+    """The test's environment, as the app's build environment starts from."""
+    return {key: value for key, value in os.environ.items()
+            if key not in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHON_VERSION", "NODE_VERSION",
+                           "NODE_PACKAGE_MANAGER", "CARGO_TARGET_DIR")}
+
+
+def wheel_bytes(tmp: Path, value: int = 42) -> bytes:
+    return make_wheel(tmp / f"tinypkg-{value}.whl", value).read_bytes()
+
+
+def env_python(result: BuildResult, code: str, cwd: Path) -> str:
+    assert result.env_path is not None
+    out = subprocess.run([str(result.env_path / "bin" / "python"), "-c", code], cwd=cwd,
+                         capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.strip()
+
+
+# --- Python: requirements.txt with pip ---------------------------------------------
+@dataclass
+class Built:
+    builds: Builds
+    result: BuildResult
+    progress: list[str]
+    output: list[str]
+    changed: BuildResult            # the same app with requirements.txt changed
+    failed: BuildResult | BaseException     # ... and with a requirement that does not exist
+    env_dirs: set[str]              # envs/app after those three builds
+    project: Builds                 # another app: pyproject.toml, no uv or poetry
+    project_result: BuildResult | BaseException
+
+
+@pytest.fixture(scope="module")
+def python_app(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """An app built with its requirements, changed ones and failing ones; a pyproject app.
+
+    The four builds run at the same time (creating a venv takes seconds);
+    the tests below redeploy the first app.
+    """
+    root = tmp_path_factory.mktemp("python")
+    files: dict[str, str | bytes] = {"requirements.txt": REQUIREMENTS,
+                                     WHEEL: wheel_bytes(root), "Procfile": "web: ./serve\n"}
+    builds = Builds(root, dict(files))
+    changed = Builds(root, {**files, "requirements.txt": f"# pinned\n{REQUIREMENTS}"}, count=100)
+    failing = Builds(root, {**files, "requirements.txt": "./wheels/missing-1.0-py3-none-any.whl\n"},
+                     count=200)
+    wheel = make_wheel(root / "dist" / "tinypkg-1.0-py3-none-any.whl", value=7)
+    project = Builds(root / "project", {"pyproject.toml": (
+        "[project]\nname = 'app'\nversion = '1.0'\n"
+        f"dependencies = ['tinypkg @ {wheel.as_uri()}']\n")})
+
+    async def build_all() -> list[BuildResult | BaseException]:
+        return list(await asyncio.gather(builds.build(), changed.build(), failing.build(),
+                                         project.build(), return_exceptions=True))
+
+    first, second, failed, third = asyncio.run(build_all())
+    assert isinstance(first, BuildResult) and isinstance(second, BuildResult), (first, second)
+    return Built(builds, first, list(builds.progress), list(builds.output), second, failed,
+                 builds.env_dirs(), project, third)
+
+
+def test_requirements_are_installed_with_pip(python_app: Built, tmp_path: Path) -> None:
+    result = python_app.result
+    assert result.runtime == "python" and not result.reused
+    assert result.env_path is not None and result.env_path.parent == python_app.builds.envs_dir
+    assert result.env_path.name.startswith("python-3.")
+    assert len(result.env_path.name.rsplit("-", 1)[1]) == 12
+    assert (result.env_path / MARKER).is_file()
+    assert result.env_vars == {"VIRTUAL_ENV": str(result.env_path)}
+    assert result.path_prefix == (str(result.env_path / "bin"),)
+    assert env_python(result, IMPORT, tmp_path) == "42"
+    assert any(line.startswith("Python 3.") and "virtualenv: envs/app/python-3." in line
+               for line in python_app.progress), python_app.progress
+    commands = [line for line in python_app.output if line.startswith("$ ")]
+    assert any(" -m venv " in line for line in commands), commands
+    assert any("-m pip install" in line and "--progress-bar off" in line
+               and "-r requirements.txt" in line for line in commands), commands
+
+
+async def test_unchanged_redeploy_reuses_the_environment(python_app: Built) -> None:
+    builds = python_app.builds
+    started = time.monotonic()
+    result = await builds.build()
+    assert time.monotonic() - started < 5.0
+    assert result.reused and result.env_path == python_app.result.env_path
+    assert not [line for line in builds.output if line.startswith("$ ")]
+    label = f"envs/app/{result.env_path.name}" if result.env_path else ""
+    assert f"Python dependencies unchanged: reusing {label}" in builds.progress
+
+
+async def test_python_version_3_works(python_app: Built) -> None:
+    result = await python_app.builds.build(PYTHON_VERSION="3")
+    assert result.runtime == "python" and result.env_path is not None
+    assert (result.env_path / MARKER).is_file()
+
+
+async def test_unknown_python_version_fails_clearly(python_app: Built) -> None:
+    before = python_app.builds.env_dirs()
+    with pytest.raises(BuildError) as info:
+        await python_app.builds.build(PYTHON_VERSION="3.99")
+    assert str(info.value).startswith(
+        "PYTHON_VERSION=3.99: no python3.99 on this server (found: 3.")
+    assert python_app.builds.env_dirs() == before
+
+
+def test_changed_requirements_get_a_new_environment(python_app: Built, tmp_path: Path) -> None:
+    result = python_app.changed
+    assert not result.reused and result.env_path != python_app.result.env_path
+    assert result.env_path is not None and (result.env_path / MARKER).is_file()
+    assert python_app.result.env_path is not None and python_app.result.env_path.is_dir()
+    assert env_python(result, IMPORT, tmp_path) == "42"
+
+
+def test_failing_requirement_leaves_no_environment(python_app: Built) -> None:
+    error = python_app.failed
+    assert isinstance(error, BuildError), error
+    assert "pip install" in str(error) and "-r requirements.txt" in str(error)
+    envs = [python_app.result.env_path, python_app.changed.env_path]
+    assert python_app.env_dirs == {path.name for path in envs if path is not None}
+
+
+# --- Python: pyproject.toml ----------------------------------------------------------
+@pytest.mark.skipif(shutil.which("uv") is not None, reason="uv on PATH: pyproject uses uv sync")
+def test_pyproject_dependencies_are_installed_with_pip(python_app: Built, tmp_path: Path) -> None:
+    result = python_app.project_result
+    assert isinstance(result, BuildResult), result
+    assert result.runtime == "python" and not result.reused
+    assert env_python(result, IMPORT, tmp_path) == "7"
+    assert any("-m pip install" in line and "tinypkg @ file://" in line
+               for line in python_app.project.output), python_app.project.output
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
+async def test_requirements_with_uv(tmp_path: Path) -> None:
+    builds = Builds(tmp_path, {"requirements.txt": REQUIREMENTS, WHEEL: wheel_bytes(tmp_path)})
+    result = await builds.build()
+    assert env_python(result, IMPORT, tmp_path) == "42"
+    assert any(line.startswith("$ ") and " pip install --python " in line
+               for line in builds.output), builds.output
+
+
+# --- missing toolchains ---------------------------------------------------------------
+@pytest.mark.parametrize(("files", "message"), [
+    ({"Cargo.toml": "[package]\nname = 'app'\n"}, "Rust (Cargo.toml) needs cargo: install cargo"),
+    ({"go.mod": "module app\n"}, "Go (go.mod) needs go: install go on the server "
+                                 "(e.g. apt-get install golang-go)"),
+    ({"Gemfile": ""}, "Ruby (Gemfile) needs ruby, bundle: install ruby, bundle"),
+    ({"pom.xml": "<project/>"}, "Java (pom.xml) needs java, mvn: install java, mvn"),
+    ({"build.gradle": ""}, "Java (build.gradle) needs java, gradle"),
+    ({"deps.edn": "{}"}, "Clojure (deps.edn) needs java, clojure"),
+    ({"project.clj": ""}, "Clojure (project.clj) needs java, lein"),
+    ({"package.json": "{}"}, "Node (package.json, npm) needs node, npm"),
+    ({"pyproject.toml": "[tool.poetry]\nname = 'app'\n"},
+     "Python (pyproject.toml, poetry) needs poetry: install poetry on the server "
+     "(e.g. apt-get install python3-poetry)"),
+    ({"pyproject.toml": "[project]\nname = 'app'\n", "uv.lock": ""},
+     "Python (pyproject.toml, uv) needs uv"),
+])
+async def test_missing_toolchain_names_the_tool(tmp_path: Path, files: dict[str, str],
+                                                message: str) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    builds = Builds(tmp_path, dict(files), env={"PATH": str(empty)})
+    with pytest.raises(BuildError) as info:
+        await builds.build()
+    assert str(info.value).startswith(message)
+    assert builds.env_dirs() == set()
+
+
+async def test_cargo_outside_the_path_is_missing(tmp_path: Path) -> None:
+    path = "/usr/bin:/bin"
+    if shutil.which("cargo", path=path):
+        pytest.skip("cargo is in /usr/bin here")
+    builds = Builds(tmp_path, {"Cargo.toml": "[package]\nname = 'app'\n"}, env={"PATH": path})
+    with pytest.raises(BuildError, match="needs cargo: install cargo on the server"):
+        await builds.build()
+
+
+# --- other runtimes, for real -----------------------------------------------------------
+needs_npm = pytest.mark.skipif(shutil.which("npm") is None or shutil.which("node") is None,
+                               reason="node and npm are not installed")
+
+
+@needs_npm
+async def test_node_installs_then_reuses_node_modules(tmp_path: Path) -> None:
+    builds = Builds(tmp_path, {"package.json": '{"name": "app", "version": "1.0.0"}\n'})
+    first = await builds.build()
+    assert first.runtime == "node" and not first.reused and first.env_path is not None
+    assert any(line.startswith("$ ") and " install --no-audit" in line for line in builds.output)
+    modules = builds.root / "apps" / "release-1" / "node_modules"
+    assert modules.is_symlink() and modules.resolve() == first.env_path / "node_modules"
+    second = await builds.build()
+    assert second.reused and second.env_path == first.env_path
+    assert not [line for line in builds.output if line.startswith("$ ")]
+    assert (builds.root / "apps" / "release-2" / "node_modules").resolve() == modules.resolve()
+
+
+@needs_npm
+@pytest.mark.parametrize(("env", "message"), [
+    ({"NODE_VERSION": "1.2"}, "NODE_VERSION=1.2: node on this server is "),
+    ({"NODE_PACKAGE_MANAGER": "bun"}, "NODE_PACKAGE_MANAGER=bun: expected npm, yarn or pnpm"),
+])
+async def test_node_settings_fail_clearly(tmp_path: Path, env: dict[str, str],
+                                          message: str) -> None:
+    builds = Builds(tmp_path, {"package.json": "{}"})
+    with pytest.raises(BuildError, match=message):
+        await builds.build(**env)
+    assert builds.env_dirs() == set()
+
+
+@pytest.mark.skipif(shutil.which("cargo") is None, reason="cargo is not installed")
+async def test_rust_builds_a_release_binary(tmp_path: Path) -> None:
+    builds = Builds(tmp_path, {
+        "Cargo.toml": "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+        "src/main.rs": 'fn main() { println!("hello from rust"); }\n'})
+    result = await builds.build()
+    binary = Path(result.path_prefix[0]) / "hello"
+    assert result.runtime == "rust" and binary.parent.parent.parent.name == "release-1"
+    assert subprocess.run([binary], capture_output=True, text=True, timeout=10,
+                          check=True).stdout == "hello from rust\n"
+
+
+@pytest.mark.parametrize(("procfile", "name"), [("web: ./serve\n", "generic"),
+                                                ("static: public\n", "static")])
+async def test_nothing_to_build(tmp_path: Path, procfile: str, name: str) -> None:
+    builds = Builds(tmp_path, {"serve": "#!/bin/sh\n"})
+    result = await builds.build(procfile)
+    assert result == BuildResult(runtime=name)
+    assert builds.output == [] and len(builds.progress) == 1
+
+
+# --- the environment cache itself -------------------------------------------------------
+async def test_build_once_cleans_up(tmp_path: Path) -> None:
+    env = tmp_path / "envs" / "app" / "thing-abc"
+    env.mkdir(parents=True)
+    (env / "half-written").write_text("left by a crash")
+
+    async def fail(path: Path) -> None:
+        path.mkdir()
+        (path / "partial").write_text("")
+        raise BuildError("boom")
+
+    with pytest.raises(BuildError, match="boom"):
+        await build_once(env, fail)
+    assert not env.exists()
+
+    async def hang(path: Path) -> None:
+        path.mkdir()
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(build_once(env, hang))
+    async with asyncio.timeout(5):
+        while not env.exists():
+            await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not env.exists()
+
+    async def ok(path: Path) -> None:
+        path.mkdir()
+        (path / "done").write_text("")
+
+    assert await build_once(env, ok) is False
+    assert await build_once(env, fail) is True
+    assert sorted(p.name for p in env.iterdir()) == [MARKER, "done"]
