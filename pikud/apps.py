@@ -1,35 +1,35 @@
-"""Apps: what the control API acts on.
+"""App: what the control API acts on, one per app.
 
-An ``App`` turns its parsed files (``AppSpec``) into a set of ``ProcessSpec``s
-and has its ``ProcessGroup`` apply them; every action takes the app's lock,
-so two requests for one app never interleave while different apps proceed
-in parallel. The ``AppRegistry`` finds apps, keeps the desired state of each
-(running or stopped) in ``pikud/state.json``, brings them back at boot and
-stops them all at shutdown.
+An ``App`` turns its parsed files (``AppSpec``) and its current release into
+``ProcessSpec``s and has its ``ProcessGroup`` apply them. Every action takes
+the app's lock, so two requests for one app never interleave (a second push
+waits, and says so) while different apps proceed in parallel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pikud.appspec import (WEB_KINDS, AppSettings, AppSpec, format_env, format_scaling, live_env,
-                           load_spec, parse_env, parse_scale_args, supervised_kinds,
-                           validate_app_name)
+from pikud.appspec import (WEB_KINDS, AppSpec, format_env, format_scaling, load_spec,
+                           parse_env, parse_scale_args, supervised_kinds)
 from pikud.atomic import write_atomic
-from pikud.errors import AppNotFound, BadRequest, EnvError, PikudError
-from pikud.events import EventLog
-from pikud.paths import Paths
-from pikud.procman.children import stop_leftovers
+from pikud.deploy.checkout import ref_value, wait_for_ref
+from pikud.deploy.pipeline import PushInfo, build_release, release_env
+from pikud.deploy.releases import Release, ReleaseStore
+from pikud.errors import DeployError, EnvError, PikudError
 from pikud.procman.group import ProcessGroup
 from pikud.procman.logs import Follower, LogFile, log_files, tail
 from pikud.procman.policy import RestartPolicy
 from pikud.procman.process import ProcessSpec
+
+if TYPE_CHECKING:
+    from pikud.registry import AppRegistry
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,17 @@ RUNNING, STOPPED = "running", "stopped"
 # wsgi/asgi entries name a module, not a command: they need the WSGI/ASGI
 # server support of issue #4. Until then they are reported, not started.
 NOT_YET_SERVED = ("wsgi", "asgi")
+Progress = Callable[[str], None]
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def quiet(line: str) -> None:
+    """A progress sink for actions nobody watches."""
 
 
 class App:
@@ -54,6 +59,8 @@ class App:
         self.desired = STOPPED
         self.ports: dict[str, int] = {}
         self.spec: AppSpec | None = None
+        self.releases = ReleaseStore(self.paths, name)
+        self._accepted: tuple[str, str] | None = None     # (ref, revision) of the last push
         self.followers: set[Follower] = set()
         self.group = ProcessGroup(self._on_event, self.followers)
         defaults = registry.app_defaults
@@ -71,14 +78,27 @@ class App:
         log.log(level, "%s", message)
         self._on_event(None, event, message)
 
-    def load(self, **candidate: str) -> AppSpec:
-        """Parse the app's files (or a candidate ``overrides``/``scaling_text``), or raise."""
-        return load_spec(self.paths, self.name, self.registry.base_env,
-                         self.registry.app_defaults, **candidate)
+    @property
+    def release(self) -> Release | None:
+        return self.releases.get() if self.releases.current is not None else None
 
-    def process_specs(self, spec: AppSpec) -> dict[str, ProcessSpec]:
-        """The ProcessSpec of every slot the spec asks for (``app:kind.N``)."""
-        env = live_env(spec, self.paths, self.registry.base_env)
+    def source(self, release: Release | None) -> Path:
+        """The directory the processes run in: the release's, or apps/APP as it is."""
+        if release is not None:
+            return self.releases.directory(release.number)
+        return self.paths.app(self.name).resolve()
+
+    def load(self, release: Release | None = None, **candidate: str) -> AppSpec:
+        """Parse the app's files (or a candidate ``overrides``/``scaling_text``), or raise."""
+        release = release or self.release
+        return load_spec(self.paths, self.name, self.registry.base_env,
+                         self.registry.app_defaults, source=self.source(release), **candidate)
+
+    def process_specs(self, spec: AppSpec, release: Release | None,
+                      ports: dict[str, int]) -> dict[str, ProcessSpec]:
+        """The ProcessSpec of every slot (``app:kind.N``); web slots take ports from ``ports``."""
+        source = self.source(release)
+        env = release_env(spec, self.paths, self.registry.base_env, source, release)
         s = spec.settings
         policy = RestartPolicy(s.start_secs, s.backoff_base, s.backoff_max,
                                s.start_retries, s.fatal_cooloff)
@@ -90,22 +110,18 @@ class App:
                 name = f"{self.name}:{kind}.{index}"
                 process_env = dict(env, PROC_TYPE=kind, PIKU_ROOT=str(self.paths.root))
                 if kind in WEB_KINDS:
-                    process_env["PORT"] = spec.env.get("PORT") or str(self._port(name))
+                    if "PORT" not in spec.env and name not in ports:
+                        ports[name] = free_port()
+                    process_env["PORT"] = spec.env.get("PORT") or str(ports[name])
                 specs[name] = ProcessSpec(
                     name=name, kind=kind, index=index, command=spec.procfile.entries[kind],
-                    env=tuple(sorted(process_env.items())), cwd=self.paths.app(self.name),
+                    env=tuple(sorted(process_env.items())), cwd=source,
                     log_path=self.paths.log_dir(self.name) / f"{kind}.{index}.log",
                     stop_timeout=s.stop_timeout, policy=policy,
                     log_max_bytes=s.log_max_bytes, log_backups=s.log_backups)
         return specs
 
-    def _port(self, name: str) -> int:
-        """A loopback port kept per slot, so restarts keep it."""
-        if name not in self.ports:
-            self.ports[name] = free_port()
-        return self.ports[name]
-
-    def _prepare(self, spec: AppSpec) -> None:
+    def _prepare(self, spec: AppSpec, release: Release | None) -> None:
         for warning in spec.warnings:
             self.note("warning", f"{self.name}: {warning}", logging.WARNING)
         for kind in NOT_YET_SERVED:
@@ -115,31 +131,110 @@ class App:
         for path in (self.paths.log_dir(self.name), self.paths.data(self.name),
                      self.paths.cache(self.name), self.paths.env_dir(self.name)):
             path.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.paths.live_env_file(self.name),
-                     format_env(live_env(spec, self.paths, self.registry.base_env)), 0o600)
+        env = release_env(spec, self.paths, self.registry.base_env, self.source(release), release)
+        write_atomic(self.paths.live_env_file(self.name), format_env(env), 0o600)
         self.spec = spec
         self.registry.watch(self)
 
     async def _run(self, spec: AppSpec, *, restart_all: bool = False) -> None:
-        """Apply ``spec`` (a spec error has already been raised by load())."""
-        self._prepare(spec)
+        """Apply ``spec`` to the current release, slot by slot (rolling)."""
+        self._prepare(spec, self.release)
         self.desired = RUNNING
+        desired = self.process_specs(spec, self.release, self.ports)
         self.registry.save()
-        desired = self.process_specs(spec)
         if restart_all:
             await self.group.replace({n: s for n, s in desired.items()
                                       if n in self.group.processes})
         await self.group.apply(desired)
         self.group.retry()
 
+    async def _switch(self, spec: AppSpec, release: Release, progress: Progress) -> None:
+        """Start ``release``'s generation beside the running one, then stop the old one."""
+        ports: dict[str, int] = {}
+        desired = self.process_specs(spec, release, ports)
+        fixed_port = "PORT" in spec.env
+        exclusive = [n for n, s in desired.items() if s.kind in WEB_KINDS and fixed_port]
+        progress(f"-----> Starting {len(desired)} processes of release {release.number}")
+        await self.group.switch(desired, exclusive)
+        self.ports = ports
+        self.releases.activate(release)
+        self._prepare(spec, release)
+        self.desired = RUNNING
+        self.registry.save()
+
     # -- actions (each under the app lock) ---------------------------------------
 
-    async def deploy(self) -> None:
-        """Run the code in apps/APP: reread every file, then apply (rolling)."""
-        async with self.lock:
-            spec = self.load()
-            self.note("deploy", f"{self.name}: deploying")
-            await self._run(spec)
+    async def _locked(self, progress: Progress) -> None:
+        if self.lock.locked():
+            progress(f"-----> Waiting for another action on {self.name} to finish")
+        await self.lock.acquire()
+
+    async def deploy(self, push: PushInfo | None = None, progress: Progress = quiet) -> None:
+        """Build and switch to a new release (a push, or a rebuild of the current one).
+
+        An app without releases (code placed in apps/APP) is re-read and applied.
+        """
+        await self._locked(progress)
+        try:
+            self.note("deploy", f"{self.name}: deploying" + (
+                f" {push.revision[:12]} pushed by {push.pusher or 'unknown'}" if push else ""))
+            if push is None and self.release is None:
+                await self._run(self.load())
+                return
+            if push is not None:
+                await self._check_ref(push)
+            release, spec = await build_release(
+                self.paths, self.releases, push, self.release, self.registry.base_env,
+                self.registry.app_defaults, self.config(), progress)
+            try:
+                await self._switch(spec, release, progress)
+            except BaseException:
+                shutil.rmtree(self.releases.directory(release.number), ignore_errors=True)
+                raise
+            if push is not None:
+                self._accepted = (push.ref, push.revision)
+            self._prune(spec.settings.keep_releases, progress)
+            self.note("deploy", f"{self.name}: release {release.number} is live")
+        finally:
+            self.lock.release()
+
+    async def _check_ref(self, push: PushInfo) -> None:
+        """Refuse a push that waited while another one moved its branch.
+
+        git moves the ref only after the hook that deployed returns, so the
+        last accepted push of this branch is waited for (briefly) first.
+        """
+        repo = self.paths.repo(self.name)
+        if self._accepted is not None and self._accepted[0] == push.ref:
+            await wait_for_ref(repo, *self._accepted, timeout=10.0)
+        current = await ref_value(repo, push.ref)
+        expected = push.old if push.old.strip("0") else ""      # zeros: a new branch
+        if expected != current:
+            raise DeployError(f"{push.ref} moved to {current[:12] or 'nothing'} while this "
+                              "push waited: fetch, merge and push again")
+
+    async def rollback(self, number: int | None, progress: Progress = quiet) -> Release:
+        """Switch back to release ``number`` (default: the one before the current) unbuilt."""
+        await self._locked(progress)
+        try:
+            target = self.releases.get(number) if number is not None else self.releases.previous()
+            spec = self.load(target)
+            progress(f"-----> Rolling {self.name} back to release {target.number}")
+            await self._switch(spec, target, progress)
+            self.note("rollback", f"{self.name}: rolled back to release {target.number}")
+            return target
+        finally:
+            self.lock.release()
+
+    def _prune(self, keep: int, progress: Progress) -> None:
+        removed = self.releases.prune(keep)
+        in_use = self.releases.env_paths_in_use()
+        env_dir = self.paths.env_dir(self.name)
+        for path in env_dir.iterdir() if env_dir.is_dir() else ():
+            if (path / ".pikud-complete").exists() and str(path) not in in_use:
+                shutil.rmtree(path, ignore_errors=True)
+        if removed:
+            progress(f"-----> Pruned releases {', '.join(map(str, removed))}")
 
     async def start(self) -> None:
         async with self.lock:
@@ -193,14 +288,11 @@ class App:
                 await self._run(spec)
 
     def config(self) -> dict[str, str]:
-        text = self._read_overrides()
-        return parse_env(text, f"envs/{self.name}/ENV", {}) if text else {}
-
-    def _read_overrides(self) -> str:
         try:
-            return self.paths.env_file(self.name).read_text(encoding="utf-8")
+            text = self.paths.env_file(self.name).read_text(encoding="utf-8")
         except FileNotFoundError:
-            return ""
+            return {}
+        return parse_env(text, f"envs/{self.name}/ENV", {})
 
     async def configure(self, updates: Mapping[str, str], removals: list[str]) -> dict[str, str]:
         """Change the overrides in envs/APP/ENV, then restart what changed, one at a time."""
@@ -221,8 +313,9 @@ class App:
 
     def live(self) -> dict[str, Any]:
         spec = self.spec or self.load()
-        return {"env": live_env(spec, self.paths, self.registry.base_env),
-                "cwd": str(self.paths.app(self.name))}
+        source = self.source(self.release)
+        return {"env": release_env(spec, self.paths, self.registry.base_env, source,
+                                   self.release), "cwd": str(source)}
 
     def logs(self, lines: int, kind: str | None) -> list[dict[str, str]]:
         found = []
@@ -237,22 +330,21 @@ class App:
             await self.group.stop()
             self.log.close()
             self.registry.unwatch(self)
-            removed = []
+            removed = self.releases.destroy()
             for path in (self.paths.app(self.name), self.paths.repo(self.name),
                          self.paths.env_dir(self.name), self.paths.log_dir(self.name),
                          *self.paths.nginx().glob(f"{self.name}.*")):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
+                if path.is_symlink() or path.is_file():
                     path.unlink()
+                elif path.is_dir():
+                    shutil.rmtree(path)
                 else:
                     continue
                 removed.append(str(path))
             self.registry.forget(self)
             kept = [str(p) for p in (self.paths.data(self.name), self.paths.cache(self.name))
                     if p.exists()]
-            log.info("%s: destroyed", self.name)
-            self.registry.events.emit(self.name, None, "destroy", f"{self.name}: destroyed")
+            self.note("destroy", f"{self.name}: destroyed")
             return {"removed": removed, "kept": kept}
 
     # -- reporting -----------------------------------------------------------
@@ -269,84 +361,15 @@ class App:
         counts: dict[str, int] = {}
         for proc in self.group.processes.values():
             counts[proc.state.value] = counts.get(proc.state.value, 0) + 1
+        release = self.release
         return {"name": self.name, "state": self.desired, "formation": self._formation(),
-                "processes": counts}
+                "processes": counts, "release": release.number if release else None}
 
     def detail(self) -> dict[str, Any]:
-        return dict(self.summary(),
-                    processes=[p.snapshot() for p in self.group.processes.values()])
+        return dict(self.summary(), processes=[p.snapshot() for p in self.group.all()])
+
+    def releases_list(self) -> list[dict[str, Any]]:
+        return [r.summary(self.releases.current) for r in reversed(self.releases.releases)]
 
     def state(self) -> dict[str, Any]:
         return {"desired": self.desired, "ports": self.ports}
-
-
-class AppRegistry:
-    """Every app the daemon knows, their persisted desired state, boot and shutdown."""
-
-    def __init__(self, paths: Paths, base_env: Mapping[str, str], app_defaults: AppSettings,
-                 events: EventLog, watch: Callable[[App], None] = lambda app: None,
-                 unwatch: Callable[[App], None] = lambda app: None) -> None:
-        self.paths = paths
-        self.base_env = dict(base_env)
-        self.app_defaults = app_defaults
-        self.events = events
-        self.watch, self.unwatch = watch, unwatch
-        self.apps: dict[str, App] = {}
-
-    def get(self, name: str) -> App:
-        validate_app_name(name)
-        if name not in self.apps:
-            if not self.paths.app(name).is_dir():
-                raise AppNotFound(name)
-            self.apps[name] = App(name, self)
-        return self.apps[name]
-
-    def names(self) -> list[str]:
-        apps_dir = self.paths.root / "apps"
-        on_disk = {p.name for p in apps_dir.iterdir() if p.is_dir()} if apps_dir.is_dir() else set()
-        return sorted(on_disk | set(self.apps))
-
-    def forget(self, app: App) -> None:
-        self.apps.pop(app.name, None)
-        self.save()
-
-    def save(self) -> None:
-        state = {"apps": {name: app.state() for name, app in sorted(self.apps.items())}}
-        write_atomic(self.paths.state_file, json.dumps(state, indent=2) + "\n", 0o600)
-
-    def load_state(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.paths.state_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise BadRequest(f"{self.paths.state_file}: unreadable state: {exc}") from exc
-        return dict(data.get("apps", {}))
-
-    async def boot(self) -> None:
-        """Start every app that was running when the daemon last stopped."""
-        await stop_leftovers(str(self.paths.root), self.app_defaults.stop_timeout)
-        starting = []
-        for name, state in self.load_state().items():
-            try:
-                app = self.get(name)
-            except PikudError as exc:
-                log.warning("state names app %r, which is gone: %s", name, exc)
-                continue
-            app.ports = {k: int(v) for k, v in state.get("ports", {}).items()}
-            app.desired = state.get("desired", STOPPED)
-            if app.desired == RUNNING:
-                starting.append(self._boot_one(app))
-        await asyncio.gather(*starting)
-
-    async def _boot_one(self, app: App) -> None:
-        try:
-            await app.start()
-        except PikudError as exc:
-            app.note("error", f"{app.name}: not started at boot: {exc}", logging.ERROR)
-
-    async def shutdown(self) -> None:
-        await asyncio.gather(*(app.stop(persist=False) for app in self.apps.values()))
-
-    def process_count(self) -> int:
-        return sum(len(app.group.processes) for app in self.apps.values())

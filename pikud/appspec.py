@@ -355,6 +355,7 @@ class AppSettings:
     log_backups: int = 5
     touch_reload: tuple[str, ...] = ()
     auto_restart: bool = True
+    keep_releases: int = 5
 
 
 def _opt(env: Mapping[str, str], key: str, convert: Callable[[str, str], T], default: T) -> T:
@@ -375,6 +376,7 @@ def app_settings(env: Mapping[str, str], defaults: AppSettings = AppSettings()) 
         log_backups=_opt(env, "PIKU_LOG_BACKUPS", positive_int, defaults.log_backups),
         touch_reload=_opt(env, "PIKU_TOUCH_RELOAD", relative_paths, defaults.touch_reload),
         auto_restart=_opt(env, "PIKU_AUTO_RESTART", boolean, defaults.auto_restart),
+        keep_releases=_opt(env, "PIKU_KEEP_RELEASES", positive_int, defaults.keep_releases),
     )
     for key, ok, expected in ((log_key, settings.log_max_bytes >= 1024, "at least 1024 bytes"),
                               ("PIKU_LOG_BACKUPS", settings.log_backups <= 100, "1 to 100")):
@@ -460,14 +462,16 @@ def _formation(procfile: Procfile, counts: Mapping[str, int], file: str,
 
 def load_spec(paths: Paths, app: str, base_env: Mapping[str, str],
               defaults: AppSettings = AppSettings(), *,
-              overrides: str | None = None, scaling_text: str | None = None) -> AppSpec:
+              overrides: str | None = None, scaling_text: str | None = None,
+              source: Path | None = None) -> AppSpec:
     """Read and validate an app's Procfile, ENV layers and SCALING, or raise.
 
     ``overrides`` and ``scaling_text`` stand in for envs/APP/ENV and SCALING,
-    so a change can be validated whole before it is written.
+    so a change can be validated whole before it is written; ``source`` is a
+    release directory to read the code's files from instead of apps/APP.
     """
     validate_app_name(app)
-    app_dir = paths.app(app)
+    app_dir = source or paths.app(app)
     procfile_path = app_dir / "Procfile"
     text = _read(paths, procfile_path, ProcfileError)
     if text is None:

@@ -11,6 +11,7 @@ stdlib and pikud's stdlib-only modules, nothing else (no aiohttp).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shlex
@@ -195,8 +196,6 @@ def _lifecycle(name: str, done: str, doc: str) -> None:
         _emit(detail, as_json, lambda d: f"-----> {app} {done}\n{format_ps(d, _color())}")
 
 
-_lifecycle("deploy", "deployed",
-           "Redeploy APP's current code.\n\nRe-reads Procfile, ENV and SCALING and applies them.")
 _lifecycle("restart", "restarted", "Restart APP's processes, one by one.")
 _lifecycle("stop", "stopped", "Stop APP's processes (it stays stopped until start).")
 _lifecycle("start", "started", "Start APP's processes.")
@@ -253,7 +252,8 @@ def logs(app: str, kind: str | None, lines: int, follow: bool, as_json: bool) ->
     try:
         with closing(_client().stream("GET", path)) as stream:
             for line in stream:
-                show(line)
+                if "line" in line:
+                    show(line)
     except KeyboardInterrupt:
         return
 
@@ -362,6 +362,7 @@ def setup_ssh(keyfile: Any, name: str | None, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the only place errors become messages and exit codes."""
+    importlib.import_module("pikud.cli_deploy")     # the push path's commands join the group
     try:
         code = piku.main(args=argv, prog_name="piku", standalone_mode=False)
     except PikudError as exc:
@@ -377,4 +378,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the importable module, so that pikud.cli_deploy registers on the same group.
+    from pikud.cli import main as importable_main
+    raise SystemExit(importable_main())

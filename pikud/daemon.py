@@ -18,7 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from pikud import __version__
-from pikud.apps import App, AppRegistry
+from pikud.apps import App
+from pikud.registry import AppRegistry
 from pikud.control.server import ControlServer, daemon_status
 from pikud.errors import PikudError
 from pikud.events import EventLog

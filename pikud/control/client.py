@@ -12,7 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -92,8 +92,9 @@ class Client:
                 raw = response.read()
         return _unwrap(response.status, raw)
 
-    def stream(self, method: str, path: str, body: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        """Yield each NDJSON object as its line arrives, until ``{"end": true}``.
+    def stream(self, method: str, path: str, body: dict[str, Any] | None = None
+               ) -> Generator[dict[str, Any], None, None]:
+        """Yield each NDJSON object as its line arrives, the last being ``{"end": true, ...}``.
 
         Once the headers are in, reads wait without a timeout: a followed log
         may stay quiet for hours. An ``{"error": ...}`` line raises RemoteError.
@@ -124,9 +125,9 @@ class Client:
                         raise ProtocolError(f"pikud sent a stream line that is not an object: {line!r}")
                     if "error" in obj:
                         raise _remote_error(obj["error"], response.status)
+                    yield obj
                     if obj.get("end") is True:
                         return
-                    yield obj
 
     @staticmethod
     def _send(conn: UnixHTTPConnection, method: str, path: str, body: dict[str, Any] | None) -> None:

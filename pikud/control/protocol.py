@@ -8,9 +8,11 @@ Every non-streaming answer is one envelope::
     {"ok": true,  "data": {...}}
     {"ok": false, "error": {"code": "app_not_found", "message": "app 'x' not found"}}
 
-Streaming answers (``?follow=1`` on logs and events, and deploy progress) are
-NDJSON: ``Content-Type: application/x-ndjson``, one JSON object per line.
-A stream ends with ``{"end": true}`` or, on failure, ``{"error": {...}}``.
+Streaming answers (``?follow=1`` on logs and events, ``?progress=1`` on deploy
+and rollback) are NDJSON: ``Content-Type: application/x-ndjson``, one JSON
+object per line. Progress lines are ``{"progress": "-----> ..."}``; the stream
+ends with ``{"end": true, "data": ...}`` or, on failure, ``{"ok": false,
+"error": {...}}``.
 
 Routes (APP is a validated app name, KIND a Procfile kind):
 
@@ -20,7 +22,12 @@ Routes (APP is a validated app name, KIND a Procfile kind):
     POST   /apps/APP/start             start (desired state: running) -> app detail
     POST   /apps/APP/stop              stop  (desired state: stopped) -> app detail
     POST   /apps/APP/restart           rolling restart -> app detail
-    POST   /apps/APP/deploy            (re)read Procfile/ENV/SCALING in apps/APP and apply -> app detail
+    POST   /apps/APP/deploy[?progress=1]  body {"revision", "ref", "pusher", "fingerprint",
+                                       "git_env"} builds and switches to a new release; without
+                                       a revision the current release is rebuilt (an app with
+                                       no release: apps/APP is re-read) -> app detail
+    GET    /apps/APP/releases          {"releases": [release, ...]} newest first
+    POST   /apps/APP/rollback[?progress=1]  body {"release": N} (default: the previous one)
     POST   /apps/APP/scale             body {"scaling": {"KIND": N, ...}} -> app detail
     GET    /apps/APP/config            {"config": {K: V}}  (the overrides in envs/APP/ENV)
     POST   /apps/APP/config            body {"set": {K: V}, "unset": [K]} -> {"config": {...}}
@@ -34,9 +41,12 @@ Shapes:
     app summary  {"name", "state": "running"|"stopped", "formation": {KIND: N},
                   "processes": {"RUNNING": n, ...}}    (state counts in /apps)
     process      {"name": "app:kind.N", "kind", "index", "pid", "state",
-                  "uptime": seconds|null, "restarts", "last_exit": str|null, "rss": bytes|null}
+                  "uptime": seconds|null, "restarts", "last_exit": str|null, "rss": bytes|null,
+                  "port": the PORT a web process was given, else null}
     log line     {"source": "web.1", "line": "2026-... text"}
     event        {"time": epoch seconds, "app", "process": name|null, "event", "message"}
+    release      {"number", "revision", "ref", "time", "pusher", "fingerprint", "runtime",
+                  "env_path", "env_vars", "path_prefix", "config", "current": bool}
 """
 
 from __future__ import annotations

@@ -21,11 +21,14 @@ from typing import Any
 from aiohttp import web
 
 from pikud import __version__
-from pikud.apps import AppRegistry
+from pikud.registry import AppRegistry
 from pikud.control.protocol import MAX_BODY, NDJSON, error, ndjson_line, ok
+from pikud.deploy.checkout import validate_revision
+from pikud.deploy.pipeline import PushInfo
 from pikud.errors import BadRequest, Forbidden, PikudError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Progress = Callable[[str], None]
 REGISTRY = web.AppKey("registry", AppRegistry)
 STATUS = web.AppKey("status", dict)
 
@@ -119,9 +122,34 @@ class Routes:
         return app.detail()
 
     async def deploy(self, request: web.Request) -> Any:
+        """POST /apps/APP/deploy[?progress=1] {"revision", "ref", "old", "pusher",
+        "fingerprint", "git_env"} (all optional: without a revision the current release
+        is rebuilt)."""
+        data = await body(request)
+        push = push_info(data) if data else None
+        app = self.registry.get(request.match_info["app"], pushed=push is not None)
+
+        async def action(progress: Progress) -> Any:
+            await app.deploy(push, progress)
+            return app.detail()
+        return await run_action(request, action)
+
+    async def releases(self, request: web.Request) -> Any:
+        """GET /apps/APP/releases -> {"releases": [newest first]}"""
+        return {"releases": self.app(request).releases_list()}
+
+    async def rollback(self, request: web.Request) -> Any:
+        """POST /apps/APP/rollback[?progress=1] {"release": N} (default: the previous one)"""
         app = self.app(request)
-        await app.deploy()
-        return app.detail()
+        number = (await body(request)).get("release")
+        if number is not None and (not isinstance(number, int) or isinstance(number, bool)
+                                   or number < 1):
+            raise BadRequest(f'"release" must be a release number, got {number!r}')
+
+        async def action(progress: Progress) -> Any:
+            await app.rollback(number, progress)
+            return app.detail()
+        return await run_action(request, action)
 
     async def scale(self, request: web.Request) -> Any:
         """POST /apps/APP/scale {"scaling": {"KIND": N}}"""
@@ -206,6 +234,52 @@ async def stream(request: web.Request, first: list[Any], queue: asyncio.Queue[An
     return response
 
 
+def push_info(data: dict[str, Any]) -> PushInfo:
+    fields = {"revision", "ref", "old", "pusher", "fingerprint", "git_env"}
+    unknown = set(data) - fields
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    texts = {key: data.get(key, "") for key in fields - {"git_env"}}
+    git_env = data.get("git_env", {})
+    if not all(isinstance(v, str) for v in texts.values()) or not isinstance(git_env, dict) \
+            or not all(isinstance(v, str) for v in git_env.values()):
+        raise BadRequest("revision, ref, old, pusher and fingerprint must be strings, "
+                         "git_env an object of strings")
+    old = texts["old"] and validate_revision(texts["old"])
+    return PushInfo(validate_revision(texts["revision"]), texts["ref"], old, texts["pusher"],
+                    texts["fingerprint"], git_env)
+
+
+async def run_action(request: web.Request, action: Callable[[Progress], Awaitable[Any]]) -> Any:
+    """Run a long action; with ``?progress=1`` stream its progress lines as NDJSON.
+
+    The action runs in a task of its own: a client that leaves (an interrupted
+    push) does not cut a deploy in half.
+    """
+    if not flag(request, "progress"):
+        return await asyncio.shield(asyncio.ensure_future(action(lambda line: None)))
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    task = asyncio.ensure_future(action(queue.put_nowait))
+    response = web.StreamResponse(headers={"Content-Type": NDJSON})
+    await response.prepare(request)
+    try:
+        while not (task.done() and queue.empty()):
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                await response.write(ndjson_line({"progress": getter.result()}))
+            else:
+                getter.cancel()
+        try:
+            result = {"end": True, "data": task.result()}
+        except PikudError as exc:
+            result = error(exc.code, str(exc))
+        await response.write(ndjson_line(result))
+    except ConnectionResetError:
+        pass        # the client left; the action goes on to its end
+    return response
+
+
 def make_app(registry: AppRegistry, status: Callable[[], dict[str, Any]]) -> web.Application:
     app = web.Application(middlewares=[envelope], client_max_size=MAX_BODY)
     r = Routes(registry, status)
@@ -219,6 +293,8 @@ def make_app(registry: AppRegistry, status: Callable[[], dict[str, Any]]) -> web
         web.post("/apps/{app}/restart", r.restart),
         web.post("/apps/{app}/deploy", r.deploy),
         web.post("/apps/{app}/scale", r.scale),
+        web.get("/apps/{app}/releases", r.releases),
+        web.post("/apps/{app}/rollback", r.rollback),
         web.get("/apps/{app}/config", r.config),
         web.post("/apps/{app}/config", r.configure),
         web.get("/apps/{app}/config/live", r.live),

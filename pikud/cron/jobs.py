@@ -72,12 +72,9 @@ async def run_job(spec: JobSpec, run_id: int, output: LogFile) -> tuple[str, int
     """
     env = dict(spec.env)
     env[MARKER], env[RUN_ID] = spec.name, str(run_id)
-    needles = [f"{MARKER}={spec.name}".encode(), f"{RUN_ID}={run_id}".encode()]
-    if env.get("PIKU_ROOT"):
-        needles.append(f"PIKU_ROOT={env['PIKU_ROOT']}".encode())
     try:
         info = await run_once([SHELL, "-c", spec.entry.command], env=env, cwd=spec.cwd,
-                              on_line=output.write_line, needles=needles,
+                              on_line=output.write_line,
                               timeout=spec.timeout, stop_timeout=spec.stop_timeout)
     except OneShotTimeout as timeout:
         return str(timeout), logging.WARNING

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,20 +32,20 @@ def app_from_git_path(arg: str) -> str:
     return validate_app_name(name)
 
 
-def hook_script(executable: Path, root: Path, app: str) -> str:
+def hook_script(piku: list[str], root: Path, app: str) -> str:
     return ("#!/bin/sh\n"
             "# Written by pikud: hands each push to the daemon, which can refuse it.\n"
-            f"PIKU_ROOT={shlex.quote(str(root))} exec {shlex.quote(str(executable))} "
+            f"PIKU_ROOT={shlex.quote(str(root))} exec {shlex.join(piku)} "
             f"git-hook {shlex.quote(app)}\n")
 
 
-def ensure_repo(paths: Paths, app: str, executable: Path) -> Path:
+def ensure_repo(paths: Paths, app: str, piku: list[str]) -> Path:
     """Create repos/APP (bare) on first push and (re)write its hook."""
     repo = paths.repo(app)
     if not (repo / "HEAD").exists():
         repo.mkdir(parents=True, exist_ok=True)
         subprocess.run(["git", "init", "--quiet", "--bare", str(repo)], check=True)
-    write_atomic(repo / "hooks" / "pre-receive", hook_script(executable, paths.root, app), 0o755)
+    write_atomic(repo / "hooks" / "pre-receive", hook_script(piku, paths.root, app), 0o755)
     return repo
 
 
@@ -73,6 +72,14 @@ def quarantine_env() -> dict[str, str]:
     return {key: os.environ[key] for key in QUARANTINE_VARS if key in os.environ}
 
 
-def piku_executable() -> Path:
-    """The absolute path of the running `piku` (for hooks and authorized_keys)."""
-    return Path(sys.argv[0]).resolve()
+def point_head_at(ref: str) -> None:
+    """Let clones check out the pushed branch when the repo's HEAD names none (first push).
+
+    Run from the hook, whose working directory is the bare repo.
+    """
+    if not ref.startswith("refs/heads/"):
+        return
+    head = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD"],
+                          capture_output=True)
+    if head.returncode != 0:
+        subprocess.run(["git", "symbolic-ref", "HEAD", ref], check=True)

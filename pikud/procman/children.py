@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import itertools
 import logging
 import os
 import signal
@@ -48,14 +49,17 @@ class ExitInfo:
 
 
 _spawned: set[int] = set()      # pids whose exit their own Child waiter reads
+_spawn_count = itertools.count(1)
+SPAWN_ID = "PIKU_SPAWN_ID"      # unique per spawn: what finds one spawn's whole tree
 
 
 class Child:
     """One spawned OS process, its pidfd, and an awaitable exit."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], spawn_id: str) -> None:
         self.popen = popen
         self.pid = popen.pid
+        self.spawn_id = spawn_id
         self.pidfd = os.pidfd_open(self.pid)
         self._exit: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().add_reader(self.pidfd, self._on_exit)
@@ -81,14 +85,19 @@ class Child:
 
 def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: int | None = None,
           stdin: int | None = subprocess.DEVNULL, pass_fds: Sequence[int] = ()) -> Child:
-    """Start ``argv`` in its own session (so its group can be signalled whole)."""
+    """Start ``argv`` in its own session (so its group can be signalled whole).
+
+    The child and everything it starts carry a unique PIKU_SPAWN_ID, so that
+    stopping it finds descendants that left the group, and nothing else.
+    """
+    spawn_id = f"{os.getpid()}.{next(_spawn_count)}"
     popen = subprocess.Popen(
-        list(argv), env=dict(env), cwd=cwd, stdin=stdin,
+        list(argv), env={**env, SPAWN_ID: spawn_id}, cwd=cwd, stdin=stdin,
         stdout=output, stderr=subprocess.STDOUT if output is not None else None,
         pass_fds=tuple(pass_fds), start_new_session=True, close_fds=True,
     )
     _spawned.add(popen.pid)
-    return Child(popen)
+    return Child(popen, spawn_id)
 
 
 def become_subreaper() -> None:
@@ -238,3 +247,10 @@ async def stop_leftovers(root: str, timeout: float) -> int:
     if find_processes(needles):
         log.warning("stopping processes left running by a previous pikud")
     return await terminate(None, needles, timeout)
+
+
+async def stop_child(child: Child, timeout: float,
+                     on_kill: Callable[[], None] = lambda: None) -> ExitInfo:
+    """Stop ``child`` and every descendant of its spawn; returns how the child ended."""
+    await terminate(child.pid, (f"{SPAWN_ID}={child.spawn_id}".encode(),), timeout, on_kill)
+    return await child.wait()

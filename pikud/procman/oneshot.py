@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pikud.procman.children import Child, ExitInfo, spawn, terminate
+from pikud.procman.children import ExitInfo, spawn, stop_child
 from pikud.procman.logs import LineSink, PipeReader
 
 DRAIN_GRACE = 1.0       # seconds to wait for the last output once the command ended
@@ -28,8 +28,8 @@ class OneShotTimeout(Exception):
 
 
 async def run_once(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
-                   on_line: LineSink, needles: Sequence[bytes] = (),
-                   timeout: float | None = None, stop_timeout: float = 10.0) -> ExitInfo:
+                   on_line: LineSink, timeout: float | None = None,
+                   stop_timeout: float = 10.0) -> ExitInfo:
     """Run ``argv`` to its end, handing each output line to ``on_line``.
 
     Raises OneShotTimeout after stopping it when ``timeout`` passes; when the
@@ -48,18 +48,12 @@ async def run_once(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
         async with asyncio.timeout(timeout):
             info = await child.wait()
     except TimeoutError:
-        raise OneShotTimeout(await stop(child, needles, stop_timeout)) from None
+        raise OneShotTimeout(await stop_child(child, stop_timeout)) from None
     except asyncio.CancelledError:
-        await stop(child, needles, stop_timeout)
+        await stop_child(child, stop_timeout)
         raise
     finally:
         # A descendant may hold the pipe open: take what is there, do not wait for it.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(reader.closed), DRAIN_GRACE)
     return info
-
-
-async def stop(child: Child, needles: Sequence[bytes], timeout: float) -> ExitInfo:
-    """Stop the child's tree as a supervised process is stopped; returns how it ended."""
-    await terminate(child.pid, needles, timeout)
-    return await child.wait()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pikud.errors import InvalidTransition
-from pikud.procman.children import MARKER, Child, spawn, terminate
+from pikud.procman.children import MARKER, Child, spawn, stop_child
 from pikud.procman.logs import LogFile, PipeReader
 from pikud.procman.policy import RestartPolicy, decide
 from pikud.procman.state import ALIVE, ProcessState, allowed
@@ -95,12 +95,6 @@ class ManagedProcess:
     @property
     def name(self) -> str:
         return self.spec.name
-
-    @property
-    def needles(self) -> tuple[bytes, ...]:
-        """What marks this slot's processes in their environment (children.find_processes)."""
-        env = dict(self.spec.env)
-        return (f"{MARKER}={self.name}".encode(), f"PIKU_ROOT={env.get('PIKU_ROOT', '')}".encode())
 
     def _set_state(self, new: ProcessState, phrase: str, level: int = logging.INFO) -> None:
         if not allowed(self.state, new):
@@ -241,10 +235,9 @@ class ManagedProcess:
     async def _terminate(self, child: Child) -> None:
         # STARTING/RUNNING -> STOPPING: stop requested
         self._set_state(S.STOPPING, f"stopping: {self.name} (pid {child.pid})")
-        await terminate(child.pid, self.needles, self.spec.stop_timeout, lambda: self._report(
+        info = await stop_child(child, self.spec.stop_timeout, lambda: self._report(
             "killed", f"killed: {self.name} did not stop within {self.spec.stop_timeout:g}s; "
             "sent SIGKILL", logging.WARNING))
-        info = await child.wait()
         self.last_exit = str(info)
         self.child, self.started_at = None, None
         # STOPPING -> STOPPED: the process group is gone
@@ -264,4 +257,5 @@ class ManagedProcess:
             "restarts": self.restarts,
             "last_exit": self.last_exit,
             "rss": read_rss(self.child.pid) if alive and self.child else None,
+            "port": int(port) if (port := dict(self.spec.env).get("PORT", "")).isdigit() else None,
         }

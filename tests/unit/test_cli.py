@@ -120,14 +120,9 @@ def test_the_cli_does_not_import_the_daemon_stack() -> None:
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """HOME in a temp dir, with a `piku` executable first on PATH."""
+    """HOME in a temp dir."""
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "piku").write_text("#!/bin/sh\n")
-    (bin_dir / "piku").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return tmp_path / "home"
 
 
@@ -242,12 +237,21 @@ def test_server_errors_are_one_line(stub: StubDaemon, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize(("command", "done"), [
-    ("deploy", "deployed"), ("restart", "restarted"), ("stop", "stopped"), ("start", "started")])
+    ("restart", "restarted"), ("stop", "stopped"), ("start", "started")])
 def test_lifecycle_commands(stub: StubDaemon, command: str, done: str,
                             capsys: pytest.CaptureFixture[str]) -> None:
     stub.ok("POST", f"/apps/myapp/{command}", _detail())
     assert main([command, "myapp"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"-----> myapp {done}", *PS_TABLE]
+
+
+def test_deploy_prints_progress_then_the_table(stub: StubDaemon,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    stub.on("POST", "/apps/myapp/deploy?progress=1", lines=[
+        {"progress": "-----> Building"}, {"end": True, "data": _detail()}])
+    assert main(["deploy", "myapp"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "-----> Building", "-----> myapp deployed", *PS_TABLE]
 
 
 def test_config_set_shell_splits_and_sends_once(stub: StubDaemon, capsys: pytest.CaptureFixture[str]) -> None:

@@ -106,7 +106,7 @@ def test_stream_yields_lines_until_end(stub: StubDaemon, client: Client) -> None
     lines = [{"source": "web.1", "line": "a"}, {"source": "web.2", "line": "b"}]
     after = {"source": "x", "line": "after end"}
     stub.on("GET", "/apps/a/logs?follow=1", lines=[*lines, {"end": True}, after])
-    assert list(client.stream("GET", "/apps/a/logs?follow=1")) == lines
+    assert list(client.stream("GET", "/apps/a/logs?follow=1")) == [*lines, {"end": True}]
 
 
 def test_stream_delivers_each_line_as_it_arrives(stub: StubDaemon, client: Client) -> None:
@@ -114,7 +114,7 @@ def test_stream_delivers_each_line_as_it_arrives(stub: StubDaemon, client: Clien
     with closing(client.stream("GET", "/events?follow=1")) as stream:
         assert next(stream) == {"n": 1}     # while the server still holds back the rest
         stub.gate.set()
-        assert list(stream) == [{"n": 2}]
+        assert list(stream) == [{"n": 2}, {"end": True}]
     assert not stub.gate_timed_out
 
 
@@ -124,7 +124,7 @@ def test_stream_outlives_the_request_timeout(stub: StubDaemon) -> None:
         assert next(stream) == {"n": 1}
         time.sleep(0.3)                     # longer than the timeout, with nothing to read
         stub.gate.set()
-        assert list(stream) == []
+        assert list(stream) == [{"end": True}]
 
 
 def test_stream_error_line_raises(stub: StubDaemon, client: Client) -> None:

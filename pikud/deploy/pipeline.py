@@ -1,0 +1,112 @@
+"""Building a release: checkout -> preflight -> runtime build -> release command.
+
+Every step runs in the new release directory with the app's environment and
+streams its output to ``progress``; the first failure raises and the new
+directory is removed, so nothing that is live has changed. Starting the new
+processes and switching to them is the App's part.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pikud.appspec import AppSettings, AppSpec, live_env, load_spec
+from pikud.deploy.checkout import checkout
+from pikud.deploy.releases import Release, ReleaseStore
+from pikud.deploy.runtimes import detect
+from pikud.deploy.runtimes.base import BuildContext, BuildResult, Runner
+from pikud.errors import BuildError, DeployError, ReleaseError
+from pikud.paths import Paths
+from pikud.procman.children import MARKER
+from pikud.procman.oneshot import run_once
+
+Progress = Callable[[str], None]
+INDENT = "       "
+
+
+@dataclass(frozen=True)
+class PushInfo:
+    revision: str
+    ref: str = ""
+    old: str = ""                   # what the pusher saw ``ref`` at (zeros: a new ref)
+    pusher: str = ""
+    fingerprint: str = ""
+    git_env: dict[str, str] = field(default_factory=dict)
+
+
+def runner(progress: Progress, error: type[DeployError] = BuildError) -> Runner:
+    """A Runner that streams a command's output, indented, and raises ``error`` on failure."""
+    async def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> None:
+        info = await run_once(argv, env=env, cwd=cwd, on_line=lambda line: progress(INDENT + line))
+        if info.code != 0:
+            raise error(f"`{shlex.join(argv)}` failed ({info})")
+    return run
+
+
+def release_env(spec: AppSpec, paths: Paths, base_env: Mapping[str, str], source: Path,
+                build: BuildResult | Release | None) -> dict[str, str]:
+    """The environment of the release's processes and steps: live env + the build's."""
+    env = live_env(spec, paths, base_env)
+    env["PWD"] = str(source)
+    if build is not None:
+        env.update(build.env_vars)
+        if build.path_prefix:
+            env["PATH"] = ":".join([*build.path_prefix, env.get("PATH", "")])
+    return env
+
+
+async def run_step(kind: str, spec: AppSpec, env: dict[str, str], source: Path,
+                   progress: Progress, error: type[DeployError]) -> None:
+    """Run the Procfile's ``preflight`` or ``release`` command, if it has one."""
+    command = spec.procfile.entries.get(kind)
+    if command is None:
+        return
+    progress(f"-----> Running {kind}: {command}")
+    step_env = dict(env, PROC_TYPE=kind, **{MARKER: f"{spec.name}:{kind}"})
+    await runner(progress, error)(["/bin/sh", "-c", command], cwd=source, env=step_env)
+
+
+async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None,
+                        base: Release | None, base_env: Mapping[str, str],
+                        defaults: AppSettings, overrides: Mapping[str, str],
+                        progress: Progress) -> tuple[Release, AppSpec]:
+    """Check out ``push`` (or rebuild ``base``'s revision) into a new release and build it."""
+    app = store.app
+    revision = push.revision if push else (base.revision if base else "")
+    if not revision:
+        raise DeployError(f"{app} has no release to rebuild: push to it first")
+    number = store.next_number()
+    source = store.directory(number)
+    started = time.monotonic()
+    try:
+        progress(f"-----> Checking out {revision[:12]} as release {number}")
+        await checkout(paths.repo(app), revision, source, push.git_env if push else {},
+                       base_env, runner(progress))
+        spec = load_spec(paths, app, base_env, defaults, source=source)
+        for warning in spec.warnings:
+            progress(f"-----> Warning: {warning}")
+        env = release_env(spec, paths, base_env, source, None)
+        await run_step("preflight", spec, env, source, progress, BuildError)
+        runtime = detect(source, spec.procfile)
+        progress(f"-----> Building with the {runtime.name} runtime")
+        result = await runtime.build(BuildContext(app, source, env, paths.env_dir(app),
+                                                  progress, runner(progress)))
+        env = release_env(spec, paths, base_env, source, result)
+        await run_step("release", spec, env, source, progress, ReleaseError)
+    except BaseException:
+        shutil.rmtree(source, ignore_errors=True)
+        raise
+    progress(f"-----> Release {number} built in {time.monotonic() - started:.1f}s")
+    release = Release(
+        number=number, revision=revision, ref=push.ref if push else (base.ref if base else ""),
+        time=time.time(), pusher=push.pusher if push else "",
+        fingerprint=push.fingerprint if push else "", runtime=result.runtime,
+        env_path=str(result.env_path) if result.env_path else None,
+        env_vars=dict(result.env_vars), path_prefix=tuple(result.path_prefix),
+        config=dict(overrides))
+    return release, spec

@@ -1,0 +1,108 @@
+"""A real OpenSSH server on 127.0.0.1 for pushes and commands over ssh.
+
+The server runs from its own config, host key and authorized_keys in a temp
+folder, on a port the test picks; it is stopped at teardown. The test
+account is the one running the tests; ``piku setup:ssh`` writes its key.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Pikud, wait_for
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class SshServer:
+    port: int
+    home: Path                 # HOME of the test account for `piku setup:ssh`
+    key: Path                  # the client's private key
+    user: str
+
+    @property
+    def ssh_command(self) -> str:
+        return (f"ssh -i {self.key} -p {self.port} -o IdentitiesOnly=yes -o BatchMode=yes "
+                "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+
+    def ssh(self, *words: str, tty: bool = False, timeout: float = 120,
+            ) -> subprocess.CompletedProcess[str]:
+        argv = [*self.ssh_command.split(), *(["-tt"] if tty else []),
+                f"{self.user}@127.0.0.1", *words]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def git_env(self) -> dict[str, str]:
+        return dict(os.environ, GIT_SSH_COMMAND=self.ssh_command)
+
+
+def keygen(path: Path, comment: str) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+                    "-f", str(path)], check=True)
+
+
+@pytest.fixture
+def sshd(pikud: Pikud, short_root: Path) -> Iterator[SshServer]:
+    if not os.path.exists(SSHD):
+        pytest.skip("OpenSSH server is not installed")
+    base = Path(tempfile.mkdtemp(prefix="pks-", dir="/tmp"))
+    home = base / "home"
+    home.mkdir()
+    keygen(base / "hostkey", "host")
+    keygen(base / "client", "tester@laptop")
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True,
+                                                    text=True).stdout.strip()
+    port = free_port()
+    config = base / "sshd_config"
+    config.write_text(f"""\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {base / 'hostkey'}
+PidFile {base / 'sshd.pid'}
+AuthorizedKeysFile {home / '.ssh' / 'authorized_keys'}
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+UsePAM no
+PrintMotd no
+LogLevel VERBOSE
+""")
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)   # sshd's privilege separation dir
+    setup = subprocess.run([sys.executable, "-m", "pikud.cli", "setup:ssh", str(base / "client.pub")],
+                           env=dict(pikud.env, HOME=str(home)), capture_output=True, text=True)
+    assert setup.returncode == 0, setup.stderr
+    log = open(base / "sshd.log", "wb")
+    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+    try:
+        def listening() -> bool:
+            assert server.poll() is None, (base / "sshd.log").read_text()
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+        wait_for(listening, 10, "sshd to listen")
+        yield SshServer(port, home, base / "client", user)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(10)
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,186 @@
+"""git push over a real sshd to a real daemon: builds, rejections, releases, rollback."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+from tests.conftest import Pikud, alive, wait_for
+from tests.e2e.apps import get, git, python_app
+from tests.e2e.conftest import SshServer
+
+
+def push(ssh: SshServer, work: Path, app: str, check: bool = True
+         ) -> subprocess.CompletedProcess[str]:
+    git(work, "remote", "remove", "piku", check=False)
+    git(work, "remote", "add", "piku", f"{ssh.user}@127.0.0.1:{app}")
+    return git(work, "push", "piku", "main", env=ssh.git_env(), check=check)
+
+
+def web(pikud: Pikud, app: str) -> dict:
+    return wait_for(lambda: next((p for p in pikud.processes(app) if p["kind"] == "web"
+                                  and p["state"] == "RUNNING"), None), 15, f"{app} web")
+
+
+def test_first_push_builds_and_runs_then_a_code_push_reuses_the_env(
+        pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
+    work = python_app(tmp_path / "hello", "v1")
+    first = push(sshd, work, "hello")
+    out = first.stderr
+    assert "remote: -----> Checking out" in out and "Building with the python runtime" in out
+    assert "tinypkg" in out                                   # pip really ran
+    assert "-----> hello is live: release 1" in out
+    old = web(pikud, "hello")
+    assert get(old["port"]) == "v1 tinypkg=42"
+
+    python_app(work, "v2")                                     # code only
+    second = push(sshd, work, "hello").stderr
+    assert "unchanged" in second and "tinypkg-1.0" not in second.split("Building")[1]
+    new = web(pikud, "hello")
+    assert get(new["port"]) == "v2 tinypkg=42"
+    assert not alive(old["pid"])
+    assert [p["name"] for p in pikud.processes("hello")] == ["hello:web.1"]
+    assert (pikud.root / "apps/hello").resolve() == pikud.root / "releases/hello/2"
+
+
+def test_rejected_pushes_leave_the_running_release_serving(
+        pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
+    work = python_app(tmp_path / "steady", "good")
+    push(sshd, work, "steady")
+    running = web(pikud, "steady")
+    cases = {
+        "build": {"requirements.txt": "./wheels/missing-1.0-py3-none-any.whl\n"},
+        "release": {"Procfile": "web: python3 server.py\nrelease: echo migrating; exit 3\n"},
+        "procfile": {"Procfile": "web python3 server.py\n"},
+        "dies at once": {"Procfile": "web: python3 -c 'raise SystemExit(1)'\n"},
+    }
+    for label, files in cases.items():
+        python_app(work, f"bad-{label}", extra=files)
+        result = push(sshd, work, "steady", check=False)
+        assert result.returncode != 0, label
+        assert "[remote rejected]" in result.stderr, (label, result.stderr)
+        assert get(running["port"]) == "good tinypkg=42", label
+        assert pikud.process("steady", "steady:web.1")["pid"] == running["pid"], label
+        git(work, "reset", "--quiet", "--hard", "HEAD~1")
+    assert "failed (exit status 3)" in push_output(sshd, work, "steady", "release")
+    releases = pikud.api("GET", "/apps/steady/releases")["releases"]
+    assert [r["number"] for r in releases] == [1]
+    assert sorted(p.name for p in (pikud.root / "releases/steady").iterdir()) == ["1"]
+
+
+def push_output(ssh: SshServer, work: Path, app: str, label: str) -> str:
+    python_app(work, f"again-{label}", extra={
+        "Procfile": "web: python3 server.py\nrelease: echo migrating; exit 3\n"})
+    result = push(ssh, work, app, check=False)
+    git(work, "reset", "--quiet", "--hard", "HEAD~1")
+    return result.stderr
+
+
+def test_releases_and_rollback(pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
+    work = python_app(tmp_path / "rb", "one")
+    push(sshd, work, "rb")
+    python_app(work, "two")
+    push(sshd, work, "rb")
+    listing = sshd.ssh("releases", "rb")
+    assert listing.returncode == 0, listing.stderr
+    assert "*2" in listing.stdout.replace(" ", "") and "tester@laptop" in listing.stdout
+    back = sshd.ssh("rollback", "rb")
+    assert back.returncode == 0, back.stderr
+    assert "is on release 1" in back.stdout
+    assert get(web(pikud, "rb")["port"]) == "one tinypkg=42"
+    forward = sshd.ssh("rollback", "rb", "2")
+    assert forward.returncode == 0 and get(web(pikud, "rb")["port"]) == "two tinypkg=42"
+    bad = sshd.ssh("rollback", "rb", "9")
+    assert bad.returncode == 1 and "no release 9" in bad.stderr
+
+
+def pushes_at_once(ssh: SshServer, first: tuple[Path, str], second: tuple[Path, str],
+                   started: Path) -> list[subprocess.CompletedProcess[str]]:
+    """Start the first push, and the second once the first is building."""
+    results: list[subprocess.CompletedProcess[str]] = []
+    thread = threading.Thread(target=lambda: results.append(git(
+        first[0], "push", "piku", first[1], env=ssh.git_env(), check=False)))
+    thread.start()
+    wait_for(started.exists, 120, "the first push to start building")
+    results.append(git(second[0], "push", "--force", "piku", second[1], env=ssh.git_env(),
+                       check=False))
+    thread.join(300)
+    return results
+
+
+def test_pushes_to_one_app_are_serialized_and_to_two_apps_run_together(
+        pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
+    a, b = python_app(tmp_path / "a", "a1"), python_app(tmp_path / "b", "b1")
+    for work, app in ((a, "a"), (b, "b")):
+        git(work, "remote", "add", "piku", f"{sshd.user}@127.0.0.1:{app}")
+    both = pushes_at_once(sshd, (a, "main"), (b, "main"), pikud.root / "releases/a/1")
+    assert [r.returncode for r in both] == [0, 0], [r.stderr for r in both]
+    assert not any("Waiting for another action" in r.stderr for r in both)
+
+    a2 = tmp_path / "a2"
+    git(tmp_path, "clone", "--quiet", str(a), str(a2))
+    git(a2, "remote", "add", "piku", f"{sshd.user}@127.0.0.1:a")
+    slow = {"Procfile": "web: python3 server.py\nrelease: sleep 2\n"}     # holds the app's lock
+    python_app(a, "a-main", extra=slow)
+    python_app(a2, "a-other")
+    first, second = pushes_at_once(sshd, (a, "main"), (a2, "main:other"),
+                                   pikud.root / "releases/a/2")
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert "Waiting for another action on a to finish" in second.stderr
+    assert get(web(pikud, "a")["port"]) == "a-other tinypkg=42"
+
+    # A push that waited while another one moved its branch is refused, not deployed.
+    python_app(a, "a-main-2", extra=slow)
+    python_app(a2, "a-stale")
+    first, stale = pushes_at_once(sshd, (a, "main"), (a2, "main"), pikud.root / "releases/a/4")
+    assert first.returncode == 0, first.stderr
+    assert stale.returncode != 0 and "while this push waited" in stale.stderr, stale.stderr
+    assert get(web(pikud, "a")["port"]) == "a-main-2 tinypkg=42"
+
+
+def test_stock_client_forms_over_ssh(pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
+    push(sshd, python_app(tmp_path / "cmd", "c1"), "cmd")
+    ps = sshd.ssh("ps", "cmd")
+    assert ps.returncode == 0 and "web.1" in ps.stdout and "RUNNING" in ps.stdout
+    run = sshd.ssh("run", "cmd", "test", "-t", "0", "&&", "echo", "tty", "$APP", tty=True)
+    assert run.returncode == 0 and "tty cmd" in run.stdout, run.stdout + run.stderr
+    plain = sshd.ssh("run", "cmd", "cat", "VERSION")
+    assert plain.stdout.strip() == "c1"
+    assert "Usage" in sshd.ssh().stdout                    # no command: the help
+
+
+def test_clone_from_the_same_remote(pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
+    push(sshd, python_app(tmp_path / "src", "cl"), "cl")
+    clone = subprocess.run(["git", "clone", "--quiet", f"{sshd.user}@127.0.0.1:cl",
+                            str(tmp_path / "copy")], env=sshd.git_env(), capture_output=True,
+                           text=True, timeout=60)
+    assert clone.returncode == 0, clone.stderr
+    assert (tmp_path / "copy/VERSION").read_text().strip() == "cl"
+
+
+def test_malformed_key_is_refused_and_changes_nothing(pikud: Pikud, sshd: SshServer,
+                                                       tmp_path: Path) -> None:
+    keys = sshd.home / ".ssh/authorized_keys"
+    before = keys.read_bytes()
+    bad = tmp_path / "bad.pub"
+    bad.write_text("ssh-ed25519 not-base64!! someone\n")
+    result = pikud.cli("setup:ssh", str(bad))
+    assert result.returncode != 0 and "base64" in result.stderr.lower()
+    assert keys.read_bytes() == before
+    assert "NAME=tester@laptop" in before.decode()
+
+
+def test_local_remote_without_ssh(pikud: Pikud, tmp_path: Path) -> None:
+    work = python_app(tmp_path / "local", "l1")
+    receive = f"{' '.join(pikud_cli())} git-receive-pack"
+    git(work, "remote", "add", "piku", "local")
+    git(work, "config", "remote.piku.receivepack", receive)
+    result = git(work, "push", "piku", "main", env=dict(pikud.env))
+    assert "local is live: release 1" in result.stderr
+    assert get(web(pikud, "local")["port"]) == "l1 tinypkg=42"
+
+
+def pikud_cli() -> list[str]:
+    import sys
+    return [sys.executable, "-m", "pikud.cli"]
