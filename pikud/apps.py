@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pikud.appspec import (WEB_KINDS, AppSpec, format_env, format_scaling, load_spec,
                            parse_env, parse_scale_args, supervised_kinds)
 from pikud.atomic import write_atomic
+from pikud.cron import JobSpec, cron_entries, job_settings
 from pikud.deploy.checkout import ref_value, wait_for_ref
 from pikud.deploy.pipeline import PushInfo, build_release, release_env
 from pikud.deploy.releases import Release, ReleaseStore
@@ -73,10 +74,11 @@ class App:
         self.registry.events.emit(self.name, process, event, message)
         self.log.write_line(message)
 
-    def note(self, event: str, message: str, level: int = logging.INFO) -> None:
+    def note(self, event: str, message: str, level: int = logging.INFO,
+             process: str | None = None) -> None:
         """An app-level event: logged, in the app's pikud.log and in /events."""
         log.log(level, "%s", message)
-        self._on_event(None, event, message)
+        self._on_event(process, event, message)
 
     @property
     def release(self) -> Release | None:
@@ -121,6 +123,20 @@ class App:
                     log_max_bytes=s.log_max_bytes, log_backups=s.log_backups)
         return specs
 
+    def cron_jobs(self, spec: AppSpec, release: Release | None) -> list[JobSpec]:
+        """The app's cron entries as jobs; raises CronError on a bad schedule or TZ."""
+        entries = cron_entries(spec.procfile)
+        tz, overlap, timeout = job_settings(spec.env)
+        source = self.source(release)
+        env = release_env(spec, self.paths, self.registry.base_env, source, release)
+        env["PIKU_ROOT"] = str(self.paths.root)
+        s = spec.settings
+        return [JobSpec(app=self.name, kind=kind, entry=entry, env=tuple(sorted(env.items())),
+                        cwd=source, log_path=self.paths.log_dir(self.name) / f"{kind}.log",
+                        tz=tz, overlap=overlap, timeout=timeout, stop_timeout=s.stop_timeout,
+                        log_max_bytes=s.log_max_bytes, log_backups=s.log_backups)
+                for kind, entry in entries.items()]
+
     def _prepare(self, spec: AppSpec, release: Release | None) -> None:
         for warning in spec.warnings:
             self.note("warning", f"{self.name}: {warning}", logging.WARNING)
@@ -136,12 +152,18 @@ class App:
         self.spec = spec
         self.registry.watch(self)
 
-    async def _run(self, spec: AppSpec, *, restart_all: bool = False) -> None:
-        """Apply ``spec`` to the current release, slot by slot (rolling)."""
+    async def _run(self, spec: AppSpec, *, restart_all: bool = False,
+                   starting: bool = False) -> None:
+        """Apply ``spec`` to the current release, slot by slot (rolling).
+
+        ``starting`` (boot, start, restart) runs the @reboot cron entries once.
+        """
+        jobs = self.cron_jobs(spec, self.release)
         self._prepare(spec, self.release)
         self.desired = RUNNING
         desired = self.process_specs(spec, self.release, self.ports)
         self.registry.save()
+        self.registry.scheduler.set_jobs(self.name, jobs, starting=starting)
         if restart_all:
             await self.group.replace({n: s for n, s in desired.items()
                                       if n in self.group.processes})
@@ -150,17 +172,20 @@ class App:
 
     async def _switch(self, spec: AppSpec, release: Release, progress: Progress) -> None:
         """Start ``release``'s generation beside the running one, then stop the old one."""
+        jobs = self.cron_jobs(spec, release)
         ports: dict[str, int] = {}
         desired = self.process_specs(spec, release, ports)
         fixed_port = "PORT" in spec.env
         exclusive = [n for n, s in desired.items() if s.kind in WEB_KINDS and fixed_port]
         progress(f"-----> Starting {len(desired)} processes of release {release.number}")
+        starting = self.desired != RUNNING
         await self.group.switch(desired, exclusive)
         self.ports = ports
         self.releases.activate(release)
         self._prepare(spec, release)
         self.desired = RUNNING
         self.registry.save()
+        self.registry.scheduler.set_jobs(self.name, jobs, starting=starting)
 
     # -- actions (each under the app lock) ---------------------------------------
 
@@ -179,7 +204,7 @@ class App:
             self.note("deploy", f"{self.name}: deploying" + (
                 f" {push.revision[:12]} pushed by {push.pusher or 'unknown'}" if push else ""))
             if push is None and self.release is None:
-                await self._run(self.load())
+                await self._run(self.load(), starting=self.desired != RUNNING)
                 return
             if push is not None:
                 await self._check_ref(push)
@@ -236,16 +261,17 @@ class App:
         if removed:
             progress(f"-----> Pruned releases {', '.join(map(str, removed))}")
 
-    async def start(self) -> None:
+    async def start(self, *, boot: bool = False) -> None:
+        """Run the app; @reboot cron entries run when it was not running (or at boot)."""
         async with self.lock:
-            await self._run(self.load())
+            await self._run(self.load(), starting=boot or self.desired != RUNNING)
 
     async def restart(self) -> None:
         """Replace every process, one at a time."""
         async with self.lock:
             spec = self.load()
             self.note("restart", f"{self.name}: restarting")
-            await self._run(spec, restart_all=True)
+            await self._run(spec, restart_all=True, starting=True)
 
     async def stop(self, *, persist: bool = True) -> None:
         """Stop every process; ``persist=False`` (daemon shutdown) keeps the desired state."""
@@ -253,7 +279,7 @@ class App:
             if persist:
                 self.desired = STOPPED
                 self.registry.save()
-            await self.group.stop()
+            await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
 
     async def scale(self, args: Mapping[str, Any]) -> None:
         """Change kind counts; only the difference is started or stopped."""
@@ -327,7 +353,8 @@ class App:
     async def destroy(self) -> dict[str, list[str]]:
         """Stop and remove everything but data/APP and cache/APP."""
         async with self.lock:
-            await self.group.stop()
+            await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
+            self.registry.scheduler.set_jobs(self.name, [], starting=False)    # forget its history
             self.log.close()
             self.registry.unwatch(self)
             removed = self.releases.destroy()
@@ -367,6 +394,12 @@ class App:
 
     def detail(self) -> dict[str, Any]:
         return dict(self.summary(), processes=[p.snapshot() for p in self.group.all()])
+
+    def cron(self) -> list[dict[str, Any]]:
+        return self.registry.scheduler.describe(self.name)
+
+    async def cron_run(self, kind: str) -> dict[str, Any]:
+        return await self.registry.scheduler.run_now(self.name, kind)
 
     def releases_list(self) -> list[dict[str, Any]]:
         return [r.summary(self.releases.current) for r in reversed(self.releases.releases)]

@@ -1,5 +1,5 @@
-"""The `piku` commands of the push path: git-receive-pack/upload-pack, the hook,
-deploy, releases and rollback (click + stdlib only, like cli.py)."""
+"""The `piku` commands of the push path and of cron: git-receive-pack/upload-pack,
+the hook, deploy, releases, rollback, cron and cron:run (click + stdlib only, like cli.py)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,39 @@ def rollback(app: str, release: int | None, as_json: bool) -> None:
     detail = _progress(_app_path(app, "rollback"), body, as_json)
     _emit(detail, as_json, lambda d: f"-----> {app} is on release {d['release']}\n"
           f"{format_ps(d, _color())}")
+
+
+@piku.command("cron")
+@click.argument("app")
+@json_option
+def cron(app: str, as_json: bool) -> None:
+    """List APP's cron jobs: schedule, command, last run, next run."""
+    data = _client().request("GET", _app_path(app, "cron"))
+
+    def render(d: dict[str, Any]) -> str:
+        rows = []
+        for job in d["jobs"]:
+            last = job["last_run"]
+            done = (f"{last['started'][:19]} {last['status']} ({last['duration']:.1f}s)"
+                    if last and last.get("duration") is not None else
+                    f"{last['started'][:19]} {last['status']}" if last else "-")
+            rows.append([job["kind"], job["schedule"], job["command"], done,
+                         (job["next_run"] or "-")[:19] + (" (running)" if job["running"] else "")])
+        if not rows:
+            return f"{app} has no cron entries"
+        return format_table(["JOB", "SCHEDULE", "COMMAND", "LAST RUN", "NEXT RUN"], rows)
+    _emit(data, as_json, render)
+
+
+@piku.command("cron:run")
+@click.argument("app")
+@click.argument("kind")
+@json_option
+def cron_run(app: str, kind: str, as_json: bool) -> None:
+    """Run APP's cron job KIND now (its output goes to logs/APP/KIND.log)."""
+    data = _client().request("POST", _app_path(app, "cron", kind, "run"))
+    _emit(data, as_json, lambda d: f"-----> {app}:{kind} " + (
+        "queued behind the run in progress" if d.get("queued") else f"started at {d['started']}"))
 
 
 @piku.command("git-receive-pack", hidden=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 from pikud.apps import RUNNING, STOPPED, App
 from pikud.appspec import AppSettings, validate_app_name
+from pikud.cron import Scheduler
 from pikud.atomic import write_atomic
 from pikud.errors import AppNotFound, BadRequest, PikudError
 from pikud.events import EventLog
@@ -29,11 +30,20 @@ class AppRegistry:
                  events: EventLog, watch: Callable[[App], None] = lambda app: None,
                  unwatch: Callable[[App], None] = lambda app: None) -> None:
         self.paths = paths
+        self.scheduler = Scheduler(paths.state_dir / "cron.json", self._cron_event,
+                                   lambda app: self.apps[app].followers)
         self.base_env = dict(base_env)
         self.app_defaults = app_defaults
         self.events = events
         self.watch, self.unwatch = watch, unwatch
         self.apps: dict[str, App] = {}
+
+    def _cron_event(self, app: str, process: str | None, event: str, message: str) -> None:
+        """A cron run started or ended: into the app's pikud.log and /events, like any event."""
+        if app in self.apps:
+            self.apps[app].note(event, message, process=process)
+        else:
+            self.events.emit(app, process, event, message)
 
     def get(self, name: str, *, pushed: bool = False) -> App:
         """The app ``name``; it exists once apps/APP does, or (``pushed``) its repo does."""
@@ -87,12 +97,13 @@ class AppRegistry:
 
     async def _boot_one(self, app: App) -> None:
         try:
-            await app.start()
+            await app.start(boot=True)      # runs the @reboot cron entries
         except PikudError as exc:
             app.note("error", f"{app.name}: not started at boot: {exc}", logging.ERROR)
 
     async def shutdown(self) -> None:
-        await asyncio.gather(*(app.stop(persist=False) for app in self.apps.values()))
+        await asyncio.gather(self.scheduler.close(),
+                             *(app.stop(persist=False) for app in self.apps.values()))
 
     def process_count(self) -> int:
         return sum(len(app.group.processes) for app in self.apps.values())

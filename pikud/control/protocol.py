@@ -27,6 +27,8 @@ Routes (APP is a validated app name, KIND a Procfile kind):
                                        a revision the current release is rebuilt (an app with
                                        no release: apps/APP is re-read) -> app detail
     GET    /apps/APP/releases          {"releases": [release, ...]} newest first
+    GET    /apps/APP/cron              {"jobs": [job, ...]}
+    POST   /apps/APP/cron/KIND/run     run one now -> {"kind", "started", "queued"}
     POST   /apps/APP/rollback[?progress=1]  body {"release": N} (default: the previous one)
     POST   /apps/APP/scale             body {"scaling": {"KIND": N, ...}} -> app detail
     GET    /apps/APP/config            {"config": {K: V}}  (the overrides in envs/APP/ENV)
@@ -45,6 +47,9 @@ Shapes:
                   "port": the PORT a web process was given, else null}
     log line     {"source": "web.1", "line": "2026-... text"}
     event        {"time": epoch seconds, "app", "process": name|null, "event", "message"}
+    job          {"kind", "schedule", "command", "tz", "next_run": ISO|null, "last_run":
+                  {"started", "status", "duration"}|null, "running", "queued", "overlap",
+                  "timeout"}
     release      {"number", "revision", "ref", "time", "pusher", "fingerprint", "runtime",
                   "env_path", "env_vars", "path_prefix", "config", "current": bool}
 """

@@ -134,6 +134,14 @@ class Routes:
             return app.detail()
         return await run_action(request, action)
 
+    async def cron(self, request: web.Request) -> Any:
+        """GET /apps/APP/cron -> {"jobs": [job, ...]}"""
+        return {"jobs": self.app(request).cron()}
+
+    async def cron_run(self, request: web.Request) -> Any:
+        """POST /apps/APP/cron/KIND/run -> {"kind", "started", "queued"}"""
+        return await self.app(request).cron_run(request.match_info["kind"])
+
     async def releases(self, request: web.Request) -> Any:
         """GET /apps/APP/releases -> {"releases": [newest first]}"""
         return {"releases": self.app(request).releases_list()}
@@ -294,6 +302,8 @@ def make_app(registry: AppRegistry, status: Callable[[], dict[str, Any]]) -> web
         web.post("/apps/{app}/deploy", r.deploy),
         web.post("/apps/{app}/scale", r.scale),
         web.get("/apps/{app}/releases", r.releases),
+        web.get("/apps/{app}/cron", r.cron),
+        web.post("/apps/{app}/cron/{kind}/run", r.cron_run),
         web.post("/apps/{app}/rollback", r.rollback),
         web.get("/apps/{app}/config", r.config),
         web.post("/apps/{app}/config", r.configure),

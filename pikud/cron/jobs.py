@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pikud.appspec import seconds
-from pikud.cron.schedule import CronEntry, zone
+from pikud.appspec import Procfile, is_cron, seconds
+from pikud.cron.schedule import CronEntry, parse_cron, zone
 from pikud.errors import CronError
 from pikud.procman.children import MARKER
 from pikud.procman.logs import LogFile
@@ -81,3 +81,9 @@ async def run_job(spec: JobSpec, run_id: int, output: LogFile) -> tuple[str, int
     except OSError as error:
         return f"failed to start: {error}", logging.ERROR
     return str(info), logging.INFO if info.code == 0 else logging.WARNING
+
+
+def cron_entries(procfile: Procfile, file: str = "Procfile") -> dict[str, CronEntry]:
+    """Every ``cron*`` kind of a Procfile, parsed; the first bad one raises CronError."""
+    return {kind: parse_cron(kind, command, file)
+            for kind, command in procfile.entries.items() if is_cron(kind)}

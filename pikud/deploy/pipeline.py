@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pikud.appspec import AppSettings, AppSpec, live_env, load_spec
+from pikud.cron import cron_entries
 from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.runtimes import detect
@@ -88,6 +89,7 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
         await checkout(paths.repo(app), revision, source, push.git_env if push else {},
                        base_env, runner(progress))
         spec = load_spec(paths, app, base_env, defaults, source=source)
+        cron_entries(spec.procfile)                 # a bad schedule rejects the push here
         for warning in spec.warnings:
             progress(f"-----> Warning: {warning}")
         env = release_env(spec, paths, base_env, source, None)
