@@ -24,7 +24,8 @@ from pikud.deploy.checkout import ref_value, wait_for_ref
 from pikud.deploy.pipeline import PushInfo, build_release, release_env
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.errors import DeployError, EnvError, PikudError
-from pikud.procman.group import ProcessGroup
+from pikud.procman.group import ProcessGroup, Readiness
+from pikud.procman.health import wait_ready
 from pikud.procman.logs import Follower, LogFile, log_files, tail
 from pikud.procman.policy import RestartPolicy
 from pikud.procman.process import ProcessSpec
@@ -179,13 +180,24 @@ class App:
         exclusive = [n for n, s in desired.items() if s.kind in WEB_KINDS and fixed_port]
         progress(f"-----> Starting {len(desired)} processes of release {release.number}")
         starting = self.desired != RUNNING
-        await self.group.switch(desired, exclusive)
+        await self.group.switch(desired, exclusive, ready=self._ready_check(spec))
         self.ports = ports
         self.releases.activate(release)
         self._prepare(spec, release)
         self.desired = RUNNING
         self.registry.save()
         self.registry.scheduler.set_jobs(self.name, jobs, starting=starting)
+
+    def _ready_check(self, spec: AppSpec) -> Readiness:
+        """A new web process is ready when its port answers (and PIKU_HEALTHCHECK, if set)."""
+        settings = spec.settings
+
+        async def ready(process: ProcessSpec) -> str:
+            port = dict(process.env).get("PORT", "")
+            if process.kind not in WEB_KINDS or not port.isdigit():
+                return ""
+            return await wait_ready(int(port), settings.healthcheck, settings.ready_timeout)
+        return ready
 
     # -- actions (each under the app lock) ---------------------------------------
 

@@ -47,6 +47,7 @@ _SECONDS = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m)?", re.IGNORECA
 _SIZE = re.compile(r"([0-9]+)\s*(?:([kmg])(?:i?b)?|b)?", re.IGNORECASE)
 _UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0}
 _POWERS = {None: 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+_URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&()*+,;=:@%/?-]*")
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 _QUOTE_IF = frozenset("'\"$#\\")
@@ -322,6 +323,13 @@ def size(key: str, value: str) -> int:
     return int(match.group(1)) * _POWERS[unit]
 
 
+def url_path(key: str, value: str) -> str:
+    """An absolute URL path with a query at most: no spaces, control characters or quotes."""
+    if not _URL_PATH.fullmatch(value):
+        raise _bad(key, "a URL path like /health (printable, no spaces or quotes)", value)
+    return value
+
+
 def relative_paths(key: str, value: str) -> tuple[str, ...]:
     """Comma-separated paths inside the app dir; an empty value means none."""
     if any(char in value for char in _FORBIDDEN):
@@ -356,6 +364,8 @@ class AppSettings:
     touch_reload: tuple[str, ...] = ()
     auto_restart: bool = True
     keep_releases: int = 5
+    healthcheck: str | None = None       # PIKU_HEALTHCHECK: an HTTP path new web processes must answer
+    ready_timeout: float = 30.0          # PIKU_READY_TIMEOUT: how long a new web process may take
 
 
 def _opt(env: Mapping[str, str], key: str, convert: Callable[[str, str], T], default: T) -> T:
@@ -377,6 +387,8 @@ def app_settings(env: Mapping[str, str], defaults: AppSettings = AppSettings()) 
         touch_reload=_opt(env, "PIKU_TOUCH_RELOAD", relative_paths, defaults.touch_reload),
         auto_restart=_opt(env, "PIKU_AUTO_RESTART", boolean, defaults.auto_restart),
         keep_releases=_opt(env, "PIKU_KEEP_RELEASES", positive_int, defaults.keep_releases),
+        healthcheck=_opt(env, "PIKU_HEALTHCHECK", url_path, defaults.healthcheck),
+        ready_timeout=_opt(env, "PIKU_READY_TIMEOUT", seconds, defaults.ready_timeout),
     )
     for key, ok, expected in ((log_key, settings.log_max_bytes >= 1024, "at least 1024 bytes"),
                               ("PIKU_LOG_BACKUPS", settings.log_backups <= 100, "1 to 100")):

@@ -10,12 +10,16 @@ beside the old, and the old one stops only once every new process is RUNNING.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from pikud.errors import DeployError
 from pikud.procman.logs import Follower, LogFile
 from pikud.procman.plan import Plan, plan
 from pikud.procman.process import EventSink, ManagedProcess, ProcessSpec
+
+
+Readiness = Callable[[ProcessSpec], Awaitable[str]]            # "" when ready, else why not
+Routing = Callable[[Mapping[str, ProcessSpec]], Awaitable[None]]   # move traffic to these
 
 
 def settle_time(spec: ProcessSpec) -> float:
@@ -84,32 +88,50 @@ class ProcessGroup:
                                   f"{proc.last_exit or 'none'}); the processes after it "
                                   "were left as they were")
 
-    async def switch(self, desired: Mapping[str, ProcessSpec],
-                     exclusive: Collection[str] = ()) -> None:
-        """Start the generation ``desired``; once all of it is RUNNING, stop the old one.
+    async def switch(self, desired: Mapping[str, ProcessSpec], exclusive: Collection[str] = (),
+                     ready: Readiness | None = None, route: Routing | None = None,
+                     drain: float = 0.0) -> None:
+        """Start the generation ``desired``; once all of it is ready, stop the old one.
 
-        Slots in ``exclusive`` cannot run twice at once (a fixed port): their old
-        process stops first and comes back if the new generation fails. When any
-        new process does not reach RUNNING, the new generation is stopped, the
-        old one keeps running, and DeployError says which process failed.
+        Ready means RUNNING and, for each process, ``ready(spec)`` returning ""
+        (else it says why not). Then ``route`` moves traffic to the new
+        generation, the old one gets ``drain`` seconds for requests in flight,
+        and it is stopped. Slots in ``exclusive`` cannot run twice at once (a
+        fixed port): their old process stops first and comes back on failure.
+        On any failure the new generation is stopped, the old one keeps
+        running, and DeployError says why.
         """
         held = {name: self.processes[name].spec for name in exclusive if name in self.processes}
         await self.stop(list(held))
         self.incoming = {name: self._spawn(spec) for name, spec in desired.items()}
-        ready = await asyncio.gather(*(proc.started(settle_time(proc.spec))
-                                       for proc in self.incoming.values()))
-        if not all(ready):
-            failed = [proc for proc, ok in zip(self.incoming.values(), ready) if not ok]
+        try:
+            await self._check_incoming(ready)
+            if route is not None:
+                await route(desired)
+        except BaseException:
             await asyncio.gather(*(proc.stop() for proc in self.incoming.values()))
             self.incoming = {}
             for spec in held.values():
                 self._new(spec)
-            raise DeployError("the new processes did not start: " + "; ".join(
-                f"{proc.name} {proc.state} ({proc.last_exit or 'no exit'})" for proc in failed))
+            raise
         old = self.processes
         self.processes, self.incoming = self.incoming, {}
+        if drain > 0 and old:
+            await asyncio.sleep(drain)
         await asyncio.gather(*(proc.stop() for proc in old.values()))
         self._close_logs_not_in(self.processes)
+
+    async def _check_incoming(self, ready: Readiness | None) -> None:
+        procs = list(self.incoming.values())
+        started = await asyncio.gather(*(proc.started(settle_time(proc.spec)) for proc in procs))
+        failed = [f"{proc.name} {proc.state} ({proc.last_exit or 'no exit'})"
+                  for proc, ok in zip(procs, started) if not ok]
+        if not failed and ready is not None:
+            problems = await asyncio.gather(*(ready(proc.spec) for proc in procs))
+            failed = [f"{proc.name} {problem}" for proc, problem in zip(procs, problems)
+                      if problem]
+        if failed:
+            raise DeployError("the new processes did not start: " + "; ".join(failed))
 
     async def stop(self, names: list[str] | tuple[str, ...] | None = None) -> None:
         """Stop the named slots (all when None) at the same time and forget them."""

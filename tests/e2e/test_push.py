@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from tests.conftest import Pikud, alive, wait_for
-from tests.e2e.apps import get, git, python_app
+from tests.e2e.apps import WEB_APP, get, git, python_app
 from tests.e2e.conftest import SshServer
 
 
@@ -54,6 +54,12 @@ def test_rejected_pushes_leave_the_running_release_serving(
         "release": {"Procfile": "web: python3 server.py\nrelease: echo migrating; exit 3\n"},
         "procfile": {"Procfile": "web python3 server.py\n"},
         "dies at once": {"Procfile": "web: python3 -c 'raise SystemExit(1)'\n"},
+        "never ready": {"Procfile": "web: sleep 300\n",
+                        "ENV": "PIKU_START_SECS=0.3\nPIKU_READY_TIMEOUT=1\n"},
+        "health 500": {"ENV": "PIKU_START_SECS=0.3\nPIKU_HEALTHCHECK=/h\nPIKU_READY_TIMEOUT=1\n",
+                       "VERSION": "broken\n",
+                       "server.py": WEB_APP.replace("self.send_response(200)",
+                                                    "self.send_response(500)")},
     }
     for label, files in cases.items():
         python_app(work, f"bad-{label}", extra=files)

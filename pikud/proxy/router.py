@@ -1,0 +1,431 @@
+"""pikud's own HTTP router: the reverse proxy in front of the apps when there is no nginx.
+
+One aiohttp server on a configurable address (default 127.0.0.1:8080) routes
+each request to one app:
+
+* by ``Host``: the app's server names, ``APP`` and ``APP.localhost``
+  (case-insensitive, port ignored); or, when the Host names no app,
+* by the path prefix ``/_/APP/``, stripped before proxying (``/_/APP``
+  redirects to ``/_/APP/``).
+
+The app's static folders are served here; everything else goes to its
+upstreams (``127.0.0.1:PORT`` or ``unix:/abs/path.sock``) in round robin,
+WebSocket upgrades included. The router's own answers are short plain text:
+404 for an unknown app or file, 502 when no upstream answered, 503 when the
+app has no upstream.
+
+Design notes
+------------
+* The table is immutable: ``set_route``/``remove`` build a new one and swap it
+  in one assignment. A request reads it once, so it sees the old generation or
+  the new one, never a mix, and requests in flight keep their connection and
+  finish (the caller stops the old processes after a grace period).
+* A connection error (refused, ENOENT, connect timeout) comes before any byte
+  of the body was sent, so the next upstream gets the same request. A later
+  error is a 502 before the response started, a cut connection after it.
+* One upstream connection per request (``force_close``), as piku's nginx site
+  does (no upstream ``keepalive``): a pooled idle connection to a process that
+  is stopping can be reset under a POST that cannot be retried.
+* Headers follow piku's nginx site: Host as sent, X-Forwarded-For set to the
+  peer (the router is the edge, so an incoming value is only the client's
+  claim), X-Forwarded-Proto/-Host/-Port, X-Request-Start ($msec). Requests
+  routed by prefix also get X-Forwarded-Prefix, and an absolute-path Location
+  in their response gets the prefix back.
+* The upstream sessions never decompress, keep cookies, follow redirects or
+  add headers of their own. A session per unix socket path (aiohttp's
+  UnixConnector has one path) is closed once no route names its path and no
+  request uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from pikud.errors import PikudError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+PREFIX = "/_/"
+CONNECT_TIMEOUT = 5.0
+SHUTDOWN_TIMEOUT = 5.0
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding",
+                        "upgrade", "expect"})   # Expect: the router answers 100-continue itself
+WS_OWN = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol",
+                    "sec-websocket-extensions"})
+_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one app's requests go: its server names, live upstreams and static folders."""
+
+    app: str
+    hosts: tuple[str, ...]
+    upstreams: tuple[str, ...]
+    static: tuple[tuple[str, Path], ...] = ()     # (url prefix, folder)
+
+
+# --- pure parts -----------------------------------------------------------
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPV6]:PORT`` or ``:PORT`` (host 127.0.0.1) -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    usage = "write HOST:PORT, [::1]:PORT or :PORT"
+    if not sep:
+        raise ValueError(f"HTTP address {text!r} has no port; {usage}")
+    if host.startswith("[") and host.endswith("]") and len(host) > 2:
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"HTTP address {text!r}: put an IPv6 address in brackets, like [::1]:8080")
+    elif any(c in "[]/@" or c.isspace() for c in host):
+        raise ValueError(f"HTTP address {text!r}: {host!r} is not a host name; {usage}")
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"HTTP address {text!r}: the port must be a number from 0 to 65535")
+    return host or DEFAULT_HOST, int(port)
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header: lower case, without port, brackets or trailing dot."""
+    host = header.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.partition(":")[0].rstrip(".")
+
+
+def host_table(routes: Iterable[Route]) -> tuple[dict[str, str], list[str]]:
+    """Host name -> app, and the names claimed twice (the first claim wins, as in nginx).
+
+    Server names from the apps' settings come before the implicit ``APP`` and
+    ``APP.localhost``, and apps are taken in name order, so the result does not
+    depend on the order of ``set_route`` calls.
+    """
+    routes = sorted(routes, key=lambda r: r.app)
+    claims = [(h, r.app) for r in routes for h in r.hosts]
+    claims += [(h, r.app) for r in routes for h in (r.app, f"{r.app}.localhost")]
+    table: dict[str, str] = {}
+    conflicts = []
+    for host, app in claims:
+        name = host_name(host)
+        if table.setdefault(name, app) != app:
+            conflicts.append(f"{name} (of {app}, kept for {table[name]})")
+    return table, conflicts
+
+
+@dataclass(frozen=True)
+class Target:
+    """A request routed to ``app``: the upstream path (with query) and the stripped prefix."""
+
+    app: str
+    path: str
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class Redirect:
+    location: str
+
+
+def resolve(hosts: Mapping[str, str], apps: Iterable[str], host: str, raw_path: str
+            ) -> Target | Redirect | None:
+    """Route by Host first, then by the ``/_/APP/`` prefix; None for no app."""
+    app = hosts.get(host_name(host))
+    if app is not None:
+        return Target(app, raw_path)
+    path, q, query = raw_path.partition("?")
+    if not path.startswith(PREFIX):
+        return None
+    name, slash, rest = path[len(PREFIX):].partition("/")
+    if name not in apps:
+        return None
+    if not slash:
+        return Redirect(f"{PREFIX}{name}/{q}{query}")
+    return Target(name, f"/{rest}{q}{query}", prefix=f"{PREFIX}{name}")
+
+
+def match_static(static: Iterable[tuple[str, Path]], path: str) -> tuple[Path, str] | None:
+    """The folder of the longest static prefix of ``path`` (decoded) and the rest of it."""
+    best: tuple[Path, str] | None = None
+    best_len = -1
+    for url, folder in static:
+        url = url.rstrip("/")
+        if (path == url or path.startswith(url + "/")) and len(url) > best_len:
+            best, best_len = (folder, path[len(url):]), len(url)
+    return best
+
+
+def safe_join(folder: Path, rest: str) -> Path | None:
+    """``folder``/``rest`` resolved, or None if it would leave the folder."""
+    parts = rest.split("/")
+    if any(p == ".." or "\x00" in p for p in parts):
+        return None
+    base = folder.resolve()
+    path = base.joinpath(*(p for p in parts if p not in ("", "."))).resolve()
+    return path if path.is_relative_to(base) else None
+
+
+def upstream_url(upstream: str) -> tuple[str, str | None]:
+    """``127.0.0.1:PORT`` or ``unix:/abs/path.sock`` -> (base URL, unix socket path or None)."""
+    if upstream.startswith("unix:"):
+        path = upstream[len("unix:"):]
+        if not path.startswith("/"):
+            raise ValueError(f"upstream {upstream!r}: the socket path must be absolute")
+        return "http://localhost", path
+    host, port = parse_address(upstream)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}", None
+
+
+def forward_headers(headers: Iterable[tuple[str, str]], drop: Iterable[str] = ()
+                    ) -> CIMultiDict[str]:
+    """``headers`` without hop-by-hop ones: the fixed set, Proxy-*, those named by Connection."""
+    headers = list(headers)
+    named = {t.strip().lower() for k, v in headers if k.lower() == "connection"
+             for t in v.split(",")}
+    skip = HOP_BY_HOP | named | set(drop)
+    return CIMultiDict((k, v) for k, v in headers
+                       if k.lower() not in skip and not k.lower().startswith("proxy-"))
+
+
+# --- the server -----------------------------------------------------------
+@dataclass(frozen=True)
+class _Entry:
+    route: Route
+    upstreams: tuple[tuple[str, str | None], ...]
+    turns: Iterator[int] = field(default_factory=itertools.count, compare=False)
+
+
+@dataclass(frozen=True)
+class _Table:
+    apps: Mapping[str, _Entry] = field(default_factory=dict)
+    hosts: Mapping[str, str] = field(default_factory=dict)
+
+
+class Router:
+    """The HTTP server; ``set_route``/``remove`` may be called before or after ``start``."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._host, self._port = host, port
+        self._table = _Table()
+        self._runner: web.AppRunner | None = None
+        self._tcp: aiohttp.ClientSession | None = None
+        self._unix: dict[str, aiohttp.ClientSession] = {}
+        self._busy: collections.Counter[aiohttp.ClientSession] = collections.Counter()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self._port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise PikudError(f"cannot serve HTTP on {self._host}:{self._port}: "
+                             f"{exc.strerror or exc}") from exc
+        self._runner = runner
+        self._tcp = self._session(aiohttp.TCPConnector(force_close=True))
+        log.info("router: serving HTTP on %s:%d", *self.address)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()      # finishes requests in flight, bounded
+            self._runner = None
+        sessions = [s for s in (self._tcp, *self._unix.values()) if s is not None]
+        self._tcp, self._unix = None, {}
+        await asyncio.gather(*(s.close() for s in sessions), *self._closing)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._runner is None or not self._runner.addresses:
+            raise RuntimeError("the router is not serving")
+        host, port = self._runner.addresses[0][:2]
+        return str(host), int(port)
+
+    def set_route(self, route: Route) -> None:
+        """Add or replace ``route.app``; ValueError for a malformed upstream."""
+        entry = _Entry(route, tuple(upstream_url(u) for u in route.upstreams))
+        self._swap({**self._table.apps, route.app: entry})
+        log.info("router: %s -> %s", route.app, ", ".join(route.upstreams) or "no upstream")
+
+    def remove(self, app: str) -> None:
+        self._swap({a: e for a, e in self._table.apps.items() if a != app})
+        log.info("router: %s removed", app)
+
+    def _swap(self, apps: dict[str, _Entry]) -> None:
+        hosts, conflicts = host_table(e.route for e in apps.values())
+        for conflict in conflicts:
+            log.warning("router: host name claimed twice: %s", conflict)
+        self._table = _Table(apps, hosts)      # the one assignment requests can see
+        used = {path for e in apps.values() for _, path in e.upstreams}
+        for path in [p for p in self._unix if p not in used]:
+            self._release(self._unix.pop(path))
+
+    # --- upstream sessions --------------------------------------------------
+    @staticmethod
+    def _session(connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT))
+
+    def _acquire(self, unix_path: str | None) -> aiohttp.ClientSession:
+        if unix_path is None:
+            session = self._tcp
+        else:
+            session = self._unix.get(unix_path)
+            if session is None and self._tcp is not None:
+                session = self._unix[unix_path] = self._session(
+                    aiohttp.UnixConnector(unix_path, force_close=True))
+        if session is None:
+            raise web.HTTPServiceUnavailable(text="503 the router is stopping\n")
+        self._busy[session] += 1
+        return session
+
+    def _release(self, session: aiohttp.ClientSession) -> None:
+        """Drop one use; close a unix session no route names once its last user is done."""
+        if self._busy[session] > 0:
+            self._busy[session] -= 1
+        if session is self._tcp or session in self._unix.values() or self._busy[session]:
+            return
+        del self._busy[session]
+        task = asyncio.get_running_loop().create_task(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    # --- requests -----------------------------------------------------------
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        table = self._table
+        target = resolve(table.hosts, table.apps, request.host, request.raw_path)
+        if isinstance(target, Redirect):
+            raise web.HTTPPermanentRedirect(target.location)
+        if target is None:
+            return _text(404, f"no app for host {host_name(request.host)!r} "
+                              f"or path {request.path!r}")
+        entry = table.apps[target.app]
+        found = match_static(entry.route.static, unquote(target.path.partition("?")[0]))
+        if found is not None:
+            return self._static(request, target, *found)
+        if not entry.upstreams:
+            return _text(503, f"app {target.app!r} has no running web process")
+        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        headers = self._headers(request, target, drop=WS_OWN if websocket else ())
+        first = next(entry.turns)
+        for i in range(len(entry.upstreams)):
+            base, unix_path = entry.upstreams[(first + i) % len(entry.upstreams)]
+            url = URL(base + target.path, encoded=True)
+            session = self._acquire(unix_path)
+            try:
+                if websocket:
+                    return await self._websocket(request, session, url, headers)
+                return await self._http(request, session, url, headers, target)
+            except _CONNECT_ERRORS as exc:
+                log.info("router: %s: %s unreachable (%s), trying the next", target.app,
+                         base if unix_path is None else unix_path, exc.__class__.__name__)
+            except aiohttp.WSServerHandshakeError as exc:
+                return _text(exc.status or 502, f"app {target.app!r} refused the WebSocket")
+            except aiohttp.ClientError as exc:
+                log.warning("router: %s: upstream failed: %r", target.app, exc)
+                return _text(502, f"app {target.app!r} did not answer")
+            finally:
+                self._release(session)
+        log.warning("router: %s: no upstream answered", target.app)
+        return _text(502, f"no web process of app {target.app!r} answered")
+
+    def _static(self, request: web.Request, target: Target, folder: Path, rest: str
+                ) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+        path = safe_join(folder, rest)
+        if path is not None and path.is_dir():
+            if not request.path.endswith("/"):
+                query = f"?{request.query_string}" if request.query_string else ""
+                raise web.HTTPMovedPermanently(request.raw_path.partition("?")[0] + "/" + query)
+            path = path / "index.html"
+        if path is None or not path.is_file():
+            return _text(404, f"no file {request.path!r} in app {target.app!r}")
+        return web.FileResponse(path)
+
+    def _headers(self, request: web.Request, target: Target, drop: Iterable[str]
+                 ) -> CIMultiDict[str]:
+        headers = forward_headers(request.headers.items(), drop=drop)
+        headers["X-Forwarded-For"] = request.remote or ""
+        headers["X-Forwarded-Proto"] = request.scheme
+        headers["X-Forwarded-Host"] = host_name(request.host)
+        headers["X-Forwarded-Port"] = str(self._port if self._runner is None
+                                          else self.address[1])
+        headers["X-Request-Start"] = f"{time.time():.3f}"
+        headers.popall("X-Forwarded-Prefix", None)
+        if target.prefix:
+            headers["X-Forwarded-Prefix"] = target.prefix
+        return headers
+
+    async def _http(self, request: web.Request, session: aiohttp.ClientSession, url: URL,
+                    headers: CIMultiDict[str], target: Target) -> web.StreamResponse:
+        body = request.content if request.body_exists else None
+        async with session.request(request.method, url, headers=headers, data=body,
+                                   allow_redirects=False) as upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            response.headers.extend(forward_headers(upstream.headers.items()))
+            location = response.headers.get("Location", "")
+            if (target.prefix and location.startswith("/") and not location.startswith("//")
+                    and not location.startswith(target.prefix + "/")):
+                response.headers["Location"] = target.prefix + location
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+            except aiohttp.ClientError as exc:      # the body broke off: so must ours
+                log.warning("router: %s: upstream broke off the response: %r", target.app, exc)
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            except ConnectionError:                 # the client went away
+                return response
+            await response.write_eof()
+            return response
+
+    async def _websocket(self, request: web.Request, session: aiohttp.ClientSession,
+                         url: URL, headers: CIMultiDict[str]) -> web.StreamResponse:
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        async with session.ws_connect(url, headers=headers, protocols=[p for p in offered if p],
+                                      max_msg_size=0) as upstream:
+            client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol
+                                           else (), max_msg_size=0)
+            await client.prepare(request)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(_pump(client, upstream))
+                tasks.create_task(_pump(upstream, client))
+            return client
+
+
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _pump(source: WebSocket, sink: WebSocket) -> None:
+    """Copy frames until ``source`` closes, then close ``sink`` with the same code."""
+    async for msg in source:
+        if sink.closed:
+            break
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            await sink.send_str(msg.data)
+        elif msg.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(msg.data)
+    await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
+
+
+def _text(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=f"{status} {message}\n")
