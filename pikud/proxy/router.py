@@ -66,6 +66,7 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-e
                         "upgrade", "expect"})   # Expect: the router answers 100-continue itself
 WS_OWN = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol",
                     "sec-websocket-extensions"})
+_NOT_SENDABLE = frozenset({1005, 1006, 1015})     # close codes for "no frame", never sent
 _CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
@@ -217,12 +218,14 @@ class Router:
 
     def __init__(self, host: str, port: int) -> None:
         self._host, self._port = host, port
+        self._bound_port = port
         self._table = _Table()
         self._runner: web.AppRunner | None = None
         self._tcp: aiohttp.ClientSession | None = None
         self._unix: dict[str, aiohttp.ClientSession] = {}
         self._busy: collections.Counter[aiohttp.ClientSession] = collections.Counter()
         self._closing: set[asyncio.Task[None]] = set()
+        self._websockets: set[web.WebSocketResponse] = set()
 
     async def start(self) -> None:
         app = web.Application()
@@ -237,10 +240,14 @@ class Router:
             raise PikudError(f"cannot serve HTTP on {self._host}:{self._port}: "
                              f"{exc.strerror or exc}") from exc
         self._runner = runner
+        self._bound_port = self.address[1]
         self._tcp = self._session(aiohttp.TCPConnector(force_close=True))
         log.info("router: serving HTTP on %s:%d", *self.address)
 
     async def stop(self) -> None:
+        """Stop serving; requests in flight get SHUTDOWN_TIMEOUT, WebSockets a 1001 close."""
+        await asyncio.gather(*(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+                               for ws in list(self._websockets)))
         if self._runner is not None:
             await self._runner.cleanup()      # finishes requests in flight, bounded
             self._runner = None
@@ -272,7 +279,7 @@ class Router:
         self._table = _Table(apps, hosts)      # the one assignment requests can see
         used = {path for e in apps.values() for _, path in e.upstreams}
         for path in [p for p in self._unix if p not in used]:
-            self._release(self._unix.pop(path))
+            self._close_when_idle(self._unix.pop(path))
 
     # --- upstream sessions --------------------------------------------------
     @staticmethod
@@ -296,9 +303,11 @@ class Router:
         return session
 
     def _release(self, session: aiohttp.ClientSession) -> None:
-        """Drop one use; close a unix session no route names once its last user is done."""
-        if self._busy[session] > 0:
-            self._busy[session] -= 1
+        self._busy[session] -= 1
+        self._close_when_idle(session)
+
+    def _close_when_idle(self, session: aiohttp.ClientSession) -> None:
+        """Close a unix session that no route names once no request uses it."""
         if session is self._tcp or session in self._unix.values() or self._busy[session]:
             return
         del self._busy[session]
@@ -309,12 +318,12 @@ class Router:
     # --- requests -----------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         table = self._table
-        target = resolve(table.hosts, table.apps, request.host, request.raw_path)
+        host = request.headers.get("Host", "")
+        target = resolve(table.hosts, table.apps, host, request.raw_path)
         if isinstance(target, Redirect):
             raise web.HTTPPermanentRedirect(target.location)
         if target is None:
-            return _text(404, f"no app for host {host_name(request.host)!r} "
-                              f"or path {request.path!r}")
+            return _text(404, f"no app for host {host_name(host)!r} or path {request.path!r}")
         entry = table.apps[target.app]
         found = match_static(entry.route.static, unquote(target.path.partition("?")[0]))
         if found is not None:
@@ -336,7 +345,8 @@ class Router:
                 log.info("router: %s: %s unreachable (%s), trying the next", target.app,
                          base if unix_path is None else unix_path, exc.__class__.__name__)
             except aiohttp.WSServerHandshakeError as exc:
-                return _text(exc.status or 502, f"app {target.app!r} refused the WebSocket")
+                log.warning("router: %s: WebSocket handshake refused: %s", target.app, exc)
+                return _text(502, f"app {target.app!r} refused the WebSocket")
             except aiohttp.ClientError as exc:
                 log.warning("router: %s: upstream failed: %r", target.app, exc)
                 return _text(502, f"app {target.app!r} did not answer")
@@ -350,12 +360,16 @@ class Router:
         if request.method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
         path = safe_join(folder, rest)
-        if path is not None and path.is_dir():
-            if not request.path.endswith("/"):
-                query = f"?{request.query_string}" if request.query_string else ""
-                raise web.HTTPMovedPermanently(request.raw_path.partition("?")[0] + "/" + query)
-            path = path / "index.html"
-        if path is None or not path.is_file():
+        try:
+            if path is not None and path.is_dir():
+                if not request.path.endswith("/"):
+                    raw, q, query = request.raw_path.partition("?")
+                    raise web.HTTPMovedPermanently(f"{raw}/{q}{query}")
+                path = path / "index.html"
+            found = path is not None and path.is_file()
+        except OSError:                      # a name too long, a loop of symlinks
+            found = False
+        if path is None or not found:
             return _text(404, f"no file {request.path!r} in app {target.app!r}")
         return web.FileResponse(path)
 
@@ -364,9 +378,8 @@ class Router:
         headers = forward_headers(request.headers.items(), drop=drop)
         headers["X-Forwarded-For"] = request.remote or ""
         headers["X-Forwarded-Proto"] = request.scheme
-        headers["X-Forwarded-Host"] = host_name(request.host)
-        headers["X-Forwarded-Port"] = str(self._port if self._runner is None
-                                          else self.address[1])
+        headers["X-Forwarded-Host"] = host_name(request.headers.get("Host", ""))
+        headers["X-Forwarded-Port"] = str(self._bound_port)
         headers["X-Request-Start"] = f"{time.time():.3f}"
         headers.popall("X-Forwarded-Prefix", None)
         if target.prefix:
@@ -400,15 +413,20 @@ class Router:
 
     async def _websocket(self, request: web.Request, session: aiohttp.ClientSession,
                          url: URL, headers: CIMultiDict[str]) -> web.StreamResponse:
-        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        async with session.ws_connect(url, headers=headers, protocols=[p for p in offered if p],
+        offered = request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+        protocols = [p.strip() for p in offered if p.strip()]
+        async with session.ws_connect(url, headers=headers, protocols=protocols,
                                       max_msg_size=0) as upstream:
             client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol
                                            else (), max_msg_size=0)
             await client.prepare(request)
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(_pump(client, upstream))
-                tasks.create_task(_pump(upstream, client))
+            self._websockets.add(client)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(_pump(client, upstream))
+                    tasks.create_task(_pump(upstream, client))
+            finally:
+                self._websockets.discard(client)
             return client
 
 
@@ -417,14 +435,18 @@ WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 async def _pump(source: WebSocket, sink: WebSocket) -> None:
     """Copy frames until ``source`` closes, then close ``sink`` with the same code."""
-    async for msg in source:
-        if sink.closed:
-            break
-        if msg.type == aiohttp.WSMsgType.TEXT:
-            await sink.send_str(msg.data)
-        elif msg.type == aiohttp.WSMsgType.BINARY:
-            await sink.send_bytes(msg.data)
-    await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
+    try:
+        async for msg in source:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await sink.send_str(msg.data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await sink.send_bytes(msg.data)
+    except ConnectionError:         # the sink is gone; closing it below is a no-op
+        pass
+    code = source.close_code
+    if code is None or code in _NOT_SENDABLE:
+        code = aiohttp.WSCloseCode.GOING_AWAY
+    await sink.close(code=code)
 
 
 def _text(status: int, message: str) -> web.Response:
