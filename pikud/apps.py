@@ -23,6 +23,7 @@ from pikud.cron import JobSpec, cron_entries, job_settings
 from pikud.deploy.checkout import ref_value, wait_for_ref
 from pikud.deploy.pipeline import PushInfo, build_release, release_env
 from pikud.deploy.releases import Release, ReleaseStore
+from pikud.deploy.servers import server_command
 from pikud.errors import DeployError, EnvError, PikudError
 from pikud.procman.group import ProcessGroup, Readiness
 from pikud.procman.health import wait_ready
@@ -36,9 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUNNING, STOPPED = "running", "stopped"
-# wsgi/asgi entries name a module, not a command: they need the WSGI/ASGI
-# server support of issue #4. Until then they are reported, not started.
-NOT_YET_SERVED = ("wsgi", "asgi")
+SERVED_KINDS = ("wsgi", "asgi")      # entries that name a Python object, served by an app server
 Progress = Callable[[str], None]
 
 
@@ -107,8 +106,9 @@ class App:
                                s.start_retries, s.fatal_cooloff)
         specs: dict[str, ProcessSpec] = {}
         for kind in supervised_kinds(spec.procfile):
-            if kind in NOT_YET_SERVED:
-                continue
+            command = spec.procfile.entries[kind]
+            if kind in SERVED_KINDS:
+                command = server_command(kind, command, spec.env).command
             for index in range(1, spec.scaling[kind] + 1):
                 name = f"{self.name}:{kind}.{index}"
                 process_env = dict(env, PROC_TYPE=kind, PIKU_ROOT=str(self.paths.root))
@@ -117,7 +117,7 @@ class App:
                         ports[name] = free_port()
                     process_env["PORT"] = spec.env.get("PORT") or str(ports[name])
                 specs[name] = ProcessSpec(
-                    name=name, kind=kind, index=index, command=spec.procfile.entries[kind],
+                    name=name, kind=kind, index=index, command=command,
                     env=tuple(sorted(process_env.items())), cwd=source,
                     log_path=self.paths.log_dir(self.name) / f"{kind}.{index}.log",
                     stop_timeout=s.stop_timeout, policy=policy,
@@ -141,10 +141,11 @@ class App:
     def _prepare(self, spec: AppSpec, release: Release | None) -> None:
         for warning in spec.warnings:
             self.note("warning", f"{self.name}: {warning}", logging.WARNING)
-        for kind in NOT_YET_SERVED:
+        for kind in SERVED_KINDS:
             if kind in spec.procfile.entries:
-                self.note("warning", f"{self.name}: the {kind!r} kind is not served by this "
-                          "version of pikud yet; it was not started", logging.WARNING)
+                for key in server_command(kind, spec.procfile.entries[kind], spec.env).notes:
+                    self.note("warning", f"{self.name}: {key} has no meaning for the "
+                              f"{kind} server pikud runs; it is ignored", logging.WARNING)
         for path in (self.paths.log_dir(self.name), self.paths.data(self.name),
                      self.paths.cache(self.name), self.paths.env_dir(self.name)):
             path.mkdir(parents=True, exist_ok=True)

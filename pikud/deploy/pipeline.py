@@ -21,6 +21,7 @@ from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.runtimes import detect
 from pikud.deploy.runtimes.base import BuildContext, BuildResult, Runner
+from pikud.deploy.servers import servers_needed
 from pikud.errors import BuildError, DeployError, ReleaseError
 from pikud.paths import Paths
 from pikud.procman.children import MARKER
@@ -95,9 +96,13 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
         env = release_env(spec, paths, base_env, source, None)
         await run_step("preflight", spec, env, source, progress, BuildError)
         runtime = detect(source, spec.procfile)
+        servers = servers_needed(spec.procfile.entries, spec.env)
+        if servers and runtime.name != "python":
+            raise BuildError("wsgi and asgi entries need a Python app (a requirements.txt or "
+                             f"pyproject.toml), but this one was detected as {runtime.name}")
         progress(f"-----> Building with the {runtime.name} runtime")
         result = await runtime.build(BuildContext(app, source, env, paths.env_dir(app),
-                                                  progress, runner(progress)))
+                                                  progress, runner(progress), servers))
         env = release_env(spec, paths, base_env, source, result)
         await run_step("release", spec, env, source, progress, ReleaseError)
     except BaseException:

@@ -135,10 +135,9 @@ def reap_orphans() -> int:
 
 
 def find_processes(needles: Sequence[bytes], pgid: int | None = None) -> set[int]:
-    """Live pids in group ``pgid`` or whose environment holds every ``needles`` entry.
+    """Live pids (all of /proc) in group ``pgid`` or whose environment holds every needle.
 
-    A needle is ``b"KEY=value"``, or ``b"KEY="`` for any value; the environment
-    finds descendants that left the group with setsid() to daemonize.
+    A needle is ``b"KEY=value"``, or ``b"KEY="`` for any value.
     """
     wanted = [b"\0" + needle + (b"" if needle.endswith(b"=") else b"\0") for needle in needles]
     found: set[int] = set()
@@ -165,13 +164,53 @@ def find_processes(needles: Sequence[bytes], pgid: int | None = None) -> set[int
     return found
 
 
-class ProcessTree:
-    """The live members of one process slot, held by pidfd so a signal never hits a reused pid."""
+def environ_has(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return b"\0" + needle + b"\0" in b"\0" + f.read() + b"\0"
+    except OSError:
+        return False
 
-    def __init__(self, pgid: int | None, needles: Sequence[bytes]) -> None:
+
+def descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it, walking /proc/PID/task/TID/children."""
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        if current in found:
+            continue
+        found.add(current)
+        try:
+            for task in os.scandir(f"/proc/{current}/task"):
+                with open(f"{task.path}/children", "rb") as f:
+                    todo += [int(child) for child in f.read().split()]
+        except OSError:
+            continue
+    return found
+
+
+def spawn_tree(child: Child) -> set[int]:
+    """Every live process of one spawn: the child, its descendants, and those of its
+    descendants that daemonized and were re-parented to us (found by PIKU_SPAWN_ID).
+
+    It reads only these processes and our own children, not all of /proc, so a
+    stop stays cheap however many processes run.
+    """
+    needle = f"{SPAWN_ID}={child.spawn_id}".encode()
+    members = descendants(child.pid) if not child.exited else set()
+    for orphan in own_children() - _spawned:
+        if environ_has(orphan, needle):
+            members |= descendants(orphan)
+    return members
+
+
+class ProcessTree:
+    """Processes held by pidfd, so a signal never hits a reused pid."""
+
+    def __init__(self, pgid: int | None, pids: set[int]) -> None:
         self.pgid = pgid
         self.fds: dict[int, int] = {}
-        for pid in find_processes(needles, pgid):
+        for pid in pids:
             try:
                 self.fds[pid] = os.pidfd_open(pid)
             except ProcessLookupError:
@@ -223,13 +262,13 @@ class ProcessTree:
         self.fds.clear()
 
 
-async def terminate(pgid: int | None, needles: Sequence[bytes], timeout: float,
+async def terminate(pgid: int | None, pids: set[int], timeout: float,
                     on_kill: Callable[[], None] = lambda: None) -> int:
-    """SIGTERM a process tree, SIGKILL it after ``timeout`` (calling ``on_kill``).
+    """SIGTERM a process group and ``pids``, SIGKILL after ``timeout`` (calling ``on_kill``).
 
     Returns how many processes were found; they are all gone (or unkillable) when it returns.
     """
-    tree = ProcessTree(pgid, needles)
+    tree = ProcessTree(pgid, pids)
     try:
         tree.signal(signal.SIGTERM)
         if not await tree.wait(timeout):
@@ -242,15 +281,18 @@ async def terminate(pgid: int | None, needles: Sequence[bytes], timeout: float,
 
 
 async def stop_leftovers(root: str, timeout: float) -> int:
-    """Stop the app processes a previous daemon of ``root`` left running (kill -9 of pikud)."""
-    needles = (f"{MARKER}=".encode(), f"PIKU_ROOT={root}".encode())
-    if find_processes(needles):
-        log.warning("stopping processes left running by a previous pikud")
-    return await terminate(None, needles, timeout)
+    """Stop the app processes a previous daemon of ``root`` left running (kill -9 of pikud).
+
+    They were re-parented elsewhere, so this is the one place that scans all of /proc.
+    """
+    found = find_processes((f"{MARKER}=".encode(), f"PIKU_ROOT={root}".encode()))
+    if found:
+        log.warning("stopping %d processes left running by a previous pikud", len(found))
+    return await terminate(None, found, timeout)
 
 
 async def stop_child(child: Child, timeout: float,
                      on_kill: Callable[[], None] = lambda: None) -> ExitInfo:
     """Stop ``child`` and every descendant of its spawn; returns how the child ended."""
-    await terminate(child.pid, (f"{SPAWN_ID}={child.spawn_id}".encode(),), timeout, on_kill)
+    await terminate(child.pid, spawn_tree(child), timeout, on_kill)
     return await child.wait()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,12 +50,25 @@ class ProcessSpec:
 
     @property
     def argv(self) -> list[str]:
-        return ["/bin/sh", "-c", self.command]
+        return shell_argv(self.command)
 
     @property
     def source(self) -> str:
         """The short name logs use: ``kind.N``."""
         return f"{self.kind}.{self.index}"
+
+
+SHELL_SYNTAX = re.compile(r"[;&|()\n`]|^\s*(if|while|until|for|case|exec|\{|!)\b|^\s*\w+=")
+
+
+def shell_argv(command: str) -> list[str]:
+    """``/bin/sh -c`` for a Procfile command, exec'ing it when it is one simple command.
+
+    dash does not exec the last command itself; without ``exec`` every slot
+    would be a shell plus the app, with the shell's pid in ``ps`` and a
+    ``kill`` of that pid orphaning the app.
+    """
+    return ["/bin/sh", "-c", command if SHELL_SYNTAX.search(command) else f"exec {command}"]
 
 
 def read_rss(pid: int) -> int | None:

@@ -190,3 +190,42 @@ def test_local_remote_without_ssh(pikud: Pikud, tmp_path: Path) -> None:
 def pikud_cli() -> list[str]:
     import sys
     return [sys.executable, "-m", "pikud.cli"]
+
+
+WSGI_APP = '''\
+def application(environ, start_response):
+    body = f"wsgi {open('VERSION').read().strip()} {environ['PATH_INFO']}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+ASGI_APP = '''\
+async def app(scope, receive, send):
+    assert scope["type"] == "http"
+    body = f"asgi {open('VERSION').read().strip()}".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+
+def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
+        pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
+    """granian by default, gunicorn on request; each added to the app's own virtualenv."""
+    for app, procfile, env, expect, server in (
+            ("wsgiapp", "wsgi: wsgi_app:application\n", "", "wsgi w1 /", "granian"),
+            ("gunapp", "wsgi: wsgi_app:application\n",
+             "PIKU_WSGI_SERVER=gunicorn\nUWSGI_PROCESSES=1\nUWSGI_MAX_REQUESTS=100\n",
+             "wsgi w1 /", "gunicorn"),
+            ("asgiapp", "asgi: asgi_app:app\n", "UWSGI_GEVENT=1\n", "asgi w1", "granian")):
+        work = python_app(tmp_path / app, "w1", procfile, extra={
+            "wsgi_app.py": WSGI_APP, "asgi_app.py": ASGI_APP,
+            "ENV": "PIKU_START_SECS=0.5\nPIKU_STOP_TIMEOUT=3\n" + env})
+        out = push(sshd, work, app).stderr
+        assert "Adding the app server the Procfile needs" in out, out
+        proc = wait_for(lambda: next((p for p in pikud.processes(app) if p["state"] == "RUNNING"),
+                                     None), 30, f"{app} to run")
+        assert get(proc["port"]) == expect
+        cmdline = Path(f"/proc/{proc['pid']}/cmdline").read_bytes().split(b"\0")
+        assert any(server.encode() in word for word in cmdline[:2]), cmdline
+        assert list((pikud.root / "envs" / app).glob(f"python-*/bin/{server}"))
+    assert "UWSGI_GEVENT has no meaning" in pikud.log_text("asgiapp", "pikud")

@@ -127,9 +127,3 @@ def test_web_processes_get_their_own_port_and_the_live_env(pikud: Pikud) -> None
     assert len(ports) == 2
     assert f"app=webby type=web data={pikud.root}/data/webby" in logs[0]
 
-
-def test_wsgi_kinds_are_reported_not_run_as_commands(pikud: Pikud) -> None:
-    pikud.add_app("py", "wsgi: app:application\nworker: sleep 300\n", FAST)
-    detail = pikud.api("POST", "/apps/py/deploy")
-    assert [p["name"] for p in detail["processes"]] == ["py:worker.1"]
-    assert "'wsgi' kind is not served by this version" in pikud.log_text("py", "pikud")

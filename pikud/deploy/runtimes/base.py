@@ -32,6 +32,7 @@ class BuildContext:
     envs_dir: Path                  # envs/APP: runtime environments live below it
     progress: Progress              # a line for the pusher ("-----> " is added by the caller)
     run: Runner
+    servers: tuple[str, ...] = ()   # app servers (granian, ...) the environment must provide
 
 
 @dataclass(frozen=True)

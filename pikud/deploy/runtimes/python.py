@@ -154,7 +154,7 @@ class Python:
             raise BuildError(f"{interpreter.path} ({interpreter.full}) cannot create a venv "
                              "with pip: install it on the server (e.g. apt-get install "
                              f"python{interpreter.short}-venv)")
-        key = content_key(["python", plan.method, plan.tool, interpreter.full],
+        key = content_key(["python", plan.method, plan.tool, interpreter.full, *ctx.servers],
                           [source / name for name in plan.files])
         venv = ctx.envs_dir / f"python-{interpreter.short}-{key}"
         label = shown(ctx, venv)
@@ -165,6 +165,10 @@ class Python:
             ctx.progress(f"Installing Python dependencies from {plan.files[0]} with {plan.tool}")
             await self._install(ctx, plan, interpreter, venv, tools.get(plan.tool, plan.tool),
                                 env, deps)
+            missing = [name for name in ctx.servers if not (venv / "bin" / name).exists()]
+            if missing:
+                ctx.progress(f"Adding the app server the Procfile needs: {', '.join(missing)}")
+                await self._add(ctx, plan, venv, tools.get(plan.tool, plan.tool), env, missing)
 
         ctx.progress(f"Python {interpreter.full} from {interpreter.path}")
         reused = await build_once(venv, fill)
@@ -176,7 +180,7 @@ class Python:
     async def _install(self, ctx: BuildContext, plan: PythonPlan, interpreter: Interpreter,
                        venv: Path, tool: str, env: dict[str, str], deps: list[str]) -> None:
         """Create the venv at ``venv`` and install into it; ``tool`` is uv's or poetry's path."""
-        run, source, python = ctx.run, ctx.source, str(venv / "bin" / "python")
+        run, source = ctx.run, ctx.source
         if plan.method == "uv-sync":
             frozen = ["--frozen"] if (source / UV_LOCK).is_file() else []
             await run([tool, "sync", "--python", interpreter.path, "--python-preference",
@@ -196,10 +200,17 @@ class Python:
         if not args:
             ctx.progress(f"{PYPROJECT} lists no dependencies")
             return
-        if plan.uv:
-            await run([tool, "pip", "install", "--python", python, *args], cwd=source, env=env)
+        await self._add(ctx, plan, venv, tool, env, args)
+
+    async def _add(self, ctx: BuildContext, plan: PythonPlan, venv: Path, tool: str,
+                   env: dict[str, str], args: list[str]) -> None:
+        """pip-install ``args`` into the venv (with uv when the plan uses uv)."""
+        python = str(venv / "bin" / "python")
+        if plan.uv or plan.method == "uv-sync":
+            await ctx.run([tool, "pip", "install", "--python", python, *args], cwd=ctx.source,
+                          env=env)
         else:
-            await run([python, *_PIP, *args], cwd=source, env=env)
+            await ctx.run([python, *_PIP, *args], cwd=ctx.source, env=env)
 
 
 PYTHON = Python()

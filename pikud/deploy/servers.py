@@ -1,0 +1,86 @@
+"""The app servers behind ``wsgi:`` and ``asgi:`` Procfile entries.
+
+``wsgi: module:callable`` and ``asgi: module:app`` name a Python object; pikud
+runs a production server for it from the app's own virtualenv, adding the
+server to that environment when the app did not ask for it. granian is the
+default (it serves both interfaces, and measured at or above uWSGI's
+throughput, FACTS.md); ``PIKU_WSGI_SERVER=gunicorn`` and
+``PIKU_ASGI_SERVER=uvicorn`` choose the others. piku's uWSGI settings map
+onto the chosen server; the ones that mean nothing there are reported.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pikud.appspec import nonneg_int, positive_int
+from pikud.errors import EnvError, ProcfileError
+
+TARGET = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*(\(\))?")
+CHOICES = {"wsgi": ("granian", "gunicorn"), "asgi": ("granian", "uvicorn")}
+SERVER_KEY = {"wsgi": "PIKU_WSGI_SERVER", "asgi": "PIKU_ASGI_SERVER"}
+# uWSGI settings with no meaning once uWSGI is gone: reported at deploy, never dropped silently.
+IGNORED = ("UWSGI_ENABLE_THREADS", "UWSGI_GEVENT", "UWSGI_ASYNCIO", "UWSGI_INCLUDE_FILE",
+           "UWSGI_LOG_X_FORWARDED_FOR", "UWSGI_IDLE")
+
+
+@dataclass(frozen=True)
+class ServerCommand:
+    command: str                    # a shell command (Procfile contract), exec'ing the server
+    package: str                    # what must be installed in the app's environment
+    notes: tuple[str, ...]          # settings reported as meaningless for this server
+
+
+def server_name(kind: str, env: Mapping[str, str]) -> str:
+    key = SERVER_KEY[kind]
+    name = env.get(key, CHOICES[kind][0])
+    if name not in CHOICES[kind]:
+        raise EnvError(f"{key} must be one of {', '.join(CHOICES[kind])}, got {name!r}", key=key)
+    return name
+
+
+def server_command(kind: str, target: str, env: Mapping[str, str]) -> ServerCommand:
+    """The command serving ``target`` for a ``wsgi``/``asgi`` kind on 127.0.0.1:$PORT."""
+    target = target.strip()
+    if not TARGET.fullmatch(target):
+        raise ProcfileError(f"{kind}: expected module:callable (like app:application), "
+                            f"got {target!r}")
+    server = server_name(kind, env)
+    workers = positive_int("UWSGI_PROCESSES", env.get("UWSGI_PROCESSES", "2"))
+    threads = positive_int("UWSGI_THREADS", env.get("UWSGI_THREADS", "4"))
+    backlog = positive_int("UWSGI_LISTEN", env.get("UWSGI_LISTEN", "128"))
+    max_requests = nonneg_int("UWSGI_MAX_REQUESTS", env.get("UWSGI_MAX_REQUESTS", "0"))
+    notes = [key for key in IGNORED if key in env]
+    bind = ["--host", "127.0.0.1", "--port", "$PORT"]
+    if server == "granian":
+        argv = ["granian", "--interface", kind, *bind, "--workers", str(workers),
+                "--backlog", str(max(backlog, 128)), "--no-ws" if kind == "wsgi" else "--ws"]
+        if kind == "wsgi":
+            argv += ["--blocking-threads", str(threads)]
+        elif "UWSGI_THREADS" in env:
+            notes.append("UWSGI_THREADS")
+        if "UWSGI_MAX_REQUESTS" in env:
+            notes.append("UWSGI_MAX_REQUESTS")       # granian recycles by time or memory only
+        if "UWSGI_LISTEN" in env and backlog < 128:
+            notes.append("UWSGI_LISTEN below 128 (granian's minimum; 128 is used)")
+    elif server == "gunicorn":
+        argv = ["gunicorn", "--bind", "127.0.0.1:$PORT", "--workers", str(workers),
+                "--threads", str(threads), "--backlog", str(backlog),
+                "--max-requests", str(max_requests), "--no-control-socket"]
+    else:
+        argv = ["uvicorn", *bind, "--workers", str(workers), "--backlog", str(backlog)]
+        if max_requests:
+            argv += ["--limit-max-requests", str(max_requests)]
+        if "UWSGI_THREADS" in env:
+            notes.append("UWSGI_THREADS")
+    words = " ".join(w if "$PORT" in w else shlex.quote(w) for w in argv)
+    return ServerCommand(f"exec {words} {shlex.quote(target)}", server, tuple(notes))
+
+
+def servers_needed(entries: Mapping[str, str], env: Mapping[str, str]) -> tuple[str, ...]:
+    """The server packages a Procfile's wsgi/asgi entries need (validated)."""
+    return tuple(sorted({server_command(kind, entries[kind], env).package
+                         for kind in CHOICES if kind in entries}))
