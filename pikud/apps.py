@@ -26,6 +26,7 @@ from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.servers import server_command
 from pikud.errors import DeployError, EnvError, PikudError
 from pikud.procman.group import ProcessGroup, Readiness
+from pikud.procman.plan import plan
 from pikud.procman.health import wait_ready
 from pikud.procman.logs import Follower, LogFile, log_files, tail
 from pikud.procman.policy import RestartPolicy
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 RUNNING, STOPPED = "running", "stopped"
 SERVED_KINDS = ("wsgi", "asgi")      # entries that name a Python object, served by an app server
+DRAIN = 1.0         # seconds an old generation keeps serving requests in flight after a switch
 Progress = Callable[[str], None]
 
 
@@ -156,34 +158,62 @@ class App:
 
     async def _run(self, spec: AppSpec, *, restart_all: bool = False,
                    starting: bool = False) -> None:
-        """Apply ``spec`` to the current release, slot by slot (rolling).
+        """Apply ``spec`` to the current release.
 
-        ``starting`` (boot, start, restart) runs the @reboot cron entries once.
+        Worker slots are replaced one at a time (rolling). When web processes
+        would be replaced, the whole generation is switched instead, so no
+        request is lost. ``starting`` (boot, start, restart) runs the @reboot
+        cron entries once.
         """
+        source = self.source(self.release)
         jobs = self.cron_jobs(spec, self.release)
+        self.registry.traffic.check(self.name, spec, source)
+        desired = self.process_specs(spec, self.release, self.ports)
+        changed = plan(self.group.specs, desired).replace
+        if restart_all:
+            changed = tuple(n for n in desired if n in self.group.processes)
+        if any(desired[n].kind in WEB_KINDS for n in changed) and "PORT" not in spec.env:
+            await self._switch(spec, self.release, quiet, starting=starting)
+            return
         self._prepare(spec, self.release)
         self.desired = RUNNING
-        desired = self.process_specs(spec, self.release, self.ports)
         self.registry.save()
         self.registry.scheduler.set_jobs(self.name, jobs, starting=starting)
-        if restart_all:
-            await self.group.replace({n: s for n, s in desired.items()
-                                      if n in self.group.processes})
+        staying = {n: s for n, s in self.group.specs.items() if n in desired}
+        self.registry.traffic.publish(self.name, spec, source, staying)     # scale down: first
+        await self.group.replace({n: desired[n] for n in changed})
         await self.group.apply(desired)
         self.group.retry()
+        self.registry.traffic.publish(self.name, spec, source, self.group.specs)
 
-    async def _switch(self, spec: AppSpec, release: Release, progress: Progress) -> None:
-        """Start ``release``'s generation beside the running one, then stop the old one."""
+    async def _switch(self, spec: AppSpec, release: Release | None, progress: Progress, *,
+                      starting: bool | None = None) -> None:
+        """Start a new generation beside the running one, move traffic, stop the old one.
+
+        ``release`` becomes the current release (a deploy or rollback), or is
+        the current one again (a restart or config change of web processes).
+        """
+        source = self.source(release)
         jobs = self.cron_jobs(spec, release)
+        self.registry.traffic.check(self.name, spec, source)
         ports: dict[str, int] = {}
         desired = self.process_specs(spec, release, ports)
         fixed_port = "PORT" in spec.env
         exclusive = [n for n, s in desired.items() if s.kind in WEB_KINDS and fixed_port]
-        progress(f"-----> Starting {len(desired)} processes of release {release.number}")
-        starting = self.desired != RUNNING
-        await self.group.switch(desired, exclusive, ready=self._ready_check(spec))
+        label = f"release {release.number}" if release else "the app"
+        progress(f"-----> Starting {len(desired)} processes of {label}")
+        if starting is None:
+            starting = self.desired != RUNNING
+
+        async def route(ready: Mapping[str, ProcessSpec]) -> None:
+            self.registry.traffic.publish(self.name, spec, source, ready)
+
+        has_web = any(s.kind in WEB_KINDS for s in desired.values())
+        await self.group.switch(desired, exclusive, ready=self._ready_check(spec), route=route,
+                                drain=DRAIN if has_web else 0.0)
         self.ports = ports
-        self.releases.activate(release)
+        if release is not None and release.number != self.releases.current:
+            self.releases.activate(release)
         self._prepare(spec, release)
         self.desired = RUNNING
         self.registry.save()
@@ -292,6 +322,8 @@ class App:
             if persist:
                 self.desired = STOPPED
                 self.registry.save()
+            if self.spec is not None:
+                self.registry.traffic.publish(self.name, self.spec, self.source(self.release), {})
             await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
 
     async def scale(self, args: Mapping[str, Any]) -> None:
@@ -368,6 +400,7 @@ class App:
         async with self.lock:
             await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
             self.registry.scheduler.set_jobs(self.name, [], starting=False)    # forget its history
+            self.registry.traffic.withdraw(self.name)
             self.log.close()
             self.registry.unwatch(self)
             removed = self.releases.destroy()

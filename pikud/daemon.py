@@ -12,10 +12,11 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from pikud import __version__
 from pikud.apps import App
@@ -25,16 +26,30 @@ from pikud.errors import PikudError
 from pikud.events import EventLog
 from pikud.paths import Paths
 from pikud.procman.children import become_subreaper, install_orphan_reaper
+from pikud.proxy.router import Router, parse_address
 from pikud.sdnotify import Notifier
 from pikud.settings import Settings, load_settings
+from pikud.traffic import Traffic
 from pikud.watch import FileWatcher
 
 log = logging.getLogger("pikud")
 
 
+def proxy_mode(environ: Mapping[str, str]) -> str:
+    """PIKU_PROXY: builtin (pikud routes HTTP itself) or nginx; default: builtin without nginx."""
+    mode = environ.get("PIKU_PROXY", "auto")
+    if mode not in ("auto", "builtin", "nginx"):
+        raise PikudError(f"PIKU_PROXY must be builtin, nginx or auto, got {mode!r}")
+    if mode == "auto":
+        return "nginx" if shutil.which("nginx") else "builtin"
+    return mode
+
+
 class Daemon:
-    def __init__(self, paths: Paths, settings: Settings, loop_name: str) -> None:
+    def __init__(self, paths: Paths, settings: Settings, loop_name: str,
+                 http: tuple[str, int] | None = None) -> None:
         self.paths = paths
+        self.router = Router(*http) if http is not None else None
         self.settings = settings
         self.loop_name = loop_name
         self.notifier = Notifier()
@@ -42,7 +57,8 @@ class Daemon:
         self.started = time.monotonic()
         self.watcher: FileWatcher | None = None
         self.registry = AppRegistry(paths, os.environ, settings.app_defaults, self.events,
-                                    watch=self._watch, unwatch=self._unwatch)
+                                    watch=self._watch, unwatch=self._unwatch,
+                                    traffic=Traffic(self.router))
 
     def _watch(self, app: App) -> None:
         if self.watcher is not None and app.spec is not None:
@@ -74,6 +90,13 @@ class Daemon:
         self.watcher = FileWatcher(self._on_file_change)
         control = ControlServer(self.registry, self.status, self.paths.socket)
         await control.start()
+        if self.router is not None:
+            try:
+                await self.router.start()
+            except BaseException:
+                await control.stop()
+                raise
+            log.info("routing HTTP on %s:%d", *self.router.address)
         log.info("pikud %s listening on %s (loop: %s)", __version__, self.paths.socket,
                  self.loop_name)
         try:
@@ -96,6 +119,8 @@ class Daemon:
                 pulse.cancel()
         finally:
             await control.stop()
+            if self.router is not None:
+                await self.router.stop()
             self.watcher.close()
         log.info("stopped")
 
@@ -111,7 +136,9 @@ class Daemon:
         return f"{running} apps, {self.registry.process_count()} processes"
 
     def status(self) -> dict[str, object]:
-        return daemon_status(self.started, self.loop_name, self.registry)
+        status = daemon_status(self.started, self.loop_name, self.registry)
+        status["http"] = "%s:%d" % self.router.address if self.router is not None else None
+        return status
 
     def reload_settings(self) -> None:
         """SIGHUP: re-read pikud.toml; running processes are not touched."""
@@ -159,16 +186,21 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the daemon in the foreground")
     serve.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                        help="event loop (default: uvloop)")
+    serve.add_argument("--http", metavar="HOST:PORT",
+                       default=os.environ.get("PIKU_HTTP_ADDRESS", "127.0.0.1:8080"),
+                       help="where the built-in router serves HTTP when there is no nginx "
+                            "(default: $PIKU_HTTP_ADDRESS or 127.0.0.1:8080)")
     args = parser.parse_args(argv)
     paths = Paths.from_env()
     try:
         settings = load_settings(paths.settings)
-    except PikudError as exc:
+        http = parse_address(args.http) if proxy_mode(os.environ) == "builtin" else None
+    except (PikudError, ValueError) as exc:
         print(f"pikud: {exc}", file=sys.stderr)
         return 1
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
-    daemon = Daemon(paths, settings, args.loop)
+    daemon = Daemon(paths, settings, args.loop, http)
     try:
         if args.loop == "uvloop":
             import uvloop

@@ -21,6 +21,7 @@ from pikud.errors import AppNotFound, BadRequest, PikudError
 from pikud.events import EventLog
 from pikud.paths import Paths
 from pikud.procman.children import stop_leftovers
+from pikud.traffic import Traffic
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,10 @@ log = logging.getLogger(__name__)
 class AppRegistry:
     def __init__(self, paths: Paths, base_env: Mapping[str, str], app_defaults: AppSettings,
                  events: EventLog, watch: Callable[[App], None] = lambda app: None,
-                 unwatch: Callable[[App], None] = lambda app: None) -> None:
+                 unwatch: Callable[[App], None] = lambda app: None,
+                 traffic: Traffic | None = None) -> None:
         self.paths = paths
+        self.traffic = traffic or Traffic(None)
         self.scheduler = Scheduler(paths.state_dir / "cron.json", self._cron_event,
                                    lambda app: self.apps[app].followers)
         self.base_env = dict(base_env)

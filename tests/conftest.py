@@ -72,6 +72,8 @@ class Pikud:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIKU")}
         env["PIKU_ROOT"] = str(self.root)
+        env["PIKU_HTTP_ADDRESS"] = "127.0.0.1:0"          # the built-in router, on a free port
+        env["PIKU_PROXY"] = "builtin"
         return env
 
     def start(self, *args: str, extra_env: dict[str, str] | None = None) -> Pikud:
@@ -104,6 +106,11 @@ class Pikud:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def http_port(self) -> int:
+        """The port the built-in router got."""
+        return int(self.api("GET", "/status")["http"].rsplit(":", 1)[1])
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.client.request(method, path, body)

@@ -84,6 +84,7 @@ def python_app(work: Path, version: str = "v1", procfile: str | None = None,
         **(extra or {}),
     }
     for name, text in files.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_text(text)
     git(work, "add", "-A")
     git(work, "commit", "--quiet", "--allow-empty", "-m", f"version {version}")

@@ -1,0 +1,66 @@
+"""Where an app's requests go: the front (embedded router) pointed at its live web processes.
+
+``publish()`` is called whenever the set of an app's web processes changes:
+after a generation switch (before the old one stops), after a scale, and
+with no upstreams when the app stops. The router switches in one step, so a
+request is never sent to a process that is not ready yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from pikud.appspec import STATIC_KIND, WEB_KINDS, AppSpec
+from pikud.errors import EnvError
+from pikud.procman.process import ProcessSpec
+from pikud.proxy.router import Route, Router
+from pikud.proxy.site import StaticPath, procfile_static, server_names, static_paths
+
+log = logging.getLogger(__name__)
+
+
+def upstreams(processes: Iterable[ProcessSpec]) -> tuple[str, ...]:
+    """``127.0.0.1:PORT`` of each web process, in slot order."""
+    found = []
+    for spec in sorted(processes, key=lambda s: (s.kind, s.index)):
+        port = dict(spec.env).get("PORT", "")
+        if spec.kind in WEB_KINDS and port.isdigit():
+            found.append(f"127.0.0.1:{port}")
+    return tuple(found)
+
+
+def route_for(app: str, spec: AppSpec, source: Path,
+              processes: Iterable[ProcessSpec]) -> Route:
+    """The router's entry for an app: its host names, web processes and static folders."""
+    hosts: tuple[str, ...] = ()
+    if spec.env.get("NGINX_SERVER_NAME", "").strip():
+        hosts = server_names("NGINX_SERVER_NAME", spec.env["NGINX_SERVER_NAME"])
+    static: list[StaticPath] = []
+    if STATIC_KIND in spec.procfile.entries:
+        static += procfile_static(spec.procfile.entries[STATIC_KIND], source)
+    if spec.env.get("NGINX_STATIC_PATHS", "").strip():
+        static += static_paths(lambda reason: EnvError(f"NGINX_STATIC_PATHS: {reason}",
+                                                       key="NGINX_STATIC_PATHS"),
+                               spec.env["NGINX_STATIC_PATHS"], source)
+    return Route(app, hosts, upstreams(processes),
+                 tuple((item.url.rstrip("/") or "/", Path(item.path)) for item in static))
+
+
+class Traffic:
+    def __init__(self, router: Router | None) -> None:
+        self.router = router
+
+    def check(self, app: str, spec: AppSpec, source: Path) -> None:
+        """Raise (naming the key) if the app's routing settings are bad; nothing changes."""
+        route_for(app, spec, source, ())
+
+    def publish(self, app: str, spec: AppSpec, source: Path,
+                processes: Mapping[str, ProcessSpec]) -> None:
+        if self.router is not None:
+            self.router.set_route(route_for(app, spec, source, processes.values()))
+
+    def withdraw(self, app: str) -> None:
+        if self.router is not None:
+            self.router.remove(app)

@@ -1,0 +1,122 @@
+"""No request is lost through the built-in router while the app's processes change."""
+
+from __future__ import annotations
+
+import http.client
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import Pikud, wait_for
+from tests.e2e.apps import git, python_app
+
+
+class Load:
+    """A steady, bounded stream of requests through the router, counting every outcome."""
+
+    def __init__(self, port: int, host: str, interval: float = 0.02, limit: int = 3000) -> None:
+        self.port, self.host, self.interval, self.limit = port, host, interval, limit
+        self.ok: list[str] = []
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self.ok) + len(self.failed) < self.limit:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                conn.request("GET", "/", headers={"Host": self.host})
+                response = conn.getresponse()
+                body = response.read().decode()
+                (self.ok if response.status == 200 else self.failed).append(
+                    body if response.status == 200 else f"{response.status} {body}")
+            except OSError as exc:
+                self.failed.append(repr(exc))
+            finally:
+                conn.close()
+            time.sleep(self.interval)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        wait_for(lambda: self.ok or self.failed, 10, "the first request")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.3)
+        self._stop.set()
+        self._thread.join(30)
+
+
+@contextmanager
+def steady(pikud: Pikud, app: str) -> Iterator[Load]:
+    with Load(pikud.http_port, app) as load:
+        yield load
+    assert load.failed == [], load.failed[:5]
+    assert len(load.ok) >= 10
+
+
+def push(pikud: Pikud, work: Path, check: bool = True):  # type: ignore[no-untyped-def]
+    return git(work, "push", "piku", "main", env=pikud.env, check=check)
+
+
+def test_restart_redeploy_config_scale_and_a_failed_deploy_lose_no_request(
+        pikud: Pikud, tmp_path: Path) -> None:
+    work = python_app(tmp_path / "steady", "v1")
+    git(work, "remote", "add", "piku", "steady")
+    git(work, "config", "remote.piku.receivepack",
+        f"{sys.executable} -m pikud.cli git-receive-pack")
+    push(pikud, work)
+    with steady(pikud, "steady") as load:
+        assert pikud.cli("restart", "steady").returncode == 0
+    assert set(load.ok) == {"v1 tinypkg=42"}
+
+    python_app(work, "v2")
+    with steady(pikud, "steady") as load:
+        push(pikud, work)
+    assert load.ok[0] == "v1 tinypkg=42" and load.ok[-1] == "v2 tinypkg=42"
+
+    with steady(pikud, "steady"):
+        assert pikud.cli("config:set", "steady", "GREETING=hi").returncode == 0
+    with steady(pikud, "steady"):
+        assert pikud.cli("ps:scale", "steady", "web=3").returncode == 0
+    assert len([p for p in pikud.processes("steady") if p["state"] == "RUNNING"]) == 3
+    with steady(pikud, "steady"):
+        assert pikud.cli("ps:scale", "steady", "web=1").returncode == 0
+
+    python_app(work, "never", extra={"Procfile": "web: sleep 300\n",
+                                     "ENV": "PIKU_START_SECS=0.3\nPIKU_READY_TIMEOUT=1\n"})
+    with steady(pikud, "steady") as load:
+        assert push(pikud, work, check=False).returncode != 0
+    assert set(load.ok) == {"v2 tinypkg=42"}
+
+
+def test_routes_by_host_and_path_prefix_and_serves_static(pikud: Pikud, tmp_path: Path) -> None:
+    work = python_app(tmp_path / "site", "s1", extra={
+        "ENV": "PIKU_START_SECS=0.3\nNGINX_SERVER_NAME=site.example\n"
+               "NGINX_STATIC_PATHS=/assets:public\n", "public/hello.txt": "static hello\n"})
+    git(work, "remote", "add", "piku", "site")
+    git(work, "config", "remote.piku.receivepack",
+        f"{sys.executable} -m pikud.cli git-receive-pack")
+    push(pikud, work)
+    port = pikud.http_port
+
+    def get(path: str, host: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", path, headers={"Host": host})
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
+
+    assert get("/", "site.example") == (200, "s1 tinypkg=42")
+    assert get("/", "site.localhost:8080") == (200, "s1 tinypkg=42")
+    assert get("/_/site/", "127.0.0.1") == (200, "s1 tinypkg=42")
+    assert get("/assets/hello.txt", "site.example") == (200, "static hello\n")
+    assert get("/assets/../ENV", "site.example")[0] == 404
+    assert get("/", "nobody.example")[0] == 404
+    pikud.api("POST", "/apps/site/stop")
+    assert get("/", "site.example")[0] == 503
