@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 
 from pikud import __version__
 from pikud.apps import App
@@ -35,13 +36,20 @@ from pikud.watch import FileWatcher
 log = logging.getLogger("pikud")
 
 
+NGINX_SNIPPET = Path("/etc/nginx/conf.d/pikud.conf")     # contrib/nginx-pikud.conf, installed
+
+
 def proxy_mode(environ: Mapping[str, str]) -> str:
-    """PIKU_PROXY: builtin (pikud routes HTTP itself) or nginx; default: builtin without nginx."""
+    """PIKU_PROXY: builtin (pikud routes HTTP itself) or nginx.
+
+    By default nginx is used when it is installed and set up for pikud (its
+    snippet in conf.d), else the built-in router.
+    """
     mode = environ.get("PIKU_PROXY", "auto")
     if mode not in ("auto", "builtin", "nginx"):
         raise PikudError(f"PIKU_PROXY must be builtin, nginx or auto, got {mode!r}")
     if mode == "auto":
-        return "nginx" if shutil.which("nginx") else "builtin"
+        return "nginx" if shutil.which("nginx") and NGINX_SNIPPET.exists() else "builtin"
     return mode
 
 
