@@ -18,6 +18,7 @@ envelope with the error's ``code`` and HTTP ``status``::
     +-- DeployError                 deploy_failed   409   nothing to run, new processes failed, ...
     |   +-- BuildError              build_failed    409   checkout, preflight or build step failed
     |   +-- ReleaseError            release_failed  409   the Procfile's release command failed
+    |   +-- NginxError              nginx_failed    409   nginx -t refused a config, a reload failed
     +-- ControlError                control_error   502   client side of the socket
     |   +-- DaemonNotRunning        daemon_not_running
     |   +-- ProtocolError           protocol_error
@@ -106,6 +107,12 @@ class BuildError(DeployError):
 
 class ReleaseError(DeployError):
     code = "release_failed"
+
+
+class NginxError(DeployError):
+    """nginx refused an app's new config (its own message attached) or could not be reloaded."""
+
+    code = "nginx_failed"
 
 
 class ControlError(PikudError):

@@ -1,0 +1,435 @@
+"""One app's nginx site: read from its ENV, validated, rendered. Pure.
+
+``site_from_env()`` turns piku's NGINX_* settings into a frozen ``NginxSite``;
+every value that reaches the config is checked first, and a value that could
+inject nginx syntax (``;``, braces, quotes, ``$``, whitespace, ``..`` leaving
+the app) is an ``EnvError`` naming the key. ``render()`` turns a site into the
+text of ``nginx/APP.conf`` with the package's jinja2 templates; it reads
+nothing and writes nothing (``nginx.Nginx`` tests and installs the result).
+"""
+
+# Design notes:
+# - Names that live at nginx's http level (the upstream, the websocket map
+#   variable, the cache zone) must be unique across every app's config, so each
+#   app's are derived from its name by nginx_name(): [a-z0-9_] only, plus a hash
+#   of the real name when it had to change, so "my-app" and "my_app" differ.
+#   The websocket map is per app for the same reason: each config stands alone
+#   and needs nothing from nginx.conf or another app.
+# - A static location and its alias both end in "/": piku's "/static" +
+#   "…/static/" lets "/static../x" escape the folder (the classic alias bug).
+# - Upstream servers get max_fails=0: they are local sockets, so a refused
+#   connection costs microseconds and nginx moves on (proxy_next_upstream),
+#   instead of marking a restarting process down for 10 s.
+# - The ACME location uses `root`, not `alias`, so only
+#   .well-known/acme-challenge/* under acme/APP is reachable, even where piku's
+#   layout made acme/APP a link to the folder holding the private key.
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import posixpath
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import jinja2
+
+from pikud.appspec import boolean, nonneg_int, positive_int
+from pikud.errors import EnvError, ProcfileError, SpecError
+from pikud.paths import Paths
+
+Http2Style = Literal["on", "listen", "off"]
+"""``http2 on;`` (nginx >= 1.25.1), ``listen … ssl http2`` (older), or no HTTP/2."""
+
+KEYS = frozenset({
+    "NGINX_SERVER_NAME", "NGINX_HTTPS_ONLY", "NGINX_STATIC_PATHS", "NGINX_CATCH_ALL",
+    "NGINX_CACHE_PREFIXES", "NGINX_CACHE_SIZE", "NGINX_CACHE_TIME", "NGINX_CACHE_REDIRECTS",
+    "NGINX_CACHE_ANY", "NGINX_CACHE_CONTROL", "NGINX_CACHE_EXPIRY", "NGINX_CACHE_PATH",
+    "NGINX_CLOUDFLARE_ACL", "NGINX_INCLUDE_FILE", "NGINX_ALLOW_GIT_FOLDERS",
+    "NGINX_IPV4_ADDRESS", "NGINX_IPV6_ADDRESS", "NGINX_HTTP_PORT", "NGINX_HTTPS_PORT",
+})
+"""The NGINX_* settings pikud reads (DISABLE_IPV6 too, which has no prefix)."""
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
+_SEGMENT = re.compile(r"[A-Za-z0-9._~!+=@-]+")
+_META = frozenset(";{}\"'\\$#`")        # nginx syntax, variables, comments
+MAX_INCLUDE = 1024 * 1024
+_UPSTREAM_PORT = re.compile(r"(127\.[0-9.]+|\[[0-9A-Fa-f:.]+\]|localhost):([0-9]{1,5})")
+
+
+@dataclass(frozen=True)
+class StaticPath:
+    """``location URL { alias PATH; }``; both end in "/"."""
+
+    url: str
+    path: str
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The NGINX_CACHE_* family; only rendered when there are prefixes and upstreams."""
+
+    prefixes: tuple[str, ...]
+    path: str
+    size_gb: int = 1
+    content_time: int = 3600    # NGINX_CACHE_TIME: 200 and 304 answers
+    redirect_time: int = 3600   # NGINX_CACHE_REDIRECTS: 301, 302, 307, 308
+    any_time: int = 3600        # NGINX_CACHE_ANY: every other status
+    max_age: int = 3600         # NGINX_CACHE_CONTROL: Cache-Control sent to clients
+    inactive: int = 86400       # NGINX_CACHE_EXPIRY: unused entries are dropped after
+
+
+@dataclass(frozen=True)
+class Include:
+    """NGINX_INCLUDE_FILE: read at deploy, installed as ``copy`` next to the config.
+
+    The config includes the copy, not the app's file, so it stays exactly what
+    ``nginx -t`` accepted: a later edit, release or rollback of the app cannot
+    break the next reload of nginx. The copy's name carries a hash of the text.
+    """
+
+    source: str     # the file in the app, for messages
+    text: str
+    copy: str       # nginx/APP.include-HASH
+
+
+@dataclass(frozen=True)
+class NginxSite:
+    """Everything ``nginx/APP.conf`` says, validated; built by ``site_from_env``."""
+
+    app: str
+    server_names: tuple[str, ...]
+    upstreams: tuple[str, ...]          # "127.0.0.1:PORT" or "unix:/abs/path.sock"
+    certificate: str                    # nginx/APP.crt
+    certificate_key: str                # nginx/APP.key
+    acme_root: str                      # acme/APP: tokens under .well-known/acme-challenge/
+    https_only: bool = False
+    ipv4_address: str = "0.0.0.0"
+    ipv6_address: str | None = "::"     # None: DISABLE_IPV6
+    http_port: int = 80
+    https_port: int = 443
+    static_paths: tuple[StaticPath, ...] = ()
+    catch_all: str | None = None        # absolute file, served for unmatched static paths
+    cache: CacheSettings | None = None
+    allow: tuple[str, ...] = ()         # NGINX_CLOUDFLARE_ACL: allowed networks, then deny all
+    include: Include | None = None      # NGINX_INCLUDE_FILE, included inside server {}
+    allow_git_folders: bool = False
+
+
+# --- validators: (key or error factory, value) -> clean value, or raise ---------
+def _refuse(key: str, reason: str, value: str) -> EnvError:
+    return EnvError(f"{key}: {reason}: {value!r}", key=key)
+
+
+def _unsafe(text: str) -> str | None:
+    """The first character of ``text`` that must not reach an nginx config, if any."""
+    for char in text:
+        if char in _META or char.isspace() or not char.isprintable():
+            return char
+    return None
+
+
+def server_names(key: str, value: str) -> tuple[str, ...]:
+    """Comma-separated host names; ``*.example.com`` wildcards allowed."""
+    names: list[str] = []
+    for item in value.split(","):
+        name = item.strip(" ")
+        if not name:
+            raise _refuse(key, "expected comma-separated host names, found an empty one", value)
+        if len(name) > 253 or not _HOSTNAME.fullmatch(name):
+            raise _refuse(key, f"{name!r} is not a host name (or *.domain wildcard)", value)
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def url_prefix(fail: Callable[[str], SpecError], url: str) -> str:
+    """A clean absolute URL path without a trailing "/" ("/" itself stays)."""
+    if not url.startswith("/"):
+        raise fail(f"URL {url!r} must start with '/'")
+    if url == "/":
+        return url
+    segments = url.strip("/").split("/")
+    for segment in segments:
+        if segment in ("", ".", "..") or not _SEGMENT.fullmatch(segment):
+            raise fail(f"URL {url!r} must be a clean path of letters, digits and ._~!+=@-")
+    return "/" + "/".join(segments)
+
+
+def local_path(fail: Callable[[str], SpecError], text: str, app_dir: Path, *,
+               absolute: bool) -> str:
+    """A normalized absolute path: ``text`` relative to the app dir, or absolute if allowed."""
+    bad = _unsafe(text)
+    if bad is not None or not text:
+        raise fail(f"path {text!r} contains {bad!r}, which nginx would read as syntax"
+                   if bad else "empty path")
+    if text.startswith("/"):
+        if not absolute:
+            raise fail(f"{text!r} must be a path inside the app directory, not absolute")
+        return posixpath.normpath(text)
+    base = posixpath.normpath(str(app_dir))
+    joined = posixpath.normpath(posixpath.join(base, text))
+    if joined != base and not joined.startswith(base + "/"):
+        raise fail(f"{text!r} leaves the app directory")
+    return joined
+
+
+def static_paths(fail: Callable[[str], SpecError], value: str,
+                 app_dir: Path) -> tuple[StaticPath, ...]:
+    """``/url:path,...`` with paths relative to the app dir or absolute."""
+    found: dict[str, StaticPath] = {}
+    for item in (part.strip(" ") for part in value.split(",")):
+        url, colon, path = item.partition(":")
+        if not item or not colon:
+            raise fail(f"expected /url:path[,/url:path...], got item {item!r}")
+        url = url_prefix(fail, url)
+        location = url if url == "/" else url + "/"
+        if location in found:
+            raise fail(f"URL {url!r} is mapped twice")
+        folder = local_path(fail, path, app_dir, absolute=True)
+        found[location] = StaticPath(location, folder.rstrip("/") + "/")
+    return tuple(found.values())
+
+
+def procfile_static(value: str, app_dir: Path) -> tuple[StaticPath, ...]:
+    """The Procfile's ``static:`` entry: ``dir`` (served at /) or ``/url:dir,...``."""
+    def fail(reason: str) -> ProcfileError:
+        return ProcfileError(f"static: {reason}", file="Procfile")
+    value = value.strip()
+    return static_paths(fail, value if ":" in value else f"/:{value}", app_dir)
+
+
+def _port(key: str, value: str) -> int:
+    port = positive_int(key, value)
+    if port > 65535:
+        raise _refuse(key, "expected a port from 1 to 65535", value)
+    return port
+
+
+def _ipv4(key: str, value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value.strip()))
+    except ValueError:
+        raise _refuse(key, "expected an IPv4 address such as 0.0.0.0", value) from None
+
+
+def _ipv6(key: str, value: str) -> str:
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return ipaddress.IPv6Address(text).compressed
+    except ValueError:
+        raise _refuse(key, "expected an IPv6 address such as [::]", value) from None
+
+
+def _upstream(server: str) -> str:
+    """Upstreams come from pikud itself, so a bad one is a bug: ValueError."""
+    if server.startswith("unix:/") and _unsafe(server) is None:
+        return server
+    match = _UPSTREAM_PORT.fullmatch(server)
+    if match and 1 <= int(match.group(2)) <= 65535:
+        return server
+    raise ValueError(f"not a loopback upstream (HOST:PORT or unix:/path): {server!r}")
+
+
+def cloudflare_ranges(override: Path | None = None) -> tuple[str, ...]:
+    """Cloudflare's networks: ``override`` when that file exists, else the bundled list."""
+    if override is not None and override.is_file():
+        text = override.read_text(encoding="utf-8")
+    else:
+        text = resources.files("pikud.proxy").joinpath("cloudflare_ips.txt").read_text("utf-8")
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return tuple(str(ipaddress.ip_network(line)) for line in lines if line)
+
+
+# --- the site -------------------------------------------------------------------
+def _cache(env: Mapping[str, str], paths: Paths, app: str,
+           app_dir: Path) -> CacheSettings | None:
+    """Every NGINX_CACHE_* value is checked even when no prefix makes it used."""
+    def fail(reason: str) -> EnvError:
+        return EnvError(f"NGINX_CACHE_PREFIXES: {reason}", key="NGINX_CACHE_PREFIXES")
+
+    prefixes: list[str] = []
+    value = env.get("NGINX_CACHE_PREFIXES", "").strip(" ")
+    for item in (part.strip(" ") for part in value.split(",")) if value else ():
+        prefix = url_prefix(fail, item if item.startswith("/") else "/" + item)
+        if prefix == "/":
+            raise fail("'/' would cache the whole site; list URL prefixes")
+        if prefix not in prefixes:
+            prefixes.append(prefix)
+    path = str(paths.cache(app))
+    if env.get("NGINX_CACHE_PATH", "").strip():
+        path = env["NGINX_CACHE_PATH"].strip()
+        if not path.startswith("/"):
+            raise _refuse("NGINX_CACHE_PATH", "expected an absolute path", path)
+        path = local_path(lambda reason: EnvError(f"NGINX_CACHE_PATH: {reason}",
+                                                  key="NGINX_CACHE_PATH"),
+                          path, app_dir, absolute=True)
+
+    def number(key: str, default: int, convert: Callable[[str, str], int] = nonneg_int) -> int:
+        return convert(key, env[key]) if env.get(key, "").strip() else default
+
+    settings = CacheSettings(
+        tuple(prefixes), path,
+        size_gb=number("NGINX_CACHE_SIZE", 1, positive_int),
+        content_time=number("NGINX_CACHE_TIME", 3600),
+        redirect_time=number("NGINX_CACHE_REDIRECTS", 3600),
+        any_time=number("NGINX_CACHE_ANY", 3600),
+        max_age=number("NGINX_CACHE_CONTROL", 3600),
+        inactive=number("NGINX_CACHE_EXPIRY", 86400, positive_int),
+    )
+    return settings if prefixes else None
+
+
+def _include(value: str, app_dir: Path, prefix: Path) -> Include:
+    key = "NGINX_INCLUDE_FILE"
+    source = local_path(lambda reason: EnvError(f"{key}: {reason}", key=key), value, app_dir,
+                        absolute=False)
+    try:
+        data = Path(source).read_bytes()
+    except OSError as exc:
+        raise _refuse(key, f"cannot read it ({exc.strerror})", value) from None
+    if len(data) > MAX_INCLUDE:
+        raise _refuse(key, f"larger than {MAX_INCLUDE // 1024} KiB", value)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _refuse(key, "not UTF-8 text", value) from None
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    return Include(source, text, f"{prefix}.include-{digest}")
+
+
+def site_from_env(app: str, env: Mapping[str, str], upstreams: Sequence[str], paths: Paths,
+                  app_dir: Path, *, static: str | None = None, deployer_ip: str | None = None,
+                  ) -> NginxSite | None:
+    """The app's site, or None when NGINX_SERVER_NAME is unset or empty (no nginx config).
+
+    ``upstreams`` has one entry per web-facing process; ``static`` is the
+    Procfile's ``static:`` entry, served before NGINX_STATIC_PATHS (as piku
+    does); ``deployer_ip`` is added to NGINX_CLOUDFLARE_ACL's allow list.
+    An empty value of any other key means its default. Raises ``EnvError``
+    naming the key (``ProcfileError`` for ``static``).
+    """
+    if not env.get("NGINX_SERVER_NAME", "").strip():
+        return None
+    for key in sorted(KEYS | {"DISABLE_IPV6"}):
+        if any(char in env.get(key, "") for char in "\r\n\x00"):
+            raise _refuse(key, "must be one line", env[key])
+
+    def given(key: str) -> str | None:
+        return env[key] if env.get(key, "").strip() else None
+
+    def flag(key: str) -> bool:
+        value = given(key)
+        return boolean(key, value) if value is not None else False
+
+    def fail_for(key: str) -> Callable[[str], EnvError]:
+        return lambda reason: EnvError(f"{key}: {reason}", key=key)
+
+    names = server_names("NGINX_SERVER_NAME", env["NGINX_SERVER_NAME"])
+    statics = procfile_static(static, app_dir) if static and static.strip() else ()
+    value = given("NGINX_STATIC_PATHS")
+    if value is not None:
+        extra = static_paths(fail_for("NGINX_STATIC_PATHS"), value, app_dir)
+        taken = {item.url for item in statics}
+        for item in extra:
+            if item.url in taken:
+                raise _refuse("NGINX_STATIC_PATHS", "URL already served by the Procfile's "
+                              f"static entry: {item.url}", value)
+        statics += extra
+    catch_all = given("NGINX_CATCH_ALL")
+    if catch_all is not None:
+        catch_all = local_path(fail_for("NGINX_CATCH_ALL"), catch_all.strip(), app_dir,
+                               absolute=False)
+    include = None
+    if given("NGINX_INCLUDE_FILE") is not None:
+        include = _include(env["NGINX_INCLUDE_FILE"].strip(), app_dir, paths.nginx() / app)
+    allow: tuple[str, ...] = ()
+    if flag("NGINX_CLOUDFLARE_ACL"):
+        allow = cloudflare_ranges(paths.state_dir / "cloudflare_ips.txt")
+        if deployer_ip:
+            allow += (str(ipaddress.ip_address(deployer_ip)),)
+    ipv4, ipv6 = given("NGINX_IPV4_ADDRESS"), given("NGINX_IPV6_ADDRESS")
+    ipv6_address = _ipv6("NGINX_IPV6_ADDRESS", ipv6) if ipv6 else "::"
+    http_port, https_port = given("NGINX_HTTP_PORT"), given("NGINX_HTTPS_PORT")
+    site = NginxSite(
+        app=app,
+        server_names=names,
+        upstreams=tuple(_upstream(server) for server in upstreams),
+        certificate=str(paths.nginx() / f"{app}.crt"),
+        certificate_key=str(paths.nginx() / f"{app}.key"),
+        acme_root=str(paths.root / "acme" / app),
+        https_only=flag("NGINX_HTTPS_ONLY"),
+        ipv4_address=_ipv4("NGINX_IPV4_ADDRESS", ipv4) if ipv4 else "0.0.0.0",
+        ipv6_address=None if flag("DISABLE_IPV6") else ipv6_address,
+        http_port=_port("NGINX_HTTP_PORT", http_port) if http_port else 80,
+        https_port=_port("NGINX_HTTPS_PORT", https_port) if https_port else 443,
+        static_paths=statics,
+        catch_all=catch_all,
+        cache=_cache(env, paths, app, app_dir),
+        allow=allow,
+        include=include,
+        allow_git_folders=flag("NGINX_ALLOW_GIT_FOLDERS"),
+    )
+    if site.http_port == site.https_port:
+        raise _refuse("NGINX_HTTPS_PORT", "must differ from NGINX_HTTP_PORT", str(site.https_port))
+    return site
+
+
+def unknown_keys(env: Mapping[str, str]) -> list[str]:
+    """NGINX_* keys pikud does not know (typos), for the deploy to report."""
+    return sorted(key for key in env if key.startswith("NGINX_") and key not in KEYS)
+
+
+# --- rendering ------------------------------------------------------------------
+def nginx_name(app: str) -> str:
+    """``pikud_<app>`` made of [a-z0-9_], unique per app name (see the design notes)."""
+    name = re.sub(r"[^a-z0-9_]", "_", app.lower())
+    if name != app:
+        name += "_" + hashlib.sha256(app.encode()).hexdigest()[:8]
+    return f"pikud_{name}"
+
+
+def quote(value: object) -> str:
+    """A double-quoted nginx string; refuses what quoting cannot neutralize (a bug upstream)."""
+    text = str(value)
+    bad = next((c for c in text if c in '"\\$' or not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"refusing to write {text!r} into an nginx config ({bad!r})")
+    return f'"{text}"'
+
+
+@cache
+def _templates() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("pikud.proxy", "templates"),
+                             undefined=jinja2.StrictUndefined, autoescape=False,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["q"] = quote
+    return env
+
+
+def render(site: NginxSite, *, http2_style: Http2Style = "listen") -> str:
+    """The text of ``nginx/APP.conf`` for ``site``."""
+    if http2_style not in ("on", "listen", "off"):
+        raise ValueError(f"http2_style must be on, listen or off, not {http2_style!r}")
+    catch_all = None
+    if site.catch_all is not None:
+        folder, name = posixpath.split(site.catch_all)
+        catch_all = {"root": folder, "file": "/" + name}
+    ssl = " ssl http2" if http2_style == "listen" else " ssl"
+    addresses = [site.ipv4_address] + ([] if site.ipv6_address is None
+                                       else [f"[{site.ipv6_address}]"])
+    serves_root = any(static.url == "/" for static in site.static_paths)
+    return _templates().get_template("site.conf.j2").render(
+        site=site, name=nginx_name(site.app), http2_style=http2_style, catch_all=catch_all,
+        listen_http=[f"{address}:{site.http_port}" for address in addresses],
+        listen_https=[f"{address}:{site.https_port}{ssl}" for address in addresses],
+        proxy_root=bool(site.upstreams) and not serves_root, serves_root=serves_root,
+    )

@@ -1,0 +1,559 @@
+"""nginx sites with a real nginx: apply, reload, serve; a refused config changes nothing.
+
+The fixture starts nginx as a non-daemon master with its own prefix (pid,
+logs, temp folders) on free loopback ports; its http {} includes the test
+PIKU_ROOT's nginx/*.conf, as contrib/nginx-pikud.conf does. Run as root, its
+workers are www-data, as on Debian, so the tests also prove that nginx's user
+can read what pikud writes: the test folders are 0755 for that (pytest's
+tmp_path sits in a 0700 folder, so they are made under /tmp). Backends are
+python http.server children. Every wait has a deadline; every process started
+here is stopped, and the teardown fails if an nginx process outlived it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pikud.errors import EnvError, NginxError
+from pikud.paths import Paths
+from pikud.proxy import Nginx, NginxSite, ensure_certificate, site_from_env
+
+from ..conftest import alive, proc_stat, wait_for
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+AS_ROOT = os.geteuid() == 0
+DEADLINE = 10.0
+
+pytestmark = pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx is not installed")
+
+
+def free_port(family: socket.AddressFamily = socket.AF_INET, host: str = "127.0.0.1") -> int:
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        free_port(socket.AF_INET6, "::1")
+    except OSError:
+        return False
+    return True
+
+
+def connectable(address: str | Path) -> bool:
+    family = socket.AF_UNIX if isinstance(address, Path) else socket.AF_INET
+    target: Any = str(address) if isinstance(address, Path) else ("127.0.0.1", int(address))
+    with socket.socket(family) as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect(target)
+        except OSError:
+            return False
+    return True
+
+
+def stop_child(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Signal, wait with a deadline, then SIGKILL; always reaps."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=DEADLINE)
+
+
+# --- backends: a tiny HTTP server that says who it is and what it received -------
+BACKEND = r"""
+import json, os, socketserver, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+name, where = sys.argv[1], sys.argv[2]
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = json.dumps({"name": name, "path": self.path,
+                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def address_string(self):
+        return "-"
+
+    def log_message(self, *args):
+        pass
+
+if where.startswith("/"):
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+    server = Server(where, Handler)
+    os.chmod(where, 0o666)
+else:
+    server = ThreadingHTTPServer(("127.0.0.1", int(where)), Handler)
+server.serve_forever()
+"""
+
+
+@dataclass
+class Backend:
+    name: str
+    upstream: str
+    proc: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def backend() -> Iterator[Callable[..., Backend]]:
+    started: list[Backend] = []
+
+    def start(name: str, unix: Path | None = None) -> Backend:
+        where: str | Path = unix if unix is not None else str(free_port())
+        proc = subprocess.Popen([sys.executable, "-c", BACKEND, name, str(where)],
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        made = Backend(name, f"unix:{where}" if unix else f"127.0.0.1:{where}", proc)
+        started.append(made)
+        wait_for(lambda: proc.poll() is not None or connectable(where), DEADLINE,
+                 f"backend {name} listening")
+        assert proc.poll() is None, f"backend {name} exited {proc.returncode}"
+        return made
+
+    yield start
+    for made in started:
+        stop_child(made.proc)
+
+
+# --- the nginx master -------------------------------------------------------------
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class NginxServer:
+    """One real nginx master serving ``root``'s nginx/*.conf."""
+
+    base: Path
+    http_port: int = field(default_factory=free_port)
+    https_port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.prefix = self.base / "prefix"
+        self.conf = self.prefix / "nginx.conf"
+        self.root = self.base / "root"
+        self.paths = Paths(self.root)
+        self.paths.create()
+
+    def start(self) -> None:
+        (self.prefix / "tmp").mkdir(parents=True)
+        temp = "".join(f"    {kind}_temp_path {self.prefix}/tmp/{kind};\n"
+                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        self.conf.write_text(
+            ("user www-data;\n" if AS_ROOT else "")
+            + f"worker_processes 1;\npid {self.prefix}/nginx.pid;\n"
+            f"error_log {self.prefix}/error.log notice;\n"
+            "events { worker_connections 256; }\n"
+            "http {\n    include /etc/nginx/mime.types;\n"
+            "    default_type application/octet-stream;\n"
+            f"    access_log {self.prefix}/access.log;\n{temp}"
+            f"    server {{ listen 127.0.0.1:{self.health_port}; return 204; }}\n"
+            f"    include {self.paths.nginx()}/*.conf;\n}}\n")
+        self.proc = subprocess.Popen(
+            [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-e", "stderr",
+             "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        proc = self.proc
+        wait_for(lambda: proc.poll() is not None or connectable(str(self.health_port)),
+                 DEADLINE, "nginx listening")
+        assert proc.poll() is None, f"nginx exited: {self.output()}"
+
+    def output(self) -> str:
+        if self.proc is None or self.proc.stdout is None or self.proc.poll() is None:
+            return ""
+        return self.proc.stdout.read().decode(errors="replace")
+
+    def group(self) -> set[int]:
+        """Live processes of the master's session: the master and its workers."""
+        assert self.proc is not None
+        found = set()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                fields = proc_stat(entry)
+                if fields is not None and int(fields[3]) == self.proc.pid and alive(int(entry)):
+                    found.add(int(entry))
+        return found
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        group = self.group()
+        stop_child(self.proc, signal.SIGQUIT)
+        left = self.group()
+        deadline = time.monotonic() + DEADLINE
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = self.group()
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        assert group, "nginx had no processes"
+        assert not left, f"nginx processes left behind: {left}"
+
+    def nginx(self, reload_command: list[str] | None = None) -> Nginx:
+        """The pikud side: tests with this nginx binary, reloads this master."""
+        reload = [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-s", "reload"]
+        return Nginx(self.paths, [NGINX], reload if reload_command is None else reload_command,
+                     preamble=("user www-data;",) if AS_ROOT else (), timeout=DEADLINE)
+
+    def site(self, app: str, env: dict[str, str], upstreams: tuple[str, ...] = (),
+             app_dir: Path | None = None, **kwargs: Any) -> NginxSite:
+        """The app's site on this server's loopback ports."""
+        ports = {"NGINX_IPV4_ADDRESS": "127.0.0.1", "DISABLE_IPV6": "yes",
+                 "NGINX_HTTP_PORT": str(self.http_port),
+                 "NGINX_HTTPS_PORT": str(self.https_port)}
+        site = site_from_env(app, ports | env, upstreams, self.paths,
+                             app_dir or self.app_dir(app), **kwargs)
+        assert site is not None
+        return site
+
+    def app_dir(self, app: str) -> Path:
+        folder = self.paths.app(app)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def request(self, host: str, path: str = "/", *, https: bool = False,
+                headers: dict[str, str] | None = None) -> Response:
+        connection: http.client.HTTPConnection
+        if https:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            connection = http.client.HTTPSConnection("127.0.0.1", self.https_port,
+                                                     timeout=DEADLINE, context=context)
+        else:
+            connection = http.client.HTTPConnection("127.0.0.1", self.http_port,
+                                                    timeout=DEADLINE)
+        try:
+            connection.request("GET", path, headers={"Host": host, **(headers or {})})
+            response = connection.getresponse()
+            return Response(response.status, {k.lower(): v for k, v in response.getheaders()},
+                            response.read())
+        finally:
+            connection.close()
+
+    def wait_for(self, host: str, path: str, check: Callable[[Response], bool], *,
+                 https: bool = False, what: str = "") -> Response:
+        """A reload is asynchronous: poll until the new workers answer as expected."""
+        last: list[Response] = []
+
+        def attempt() -> bool:
+            try:
+                last[:] = [self.request(host, path, https=https)]
+            except OSError:             # the new listening socket is not there yet
+                return False
+            return check(last[0])
+        wait_for(attempt, DEADLINE, what or f"{host}{path}")
+        return last[0]
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="pkn-", dir="/tmp"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def server(base: Path) -> Iterator[NginxServer]:
+    made = NginxServer(base)
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
+def app_files(folder: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+
+
+# --- tests ------------------------------------------------------------------------
+async def test_proxy_with_headers(server: NginxServer, backend: Callable[..., Backend]) -> None:
+    web = backend("web-1")
+    site = server.site("hello", {"NGINX_SERVER_NAME": "hello.test"}, (web.upstream,))
+    await server.nginx().apply(site)
+    for https in (False, True):
+        response = server.wait_for("hello.test", "/path?q=1", lambda r: r.status == 200,
+                                   https=https)
+        assert response.headers["x-deployed-by"] == "pikud"
+        seen = response.json()
+        assert seen["name"] == "web-1" and seen["path"] == "/path?q=1"
+        headers = seen["headers"]
+        port = server.https_port if https else server.http_port
+        assert headers["host"] == "hello.test"
+        assert headers["x-real-ip"] == "127.0.0.1"
+        assert headers["x-forwarded-for"] == "127.0.0.1"
+        assert headers["x-forwarded-proto"] == ("https" if https else "http")
+        assert headers["x-forwarded-port"] == str(port)
+        assert headers["x-request-start"].startswith("t=")
+        assert float(headers["x-request-start"][2:]) == pytest.approx(time.time(), abs=60)
+        assert headers["connection"] == "close"
+    upgrade = server.request("hello.test", "/ws", headers={"Upgrade": "websocket",
+                                                           "Connection": "Upgrade"})
+    assert upgrade.json()["headers"]["upgrade"] == "websocket"
+    assert upgrade.json()["headers"]["connection"] == "upgrade"
+    crt = server.paths.nginx() / "hello.crt"
+    key = server.paths.nginx() / "hello.key"
+    assert crt.stat().st_mode & 0o777 == 0o644 and key.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in server.paths.nginx().iterdir()) == [
+        "hello.conf", "hello.crt", "hello.key"]
+
+
+async def test_every_setting_accepted(server: NginxServer,
+                                      backend: Callable[..., Backend]) -> None:
+    web = backend("web-1")
+    app_dir = server.app_dir("all")
+    elsewhere = server.base / "media"
+    app_files(app_dir, {"static/hello.txt": "static hello\n", "static/page.html": "page\n",
+                        "static/index.html": "catch all\n", "static/.git/config": "secret\n",
+                        "nginx.inc": "add_header X-Included yes;\n"})
+    app_files(elsewhere, {"clip.txt": "media\n"})
+    acme = server.root / "acme" / "all" / ".well-known" / "acme-challenge"
+    app_files(acme, {"token123": "token-content"})
+    ipv6 = {"NGINX_IPV6_ADDRESS": "[::1]", "DISABLE_IPV6": "no"} if has_ipv6_loopback() else {}
+    env = {
+        "NGINX_SERVER_NAME": "all.test,*.all.test",
+        "NGINX_HTTPS_ONLY": "yes",
+        "NGINX_STATIC_PATHS": f"/static:static,/media:{elsewhere}",
+        "NGINX_CATCH_ALL": "static/index.html",
+        "NGINX_CACHE_PREFIXES": "cached",
+        "NGINX_CACHE_SIZE": "1",
+        "NGINX_CACHE_TIME": "60",
+        "NGINX_CACHE_REDIRECTS": "30",
+        "NGINX_CACHE_ANY": "5",
+        "NGINX_CACHE_CONTROL": "120",
+        "NGINX_CACHE_EXPIRY": "600",
+        "NGINX_CACHE_PATH": str(server.base / "cache-all"),
+        "NGINX_CLOUDFLARE_ACL": "yes",
+        "NGINX_INCLUDE_FILE": "nginx.inc",
+        "NGINX_ALLOW_GIT_FOLDERS": "no",
+    } | ipv6
+    site = server.site("all", env, (web.upstream,), deployer_ip="127.0.0.1")
+    await server.nginx().apply(site)
+
+    redirect = server.wait_for("all.test", "/x?y=1", lambda r: r.status == 301)
+    assert redirect.headers["location"] == f"https://all.test:{server.https_port}/x?y=1"
+    token = server.request("all.test", "/.well-known/acme-challenge/token123")
+    assert (token.status, token.body) == (200, b"token-content")
+
+    def https(path: str) -> Response:
+        return server.request("www.all.test", path, https=True)
+    root = https("/")
+    assert root.status == 200 and root.json()["name"] == "web-1"
+    assert root.headers["x-deployed-by"] == "pikud"
+    assert root.headers["x-included"] == "yes"
+    assert https("/static/hello.txt").body == b"static hello\n"
+    assert https("/static/page").body == b"page\n"                # $uri.html
+    assert https("/static/missing/page").body == b"catch all\n"
+    assert https("/media/clip.txt").body == b"media\n"
+    assert https("/static/.git/config").status == 403
+    assert https("/static../nginx.inc").json()["name"] == "web-1"  # the app, not the folder
+    first, second = https("/cached/a"), https("/cached/a")
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+    assert second.headers["cache-control"] == "public, max-age=120"
+    assert second.headers["x-deployed-by"] == "pikud"
+    assert (server.base / "cache-all").is_dir()
+    if ipv6:
+        with socket.create_connection(("::1", server.https_port), timeout=DEADLINE):
+            pass
+
+
+async def test_cloudflare_acl_denies_others(server: NginxServer,
+                                            backend: Callable[..., Backend]) -> None:
+    web = backend("web-1")
+    acme = server.root / "acme" / "cf" / ".well-known" / "acme-challenge"
+    app_files(acme, {"t": "ok"})
+    env = {"NGINX_SERVER_NAME": "cf.test", "NGINX_CLOUDFLARE_ACL": "1"}
+    await server.nginx().apply(server.site("cf", env, (web.upstream,)))
+    server.wait_for("cf.test", "/", lambda r: r.status == 403, what="403 from the ACL")
+    assert server.request("cf.test", "/", https=True).status == 403
+    assert server.request("cf.test", "/.well-known/acme-challenge/t").body == b"ok"
+
+
+async def test_static_only_site(server: NginxServer) -> None:
+    app_files(server.app_dir("docs"), {"public/index.html": "<h1>docs</h1>\n",
+                                       "public/guide.html": "guide\n"})
+    site = server.site("docs", {"NGINX_SERVER_NAME": "docs.test"}, static="public")
+    await server.nginx().apply(site)
+    index = server.wait_for("docs.test", "/", lambda r: r.status == 200)
+    assert index.body == b"<h1>docs</h1>\n"
+    assert index.headers["content-type"].startswith("text/html")
+    assert server.request("docs.test", "/guide").body == b"guide\n"
+    assert server.request("docs.test", "/nothing").status == 404
+
+
+async def test_unix_socket_and_dead_upstream(server: NginxServer,
+                                             backend: Callable[..., Backend]) -> None:
+    live = backend("unix-1", unix=server.paths.nginx() / "two.web.1.sock")
+    dead = f"127.0.0.1:{free_port()}"
+    site = server.site("two", {"NGINX_SERVER_NAME": "two.test"}, (dead, live.upstream))
+    await server.nginx().apply(site)
+    server.wait_for("two.test", "/", lambda r: r.status == 200)
+    # every request lands, though half of them first meet the refused port
+    answers = [server.request("two.test", f"/{n}") for n in range(20)]
+    assert {(r.status, r.json()["name"]) for r in answers} == {(200, "unix-1")}
+
+
+async def test_broken_include_keeps_previous(server: NginxServer,
+                                             backend: Callable[..., Backend]) -> None:
+    web = backend("web-1")
+    nginx = server.nginx()
+    release1 = server.base / "releases" / "1"
+    app_files(release1, {"nginx.inc": "add_header X-Release one;\n"})
+    env = {"NGINX_SERVER_NAME": "inc.test", "NGINX_INCLUDE_FILE": "nginx.inc"}
+    await nginx.apply(server.site("inc", env, (web.upstream,), app_dir=release1))
+    server.wait_for("inc.test", "/", lambda r: r.headers.get("x-release") == "one")
+    conf = server.paths.nginx() / "inc.conf"
+    before = conf.read_bytes()
+    listing = sorted(p.name for p in server.paths.nginx().iterdir())
+
+    release2 = server.base / "releases" / "2"
+    app_files(release2, {"nginx.inc": "this is not nginx;\n"})
+    with pytest.raises(NginxError) as caught:
+        await nginx.apply(server.site("inc", env, (web.upstream,), app_dir=release2))
+    message = str(caught.value)
+    assert 'unknown directive "this"' in message
+    assert f"{release2}/nginx.inc (NGINX_INCLUDE_FILE):1" in message
+    assert "the previous config stays" in message
+    assert conf.read_bytes() == before
+    assert sorted(p.name for p in server.paths.nginx().iterdir()) == listing
+    # still served by the previous config, also after another reload
+    subprocess.run(nginx.reload_command, check=True, timeout=DEADLINE, capture_output=True)
+    response = server.request("inc.test", "/")
+    assert (response.status, response.headers.get("x-release")) == (200, "one")
+
+
+async def test_first_deploy_refused_writes_nothing(server: NginxServer) -> None:
+    app_files(server.app_dir("bad"), {"nginx.inc": "this is not nginx;\n"})
+    site = server.site("bad", {"NGINX_SERVER_NAME": "bad.test", "NGINX_INCLUDE_FILE": "nginx.inc"})
+    with pytest.raises(NginxError, match="no config was written"):
+        await server.nginx().apply(site)
+    names = sorted(p.name for p in server.paths.nginx().iterdir())
+    assert names == ["bad.crt", "bad.key"]   # the certificate may stay; no config, no copy
+
+
+async def test_bad_app_does_not_block_another(server: NginxServer,
+                                              backend: Callable[..., Backend]) -> None:
+    web_a, web_b = backend("a-1"), backend("b-1")
+    nginx = server.nginx()
+    await nginx.apply(server.site("a", {"NGINX_SERVER_NAME": "a.test"}, (web_a.upstream,)))
+    app_files(server.app_dir("a"), {"broken.inc": "this is not nginx;\n"})
+    broken = server.site("a", {"NGINX_SERVER_NAME": "a.test", "NGINX_INCLUDE_FILE": "broken.inc"},
+                         (web_a.upstream,))
+    with pytest.raises(NginxError):
+        await nginx.apply(broken)
+    await nginx.apply(server.site("b", {"NGINX_SERVER_NAME": "b.test"}, (web_b.upstream,)))
+    server.wait_for("b.test", "/", lambda r: r.status == 200 and r.json()["name"] == "b-1")
+    assert server.request("a.test", "/").json()["name"] == "a-1"
+    hidden = [p.name for p in server.paths.nginx().iterdir() if p.name.startswith(".")]
+    assert hidden == []
+
+
+async def test_apply_replaces_and_remove(server: NginxServer,
+                                         backend: Callable[..., Backend]) -> None:
+    old, new = backend("old"), backend("new")
+    nginx = server.nginx()
+    await nginx.apply(server.site("app", {"NGINX_SERVER_NAME": "app.test"}, (old.upstream,)))
+    server.wait_for("app.test", "/", lambda r: r.status == 200 and r.json()["name"] == "old")
+    await nginx.apply(server.site("app", {"NGINX_SERVER_NAME": "app.test"}, (new.upstream,)))
+    server.wait_for("app.test", "/", lambda r: r.status == 200 and r.json()["name"] == "new")
+    await nginx.apply(server.site("other", {"NGINX_SERVER_NAME": "other.test"}, (old.upstream,)))
+    await nginx.remove("app")
+    assert sorted(p.name for p in server.paths.nginx().iterdir()) == [
+        "other.conf", "other.crt", "other.key"]
+    # app.test now falls to the port's default server, which is other's
+    server.wait_for("app.test", "/", lambda r: r.status == 200 and r.json()["name"] == "old")
+    await nginx.remove("app")                     # nothing left to remove: no reload, no error
+
+
+async def test_reload_failure_reported(server: NginxServer,
+                                       backend: Callable[..., Backend]) -> None:
+    web = backend("web-1")
+    nginx = server.nginx(reload_command=["sh", "-c", "echo no sudo rule >&2; exit 3"])
+    with pytest.raises(NginxError, match="reloading nginx failed .*status 3.*\n.*no sudo rule"):
+        await nginx.apply(server.site("r", {"NGINX_SERVER_NAME": "r.test"}, (web.upstream,)))
+    assert (server.paths.nginx() / "r.conf").exists()   # tested and in place; a reload will do
+
+
+async def test_injection_refused_before_anything_is_written(server: NginxServer) -> None:
+    for key, value in [("NGINX_SERVER_NAME", "x.test;} server { listen 9999"),
+                       ("NGINX_STATIC_PATHS", "/s:../../etc"),
+                       ("NGINX_IPV4_ADDRESS", "127.0.0.1:1 ssl; #")]:
+        env = {"NGINX_SERVER_NAME": "inj.test", key: value}
+        with pytest.raises(EnvError) as caught:
+            server.site("inj", env)
+        assert caught.value.key == key
+    assert list(server.paths.nginx().iterdir()) == []
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="needs root to run the test as www-data")
+async def test_unprivileged_test_accepts_low_ports(server: NginxServer, base: Path) -> None:
+    """pikud runs `nginx -t` as its own user: binding 80/443 is the root master's job."""
+    server.paths.nginx().chmod(0o777)              # the test's pid file goes there
+    as_www_data = ["setpriv", "--reuid=www-data", "--regid=www-data", "--clear-groups", NGINX]
+    nginx = Nginx(server.paths, as_www_data, ["true"], preamble=(), timeout=DEADLINE)
+    paths = server.paths
+    site = site_from_env("low", {"NGINX_SERVER_NAME": "low.test"}, ("127.0.0.1:5000",),
+                         paths, server.app_dir("low"))
+    assert site is not None and site.http_port == 80
+    await ensure_certificate(paths, "low", site.server_names)   # as pikud's user would own it
+    shutil.chown(paths.nginx() / "low.key", "www-data")
+    await nginx.apply(site)
+    assert (paths.nginx() / "low.conf").exists()
+    app_files(server.app_dir("low"), {"nginx.inc": "this is not nginx;\n"})
+    broken = site_from_env("low", {"NGINX_SERVER_NAME": "low.test",
+                                   "NGINX_INCLUDE_FILE": "nginx.inc"},
+                           ("127.0.0.1:5000",), paths, server.app_dir("low"))
+    assert broken is not None
+    with pytest.raises(NginxError, match='unknown directive "this"'):
+        await nginx.apply(broken)
+
+
+async def test_detects_http2_style(server: NginxServer) -> None:
+    info = await server.nginx().info()
+    expected = "on" if info.version >= (1, 25, 1) else "listen"
+    assert info.http2_style == expected
