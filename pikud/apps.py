@@ -180,11 +180,11 @@ class App:
         self.registry.save()
         self.registry.scheduler.set_jobs(self.name, jobs, starting=starting)
         staying = {n: s for n, s in self.group.specs.items() if n in desired}
-        self.registry.traffic.publish(self.name, spec, source, staying)     # scale down: first
+        await self.registry.traffic.publish(self.name, spec, source, staying)   # scale down: first
         await self.group.replace({n: desired[n] for n in changed})
         await self.group.apply(desired)
         self.group.retry()
-        self.registry.traffic.publish(self.name, spec, source, self.group.specs)
+        await self.registry.traffic.publish(self.name, spec, source, self.group.specs)
 
     async def _switch(self, spec: AppSpec, release: Release | None, progress: Progress, *,
                       starting: bool | None = None) -> None:
@@ -206,7 +206,7 @@ class App:
             starting = self.desired != RUNNING
 
         async def route(ready: Mapping[str, ProcessSpec]) -> None:
-            self.registry.traffic.publish(self.name, spec, source, ready)
+            await self.registry.traffic.publish(self.name, spec, source, ready)
 
         has_web = any(s.kind in WEB_KINDS for s in desired.values())
         await self.group.switch(desired, exclusive, ready=self._ready_check(spec), route=route,
@@ -322,8 +322,9 @@ class App:
             if persist:
                 self.desired = STOPPED
                 self.registry.save()
-            if self.spec is not None:
-                self.registry.traffic.publish(self.name, self.spec, self.source(self.release), {})
+            if self.spec is not None:       # the router answers 503; nginx keeps its config
+                await self.registry.traffic.publish(self.name, self.spec,
+                                                    self.source(self.release), {})
             await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
 
     async def scale(self, args: Mapping[str, Any]) -> None:
@@ -400,7 +401,7 @@ class App:
         async with self.lock:
             await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
             self.registry.scheduler.set_jobs(self.name, [], starting=False)    # forget its history
-            self.registry.traffic.withdraw(self.name)
+            await self.registry.traffic.withdraw(self.name)
             self.log.close()
             self.registry.unwatch(self)
             removed = self.releases.destroy()

@@ -27,6 +27,7 @@ from pikud.errors import PikudError
 from pikud.events import EventLog
 from pikud.paths import Paths
 from pikud.procman.children import become_subreaper, install_orphan_reaper
+from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Router, parse_address
 from pikud.sdnotify import Notifier
 from pikud.settings import Settings, load_settings
@@ -56,8 +57,11 @@ def proxy_mode(environ: Mapping[str, str]) -> str:
 class Daemon:
     def __init__(self, paths: Paths, settings: Settings, loop_name: str,
                  http: tuple[str, int] | None = None) -> None:
+        """``http`` set: the built-in router serves there; None: nginx fronts the apps."""
         self.paths = paths
         self.router = Router(*http) if http is not None else None
+        self.nginx = None if http is not None else Nginx(
+            paths, settings.nginx_test, settings.nginx_reload, preamble=settings.nginx_preamble)
         self.settings = settings
         self.loop_name = loop_name
         self.notifier = Notifier()
@@ -66,7 +70,7 @@ class Daemon:
         self.watcher: FileWatcher | None = None
         self.registry = AppRegistry(paths, os.environ, settings.app_defaults, self.events,
                                     watch=self._watch, unwatch=self._unwatch,
-                                    traffic=Traffic(self.router))
+                                    traffic=Traffic(self.router, self.nginx, paths))
 
     def _watch(self, app: App) -> None:
         if self.watcher is not None and app.spec is not None:

@@ -3,6 +3,9 @@
     log_level = "info"            # debug, info, warning, error
     shutdown_timeout = 30         # seconds for every app to stop on SIGTERM
     events_kept = 1000            # recent events kept for GET /events
+    nginx_test = ["nginx"]        # nginx binary used for `-t` on candidate configs
+    nginx_reload = ["sudo", "-n", "systemctl", "reload", "nginx"]
+    nginx_preamble = []           # main-context lines for the test config (default: Debian's modules)
 
     [defaults]                    # an app's ENV overrides each of these
     PIKU_STOP_TIMEOUT = 10
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from pikud.appspec import AppSettings, app_settings
 from pikud.errors import EnvError, SpecError
+from pikud.proxy.nginx import DEFAULT_RELOAD_COMMAND, DEFAULT_TEST_COMMAND
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -31,6 +35,9 @@ class Settings:
     shutdown_timeout: float = 30.0
     events_kept: int = 1000
     app_defaults: AppSettings = field(default_factory=AppSettings)
+    nginx_test: tuple[str, ...] = DEFAULT_TEST_COMMAND
+    nginx_reload: tuple[str, ...] = DEFAULT_RELOAD_COMMAND
+    nginx_preamble: tuple[str, ...] | None = None
 
 
 def load_settings(path: Path) -> Settings:
@@ -41,7 +48,8 @@ def load_settings(path: Path) -> Settings:
         return Settings()
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"not valid TOML: {exc}", file=label) from exc
-    unknown = set(raw) - {"log_level", "shutdown_timeout", "events_kept", "defaults"}
+    unknown = set(raw) - {"log_level", "shutdown_timeout", "events_kept", "defaults",
+                          "nginx_test", "nginx_reload", "nginx_preamble"}
     if unknown:
         raise SpecError(f"unknown setting(s): {', '.join(sorted(unknown))}", file=label)
     level = raw.get("log_level", "info")
@@ -63,4 +71,13 @@ def load_settings(path: Path) -> Settings:
         app_defaults = app_settings({k: str(v) for k, v in defaults.items()})
     except EnvError as exc:
         raise SpecError(f"[defaults] {exc}", file=label, key=exc.key) from exc
-    return Settings(level, float(timeout), kept, app_defaults)
+    commands = {}
+    for key in ("nginx_test", "nginx_reload", "nginx_preamble"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, list) or not all(
+                isinstance(word, str) and word for word in value)):
+            raise SpecError(f"{key} must be a list of non-empty strings", file=label, key=key)
+        commands[key] = tuple(value) if value is not None else None
+    return Settings(level, float(timeout), kept, app_defaults,
+                    commands["nginx_test"] or DEFAULT_TEST_COMMAND,
+                    commands["nginx_reload"] or DEFAULT_RELOAD_COMMAND, commands["nginx_preamble"])

@@ -1,4 +1,4 @@
-"""Where an app's requests go: the front (embedded router) pointed at its live web processes.
+"""Where an app's requests go: the front (built-in router or nginx) pointed at its web processes.
 
 ``publish()`` is called whenever the set of an app's web processes changes:
 after a generation switch (before the old one stops), after a scale, and
@@ -14,9 +14,12 @@ from pathlib import Path
 
 from pikud.appspec import STATIC_KIND, WEB_KINDS, AppSpec
 from pikud.errors import EnvError
+from pikud.paths import Paths
 from pikud.procman.process import ProcessSpec
+from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Route, Router
-from pikud.proxy.site import StaticPath, procfile_static, server_names, static_paths
+from pikud.proxy.site import (NginxSite, StaticPath, procfile_static, server_names, site_from_env,
+                              static_paths)
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +52,38 @@ def route_for(app: str, spec: AppSpec, source: Path,
 
 
 class Traffic:
-    def __init__(self, router: Router | None) -> None:
-        self.router = router
+    """The front an app's requests come through: the built-in router, or nginx."""
+
+    def __init__(self, router: Router | None, nginx: Nginx | None = None,
+                 paths: Paths | None = None) -> None:
+        self.router, self.nginx, self.paths = router, nginx, paths
+
+    def _site(self, app: str, spec: AppSpec, source: Path,
+              addresses: tuple[str, ...]) -> NginxSite | None:
+        assert self.paths is not None
+        return site_from_env(app, spec.env, addresses, self.paths, source,
+                             static=spec.procfile.entries.get(STATIC_KIND))
 
     def check(self, app: str, spec: AppSpec, source: Path) -> None:
         """Raise (naming the key) if the app's routing settings are bad; nothing changes."""
         route_for(app, spec, source, ())
+        if self.nginx is not None:
+            self._site(app, spec, source, ("127.0.0.1:1",))
 
-    def publish(self, app: str, spec: AppSpec, source: Path,
-                processes: Mapping[str, ProcessSpec]) -> None:
+    async def publish(self, app: str, spec: AppSpec, source: Path,
+                      processes: Mapping[str, ProcessSpec]) -> None:
+        """Send the app's traffic to ``processes`` (their web ones), in one step."""
         if self.router is not None:
             self.router.set_route(route_for(app, spec, source, processes.values()))
+        if self.nginx is not None:
+            addresses = upstreams(processes.values())
+            has_web = any(kind in WEB_KINDS for kind in spec.procfile.entries)
+            site = self._site(app, spec, source, addresses)
+            if site is not None and (addresses or not has_web):
+                await self.nginx.apply(site)
 
-    def withdraw(self, app: str) -> None:
+    async def withdraw(self, app: str) -> None:
         if self.router is not None:
             self.router.remove(app)
+        if self.nginx is not None:
+            await self.nginx.remove(app)
