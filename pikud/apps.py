@@ -49,6 +49,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def remove_tree(path: Path) -> None:
+    """rmtree off the event loop: a large release must not stall every app's traffic."""
+    await asyncio.to_thread(shutil.rmtree, path, True)
+
+
 def quiet(line: str) -> None:
     """A progress sink for actions nobody watches."""
 
@@ -209,8 +214,16 @@ class App:
             await self.registry.traffic.publish(self.name, spec, source, ready)
 
         has_web = any(s.kind in WEB_KINDS for s in desired.values())
-        await self.group.switch(desired, exclusive, ready=self._ready_check(spec), route=route,
-                                drain=DRAIN if has_web else 0.0)
+        built = release is not None and all(r.number != release.number
+                                            for r in self.releases.releases)
+        try:
+            await self.group.switch(desired, exclusive, ready=self._ready_check(spec),
+                                    route=route, drain=DRAIN if has_web else 0.0)
+        except BaseException:
+            if built:           # a new release that never went live: nothing refers to it
+                assert release is not None
+                await remove_tree(self.releases.directory(release.number))
+            raise
         self.ports = ports
         if release is not None and release.number != self.releases.current:
             self.releases.activate(release)
@@ -254,14 +267,10 @@ class App:
             release, spec = await build_release(
                 self.paths, self.releases, push, self.release, self.registry.base_env,
                 self.registry.app_defaults, self.config(), progress)
-            try:
-                await self._switch(spec, release, progress)
-            except BaseException:
-                shutil.rmtree(self.releases.directory(release.number), ignore_errors=True)
-                raise
+            await self._switch(spec, release, progress)
             if push is not None:
                 self._accepted = (push.ref, push.revision)
-            self._prune(spec.settings.keep_releases, progress)
+            await self._prune(spec.settings.keep_releases, progress)
             self.note("deploy", f"{self.name}: release {release.number} is live")
         finally:
             self.lock.release()
@@ -294,13 +303,16 @@ class App:
         finally:
             self.lock.release()
 
-    def _prune(self, keep: int, progress: Progress) -> None:
+    async def _prune(self, keep: int, progress: Progress) -> None:
+        """Drop all but the newest ``keep`` releases and the environments none of them uses."""
         removed = self.releases.prune(keep)
+        for number in removed:
+            await remove_tree(self.releases.directory(number))
         in_use = self.releases.env_paths_in_use()
         env_dir = self.paths.env_dir(self.name)
         for path in env_dir.iterdir() if env_dir.is_dir() else ():
             if (path / ".pikud-complete").exists() and str(path) not in in_use:
-                shutil.rmtree(path, ignore_errors=True)
+                await remove_tree(path)
         if removed:
             progress(f"-----> Pruned releases {', '.join(map(str, removed))}")
 
@@ -404,21 +416,25 @@ class App:
             await self.registry.traffic.withdraw(self.name)
             self.log.close()
             self.registry.unwatch(self)
-            removed = self.releases.destroy()
-            for path in (self.paths.app(self.name), self.paths.repo(self.name),
-                         self.paths.env_dir(self.name), self.paths.log_dir(self.name),
-                         *self.paths.nginx().glob(f"{self.name}.*")):
+            nginx = self.paths.nginx()
+            removed = []
+            for path in (self.releases.root, self.releases.file, self.paths.app(self.name),
+                         self.paths.repo(self.name), self.paths.env_dir(self.name),
+                         self.paths.log_dir(self.name),
+                         *(nginx / f"{self.name}.{suffix}" for suffix in ("conf", "crt", "key")),
+                         *nginx.glob(f"{self.name}.include-*")):
                 if path.is_symlink() or path.is_file():
                     path.unlink()
                 elif path.is_dir():
-                    shutil.rmtree(path)
+                    await remove_tree(path)
                 else:
                     continue
                 removed.append(str(path))
             self.registry.forget(self)
             kept = [str(p) for p in (self.paths.data(self.name), self.paths.cache(self.name))
                     if p.exists()]
-            self.note("destroy", f"{self.name}: destroyed")
+            log.info("%s: destroyed", self.name)
+            self.registry.events.emit(self.name, None, "destroy", f"{self.name}: destroyed")
             return {"removed": removed, "kept": kept}
 
     # -- reporting -----------------------------------------------------------

@@ -89,7 +89,7 @@ class AppRegistry:
         for name, state in self.load_state().items():
             try:
                 app = self.get(name)
-            except PikudError as exc:
+            except (PikudError, OSError, ValueError) as exc:
                 log.warning("state names app %r, which is gone: %s", name, exc)
                 continue
             app.ports = {k: int(v) for k, v in state.get("ports", {}).items()}
@@ -99,10 +99,13 @@ class AppRegistry:
         await asyncio.gather(*starting)
 
     async def _boot_one(self, app: App) -> None:
+        """Start one app at boot; whatever goes wrong with it, the others still start."""
         try:
             await app.start(boot=True)      # runs the @reboot cron entries
         except PikudError as exc:
             app.note("error", f"{app.name}: not started at boot: {exc}", logging.ERROR)
+        except Exception:
+            log.exception("%s: not started at boot", app.name)
 
     async def shutdown(self) -> None:
         await asyncio.gather(self.scheduler.close(),

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -27,6 +28,8 @@ from pikud.deploy.checkout import validate_revision
 from pikud.deploy.pipeline import PushInfo
 from pikud.errors import BadRequest, Forbidden, PikudError
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Progress = Callable[[str], None]
 REGISTRY = web.AppKey("registry", AppRegistry)
@@ -56,6 +59,10 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
     except web.HTTPException as exc:
         code = "not_found" if exc.status == 404 else "bad_request"
         return web.json_response(error(code, exc.reason), status=exc.status)
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path)
+        return web.json_response(error("internal_error", f"pikud failed: "
+                                       f"{exc.__class__.__name__}: {exc}"), status=500)
     if isinstance(result, web.StreamResponse):
         return result
     return web.json_response(ok(result))
@@ -108,17 +115,17 @@ class Routes:
 
     async def start(self, request: web.Request) -> Any:
         app = self.app(request)
-        await app.start()
+        await finish(app.start())
         return app.detail()
 
     async def stop(self, request: web.Request) -> Any:
         app = self.app(request)
-        await app.stop()
+        await finish(app.stop())
         return app.detail()
 
     async def restart(self, request: web.Request) -> Any:
         app = self.app(request)
-        await app.restart()
+        await finish(app.restart())
         return app.detail()
 
     async def deploy(self, request: web.Request) -> Any:
@@ -140,7 +147,7 @@ class Routes:
 
     async def cron_run(self, request: web.Request) -> Any:
         """POST /apps/APP/cron/KIND/run -> {"kind", "started", "queued"}"""
-        return await self.app(request).cron_run(request.match_info["kind"])
+        return await finish(self.app(request).cron_run(request.match_info["kind"]))
 
     async def releases(self, request: web.Request) -> Any:
         """GET /apps/APP/releases -> {"releases": [newest first]}"""
@@ -165,7 +172,7 @@ class Routes:
         scaling = (await body(request)).get("scaling")
         if not isinstance(scaling, dict) or not scaling:
             raise BadRequest('expected {"scaling": {"KIND": N, ...}}')
-        await app.scale(scaling)
+        await finish(app.scale(scaling))
         return app.detail()
 
     async def config(self, request: web.Request) -> Any:
@@ -184,7 +191,7 @@ class Routes:
             raise BadRequest('"unset" must be a list of strings')
         if not updates and not removals:
             raise BadRequest('nothing to change: give "set" or "unset"')
-        return {"config": await app.configure(updates, removals)}
+        return {"config": await finish(app.configure(updates, removals))}
 
     async def live(self, request: web.Request) -> Any:
         """GET /apps/APP/config/live -> {"env": {...}, "cwd": path}"""
@@ -212,7 +219,7 @@ class Routes:
 
     async def destroy(self, request: web.Request) -> Any:
         """DELETE /apps/APP -> {"removed": [...], "kept": [...]}"""
-        return await self.app(request).destroy()
+        return await finish(self.app(request).destroy())
 
     async def events(self, request: web.Request) -> Any:
         """GET /events?lines=N[&app=APP][&follow=1]"""
@@ -242,6 +249,15 @@ async def stream(request: web.Request, first: list[Any], queue: asyncio.Queue[An
     return response
 
 
+async def finish(action: Awaitable[T]) -> T:
+    """Await an action that changes processes in a task of its own.
+
+    A client that leaves (Ctrl-C on `piku restart`) cancels its handler; the
+    action itself goes on to its end, so no switch is ever cut in half.
+    """
+    return await asyncio.shield(asyncio.ensure_future(action))
+
+
 def push_info(data: dict[str, Any]) -> PushInfo:
     fields = {"revision", "ref", "old", "pusher", "fingerprint", "git_env"}
     unknown = set(data) - fields
@@ -265,7 +281,7 @@ async def run_action(request: web.Request, action: Callable[[Progress], Awaitabl
     push) does not cut a deploy in half.
     """
     if not flag(request, "progress"):
-        return await asyncio.shield(asyncio.ensure_future(action(lambda line: None)))
+        return await finish(action(lambda line: None))
     queue: asyncio.Queue[str] = asyncio.Queue()
     task = asyncio.ensure_future(action(queue.put_nowait))
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
@@ -282,6 +298,9 @@ async def run_action(request: web.Request, action: Callable[[Progress], Awaitabl
             result = {"end": True, "data": task.result()}
         except PikudError as exc:
             result = error(exc.code, str(exc))
+        except Exception as exc:
+            log.exception("%s %s failed", request.method, request.path)
+            result = error("internal_error", f"pikud failed: {exc.__class__.__name__}: {exc}")
         await response.write(ndjson_line(result))
     except ConnectionResetError:
         pass        # the client left; the action goes on to its end

@@ -8,6 +8,7 @@ processes and switching to them is the App's part.
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import shutil
 import time
@@ -106,7 +107,7 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
         env = release_env(spec, paths, base_env, source, result)
         await run_step("release", spec, env, source, progress, ReleaseError)
     except BaseException:
-        shutil.rmtree(source, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, source, True)
         raise
     progress(f"-----> Release {number} built in {time.monotonic() - started:.1f}s")
     release = Release(

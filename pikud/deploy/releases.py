@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,8 +96,9 @@ class ReleaseStore:
         self.current = release.number
         link = self.paths.app(self.app)
         if link.exists() and not link.is_symlink():
-            # Code placed in apps/APP by hand (or by piku) becomes a kept folder beside it.
-            link.rename(link.with_name(f"{self.app}.pre-pikud-{int(time.time())}"))
+            # Code placed in apps/APP by hand (or by piku) is kept, out of apps/.
+            self.root.mkdir(parents=True, exist_ok=True)
+            link.rename(self.root / f"pre-pikud-{int(time.time())}")
         tmp = link.with_name(f".{self.app}.link")
         if tmp.is_symlink():
             tmp.unlink()
@@ -107,27 +107,15 @@ class ReleaseStore:
         self._save()
 
     def prune(self, keep: int) -> list[int]:
-        """Remove all but the newest ``keep`` releases (never the current one)."""
-        removed = []
-        for release in self.releases[:-keep] if keep > 0 else []:
-            if release.number != self.current:
-                shutil.rmtree(self.directory(release.number), ignore_errors=True)
-                removed.append(release.number)
+        """Forget all but the newest ``keep`` releases (never the current one).
+
+        Returns their numbers; the caller removes their directories.
+        """
+        removed = [r.number for r in (self.releases[:-keep] if keep > 0 else [])
+                   if r.number != self.current]
         self.releases = [r for r in self.releases if r.number not in removed]
         self._save()
         return removed
 
     def env_paths_in_use(self) -> set[str]:
         return {r.env_path for r in self.releases if r.env_path}
-
-    def destroy(self) -> list[str]:
-        removed = []
-        for path in (self.root, self.file):
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-            else:
-                continue
-            removed.append(str(path))
-        return removed

@@ -71,6 +71,7 @@ class Child:
         os.close(self.pidfd)
         _spawned.discard(self.pid)
         info = ExitInfo.from_waitid(result) if result else ExitInfo(None, None)
+        reap_orphans()      # orphans appear when a parent exits; SIGCHLD may belong to libuv
         self.popen.returncode = info.code if info.code is not None else -(info.signal or 0)
         if not self._exit.done():
             self._exit.set_result(info)
@@ -84,7 +85,8 @@ class Child:
 
 
 def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: int | None = None,
-          stdin: int | None = subprocess.DEVNULL, pass_fds: Sequence[int] = ()) -> Child:
+          stdin: int | None = subprocess.DEVNULL, pass_fds: Sequence[int] = (),
+          errors: int | None = subprocess.STDOUT) -> Child:
     """Start ``argv`` in its own session (so its group can be signalled whole).
 
     The child and everything it starts carry a unique PIKU_SPAWN_ID, so that
@@ -93,7 +95,7 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: int
     spawn_id = f"{os.getpid()}.{next(_spawn_count)}"
     popen = subprocess.Popen(
         list(argv), env={**env, SPAWN_ID: spawn_id}, cwd=cwd, stdin=stdin,
-        stdout=output, stderr=subprocess.STDOUT if output is not None else None,
+        stdout=output, stderr=errors if output is not None else None,
         pass_fds=tuple(pass_fds), start_new_session=True, close_fds=True,
     )
     _spawned.add(popen.pid)

@@ -9,12 +9,14 @@ writer in the daemon, so following survives a rotation without reading files.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
+log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024            # a longer line is cut into pieces of this size
 
 Follower = Callable[[str, str], None]
@@ -34,6 +36,7 @@ class LogFile:
         self.followers = followers              # shared by every log of one app
         self._file: BinaryIO | None = None
         self._size = 0
+        self._failing = False
 
     def _open(self) -> BinaryIO:
         if self._file is None:
@@ -43,13 +46,20 @@ class LogFile:
         return self._file
 
     def write_line(self, text: str) -> None:
+        """Append one timestamped line; a full or broken disk loses the line, not the process."""
         line = f"{timestamp()} {text}"
         data = (line + "\n").encode(errors="replace")
-        if self._size and self._size + len(data) > self.max_bytes:
-            self.rotate()
-        f = self._open()
-        f.write(data)
-        self._size += len(data)
+        try:
+            if self._size and self._size + len(data) > self.max_bytes:
+                self.rotate()
+            self._open().write(data)
+            self._size += len(data)
+            self._failing = False
+        except OSError as exc:
+            if not self._failing:       # once until it works again, not once per line
+                log.error("cannot write %s: %s", self.path, exc)
+            self._failing = True
+            self.close()
         for follower in tuple(self.followers):
             follower(self.source, line)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -29,15 +30,19 @@ class OneShotTimeout(Exception):
 
 async def run_once(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
                    on_line: LineSink, timeout: float | None = None,
-                   stop_timeout: float = 10.0) -> ExitInfo:
+                   stop_timeout: float = 10.0, stderr: bool = True) -> ExitInfo:
     """Run ``argv`` to its end, handing each output line to ``on_line``.
 
     Raises OneShotTimeout after stopping it when ``timeout`` passes; when the
     caller is cancelled, the command is stopped before the cancellation goes on.
+    ``stderr=False`` drops the error output instead of mixing it in. Every
+    command of the daemon runs through here (or ``spawn``), never through
+    asyncio's subprocesses: under uvloop those take over SIGCHLD.
     """
     read_end, write_end = os.pipe()
     try:
-        child = spawn(argv, env=env, cwd=cwd, output=write_end)
+        child = spawn(argv, env=env, cwd=cwd, output=write_end,
+                      errors=subprocess.STDOUT if stderr else subprocess.DEVNULL)
     except BaseException:
         os.close(read_end)
         raise

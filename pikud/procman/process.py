@@ -154,7 +154,15 @@ class ManagedProcess:
     async def _supervise(self) -> None:
         try:
             while not self._stop.is_set():
-                child = self._spawn()
+                try:
+                    child = self._spawn()
+                except OSError as exc:
+                    # * -> STARTING -> BACKOFF/FATAL: it could not even start (cwd gone, no fds)
+                    self.last_exit = f"could not start: {exc}"
+                    self._set_state(S.STARTING, f"spawn failed: {self.name}: {exc}",
+                                    logging.ERROR)
+                    await self._retry_after(0.0, self.last_exit)
+                    continue
                 promote = asyncio.get_running_loop().call_later(
                     self.spec.policy.start_secs, self._promote)
                 stopped = await self._wait_exit_or_stop(child)
@@ -177,9 +185,8 @@ class ManagedProcess:
         env[MARKER] = self.name
         try:
             child = spawn(self.spec.argv, env=env, cwd=self.spec.cwd, output=write_end)
-        except OSError as exc:
+        except OSError:
             os.close(read_end)
-            self.log.write_line(f"pikud: could not start {self.name}: {exc}")
             raise
         finally:
             os.close(write_end)
@@ -216,10 +223,14 @@ class ManagedProcess:
             self._set_state(S.STOPPING, f"stopping: {self.name}")
             self._set_state(S.STOPPED, f"stopped: {self.name} ({info})")
             return
-        decision = decide(uptime, self.failures, self.spec.policy)
-        self.failures = decision.failures
         self.restarts += 1
         self.log.write_line(f"pikud: {self.name} {info} after {uptime:.1f}s")
+        await self._retry_after(uptime, str(info))
+
+    async def _retry_after(self, uptime: float, info: str) -> None:
+        """Decide (policy.decide) and wait before the next spawn of an ended or failed try."""
+        decision = decide(uptime, self.failures, self.spec.policy)
+        self.failures = decision.failures
         if decision.state is S.EXITED:
             # RUNNING -> EXITED: exited after a stable run; respawn at once
             self._set_state(S.EXITED, f"exited: {self.name} ({info}; not expected)",

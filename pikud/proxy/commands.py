@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from pikud.errors import NginxError
+from pikud.procman.oneshot import OneShotTimeout, run_once
 
 
 async def run(argv: Sequence[str], *, timeout: float) -> tuple[int, str]:
     """Exit status and combined output of ``argv``; NginxError if it cannot start or hangs.
 
-    A command still running at the deadline is killed and reaped before the error.
+    A command still running at the deadline is stopped before the error.
     """
+    lines: list[str] = []
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        info = await run_once(argv, env=os.environ, cwd=Path("/"), on_line=lines.append,
+                              timeout=timeout, stop_timeout=1.0)
     except OSError as exc:
         raise NginxError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
-    try:
-        async with asyncio.timeout(timeout):
-            output, _ = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+    except OneShotTimeout:
         raise NginxError(f"{' '.join(argv)} did not finish within {timeout:g}s") from None
-    return proc.returncode if proc.returncode is not None else -1, output.decode(errors="replace")
+    return info.code if info.code is not None else -1, "".join(line + "\n" for line in lines)

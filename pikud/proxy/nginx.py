@@ -55,8 +55,7 @@ from pikud.atomic import write_atomic
 from pikud.errors import NginxError
 from pikud.paths import Paths
 from pikud.proxy.commands import run
-from pikud.proxy.site import (Http2Style, NginxSite, quote, render,  # noqa: F401 (re-exported)
-                              site_from_env)
+from pikud.proxy.site import Http2Style, NginxSite, quote, render
 from pikud.proxy.tls import ensure_certificate
 
 log = logging.getLogger(__name__)

@@ -9,14 +9,14 @@ it), never the daemon's own.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from subprocess import DEVNULL, PIPE
+from pathlib import Path
 
 from pikud.errors import BuildError
+from pikud.procman.oneshot import OneShotTimeout, run_once
 
 # How to get each tool on a Debian-like server. An "apt-get install X" hint is
 # merged with the others when several tools are missing.
@@ -83,20 +83,12 @@ async def probe(argv: Sequence[str], env: Mapping[str, str],
     """The stdout of a short query such as ``node --version``; None if it cannot run or fails.
 
     This is a question to a tool, not a build step, so its output is not
-    streamed to the pusher; a probe that hangs is killed after ``timeout``.
+    streamed to the pusher; a probe that hangs is stopped after ``timeout``.
     """
+    lines: list[str] = []
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=DEVNULL, stdout=PIPE,
-                                                    stderr=DEVNULL, env=dict(env))
-    except OSError:
+        info = await run_once(argv, env=env, cwd=Path("/"), on_line=lines.append,
+                              timeout=timeout, stop_timeout=1.0, stderr=False)
+    except (OSError, OneShotTimeout):
         return None
-    try:
-        async with asyncio.timeout(timeout):
-            out, _ = await proc.communicate()
-    except TimeoutError:
-        return None
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return out.decode(errors="replace") if proc.returncode == 0 else None
+    return "".join(line + "\n" for line in lines) if info.code == 0 else None
