@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import Pikud, wait_for
+from tests.conftest import Pikud, proc_stat, wait_for
 from tests.e2e.apps import git, python_app
 
 
@@ -120,3 +120,19 @@ def test_routes_by_host_and_path_prefix_and_serves_static(pikud: Pikud, tmp_path
     assert get("/", "nobody.example")[0] == 404
     pikud.api("POST", "/apps/site/stop")
     assert get("/", "site.example")[0] == 503
+
+
+def test_orphans_are_reaped_after_a_build_under_uvloop(pikud: Pikud, tmp_path: Path) -> None:
+    """A build probes tools with subprocesses; none of them may take SIGCHLD from pikud."""
+    work = python_app(tmp_path / "orph", "o1", procfile="web: python3 server.py\n"
+                      "spawner: while true; do (sleep 0.1 &); sleep 0.3; done\n")
+    git(work, "remote", "add", "piku", "orph")
+    git(work, "config", "remote.piku.receivepack",
+        f"{sys.executable} -m pikud.cli git-receive-pack")
+    push(pikud, work)
+    time.sleep(1.5)                     # several orphans were born and exited meanwhile
+    assert pikud.proc is not None
+    zombies = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()
+               and (fields := proc_stat(entry.name)) is not None
+               and fields[0] == b"Z" and int(fields[1]) == pikud.proc.pid]
+    assert zombies == []

@@ -127,3 +127,18 @@ def test_web_processes_get_their_own_port_and_the_live_env(pikud: Pikud) -> None
     assert len(ports) == 2
     assert f"app=webby type=web data={pikud.root}/data/webby" in logs[0]
 
+
+
+def test_a_process_that_cannot_be_spawned_backs_off_and_recovers(pikud: Pikud) -> None:
+    app = pikud.add_app("gone", "worker: sleep 300\n",
+                        FAST + "PIKU_START_RETRIES=1000\nPIKU_BACKOFF_MAX=0.2\n")
+    pikud.api("POST", "/apps/gone/deploy")
+    pid = pikud.wait_state("gone", "gone:worker.1", "RUNNING")["pid"]
+    moved = app.with_name("gone-aside")
+    app.rename(moved)                    # its working directory disappears
+    os.kill(pid, 9)
+    wait_for(lambda: "spawn failed: gone:worker.1" in pikud.output(), 10, "a failed spawn")
+    state = pikud.process("gone", "gone:worker.1")
+    assert state["state"] in ("BACKOFF", "STARTING") and "could not start" in state["last_exit"]
+    moved.rename(app)
+    pikud.wait_state("gone", "gone:worker.1", "RUNNING")
