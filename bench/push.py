@@ -27,21 +27,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.e2e.apps import get, git, python_app  # noqa: E402  (the e2e tests' sample app)
+from tests.waiting import wait_for  # noqa: E402
 
 CLI = [sys.executable, "-m", "pikud.cli"]
 
 
-def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def answered(probe):  # type: ignore[no-untyped-def]
+    """``probe`` as a predicate: a daemon or app still booting counts as "not yet"."""
+    def attempt():  # type: ignore[no-untyped-def]
         try:
-            result = predicate()
+            return probe()
         except (OSError, urllib.error.URLError, ValueError, KeyError, StopIteration):
-            result = None
-        if result:
-            return result
-        time.sleep(0.01)
-    raise SystemExit(f"timed out waiting for {what}")
+            return None
+    return attempt
 
 
 def web_port(env: dict[str, str], app: str) -> int:
@@ -53,7 +51,8 @@ def web_port(env: dict[str, str], app: str) -> int:
 def timed_push(work: Path, env: dict[str, str], app: str, version: str) -> float:
     started = time.monotonic()
     git(work, "push", "--quiet", "piku", "main", env=env)
-    wait(lambda: get(web_port(env, app), timeout=1).startswith(version), 60, "the new code")
+    wait_for(answered(lambda: get(web_port(env, app), timeout=1).startswith(version)), 60,
+             "the new code", interval=0.01)
     return time.monotonic() - started
 
 
@@ -68,8 +67,8 @@ def main() -> None:
     daemon = subprocess.Popen([sys.executable, "-m", "pikud", "serve"], env=env,
                               stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait(lambda: (root / "pikud.sock").exists() and subprocess.run(
-            [*CLI, "apps"], env=env, capture_output=True).returncode == 0, 20, "pikud")
+        wait_for(answered(lambda: (root / "pikud.sock").exists() and subprocess.run(
+            [*CLI, "apps"], env=env, capture_output=True).returncode == 0), 20, "pikud")
         work = python_app(root.parent / f"{root.name}-app", "v0")
         git(work, "remote", "add", "piku", "bench")
         git(work, "config", "remote.piku.receivepack", " ".join(CLI) + " git-receive-pack")

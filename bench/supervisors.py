@@ -47,6 +47,9 @@ try:
 except ImportError as exc:  # pragma: no cover - a usage error
     sys.exit(f"supervisors.py: {exc}; run it with bench/run (it makes bench/.venv)")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.waiting import wait_for  # noqa: E402  (the tests' deadline helper)
+
 BIN = Path(sys.executable).parent          # the venv's bin: piku, supervisord, supervisorctl
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STARTUP_DEADLINE = 30.0
@@ -79,18 +82,6 @@ QUICK = Sizes(5, 10, 25, 2, 20, 5.0, 5, 1)
 
 def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
 # --- /proc ------------------------------------------------------------------
