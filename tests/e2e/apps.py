@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import subprocess
+import sys
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -94,3 +95,10 @@ def python_app(work: Path, version: str = "v1", procfile: str | None = None,
 def get(port: int, timeout: float = 5) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout) as response:
         return response.read().decode()
+
+
+def local_remote(work: Path, app: str) -> None:
+    """Point the work tree's `piku` remote at this machine's pikud, without ssh."""
+    git(work, "remote", "add", "piku", app)
+    git(work, "config", "remote.piku.receivepack",
+        f"{sys.executable} -m pikud.cli git-receive-pack")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import Pikud, proc_stat, wait_for
-from tests.e2e.apps import git, python_app
+from tests.e2e.apps import git, local_remote, python_app
 
 
 class Load:
@@ -65,9 +64,7 @@ def push(pikud: Pikud, work: Path, check: bool = True):  # type: ignore[no-untyp
 def test_restart_redeploy_config_scale_and_a_failed_deploy_lose_no_request(
         pikud: Pikud, tmp_path: Path) -> None:
     work = python_app(tmp_path / "steady", "v1")
-    git(work, "remote", "add", "piku", "steady")
-    git(work, "config", "remote.piku.receivepack",
-        f"{sys.executable} -m pikud.cli git-receive-pack")
+    local_remote(work, "steady")
     push(pikud, work)
     with steady(pikud, "steady") as load:
         assert pikud.cli("restart", "steady").returncode == 0
@@ -97,9 +94,7 @@ def test_routes_by_host_and_path_prefix_and_serves_static(pikud: Pikud, tmp_path
     work = python_app(tmp_path / "site", "s1", extra={
         "ENV": "PIKU_START_SECS=0.3\nNGINX_SERVER_NAME=site.example\n"
                "NGINX_STATIC_PATHS=/assets:public\n", "public/hello.txt": "static hello\n"})
-    git(work, "remote", "add", "piku", "site")
-    git(work, "config", "remote.piku.receivepack",
-        f"{sys.executable} -m pikud.cli git-receive-pack")
+    local_remote(work, "site")
     push(pikud, work)
     port = pikud.http_port
 
@@ -126,9 +121,7 @@ def test_orphans_are_reaped_after_a_build_under_uvloop(pikud: Pikud, tmp_path: P
     """A build probes tools with subprocesses; none of them may take SIGCHLD from pikud."""
     work = python_app(tmp_path / "orph", "o1", procfile="web: python3 server.py\n"
                       "spawner: while true; do (sleep 0.1 &); sleep 0.3; done\n")
-    git(work, "remote", "add", "piku", "orph")
-    git(work, "config", "remote.piku.receivepack",
-        f"{sys.executable} -m pikud.cli git-receive-pack")
+    local_remote(work, "orph")
     push(pikud, work)
     time.sleep(1.5)                     # several orphans were born and exited meanwhile
     assert pikud.proc is not None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Pikud, app_processes
-from tests.e2e.apps import git, python_app
+from tests.e2e.apps import git, local_remote, python_app
 from tests.integration.test_nginx import AS_ROOT, NGINX, NginxServer
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
@@ -55,9 +54,7 @@ def test_push_goes_live_through_nginx_without_dropping_a_request(
         fronted: tuple[NginxServer, Pikud], tmp_path: Path) -> None:
     server, daemon = fronted
     work = python_app(tmp_path / "shop", "n1", extra={"ENV": site_env(server)})
-    git(work, "remote", "add", "piku", "shop")
-    git(work, "config", "remote.piku.receivepack",
-        f"{sys.executable} -m pikud.cli git-receive-pack")
+    local_remote(work, "shop")
     git(work, "push", "piku", "main", env=daemon.env)
     first = server.wait_for("shop.example", "/", lambda r: r.status == 200)
     assert first.body == b"n1 tinypkg=42" and first.headers["x-deployed-by"] == "pikud"

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from tests.conftest import Pikud, alive, wait_for
-from tests.e2e.apps import WEB_APP, get, git, python_app
+from tests.e2e.apps import WEB_APP, get, git, local_remote, python_app
 from tests.e2e.conftest import SshServer
 
 
@@ -177,21 +177,26 @@ def test_malformed_key_is_refused_and_changes_nothing(pikud: Pikud, sshd: SshSer
     assert "NAME=tester@laptop" in before.decode()
 
 
-def test_local_remote_without_ssh(pikud: Pikud, tmp_path: Path) -> None:
-    work = python_app(tmp_path / "local", "l1")
-    receive = f"{' '.join(pikud_cli())} git-receive-pack"
-    git(work, "remote", "add", "piku", "local")
-    git(work, "config", "remote.piku.receivepack", receive)
+def test_local_remote_without_ssh_and_old_releases_are_pruned(pikud: Pikud,
+                                                              tmp_path: Path) -> None:
+    env = "PIKU_START_SECS=0.3\nPIKU_KEEP_RELEASES=2\n"
+    work = python_app(tmp_path / "local", "l1", extra={"ENV": env})
+    local_remote(work, "local")
     result = git(work, "push", "piku", "main", env=dict(pikud.env))
     assert "local is live: release 1" in result.stderr
     assert get(web(pikud, "local")["port"]) == "l1 tinypkg=42"
-
-
-def pikud_cli() -> list[str]:
-    import sys
-    return [sys.executable, "-m", "pikud.cli"]
-
-
+    first_env = {p.name for p in (pikud.root / "envs/local").glob("python-*")}
+    python_app(work, "l2", extra={"ENV": env, "requirements.txt":
+                                  "./wheels/tinypkg-1.0-py3-none-any.whl\n# new env\n"})
+    git(work, "push", "piku", "main", env=dict(pikud.env))
+    python_app(work, "l3", extra={"ENV": env, "requirements.txt":
+                                  "./wheels/tinypkg-1.0-py3-none-any.whl\n# newer env\n"})
+    out = git(work, "push", "piku", "main", env=dict(pikud.env)).stderr
+    assert "Pruned releases 1" in out
+    assert [r["number"] for r in pikud.api("GET", "/apps/local/releases")["releases"]] == [3, 2]
+    assert sorted(p.name for p in (pikud.root / "releases/local").iterdir()) == ["2", "3"]
+    envs = {p.name for p in (pikud.root / "envs/local").glob("python-*")}
+    assert len(envs) == 2 and not envs & first_env          # release 1's env went with it
 WSGI_APP = '''\
 def application(environ, start_response):
     body = f"wsgi {open('VERSION').read().strip()} {environ['PATH_INFO']}".encode()
