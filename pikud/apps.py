@@ -114,8 +114,10 @@ class App:
         specs: dict[str, ProcessSpec] = {}
         for kind in supervised_kinds(spec.procfile):
             command = spec.procfile.entries[kind]
+            inherits, backlog = kind == "web" and s.listen_fds, 128
             if kind in SERVED_KINDS:
-                command = server_command(kind, command, spec.env).command
+                server = server_command(kind, command, spec.env)
+                command, inherits, backlog = server.command, server.inherits, server.backlog
             for index in range(1, spec.scaling[kind] + 1):
                 name = f"{self.name}:{kind}.{index}"
                 process_env = dict(env, PROC_TYPE=kind, PIKU_ROOT=str(self.paths.root))
@@ -128,7 +130,9 @@ class App:
                     env=tuple(sorted(process_env.items())), cwd=source,
                     log_path=self.paths.log_dir(self.name) / f"{kind}.{index}.log",
                     stop_timeout=s.stop_timeout, policy=policy,
-                    log_max_bytes=s.log_max_bytes, log_backups=s.log_backups)
+                    log_max_bytes=s.log_max_bytes, log_backups=s.log_backups,
+                    listen_port=int(process_env["PORT"]) if inherits else None,
+                    listen_backlog=backlog)
         return specs
 
     def cron_jobs(self, spec: AppSpec, release: Release | None) -> list[JobSpec]:
@@ -240,7 +244,9 @@ class App:
             port = dict(process.env).get("PORT", "")
             if process.kind not in WEB_KINDS or not port.isdigit():
                 return ""
-            return await wait_ready(int(port), settings.healthcheck, settings.ready_timeout)
+            # A daemon-owned socket accepts before the server runs: ask it over HTTP.
+            path = settings.healthcheck or ("/" if process.listen_port else None)
+            return await wait_ready(int(port), path, settings.ready_timeout)
         return ready
 
     # -- actions (each under the app lock) ---------------------------------------

@@ -366,6 +366,7 @@ class AppSettings:
     keep_releases: int = 5
     healthcheck: str | None = None       # PIKU_HEALTHCHECK: an HTTP path new web processes must answer
     ready_timeout: float = 30.0          # PIKU_READY_TIMEOUT: how long a new web process may take
+    listen_fds: bool = False             # PIKU_LISTEN_FDS: web processes get the daemon's socket
 
 
 def _opt(env: Mapping[str, str], key: str, convert: Callable[[str, str], T], default: T) -> T:
@@ -389,6 +390,7 @@ def app_settings(env: Mapping[str, str], defaults: AppSettings = AppSettings()) 
         keep_releases=_opt(env, "PIKU_KEEP_RELEASES", positive_int, defaults.keep_releases),
         healthcheck=_opt(env, "PIKU_HEALTHCHECK", url_path, defaults.healthcheck),
         ready_timeout=_opt(env, "PIKU_READY_TIMEOUT", seconds, defaults.ready_timeout),
+        listen_fds=_opt(env, "PIKU_LISTEN_FDS", boolean, defaults.listen_fds),
     )
     for key, ok, expected in ((log_key, settings.log_max_bytes >= 1024, "at least 1024 bytes"),
                               ("PIKU_LOG_BACKUPS", settings.log_backups <= 100, "1 to 100")):

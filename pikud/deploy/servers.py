@@ -7,6 +7,8 @@ default (it serves both interfaces, and measured at or above uWSGI's
 throughput, FACTS.md); ``PIKU_WSGI_SERVER=gunicorn`` and
 ``PIKU_ASGI_SERVER=uvicorn`` choose the others. piku's uWSGI settings map
 onto the chosen server; the ones that mean nothing there are reported.
+gunicorn and uvicorn serve a listening socket the daemon owns (fd 3,
+LISTEN_FDS); granian cannot take one, so it binds the port it is given.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class ServerCommand:
     command: str                    # a shell command (Procfile contract), exec'ing the server
     package: str                    # what must be installed in the app's environment
     notes: tuple[str, ...]          # settings reported as meaningless for this server
+    inherits: bool = False          # serves the daemon's socket at fd 3 (LISTEN_FDS)
+    backlog: int = 128
 
 
 def server_name(kind: str, env: Mapping[str, str]) -> str:
@@ -67,17 +71,19 @@ def server_command(kind: str, target: str, env: Mapping[str, str]) -> ServerComm
         if "UWSGI_LISTEN" in env and backlog < 128:
             notes.append("UWSGI_LISTEN below 128 (granian's minimum; 128 is used)")
     elif server == "gunicorn":
-        argv = ["gunicorn", "--bind", "127.0.0.1:$PORT", "--workers", str(workers),
-                "--threads", str(threads), "--backlog", str(backlog),
+        # Its socket comes from the daemon, the systemd way (LISTEN_FDS); never --bind fd://,
+        # with which gunicorn unlinks the socket on stop (FACTS.md).
+        argv = ["gunicorn", "--workers", str(workers), "--threads", str(threads),
                 "--max-requests", str(max_requests), "--no-control-socket"]
     else:
-        argv = ["uvicorn", *bind, "--workers", str(workers), "--backlog", str(backlog)]
+        argv = ["uvicorn", "--fd", "3", "--workers", str(workers)]
         if max_requests:
             argv += ["--limit-max-requests", str(max_requests)]
         if "UWSGI_THREADS" in env:
             notes.append("UWSGI_THREADS")
     words = " ".join(w if "$PORT" in w else shlex.quote(w) for w in argv)
-    return ServerCommand(f"exec {words} {shlex.quote(target)}", server, tuple(notes))
+    return ServerCommand(f"exec {words} {shlex.quote(target)}", server, tuple(notes),
+                         inherits=server != "granian", backlog=backlog)
 
 
 def servers_needed(entries: Mapping[str, str], env: Mapping[str, str]) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 from pikud.errors import InvalidTransition
 from pikud.procman.children import MARKER, Child, spawn, stop_child
 from pikud.procman.logs import LogFile, PipeReader
+from pikud.procman.sockets import hand_over, listen_tcp
 from pikud.procman.policy import RestartPolicy, decide
 from pikud.procman.state import ALIVE, ProcessState, allowed
 
@@ -47,6 +49,8 @@ class ProcessSpec:
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     log_max_bytes: int = 1024 * 1024
     log_backups: int = 5
+    listen_port: int | None = None              # a daemon-owned socket on it goes to fd 3
+    listen_backlog: int = 128
 
     @property
     def argv(self) -> list[str]:
@@ -105,6 +109,7 @@ class ManagedProcess:
         self._stop = asyncio.Event()
         self._kick = asyncio.Event()
         self.settled = asyncio.Event()          # set unless STARTING or STOPPING
+        self.listener: socket.socket | None = None
 
     @property
     def name(self) -> str:
@@ -175,16 +180,25 @@ class ManagedProcess:
             log.exception("supervision of %s failed", self.name)
             raise
         finally:
+            if self.listener is not None:
+                self.listener.close()
+                self.listener = None
             if self.state in (S.BACKOFF, S.FATAL, S.EXITED):
                 # BACKOFF/FATAL/EXITED -> STOPPED: stop requested while no process ran
                 self._set_state(S.STOPPED, f"stopped: {self.name} (was not running)")
 
     def _spawn(self) -> Child:
+        argv, passed = self.spec.argv, tuple[int, ...]()
+        if self.spec.listen_port is not None:
+            if self.listener is None:           # bound once, kept across respawns
+                self.listener = listen_tcp(self.spec.listen_port, self.spec.listen_backlog)
+            passed = (self.listener.fileno(),)
+            argv = hand_over(self.spec.command, passed[0])
         read_end, write_end = os.pipe()
         env = dict(self.spec.env)
         env[MARKER] = self.name
         try:
-            child = spawn(self.spec.argv, env=env, cwd=self.spec.cwd, output=write_end)
+            child = spawn(argv, env=env, cwd=self.spec.cwd, output=write_end, pass_fds=passed)
         except OSError:
             os.close(read_end)
             raise

@@ -203,6 +203,26 @@ def application(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 '''
+FD_APP = '''\
+import os, socket
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+assert os.environ["LISTEN_FDS"] == "1" and os.environ["LISTEN_PID"] == str(os.getpid())
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("fd " + open("VERSION").read().strip()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+server = HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+server.socket = socket.socket(fileno=3)         # the daemon's listening socket
+server.serve_forever()
+'''
 ASGI_APP = '''\
 async def app(scope, receive, send):
     assert scope["type"] == "http"
@@ -221,16 +241,25 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
             ("gunapp", "wsgi: wsgi_app:application\n",
              "PIKU_WSGI_SERVER=gunicorn\nUWSGI_PROCESSES=1\nUWSGI_MAX_REQUESTS=100\n",
              "wsgi w1 /", "gunicorn"),
-            ("asgiapp", "asgi: asgi_app:app\n", "UWSGI_GEVENT=1\n", "asgi w1", "granian")):
+            ("asgiapp", "asgi: asgi_app:app\n", "UWSGI_GEVENT=1\n", "asgi w1", "granian"),
+            ("uviapp", "asgi: asgi_app:app\n", "PIKU_ASGI_SERVER=uvicorn\nUWSGI_PROCESSES=1\n",
+             "asgi w1", "uvicorn"),
+            ("fdweb", "web: python3 fd_app.py\n", "PIKU_LISTEN_FDS=yes\n", "fd w1", "python3")):
         work = python_app(tmp_path / app, "w1", procfile, extra={
-            "wsgi_app.py": WSGI_APP, "asgi_app.py": ASGI_APP,
+            "wsgi_app.py": WSGI_APP, "asgi_app.py": ASGI_APP, "fd_app.py": FD_APP,
             "ENV": "PIKU_START_SECS=0.5\nPIKU_STOP_TIMEOUT=3\n" + env})
         out = push(sshd, work, app).stderr
-        assert "Adding the app server the Procfile needs" in out, out
+        assert server == "python3" or "Adding the app server the Procfile needs" in out, out
         proc = wait_for(lambda: next((p for p in pikud.processes(app) if p["state"] == "RUNNING"),
                                      None), 30, f"{app} to run")
         assert get(proc["port"]) == expect
         cmdline = Path(f"/proc/{proc['pid']}/cmdline").read_bytes().split(b"\0")
         assert any(server.encode() in word for word in cmdline[:2]), cmdline
+        environ = Path(f"/proc/{proc['pid']}/environ").read_bytes().split(b"\0")
+        inherited = f"LISTEN_PID={proc['pid']}".encode() in environ
+        assert inherited == (server != "granian"), (app, environ)     # the daemon's socket
+        if server == "python3":
+            continue
+
         assert list((pikud.root / "envs" / app).glob(f"python-*/bin/{server}"))
     assert "UWSGI_GEVENT has no meaning" in pikud.log_text("asgiapp", "pikud")

@@ -142,3 +142,47 @@ def test_a_process_that_cannot_be_spawned_backs_off_and_recovers(pikud: Pikud) -
     assert state["state"] in ("BACKOFF", "STARTING") and "could not start" in state["last_exit"]
     moved.rename(app)
     pikud.wait_state("gone", "gone:worker.1", "RUNNING")
+
+
+SLOW_FD_SERVER = """\
+import socket, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+time.sleep(1.0)                                  # a slow boot
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+
+server = HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+server.socket = socket.socket(fileno=3)
+server.serve_forever()
+"""
+
+
+def test_a_daemon_owned_socket_queues_requests_while_the_server_boots_and_restarts(
+        pikud: Pikud) -> None:
+    import http.client
+    app = pikud.add_app("queued", "web: python3 slow.py\n", FAST + "PIKU_LISTEN_FDS=true\n")
+    (app / "slow.py").write_text(SLOW_FD_SERVER)
+    pikud.api("POST", "/apps/queued/deploy")
+    port = pikud.process("queued", "queued:web.1")["port"]
+
+    def get() -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        try:
+            conn.request("GET", "/")
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+
+    assert get() == "ok"              # connected at once: the server was still sleeping
+    pid = pikud.wait_state("queued", "queued:web.1", "RUNNING")["pid"]
+    os.kill(pid, 9)
+    assert get() == "ok"              # the crash and the slow respawn cost no connection
+    assert pikud.process("queued", "queued:web.1")["pid"] != pid
