@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 CATCHUP = 60.0          # seconds a run may start late; later than that, it is missed
 MAX_SLEEP = 3600.0      # the longest single sleep, so a wall-clock change is seen within it
+TIMER_SLACK = 0.002     # fraction of a long sleep to wake early by
 JUMP_TOLERANCE = 1.0    # seconds the wall clock may fall behind the monotonic one between wakes
 BIG_JUMP = 3 * 3600.0   # Debian cron: a change of more than 3 hours is a correction
 
@@ -267,8 +268,11 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         now = self._clock().timestamp()
         self._armed = (loop.time(), now)
-        self._timer = loop.call_later(min(max(self._heap[0][0] - now, 0.0), MAX_SLEEP),
-                                      self.wake)
+        delay = min(max(self._heap[0][0] - now, 0.0), MAX_SLEEP)
+        # The kernel lets a long sleep end up to 0.1% late (timer slack, 60 ms a minute):
+        # wake that much early; the wake re-arms a short timer for the rest.
+        delay -= min(delay * TIMER_SLACK, 0.1) if delay > 1.0 else 0.0
+        self._timer = loop.call_later(delay, self.wake)
 
     def _follow_backward_jump(self, now: datetime) -> None:
         if self._armed is None:

@@ -221,22 +221,24 @@ class ProcessTree:
     def __len__(self) -> int:
         return len(self.fds)
 
-    def signal(self, sig: int) -> None:
-        if self.pgid is not None:
+    def signal(self, sig: int, only: int | None = None) -> None:
+        """Signal the group and every member, or the member ``only``."""
+        if self.pgid is not None and only is None:
             try:
                 os.killpg(self.pgid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-        for fd in self.fds.values():
-            try:
-                signal.pidfd_send_signal(fd, sig)
-            except ProcessLookupError:
-                pass
+        for pid, fd in self.fds.items():
+            if only is None or pid == only:
+                try:
+                    signal.pidfd_send_signal(fd, sig)
+                except ProcessLookupError:
+                    pass
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait until every member has exited; False when ``timeout`` passed first."""
+    async def wait(self, timeout: float, only: int | None = None) -> bool:
+        """Wait until every member (or ``only``) has exited; False when ``timeout`` passed first."""
         loop = asyncio.get_running_loop()
-        pending = set(self.fds.values())
+        pending = {fd for pid, fd in self.fds.items() if only is None or pid == only}
         if not pending:
             return True
         done = loop.create_future()
@@ -265,15 +267,23 @@ class ProcessTree:
 
 
 async def terminate(pgid: int | None, pids: set[int], timeout: float,
-                    on_kill: Callable[[], None] = lambda: None) -> int:
+                    on_kill: Callable[[], None] = lambda: None, leader: int | None = None) -> int:
     """SIGTERM a process group and ``pids``, SIGKILL after ``timeout`` (calling ``on_kill``).
 
-    Returns how many processes were found; they are all gone (or unkillable) when it returns.
+    With ``leader``, SIGTERM goes to it alone first: a server with workers
+    (granian, gunicorn) stops them itself, and hangs when they are signalled
+    beside it. What is left once it exits gets SIGTERM in turn. Returns how
+    many processes were found; they are all gone (or unkillable) when it returns.
     """
     tree = ProcessTree(pgid, pids)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     try:
+        if leader is not None and leader in tree.fds:
+            tree.signal(signal.SIGTERM, only=leader)
+            await tree.wait(timeout, only=leader)
         tree.signal(signal.SIGTERM)
-        if not await tree.wait(timeout):
+        if not await tree.wait(max(deadline - loop.time(), 0.1)):
             on_kill()
             tree.signal(signal.SIGKILL)
             await tree.wait(timeout)
@@ -293,8 +303,13 @@ async def stop_leftovers(root: str, timeout: float) -> int:
     return await terminate(None, found, timeout)
 
 
-async def stop_child(child: Child, timeout: float,
-                     on_kill: Callable[[], None] = lambda: None) -> ExitInfo:
-    """Stop ``child`` and every descendant of its spawn; returns how the child ended."""
-    await terminate(child.pid, spawn_tree(child), timeout, on_kill)
+async def stop_child(child: Child, timeout: float, on_kill: Callable[[], None] = lambda: None,
+                     *, leader_first: bool = False) -> ExitInfo:
+    """Stop ``child`` and every descendant of its spawn; returns how the child ended.
+
+    ``leader_first``: the child is one program (not a shell running several),
+    so it alone gets the first SIGTERM (see terminate).
+    """
+    await terminate(child.pid, spawn_tree(child), timeout, on_kill,
+                    leader=child.pid if leader_first else None)
     return await child.wait()

@@ -57,6 +57,11 @@ class ProcessSpec:
         return shell_argv(self.command)
 
     @property
+    def execs(self) -> bool:
+        """True when the shell execs one program, which then is the process itself."""
+        return self.argv[-1].startswith("exec ")
+
+    @property
     def source(self) -> str:
         """The short name logs use: ``kind.N``."""
         return f"{self.kind}.{self.index}"
@@ -276,7 +281,7 @@ class ManagedProcess:
         self._set_state(S.STOPPING, f"stopping: {self.name} (pid {child.pid})")
         info = await stop_child(child, self.spec.stop_timeout, lambda: self._report(
             "killed", f"killed: {self.name} did not stop within {self.spec.stop_timeout:g}s; "
-            "sent SIGKILL", logging.WARNING))
+            "sent SIGKILL", logging.WARNING), leader_first=self.spec.execs)
         self.last_exit = str(info)
         self.child, self.started_at = None, None
         # STOPPING -> STOPPED: the process group is gone

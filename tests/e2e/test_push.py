@@ -263,3 +263,8 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
 
         assert list((pikud.root / "envs" / app).glob(f"python-*/bin/{server}"))
     assert "UWSGI_GEVENT has no meaning" in pikud.log_text("asgiapp", "pikud")
+    # granian stops its own workers: only its main process gets the SIGTERM, so a
+    # restart never waits out the stop timeout (it hung when its workers got one too).
+    for app in ("wsgiapp", "gunapp"):
+        assert pikud.cli("restart", app).returncode == 0
+        assert "did not stop within" not in pikud.log_text(app, "pikud"), app
