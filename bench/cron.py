@@ -46,8 +46,9 @@ except ImportError as exc:  # pragma: no cover - a usage error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.waiting import wait_for  # noqa: E402  (the tests' deadline helper)
+from bench.measure import (cpu_model, fmt, percentile, pikud_source,  # noqa: E402
+                           progress, read_text, tables, usage)
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CRON = Path("/usr/sbin/cron")
 CRON_FILE = Path("/etc/cron.d/pikud-bench")     # cron.d names: letters, digits, _ and - only
 STARTUP_DEADLINE = 30.0
@@ -73,57 +74,7 @@ FULL = Sizes(100, 10, 2, 40.0)
 QUICK = Sizes(10, 10, 1, 15.0)
 
 
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # --- /proc ------------------------------------------------------------------
-
-def read_text(path: str | Path) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-@dataclass
-class Usage:
-    ticks: int          # utime + stime of the process (clock ticks)
-    child_ticks: int    # cutime + cstime: the children it reaped (the jobs, for both)
-    run_ns: int         # schedstat run time over every thread
-    switches: int       # voluntary + nonvoluntary context switches over every thread
-    rss_kib: int
-
-    def minus(self, other: Usage) -> dict[str, float]:
-        return {
-            "cpu_ms": (self.ticks - other.ticks) * 1000 / CLK_TCK,
-            "child_cpu_ms": (self.child_ticks - other.child_ticks) * 1000 / CLK_TCK,
-            "run_ms": (self.run_ns - other.run_ns) / 1e6,
-            "switches": self.switches - other.switches,
-        }
-
-
-def usage(pid: int) -> Usage:
-    stat = read_text(f"/proc/{pid}/stat")
-    if stat is None:
-        raise ProcessLookupError(pid)
-    fields = stat.rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])           # utime, stime (fields 14, 15)
-    child_ticks = int(fields[13]) + int(fields[14])     # cutime, cstime (fields 16, 17)
-    run_ns = switches = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        sched = read_text(f"/proc/{pid}/task/{tid}/schedstat")
-        if sched:
-            run_ns += int(sched.split()[0])
-        for line in (read_text(f"/proc/{pid}/task/{tid}/status") or "").splitlines():
-            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                switches += int(line.split()[1])
-    rss = next((int(line.split()[1]) for line in
-                (read_text(f"/proc/{pid}/status") or "").splitlines()
-                if line.startswith("VmRSS:")), 0)
-    return Usage(ticks, child_ticks, run_ns, switches, rss)
-
 
 def processes_mentioning(text: str) -> list[int]:
     """Live processes whose command line or environment contains ``text``."""
@@ -425,16 +376,6 @@ def run_config(scheduler: Scheduler, sizes: Sizes) -> Result:
 
 # --- the report -------------------------------------------------------------------
 
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
-def fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def rows(results: list[Result], sizes: Sizes) -> list[list[str]]:
     def lat(r: Result, values: list[float], what: str) -> str | None:
         if not values:
@@ -473,32 +414,8 @@ def rows(results: list[Result], sizes: Sizes) -> list[list[str]]:
     return out
 
 
-def tables(results: list[Result], sizes: Sizes) -> tuple[str, str]:
-    head = [""] + [r.label for r in results]
-    body = rows(results, sizes)
-    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
-
-    def line(row: list[str]) -> str:
-        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
-                         for i, c in enumerate(row)).rstrip()
-    plain = "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in body])
-    md = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(results)]
-    md += ["| " + " | ".join(row) + " |" for row in body]
-    return plain, "\n".join(md)
-
-
-def pikud_source() -> str:
-    where = Path(pikud.__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "-C", str(where), "log", "-1", "--format=%h %cs"],
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--", "pikud"],
-                               capture_output=True, text=True, timeout=10)
-    except OSError:
-        return str(where)
-    if rev.returncode != 0:
-        return str(where)
-    return f"{where} at {rev.stdout.strip()}" + (" + uncommitted changes" if dirty.stdout else "")
+def results_tables(results: list[Result], sizes: Sizes) -> tuple[str, str]:
+    return tables(["", *(r.label for r in results)], rows(results, sizes))
 
 
 def version(dist: str) -> str:
@@ -509,9 +426,7 @@ def version(dist: str) -> str:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                (read_text("/proc/cpuinfo") or "").splitlines()
-                if line.startswith("model name")), platform.machine())
+    cpu = cpu_model()
     cron = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "cron"],
                           capture_output=True, text=True).stdout.strip() or "not installed"
     return (f"machine: {os.cpu_count()} CPUs, {cpu}, Linux {platform.release()}, "
@@ -519,7 +434,7 @@ def machine() -> str:
             f"python:  {platform.python_implementation()} {platform.python_version()}; "
             f"pikud {pikud.__version__}, uvloop {version('uvloop')}, "
             f"aiohttp {version('aiohttp')}; Debian cron {cron}\n"
-            f"pikud from {pikud_source()}")
+            f"pikud from {pikud_source(pikud.__file__)}")
 
 
 def notes(sizes: Sizes) -> str:
@@ -580,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
     load_after = (read_text("/proc/loadavg") or "?").split()[:3]
 
-    plain, md = tables(results, sizes)
+    plain, md = results_tables(results, sizes)
     print(machine())
     print(f"sizes: {'quick' if args.quick else 'full'}; run took "
           f"{time.perf_counter() - started:.0f} s; load average before "

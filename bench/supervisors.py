@@ -49,9 +49,10 @@ except ImportError as exc:  # pragma: no cover - a usage error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.waiting import wait_for  # noqa: E402  (the tests' deadline helper)
+from bench.measure import (CLK_TCK, cpu_model, fmt, percentile, pikud_source,  # noqa: E402
+                           progress, read_text, tables, usage)
 
 BIN = Path(sys.executable).parent          # the venv's bin: piku, supervisord, supervisorctl
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 STARTUP_DEADLINE = 30.0
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -80,19 +81,7 @@ FULL = Sizes(50, 10, 100, 2, 100, 30.0, 20, 3)
 QUICK = Sizes(5, 10, 25, 2, 20, 5.0, 5, 1)
 
 
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # --- /proc ------------------------------------------------------------------
-
-def read_text(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
 
 def children(pid: int) -> set[int]:
     """Direct children of every thread of ``pid``."""
@@ -141,33 +130,6 @@ class AppFinder:
                         self.apps[kid] = grandchild
                         break
         return self.apps
-
-
-@dataclass
-class Usage:
-    ticks: int          # utime + stime, clock ticks
-    run_ns: int         # schedstat run time over every thread
-    switches: int       # voluntary + nonvoluntary context switches over every thread
-    threads: int
-
-
-def usage(pid: int) -> Usage:
-    stat = read_text(f"/proc/{pid}/stat")
-    if stat is None:
-        raise ProcessLookupError(pid)
-    fields = stat.rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])       # utime, stime (fields 14, 15)
-    run_ns = switches = threads = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        sched = read_text(f"/proc/{pid}/task/{tid}/schedstat")
-        if sched:
-            run_ns += int(sched.split()[0])
-        status = read_text(f"/proc/{pid}/task/{tid}/status") or ""
-        for line in status.splitlines():
-            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                switches += int(line.split()[1])
-        threads += 1
-    return Usage(ticks, run_ns, switches, threads)
 
 
 def rss_bytes(pid: int) -> int:
@@ -417,12 +379,6 @@ class Supervisord(Daemon):
 
 # --- the measurements ---------------------------------------------------------
 
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
 def measure_start(daemon: Daemon, results: dict[str, float]) -> None:
     finder = AppFinder(daemon.pid)
     error: list[BaseException] = []
@@ -636,12 +592,6 @@ def steady_phase(config: Config, sizes: Sizes, base: Path) -> None:
 
 # --- report -----------------------------------------------------------------
 
-def fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return format(value, spec)
-
-
 def rows(sizes: Sizes) -> list[tuple[str, str, str]]:
     """(label, result key, format)"""
     n, s = sizes.start_total, sizes.steady_total
@@ -665,48 +615,21 @@ def rows(sizes: Sizes) -> list[tuple[str, str, str]]:
     ]
 
 
-def tables(configs: list[Config], sizes: Sizes) -> tuple[str, str]:
-    header = ["", *(c.label for c in configs)]
+def config_tables(configs: list[Config], sizes: Sizes) -> tuple[str, str]:
     body = [[label, *(fmt(c.results.get(key), spec) for c in configs)]
             for label, key, spec in rows(sizes)]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-
-    def line(row: list[str]) -> str:
-        return "  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i])
-                         for i, cell in enumerate(row)).rstrip()
-    plain = "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
-    md = ["| " + " | ".join(header) + " |",
-          "|" + "|".join(["---", *(["---:"] * len(configs))]) + "|"]
-    md += ["| " + " | ".join(row) + " |" for row in body]
-    return plain, "\n".join(md)
-
-
-def pikud_source() -> str:
-    """Where pikud was imported from, and its git commit when that is a work tree."""
-    where = Path(pikud.__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "-C", str(where), "log", "-1", "--format=%h %cs"],
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--", "pikud"],
-                               capture_output=True, text=True, timeout=10)
-    except OSError:
-        return str(where)
-    if rev.returncode != 0:
-        return str(where)
-    return f"{where} at {rev.stdout.strip()}" + (" + uncommitted changes" if dirty.stdout else "")
+    return tables(["", *(c.label for c in configs)], body)
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                (read_text("/proc/cpuinfo") or "").splitlines()
-                if line.startswith("model name")), platform.machine())
+    cpu = cpu_model()
     return (f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}, "
             f"Linux {platform.release()}, /bin/sh -> {os.path.realpath('/bin/sh')}\n"
             f"python:  {platform.python_implementation()} {platform.python_version()} "
             f"({sys.executable})\n"
             f"versions: pikud {pikud.__version__}, supervisor {metadata.version('supervisor')}, "
             f"uvloop {metadata.version('uvloop')}, aiohttp {metadata.version('aiohttp')}\n"
-            f"pikud from {pikud_source()}")
+            f"pikud from {pikud_source(pikud.__file__)}")
 
 
 def notes(sizes: Sizes, pikud_cmd: str, sup_cmd: str) -> str:
@@ -776,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     for config in configs:
         failed += run_config(config, sizes)
 
-    plain, md = tables(configs, sizes)
+    plain, md = config_tables(configs, sizes)
     print(machine())
     load_after = (read_text("/proc/loadavg") or "?").split()[:3]
     print(f"sizes: {'quick' if args.quick else 'full'}; run took "
