@@ -23,6 +23,10 @@ envelope with the error's ``code`` and HTTP ``status``::
     |   +-- DaemonNotRunning        daemon_not_running
     |   +-- ProtocolError           protocol_error
     +-- InvalidTransition           invalid_transition 500  a bug in procman
+    +-- sshkeys.InvalidKey          invalid_key     400   a malformed public key (setup:ssh)
+
+Anything else that escapes a request is a bug: the server logs it with its
+traceback and answers ``internal_error`` (500) in the same envelope.
 
 This module is stdlib-only: the CLI imports it.
 """
