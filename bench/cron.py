@@ -47,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - a usage error
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.waiting import wait_for  # noqa: E402  (the tests' deadline helper)
 from bench.measure import (cpu_model, fmt, percentile, pikud_source,  # noqa: E402
-                           progress, read_text, tables, usage)
+                           progress, read_text, tables, usage, wait_answering)
 
 CRON = Path("/usr/sbin/cron")
 CRON_FILE = Path("/etc/cron.d/pikud-bench")     # cron.d names: letters, digits, _ and - only
@@ -187,15 +187,7 @@ class Pikud(Scheduler):
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, env=self.env(), stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-        def ready() -> bool:
-            self.check_alive()
-            try:
-                self.client.request("GET", "/status")
-                return True
-            except Exception:
-                return False
-        wait_for(ready, STARTUP_DEADLINE, f"{self.label} to listen", 0.05)
+        wait_answering(self.client, self.check_alive, self.label, STARTUP_DEADLINE)
         started = time.monotonic()
 
         def deploy(name: str) -> None:

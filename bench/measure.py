@@ -110,3 +110,17 @@ def pikud_source(package_file: str) -> str:
     if rev.returncode != 0:
         return str(where)
     return f"{where} at {rev.stdout.strip()}" + (" + uncommitted changes" if dirty.stdout else "")
+
+
+def wait_answering(client: Any, check_alive: Any, label: str, timeout: float) -> None:
+    """Wait until a freshly started pikud answers ``GET /status`` (its process checked alive)."""
+    from tests.waiting import wait_for
+
+    def ready() -> bool:
+        check_alive()
+        try:
+            client.request("GET", "/status")
+            return True
+        except Exception:
+            return False
+    wait_for(ready, timeout, f"{label} to listen", 0.05)

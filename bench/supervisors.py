@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - a usage error
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.waiting import wait_for  # noqa: E402  (the tests' deadline helper)
 from bench.measure import (CLK_TCK, cpu_model, fmt, percentile, pikud_source,  # noqa: E402
-                           progress, read_text, tables, usage)
+                           progress, read_text, tables, usage, wait_answering)
 
 BIN = Path(sys.executable).parent          # the venv's bin: piku, supervisord, supervisorctl
 STARTUP_DEADLINE = 30.0
@@ -270,15 +270,7 @@ class Pikud(Daemon):
 
     def start_daemon(self) -> None:
         self._popen([sys.executable, "-m", "pikud", "serve", "--loop", self.loop], self.env())
-
-        def ready() -> bool:
-            self.check_alive()
-            try:
-                self.client.request("GET", "/status")
-                return True
-            except Exception:
-                return False
-        wait_for(ready, STARTUP_DEADLINE, f"{self.label} to listen", 0.05)
+        wait_answering(self.client, self.check_alive, self.label, STARTUP_DEADLINE)
 
     def start_all(self) -> None:
         """One POST /apps/NAME/deploy per app, all at once; each returns when its

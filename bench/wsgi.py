@@ -527,10 +527,19 @@ def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Figu
             if left:
                 fig.notes.append(f"LEFT BEHIND by pikud, killed: {left}")
         finally:
-            nginx.stop()
             log.close()
-            if nginx.leftovers:
-                fig.notes.append(f"LEFT BEHIND by nginx, killed: {nginx.leftovers}")
+            stop_nginx(fig, nginx)
+    return finish(fig, nginx, base, args)
+
+
+def stop_nginx(fig: Figures, nginx: Nginx) -> None:
+    nginx.stop()
+    if nginx.leftovers:
+        fig.notes.append(f"LEFT BEHIND by nginx, killed: {nginx.leftovers}")
+
+
+def finish(fig: Figures, nginx: Nginx, base: Path, args: argparse.Namespace) -> Figures:
+    """Read nginx's access log into the figures, then remove the setup's folder."""
     read_log(fig, nginx)
     if args.keep:
         print(f"kept {base}", file=sys.stderr)
@@ -628,15 +637,8 @@ chmod-socket = 666
                 if killed:
                     fig.notes.append(f"uWSGI processes killed after SIGINT: {killed}")
         finally:
-            nginx.stop()
-            if nginx.leftovers:
-                fig.notes.append(f"LEFT BEHIND by nginx, killed: {nginx.leftovers}")
-    read_log(fig, nginx)
-    if args.keep:
-        print(f"kept {base}", file=sys.stderr)
-    else:
-        shutil.rmtree(base, ignore_errors=True)
-    return fig
+            stop_nginx(fig, nginx)
+    return finish(fig, nginx, base, args)
 
 
 def flask_virtualenv(base: Path) -> Path:
