@@ -47,7 +47,8 @@ except ImportError as exc:  # pragma: no cover - a usage error
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.waiting import wait_for  # noqa: E402  (the tests' deadline helper)
 from bench.measure import (cpu_model, fmt, percentile, pikud_source,  # noqa: E402
-                           progress, read_text, tables, usage, wait_answering)
+                           load_average, print_report, progress, read_text, tables, usage,
+                           wait_answering)
 
 CRON = Path("/usr/sbin/cron")
 CRON_FILE = Path("/etc/cron.d/pikud-bench")     # cron.d names: letters, digits, _ and - only
@@ -470,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
 
     started = time.perf_counter()
-    load_before = (read_text("/proc/loadavg") or "?").split()[:3]
+    load_before = load_average()
     results: list[Result] = []
     base = Path(tempfile.mkdtemp(prefix="pkcron-", dir="/tmp"))
     try:
@@ -485,18 +486,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(run_config(DebianCron(base / "cron", sizes), sizes))
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    load_after = (read_text("/proc/loadavg") or "?").split()[:3]
 
-    plain, md = results_tables(results, sizes)
-    print(machine())
-    print(f"sizes: {'quick' if args.quick else 'full'}; run took "
-          f"{time.perf_counter() - started:.0f} s; load average before "
-          f"{' '.join(load_before)}, after {' '.join(load_after)}\n")
-    print(plain)
-    print()
-    print(md)
-    print()
-    print(notes(sizes))
+    print_report(machine(), args.quick, started, load_before,
+                 results_tables(results, sizes), notes(sizes))
     for r in results:
         if r.error:
             print(f"- {r.label}: FAILED: {r.error}")

@@ -124,3 +124,22 @@ def wait_answering(client: Any, check_alive: Any, label: str, timeout: float) ->
         except Exception:
             return False
     wait_for(ready, timeout, f"{label} to listen", 0.05)
+
+
+def load_average() -> str:
+    return " ".join((read_text("/proc/loadavg") or "?").split()[:3])
+
+
+def print_report(machine: str, quick: bool, started: float, load_before: str,
+                 tables_text: tuple[str, str], notes: str) -> None:
+    """What every benchmark prints: the machine, the run, both tables, how rows were measured."""
+    plain, md = tables_text
+    print(machine)
+    print(f"sizes: {'quick' if quick else 'full'}; run took "
+          f"{time.perf_counter() - started:.0f} s; load average before "
+          f"{load_before}, after {load_average()}\n")
+    print(plain)
+    print()
+    print(md)
+    print()
+    print(notes)

@@ -50,7 +50,8 @@ except ImportError as exc:  # pragma: no cover - a usage error
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.waiting import wait_for  # noqa: E402  (the tests' deadline helper)
 from bench.measure import (CLK_TCK, cpu_model, fmt, percentile, pikud_source,  # noqa: E402
-                           progress, read_text, tables, usage, wait_answering)
+                           load_average, print_report, progress, read_text, tables, usage,
+                           wait_answering)
 
 BIN = Path(sys.executable).parent          # the venv's bin: piku, supervisord, supervisorctl
 STARTUP_DEADLINE = 30.0
@@ -686,22 +687,13 @@ def main(argv: list[str] | None = None) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     started = time.perf_counter()
-    load_before = (read_text("/proc/loadavg") or "?").split()[:3]
+    load_before = load_average()
     failed = []
     for config in configs:
         failed += run_config(config, sizes)
 
-    plain, md = config_tables(configs, sizes)
-    print(machine())
-    load_after = (read_text("/proc/loadavg") or "?").split()[:3]
-    print(f"sizes: {'quick' if args.quick else 'full'}; run took "
-          f"{time.perf_counter() - started:.0f} s; load average before "
-          f"{' '.join(load_before)}, after {' '.join(load_after)}\n")
-    print(plain)
-    print()
-    print(md)
-    print()
-    print(notes(sizes, pcmd, scmd))
+    print_report(machine(), args.quick, started, load_before,
+                 config_tables(configs, sizes), notes(sizes, pcmd, scmd))
     threads = ", ".join(f"{c.label} {c.results.get('threads', '?')}" for c in configs)
     print(f"- daemon threads while idle: {threads}")
     for c in configs:

@@ -11,13 +11,11 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -100,12 +98,9 @@ class Backend:
 
 
 @pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="pkr-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def sock_dir(short_root: Path) -> Path:
+    """A folder short enough for unix socket paths (the shared short_root)."""
+    return short_root
 
 
 @pytest.fixture
