@@ -19,6 +19,7 @@ envelope with the error's ``code`` and HTTP ``status``::
     |   +-- BuildError              build_failed    409   checkout, preflight or build step failed
     |   +-- ReleaseError            release_failed  409   the Procfile's release command failed
     |   +-- NginxError              nginx_failed    409   nginx -t refused a config, a reload failed
+    +-- CloudflareError             cloudflare_failed 502  Cloudflare's lists unreachable or not networks
     +-- ControlError                control_error   502   client side of the socket
     |   +-- DaemonNotRunning        daemon_not_running
     |   +-- ProtocolError           protocol_error
@@ -117,6 +118,13 @@ class NginxError(DeployError):
     """nginx refused an app's new config (its own message attached) or could not be reloaded."""
 
     code = "nginx_failed"
+
+
+class CloudflareError(PikudError):
+    """Cloudflare's lists could not be downloaded, or a line is not a network; nothing changed."""
+
+    code = "cloudflare_failed"
+    status = 502
 
 
 class ControlError(PikudError):

@@ -44,6 +44,11 @@ class Paths:
     def state_file(self) -> Path:
         return self.state_dir / "state.json"
 
+    @property
+    def cloudflare_ips(self) -> Path:
+        """Cloudflare's ranges as last refreshed; the bundled list applies while it is absent."""
+        return self.state_dir / "cloudflare_ips.txt"
+
     def app(self, app: str) -> Path:
         return self.root / "apps" / app
 

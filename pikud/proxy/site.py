@@ -353,7 +353,7 @@ def site_from_env(app: str, env: Mapping[str, str], upstreams: Sequence[str], pa
         include = _include(env["NGINX_INCLUDE_FILE"].strip(), app_dir, paths.nginx() / app)
     allow: tuple[str, ...] = ()
     if flag("NGINX_CLOUDFLARE_ACL"):
-        allow = cloudflare_ranges(paths.state_dir / "cloudflare_ips.txt")
+        allow = cloudflare_ranges(paths.cloudflare_ips)
         if deployer_ip:
             allow += (str(ipaddress.ip_address(deployer_ip)),)
     ipv4, ipv6 = given("NGINX_IPV4_ADDRESS"), given("NGINX_IPV6_ADDRESS")
