@@ -26,7 +26,7 @@ import click
 
 from pikud.control.client import Client
 from pikud.errors import PikudError
-from pikud.output import format_apps, format_env, format_log_line, format_ps
+from pikud.output import format_apps, format_cloudflare, format_env, format_log_line, format_ps
 from pikud.paths import LAYOUT, Paths
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -358,6 +358,20 @@ def setup_ssh(keyfile: Any, name: str | None, as_json: bool) -> None:
     else:
         message = f"-----> Key {key.fingerprint} is already in {target}; nothing changed"
     _emit(result, as_json, lambda d: message)
+
+
+@piku.command("cloudflare:refresh")
+@json_option
+def cloudflare_refresh(as_json: bool) -> int:
+    """Download Cloudflare's address ranges for NGINX_CLOUDFLARE_ACL.
+
+    Every list must be valid, or nothing changes. When the ranges changed,
+    the nginx site of each running app that sets NGINX_CLOUDFLARE_ACL is
+    re-published; exit status 1 if one of them failed.
+    """
+    data = _client(LONG_TIMEOUT).request("POST", "/cloudflare/refresh")
+    _emit(data, as_json, lambda d: format_cloudflare(d, _color()))
+    return 1 if any(entry["site"] == "failed" for entry in data["apps"]) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from pikud.paths import Paths
 from pikud.procman.children import become_subreaper, install_orphan_reaper
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Router, parse_address
+from pikud.refresh import CloudflareRefresh
 from pikud.sdnotify import Notifier
 from pikud.settings import Settings, load_settings
 from pikud.traffic import Traffic
@@ -71,6 +72,8 @@ class Daemon:
         self.registry = AppRegistry(paths, os.environ, settings.app_defaults, self.events,
                                     watch=self._watch, unwatch=self._unwatch,
                                     traffic=Traffic(self.router, self.nginx, paths))
+        self.cloudflare = CloudflareRefresh(self.registry, settings.cloudflare_urls,
+                                            settings.cloudflare_refresh_days)
 
     def _watch(self, app: App) -> None:
         if self.watcher is not None and app.spec is not None:
@@ -100,7 +103,7 @@ class Daemon:
         become_subreaper()
         install_orphan_reaper(loop)
         self.watcher = FileWatcher(self._on_file_change)
-        control = ControlServer(self.registry, self.status, self.paths.socket)
+        control = ControlServer(self.registry, self.status, self.paths.socket, self.cloudflare)
         await control.start()
         if self.router is not None:
             try:
@@ -116,12 +119,14 @@ class Daemon:
                 watching = tasks.create_task(self.watcher.run())
                 pulse = tasks.create_task(self._watchdog())
                 await self.registry.boot()
+                refreshing = tasks.create_task(self.cloudflare.run())
                 self.notifier.ready(self._summary())
                 log.info("ready: %s", self._summary())
                 await shutdown_trigger()
                 log.info("shutting down: stopping %d processes", self.registry.process_count())
                 self.notifier.stopping()
                 watching.cancel()
+                refreshing.cancel()
                 try:
                     async with asyncio.timeout(self.settings.shutdown_timeout):
                         await self.registry.shutdown()
@@ -161,6 +166,7 @@ class Daemon:
             return
         self.settings = settings
         self.registry.app_defaults = settings.app_defaults
+        self.cloudflare.configure(settings.cloudflare_urls, settings.cloudflare_refresh_days)
         self.events.recent = type(self.events.recent)(self.events.recent,
                                                       maxlen=settings.events_kept)
         logging.getLogger().setLevel(settings.log_level.upper())

@@ -145,3 +145,27 @@ def format_log_line(line: Mapping[str, Any], color: bool, width: int = 0) -> str
 def format_env(env: Mapping[str, str]) -> str:
     """``KEY=VALUE`` lines sorted by key, the form of an ENV file."""
     return "\n".join(f"{key}={value}" for key, value in sorted(env.items()))
+
+
+_SITE_STYLES = {"updated": "green", "failed": "red", "not running": "dim"}
+
+
+def format_cloudflare(data: Mapping[str, Any], color: bool) -> str:
+    """What `piku cloudflare:refresh` did: the ranges, then each app's nginx site."""
+    count = f"{data['ranges']} ({data['ipv4']} IPv4, {data['ipv6']} IPv6)"
+    if not data["changed"]:
+        return f"-----> Cloudflare's ranges are unchanged: {count}; nothing was touched"
+    lines = [f"-----> Cloudflare's ranges changed: {count} written to {data['file']}"]
+    apps = data.get("apps") or []
+    if not data.get("nginx"):
+        lines.append("-----> No nginx in front of the apps: the list applies once there is")
+    elif not apps:
+        lines.append("-----> No app uses NGINX_CLOUDFLARE_ACL; apps that set it get the new "
+                     "ranges when they start")
+    else:
+        rows = [[entry["name"], style(entry["site"], _SITE_STYLES.get(entry["site"]), color)]
+                for entry in apps]
+        lines.append(format_table(["APP", "NGINX SITE"], rows))
+        lines += [f"-----> {entry['name']}: {entry['error']}" for entry in apps
+                  if entry.get("error")]
+    return "\n".join(lines)

@@ -6,6 +6,8 @@
     nginx_test = ["nginx"]        # nginx binary used for `-t` on candidate configs
     nginx_reload = ["sudo", "-n", "systemctl", "reload", "nginx"]
     nginx_preamble = []           # main-context lines for the test config (default: Debian's modules)
+    cloudflare_urls = ["https://www.cloudflare.com/ips-v4", "https://www.cloudflare.com/ips-v6"]
+    cloudflare_refresh_days = 7   # refresh those lists automatically (0: only `piku cloudflare:refresh`)
 
     [defaults]                    # an app's ENV overrides each of these
     PIKU_STOP_TIMEOUT = 10
@@ -21,12 +23,17 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from pikud.appspec import AppSettings, app_settings
 from pikud.errors import EnvError, SpecError
+from pikud.proxy.cloudflare import DEFAULT_URLS
 from pikud.proxy.nginx import DEFAULT_RELOAD_COMMAND, DEFAULT_TEST_COMMAND
 
 LEVELS = ("debug", "info", "warning", "error")
+KEYS = frozenset({"log_level", "shutdown_timeout", "events_kept", "defaults", "nginx_test",
+                  "nginx_reload", "nginx_preamble", "cloudflare_urls", "cloudflare_refresh_days"})
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,30 @@ class Settings:
     nginx_test: tuple[str, ...] = DEFAULT_TEST_COMMAND
     nginx_reload: tuple[str, ...] = DEFAULT_RELOAD_COMMAND
     nginx_preamble: tuple[str, ...] | None = None
+    cloudflare_urls: tuple[str, ...] = DEFAULT_URLS
+    cloudflare_refresh_days: float = 7.0
+
+
+def cloudflare_urls(value: Any, label: str) -> tuple[str, ...]:
+    """A non-empty list of http(s) URLs, each one a plain word."""
+    key = "cloudflare_urls"
+    if not isinstance(value, list) or not value or len(value) > 10:
+        raise SpecError(f"{key} must be a list of 1 to 10 URLs", file=label, key=key)
+    for url in value:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
+                or any(char.isspace() or not char.isprintable() for char in url):
+            raise SpecError(f"{key}: {url!r} is not an http:// or https:// URL", file=label,
+                            key=key)
+    return tuple(value)
+
+
+def refresh_days(value: Any, label: str) -> float:
+    key = "cloudflare_refresh_days"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 365:
+        raise SpecError(f"{key} must be a number of days from 0 (never) to 365, got {value!r}",
+                        file=label, key=key)
+    return float(value)
 
 
 def load_settings(path: Path) -> Settings:
@@ -48,8 +79,7 @@ def load_settings(path: Path) -> Settings:
         return Settings()
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"not valid TOML: {exc}", file=label) from exc
-    unknown = set(raw) - {"log_level", "shutdown_timeout", "events_kept", "defaults",
-                          "nginx_test", "nginx_reload", "nginx_preamble"}
+    unknown = set(raw) - KEYS
     if unknown:
         raise SpecError(f"unknown setting(s): {', '.join(sorted(unknown))}", file=label)
     level = raw.get("log_level", "info")
@@ -80,4 +110,6 @@ def load_settings(path: Path) -> Settings:
         commands[key] = tuple(value) if value is not None else None
     return Settings(level, float(timeout), kept, app_defaults,
                     commands["nginx_test"] or DEFAULT_TEST_COMMAND,
-                    commands["nginx_reload"] or DEFAULT_RELOAD_COMMAND, commands["nginx_preamble"])
+                    commands["nginx_reload"] or DEFAULT_RELOAD_COMMAND, commands["nginx_preamble"],
+                    cloudflare_urls(raw.get("cloudflare_urls", list(DEFAULT_URLS)), label),
+                    refresh_days(raw.get("cloudflare_refresh_days", 7), label))

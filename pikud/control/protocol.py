@@ -38,6 +38,9 @@ Routes (APP is a validated app name, KIND a Procfile kind):
                                        {"lines": [log line, ...]} or NDJSON of log lines
     DELETE /apps/APP                   destroy -> {"removed": [paths], "kept": [paths]}
     GET    /events?lines=N[&follow=1]  {"events": [event, ...]} or NDJSON of events
+    POST   /cloudflare/refresh         download Cloudflare's lists (cloudflare_urls); when the
+                                       ranges changed, write pikud/cloudflare_ips.txt and
+                                       re-publish the running NGINX_CLOUDFLARE_ACL sites -> refresh
 
 Shapes:
     app summary  {"name", "state": "running"|"stopped", "formation": {KIND: N},
@@ -50,6 +53,9 @@ Shapes:
     job          {"kind", "schedule", "command", "tz", "next_run": ISO|null, "last_run":
                   {"started", "status", "duration"}|null, "running", "queued", "overlap",
                   "timeout"}
+    refresh      {"changed": bool, "file", "ranges", "ipv4", "ipv6", "sources": [{"url",
+                  "ranges"}], "nginx": bool, "apps": [{"name", "site": "updated"|"failed"|
+                  "not running", "error": str|null}]}   (a bad list: cloudflare_failed, 502)
     release      {"number", "revision", "ref", "time", "pusher", "fingerprint", "runtime",
                   "env_path", "env_vars", "path_prefix", "config", "current": bool}
 """

@@ -27,6 +27,7 @@ from pikud.control.protocol import MAX_BODY, NDJSON, error, ndjson_line, ok
 from pikud.deploy.checkout import validate_revision
 from pikud.deploy.pipeline import PushInfo
 from pikud.errors import BadRequest, Forbidden, PikudError
+from pikud.refresh import CloudflareRefresh
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,9 +95,11 @@ def flag(request: web.Request, key: str) -> bool:
 class Routes:
     """One method per route; each returns data or a stream."""
 
-    def __init__(self, registry: AppRegistry, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, registry: AppRegistry, status: Callable[[], dict[str, Any]],
+                 cloudflare: CloudflareRefresh) -> None:
         self.registry = registry
         self.status_of_daemon = status
+        self.cloudflare = cloudflare
 
     def app(self, request: web.Request):  # type: ignore[no-untyped-def]
         return self.registry.get(request.match_info["app"])
@@ -221,6 +224,16 @@ class Routes:
         """DELETE /apps/APP -> {"removed": [...], "kept": [...]}"""
         return await finish(self.app(request).destroy())
 
+    async def cloudflare_refresh(self, request: web.Request) -> Any:
+        """POST /cloudflare/refresh -> {"changed", "file", "ranges", "ipv4", "ipv6",
+        "sources": [{"url", "ranges"}], "nginx", "apps": [{"name", "site", "error"}]}
+
+        Downloads the lists of ``cloudflare_urls``; a bad list is cloudflare_failed
+        and changes nothing. The sites of running apps with NGINX_CLOUDFLARE_ACL
+        are re-published when the ranges changed.
+        """
+        return await finish(self.cloudflare.refresh())
+
     async def events(self, request: web.Request) -> Any:
         """GET /events?lines=N[&app=APP][&follow=1]"""
         app = request.query.get("app") or None
@@ -307,9 +320,10 @@ async def run_action(request: web.Request, action: Callable[[Progress], Awaitabl
     return response
 
 
-def make_app(registry: AppRegistry, status: Callable[[], dict[str, Any]]) -> web.Application:
+def make_app(registry: AppRegistry, status: Callable[[], dict[str, Any]],
+             cloudflare: CloudflareRefresh) -> web.Application:
     app = web.Application(middlewares=[envelope], client_max_size=MAX_BODY)
-    r = Routes(registry, status)
+    r = Routes(registry, status, cloudflare)
     app.add_routes([
         web.get("/status", r.status),
         web.get("/apps", r.list_apps),
@@ -329,6 +343,7 @@ def make_app(registry: AppRegistry, status: Callable[[], dict[str, Any]]) -> web
         web.get("/apps/{app}/config/live", r.live),
         web.get("/apps/{app}/logs", r.logs),
         web.get("/events", r.events),
+        web.post("/cloudflare/refresh", r.cloudflare_refresh),
     ])
     return app
 
@@ -358,9 +373,9 @@ def bind_socket(path: Path) -> socket.socket:
 
 class ControlServer:
     def __init__(self, registry: AppRegistry, status: Callable[[], dict[str, Any]],
-                 path: Path) -> None:
+                 path: Path, cloudflare: CloudflareRefresh) -> None:
         self.path = path
-        self.runner = web.AppRunner(make_app(registry, status), handle_signals=False,
+        self.runner = web.AppRunner(make_app(registry, status, cloudflare), handle_signals=False,
                                     access_log=None, handler_cancellation=True,
                                     shutdown_timeout=2.0)
 
