@@ -3,7 +3,8 @@
 ``publish()`` is called whenever the set of an app's web processes changes:
 after a generation switch (before the old one stops), after a scale, and
 with no upstreams when the app stops. The router switches in one step, so a
-request is never sent to a process that is not ready yet.
+request is never sent to a process that is not ready yet. Once an nginx site
+is live, acme.sh is asked for its certificate in the background.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pikud.appspec import STATIC_KIND, WEB_KINDS, AppSpec
 from pikud.errors import EnvError
 from pikud.paths import Paths
 from pikud.procman.process import ProcessSpec
+from pikud.proxy.acme import Acme, root_ca
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Route, Router
 from pikud.proxy.site import (NginxSite, StaticPath, procfile_static, server_names, site_from_env,
@@ -55,8 +57,8 @@ class Traffic:
     """The front an app's requests come through: the built-in router, or nginx."""
 
     def __init__(self, router: Router | None, nginx: Nginx | None = None,
-                 paths: Paths | None = None) -> None:
-        self.router, self.nginx, self.paths = router, nginx, paths
+                 paths: Paths | None = None, acme: Acme | None = None) -> None:
+        self.router, self.nginx, self.paths, self.acme = router, nginx, paths, acme
 
     def _site(self, app: str, spec: AppSpec, source: Path,
               addresses: tuple[str, ...]) -> NginxSite | None:
@@ -69,6 +71,7 @@ class Traffic:
         route_for(app, spec, source, ())
         if self.nginx is not None:
             self._site(app, spec, source, ("127.0.0.1:1",))
+            root_ca(spec.env)
 
     async def publish(self, app: str, spec: AppSpec, source: Path,
                       processes: Mapping[str, ProcessSpec]) -> None:
@@ -81,9 +84,13 @@ class Traffic:
             site = self._site(app, spec, source, addresses)
             if site is not None and (addresses or not has_web):
                 await self.nginx.apply(site)
+                if self.acme is not None:
+                    self.acme.request(site, root_ca(spec.env))
 
     async def withdraw(self, app: str) -> None:
         if self.router is not None:
             self.router.remove(app)
+        if self.acme is not None:
+            await self.acme.forget(app)
         if self.nginx is not None:
             await self.nginx.remove(app)

@@ -132,6 +132,11 @@ class Nginx:
             self._info = NginxInfo.parse(output)
         return self._info
 
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held while a config is tested, written or removed; acme.sh installs under it too."""
+        return self._lock
+
     def conf_path(self, app: str) -> Path:
         return self.paths.nginx() / f"{app}.conf"
 
@@ -171,12 +176,12 @@ class Nginx:
             log.warning("nginx: %s", problem)
 
     async def remove(self, app: str) -> None:
-        """Remove the app's config, include copy, certificate and key, then reload (destroy)."""
+        """Remove the app's config, include copy, certificate, key and acme record; reload."""
         async with self._lock:
             folder = self.paths.nginx()
             removed = False
             for path in (folder / f"{app}.conf", *folder.glob(f"{app}.include-*"),
-                         folder / f"{app}.crt", folder / f"{app}.key"):
+                         folder / f"{app}.crt", folder / f"{app}.key", folder / f"{app}.acme"):
                 try:
                     path.unlink()
                     removed = True

@@ -1,0 +1,373 @@
+"""Real certificates from acme.sh: issued through the webroot, installed, renewed by acme.sh.
+
+Once a site is live, ``Acme.request(site, server)`` asks acme.sh, in the
+background, for a certificate for the site's public names
+(``acme.sh --issue -d NAME... -w acme/APP``), then has it install the
+certificate into ``nginx/APP.crt`` and ``nginx/APP.key`` and reload nginx
+(``acme.sh --install-cert … --reloadcmd``), which acme.sh remembers for its
+renewals. A failure is logged with acme.sh's output and never fails a deploy:
+the self-signed certificate made by ``tls.ensure_certificate`` keeps serving.
+Without acme.sh the self-signed certificate stays, as before, and the log says
+once how to get real ones.
+
+``root_ca()`` checks the app's ACME_ROOT_CA with its other settings, and
+``issuable()`` picks the names a CA can validate over HTTP; both are pure.
+"""
+
+# Design notes:
+# - In the background, not inside the deploy: the CA validates over the
+#   network and may take a minute or more (or time out), while the app is
+#   already served over HTTPS with the self-signed certificate. A push waits for
+#   nothing; the outcome goes to the app's pikud.log (`piku logs`) and events.
+#   One issuance per app at a time; a request arriving meanwhile runs after it.
+# - Renewal is acme.sh's: its installer adds a daily `acme.sh --cron`, which
+#   renews what is due and re-installs it with the saved --reloadcmd. pikud
+#   does not run renewals too: two renewers of one acme.sh home would race.
+# - Which certificate is in place: after an install, nginx/APP.acme records
+#   the names, the CA and the SHA-256 of the installed certificate. A deploy
+#   asks acme.sh again only when one of them differs: new names, another
+#   ACME_ROOT_CA, or a certificate that changed under it (renewed by acme.sh's
+#   cron, or replaced by the self-signed one). For a certificate that is still
+#   valid, `--issue` exits 2 at once without asking the CA ("skipped"), and the
+#   install re-installs it.
+# - The install runs under the Nginx lock, so no `nginx -t` of another app reads
+#   a half-copied pair. The pair is then loaded like a TLS server would; a
+#   failed or mismatched install puts the previous pair back and reloads.
+#   acme.sh overwrites the key file in place, so it keeps its mode (0600) and
+#   owner: pikud's user, who runs `nginx -t`.
+# - ACME_ROOT_CA is one of acme.sh's CA names or a plain http(s) URL, nothing
+#   else: acme.sh saves it in a config file it later reads as shell code, so a
+#   quote or `$` in it would run at every renewal.
+# - --keylength ec-256 and --ecc: EC P-256 like the self-signed certificate,
+#   and the same key type whichever acme.sh version or default is installed.
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pikud.atomic import write_atomic
+from pikud.errors import EnvError, NginxError
+from pikud.proxy.commands import run
+from pikud.proxy.nginx import Nginx
+from pikud.proxy.site import NginxSite
+
+log = logging.getLogger(__name__)
+
+KEY = "ACME_ROOT_CA"
+ISSUE_TIMEOUT = 300.0       # the CA's validation, with acme.sh's own retries
+COMMAND_TIMEOUT = 60.0      # install (with the reload) and remove
+SKIPPED = 2                 # acme.sh --issue: the certificate is valid, nothing to renew
+OUTPUT_LINES = 40           # of acme.sh's output in a failure message
+_CA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,62}")
+_URL = re.compile(r"https?://[A-Za-z0-9._~:/%+-]+")
+_NOT_PUBLIC = ("localhost", "local", "test", "invalid", "example", "internal", "home.arpa")
+
+Note = Callable[[str, str, int], None]
+"""(app, message, level): where messages about an app's certificate go."""
+
+
+# --- pure parts -----------------------------------------------------------------------
+def root_ca(env: Mapping[str, str]) -> str | None:
+    """The app's ACME_ROOT_CA for ``--server``, None when unset; EnvError when unsafe.
+
+    One of acme.sh's CA names (``letsencrypt``, ``letsencrypt_test``,
+    ``zerossl``, ``buypass``, ``google``, ``LetsEncrypt.org``, …) or the
+    http(s) URL of an ACME directory. The design notes say why nothing else.
+    """
+    value = env.get(KEY, "").strip()
+    if not value:
+        return None
+    if _CA_NAME.fullmatch(value) or (_URL.fullmatch(value) and urlsplit(value).hostname):
+        return value
+    raise EnvError(f"{KEY}: expected an acme.sh CA name (letsencrypt, zerossl, …) or an "
+                   f"https:// ACME directory URL: {value!r}", key=KEY)
+
+
+def issuable(names: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(names a public CA can validate through the webroot, why each other one cannot)."""
+    chosen: list[str] = []
+    skipped: list[str] = []
+    for name in names:
+        lower = name.lower().rstrip(".")
+        try:
+            ipaddress.ip_address(name)
+            skipped.append(f"{name}: an IP address")
+            continue
+        except ValueError:
+            pass
+        if name == "_":
+            skipped.append("_: the catch-all name")
+        elif name.startswith("*."):
+            skipped.append(f"{name}: a wildcard needs acme.sh's DNS challenge, which pikud "
+                           "does not run")
+        elif "." not in lower or any(lower == tld or lower.endswith("." + tld)
+                                     for tld in _NOT_PUBLIC):
+            skipped.append(f"{name}: not a public name")
+        elif "_" in name:
+            skipped.append(f"{name}: public CAs refuse '_' in names")
+        elif lower not in chosen:
+            chosen.append(lower)
+    return tuple(chosen), tuple(skipped)
+
+
+def fingerprint(crt: Path) -> str | None:
+    """SHA-256 of the first certificate in the PEM file ``crt``; None if there is none."""
+    try:
+        text = crt.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    start = text.find(begin)
+    stop = text.find(end, start)
+    if start < 0 or stop < 0:
+        return None
+    try:
+        der = ssl.PEM_cert_to_DER_cert(text[start:stop + len(end)] + "\n")
+    except ValueError:
+        return None
+    return hashlib.sha256(der).hexdigest()
+
+
+@dataclass(frozen=True)
+class Issued:
+    """nginx/APP.acme: what acme.sh last installed for the app."""
+
+    names: tuple[str, ...]
+    server: str | None
+    fingerprint: str
+
+    @classmethod
+    def read(cls, path: Path) -> Issued | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(tuple(data["names"]), data["server"], data["fingerprint"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write(self, path: Path) -> None:
+        write_atomic(path, json.dumps({"names": list(self.names), "server": self.server,
+                                       "fingerprint": self.fingerprint}) + "\n", 0o644)
+
+
+def find_acme_sh(configured: str | None = None) -> Path | None:
+    """``configured`` (pikud.toml's acme_sh), else acme.sh on PATH, else ~/.acme.sh/acme.sh."""
+    if configured:
+        return Path(configured) if os.access(configured, os.X_OK) else None
+    found = shutil.which("acme.sh")
+    if found is not None:
+        return Path(found)
+    standard = Path.home() / ".acme.sh" / "acme.sh"
+    return standard if os.access(standard, os.X_OK) else None
+
+
+def record_path(nginx: Nginx, app: str) -> Path:
+    return nginx.paths.nginx() / f"{app}.acme"
+
+
+def _tail(output: str) -> str:
+    lines = output.strip().splitlines()
+    return "\n".join(lines[-OUTPUT_LINES:])
+
+
+# --- effects --------------------------------------------------------------------------
+class Acme:
+    """acme.sh beside ``nginx``: ``request`` a certificate for a live site, ``forget`` an app."""
+
+    def __init__(self, nginx: Nginx, program: str | None = None, *, note: Note | None = None,
+                 issue_timeout: float = ISSUE_TIMEOUT,
+                 timeout: float = COMMAND_TIMEOUT) -> None:
+        self.nginx = nginx
+        self.program = program          # pikud.toml's acme_sh; None: look in the usual places
+        self.note = note or (lambda app, message, level: log.log(level, "%s", message))
+        self.issue_timeout, self.timeout = issue_timeout, timeout
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._next: dict[str, tuple[NginxSite, str | None]] = {}
+        self._told_missing = False
+
+    # -- scheduling --------------------------------------------------------------------
+    def request(self, site: NginxSite, server: str | None) -> None:
+        """Make sure ``site`` gets its certificate, in the background (design notes)."""
+        app = site.app
+        if app in self._tasks:
+            self._next[app] = (site, server)
+            return
+        self._tasks[app] = asyncio.get_running_loop().create_task(
+            self._serve(site, server), name=f"acme {app}")
+
+    async def _serve(self, site: NginxSite, server: str | None) -> None:
+        app = site.app
+        try:
+            while True:
+                try:
+                    await self.certify(site, server)
+                except Exception:       # a bug: logged, the self-signed certificate stays
+                    log.exception("certificate: %s: unexpected error", app)
+                if app not in self._next:
+                    break
+                site, server = self._next.pop(app)
+        finally:
+            self._tasks.pop(app, None)
+            self._next.pop(app, None)
+
+    async def wait(self, app: str) -> None:
+        """Until no certificate work for ``app`` is pending."""
+        while (task := self._tasks.get(app)) is not None:
+            await asyncio.wait({task})
+
+    async def close(self) -> None:
+        """Shutdown: stop every issuance (acme.sh's children too) and wait for them."""
+        tasks = list(self._tasks.values())
+        self._next.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- the work ----------------------------------------------------------------------
+    async def certify(self, site: NginxSite, server: str | None) -> bool:
+        """Issue and install the certificate unless it is in place; True if it is now.
+
+        Every outcome is a note for the app; nothing is raised for acme.sh's
+        failures, and the certificate in place keeps serving.
+        """
+        app = site.app
+        program = find_acme_sh(self.program)
+        if program is None:
+            self._missing(app)
+            return False
+        names, skipped = issuable(site.server_names)
+        for reason in skipped:
+            self.note(app, f"certificate: {app}: no certificate for {reason}", logging.WARNING)
+        if not names:
+            self.note(app, f"certificate: {app}: no public name; the self-signed certificate "
+                           "stays", logging.INFO)
+            return False
+        record_file = record_path(self.nginx, app)
+        crt = Path(site.certificate)
+        issued = Issued.read(record_file)
+        if issued is not None and issued == Issued(names, server, fingerprint(crt) or ""):
+            return True
+        if issued is not None and issued.names[0] != names[0]:
+            await self._remove(program, app, issued.names[0])
+        label = ", ".join(names) + (f" from {server}" if server else "")
+        self.note(app, f"certificate: {app}: asking acme.sh for {label}", logging.INFO)
+        argv = [str(program), "--issue", *(arg for name in names for arg in ("-d", name)),
+                "-w", site.acme_root, "--keylength", "ec-256"]
+        if server is not None:
+            argv += ["--server", server]
+            if issued is not None and issued.names[0] == names[0] and issued.server != server:
+                argv.append("--force")      # a valid certificate from the other CA would be kept
+        Path(site.acme_root).mkdir(parents=True, exist_ok=True)
+        if not await self._step(app, argv, self.issue_timeout, "could not issue", ok=(0, SKIPPED)):
+            return False
+        installed = await self._install(program, site, names[0])
+        if installed is None:
+            return False
+        Issued(names, server, installed).write(record_file)
+        self.note(app, f"certificate: {app}: acme.sh installed a certificate for {label}; "
+                       "acme.sh renews it", logging.INFO)
+        return True
+
+    def _missing(self, app: str) -> None:
+        if self.program:
+            self.note(app, f"certificate: acme_sh in pikud.toml is {self.program}, which is not "
+                           f"an executable; {app} keeps its self-signed certificate",
+                      logging.WARNING)
+        elif not self._told_missing:
+            self._told_missing = True
+            self.note(app, "certificate: self-signed; install acme.sh (https://get.acme.sh) "
+                           "for real certificates, issued and renewed automatically",
+                      logging.INFO)
+
+    async def _step(self, app: str, argv: list[str], timeout: float, failed: str,
+                    ok: tuple[int, ...] = (0,)) -> bool:
+        """Run one acme.sh command; a failure is a note with its output."""
+        try:
+            code, output = await run(argv, timeout=timeout)
+        except NginxError as exc:       # could not start, or timed out and was stopped
+            code, output = -1, str(exc)
+        if code in ok:
+            log.debug("%s: exit status %d\n%s", " ".join(argv), code, output)
+            return True
+        self.note(app, f"certificate: {app}: acme.sh {failed} (exit status {code}); the "
+                       f"certificate in place stays:\n{_tail(output)}", logging.ERROR)
+        return False
+
+    async def _install(self, program: Path, site: NginxSite, name: str) -> str | None:
+        """acme.sh --install-cert into the site's files; the new fingerprint, or None."""
+        app, crt, key = site.app, Path(site.certificate), Path(site.certificate_key)
+        argv = [str(program), "--install-cert", "-d", name, "--ecc",
+                "--fullchain-file", str(crt), "--key-file", str(key),
+                "--reloadcmd", shlex.join(self.nginx.reload_command)]
+        async with self.nginx.lock:
+            previous = (crt.read_bytes(), key.read_bytes()) if crt.exists() and key.exists() \
+                else None
+            done = await self._step(app, argv, self.timeout, "could not install the certificate")
+            problem = None if not done else _pair_problem(crt, key)
+            if done and problem is None:
+                if key.stat().st_mode & 0o777 != 0o600:
+                    key.chmod(0o600)
+                return fingerprint(crt)
+            if problem is not None:
+                self.note(app, f"certificate: {app}: acme.sh installed an unusable pair "
+                               f"({problem}); the previous one is back", logging.ERROR)
+            if previous is not None:
+                _put_back(crt, key, previous)
+            code, output = await run(self.nginx.reload_command, timeout=self.timeout)
+            if code != 0:
+                self.note(app, f"certificate: {app}: reloading nginx failed (exit status "
+                               f"{code}):\n{_tail(output)}", logging.ERROR)
+            return None
+
+    async def forget(self, app: str) -> None:
+        """Destroy: stop any issuance, and tell acme.sh to stop renewing the app's certificate.
+
+        Best effort: a failure is logged. The record is removed either way.
+        """
+        task = self._tasks.get(app)
+        self._next.pop(app, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        record_file = record_path(self.nginx, app)
+        issued = Issued.read(record_file)
+        program = find_acme_sh(self.program)
+        if issued is not None and program is not None:
+            await self._remove(program, app, issued.names[0])
+        record_file.unlink(missing_ok=True)
+        webroot = self.nginx.paths.root / "acme" / app
+        if webroot.is_dir() and not webroot.is_symlink():
+            await asyncio.to_thread(shutil.rmtree, webroot, True)
+
+    async def _remove(self, program: Path, app: str, name: str) -> None:
+        if await self._step(app, [str(program), "--remove", "-d", name, "--ecc"], self.timeout,
+                            f"could not stop renewing {name}"):
+            self.note(app, f"certificate: {app}: acme.sh no longer renews {name}", logging.INFO)
+
+
+def _pair_problem(crt: Path, key: Path) -> str | None:
+    """Why nginx could not serve ``crt`` with ``key``, or None."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(crt, key)
+    except (OSError, ssl.SSLError) as exc:
+        return str(exc)
+    return None
+
+
+def _put_back(crt: Path, key: Path, previous: tuple[bytes, bytes]) -> None:
+    """Restore the pair in place: key first, 0600, as tls.ensure_certificate leaves it."""
+    for path, data, mode in ((key, previous[1], 0o600), (crt, previous[0], 0o644)):
+        write_atomic(path, data.decode("ascii", errors="replace"), mode)
