@@ -27,6 +27,7 @@ from pikud.errors import PikudError
 from pikud.events import EventLog
 from pikud.paths import Paths
 from pikud.procman.children import become_subreaper, install_orphan_reaper
+from pikud.proxy.acme import Acme
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Router, parse_address
 from pikud.refresh import CloudflareRefresh
@@ -63,6 +64,8 @@ class Daemon:
         self.router = Router(*http) if http is not None else None
         self.nginx = None if http is not None else Nginx(
             paths, settings.nginx_test, settings.nginx_reload, preamble=settings.nginx_preamble)
+        self.acme = None if self.nginx is None else Acme(self.nginx, settings.acme_sh,
+                                                         note=self._certificate_note)
         self.settings = settings
         self.loop_name = loop_name
         self.notifier = Notifier()
@@ -71,9 +74,17 @@ class Daemon:
         self.watcher: FileWatcher | None = None
         self.registry = AppRegistry(paths, os.environ, settings.app_defaults, self.events,
                                     watch=self._watch, unwatch=self._unwatch,
-                                    traffic=Traffic(self.router, self.nginx, paths))
+                                    traffic=Traffic(self.router, self.nginx, paths, self.acme))
         self.cloudflare = CloudflareRefresh(self.registry, settings.cloudflare_urls,
                                             settings.cloudflare_refresh_days)
+
+    def _certificate_note(self, name: str, message: str, level: int) -> None:
+        """acme.sh's outcome for an app: in its pikud.log and events, like its deploy's."""
+        app = self.registry.apps.get(name)
+        if app is not None:
+            app.note("certificate", message, level)
+        else:
+            log.log(level, "%s", message)
 
     def _watch(self, app: App) -> None:
         if self.watcher is not None and app.spec is not None:
@@ -135,6 +146,8 @@ class Daemon:
                               self.settings.shutdown_timeout)
                 pulse.cancel()
         finally:
+            if self.acme is not None:
+                await self.acme.close()
             await control.stop()
             if self.router is not None:
                 await self.router.stop()
@@ -167,6 +180,8 @@ class Daemon:
         self.settings = settings
         self.registry.app_defaults = settings.app_defaults
         self.cloudflare.configure(settings.cloudflare_urls, settings.cloudflare_refresh_days)
+        if self.acme is not None:
+            self.acme.program = settings.acme_sh
         self.events.recent = type(self.events.recent)(self.events.recent,
                                                       maxlen=settings.events_kept)
         logging.getLogger().setLevel(settings.log_level.upper())

@@ -6,6 +6,7 @@
     nginx_test = ["nginx"]        # nginx binary used for `-t` on candidate configs
     nginx_reload = ["sudo", "-n", "systemctl", "reload", "nginx"]
     nginx_preamble = []           # main-context lines for the test config (default: Debian's modules)
+    acme_sh = "/home/piku/.acme.sh/acme.sh"   # default: acme.sh on PATH, else ~/.acme.sh/acme.sh
     cloudflare_urls = ["https://www.cloudflare.com/ips-v4", "https://www.cloudflare.com/ips-v6"]
     cloudflare_refresh_days = 7   # refresh those lists automatically (0: only `piku cloudflare:refresh`)
 
@@ -33,7 +34,8 @@ from pikud.proxy.nginx import DEFAULT_RELOAD_COMMAND, DEFAULT_TEST_COMMAND
 
 LEVELS = ("debug", "info", "warning", "error")
 KEYS = frozenset({"log_level", "shutdown_timeout", "events_kept", "defaults", "nginx_test",
-                  "nginx_reload", "nginx_preamble", "cloudflare_urls", "cloudflare_refresh_days"})
+                  "nginx_reload", "nginx_preamble", "cloudflare_urls", "cloudflare_refresh_days",
+                  "acme_sh"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Settings:
     nginx_preamble: tuple[str, ...] | None = None
     cloudflare_urls: tuple[str, ...] = DEFAULT_URLS
     cloudflare_refresh_days: float = 7.0
+    acme_sh: str | None = None
 
 
 def cloudflare_urls(value: Any, label: str) -> tuple[str, ...]:
@@ -69,6 +72,15 @@ def refresh_days(value: Any, label: str) -> float:
         raise SpecError(f"{key} must be a number of days from 0 (never) to 365, got {value!r}",
                         file=label, key=key)
     return float(value)
+
+
+def acme_path(value: Any, label: str) -> str | None:
+    """acme_sh: the absolute path of acme.sh (default: looked up, see proxy/acme.py)."""
+    if value is not None and (not isinstance(value, str) or not value.startswith("/")
+                              or any(char.isspace() or not char.isprintable() for char in value)):
+        raise SpecError(f"acme_sh must be the absolute path of acme.sh, got {value!r}",
+                        file=label, key="acme_sh")
+    return value
 
 
 def load_settings(path: Path) -> Settings:
@@ -112,4 +124,5 @@ def load_settings(path: Path) -> Settings:
                     commands["nginx_test"] or DEFAULT_TEST_COMMAND,
                     commands["nginx_reload"] or DEFAULT_RELOAD_COMMAND, commands["nginx_preamble"],
                     cloudflare_urls(raw.get("cloudflare_urls", list(DEFAULT_URLS)), label),
-                    refresh_days(raw.get("cloudflare_refresh_days", 7), label))
+                    refresh_days(raw.get("cloudflare_refresh_days", 7), label),
+                    acme_sh=acme_path(raw.get("acme_sh"), label))
