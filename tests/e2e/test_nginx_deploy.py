@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import shutil
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Pikud, app_processes
 from tests.e2e.apps import git, local_remote, python_app
-from tests.integration.test_nginx import AS_ROOT, NGINX, NginxServer
+from tests.integration.test_acme import STAND_IN, served_certificate, subject_and_issuer
+from tests.integration.test_nginx import AS_ROOT, DEADLINE, NGINX, NginxServer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
 
 
-@pytest.fixture
-def fronted(tmp_path: Path) -> Iterator[tuple[NginxServer, Pikud]]:
+@contextlib.contextmanager
+def fronted_by_nginx(tmp_path: Path, settings: Callable[[NginxServer], str] = lambda server: "",
+                     ) -> Iterator[tuple[NginxServer, Pikud]]:
     """A real nginx on loopback ports and a pikud whose sites it serves."""
     base = Path(tempfile.mkdtemp(prefix="pkf-", dir="/tmp"))
     base.chmod(0o755)
@@ -30,7 +35,8 @@ def fronted(tmp_path: Path) -> Iterator[tuple[NginxServer, Pikud]]:
     (server.root / "pikud.toml").write_text(
         f"nginx_test = {json.dumps([NGINX])}\n"
         f"nginx_reload = {json.dumps([NGINX, '-p', str(server.prefix), '-c', str(server.conf), '-s', 'reload'])}\n"
-        f"nginx_preamble = {json.dumps(['user www-data;'] if AS_ROOT else [])}\n")
+        f"nginx_preamble = {json.dumps(['user www-data;'] if AS_ROOT else [])}\n"
+        + settings(server))
     try:
         server.start()
         daemon.start(extra_env={"PIKU_PROXY": "nginx"})
@@ -42,6 +48,12 @@ def fronted(tmp_path: Path) -> Iterator[tuple[NginxServer, Pikud]]:
         left = app_processes(server.root)
         shutil.rmtree(base, ignore_errors=True)
         assert not left, left
+
+
+@pytest.fixture
+def fronted(tmp_path: Path) -> Iterator[tuple[NginxServer, Pikud]]:
+    with fronted_by_nginx(tmp_path) as made:
+        yield made
 
 
 def site_env(server: NginxServer, extra: str = "") -> str:
@@ -99,3 +111,57 @@ def test_push_goes_live_through_nginx_without_dropping_a_request(
     assert injected.returncode != 0 and "NGINX_SERVER_NAME" in injected.stderr
     assert (server.root / "nginx/shop.conf").read_text() == before
     assert server.request("shop.example").body == b"n2 tinypkg=42"
+
+
+# --- certificates from acme.sh (a stand-in that validates through this nginx) -----
+def acme_stand_in(server: NginxServer) -> str:
+    """pikud.toml's acme_sh line: the stand-in, validating through ``server``'s nginx."""
+    home = server.base / "acme-home"
+    home.mkdir()
+    program = home / "acme.sh"
+    program.write_text(f"#!/bin/sh\nexec {sys.executable} {STAND_IN} --home {home} "
+                       f"--http-port {server.http_port} \"$@\"\n")
+    program.chmod(0o755)
+    return f"acme_sh = {json.dumps(str(program))}\n"
+
+
+def acme_calls(server: NginxServer) -> list[list[str]]:
+    path = server.base / "acme-home" / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_push_gets_a_certificate_from_acme_sh(tmp_path: Path) -> None:
+    with fronted_by_nginx(tmp_path, acme_stand_in) as (server, daemon):
+        env = site_env(server).replace("shop.example", "shop.example.com")
+        work = python_app(tmp_path / "shop", "n1",
+                          extra={"ENV": env + "ACME_ROOT_CA=letsencrypt_test\n"})
+        local_remote(work, "shop")
+        git(work, "push", "piku", "main", env=daemon.env)
+        assert server.wait_for("shop.example.com", "/", lambda r: r.status == 200).body \
+            == b"n1 tinypkg=42"
+
+        def issued() -> bool:
+            return "pikud-test-CA" in subject_and_issuer(served_certificate(server,
+                                                                            "shop.example.com"))
+        wait_for(issued, DEADLINE, "the certificate from acme.sh served")
+        issue = acme_calls(server)[0]
+        assert issue[:3] == ["--issue", "-d", "shop.example.com"]
+        assert issue[issue.index("--server") + 1] == "letsencrypt_test"
+        log = daemon.log_text("shop", "pikud")
+        assert "asking acme.sh for shop.example.com from letsencrypt_test" in log
+        assert "acme.sh installed a certificate for shop.example.com" in log
+        assert server.request("shop.example.com", "/", https=True).body == b"n1 tinypkg=42"
+
+        # An ACME_ROOT_CA that would reach acme.sh's shell is refused; nothing changes.
+        conf = server.root / "nginx" / "shop.conf"
+        before, calls = conf.read_text(), len(acme_calls(server))
+        python_app(work, "n2", extra={"ENV": env + "ACME_ROOT_CA=letsencrypt';id;'\n"})
+        refused = git(work, "push", "piku", "main", env=daemon.env, check=False)
+        assert refused.returncode != 0 and "ACME_ROOT_CA" in refused.stderr, refused.stderr
+        assert conf.read_text() == before and len(acme_calls(server)) == calls
+        assert server.request("shop.example.com", "/", https=True).body == b"n1 tinypkg=42"
+        assert issued()
+
+        assert daemon.cli("destroy", "shop").returncode == 0
+        assert acme_calls(server)[-1] == ["--remove", "-d", "shop.example.com", "--ecc"]
+        assert not any(server.root.joinpath("nginx").glob("shop.*"))
