@@ -3,8 +3,8 @@
 ``ensure_certificate()`` makes ``nginx/APP.crt`` and ``nginx/APP.key`` when
 they are missing: a P-256 EC key (milliseconds, where piku's synchronous
 RSA-4096 cost up to 2 s of a first push), valid for every server name.
-Issuing real certificates with acme.sh is not done yet (README says how to
-install one by hand: put it in those two files).
+Once the site is live, acme.py replaces the pair with one from acme.sh when
+acme.sh is installed; this one keeps serving if that fails.
 """
 
 from __future__ import annotations
