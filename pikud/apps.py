@@ -23,14 +23,16 @@ from pikud.cron import JobSpec, cron_entries, job_settings
 from pikud.deploy.checkout import ref_value, wait_for_ref
 from pikud.deploy.pipeline import PushInfo, build_release, release_env
 from pikud.deploy.releases import Release, ReleaseStore
-from pikud.deploy.servers import server_command
+from pikud.deploy.servers import server_command, servers_needed
 from pikud.errors import DeployError, EnvError, PikudError
 from pikud.procman.group import ProcessGroup, Readiness
 from pikud.procman.plan import plan
 from pikud.procman.health import wait_ready
+from pikud.procman.idle import IdleWatch
 from pikud.procman.logs import Follower, LogFile, log_files, tail
 from pikud.procman.policy import RestartPolicy
-from pikud.procman.process import ProcessSpec
+from pikud.procman.process import ManagedProcess, ProcessSpec
+from pikud.procman.state import ProcessState
 
 if TYPE_CHECKING:
     from pikud.registry import AppRegistry
@@ -71,6 +73,7 @@ class App:
         self._accepted: tuple[str, str] | None = None     # (ref, revision) of the last push
         self.followers: set[Follower] = set()
         self.group = ProcessGroup(self._on_event, self.followers)
+        self.idle: IdleWatch | None = None          # PIKU_IDLE_TIMEOUT (scale to zero)
         defaults = registry.app_defaults
         self.log = LogFile(self.paths.log_dir(name) / "pikud.log", "pikud",
                            defaults.log_max_bytes, defaults.log_backups, self.followers)
@@ -80,6 +83,35 @@ class App:
     def _on_event(self, process: str | None, event: str, message: str) -> None:
         self.registry.events.emit(self.name, process, event, message)
         self.log.write_line(message)
+        if event == "waking":       # one connection wakes every web slot of the app
+            for slot in self.web_slots():
+                slot.resume()
+        if self.idle is not None and event in ("waking", ProcessState.STARTING.value):
+            self.idle.wake()
+
+    def web_slots(self) -> list[ManagedProcess]:
+        """The web slots serving traffic now, with their daemon-owned sockets."""
+        return [proc for proc in self.group.processes.values()
+                if proc.spec.kind in WEB_KINDS and proc.spec.listen_port is not None]
+
+    async def _sleep(self) -> bool:
+        """Suspend the web slots (IdleWatch); declined while another action holds the lock."""
+        if self.lock.locked():
+            return False
+        async with self.lock:
+            for slot in self.web_slots():
+                slot.suspend()
+        return True
+
+    def _watch_idle(self, timeout: float) -> None:
+        """Start, change or end the idle watch for PIKU_IDLE_TIMEOUT (0: off)."""
+        if self.idle is not None and self.idle.timeout != timeout:
+            self.idle.close()
+            self.idle = None
+        if timeout and self.idle is None:
+            self.idle = IdleWatch(self.name, timeout, self.web_slots, self._sleep)
+        elif self.idle is not None:
+            self.idle.wake()                # the slots may be a new generation
 
     def note(self, event: str, message: str, level: int = logging.INFO,
              process: str | None = None) -> None:
@@ -100,8 +132,10 @@ class App:
     def load(self, release: Release | None = None, **candidate: str) -> AppSpec:
         """Parse the app's files (or a candidate ``overrides``/``scaling_text``), or raise."""
         release = release or self.release
-        return load_spec(self.paths, self.name, self.registry.base_env,
+        spec = load_spec(self.paths, self.name, self.registry.base_env,
                          self.registry.app_defaults, source=self.source(release), **candidate)
+        servers_needed(spec.procfile.entries, spec.env, bool(spec.settings.idle_timeout))
+        return spec
 
     def process_specs(self, spec: AppSpec, release: Release | None,
                       ports: dict[str, int]) -> dict[str, ProcessSpec]:
@@ -116,7 +150,7 @@ class App:
             command = spec.procfile.entries[kind]
             inherits, backlog = kind == "web" and s.listen_fds, 128
             if kind in SERVED_KINDS:
-                server = server_command(kind, command, spec.env)
+                server = server_command(kind, command, spec.env, bool(s.idle_timeout))
                 command, inherits, backlog = server.command, server.inherits, server.backlog
             for index in range(1, spec.scaling[kind] + 1):
                 name = f"{self.name}:{kind}.{index}"
@@ -154,7 +188,9 @@ class App:
             self.note("warning", f"{self.name}: {warning}", logging.WARNING)
         for kind in SERVED_KINDS:
             if kind in spec.procfile.entries:
-                for key in server_command(kind, spec.procfile.entries[kind], spec.env).notes:
+                server = server_command(kind, spec.procfile.entries[kind], spec.env,
+                                        bool(spec.settings.idle_timeout))
+                for key in server.notes:
                     self.note("warning", f"{self.name}: {key} has no meaning for the "
                               f"{kind} server pikud runs; it is ignored", logging.WARNING)
         for path in (self.paths.log_dir(self.name), self.paths.data(self.name),
@@ -164,6 +200,7 @@ class App:
         write_atomic(self.paths.live_env_file(self.name), format_env(env), 0o600)
         self.spec = spec
         self.registry.watch(self)
+        self._watch_idle(spec.settings.idle_timeout)
 
     async def _run(self, spec: AppSpec, *, restart_all: bool = False,
                    starting: bool = False) -> None:
@@ -343,6 +380,7 @@ class App:
             if self.spec is not None:       # the router answers 503; nginx keeps its config
                 await self.registry.traffic.publish(self.name, self.spec,
                                                     self.source(self.release), {})
+            self._watch_idle(0)
             await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
 
     async def scale(self, args: Mapping[str, Any]) -> None:
@@ -420,6 +458,7 @@ class App:
             await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
             self.registry.scheduler.set_jobs(self.name, [], starting=False)    # forget its history
             await self.registry.traffic.withdraw(self.name)
+            self._watch_idle(0)
             self.log.close()
             self.registry.unwatch(self)
             nginx = self.paths.nginx()

@@ -367,15 +367,22 @@ class AppSettings:
     healthcheck: str | None = None       # PIKU_HEALTHCHECK: an HTTP path new web processes must answer
     ready_timeout: float = 30.0          # PIKU_READY_TIMEOUT: how long a new web process may take
     listen_fds: bool = False             # PIKU_LISTEN_FDS: web processes get the daemon's socket
+    idle_timeout: float = 0.0            # PIKU_IDLE_TIMEOUT (piku's UWSGI_IDLE): scale to zero; 0 = off
 
 
 def _opt(env: Mapping[str, str], key: str, convert: Callable[[str, str], T], default: T) -> T:
     return convert(key, env[key]) if key in env else default
 
 
+def idle_setting(env: Mapping[str, str]) -> str:
+    """The key scale to zero is read from: PIKU_IDLE_TIMEOUT, else piku's UWSGI_IDLE."""
+    return "PIKU_IDLE_TIMEOUT" if "PIKU_IDLE_TIMEOUT" in env else "UWSGI_IDLE"
+
+
 def app_settings(env: Mapping[str, str], defaults: AppSettings = AppSettings()) -> AppSettings:
     """Read the PIKU_* settings from the merged app env; absent keys keep ``defaults``."""
     log_key = "PIKU_LOG_MAXSIZE" if "PIKU_LOG_MAXSIZE" in env else "UWSGI_LOG_MAXSIZE"
+    idle_key = idle_setting(env)
     settings = AppSettings(
         stop_timeout=_opt(env, "PIKU_STOP_TIMEOUT", seconds, defaults.stop_timeout),
         start_secs=_opt(env, "PIKU_START_SECS", seconds, defaults.start_secs),
@@ -391,6 +398,7 @@ def app_settings(env: Mapping[str, str], defaults: AppSettings = AppSettings()) 
         healthcheck=_opt(env, "PIKU_HEALTHCHECK", url_path, defaults.healthcheck),
         ready_timeout=_opt(env, "PIKU_READY_TIMEOUT", seconds, defaults.ready_timeout),
         listen_fds=_opt(env, "PIKU_LISTEN_FDS", boolean, defaults.listen_fds),
+        idle_timeout=_opt(env, idle_key, seconds, defaults.idle_timeout),
     )
     for key, ok, expected in ((log_key, settings.log_max_bytes >= 1024, "at least 1024 bytes"),
                               ("PIKU_LOG_BACKUPS", settings.log_backups <= 100, "1 to 100")):
@@ -502,6 +510,11 @@ def load_spec(paths: Paths, app: str, base_env: Mapping[str, str],
         scaling_text = _read(paths, paths.scaling_file(app), ScalingError)
     counts = parse_scaling(scaling_text or "", scaling_file)
     scaling, warnings = _formation(procfile, counts, scaling_file)
+    if settings.idle_timeout and "web" in procfile.entries and not settings.listen_fds:
+        key = idle_setting(env)
+        raise EnvError(f"{key}: a web process that binds $PORT itself cannot be started on "
+                       "demand; serve the daemon's socket (PIKU_LISTEN_FDS=true) or unset "
+                       f"{key}", key=key)
     return AppSpec(app, procfile, env, scaling, settings, procfile.warnings + tuple(warnings))
 
 

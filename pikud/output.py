@@ -23,7 +23,7 @@ STATE_STYLES = {
     "RUNNING": "green",
     "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
     "FATAL": "red", "EXITED": "red",
-    "STOPPED": "dim",
+    "STOPPED": "dim", "IDLE": "cyan",
     "running": "green", "stopped": "dim",
 }
 # Log sources get a colour each, picked by name so it is stable across runs.

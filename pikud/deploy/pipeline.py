@@ -97,7 +97,8 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
         env = release_env(spec, paths, base_env, source, None)
         await run_step("preflight", spec, env, source, progress, BuildError)
         runtime = detect(source, spec.procfile)
-        servers = servers_needed(spec.procfile.entries, spec.env)
+        servers = servers_needed(spec.procfile.entries, spec.env,
+                                 on_demand=bool(spec.settings.idle_timeout))
         if servers and runtime.name != "python":
             raise BuildError("wsgi and asgi entries need a Python app (a requirements.txt or "
                              f"pyproject.toml), but this one was detected as {runtime.name}")

@@ -8,7 +8,9 @@ throughput, FACTS.md); ``PIKU_WSGI_SERVER=gunicorn`` and
 ``PIKU_ASGI_SERVER=uvicorn`` choose the others. piku's uWSGI settings map
 onto the chosen server; the ones that mean nothing there are reported.
 gunicorn and uvicorn serve a listening socket the daemon owns (fd 3,
-LISTEN_FDS); granian cannot take one, so it binds the port it is given.
+LISTEN_FDS); granian cannot take one, so it binds the port it is given, and
+an app that scales to zero (PIKU_IDLE_TIMEOUT) gets gunicorn or uvicorn
+unless it chose a server.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pikud.appspec import nonneg_int, positive_int
+from pikud.appspec import idle_setting, nonneg_int, positive_int
 from pikud.errors import EnvError, ProcfileError
 
 TARGET = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*(\(\))?")
@@ -26,7 +28,7 @@ CHOICES = {"wsgi": ("granian", "gunicorn"), "asgi": ("granian", "uvicorn")}
 SERVER_KEY = {"wsgi": "PIKU_WSGI_SERVER", "asgi": "PIKU_ASGI_SERVER"}
 # uWSGI settings with no meaning once uWSGI is gone: reported at deploy, never dropped silently.
 IGNORED = ("UWSGI_ENABLE_THREADS", "UWSGI_GEVENT", "UWSGI_ASYNCIO", "UWSGI_INCLUDE_FILE",
-           "UWSGI_LOG_X_FORWARDED_FOR", "UWSGI_IDLE")
+           "UWSGI_LOG_X_FORWARDED_FOR")
 
 
 @dataclass(frozen=True)
@@ -38,21 +40,31 @@ class ServerCommand:
     backlog: int = 128
 
 
-def server_name(kind: str, env: Mapping[str, str]) -> str:
+def server_name(kind: str, env: Mapping[str, str], on_demand: bool = False) -> str:
+    """The server for ``kind``: the app's choice, else granian, else (on demand) one that inherits.
+
+    Starting on demand needs the daemon's socket, which granian cannot take.
+    """
     key = SERVER_KEY[kind]
-    name = env.get(key, CHOICES[kind][0])
+    default, inheriting = CHOICES[kind]
+    name = env.get(key) or (inheriting if on_demand else default)
     if name not in CHOICES[kind]:
         raise EnvError(f"{key} must be one of {', '.join(CHOICES[kind])}, got {name!r}", key=key)
+    if on_demand and name == "granian":
+        idle = idle_setting(env)
+        raise EnvError(f"{key}: granian cannot take the daemon's socket, which {idle} needs "
+                       f"to start the app on demand; use {inheriting} or unset {idle}", key=key)
     return name
 
 
-def server_command(kind: str, target: str, env: Mapping[str, str]) -> ServerCommand:
+def server_command(kind: str, target: str, env: Mapping[str, str],
+                   on_demand: bool = False) -> ServerCommand:
     """The command serving ``target`` for a ``wsgi``/``asgi`` kind on 127.0.0.1:$PORT."""
     target = target.strip()
     if not TARGET.fullmatch(target):
         raise ProcfileError(f"{kind}: expected module:callable (like app:application), "
                             f"got {target!r}")
-    server = server_name(kind, env)
+    server = server_name(kind, env, on_demand)
     workers = positive_int("UWSGI_PROCESSES", env.get("UWSGI_PROCESSES", "2"))
     threads = positive_int("UWSGI_THREADS", env.get("UWSGI_THREADS", "4"))
     backlog = positive_int("UWSGI_LISTEN", env.get("UWSGI_LISTEN", "128"))
@@ -86,7 +98,8 @@ def server_command(kind: str, target: str, env: Mapping[str, str]) -> ServerComm
                          inherits=server != "granian", backlog=backlog)
 
 
-def servers_needed(entries: Mapping[str, str], env: Mapping[str, str]) -> tuple[str, ...]:
+def servers_needed(entries: Mapping[str, str], env: Mapping[str, str],
+                   on_demand: bool = False) -> tuple[str, ...]:
     """The server packages a Procfile's wsgi/asgi entries need (validated)."""
-    return tuple(sorted({server_command(kind, entries[kind], env).package
+    return tuple(sorted({server_command(kind, entries[kind], env, on_demand).package
                          for kind in CHOICES if kind in entries}))

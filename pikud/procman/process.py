@@ -4,6 +4,11 @@ One task per slot runs spawn -> wait -> decide -> back off -> respawn until the
 slot is stopped. Every change of state goes through ``_set_state()``, which
 checks the edge against ``state.ALLOWED``, logs one fixed phrase and reports
 an event to the owner.
+
+A slot with a daemon-owned socket can also be put to sleep (``suspend()``,
+scale to zero): its process stops, the socket keeps listening, and the first
+connection that waits in its backlog spawns the process again, which then
+accepts it.
 """
 
 from __future__ import annotations
@@ -113,6 +118,8 @@ class ManagedProcess:
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._kick = asyncio.Event()
+        self._suspend = asyncio.Event()         # stop the process, keep the socket
+        self._resumed = asyncio.Event()
         self.settled = asyncio.Event()          # set unless STARTING or STOPPING
         self.listener: socket.socket | None = None
 
@@ -152,6 +159,17 @@ class ManagedProcess:
             with contextlib.suppress(Exception):     # already logged by _supervise
                 await asyncio.shield(self._task)
 
+    def suspend(self) -> None:
+        """Stop the running process but keep listening; a connection brings it back."""
+        if self.listener is not None and self.state is S.RUNNING:
+            self._resumed.clear()
+            self._suspend.set()
+
+    def resume(self) -> None:
+        """Spawn a suspended slot's process again now (or keep it from being suspended)."""
+        self._suspend.clear()
+        self._resumed.set()
+
     async def started(self, timeout: float) -> bool:
         """Wait until a freshly started slot leaves STARTING; True when it is RUNNING."""
         with contextlib.suppress(TimeoutError):
@@ -164,6 +182,9 @@ class ManagedProcess:
     async def _supervise(self) -> None:
         try:
             while not self._stop.is_set():
+                if self._suspend.is_set():
+                    await self._sleep_until_connection()
+                    continue
                 try:
                     child = self._spawn()
                 except OSError as exc:
@@ -175,11 +196,15 @@ class ManagedProcess:
                     continue
                 promote = asyncio.get_running_loop().call_later(
                     self.spec.policy.start_secs, self._promote)
-                stopped = await self._wait_exit_or_stop(child)
+                asked = await self._wait_exit_or_request(child)
                 promote.cancel()
-                if stopped:
+                if asked is self._stop:
                     await self._terminate(child)
                     return
+                if asked is self._suspend:
+                    # STOPPING -> IDLE: no traffic for the app's idle timeout
+                    await self._terminate(child, S.IDLE, "idle")
+                    continue
                 await self._after_exit(child)
         except Exception:
             log.exception("supervision of %s failed", self.name)
@@ -188,8 +213,8 @@ class ManagedProcess:
             if self.listener is not None:
                 self.listener.close()
                 self.listener = None
-            if self.state in (S.BACKOFF, S.FATAL, S.EXITED):
-                # BACKOFF/FATAL/EXITED -> STOPPED: stop requested while no process ran
+            if self.state in (S.BACKOFF, S.FATAL, S.EXITED, S.IDLE):
+                # BACKOFF/FATAL/EXITED/IDLE -> STOPPED: stop requested while no process ran
                 self._set_state(S.STOPPED, f"stopped: {self.name} (was not running)")
 
     def _spawn(self) -> Child:
@@ -223,14 +248,41 @@ class ManagedProcess:
             self._set_state(S.RUNNING, f"success: {self.name} entered RUNNING state, "
                             f"process has stayed up for > {self.spec.policy.start_secs:g}s")
 
-    async def _wait_exit_or_stop(self, child: Child) -> bool:
-        """True when a stop was asked for while the child still runs."""
-        exit_wait = asyncio.ensure_future(child.wait())
-        stop_wait = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait({exit_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        stop_wait.cancel()
-        exit_wait.cancel()
-        return self._stop.is_set() and not child.exited
+    async def _wait_exit_or_request(self, child: Child) -> asyncio.Event | None:
+        """The stop or suspend event asked for while the child still runs; None once it exited."""
+        waits = [asyncio.ensure_future(child.wait()),
+                 asyncio.ensure_future(self._stop.wait()),
+                 asyncio.ensure_future(self._suspend.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        if child.exited:
+            return None
+        return self._stop if self._stop.is_set() else self._suspend
+
+    async def _sleep_until_connection(self) -> None:
+        """IDLE: wait for a connection in the socket's backlog (or a resume, or a stop).
+
+        The daemon only watches the socket; the process it spawns accepts the
+        waiting connection itself.
+        """
+        assert self.listener is not None
+        loop, fd = asyncio.get_running_loop(), self.listener.fileno()
+
+        def connection_waiting() -> None:
+            loop.remove_reader(fd)
+            self._report("waking", f"waking: {self.name} (a connection is waiting)")
+            self.resume()
+
+        loop.add_reader(fd, connection_waiting)
+        waits = [asyncio.ensure_future(self._stop.wait()),
+                 asyncio.ensure_future(self._resumed.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(fd)
+            for wait in waits:
+                wait.cancel()
 
     async def _after_exit(self, child: Child) -> None:
         info = await child.wait()
@@ -276,16 +328,17 @@ class ManagedProcess:
         for w in waits:
             w.cancel()
 
-    async def _terminate(self, child: Child) -> None:
-        # STARTING/RUNNING -> STOPPING: stop requested
-        self._set_state(S.STOPPING, f"stopping: {self.name} (pid {child.pid})")
+    async def _terminate(self, child: Child, final: ProcessState = S.STOPPED,
+                         why: str = "stop requested") -> None:
+        # STARTING/RUNNING -> STOPPING: stop (or suspend) requested
+        self._set_state(S.STOPPING, f"stopping: {self.name} (pid {child.pid}, {why})")
         info = await stop_child(child, self.spec.stop_timeout, lambda: self._report(
             "killed", f"killed: {self.name} did not stop within {self.spec.stop_timeout:g}s; "
             "sent SIGKILL", logging.WARNING), leader_first=self.spec.execs)
         self.last_exit = str(info)
         self.child, self.started_at = None, None
-        # STOPPING -> STOPPED: the process group is gone
-        self._set_state(S.STOPPED, f"stopped: {self.name} ({info})")
+        # STOPPING -> STOPPED/IDLE: the process group is gone
+        self._set_state(final, f"{final.value.lower()}: {self.name} ({info})")
 
     # -- reporting -----------------------------------------------------------
 

@@ -6,6 +6,8 @@
     RUNNING --exit--> EXITED --respawn--> STARTING
     STARTING/RUNNING --stop--> STOPPING --exit--> STOPPED
     BACKOFF/FATAL/EXITED --stop--> STOPPED
+    RUNNING --idle--> STOPPING --exit--> IDLE --connection--> STARTING   (scale to zero)
+    IDLE --stop--> STOPPED
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class ProcessState(Enum):
     BACKOFF = "BACKOFF"
     STOPPING = "STOPPING"
     FATAL = "FATAL"
+    IDLE = "IDLE"               # stopped for want of traffic; its socket still listens
 
     def __str__(self) -> str:
         return self.value
@@ -34,8 +37,9 @@ ALLOWED: dict[ProcessState, frozenset[ProcessState]] = {
     S.RUNNING: frozenset({S.EXITED, S.STOPPING}),
     S.EXITED: frozenset({S.STARTING, S.STOPPED}),
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
-    S.STOPPING: frozenset({S.STOPPED}),
+    S.STOPPING: frozenset({S.STOPPED, S.IDLE}),
     S.FATAL: frozenset({S.STARTING, S.STOPPED}),
+    S.IDLE: frozenset({S.STARTING, S.STOPPED}),
 }
 
 # States in which an OS process exists (or may still exist) for the slot.

@@ -406,6 +406,8 @@ def test_relative_paths_outside(value: str) -> None:
     ({"UWSGI_LOG_MAXSIZE": "4096", "PIKU_LOG_MAXSIZE": "1K"}, {"log_max_bytes": 1024}),
     ({"PIKU_TOUCH_RELOAD": "app.py,conf/x.ini"}, {"touch_reload": ("app.py", "conf/x.ini")}),
     ({"PIKU_AUTO_RESTART": "no"}, {"auto_restart": False}),
+    ({"UWSGI_IDLE": "300"}, {"idle_timeout": 300.0}),
+    ({"UWSGI_IDLE": "300", "PIKU_IDLE_TIMEOUT": "2m"}, {"idle_timeout": 120.0}),
 ])
 def test_app_settings(env: dict[str, str], changes: dict[str, object]) -> None:
     assert app_settings(env) == AppSettings(**changes)  # type: ignore[arg-type]
@@ -510,6 +512,9 @@ def test_load_spec_bom_and_crlf(tmp_path: Path) -> None:
     ({"override": "\n\nX='\n"}, EnvError, "envs/myapp/ENV, line 3: X: unterminated"),
     ({"override": "PIKU_STOP_TIMEOUT=x\n"}, EnvError, "PIKU_STOP_TIMEOUT: expected"),
     ({"scaling": "web: lots\n"}, ScalingError, "envs/myapp/SCALING, line 1: count in 'web: lots'"),
+    ({"override": "UWSGI_IDLE=soon\n"}, EnvError, "UWSGI_IDLE: expected a number of seconds"),
+    ({"override": "PIKU_IDLE_TIMEOUT=60\n"}, EnvError,
+     "PIKU_IDLE_TIMEOUT: a web process that binds $PORT itself cannot be started on demand"),
 ])
 def test_load_spec_errors(tmp_path: Path, files: dict[str, str | None], error: type[SpecError],
                           message: str) -> None:
@@ -574,3 +579,12 @@ def test_live_env_without_home_user_or_path(tmp_path: Path) -> None:
     env = live_env(load_spec(paths, "myapp", {}), paths, {})
     assert env["HOME"] and env["USER"]
     assert env["PATH"] == f"{paths.virtualenv('myapp')}/bin:{os.defpath}"
+
+
+def test_scale_to_zero_needs_no_socket_from_workers_or_when_web_takes_the_daemons(
+        tmp_path: Path) -> None:
+    paths = make_app(tmp_path, procfile="web: run\nworker: w\n",
+                     override="UWSGI_IDLE=60\nPIKU_LISTEN_FDS=1\n")
+    assert load_spec(paths, "myapp", {}).settings.idle_timeout == 60.0
+    paths = make_app(tmp_path / "2", procfile="wsgi: app:app\n", override="UWSGI_IDLE=60\n")
+    assert load_spec(paths, "myapp", {}).settings.idle_timeout == 60.0

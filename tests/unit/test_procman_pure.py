@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pikud.procman.idle import busy_ports, check_interval
 from pikud.procman.plan import Plan, plan
 from pikud.procman.policy import Backoff, Decision, RestartPolicy, decide
 from pikud.procman.state import ALLOWED, ProcessState, allowed
@@ -31,6 +32,11 @@ S = ProcessState
     (S.FATAL, S.STARTING, True),
     (S.FATAL, S.STOPPED, True),
     (S.FATAL, S.RUNNING, False),
+    (S.STOPPING, S.IDLE, True),
+    (S.RUNNING, S.IDLE, False),         # a sleeping slot's process is stopped first
+    (S.IDLE, S.STARTING, True),
+    (S.IDLE, S.STOPPED, True),
+    (S.IDLE, S.RUNNING, False),
 ])
 def test_transitions(old: ProcessState, new: ProcessState, ok: bool) -> None:
     assert allowed(old, new) is ok
@@ -98,3 +104,33 @@ def test_no_retries_means_fatal_at_the_first_quick_failure() -> None:
 def test_plan(current: dict, desired: dict, expected: Plan) -> None:
     assert plan(current, desired) == expected
     assert plan(current, desired).empty is (expected == Plan((), (), ()))
+
+
+# /proc/net/tcp as the kernel writes it: ports 0x1F90 (8080) and 0x1F91 (8081)
+TCP_TABLE = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 1 1
+   1: 0100007F:1F91 00000000:0000 0A 00000000:00000002 00:00000000 00000000  1000        0 2 1
+   2: 0100007F:1F92 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 3 1
+   3: 0100007F:1F92 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 4 1
+   4: 0100007F:1F93 0100007F:D432 06 00000000:00000000 03:00000F9A 00000000     0        0 0 3
+   5: 0100007F:D433 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 5 1
+"""
+
+
+@pytest.mark.parametrize("ports, busy", [
+    ({8080}, set()),                    # listening, nothing queued; a client socket to it
+    ({8081}, {8081}),                   # two connections wait in the accept queue
+    ({8082}, {8082}),                   # an established connection
+    ({8083}, set()),                    # only TIME_WAIT
+    ({8080, 8081, 8082, 8083}, {8081, 8082}),
+    ({9999}, set()),
+])
+def test_busy_ports(ports: set[int], busy: set[int]) -> None:
+    assert busy_ports(TCP_TABLE, ports) == busy
+
+
+@pytest.mark.parametrize("timeout, interval", [(0.5, 0.25), (2, 0.5), (60, 5.0), (3600, 5.0)])
+def test_an_idle_app_is_looked_at_often_enough_but_not_more(timeout: float,
+                                                             interval: float) -> None:
+    assert check_interval(timeout) == interval

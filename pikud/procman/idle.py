@@ -1,0 +1,113 @@
+"""Scale to zero: put an app's web slots to sleep after a quiet spell (PIKU_IDLE_TIMEOUT).
+
+Idle means that no connection to any of the app's daemon-owned sockets has
+been open, or waiting to be accepted, for the whole timeout. The kernel
+knows that better than any counter the daemon could keep, since the app's
+server accepts its connections itself: ``/proc/net/tcp`` lists every socket
+on those ports, with the accept queue of the listening one. Neither nginx's
+sites nor the built-in router keep idle connections to an app open, so an
+app with no requests has none.
+
+``IdleWatch`` looks every ``interval`` seconds while the slots run, and not
+at all while they sleep: a sleeping slot wakes on its own when a connection
+arrives (``ManagedProcess.suspend``), and the watch is told with ``wake()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from pathlib import Path
+
+from pikud.procman.process import ManagedProcess
+from pikud.procman.state import ALIVE, ProcessState
+
+log = logging.getLogger(__name__)
+
+TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+LISTEN, TIME_WAIT, CLOSE = "0A", "06", "07"
+
+
+def busy_ports(table: str, ports: Collection[int]) -> set[int]:
+    """The ``ports`` with traffic in one /proc/net/tcp(6) text.
+
+    A port is busy when a connection to it is open (any state but
+    TIME_WAIT and CLOSE) or its listening socket has connections waiting
+    to be accepted (a LISTEN line's rx_queue is its accept queue).
+    """
+    found: set[int] = set()
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 5 or ":" not in fields[1]:
+            continue
+        port = int(fields[1].rsplit(":", 1)[1], 16)
+        if port not in ports:
+            continue
+        state, queued = fields[3], int(fields[4].split(":")[1], 16)
+        if (state == LISTEN and queued) or state not in (LISTEN, TIME_WAIT, CLOSE):
+            found.add(port)
+    return found
+
+
+def has_traffic(ports: Collection[int], tables: Iterable[Path] = TCP_TABLES) -> bool:
+    """Whether any of ``ports`` has a connection open or waiting (both IP versions)."""
+    for table in tables:
+        try:
+            text = table.read_text()
+        except OSError:
+            continue
+        if busy_ports(text, ports):
+            return True
+    return False
+
+
+def check_interval(timeout: float) -> float:
+    """How often a running app is looked at: a quarter of its timeout, within 0.25-5 s."""
+    return min(max(timeout / 4, 0.25), 5.0)
+
+
+class IdleWatch:
+    """Suspends one app's web slots once none of their sockets had traffic for ``timeout``.
+
+    ``slots()`` gives the app's current web slots (they change with every
+    generation); ``suspend()`` puts them to sleep under the app's lock, and
+    may decline (returning False) while another action holds it.
+    """
+
+    def __init__(self, name: str, timeout: float,
+                 slots: Callable[[], list[ManagedProcess]],
+                 suspend: Callable[[], Awaitable[bool]]) -> None:
+        self.name, self.timeout = name, timeout
+        self._slots, self._suspend = slots, suspend
+        self._woken = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"idle watch of {name}")
+
+    def wake(self) -> None:
+        """A slot is starting: count the quiet spell from now, and look again."""
+        self._woken.set()
+
+    def close(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        interval = check_interval(self.timeout)
+        quiet_since = time.monotonic()
+        while True:
+            slots = self._slots()
+            if not any(slot.state in ALIVE for slot in slots):      # asleep, or stopped
+                self._woken.clear()
+                await self._woken.wait()
+                quiet_since = time.monotonic()
+                continue
+            ports = {slot.spec.listen_port for slot in slots if slot.spec.listen_port}
+            running = all(slot.state is ProcessState.RUNNING for slot in slots)
+            if self._woken.is_set() or not running or has_traffic(ports):
+                self._woken.clear()
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= self.timeout and await self._suspend():
+                log.info("%s: no traffic for %gs; its web processes sleep until the next "
+                         "connection", self.name, self.timeout)
+                quiet_since = time.monotonic()
+            await asyncio.sleep(interval)

@@ -1,0 +1,142 @@
+"""Scale to zero with a real daemon: web slots sleep after PIKU_IDLE_TIMEOUT, a connection wakes them.
+
+The app is a plain Python server that serves the daemon's socket (fd 3) and
+takes half a second to boot, so the first request after a sleep really has
+to wait in the socket's backlog. Requests go through the built-in router.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import time
+
+from pikud.procman.idle import has_traffic
+
+from ..conftest import FAST, Pikud, alive, wait_for
+
+SLOW_FD_SERVER = """\
+import socket
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+time.sleep(0.5)                                  # a slow boot
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+
+server = HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+server.socket = socket.socket(fileno=3)
+server.serve_forever()
+"""
+IDLE = "PIKU_LISTEN_FDS=true\nPIKU_IDLE_TIMEOUT=1\n"
+
+
+def deploy_napper(pikud: Pikud, name: str, env: str = IDLE) -> None:
+    app = pikud.add_app(name, "web: python3 slow.py\n", FAST + env)
+    (app / "slow.py").write_text(SLOW_FD_SERVER)
+    pikud.api("POST", f"/apps/{name}/deploy")
+
+
+def through_router(pikud: Pikud, app: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", pikud.http_port, timeout=15)
+    try:
+        conn.request("GET", "/", headers={"Host": f"{app}.localhost"})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def states(pikud: Pikud, app: str) -> dict[str, str]:
+    return {proc["name"]: proc["state"] for proc in pikud.processes(app)}
+
+
+def test_idle_web_processes_sleep_and_the_first_request_wakes_them_all(pikud: Pikud) -> None:
+    deploy_napper(pikud, "nap")
+    pikud.cli("ps:scale", "nap", "web=2", check=True)
+    assert through_router(pikud, "nap") == (200, "ok")
+    pids = [proc["pid"] for proc in pikud.processes("nap")]
+    assert all(pids)
+
+    wait_for(lambda: set(states(pikud, "nap").values()) == {"IDLE"}, 15, "both to sleep")
+    assert not any(alive(pid) for pid in pids)
+    assert all(proc["pid"] is None and proc["port"] for proc in pikud.processes("nap"))
+
+    started = time.monotonic()
+    assert through_router(pikud, "nap") == (200, "ok")         # waited, was not refused
+    assert time.monotonic() - started >= 0.4                   # it really booted meanwhile
+
+    def both_running() -> list[dict[str, object]] | None:
+        procs = pikud.processes("nap")
+        return procs if all(p["state"] == "RUNNING" for p in procs) else None
+
+    awake = wait_for(both_running, 10, "both slots to wake")
+    assert all(p["pid"] and p["pid"] not in pids for p in awake)
+    assert "waking: nap:web." in pikud.log_text("nap", "pikud")
+
+    wait_for(lambda: set(states(pikud, "nap").values()) == {"IDLE"}, 15, "a second sleep")
+
+
+def test_an_open_connection_keeps_the_app_awake(pikud: Pikud) -> None:
+    deploy_napper(pikud, "busy")
+    proc = pikud.wait_state("busy", "busy:web.1", "RUNNING")
+    with socket.create_connection(("127.0.0.1", proc["port"]), timeout=5):
+        time.sleep(2.5)                       # more than twice the timeout, with a client on
+        assert pikud.process("busy", "busy:web.1")["state"] == "RUNNING"
+    pikud.wait_state("busy", "busy:web.1", "IDLE", timeout=10)
+
+
+def test_a_restart_while_asleep_brings_up_a_new_generation_that_sleeps_again(
+        pikud: Pikud) -> None:
+    deploy_napper(pikud, "again")
+    old_port = pikud.wait_state("again", "again:web.1", "IDLE", timeout=15)["port"]
+    pikud.cli("restart", "again", check=True)
+    proc = pikud.process("again", "again:web.1")
+    assert proc["state"] == "RUNNING" and proc["port"] != old_port
+    assert through_router(pikud, "again") == (200, "ok")
+    pikud.wait_state("again", "again:web.1", "IDLE", timeout=15)
+    assert through_router(pikud, "again") == (200, "ok")
+
+
+def test_stopping_an_asleep_app_closes_its_socket(pikud: Pikud) -> None:
+    deploy_napper(pikud, "off", "PIKU_LISTEN_FDS=true\nUWSGI_IDLE=1\n")   # piku's name works
+    port = pikud.wait_state("off", "off:web.1", "IDLE", timeout=15)["port"]
+    pikud.cli("stop", "off", check=True)
+    assert pikud.processes("off") == []
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        refused = False
+    except ConnectionRefusedError:
+        refused = True
+    assert refused
+
+
+def test_scale_to_zero_needs_a_process_that_takes_the_socket(pikud: Pikud) -> None:
+    deploy_napper(pikud, "binds", "")
+    result = pikud.cli("config:set", "binds", "PIKU_IDLE_TIMEOUT=5")
+    assert result.returncode != 0
+    assert "PIKU_IDLE_TIMEOUT" in result.stderr and "PIKU_LISTEN_FDS" in result.stderr
+    overrides = pikud.root / "envs" / "binds" / "ENV"
+    assert not overrides.exists() or "PIKU_IDLE_TIMEOUT" not in overrides.read_text()
+
+
+def test_has_traffic_sees_a_connection_waiting_in_a_backlog() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        assert not has_traffic({port})
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            assert has_traffic({port})                 # queued, nobody accepted it
+            accepted, _ = listener.accept()
+            with accepted:
+                assert has_traffic({port})             # open
+        accepted.close()
+        wait_for(lambda: not has_traffic({port}), 5, "the connection to close")
