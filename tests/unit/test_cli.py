@@ -348,3 +348,18 @@ def test_run_in_a_missing_dir_is_an_error(stub: StubDaemon, tmp_path: Path,
     stub.ok("GET", "/apps/myapp/config/live", {"env": {}, "cwd": str(tmp_path / "gone")})
     assert main(["run", "myapp", "ls"]) == 1
     assert capsys.readouterr().err == f"Error: cannot enter {tmp_path / 'gone'}: No such file or directory\n"
+
+
+def test_cloudflare_refresh_exits_1_when_a_site_failed(stub: StubDaemon,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    data = {"changed": True, "file": "/f", "ranges": 2, "ipv4": 1, "ipv6": 1, "sources": [],
+            "nginx": True, "apps": [{"name": "a", "site": "updated", "error": None},
+                                    {"name": "b", "site": "failed", "error": "nginx said no"}]}
+    stub.ok("POST", "/cloudflare/refresh", data)
+    assert main(["cloudflare:refresh"]) == 1
+    out = capsys.readouterr().out
+    assert "b    failed" in out and "-----> b: nginx said no" in out
+    data["apps"] = data["apps"][:1]
+    assert main(["cloudflare:refresh", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == data
+    assert [(r.method, r.path) for r in stub.requests] == [("POST", "/cloudflare/refresh")] * 2
