@@ -268,3 +268,20 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
     for app in ("wsgiapp", "gunapp"):
         assert pikud.cli("restart", app).returncode == 0
         assert "did not stop within" not in pikud.log_text(app, "pikud"), app
+
+
+def test_a_pushed_wsgi_app_with_uwsgi_idle_scales_to_zero_on_gunicorn(
+        pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
+    """piku's UWSGI_IDLE: pikud picks a server that takes its socket, and wakes it on demand."""
+    work = python_app(tmp_path / "idler", "w1", "wsgi: wsgi_app:application\n", extra={
+        "wsgi_app.py": WSGI_APP,
+        "ENV": "PIKU_START_SECS=0.5\nPIKU_STOP_TIMEOUT=3\nUWSGI_PROCESSES=1\nUWSGI_IDLE=1\n"})
+    push(sshd, work, "idler")
+    asleep = pikud.wait_state("idler", "idler:wsgi.1", "IDLE", timeout=30)
+    assert asleep["pid"] is None
+    assert list((pikud.root / "envs" / "idler").glob("python-*/bin/gunicorn"))
+    assert get(asleep["port"]) == "wsgi w1 /"          # waited for gunicorn to boot
+    pid = pikud.wait_state("idler", "idler:wsgi.1", "RUNNING")["pid"]
+    assert b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    pikud.wait_state("idler", "idler:wsgi.1", "IDLE", timeout=30)
+    assert not alive(pid)
