@@ -33,6 +33,9 @@ once how to get real ones.
 # - The install runs under the Nginx lock, so no `nginx -t` of another app reads
 #   a half-copied pair. The pair is then loaded like a TLS server would; a
 #   failed or mismatched install puts the previous pair back and reloads.
+#   acme.sh's own renewals write without the lock: for those few milliseconds,
+#   every 60 days or so, another app's `nginx -t` could fail; its deploy says
+#   why and can simply be pushed again.
 #   acme.sh overwrites the key file in place, so it keeps its mode (0600) and
 #   owner: pikud's user, who runs `nginx -t`.
 # - ACME_ROOT_CA is one of acme.sh's CA names or a plain http(s) URL, nothing
