@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pikud.apps import RUNNING, App
@@ -57,6 +58,14 @@ def uses_acl(spec: AppSpec) -> bool:
         return bool(value) and boolean("NGINX_CLOUDFLARE_ACL", value)
     except SpecError:
         return False        # refused at deploy already; such an app has no site
+
+
+def _in_use(path: Path) -> tuple[str, ...] | None:
+    """The ranges sites get now; None when a hand edit broke the file (any list replaces it)."""
+    try:
+        return cloudflare_ranges(path)
+    except (OSError, ValueError):
+        return None
 
 
 def _families(ranges: Sequence[str]) -> dict[str, int]:
@@ -102,7 +111,7 @@ class CloudflareRefresh:
             lists = await download(self.urls)
             ranges = merged(lists)
             result: dict[str, Any] = {
-                "changed": ranges != cloudflare_ranges(path), "file": str(path),
+                "changed": ranges != _in_use(path), "file": str(path),
                 "ranges": len(ranges), **_families(ranges),
                 "sources": [{"url": item.url, "ranges": len(item.ranges)} for item in lists],
                 "nginx": self.registry.traffic.nginx is not None, "apps": []}
