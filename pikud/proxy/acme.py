@@ -198,7 +198,7 @@ class Acme:
         self.issue_timeout, self.timeout = issue_timeout, timeout
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._next: dict[str, tuple[NginxSite, str | None]] = {}
-        self._told_missing = False
+        self._said: set[tuple[str, str]] = set()    # (app or "", message) said once
 
     # -- scheduling --------------------------------------------------------------------
     def request(self, site: NginxSite, server: str | None) -> None:
@@ -252,10 +252,10 @@ class Acme:
             return False
         names, skipped = issuable(site.server_names)
         for reason in skipped:
-            self.note(app, f"certificate: {app}: no certificate for {reason}", logging.WARNING)
+            self._once(app, f"certificate: {app}: no certificate for {reason}", logging.WARNING)
         if not names:
-            self.note(app, f"certificate: {app}: no public name; the self-signed certificate "
-                           "stays", logging.INFO)
+            self._once(app, f"certificate: {app}: no public name; the self-signed certificate "
+                            "stays", logging.INFO)
             return False
         record_file = record_path(self.nginx, app)
         crt = Path(site.certificate)
@@ -270,8 +270,8 @@ class Acme:
                 "-w", site.acme_root, "--keylength", "ec-256"]
         if server is not None:
             argv += ["--server", server]
-            if issued is not None and issued.names[0] == names[0] and issued.server != server:
-                argv.append("--force")      # a valid certificate from the other CA would be kept
+        if issued is not None and issued.names[0] == names[0] and issued.server != server:
+            argv.append("--force")          # a valid certificate from the other CA would be kept
         Path(site.acme_root).mkdir(parents=True, exist_ok=True)
         if not await self._step(app, argv, self.issue_timeout, "could not issue", ok=(0, SKIPPED)):
             return False
@@ -285,14 +285,19 @@ class Acme:
 
     def _missing(self, app: str) -> None:
         if self.program:
-            self.note(app, f"certificate: acme_sh in pikud.toml is {self.program}, which is not "
-                           f"an executable; {app} keeps its self-signed certificate",
-                      logging.WARNING)
-        elif not self._told_missing:
-            self._told_missing = True
-            self.note(app, "certificate: self-signed; install acme.sh (https://get.acme.sh) "
+            self._once(app, f"certificate: acme_sh in pikud.toml is {self.program}, which is "
+                            f"not an executable; {app} keeps its self-signed certificate",
+                       logging.WARNING)
+        else:
+            self._once("", "certificate: self-signed; install acme.sh (https://get.acme.sh) "
                            "for real certificates, issued and renewed automatically",
-                      logging.INFO)
+                       logging.INFO, app)
+
+    def _once(self, key: str, message: str, level: int, app: str | None = None) -> None:
+        """Note ``message`` the first time only: sites are published at every deploy and boot."""
+        if (key, message) not in self._said:
+            self._said.add((key, message))
+            self.note(app or key, message, level)
 
     async def _step(self, app: str, argv: list[str], timeout: float, failed: str,
                     ok: tuple[int, ...] = (0,)) -> bool:
@@ -350,6 +355,7 @@ class Acme:
         if issued is not None and program is not None:
             await self._remove(program, app, issued.names[0])
         record_file.unlink(missing_ok=True)
+        self._said = {said for said in self._said if said[0] != app}
         webroot = self.nginx.paths.root / "acme" / app
         if webroot.is_dir() and not webroot.is_symlink():
             await asyncio.to_thread(shutil.rmtree, webroot, True)

@@ -143,6 +143,9 @@ async def test_issued_certificate_is_served(server: NginxServer, acme_sh: Callab
     # Another CA for the same names: issued again, forced past the still valid certificate.
     assert await acme.certify(site, "letsencrypt_test")
     assert stand_in.calls()[2][-3:] == ["--server", "letsencrypt_test", "--force"]
+    assert await acme.certify(site, None)           # back to acme.sh's default CA
+    assert stand_in.calls()[4][-3:] == ["--keylength", "ec-256", "--force"]
+    assert notes.text().count("a wildcard needs") == 1      # said once, not at every deploy
 
     # Destroy: acme.sh stops renewing it; the record and the webroot go.
     await acme.forget("shop")
@@ -235,7 +238,8 @@ async def test_without_acme_sh_the_self_signed_stays(
         "issued and renewed automatically"]
     missing = Acme(server.nginx(), str(server.base / "nowhere/acme.sh"), note=notes)
     assert not await missing.certify(site, None)
-    assert "nowhere/acme.sh, which is not an executable" in notes.text(logging.WARNING)
+    assert not await missing.certify(site, None)
+    assert notes.text(logging.WARNING).count("nowhere/acme.sh, which is not an executable") == 1
     assert fingerprint(Path(site.certificate)) == before
     assert sorted(p.name for p in server.paths.nginx().iterdir()) == [
         "shop.conf", "shop.crt", "shop.key"]
@@ -246,7 +250,10 @@ async def test_no_public_name_asks_nothing(server: NginxServer, acme_sh: Callabl
     web = backend("web-1")
     site = await live_site(server, web, "shop.test,localhost,127.0.0.1")
     stand_in, notes = acme_sh(), Notes()
-    assert not await Acme(server.nginx(), str(stand_in.program), note=notes).certify(site, None)
-    assert stand_in.calls() == []
+    acme = Acme(server.nginx(), str(stand_in.program), note=notes)
+    assert not await acme.certify(site, None)
+    said = list(notes.seen)
+    assert not await acme.certify(site, None)
+    assert stand_in.calls() == [] and notes.seen == said
     assert "no public name; the self-signed certificate stays" in notes.text()
     assert "127.0.0.1: an IP address" in notes.text(logging.WARNING)
