@@ -245,9 +245,9 @@ def _can(st: os.stat_result, uid: int, gids: set[int], bits: int) -> bool:
 def access_problems(site: NginxSite, user: str = "www-data") -> list[str]:
     """What stops nginx's workers (running as ``user``) from serving ``site``, as advice.
 
-    They must pass through every folder above a static folder or a unix
-    socket (x), list and read the static folders (r+x) and write to the
-    sockets (w). Debian 12 makes home folders 0700, which turns every
+    They must pass through every folder above a static folder, the ACME
+    webroot or a unix socket (x), list and read those folders (r+x) and
+    write to the sockets (w). Debian 12 makes home folders 0700, which turns every
     request into a 502. Paths that do not exist yet are skipped; nothing is
     reported when ``user`` does not exist.
     """
@@ -258,6 +258,7 @@ def access_problems(site: NginxSite, user: str = "www-data") -> list[str]:
     uid = entry.pw_uid
     gids = {entry.pw_gid} | {group.gr_gid for group in grp.getgrall() if user in group.gr_mem}
     targets = [(Path(static.path), 0o5, "read") for static in site.static_paths]
+    targets.append((Path(site.acme_root), 0o5, "serve ACME challenges from"))
     if site.catch_all is not None:
         targets.append((Path(site.catch_all), 0o4, "read"))
     targets += [(Path(server.removeprefix("unix:")), 0o2, "connect to")

@@ -146,3 +146,16 @@ def test_access_problems_skip_missing_and_unknown_user(open_dir: Path) -> None:
     site = site_with(open_dir / "missing" / "static", open_dir / "missing.sock")
     assert access_problems(site, "www-data") == []
     assert access_problems(site, "no-such-user-pikud") == []
+
+
+def test_access_problems_cover_the_acme_webroot(open_dir: Path, www_data: str) -> None:
+    acme = open_dir / "root" / "acme" / "a"
+    acme.mkdir(parents=True)
+    acme.chmod(0o700)
+    site = NginxSite(app="a", server_names=("a.com",), upstreams=("127.0.0.1:1",),
+                     certificate="/c", certificate_key="/k", acme_root=str(acme))
+    assert access_problems(site, www_data) == [
+        f"nginx (user www-data) cannot serve ACME challenges from {acme}: it is mode 0700; "
+        f"fix with `chmod o+rx {acme}` (or give group www-data access)"]
+    acme.chmod(0o755)
+    assert access_problems(site, www_data) == []
