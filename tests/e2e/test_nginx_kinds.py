@@ -1,0 +1,88 @@
+"""Every Procfile kind that serves HTTP, pushed with git and answering through a real nginx.
+
+A Flask app (wsgi, on granian), an ASGI app, a plain Python `web` process, a
+static site with no process at all, and a `web` app that scales to zero:
+each has its own server name on the one nginx the fixture started.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.conftest import Pikud
+from tests.e2e.apps import git, local_remote, python_app
+from tests.e2e.test_nginx_deploy import fronted, site_env  # noqa: F401 (a fixture)
+from tests.e2e.test_push import ASGI_APP, FD_APP
+from tests.integration.test_nginx import NginxServer
+
+FLASK_APP = '''\
+from flask import Flask
+
+app = Flask(__name__)
+
+
+@app.get("/")
+def index():
+    return "flask " + open("VERSION").read().strip()
+'''
+
+
+def named(server: NginxServer, app: str, extra: str = "") -> str:
+    return site_env(server, extra).replace("shop.example", f"{app}.example")
+
+
+def push(daemon: Pikud, work: Path, app: str) -> None:
+    local_remote(work, app)
+    git(work, "push", "piku", "main", env=daemon.env)
+
+
+def static_site(work: Path, env: str) -> Path:
+    """A repository with only a `static:` entry and its files: no runtime, no process."""
+    (work / "public").mkdir(parents=True)
+    (work / "public" / "index.html").write_text("<h1>static s1</h1>\n")
+    (work / "Procfile").write_text("static: /:public\n")
+    (work / "ENV").write_text(env)
+    git(work, "init", "--quiet", "--initial-branch=main")
+    git(work, "-c", "user.email=t@example.invalid", "-c", "user.name=T", "add", "-A")
+    git(work, "-c", "user.email=t@example.invalid", "-c", "user.name=T",
+        "commit", "--quiet", "-m", "static")
+    return work
+
+
+def test_every_serving_kind_answers_through_nginx(
+        fronted: tuple[NginxServer, Pikud], tmp_path: Path) -> None:
+    server, daemon = fronted
+    flask = python_app(tmp_path / "flask", "f1", "wsgi: flask_app:app\n", extra={
+        "requirements.txt": "flask\n", "flask_app.py": FLASK_APP,
+        "ENV": named(server, "flask")})
+    asgi = python_app(tmp_path / "asgi", "a1", "asgi: asgi_app:app\n", extra={
+        "asgi_app.py": ASGI_APP, "ENV": named(server, "asgi")})
+    web = python_app(tmp_path / "web", "w1", extra={"ENV": named(server, "web")})
+    site = static_site(tmp_path / "static", named(server, "static"))
+    for app, work in (("flask", flask), ("asgi", asgi), ("web", web), ("static", site)):
+        push(daemon, work, app)
+
+    expected = {"flask": b"flask f1", "asgi": b"asgi a1", "web": b"w1 tinypkg=42",
+                "static": b"<h1>static s1</h1>\n"}
+    for app, body in expected.items():
+        answer = server.wait_for(f"{app}.example", "/", lambda r: r.status == 200)
+        assert answer.body == body, (app, answer.body)
+        assert server.request(f"{app}.example", https=True).body == body
+    assert daemon.processes("static") == []              # nginx serves it alone
+
+
+def test_the_first_request_after_a_sleep_succeeds_through_nginx(
+        fronted: tuple[NginxServer, Pikud], tmp_path: Path) -> None:
+    server, daemon = fronted
+    work = python_app(tmp_path / "nap", "z1", "web: python3 fd_app.py\n", extra={
+        "fd_app.py": FD_APP,
+        "ENV": named(server, "nap", "PIKU_LISTEN_FDS=true\nPIKU_IDLE_TIMEOUT=1\n")})
+    push(daemon, work, "nap")
+    assert server.wait_for("nap.example", "/", lambda r: r.status == 200).body == b"fd z1"
+    daemon.wait_state("nap", "nap:web.1", "IDLE", timeout=20)
+    for _ in range(2):
+        started = time.monotonic()
+        assert server.request("nap.example").body == b"fd z1"      # no 502 while it boots
+        assert time.monotonic() - started < 10
+        daemon.wait_state("nap", "nap:web.1", "IDLE", timeout=20)
