@@ -1,13 +1,14 @@
 """nginx sites with a real nginx: apply, reload, serve; a refused config changes nothing.
 
 The fixture starts nginx as a non-daemon master with its own prefix (pid,
-logs, temp folders) on free loopback ports; its http {} includes the test
-PIKU_ROOT's nginx/*.conf, as contrib/nginx-pikud.conf does. Run as root, its
-workers are www-data, as on Debian, so the tests also prove that nginx's user
-can read what pikud writes: the test folders are 0755 for that (pytest's
-tmp_path sits in a 0700 folder, so they are made under /tmp). Backends are
-python http.server children. Every wait has a deadline; every process started
-here is stopped, and the teardown fails if an nginx process outlived it.
+logs, temp folders) on free loopback ports (tests/nginx_master.py, shared
+with bench/wsgi.py); its http {} includes the test PIKU_ROOT's nginx/*.conf,
+as contrib/nginx-pikud.conf does. Run as root, its workers are www-data, as
+on Debian, so the tests also prove that nginx's user can read what pikud
+writes: the test folders are 0755 for that (pytest's tmp_path sits in a 0700
+folder, so they are made under /tmp). Backends are python http.server
+children. Every wait has a deadline; every process started here is stopped,
+and the teardown fails if an nginx process outlived it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,8 @@ from pikud.errors import EnvError, NginxError
 from pikud.paths import Paths
 from pikud.proxy import Nginx, NginxSite, ensure_certificate, site_from_env
 
-from ..conftest import alive, proc_stat, wait_for
-
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-AS_ROOT = os.geteuid() == 0
-DEADLINE = 10.0
+from tests.nginx_master import AS_ROOT, DEADLINE, NGINX, NginxMaster
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx is not installed")
 
@@ -154,85 +152,48 @@ class Response:
         return json.loads(self.body)
 
 
-@dataclass
 class NginxServer:
-    """One real nginx master serving ``root``'s nginx/*.conf."""
+    """One real nginx master (tests/nginx_master.py) serving ``root``'s nginx/*.conf."""
 
-    base: Path
-    http_port: int = field(default_factory=free_port)
-    https_port: int = field(default_factory=free_port)
-    health_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def __post_init__(self) -> None:
-        self.prefix = self.base / "prefix"
-        self.conf = self.prefix / "nginx.conf"
-        self.root = self.base / "root"
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.root = base / "root"
         self.paths = Paths(self.root)
         self.paths.create()
+        self.master = NginxMaster(base / "prefix", self.paths.nginx())
+        self.prefix = self.master.prefix
+        self.conf = self.master.conf
+        self.http_port = self.master.http_port
+        self.https_port = self.master.https_port
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.master.proc
 
     def start(self) -> None:
-        (self.prefix / "tmp").mkdir(parents=True)
-        temp = "".join(f"    {kind}_temp_path {self.prefix}/tmp/{kind};\n"
-                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        self.conf.write_text(
-            ("user www-data;\n" if AS_ROOT else "")
-            + f"worker_processes 1;\npid {self.prefix}/nginx.pid;\n"
-            f"error_log {self.prefix}/error.log notice;\n"
-            "events { worker_connections 256; }\n"
-            "http {\n    include /etc/nginx/mime.types;\n"
-            "    default_type application/octet-stream;\n"
-            f"    access_log {self.prefix}/access.log;\n{temp}"
-            f"    server {{ listen 127.0.0.1:{self.health_port}; return 204; }}\n"
-            f"    include {self.paths.nginx()}/*.conf;\n}}\n")
-        self.proc = subprocess.Popen(
-            [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-e", "stderr",
-             "-g", "daemon off;"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        proc = self.proc
-        wait_for(lambda: proc.poll() is not None or connectable(str(self.health_port)),
-                 DEADLINE, "nginx listening")
-        assert proc.poll() is None, f"nginx exited: {self.output()}"
+        self.master.start(DEADLINE)
 
     def output(self) -> str:
-        if self.proc is None or self.proc.stdout is None or self.proc.poll() is None:
-            return ""
-        return self.proc.stdout.read().decode(errors="replace")
+        return self.master.output()
 
     def group(self) -> set[int]:
         """Live processes of the master's session: the master and its workers."""
-        assert self.proc is not None
-        found = set()
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                fields = proc_stat(entry)
-                if fields is not None and int(fields[3]) == self.proc.pid and alive(int(entry)):
-                    found.add(int(entry))
-        return found
+        return set(self.master.processes())
 
     def stop(self) -> None:
+        """Stop the master; fails if it had no processes or one had to be killed."""
         if self.proc is None:
             return
         group = self.group()
-        stop_child(self.proc, signal.SIGQUIT)
-        left = self.group()
-        deadline = time.monotonic() + DEADLINE
-        while left and time.monotonic() < deadline:
-            time.sleep(0.05)
-            left = self.group()
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        left = self.master.stop(DEADLINE)
         assert group, "nginx had no processes"
         assert not left, f"nginx processes left behind: {left}"
 
     def nginx(self, reload_command: list[str] | None = None) -> Nginx:
         """The pikud side: tests with this nginx binary, reloads this master."""
-        reload = [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-s", "reload"]
-        return Nginx(self.paths, [NGINX], reload if reload_command is None else reload_command,
-                     preamble=("user www-data;",) if AS_ROOT else (), timeout=DEADLINE)
+        reload = self.master.reload_command if reload_command is None else reload_command
+        return Nginx(self.paths, [NGINX], reload, preamble=self.master.preamble,
+                     timeout=DEADLINE)
 
     def site(self, app: str, env: dict[str, str], upstreams: tuple[str, ...] = (),
              app_dir: Path | None = None, **kwargs: Any) -> NginxSite:
