@@ -42,12 +42,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+sys.path.insert(0, str(REPO))
+from tests.nginx_master import (  # noqa: E402  (the nginx tests' throwaway master)
+    NGINX, NginxMaster, all_pids, proc_stat, stop_session)
+
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 UWSGI = shutil.which("uwsgi") or "/usr/bin/uwsgi"
 CLI = [sys.executable, "-m", "pikud.cli"]
 HOST = "bench.example"
-AS_ROOT = os.geteuid() == 0
 RATE = 200                       # requests a second during restarts and redeploys
 ROUND_SECONDS = 10               # length of a wrk round (--seconds)
 
@@ -65,12 +67,6 @@ def index():
 
 
 # --- small helpers --------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,18 +99,6 @@ def get(port: int, timeout: float = 5) -> tuple[int, bytes]:
     return int(head.split(b" ", 2)[1]), body
 
 
-def proc_stat(pid: int | str) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def all_pids() -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-
-
 def children(pid: int) -> list[int]:
     return [p for p in all_pids() if (fields := proc_stat(p)) and int(fields[1]) == pid]
 
@@ -126,12 +110,6 @@ def descendants(pid: int) -> list[int]:
         found += kids
         todo += kids
     return found
-
-
-def in_session(sid: int) -> list[int]:
-    """Live processes of the session ``sid`` (zombies aside)."""
-    return [p for p in all_pids()
-            if (fields := proc_stat(p)) and int(fields[3]) == sid and fields[0] != "Z"]
 
 
 def cmdline(pid: int) -> bytes:
@@ -166,90 +144,21 @@ def memory(pids: list[int]) -> tuple[float, float]:
     return rss / 1024, pss / 1024
 
 
-def stop_session(proc: subprocess.Popen[Any], sig: int, timeout: float) -> list[int]:
-    """Signal a process we started in its own session, wait, SIGKILL what is left of
-    its session; returns the pids that had to be killed."""
-    killed: list[int] = []
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    deadline = time.monotonic() + 5
-    while in_session(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in in_session(proc.pid):
-        killed.append(pid)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
-    return killed
-
-
 # --- nginx ------------------------------------------------------------------------
-class Nginx:
-    """A fresh nginx master with its own prefix; http {} includes ``sites``/*.conf.
-    Its access log records every answer with its time, for per-second counts."""
+class Nginx(NginxMaster):
+    """The setup's nginx master (tests/nginx_master.py): http {} includes ``sites``/*.conf,
+    and its access log records every answer with its time, for per-second counts."""
 
     def __init__(self, base: Path, sites: Path) -> None:
-        self.prefix = base / "nginx"
-        self.conf = self.prefix / "nginx.conf"
-        self.log = self.prefix / "access.log"
-        self.sites = sites
-        self.port = free_port()
-        self.https_port = free_port()
-        self.health_port = free_port()        # answers 204 before any site exists
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.leftovers: list[int] = []
-
-    @property
-    def reload_command(self) -> list[str]:
-        return [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-s", "reload"]
-
-    def start(self) -> None:
-        (self.prefix / "tmp").mkdir(parents=True)
-        temp = "".join(f"    {kind}_temp_path {self.prefix}/tmp/{kind};\n"
-                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        self.conf.write_text(
-            ("user www-data;\n" if AS_ROOT else "")
-            + f"worker_processes 1;\npid {self.prefix}/nginx.pid;\n"
-            f"error_log {self.prefix}/error.log notice;\n"
-            "events { worker_connections 1024; }\n"
-            "http {\n    include /etc/nginx/mime.types;\n"
-            "    default_type application/octet-stream;\n"
-            "    log_format bench '$msec $status';\n"
-            f"    access_log {self.log} bench buffer=256k flush=1s;\n{temp}"
-            f"    server {{ listen 127.0.0.1:{self.health_port}; access_log off; return 204; }}\n"
-            f"    include {self.sites}/*.conf;\n}}\n")
-        self.proc = subprocess.Popen(
-            [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-e", "stderr",
-             "-g", "daemon off;"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.prefix / "stderr.log", "wb"), start_new_session=True)
-        proc = self.proc
-
-        def listening() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError("nginx exited: " + (self.prefix / "stderr.log").read_text())
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", self.health_port)) == 0
-        wait(listening, 10, "nginx to listen")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.leftovers = stop_session(self.proc, signal.SIGQUIT, 10)
-            self.proc = None
+        super().__init__(base / "nginx", sites, worker_connections=1024,
+                         log_format="$msec $status", log_options="buffer=256k flush=1s")
 
     def per_second(self, start: float, end: float) -> tuple[list[int], int]:
         """2xx answers per whole second in [start, end), and the 5xx count (a 499 is
         wrk closing its connections at the end of a round, not an error)."""
         ok: dict[int, int] = {}
         bad = 0
-        with open(self.log) as f:
+        with open(self.access_log) as f:
             for line in f:
                 stamp, status = line.split()
                 t = float(stamp)
@@ -426,12 +335,12 @@ class Figures:
 def measure(fig: Figures, nginx: Nginx, args: argparse.Namespace,
             restart: Callable[[], None], redeploy: Callable[[], None]) -> None:
     """The common part: wrk rounds, then a restart and a redeploy under paced load."""
-    wait(lambda: get(nginx.port)[0] == 200, 60, f"{fig.name} answering through nginx")
-    wrk_round(nginx.port, 2)                                   # warm-up, not counted
+    wait(lambda: get(nginx.http_port)[0] == 200, 60, f"{fig.name} answering through nginx")
+    wrk_round(nginx.http_port, 2)                              # warm-up, not counted
     for _ in range(args.rounds):
-        fig.rounds.append(wrk_round(nginx.port, args.seconds))
-    fig.restart = under_load(nginx.port, restart, least=args.load_seconds)
-    fig.redeploy = under_load(nginx.port, redeploy, least=args.load_seconds)
+        fig.rounds.append(wrk_round(nginx.http_port, args.seconds))
+    fig.restart = under_load(nginx.http_port, restart, least=args.load_seconds)
+    fig.redeploy = under_load(nginx.http_port, redeploy, least=args.load_seconds)
 
 
 def read_log(fig: Figures, nginx: Nginx) -> None:
@@ -463,9 +372,9 @@ def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Figu
     (root / "pikud.toml").write_text(
         f"nginx_test = {json.dumps([NGINX])}\n"
         f"nginx_reload = {json.dumps(nginx.reload_command)}\n"
-        f"nginx_preamble = {json.dumps(['user www-data;'] if AS_ROOT else [])}\n")
+        f"nginx_preamble = {json.dumps(nginx.preamble)}\n")
     app_env = (f"NGINX_SERVER_NAME={HOST}\nNGINX_IPV4_ADDRESS=127.0.0.1\nDISABLE_IPV6=yes\n"
-               f"NGINX_HTTP_PORT={nginx.port}\nNGINX_HTTPS_PORT={nginx.https_port}\n"
+               f"NGINX_HTTP_PORT={nginx.http_port}\nNGINX_HTTPS_PORT={nginx.https_port}\n"
                "UWSGI_PROCESSES=2\nUWSGI_THREADS=4\n"
                + (f"PIKU_WSGI_SERVER={server}\n" if server else ""))
     work = base / "work"
@@ -533,9 +442,9 @@ def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Figu
 
 
 def stop_nginx(fig: Figures, nginx: Nginx) -> None:
-    nginx.stop()
-    if nginx.leftovers:
-        fig.notes.append(f"LEFT BEHIND by nginx, killed: {nginx.leftovers}")
+    leftovers = nginx.stop()
+    if leftovers:
+        fig.notes.append(f"LEFT BEHIND by nginx, killed: {leftovers}")
 
 
 def finish(fig: Figures, nginx: Nginx, base: Path, args: argparse.Namespace) -> Figures:
@@ -566,7 +475,7 @@ upstream bench {{
     server unix:{sock};
 }}
 server {{
-    listen 127.0.0.1:{nginx.port};
+    listen 127.0.0.1:{nginx.http_port};
     server_name {HOST};
     gzip on;
     gzip_vary on;
