@@ -98,13 +98,20 @@ def issue(home: Path, args: list[str], port: int) -> int:
     return 0
 
 
-def install(home: Path, args: list[str]) -> int:
+def issued(home: Path, args: list[str]) -> tuple[str, Path | None]:
+    """The first -d name, and its certificate folder if one was issued."""
     names = domains(args)
-    folder = home / f"{names[0]}_ecc" if names else home / "none"
-    if not folder.is_dir():
-        print(f"The domain '{names[0] if names else ''}' seems to be not issued yet")
+    first = names[0] if names else ""
+    folder = home / f"{first}_ecc"
+    return first, folder if first and folder.is_dir() else None
+
+
+def install(home: Path, args: list[str]) -> int:
+    first, folder = issued(home, args)
+    if folder is None:
+        print(f"The domain '{first}' seems to be not issued yet")
         return 1
-    for source, target in ((folder / f"{names[0]}.key", option(args, "--key-file")),
+    for source, target in ((folder / f"{first}.key", option(args, "--key-file")),
                            (folder / "fullchain.cer", option(args, "--fullchain-file"))):
         if target is None:
             continue
@@ -125,13 +132,12 @@ def install(home: Path, args: list[str]) -> int:
 
 
 def remove(home: Path, args: list[str]) -> int:
-    names = domains(args)
-    folder = home / f"{names[0]}_ecc" if names else home / "none"
-    if not folder.is_dir():
-        print(f"{names[0] if names else ''} is not an issued domain, skipping.")
+    first, folder = issued(home, args)
+    if folder is None:
+        print(f"{first} is not an issued domain, skipping.")
         return 1
     shutil.rmtree(folder)
-    print(f"{names[0]} has been removed.")
+    print(f"{first} has been removed.")
     return 0
 
 

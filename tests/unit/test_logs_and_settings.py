@@ -63,6 +63,15 @@ def test_settings_are_read(tmp_path: Path) -> None:
     ("events_kept = 0\n", "events_kept"),
     ("defaults = 3\n", "[defaults] must be a table"),
     ("[defaults]\nPIKU_STOP_TIMEOUT = 'soon'\n", "PIKU_STOP_TIMEOUT"),
+    ("cloudflare_urls = []\n", "cloudflare_urls must be a list of 1 to 10 URLs"),
+    ('cloudflare_urls = "https://x/ips"\n', "cloudflare_urls must be a list"),
+    ('cloudflare_urls = ["ftp://x/ips"]\n', "'ftp://x/ips' is not an http:// or https:// URL"),
+    ('cloudflare_urls = ["https:///ips"]\n', "'https:///ips' is not"),
+    ('cloudflare_urls = ["https://x/a b"]\n', "'https://x/a b' is not"),
+    ("cloudflare_urls = [1]\n", "1 is not"),
+    ("cloudflare_refresh_days = -1\n", "cloudflare_refresh_days must be a number of days"),
+    ("cloudflare_refresh_days = true\n", "cloudflare_refresh_days must be"),
+    ('cloudflare_refresh_days = "7"\n', "cloudflare_refresh_days must be"),
 ])
 def test_bad_settings_name_the_problem(tmp_path: Path, text: str, names: str) -> None:
     path = tmp_path / "pikud.toml"
