@@ -43,8 +43,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from tests.nginx_master import (  # noqa: E402  (the nginx tests' throwaway master)
-    NGINX, NginxMaster, all_pids, proc_stat, stop_session)
+from tests.nginx_master import NGINX, NginxMaster  # noqa: E402  (the tests' nginx master)
+from tests.processes import all_pids, proc_stat, stop_session  # noqa: E402
 
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 UWSGI = shutil.which("uwsgi") or "/usr/bin/uwsgi"

@@ -21,24 +21,10 @@ import pytest
 
 from pikud.control.client import Client
 from pikud.procman.children import find_processes
+from tests.processes import alive, proc_stat  # noqa: F401 (the tests import them from here)
 from tests.waiting import wait_for
 
 STARTUP_DEADLINE = 15.0
-
-
-def proc_stat(pid: int | str) -> list[bytes] | None:
-    """The fields of /proc/PID/stat after the command name (state first), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    fields = proc_stat(pid)
-    return fields is not None and fields[0] != b"Z"
 
 
 def app_processes(root: Path) -> set[int]:

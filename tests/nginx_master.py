@@ -21,10 +21,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
+from tests.processes import in_session, stop_session
 from tests.waiting import wait_for
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -38,52 +37,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def proc_stat(pid: int | str) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state first), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def all_pids() -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-
-
-def in_session(sid: int) -> list[int]:
-    """Live processes of the session ``sid`` (zombies aside)."""
-    return [p for p in all_pids()
-            if (fields := proc_stat(p)) and int(fields[3]) == sid and fields[0] != "Z"]
-
-
-def stop_session(proc: subprocess.Popen[Any], sig: int, timeout: float,
-                 linger: float = 5.0) -> list[int]:
-    """Signal a process started with ``start_new_session=True``, wait up to
-    ``timeout`` for it, then up to ``linger`` for the rest of its session, and
-    SIGKILL what is left; always reaps ``proc``. Returns the pids that had to be
-    killed."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    deadline = time.monotonic() + linger
-    while in_session(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    killed = in_session(proc.pid)
-    for pid in killed:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(DEADLINE)
-    return killed
 
 
 def listening(port: int) -> bool:

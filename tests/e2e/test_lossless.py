@@ -127,5 +127,5 @@ def test_orphans_are_reaped_after_a_build_under_uvloop(pikud: Pikud, tmp_path: P
     assert pikud.proc is not None
     zombies = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()
                and (fields := proc_stat(entry.name)) is not None
-               and fields[0] == b"Z" and int(fields[1]) == pikud.proc.pid]
+               and fields[0] == "Z" and int(fields[1]) == pikud.proc.pid]
     assert zombies == []

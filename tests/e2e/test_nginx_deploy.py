@@ -2,52 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import shutil
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Pikud, app_processes
+from tests.conftest import Pikud
 from tests.e2e.apps import git, local_remote, python_app
 from tests.integration.test_acme import STAND_IN, served_certificate, subject_and_issuer
-from tests.integration.test_nginx import AS_ROOT, DEADLINE, NGINX, NginxServer
+from tests.integration.test_nginx import DEADLINE, NginxServer, fronted_by_nginx
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
-
-
-@contextlib.contextmanager
-def fronted_by_nginx(tmp_path: Path, settings: Callable[[NginxServer], str] = lambda server: "",
-                     ) -> Iterator[tuple[NginxServer, Pikud]]:
-    """A real nginx on loopback ports and a pikud whose sites it serves."""
-    base = Path(tempfile.mkdtemp(prefix="pkf-", dir="/tmp"))
-    base.chmod(0o755)
-    server = NginxServer(base)
-    daemon = Pikud(server.root, tmp_path / "pikud.log")
-    (server.root / "pikud.toml").write_text(
-        f"nginx_test = {json.dumps([NGINX])}\n"
-        f"nginx_reload = {json.dumps([NGINX, '-p', str(server.prefix), '-c', str(server.conf), '-s', 'reload'])}\n"
-        f"nginx_preamble = {json.dumps(['user www-data;'] if AS_ROOT else [])}\n"
-        + settings(server))
-    try:
-        server.start()
-        daemon.start(extra_env={"PIKU_PROXY": "nginx"})
-        yield server, daemon
-    finally:
-        if daemon.proc is not None:
-            assert daemon.stop() == 0, daemon.output()
-        server.stop()
-        left = app_processes(server.root)
-        shutil.rmtree(base, ignore_errors=True)
-        assert not left, left
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ away (403) gets through.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,8 +23,8 @@ import pytest
 
 from pikud.control.client import RemoteError
 from pikud.proxy.site import cloudflare_ranges
-from tests.conftest import FAST, Pikud, app_processes, json_out
-from tests.integration.test_nginx import AS_ROOT, NGINX, NginxServer
+from tests.conftest import FAST, Pikud, json_out
+from tests.integration.test_nginx import NginxServer, fronted_by_nginx
 from tests.waiting import wait_for
 
 V4 = "198.51.100.0/24\n203.0.113.0/24\n"
@@ -150,34 +150,15 @@ def test_refresh_writes_the_list_once_and_refuses_bad_ones(
 # --- through a real nginx --------------------------------------------------------
 @pytest.fixture
 def front(tmp_path: Path, lists: Lists) -> Iterator[Callable[..., tuple[NginxServer, Pikud]]]:
-    """Starts a real nginx on loopback ports and a pikud whose sites it serves.
+    """Starts a real nginx and a pikud whose sites it serves (fronted_by_nginx).
 
     ``days`` is the daemon's cloudflare_refresh_days (0: no automatic refresh).
     """
-    base = Path(tempfile.mkdtemp(prefix="pkc-", dir="/tmp"))
-    base.chmod(0o755)
-    server = NginxServer(base)
-    daemon = Pikud(server.root, tmp_path / "pikud.log")
-
-    def start(days: float = 0) -> tuple[NginxServer, Pikud]:
-        reload = [NGINX, "-p", str(server.prefix), "-c", str(server.conf), "-s", "reload"]
-        (server.root / "pikud.toml").write_text(
-            f"nginx_test = {json.dumps([NGINX])}\nnginx_reload = {json.dumps(reload)}\n"
-            f"nginx_preamble = {json.dumps(['user www-data;'] if AS_ROOT else [])}\n"
-            + lists.settings(days))
-        server.start()
-        daemon.start(extra_env={"PIKU_PROXY": "nginx"})
-        return server, daemon
-
-    try:
+    with contextlib.ExitStack() as stack:
+        def start(days: float = 0) -> tuple[NginxServer, Pikud]:
+            return stack.enter_context(
+                fronted_by_nginx(tmp_path, lambda server: lists.settings(days)))
         yield start
-    finally:
-        if daemon.proc is not None:
-            assert daemon.stop() == 0, daemon.output()
-        server.stop()
-        left = app_processes(server.root)
-        shutil.rmtree(base, ignore_errors=True)
-        assert not left, left
 
 
 def site_apps(server: NginxServer, daemon: Pikud) -> Path:

@@ -13,6 +13,7 @@ and the teardown fails if an nginx process outlived it.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -35,6 +36,7 @@ from pikud.errors import EnvError, NginxError
 from pikud.paths import Paths
 from pikud.proxy import Nginx, NginxSite, ensure_certificate, site_from_env
 
+from tests.conftest import Pikud, app_processes
 from tests.nginx_master import AS_ROOT, DEADLINE, NGINX, NginxMaster
 from tests.waiting import wait_for
 
@@ -271,6 +273,36 @@ def app_files(folder: Path, files: dict[str, str]) -> None:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
 
+
+
+
+@contextlib.contextmanager
+def fronted_by_nginx(log_dir: Path, settings: Callable[[NginxServer], str] = lambda server: "",
+                     ) -> Iterator[tuple[NginxServer, Pikud]]:
+    """A real nginx on loopback ports and a real pikud whose sites it tests and serves.
+
+    ``settings`` adds lines to the daemon's pikud.toml. Everything started is
+    stopped, and no app process may outlive it.
+    """
+    base = Path(tempfile.mkdtemp(prefix="pkf-", dir="/tmp"))
+    base.chmod(0o755)
+    server = NginxServer(base)
+    daemon = Pikud(server.root, log_dir / "pikud.log")
+    (server.root / "pikud.toml").write_text(
+        f"nginx_test = {json.dumps([NGINX])}\n"
+        f"nginx_reload = {json.dumps(server.master.reload_command)}\n"
+        f"nginx_preamble = {json.dumps(list(server.master.preamble))}\n" + settings(server))
+    try:
+        server.start()
+        daemon.start(extra_env={"PIKU_PROXY": "nginx"})
+        yield server, daemon
+    finally:
+        if daemon.proc is not None:
+            assert daemon.stop() == 0, daemon.output()
+        server.stop()
+        left = app_processes(server.root)
+        shutil.rmtree(base, ignore_errors=True)
+        assert not left, left
 
 # --- tests ------------------------------------------------------------------------
 async def test_proxy_with_headers(server: NginxServer, backend: Callable[..., Backend]) -> None:

@@ -93,7 +93,7 @@ def test_orphans_that_exit_on_their_own_are_reaped(pikud: Pikud) -> None:
     def zombies() -> list[str]:
         return [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()
                 and (fields := proc_stat(entry.name)) is not None
-                and fields[0] == b"Z" and int(fields[1]) == pikud.proc.pid]
+                and fields[0] == "Z" and int(fields[1]) == pikud.proc.pid]
 
     time.sleep(0.6)
     assert zombies() == []
