@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.conftest import Pikud, proc_stat, wait_for
 from tests.e2e.apps import git, local_remote, python_app
+from tests.e2e.test_push import ASGI_APP, WSGI_APP
 
 
 class Load:
@@ -88,6 +89,32 @@ def test_restart_redeploy_config_scale_and_a_failed_deploy_lose_no_request(
     with steady(pikud, "steady") as load:
         assert push(pikud, work, check=False).returncode != 0
     assert set(load.ok) == {"v2 tinypkg=42"}
+
+    with steady(pikud, "steady") as load:
+        assert pikud.cli("rollback", "steady").returncode == 0
+    assert load.ok[0] == "v2 tinypkg=42" and load.ok[-1] == "v1 tinypkg=42"
+
+
+def test_app_servers_lose_no_request_either(pikud: Pikud, tmp_path: Path) -> None:
+    """wsgi on granian (binds its port) and on gunicorn (the daemon's socket), asgi on granian."""
+    for app, procfile, env, body in (
+            ("granwsgi", "wsgi: wsgi_app:application\n", "", "wsgi"),
+            ("gunwsgi", "wsgi: wsgi_app:application\n", "PIKU_WSGI_SERVER=gunicorn\n", "wsgi"),
+            ("granasgi", "asgi: asgi_app:app\n", "", "asgi")):
+        settings = "PIKU_START_SECS=0.3\nPIKU_STOP_TIMEOUT=3\nUWSGI_PROCESSES=1\n" + env
+        work = python_app(tmp_path / app, "g1", procfile, extra={
+            "wsgi_app.py": WSGI_APP, "asgi_app.py": ASGI_APP, "ENV": settings})
+        local_remote(work, app)
+        push(pikud, work)
+        python_app(work, "g2", procfile, extra={"ENV": settings})
+        with steady(pikud, app) as load:
+            assert pikud.cli("restart", app).returncode == 0
+            push(pikud, work)
+            assert pikud.cli("config:set", app, "GREETING=hi").returncode == 0
+            assert pikud.cli("ps:scale", app, f"{procfile[:4]}=2").returncode == 0
+            assert pikud.cli("rollback", app).returncode == 0
+        assert load.ok[0].startswith(f"{body} g1") and load.ok[-1].startswith(f"{body} g1"), app
+        assert any(answer.startswith(f"{body} g2") for answer in load.ok), app
 
 
 def test_routes_by_host_and_path_prefix_and_serves_static(pikud: Pikud, tmp_path: Path) -> None:
