@@ -83,6 +83,7 @@ class IdleWatch:
         self._slots, self._suspend = slots, suspend
         self._woken = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"idle watch of {name}")
+        self._task.add_done_callback(self._ended)
 
     def wake(self) -> None:
         """A slot is starting: count the quiet spell from now, and look again."""
@@ -90,6 +91,12 @@ class IdleWatch:
 
     def close(self) -> None:
         self._task.cancel()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A watch only ends by close(); anything else is a bug to log, not to lose."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: the idle watch failed; the app no longer scales to zero",
+                      self.name, exc_info=task.exception())
 
     async def _run(self) -> None:
         interval = check_interval(self.timeout)
