@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from pikud.appspec import (WEB_KINDS, AppSpec, format_env, format_scaling, load_spec,
                            parse_env, parse_scale_args, supervised_kinds)
-from pikud.atomic import write_atomic
+from pikud.atomic import write_atomic, written_unless_failed
 from pikud.cron import JobSpec, cron_entries, job_settings
 from pikud.deploy.checkout import ref_value, wait_for_ref
 from pikud.deploy.pipeline import PushInfo, build_release, release_env
 from pikud.deploy.releases import Release, ReleaseStore
-from pikud.deploy.servers import server_command, servers_needed
+from pikud.deploy.servers import check_installed, server_command, servers_chosen
 from pikud.errors import DeployError, EnvError, PikudError
 from pikud.procman.group import ProcessGroup, Readiness
 from pikud.procman.plan import plan
@@ -134,7 +134,11 @@ class App:
         release = release or self.release
         spec = load_spec(self.paths, self.name, self.registry.base_env,
                          self.registry.app_defaults, source=self.source(release), **candidate)
-        servers_needed(spec.procfile.entries, spec.env, bool(spec.settings.idle_timeout))
+        entries, on_demand = spec.procfile.entries, bool(spec.settings.idle_timeout)
+        if release is not None and release.env_path:
+            check_installed(entries, spec.env, on_demand, Path(release.env_path) / "bin")
+        else:
+            servers_chosen(entries, spec.env, on_demand)
         return spec
 
     def process_specs(self, spec: AppSpec, release: Release | None,
@@ -391,11 +395,11 @@ class App:
             changes = parse_scale_args([f"{k}={v}" for k, v in args.items()], kinds)
             text = format_scaling(dict(spec.scaling, **changes))
             spec = self.load(scaling_text=text)
-            write_atomic(self.paths.scaling_file(self.name), text)
-            self.note("scale", f"{self.name}: scaled to "
-                      + ", ".join(f"{k}={v}" for k, v in spec.scaling.items()))
-            if self.desired == RUNNING:
-                await self._run(spec)
+            with written_unless_failed(self.paths.scaling_file(self.name), text):
+                self.note("scale", f"{self.name}: scaled to "
+                          + ", ".join(f"{k}={v}" for k, v in spec.scaling.items()))
+                if self.desired == RUNNING:
+                    await self._run(spec)
 
     async def reload_files(self, why: str) -> None:
         """A watched file changed: apply a valid edit, report and ignore a bad one."""
@@ -432,11 +436,12 @@ class App:
             wanted = {k: v for k, v in current.items() if k not in removals} | dict(updates)
             text = format_env(wanted)
             spec = self.load(overrides=text)        # the whole result, before any write
-            write_atomic(self.paths.env_file(self.name), text, 0o600)
+            self.registry.traffic.check(self.name, spec, self.source(self.release))
             changed = sorted(set(updates) | set(removals))
-            self.note("config", f"{self.name}: config changed ({', '.join(changed)})")
-            if self.desired == RUNNING and spec.settings.auto_restart:
-                await self._run(spec)
+            with written_unless_failed(self.paths.env_file(self.name), text, 0o600):
+                self.note("config", f"{self.name}: config changed ({', '.join(changed)})")
+                if self.desired == RUNNING and spec.settings.auto_restart:
+                    await self._run(spec)
             return self.config()
 
     def live(self) -> dict[str, Any]:

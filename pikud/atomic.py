@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -29,3 +31,25 @@ def write_atomic(path: Path, data: str, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextmanager
+def written_unless_failed(path: Path, data: str, mode: int = 0o644) -> Iterator[None]:
+    """Write ``path`` now; put back what it held (or nothing) if the block raises.
+
+    For a setting that goes live in the block: one that fails to apply is
+    not left behind for the next start.
+    """
+    try:
+        old: str | None = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        old = None
+    write_atomic(path, data, mode)
+    try:
+        yield
+    except BaseException:
+        if old is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_atomic(path, old, mode)
+        raise

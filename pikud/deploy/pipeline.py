@@ -22,7 +22,7 @@ from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.runtimes import detect
 from pikud.deploy.runtimes.base import BuildContext, BuildResult, Runner
-from pikud.deploy.servers import servers_needed
+from pikud.deploy.servers import servers_to_install
 from pikud.errors import BuildError, DeployError, ReleaseError
 from pikud.paths import Paths
 from pikud.procman.children import MARKER
@@ -97,8 +97,8 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
         env = release_env(spec, paths, base_env, source, None)
         await run_step("preflight", spec, env, source, progress, BuildError)
         runtime = detect(source, spec.procfile)
-        servers = servers_needed(spec.procfile.entries, spec.env,
-                                 on_demand=bool(spec.settings.idle_timeout))
+        servers = servers_to_install(spec.procfile.entries, spec.env,
+                                     on_demand=bool(spec.settings.idle_timeout))
         if servers and runtime.name != "python":
             raise BuildError("wsgi and asgi entries need a Python app (a requirements.txt or "
                              f"pyproject.toml), but this one was detected as {runtime.name}")

@@ -19,6 +19,7 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from pikud.appspec import idle_setting, nonneg_int, positive_int
 from pikud.errors import EnvError, ProcfileError
@@ -98,8 +99,31 @@ def server_command(kind: str, target: str, env: Mapping[str, str],
                          inherits=server != "granian", backlog=backlog)
 
 
-def servers_needed(entries: Mapping[str, str], env: Mapping[str, str],
-                   on_demand: bool = False) -> tuple[str, ...]:
-    """The server packages a Procfile's wsgi/asgi entries need (validated)."""
-    return tuple(sorted({server_command(kind, entries[kind], env, on_demand).package
-                         for kind in CHOICES if kind in entries}))
+def servers_chosen(entries: Mapping[str, str], env: Mapping[str, str],
+                   on_demand: bool = False) -> dict[str, str]:
+    """The server each wsgi/asgi entry runs under, by kind (validated)."""
+    return {kind: server_command(kind, entries[kind], env, on_demand).package
+            for kind in CHOICES if kind in entries}
+
+
+def servers_to_install(entries: Mapping[str, str], env: Mapping[str, str],
+                       on_demand: bool = False) -> tuple[str, ...]:
+    """The server packages a build adds for a Procfile's wsgi/asgi entries (validated).
+
+    Both choices of a kind go in, so that PIKU_WSGI_SERVER, PIKU_ASGI_SERVER
+    and PIKU_IDLE_TIMEOUT can change with config:set, without a rebuild.
+    """
+    chosen = servers_chosen(entries, env, on_demand)
+    return tuple(sorted({name for kind in chosen for name in CHOICES[kind]}))
+
+
+def check_installed(entries: Mapping[str, str], env: Mapping[str, str], on_demand: bool,
+                    bin_dir: Path) -> None:
+    """Raise when a chosen server is not in ``bin_dir``, as in a release built before it."""
+    for kind, name in servers_chosen(entries, env, on_demand).items():
+        if not (bin_dir / name).exists():
+            key = SERVER_KEY[kind] if SERVER_KEY[kind] in env or not on_demand \
+                else idle_setting(env)
+            raise EnvError(f"{key}: the {kind} entry would run {name}, which this release's "
+                           "environment was built without; deploy again (piku deploy APP) "
+                           "to add it", key=key)

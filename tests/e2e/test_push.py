@@ -249,7 +249,7 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
             "wsgi_app.py": WSGI_APP, "asgi_app.py": ASGI_APP, "fd_app.py": FD_APP,
             "ENV": "PIKU_START_SECS=0.5\nPIKU_STOP_TIMEOUT=3\n" + env})
         out = push(sshd, work, app).stderr
-        assert server == "python3" or "Adding the app server the Procfile needs" in out, out
+        assert server == "python3" or "Adding the app servers for the Procfile" in out, out
         proc = wait_for(lambda: next((p for p in pikud.processes(app) if p["state"] == "RUNNING"),
                                      None), 30, f"{app} to run")
         assert get(proc["port"]) == expect
@@ -270,16 +270,29 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
         assert "did not stop within" not in pikud.log_text(app, "pikud"), app
 
 
-def test_a_pushed_wsgi_app_with_uwsgi_idle_scales_to_zero_on_gunicorn(
+def test_uwsgi_idle_set_on_a_pushed_wsgi_app_moves_it_to_gunicorn_and_zero(
         pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
-    """piku's UWSGI_IDLE: pikud picks a server that takes its socket, and wakes it on demand."""
+    """piku's UWSGI_IDLE by config:set: no rebuild, since a build installs both servers."""
     work = python_app(tmp_path / "idler", "w1", "wsgi: wsgi_app:application\n", extra={
         "wsgi_app.py": WSGI_APP,
-        "ENV": "PIKU_START_SECS=0.5\nPIKU_STOP_TIMEOUT=3\nUWSGI_PROCESSES=1\nUWSGI_IDLE=1\n"})
+        "ENV": "PIKU_START_SECS=0.5\nPIKU_STOP_TIMEOUT=3\nUWSGI_PROCESSES=1\n"})
     push(sshd, work, "idler")
+    serving = pikud.wait_state("idler", "idler:wsgi.1", "RUNNING")
+    assert b"granian" in Path(f"/proc/{serving['pid']}/cmdline").read_bytes()
+    [gunicorn] = (pikud.root / "envs" / "idler").glob("python-*/bin/gunicorn")
+
+    hidden = gunicorn.rename(gunicorn.with_name("gunicorn.hidden"))     # as an older build
+    refused = pikud.cli("config:set", "idler", "UWSGI_IDLE=1")
+    assert refused.returncode == 1
+    assert "UWSGI_IDLE: the wsgi entry would run gunicorn" in refused.stderr, refused.stderr
+    assert "piku deploy" in refused.stderr
+    assert not (pikud.root / "envs/idler/ENV").exists()
+    assert pikud.process("idler", "idler:wsgi.1")["pid"] == serving["pid"]
+    hidden.rename(gunicorn)
+
+    pikud.cli("config:set", "idler", "UWSGI_IDLE=1", check=True)
     asleep = pikud.wait_state("idler", "idler:wsgi.1", "IDLE", timeout=30)
-    assert asleep["pid"] is None
-    assert list((pikud.root / "envs" / "idler").glob("python-*/bin/gunicorn"))
+    assert asleep["pid"] is None and not alive(serving["pid"])
     assert get(asleep["port"]) == "wsgi w1 /"          # waited for gunicorn to boot
     pid = pikud.wait_state("idler", "idler:wsgi.1", "RUNNING")["pid"]
     assert b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -118,6 +118,52 @@ def test_bad_config_set_changes_nothing(pikud: Pikud) -> None:
     assert pids(pikud, "strict") == before
 
 
+HEALTH_SERVER = """\
+import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(500 if os.environ.get("BROKEN") else 200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def test_a_config_change_that_never_gets_ready_is_not_kept(pikud: Pikud) -> None:
+    """The old generation serves on, and ENV is as before, so a reboot runs what runs now."""
+    app = pikud.add_app("unready", "web: python3 health.py\n",
+                        FAST + "PIKU_HEALTHCHECK=/\nPIKU_READY_TIMEOUT=1\n")
+    (app / "health.py").write_text(HEALTH_SERVER)
+    pikud.api("POST", "/apps/unready/deploy")
+    pikud.wait_state("unready", "unready:web.1", "RUNNING")
+    pikud.cli("config:set", "unready", "GREETING=hi", check=True)
+    before = pids(pikud, "unready")
+    env_file = pikud.root / "envs/unready/ENV"
+    assert env_file.read_text() == "GREETING=hi\n"
+
+    result = pikud.cli("config:set", "unready", "BROKEN=1")
+    assert result.returncode == 1
+    assert "unready:web.1" in result.stderr and "500" in result.stderr, result.stderr
+    assert env_file.read_text() == "GREETING=hi\n"
+    assert pids(pikud, "unready") == before
+    assert "BROKEN" not in pikud.api("GET", "/apps/unready/config/live")["env"]
+    assert "BROKEN" not in pikud.cli("config", "unready", check=True).stdout
+
+
+def test_a_bad_nginx_value_set_by_config_is_refused_before_it_is_written(pikud: Pikud) -> None:
+    pikud.add_app("named", "worker: sleep 300\n", FAST)
+    pikud.api("POST", "/apps/named/deploy")
+    result = pikud.cli("config:set", "named", "NGINX_SERVER_NAME=a.example;evil")
+    assert result.returncode == 1 and "NGINX_SERVER_NAME" in result.stderr, result.stderr
+    assert not (pikud.root / "envs/named/ENV").exists()
+
+
 def test_hand_edits_of_env_and_scaling_are_applied_and_bad_ones_ignored(pikud: Pikud) -> None:
     pikud.add_app("watched", "worker: echo color=$COLOR; sleep 300\n", FAST)
     pikud.api("POST", "/apps/watched/deploy")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from pikud.deploy.servers import server_command, servers_needed
+from pikud.deploy.servers import check_installed, server_command, servers_to_install
 from pikud.errors import EnvError
 
 
@@ -34,8 +36,34 @@ def test_uwsgi_idle_is_no_longer_reported_as_ignored() -> None:
 ])
 def test_granian_cannot_start_on_demand(env: dict[str, str], key: str) -> None:
     with pytest.raises(EnvError) as info:
-        servers_needed({"wsgi": "app:app"}, env, on_demand=True)
+        servers_to_install({"wsgi": "app:app"}, env, on_demand=True)
     assert info.value.key == key
     idle = "PIKU_IDLE_TIMEOUT" if "PIKU_IDLE_TIMEOUT" in env else "UWSGI_IDLE"
     assert str(info.value).startswith(f"{key}: granian cannot take the daemon's socket, "
                                       f"which {idle} needs")
+
+
+def test_a_build_installs_both_servers_of_each_kind() -> None:
+    """So config:set can switch servers, or turn scale to zero on, without a rebuild."""
+    assert servers_to_install({"wsgi": "app:app"}, {}) == ("granian", "gunicorn")
+    assert servers_to_install({"asgi": "app:app"}, {}) == ("granian", "uvicorn")
+    assert servers_to_install({"wsgi": "a:b", "asgi": "c:d"}, {}) == \
+        ("granian", "gunicorn", "uvicorn")
+    assert servers_to_install({"web": "python app.py"}, {}) == ()
+
+
+@pytest.mark.parametrize("env, on_demand, key", [
+    ({"PIKU_IDLE_TIMEOUT": "60"}, True, "PIKU_IDLE_TIMEOUT"),
+    ({"UWSGI_IDLE": "60"}, True, "UWSGI_IDLE"),
+    ({"PIKU_WSGI_SERVER": "gunicorn"}, False, "PIKU_WSGI_SERVER"),
+])
+def test_a_server_missing_from_an_older_build_is_refused(
+        tmp_path: Path, env: dict[str, str], on_demand: bool, key: str) -> None:
+    (tmp_path / "granian").touch()                  # built before both servers went in
+    check_installed({"wsgi": "app:app"}, {}, False, tmp_path)
+    with pytest.raises(EnvError) as info:
+        check_installed({"wsgi": "app:app"}, env, on_demand, tmp_path)
+    assert info.value.key == key
+    assert str(info.value) == (f"{key}: the wsgi entry would run gunicorn, which this "
+                               "release's environment was built without; deploy again "
+                               "(piku deploy APP) to add it")

@@ -167,7 +167,7 @@ class Python:
                                 env, deps)
             missing = [name for name in ctx.servers if not (venv / "bin" / name).exists()]
             if missing:
-                ctx.progress(f"Adding the app server the Procfile needs: {', '.join(missing)}")
+                ctx.progress(f"Adding the app servers for the Procfile: {', '.join(missing)}")
                 await self._add(ctx, plan, venv, tools.get(plan.tool, plan.tool), env, missing)
 
         ctx.progress(f"Python {interpreter.full} from {interpreter.path}")
