@@ -19,7 +19,11 @@ once how to get real ones.
 #   network and may take a minute or more (or time out), while the app is
 #   already served over HTTPS with the self-signed certificate. A push waits for
 #   nothing; the outcome goes to the app's pikud.log (`piku logs`) and events.
-#   One issuance per app at a time; a request arriving meanwhile runs after it.
+#   One issuance per app at a time; a request arriving meanwhile runs after it,
+#   unless it asks the same as one that just failed (a deploy publishes its site
+#   twice, and the CA would fail it again): that waits for the next deploy or boot.
+# - A renamed site keeps its old certificate renewed until the new one is
+#   installed; a failed issuance for the new names changes nothing.
 # - Renewal is acme.sh's: its installer adds a daily `acme.sh --cron`, which
 #   renews what is due and re-installs it with the saved --reloadcmd. pikud
 #   does not run renewals too: two renewers of one acme.sh home would race.
@@ -215,12 +219,15 @@ class Acme:
         try:
             while True:
                 try:
-                    await self.certify(site, server)
+                    done = await self.certify(site, server)
                 except Exception:       # a bug: logged, the self-signed certificate stays
                     log.exception("certificate: %s: unexpected error", app)
+                    done = False
                 if app not in self._next:
                     break
-                site, server = self._next.pop(app)
+                asked, (site, server) = (site, server), self._next.pop(app)
+                if not done and _same_ask(asked, (site, server)):
+                    break       # it just failed: asking the CA again now would fail again
         finally:
             self._tasks.pop(app, None)
             self._next.pop(app, None)
@@ -262,8 +269,6 @@ class Acme:
         issued = Issued.read(record_file)
         if issued is not None and issued == Issued(names, server, fingerprint(crt) or ""):
             return True
-        if issued is not None and issued.names[0] != names[0]:
-            await self._remove(program, app, issued.names[0])
         label = ", ".join(names) + (f" from {server}" if server else "")
         self.note(app, f"certificate: {app}: asking acme.sh for {label}", logging.INFO)
         argv = [str(program), "--issue", *(arg for name in names for arg in ("-d", name)),
@@ -281,6 +286,9 @@ class Acme:
         Issued(names, server, installed).write(record_file)
         self.note(app, f"certificate: {app}: acme.sh installed a certificate for {label}; "
                        "acme.sh renews it", logging.INFO)
+        if issued is not None and issued.names[0] != names[0]:
+            # Only now: until the new one is in, the old certificate is the one served.
+            await self._remove(program, app, issued.names[0])
         return True
 
     def _missing(self, app: str) -> None:
@@ -322,7 +330,13 @@ class Acme:
         async with self.nginx.lock:
             previous = (crt.read_bytes(), key.read_bytes()) if crt.exists() and key.exists() \
                 else None
-            done = await self._step(app, argv, self.timeout, "could not install the certificate")
+            try:
+                done = await self._step(app, argv, self.timeout,
+                                        "could not install the certificate")
+            except BaseException:       # cancelled (shutdown, destroy) while acme.sh copied
+                if previous is not None:
+                    _put_back(crt, key, previous)
+                raise
             problem = None if not done else _pair_problem(crt, key)
             if done and problem is None:
                 if key.stat().st_mode & 0o777 != 0o600:
@@ -364,6 +378,12 @@ class Acme:
         if await self._step(app, [str(program), "--remove", "-d", name, "--ecc"], self.timeout,
                             f"could not stop renewing {name}"):
             self.note(app, f"certificate: {app}: acme.sh no longer renews {name}", logging.INFO)
+
+
+def _same_ask(one: tuple[NginxSite, str | None], other: tuple[NginxSite, str | None]) -> bool:
+    """Whether two requests ask a CA for the same names from the same CA."""
+    return (issuable(one[0].server_names)[0], one[1]) == (issuable(other[0].server_names)[0],
+                                                         other[1])
 
 
 def _pair_problem(crt: Path, key: Path) -> str | None:

@@ -176,11 +176,70 @@ async def test_background_request_and_renamed_site(
         await acme.wait("shop")
     calls = [call[:3] for call in stand_in.calls()]
     assert calls == [["--issue", "-d", "old.example.org"], ["--install-cert", "-d", "old.example.org"],
-                     ["--remove", "-d", "old.example.org"], ["--issue", "-d", "new.example.org"],
-                     ["--install-cert", "-d", "new.example.org"]]
+                     ["--issue", "-d", "new.example.org"], ["--install-cert", "-d", "new.example.org"],
+                     ["--remove", "-d", "old.example.org"]]
     der = await wait_served(server, "new.example.org", Path(site.certificate))
     assert "CN = new.example.org" in subject_and_issuer(der)
     await acme.close()
+
+
+async def test_a_rename_whose_issuance_fails_keeps_the_old_certificate_renewed(
+        server: NginxServer, acme_sh: Callable[..., StandIn],
+        backend: Callable[..., Backend]) -> None:
+    web = backend("web-1")
+    site = await live_site(server, web, "old.example.org")
+    working = acme_sh()
+    assert await Acme(server.nginx(), str(working.program), note=Notes()).certify(site, None)
+    crt = Path(site.certificate)
+    installed = fingerprint(crt)
+
+    renamed = await live_site(server, web, "new.example.org")
+    failing, notes = acme_sh(http_port=free_port()), Notes()       # the "CA" cannot reach nginx
+    assert not await Acme(server.nginx(), str(failing.program), note=notes).certify(renamed, None)
+    assert [call[0] for call in failing.calls()] == ["--issue"]      # no --remove of old.example.org
+    assert "could not issue" in notes.text(logging.ERROR)
+    assert fingerprint(crt) == installed
+    assert Issued.read(record_path(server.nginx(), "shop")) == Issued(
+        ("old.example.org",), None, installed)
+
+
+async def test_a_failed_issuance_is_not_asked_again_at_once(
+        server: NginxServer, acme_sh: Callable[..., StandIn],
+        backend: Callable[..., Backend]) -> None:
+    web = backend("web-1")
+    site = await live_site(server, web, "shop.example.com")
+    failing, notes = acme_sh(http_port=free_port()), Notes()
+    acme = Acme(server.nginx(), str(failing.program), note=notes)
+    acme.request(site, None)
+    acme.request(site, None)             # a deploy publishes its site twice
+    async with asyncio.timeout(DEADLINE):
+        await acme.wait("shop")
+    assert [call[0] for call in failing.calls()] == ["--issue"]
+    acme.request(site, "letsencrypt_test")          # something else to ask: asked
+    async with asyncio.timeout(DEADLINE):
+        await acme.wait("shop")
+    assert [call[0] for call in failing.calls()] == ["--issue", "--issue"]
+
+
+async def test_an_install_cancelled_midway_puts_the_pair_back(
+        server: NginxServer, acme_sh: Callable[..., StandIn],
+        backend: Callable[..., Backend]) -> None:
+    web = backend("web-1")
+    site = await live_site(server, web, "shop.example.com")
+    crt, key = Path(site.certificate), Path(site.certificate_key)
+    before = crt.read_bytes(), key.read_bytes()
+    hanging = server.nginx(reload_command=["sleep", "30"])     # acme.sh copies, then reloads
+    acme = Acme(hanging, str(acme_sh().program), note=Notes())
+    task = asyncio.create_task(acme.certify(site, None))
+    async with asyncio.timeout(DEADLINE):
+        while crt.read_bytes() == before[0]:
+            await asyncio.sleep(0.05)
+    task.cancel()                        # a shutdown or destroy
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert (crt.read_bytes(), key.read_bytes()) == before
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert not record_path(hanging, "shop").exists()
 
 
 async def test_failed_challenge_keeps_self_signed(
