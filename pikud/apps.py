@@ -86,8 +86,9 @@ class App:
         if event == "waking":       # one connection wakes every web slot of the app
             for slot in self.web_slots():
                 slot.resume()
-        if self.idle is not None and event in ("waking", ProcessState.STARTING.value):
-            self.idle.wake()
+        if (self.idle is not None and event in ("waking", ProcessState.STARTING.value)
+                and any(slot.name == process for slot in self.web_slots())):
+            self.idle.wake()        # a worker or cron run says nothing about web traffic
 
     def web_slots(self) -> list[ManagedProcess]:
         """The web slots serving traffic now, with their daemon-owned sockets."""

@@ -10,9 +10,11 @@ beside the old, and the old one stops only once every new process is RUNNING.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping
+import contextlib
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 
 from pikud.errors import DeployError
+from pikud.procman.idle import has_traffic
 from pikud.procman.logs import Follower, LogFile
 from pikud.procman.plan import Plan, plan
 from pikud.procman.process import EventSink, ManagedProcess, ProcessSpec
@@ -25,6 +27,23 @@ Routing = Callable[[Mapping[str, ProcessSpec]], Awaitable[None]]   # move traffi
 def settle_time(spec: ProcessSpec) -> float:
     """How long to wait for a new process to leave STARTING."""
     return spec.policy.start_secs + 5.0
+
+
+async def until_quiet(procs: Iterable[ManagedProcess]) -> None:
+    """Wait until no connection is open or queued on these slots' sockets (bounded).
+
+    Traffic has moved on, but a request may still be in flight, or queued
+    for a sleeping slot it woke during the switch, which is still booting:
+    stopping the slot now would drop it with the socket.
+    """
+    owned = [proc for proc in procs if proc.listener is not None]
+    if not owned:
+        return
+    ports = {proc.spec.listen_port for proc in owned if proc.spec.listen_port}
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(settle_time(proc.spec) for proc in owned)):
+            while await asyncio.to_thread(has_traffic, ports):
+                await asyncio.sleep(0.05)
 
 
 class ProcessGroup:
@@ -96,8 +115,9 @@ class ProcessGroup:
         Ready means RUNNING and, for each process, ``ready(spec)`` returning ""
         (else it says why not). Then ``route`` moves traffic to the new
         generation, the old one gets ``drain`` seconds for requests in flight,
-        and it is stopped. Slots in ``exclusive`` cannot run twice at once (a
-        fixed port): their old process stops first and comes back on failure.
+        and it is stopped once its sockets are quiet (``until_quiet``). Slots
+        in ``exclusive`` cannot run twice at once (a fixed port): their old
+        process stops first and comes back on failure.
         On any failure the new generation is stopped, the old one keeps
         running, and DeployError says why.
         """
@@ -118,6 +138,7 @@ class ProcessGroup:
         self.processes, self.incoming = self.incoming, {}
         if drain > 0 and old:
             await asyncio.sleep(drain)
+        await until_quiet(old.values())
         await asyncio.gather(*(proc.stop() for proc in old.values()))
         self._close_logs_not_in(self.processes)
 

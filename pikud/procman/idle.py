@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 
 from pikud.procman.process import ManagedProcess
@@ -26,12 +26,16 @@ from pikud.procman.state import ALIVE, ProcessState
 
 log = logging.getLogger(__name__)
 
-TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+# A slot on its way up or down; a quiet spell counts only once none is. An
+# IDLE slot beside running ones (an app scaled up while asleep) counts as settled.
+CHANGING = frozenset({ProcessState.STARTING, ProcessState.STOPPING})
+
+TCP_TABLE = Path("/proc/net/tcp")       # the sockets listen on 127.0.0.1 (IPv4 only)
 LISTEN, TIME_WAIT, CLOSE = "0A", "06", "07"
 
 
 def busy_ports(table: str, ports: Collection[int]) -> set[int]:
-    """The ``ports`` with traffic in one /proc/net/tcp(6) text.
+    """The ``ports`` with traffic in one /proc/net/tcp text.
 
     A port is busy when a connection to it is open (any state but
     TIME_WAIT and CLOSE) or its listening socket has connections waiting
@@ -51,16 +55,12 @@ def busy_ports(table: str, ports: Collection[int]) -> set[int]:
     return found
 
 
-def has_traffic(ports: Collection[int], tables: Iterable[Path] = TCP_TABLES) -> bool:
-    """Whether any of ``ports`` has a connection open or waiting (both IP versions)."""
-    for table in tables:
-        try:
-            text = table.read_text()
-        except OSError:
-            continue
-        if busy_ports(text, ports):
-            return True
-    return False
+def has_traffic(ports: Collection[int], table: Path = TCP_TABLE) -> bool:
+    """Whether any of ``ports`` has a connection open or waiting to be accepted."""
+    try:
+        return bool(busy_ports(table.read_text(), ports))
+    except OSError:
+        return True                     # cannot tell: never put an app to sleep blindly
 
 
 def check_interval(timeout: float) -> float:
@@ -109,8 +109,9 @@ class IdleWatch:
                 quiet_since = time.monotonic()
                 continue
             ports = {slot.spec.listen_port for slot in slots if slot.spec.listen_port}
-            running = all(slot.state is ProcessState.RUNNING for slot in slots)
-            if self._woken.is_set() or not running or has_traffic(ports):
+            settling = any(slot.state in CHANGING for slot in slots)
+            # /proc/net/tcp holds every TCP socket of the machine: read it off the loop
+            if self._woken.is_set() or settling or await asyncio.to_thread(has_traffic, ports):
                 self._woken.clear()
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= self.timeout and await self._suspend():

@@ -289,10 +289,12 @@ class ManagedProcess:
         uptime = time.monotonic() - (self.started_at or 0.0)
         self.last_exit = str(info)
         self.child, self.started_at = None, None
-        if self._stop.is_set():
-            # STARTING/RUNNING -> STOPPING -> STOPPED: exited as the stop arrived
+        if self._stop.is_set() or self._suspend.is_set():
+            # STARTING/RUNNING -> STOPPING -> STOPPED/IDLE: exited as the stop (or suspend)
+            # arrived; a suspended slot sleeps as if the daemon had stopped it
+            final = S.STOPPED if self._stop.is_set() else S.IDLE
             self._set_state(S.STOPPING, f"stopping: {self.name}")
-            self._set_state(S.STOPPED, f"stopped: {self.name} ({info})")
+            self._set_state(final, f"{final.value.lower()}: {self.name} ({info})")
             return
         self.restarts += 1
         self.log.write_line(f"pikud: {self.name} {info} after {uptime:.1f}s")

@@ -7,13 +7,22 @@ to wait in the socket's backlog. Requests go through the built-in router.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import http.client
+import os
 import socket
 import time
+from pathlib import Path
 
 from pikud.procman.idle import has_traffic
+from pikud.procman.logs import LogFile
+from pikud.procman.policy import RestartPolicy
+from pikud.procman.process import ManagedProcess, ProcessSpec
+from pikud.procman.state import ProcessState
 
 from ..conftest import FAST, Pikud, alive, wait_for
+from ..nginx_master import free_port
 from .test_supervision import SLOW_FD_SERVER      # serves fd 3 after a 1 s boot
 
 IDLE = "PIKU_LISTEN_FDS=true\nPIKU_IDLE_TIMEOUT=1\n"
@@ -84,6 +93,69 @@ def test_a_restart_while_asleep_brings_up_a_new_generation_that_sleeps_again(
     assert through_router(pikud, "again") == (200, "ok")
     pikud.wait_state("again", "again:web.1", "IDLE", timeout=15)
     assert through_router(pikud, "again") == (200, "ok")
+
+
+def test_a_request_that_wakes_the_old_generation_during_a_switch_is_served(
+        pikud: Pikud) -> None:
+    # The old generation boots for 4 s once woken; the new one (BOOT=0) is routed
+    # to and the old one drained long before that, while the request waits in its backlog.
+    app = pikud.add_app("late", "web: python3 slow.py\n", FAST + IDLE + "BOOT=4\n")
+    (app / "slow.py").write_text(SLOW_FD_SERVER.replace("import socket, time", "import os, socket, time")
+                                 .replace("time.sleep(1.0)", "time.sleep(float(os.environ['BOOT']))"))
+    pikud.api("POST", "/apps/late/deploy")
+    pikud.wait_state("late", "late:web.1", "IDLE", timeout=20)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(through_router, pikud, "late")
+        pikud.wait_state("late", "late:web.1", "STARTING", timeout=5)         # woken by it
+        pikud.cli("config:set", "late", "BOOT=0", check=True)
+        assert answer.result(timeout=20) == (200, "ok")
+
+
+def test_a_slot_added_while_the_app_sleeps_goes_to_sleep_too(pikud: Pikud) -> None:
+    deploy_napper(pikud, "grow")
+    pikud.wait_state("grow", "grow:web.1", "IDLE", timeout=15)
+    pikud.cli("ps:scale", "grow", "web=2", check=True)
+    assert pikud.process("grow", "grow:web.2")["state"] == "RUNNING"
+    pikud.wait_state("grow", "grow:web.2", "IDLE", timeout=15)
+    assert through_router(pikud, "grow") == (200, "ok")
+
+
+def test_a_worker_that_keeps_restarting_does_not_keep_the_web_slots_awake(
+        pikud: Pikud) -> None:
+    app = pikud.add_app("churn", "web: python3 slow.py\nworker: sleep 0.5\n", FAST + IDLE)
+    (app / "slow.py").write_text(SLOW_FD_SERVER)
+    pikud.api("POST", "/apps/churn/deploy")
+    pikud.wait_state("churn", "churn:web.1", "IDLE", timeout=15)
+    assert pikud.process("churn", "churn:worker.1")["restarts"] >= 2       # it did churn
+
+
+async def test_a_process_that_exits_just_as_it_is_put_to_sleep_sleeps(tmp_path: Path) -> None:
+    port = free_port()
+    spec = ProcessSpec(name="race:web.1", kind="web", index=1, command="sleep 1",
+                       env=(("PATH", os.environ["PATH"]),), cwd=tmp_path,
+                       log_path=tmp_path / "web.log", policy=RestartPolicy(start_secs=0.1),
+                       listen_port=port)
+    log = LogFile(spec.log_path, "web.1", 1 << 20, 1, set())
+    proc = ManagedProcess(spec, lambda *event: None, log)
+    proc.start()
+
+    async def reached(state: ProcessState, on_the_way: set[ProcessState]) -> None:
+        async with asyncio.timeout(10):
+            while proc.state is not state:
+                assert proc.state in on_the_way, proc.state
+                await asyncio.sleep(0.02)
+
+    try:
+        await reached(ProcessState.RUNNING, {ProcessState.STOPPED, ProcessState.STARTING})
+        assert proc.child is not None
+        # Suspend in the very callback that records the exit, before supervision sees it.
+        proc.child._exit.add_done_callback(lambda _: proc.suspend())
+        await reached(ProcessState.IDLE, {ProcessState.RUNNING, ProcessState.STOPPING})
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            await reached(ProcessState.RUNNING, {ProcessState.IDLE, ProcessState.STARTING})
+    finally:
+        await proc.stop()
+        log.close()
 
 
 def test_stopping_an_asleep_app_closes_its_socket(pikud: Pikud) -> None:
