@@ -221,27 +221,6 @@ async def test_a_failed_issuance_is_not_asked_again_at_once(
     assert [call[0] for call in failing.calls()] == ["--issue", "--issue"]
 
 
-async def test_an_install_cancelled_midway_puts_the_pair_back(
-        server: NginxServer, acme_sh: Callable[..., StandIn],
-        backend: Callable[..., Backend]) -> None:
-    web = backend("web-1")
-    site = await live_site(server, web, "shop.example.com")
-    crt, key = Path(site.certificate), Path(site.certificate_key)
-    before = crt.read_bytes(), key.read_bytes()
-    hanging = server.nginx(reload_command=["sleep", "30"])     # acme.sh copies, then reloads
-    acme = Acme(hanging, str(acme_sh().program), note=Notes())
-    task = asyncio.create_task(acme.certify(site, None))
-    async with asyncio.timeout(DEADLINE):
-        while crt.read_bytes() == before[0]:
-            await asyncio.sleep(0.05)
-    task.cancel()                        # a shutdown or destroy
-    await asyncio.gather(task, return_exceptions=True)
-    assert task.cancelled()
-    assert (crt.read_bytes(), key.read_bytes()) == before
-    assert key.stat().st_mode & 0o777 == 0o600
-    assert not record_path(hanging, "shop").exists()
-
-
 async def test_failed_challenge_keeps_self_signed(
         server: NginxServer, acme_sh: Callable[..., StandIn],
         backend: Callable[..., Backend]) -> None:
@@ -262,22 +241,37 @@ async def test_failed_challenge_keeps_self_signed(
     assert server.request("shop.example.com", "/", https=True).status == 200
 
 
-async def test_failed_install_puts_the_pair_back(
+async def test_an_install_that_fails_or_is_cancelled_puts_the_pair_back(
         server: NginxServer, acme_sh: Callable[..., StandIn],
         backend: Callable[..., Backend]) -> None:
     web = backend("web-1")
     site = await live_site(server, web, "shop.example.com")
     crt, key = Path(site.certificate), Path(site.certificate_key)
     before = crt.read_bytes(), key.read_bytes()
-    stand_in, notes = acme_sh(), Notes()
+
+    def pair_is_back() -> None:
+        assert (crt.read_bytes(), key.read_bytes()) == before
+        assert key.stat().st_mode & 0o777 == 0o600
+        assert not record_path(server.nginx(), "shop").exists()
+
+    notes = Notes()
     failing = server.nginx(reload_command=["sh", "-c", "echo no sudo rule; exit 3"])
-    acme = Acme(failing, str(stand_in.program), note=notes)
+    acme = Acme(failing, str(acme_sh().program), note=notes)
     assert not await acme.certify(site, None)
     assert "could not install the certificate (exit status 1)" in notes.text(logging.ERROR)
     assert "Reload error" in notes.text(logging.ERROR)
-    assert (crt.read_bytes(), key.read_bytes()) == before
-    assert key.stat().st_mode & 0o777 == 0o600
-    assert not record_path(failing, "shop").exists()
+    pair_is_back()
+
+    hanging = server.nginx(reload_command=["sleep", "30"])     # acme.sh copies, then reloads
+    task = asyncio.create_task(Acme(hanging, str(acme_sh().program), note=Notes())
+                               .certify(site, None))
+    async with asyncio.timeout(DEADLINE):
+        while crt.read_bytes() == before[0]:
+            await asyncio.sleep(0.05)
+    task.cancel()                        # a shutdown or destroy
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    pair_is_back()
 
 
 async def test_without_acme_sh_the_self_signed_stays(
