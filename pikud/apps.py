@@ -25,7 +25,7 @@ from pikud.deploy.pipeline import PushInfo, build_release, release_env
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.servers import check_installed, server_command, servers_chosen
 from pikud.errors import DeployError, EnvError, PikudError
-from pikud.procman.group import ProcessGroup, Readiness
+from pikud.procman.group import ProcessGroup, Readiness, drain
 from pikud.procman.plan import plan
 from pikud.procman.health import wait_ready
 from pikud.procman.idle import IdleWatch
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 RUNNING, STOPPED = "running", "stopped"
 SERVED_KINDS = ("wsgi", "asgi")      # entries that name a Python object, served by an app server
-DRAIN = 1.0         # seconds an old generation keeps serving requests in flight after a switch
+DRAIN = 1.0         # seconds slots keep serving requests in flight once traffic has left them
 Progress = Callable[[str], None]
 
 
@@ -231,7 +231,10 @@ class App:
         self.registry.save()
         self.registry.scheduler.set_jobs(self.name, jobs, starting=starting)
         staying = {n: s for n, s in self.group.specs.items() if n in desired}
+        leaving = [proc for name, proc in self.group.processes.items()
+                   if name not in desired and proc.spec.kind in WEB_KINDS]
         await self.registry.traffic.publish(self.name, spec, source, staying)   # scale down: first
+        await drain(leaving, DRAIN)
         await self.group.replace({n: desired[n] for n in changed})
         await self.group.apply(desired)
         self.group.retry()
@@ -264,7 +267,7 @@ class App:
                                             for r in self.releases.releases)
         try:
             await self.group.switch(desired, exclusive, ready=self._ready_check(spec),
-                                    route=route, drain=DRAIN if has_web else 0.0)
+                                    route=route, grace=DRAIN if has_web else 0.0)
         except BaseException:
             if built:           # a new release that never went live: nothing refers to it
                 assert release is not None

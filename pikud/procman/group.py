@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from pikud.errors import DeployError
 from pikud.procman.idle import has_traffic
@@ -29,13 +29,17 @@ def settle_time(spec: ProcessSpec) -> float:
     return spec.policy.start_secs + 5.0
 
 
-async def until_quiet(procs: Iterable[ManagedProcess]) -> None:
-    """Wait until no connection is open or queued on these slots' sockets (bounded).
+async def drain(procs: Collection[ManagedProcess], grace: float) -> None:
+    """Before stopping slots that traffic has just left: let their requests finish.
 
-    Traffic has moved on, but a request may still be in flight, or queued
-    for a sleeping slot it woke during the switch, which is still booting:
-    stopping the slot now would drop it with the socket.
+    They get ``grace`` seconds (nginx's old workers may still send a few),
+    then as long as a connection is open or queued on their sockets, up to
+    their settle time: a request may still be in flight, or queued for a
+    sleeping slot it woke, which is still booting. Stopping the slot then
+    would drop it with the socket.
     """
+    if grace > 0 and procs:
+        await asyncio.sleep(grace)
     owned = [proc for proc in procs if proc.listener is not None]
     if not owned:
         return
@@ -109,13 +113,13 @@ class ProcessGroup:
 
     async def switch(self, desired: Mapping[str, ProcessSpec], exclusive: Collection[str] = (),
                      ready: Readiness | None = None, route: Routing | None = None,
-                     drain: float = 0.0) -> None:
+                     grace: float = 0.0) -> None:
         """Start the generation ``desired``; once all of it is ready, stop the old one.
 
         Ready means RUNNING and, for each process, ``ready(spec)`` returning ""
         (else it says why not). Then ``route`` moves traffic to the new
-        generation, the old one gets ``drain`` seconds for requests in flight,
-        and it is stopped once its sockets are quiet (``until_quiet``). Slots
+        generation, the old one gets ``grace`` seconds for requests in flight,
+        and it is stopped once its sockets are quiet (see ``drain``). Slots
         in ``exclusive`` cannot run twice at once (a fixed port): their old
         process stops first and comes back on failure.
         On any failure the new generation is stopped, the old one keeps
@@ -136,9 +140,7 @@ class ProcessGroup:
             raise
         old = self.processes
         self.processes, self.incoming = self.incoming, {}
-        if drain > 0 and old:
-            await asyncio.sleep(drain)
-        await until_quiet(old.values())
+        await drain(list(old.values()), grace)
         await asyncio.gather(*(proc.stop() for proc in old.values()))
         self._close_logs_not_in(self.processes)
 

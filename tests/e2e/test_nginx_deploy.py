@@ -48,7 +48,7 @@ def test_push_goes_live_through_nginx_without_dropping_a_request(
     stop = threading.Event()
 
     def load() -> None:
-        while not stop.is_set() and len(results) < 2000:
+        while not stop.is_set() and len(results) < 4000:
             try:
                 results.append(server.request("shop.example").status)
             except (OSError, http.client.HTTPException):
@@ -61,6 +61,12 @@ def test_push_goes_live_through_nginx_without_dropping_a_request(
         python_app(work, "n2", extra={"ENV": site_env(server)})
         git(work, "push", "piku", "main", env=daemon.env)
         assert daemon.cli("restart", "shop").returncode == 0
+        assert daemon.cli("config:set", "shop", "GREETING=hi").returncode == 0
+        assert daemon.cli("ps:scale", "shop", "web=3").returncode == 0
+        assert daemon.cli("ps:scale", "shop", "web=1").returncode == 0
+        python_app(work, "never", extra={"Procfile": "web: sleep 300\n",
+                                         "ENV": site_env(server, "PIKU_READY_TIMEOUT=1\n")})
+        assert git(work, "push", "piku", "main", env=daemon.env, check=False).returncode != 0
         time.sleep(0.5)
     finally:
         stop.set()
