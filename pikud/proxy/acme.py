@@ -23,7 +23,10 @@ once how to get real ones.
 #   unless it asks the same as one that just failed (a deploy publishes its site
 #   twice, and the CA would fail it again): that waits for the next deploy or boot.
 # - A renamed site keeps its old certificate renewed until the new one is
-#   installed; a failed issuance for the new names changes nothing.
+#   installed; a failed issuance for the new names changes nothing. Then the
+#   old first name is "retired" in the record until `--remove` succeeds (it is
+#   retried at every later request): acme.sh would otherwise renew the old
+#   certificate into the same files, over the new one.
 # - Renewal is acme.sh's: its installer adds a daily `acme.sh --cron`, which
 #   renews what is due and re-installs it with the saved --reloadcmd. pikud
 #   does not run renewals too: two renewers of one acme.sh home would race.
@@ -150,23 +153,30 @@ def fingerprint(crt: Path) -> str | None:
 
 @dataclass(frozen=True)
 class Issued:
-    """nginx/APP.acme: what acme.sh last installed for the app."""
+    """nginx/APP.acme: what acme.sh last installed for the app.
+
+    ``retired``: first names of the app's earlier certificates that acme.sh may
+    still renew, and install into the same files, until ``--remove`` succeeds.
+    """
 
     names: tuple[str, ...]
     server: str | None
     fingerprint: str
+    retired: tuple[str, ...] = ()
 
     @classmethod
     def read(cls, path: Path) -> Issued | None:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(tuple(data["names"]), data["server"], data["fingerprint"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return cls(tuple(data["names"]), data["server"], data["fingerprint"],
+                       tuple(data.get("retired", ())))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def write(self, path: Path) -> None:
         write_atomic(path, json.dumps({"names": list(self.names), "server": self.server,
-                                       "fingerprint": self.fingerprint}) + "\n", 0o644)
+                                       "fingerprint": self.fingerprint,
+                                       "retired": list(self.retired)}) + "\n", 0o644)
 
 
 def find_acme_sh(configured: str | None = None) -> Path | None:
@@ -267,7 +277,10 @@ class Acme:
         record_file = record_path(self.nginx, app)
         crt = Path(site.certificate)
         issued = Issued.read(record_file)
-        if issued is not None and issued == Issued(names, server, fingerprint(crt) or ""):
+        if issued is not None and issued.retired:
+            issued = await self._retire(program, app, issued, record_file, names[0])
+        if issued is not None and (issued.names, issued.server, issued.fingerprint) == (
+                names, server, fingerprint(crt)):
             return True
         label = ", ".join(names) + (f" from {server}" if server else "")
         self.note(app, f"certificate: {app}: asking acme.sh for {label}", logging.INFO)
@@ -283,13 +296,25 @@ class Acme:
         installed = await self._install(program, site, names[0])
         if installed is None:
             return False
-        Issued(names, server, installed).write(record_file)
+        # The old first name is retired only now: until the new one is in, it is served.
+        retired = () if issued is None else (*issued.retired, issued.names[0])
+        record = Issued(names, server, installed, retired)
+        record.write(record_file)
         self.note(app, f"certificate: {app}: acme.sh installed a certificate for {label}; "
                        "acme.sh renews it", logging.INFO)
-        if issued is not None and issued.names[0] != names[0]:
-            # Only now: until the new one is in, the old certificate is the one served.
-            await self._remove(program, app, issued.names[0])
+        if retired:
+            await self._retire(program, app, record, record_file, names[0])
         return True
+
+    async def _retire(self, program: Path, app: str, issued: Issued, record_file: Path,
+                      wanted: str) -> Issued:
+        """Have acme.sh stop renewing the retired names but ``wanted`` (the app's first name
+        again); those it would not stop renewing stay, to be tried again."""
+        left = tuple([name for name in dict.fromkeys(issued.retired)
+                      if name != wanted and not await self._remove(program, app, name)])
+        kept = Issued(issued.names, issued.server, issued.fingerprint, left)
+        kept.write(record_file)
+        return kept
 
     def _missing(self, app: str) -> None:
         if self.program:
@@ -367,17 +392,20 @@ class Acme:
         issued = Issued.read(record_file)
         program = find_acme_sh(self.program)
         if issued is not None and program is not None:
-            await self._remove(program, app, issued.names[0])
+            for name in (*issued.names[:1], *issued.retired):
+                await self._remove(program, app, name)
         record_file.unlink(missing_ok=True)
         self._said = {said for said in self._said if said[0] != app}
         webroot = self.nginx.paths.root / "acme" / app
         if webroot.is_dir() and not webroot.is_symlink():
             await asyncio.to_thread(shutil.rmtree, webroot, True)
 
-    async def _remove(self, program: Path, app: str, name: str) -> None:
-        if await self._step(app, [str(program), "--remove", "-d", name, "--ecc"], self.timeout,
-                            f"could not stop renewing {name}"):
-            self.note(app, f"certificate: {app}: acme.sh no longer renews {name}", logging.INFO)
+    async def _remove(self, program: Path, app: str, name: str) -> bool:
+        if not await self._step(app, [str(program), "--remove", "-d", name, "--ecc"],
+                                self.timeout, f"could not stop renewing {name}"):
+            return False
+        self.note(app, f"certificate: {app}: acme.sh no longer renews {name}", logging.INFO)
+        return True
 
 
 def _same_ask(one: tuple[NginxSite, str | None], other: tuple[NginxSite, str | None]) -> bool:

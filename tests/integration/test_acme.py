@@ -203,6 +203,31 @@ async def test_a_rename_whose_issuance_fails_keeps_the_old_certificate_renewed(
         ("old.example.org",), None, installed)
 
 
+async def test_a_retired_name_acme_sh_would_not_forget_is_removed_later(
+        server: NginxServer, acme_sh: Callable[..., StandIn],
+        backend: Callable[..., Backend]) -> None:
+    web = backend("web-1")
+    site = await live_site(server, web, "old.example.org")
+    working = acme_sh()
+    stubborn = working.home / "stubborn.sh"           # the same acme.sh, whose --remove fails
+    stubborn.write_text(f'#!/bin/sh\n[ "$1" = --remove ] && {{ echo locked; exit 1; }}\n'
+                        f'exec {working.program} "$@"\n')
+    stubborn.chmod(0o755)
+    assert await Acme(server.nginx(), str(working.program), note=Notes()).certify(site, None)
+
+    renamed = await live_site(server, web, "new.example.org")
+    notes = Notes()
+    assert await Acme(server.nginx(), str(stubborn), note=notes).certify(renamed, None)
+    assert "could not stop renewing old.example.org" in notes.text(logging.ERROR)
+    record = Issued.read(record_path(server.nginx(), "shop"))
+    assert record is not None and record.retired == ("old.example.org",)
+
+    assert await Acme(server.nginx(), str(working.program), note=Notes()).certify(renamed, None)
+    assert working.calls()[-1] == ["--remove", "-d", "old.example.org", "--ecc"]
+    record = Issued.read(record_path(server.nginx(), "shop"))
+    assert record is not None and record.names == ("new.example.org",) and record.retired == ()
+
+
 async def test_a_failed_issuance_is_not_asked_again_at_once(
         server: NginxServer, acme_sh: Callable[..., StandIn],
         backend: Callable[..., Backend]) -> None:

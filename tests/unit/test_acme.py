@@ -70,9 +70,11 @@ def test_fingerprint_and_record(tmp_path: Path) -> None:
 
     record = tmp_path / "a.acme"
     assert Issued.read(record) is None
-    issued = Issued(("a.example.com", "b.example.com"), "letsencrypt", "ab12")
+    issued = Issued(("a.example.com", "b.example.com"), "letsencrypt", "ab12", ("old.example",))
     issued.write(record)
     assert Issued.read(record) == issued
+    record.write_text('{"names": ["a.example"], "server": null, "fingerprint": "ab"}')
+    assert Issued.read(record) == Issued(("a.example",), None, "ab")    # written before retired
     record.write_text("{not json")
     assert Issued.read(record) is None
 
