@@ -9,10 +9,11 @@ waits, and says so) while different apps proceed in parallel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,8 @@ from pikud.cron import JobSpec, cron_entries, job_settings
 from pikud.deploy.checkout import ref_value, wait_for_ref
 from pikud.deploy.pipeline import PushInfo, build_release, release_env
 from pikud.deploy.releases import Release, ReleaseStore
-from pikud.deploy.servers import check_installed, server_command, servers_chosen
+from pikud.deploy.servers import (check_installed, ignored_settings, server_command,
+                                  servers_chosen)
 from pikud.errors import DeployError, EnvError, PikudError
 from pikud.procman.group import ProcessGroup, Readiness, drain
 from pikud.procman.plan import plan
@@ -74,6 +76,7 @@ class App:
         self.followers: set[Follower] = set()
         self.group = ProcessGroup(self._on_event, self.followers)
         self.idle: IdleWatch | None = None          # PIKU_IDLE_TIMEOUT (scale to zero)
+        self._warned: tuple[str, ...] = ()          # the spec's warnings, last noted
         defaults = registry.app_defaults
         self.log = LogFile(self.paths.log_dir(name) / "pikud.log", "pikud",
                            defaults.log_max_bytes, defaults.log_backups, self.followers)
@@ -170,6 +173,7 @@ class App:
                     log_path=self.paths.log_dir(self.name) / f"{kind}.{index}.log",
                     stop_timeout=s.stop_timeout, policy=policy,
                     log_max_bytes=s.log_max_bytes, log_backups=s.log_backups,
+                    port=int(process_env["PORT"]) if kind in WEB_KINDS else None,
                     listen_port=int(process_env["PORT"]) if inherits else None,
                     listen_backlog=backlog)
         return specs
@@ -189,15 +193,12 @@ class App:
                 for kind, entry in entries.items()]
 
     def _prepare(self, spec: AppSpec, release: Release | None) -> None:
-        for warning in spec.warnings:
-            self.note("warning", f"{self.name}: {warning}", logging.WARNING)
-        for kind in SERVED_KINDS:
-            if kind in spec.procfile.entries:
-                server = server_command(kind, spec.procfile.entries[kind], spec.env,
-                                        bool(spec.settings.idle_timeout))
-                for key in server.notes:
-                    self.note("warning", f"{self.name}: {key} has no meaning for the "
-                              f"{kind} server pikud runs; it is ignored", logging.WARNING)
+        warnings = (*spec.warnings, *ignored_settings(spec.procfile.entries, spec.env,
+                                                      bool(spec.settings.idle_timeout)))
+        if warnings != self._warned:        # said once, not at every restart or scale
+            for warning in warnings:
+                self.note("warning", f"{self.name}: {warning}", logging.WARNING)
+            self._warned = warnings
         for path in (self.paths.log_dir(self.name), self.paths.data(self.name),
                      self.paths.cache(self.name), self.paths.env_dir(self.name)):
             path.mkdir(parents=True, exist_ok=True)
@@ -226,6 +227,7 @@ class App:
         if any(desired[n].kind in WEB_KINDS for n in changed) and "PORT" not in spec.env:
             await self._switch(spec, self.release, quiet, starting=starting)
             return
+        previous = self.spec
         self._prepare(spec, self.release)
         self.desired = RUNNING
         self.registry.save()
@@ -234,11 +236,21 @@ class App:
         leaving = [proc for name, proc in self.group.processes.items()
                    if name not in desired and proc.spec.kind in WEB_KINDS]
         await self.registry.traffic.publish(self.name, spec, source, staying)   # scale down: first
-        await drain(leaving, DRAIN)
-        await self.group.replace({n: desired[n] for n in changed})
-        await self.group.apply(desired)
-        self.group.retry()
-        await self.registry.traffic.publish(self.name, spec, source, self.group.specs)
+        try:
+            await drain(leaving, DRAIN)
+            await self.group.replace({n: desired[n] for n in changed})
+            # Added web copies get traffic only once ready, unless nothing serves yet.
+            await self.group.apply(desired, ready=None if starting else self._ready_check(spec))
+            self.group.retry()
+        except PikudError:
+            if previous is not None:        # put back what ran: its spec, jobs and slots
+                self._prepare(previous, self.release)
+                self.registry.scheduler.set_jobs(
+                    self.name, self.cron_jobs(previous, self.release), starting=False)
+                await self.group.apply(self.process_specs(previous, self.release, self.ports))
+            raise
+        finally:        # on failure too: traffic goes back to every slot still running
+            await self.registry.traffic.publish(self.name, spec, source, self.group.specs)
 
     async def _switch(self, spec: AppSpec, release: Release | None, progress: Progress, *,
                       starting: bool | None = None) -> None:
@@ -286,12 +298,11 @@ class App:
         settings = spec.settings
 
         async def ready(process: ProcessSpec) -> str:
-            port = dict(process.env).get("PORT", "")
-            if process.kind not in WEB_KINDS or not port.isdigit():
+            if process.port is None:
                 return ""
             # A daemon-owned socket accepts before the server runs: ask it over HTTP.
             path = settings.healthcheck or ("/" if process.listen_port else None)
-            return await wait_ready(int(port), path, settings.ready_timeout)
+            return await wait_ready(process.port, path, settings.ready_timeout)
         return ready
 
     # -- actions (each under the app lock) ---------------------------------------
@@ -399,11 +410,22 @@ class App:
             changes = parse_scale_args([f"{k}={v}" for k, v in args.items()], kinds)
             text = format_scaling(dict(spec.scaling, **changes))
             spec = self.load(scaling_text=text)
-            with written_unless_failed(self.paths.scaling_file(self.name), text):
+            with self._kept_if_applied(self.paths.scaling_file(self.name), text, 0o644):
                 self.note("scale", f"{self.name}: scaled to "
                           + ", ".join(f"{k}={v}" for k, v in spec.scaling.items()))
                 if self.desired == RUNNING:
                     await self._run(spec)
+
+    @contextlib.contextmanager
+    def _kept_if_applied(self, path: Path, text: str, mode: int) -> Iterator[None]:
+        """Write a settings file for the block to apply; undo it, and say so, if that fails."""
+        with written_unless_failed(path, text, mode):
+            try:
+                yield
+            except PikudError as exc:
+                self.note("error", f"{self.name}: the change was undone, {path.name} is as it "
+                          f"was: {exc}", logging.WARNING)
+                raise
 
     async def reload_files(self, why: str) -> None:
         """A watched file changed: apply a valid edit, report and ignore a bad one."""
@@ -442,7 +464,7 @@ class App:
             spec = self.load(overrides=text)        # the whole result, before any write
             self.registry.traffic.check(self.name, spec, self.source(self.release))
             changed = sorted(set(updates) | set(removals))
-            with written_unless_failed(self.paths.env_file(self.name), text, 0o600):
+            with self._kept_if_applied(self.paths.env_file(self.name), text, 0o600):
                 self.note("config", f"{self.name}: config changed ({', '.join(changed)})")
                 if self.desired == RUNNING and spec.settings.auto_restart:
                     await self._run(spec)

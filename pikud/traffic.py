@@ -28,12 +28,9 @@ log = logging.getLogger(__name__)
 
 def upstreams(processes: Iterable[ProcessSpec]) -> tuple[str, ...]:
     """``127.0.0.1:PORT`` of each web process, in slot order."""
-    found = []
-    for spec in sorted(processes, key=lambda s: (s.kind, s.index)):
-        port = dict(spec.env).get("PORT", "")
-        if spec.kind in WEB_KINDS and port.isdigit():
-            found.append(f"127.0.0.1:{port}")
-    return tuple(found)
+    return tuple(f"127.0.0.1:{spec.port}"
+                 for spec in sorted(processes, key=lambda s: (s.kind, s.index))
+                 if spec.port is not None)
 
 
 def route_for(app: str, spec: AppSpec, source: Path,

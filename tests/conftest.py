@@ -6,6 +6,7 @@ teardown, and the teardown fails the test if any app process outlived it.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -84,6 +85,16 @@ class Pikud:
     def http_port(self) -> int:
         """The port the built-in router got."""
         return int(self.api("GET", "/status")["http"].rsplit(":", 1)[1])
+
+    def get(self, app: str, path: str = "/", timeout: float = 15) -> tuple[int, str]:
+        """(status, body) of one request to ``app`` through the built-in router."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+        try:
+            conn.request("GET", path, headers={"Host": f"{app}.localhost"})
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.client.request(method, path, body)

@@ -22,7 +22,7 @@ from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.runtimes import detect
 from pikud.deploy.runtimes.base import BuildContext, BuildResult, Runner
-from pikud.deploy.servers import servers_to_install
+from pikud.deploy.servers import ignored_settings, servers_to_install
 from pikud.errors import BuildError, DeployError, ReleaseError
 from pikud.paths import Paths
 from pikud.procman.children import MARKER
@@ -92,13 +92,14 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
                        base_env, runner(progress))
         spec = load_spec(paths, app, base_env, defaults, source=source)
         cron_entries(spec.procfile)                 # a bad schedule rejects the push here
-        for warning in spec.warnings:
+        on_demand = bool(spec.settings.idle_timeout)
+        for warning in (*spec.warnings, *ignored_settings(spec.procfile.entries, spec.env,
+                                                          on_demand)):
             progress(f"-----> Warning: {warning}")
         env = release_env(spec, paths, base_env, source, None)
         await run_step("preflight", spec, env, source, progress, BuildError)
         runtime = detect(source, spec.procfile)
-        servers = servers_to_install(spec.procfile.entries, spec.env,
-                                     on_demand=bool(spec.settings.idle_timeout))
+        servers = servers_to_install(spec.procfile.entries, spec.env, on_demand)
         if servers and runtime.name != "python":
             raise BuildError("wsgi and asgi entries need a Python app (a requirements.txt or "
                              f"pyproject.toml), but this one was detected as {runtime.name}")

@@ -87,9 +87,11 @@ def server_command(kind: str, target: str, env: Mapping[str, str],
         # Its socket comes from the daemon, the systemd way (LISTEN_FDS); never --bind fd://,
         # with which gunicorn unlinks the socket on stop (FACTS.md).
         argv = ["gunicorn", "--workers", str(workers), "--threads", str(threads),
-                "--max-requests", str(max_requests), "--no-control-socket"]
+                "--max-requests", str(max_requests), "--backlog", str(backlog),
+                "--no-control-socket"]
     else:
-        argv = ["uvicorn", "--fd", "3", "--workers", str(workers)]
+        # uvicorn listens again on the socket it is given, with its own default (2048)
+        argv = ["uvicorn", "--fd", "3", "--workers", str(workers), "--backlog", str(backlog)]
         if max_requests:
             argv += ["--limit-max-requests", str(max_requests)]
         if "UWSGI_THREADS" in env:
@@ -104,6 +106,16 @@ def servers_chosen(entries: Mapping[str, str], env: Mapping[str, str],
     """The server each wsgi/asgi entry runs under, by kind (validated)."""
     return {kind: server_command(kind, entries[kind], env, on_demand).package
             for kind in CHOICES if kind in entries}
+
+
+def ignored_settings(entries: Mapping[str, str], env: Mapping[str, str],
+                     on_demand: bool = False) -> list[str]:
+    """A warning for each uWSGI setting the chosen servers have no use for (validated)."""
+    return [f"{key} has no meaning for the {kind} server pikud runs ({command.package}); "
+            "it is ignored"
+            for kind in CHOICES if kind in entries
+            for command in [server_command(kind, entries[kind], env, on_demand)]
+            for key in command.notes]
 
 
 def servers_to_install(entries: Mapping[str, str], env: Mapping[str, str],

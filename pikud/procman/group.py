@@ -40,12 +40,12 @@ async def drain(procs: Collection[ManagedProcess], grace: float) -> None:
     """
     if grace > 0 and procs:
         await asyncio.sleep(grace)
-    owned = [proc for proc in procs if proc.listener is not None]
-    if not owned:
+    serving = [proc for proc in procs if proc.spec.port is not None]
+    if not serving:
         return
-    ports = {proc.spec.listen_port for proc in owned if proc.spec.listen_port}
+    ports = {proc.spec.port for proc in serving if proc.spec.port is not None}
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max(settle_time(proc.spec) for proc in owned)):
+        async with asyncio.timeout(max(settle_time(proc.spec) for proc in serving)):
             while await asyncio.to_thread(has_traffic, ports):
                 await asyncio.sleep(0.05)
 
@@ -83,12 +83,25 @@ class ProcessGroup:
         proc = self.processes[spec.name] = self._spawn(spec)
         return proc
 
-    async def apply(self, desired: Mapping[str, ProcessSpec], *, rolling: bool = True) -> Plan:
-        """Bring the running slots to ``desired``; returns what was done."""
+    async def apply(self, desired: Mapping[str, ProcessSpec], *, rolling: bool = True,
+                    ready: Readiness | None = None) -> Plan:
+        """Bring the running slots to ``desired``; returns what was done.
+
+        With ``ready``, new slots must get ready (as in ``switch``) before any
+        slot is stopped; if one does not, the new ones are stopped again,
+        nothing else changed, and DeployError says why.
+        """
         todo = plan(self.specs, desired)
-        await self.stop(todo.stop)
         fresh = [self._new(desired[name]) for name in todo.start]
-        await asyncio.gather(*(proc.started(settle_time(proc.spec)) for proc in fresh))
+        if ready is None:
+            await asyncio.gather(*(proc.started(settle_time(proc.spec)) for proc in fresh))
+        else:
+            try:
+                await self._check(fresh, ready)
+            except BaseException:
+                await self.stop(list(todo.start))
+                raise
+        await self.stop(todo.stop)
         await self.replace({name: desired[name] for name in todo.replace}, rolling=rolling)
         return todo
 
@@ -129,7 +142,7 @@ class ProcessGroup:
         await self.stop(list(held))
         self.incoming = {name: self._spawn(spec) for name, spec in desired.items()}
         try:
-            await self._check_incoming(ready)
+            await self._check(list(self.incoming.values()), ready)
             if route is not None:
                 await route(desired)
         except BaseException:
@@ -144,8 +157,8 @@ class ProcessGroup:
         await asyncio.gather(*(proc.stop() for proc in old.values()))
         self._close_logs_not_in(self.processes)
 
-    async def _check_incoming(self, ready: Readiness | None) -> None:
-        procs = list(self.incoming.values())
+    async def _check(self, procs: list[ManagedProcess], ready: Readiness | None) -> None:
+        """Raise DeployError unless every one of ``procs`` reaches RUNNING and is ready."""
         started = await asyncio.gather(*(proc.started(settle_time(proc.spec)) for proc in procs))
         failed = [f"{proc.name} {proc.state} ({proc.last_exit or 'no exit'})"
                   for proc, ok in zip(procs, started) if not ok]

@@ -54,6 +54,7 @@ class ProcessSpec:
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     log_max_bytes: int = 1024 * 1024
     log_backups: int = 5
+    port: int | None = None                     # the loopback port a web slot serves on
     listen_port: int | None = None              # a daemon-owned socket on it goes to fd 3
     listen_backlog: int = 128
 
@@ -356,5 +357,5 @@ class ManagedProcess:
             "restarts": self.restarts,
             "last_exit": self.last_exit,
             "rss": read_rss(self.child.pid) if alive and self.child else None,
-            "port": int(port) if (port := dict(self.spec.env).get("PORT", "")).isdigit() else None,
+            "port": self.spec.port,
         }

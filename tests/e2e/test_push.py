@@ -233,16 +233,24 @@ async def app(scope, receive, send):
 '''
 
 
+def listen_backlog(port: int) -> int:
+    """The backlog of the socket listening on 127.0.0.1:``port`` (ss shows it as Send-Q)."""
+    line = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    return int(line[2])
+
+
 def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
         pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
     """granian by default, gunicorn on request; each added to the app's own virtualenv."""
     for app, procfile, env, expect, server in (
             ("wsgiapp", "wsgi: wsgi_app:application\n", "", "wsgi w1 /", "granian"),
             ("gunapp", "wsgi: wsgi_app:application\n",
-             "PIKU_WSGI_SERVER=gunicorn\nUWSGI_PROCESSES=1\nUWSGI_MAX_REQUESTS=100\n",
-             "wsgi w1 /", "gunicorn"),
+             "PIKU_WSGI_SERVER=gunicorn\nUWSGI_PROCESSES=1\nUWSGI_MAX_REQUESTS=100\n"
+             "UWSGI_LISTEN=77\n", "wsgi w1 /", "gunicorn"),
             ("asgiapp", "asgi: asgi_app:app\n", "UWSGI_GEVENT=1\n", "asgi w1", "granian"),
-            ("uviapp", "asgi: asgi_app:app\n", "PIKU_ASGI_SERVER=uvicorn\nUWSGI_PROCESSES=1\n",
+            ("uviapp", "asgi: asgi_app:app\n",
+             "PIKU_ASGI_SERVER=uvicorn\nUWSGI_PROCESSES=1\nUWSGI_LISTEN=77\n",
              "asgi w1", "uvicorn"),
             ("fdweb", "web: python3 fd_app.py\n", "PIKU_LISTEN_FDS=yes\n", "fd w1", "python3")):
         work = python_app(tmp_path / app, "w1", procfile, extra={
@@ -258,11 +266,18 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
         environ = Path(f"/proc/{proc['pid']}/environ").read_bytes().split(b"\0")
         inherited = f"LISTEN_PID={proc['pid']}".encode() in environ
         assert inherited == (server != "granian"), (app, environ)     # the daemon's socket
+        if "UWSGI_LISTEN=77" in env:          # the server kept the backlog it was given
+            assert listen_backlog(proc["port"]) == 77, app
         if server == "python3":
             continue
 
         assert list((pikud.root / "envs" / app).glob(f"python-*/bin/{server}"))
-    assert "UWSGI_GEVENT has no meaning" in pikud.log_text("asgiapp", "pikud")
+        if app == "asgiapp":                  # reported in the push, and in the app's log once
+            assert ("-----> Warning: UWSGI_GEVENT has no meaning for the asgi server pikud runs "
+                    "(granian); it is ignored") in out, out
+    assert pikud.log_text("asgiapp", "pikud").count("UWSGI_GEVENT has no meaning") == 1
+    assert pikud.cli("restart", "asgiapp").returncode == 0
+    assert pikud.log_text("asgiapp", "pikud").count("UWSGI_GEVENT has no meaning") == 1
     # granian stops its own workers: only its main process gets the SIGTERM, so a
     # restart never waits out the stop timeout (it hung when its workers got one too).
     for app in ("wsgiapp", "gunapp"):
@@ -282,13 +297,15 @@ def test_uwsgi_idle_set_on_a_pushed_wsgi_app_moves_it_to_gunicorn_and_zero(
     [gunicorn] = (pikud.root / "envs" / "idler").glob("python-*/bin/gunicorn")
 
     hidden = gunicorn.rename(gunicorn.with_name("gunicorn.hidden"))     # as an older build
-    refused = pikud.cli("config:set", "idler", "UWSGI_IDLE=1")
-    assert refused.returncode == 1
-    assert "UWSGI_IDLE: the wsgi entry would run gunicorn" in refused.stderr, refused.stderr
-    assert "piku deploy" in refused.stderr
-    assert not (pikud.root / "envs/idler/ENV").exists()
-    assert pikud.process("idler", "idler:wsgi.1")["pid"] == serving["pid"]
-    hidden.rename(gunicorn)
+    try:
+        refused = pikud.cli("config:set", "idler", "UWSGI_IDLE=1")
+        assert refused.returncode == 1
+        assert "UWSGI_IDLE: the wsgi entry would run gunicorn" in refused.stderr, refused.stderr
+        assert "piku deploy" in refused.stderr
+        assert not (pikud.root / "envs/idler/ENV").exists()
+        assert pikud.process("idler", "idler:wsgi.1")["pid"] == serving["pid"]
+    finally:
+        hidden.rename(gunicorn)
 
     pikud.cli("config:set", "idler", "UWSGI_IDLE=1", check=True)
     asleep = pikud.wait_state("idler", "idler:wsgi.1", "IDLE", timeout=30)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import http.client
 import os
 import socket
 import time
@@ -34,16 +33,6 @@ def deploy_napper(pikud: Pikud, name: str, env: str = IDLE) -> None:
     pikud.api("POST", f"/apps/{name}/deploy")
 
 
-def through_router(pikud: Pikud, app: str) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", pikud.http_port, timeout=15)
-    try:
-        conn.request("GET", "/", headers={"Host": f"{app}.localhost"})
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
-
-
 def states(pikud: Pikud, app: str) -> dict[str, str]:
     return {proc["name"]: proc["state"] for proc in pikud.processes(app)}
 
@@ -51,7 +40,7 @@ def states(pikud: Pikud, app: str) -> dict[str, str]:
 def test_idle_web_processes_sleep_and_the_first_request_wakes_them_all(pikud: Pikud) -> None:
     deploy_napper(pikud, "nap")
     pikud.cli("ps:scale", "nap", "web=2", check=True)
-    assert through_router(pikud, "nap") == (200, "ok")
+    assert pikud.get("nap") == (200, "ok")
     pids = [proc["pid"] for proc in pikud.processes("nap")]
     assert all(pids)
 
@@ -60,7 +49,7 @@ def test_idle_web_processes_sleep_and_the_first_request_wakes_them_all(pikud: Pi
     assert all(proc["pid"] is None and proc["port"] for proc in pikud.processes("nap"))
 
     started = time.monotonic()
-    assert through_router(pikud, "nap") == (200, "ok")         # waited, was not refused
+    assert pikud.get("nap") == (200, "ok")         # waited, was not refused
     assert time.monotonic() - started >= 0.9                   # it really booted meanwhile
 
     def both_running() -> list[dict[str, object]] | None:
@@ -90,9 +79,9 @@ def test_a_restart_while_asleep_brings_up_a_new_generation_that_sleeps_again(
     pikud.cli("restart", "again", check=True)
     proc = pikud.process("again", "again:web.1")
     assert proc["state"] == "RUNNING" and proc["port"] != old_port
-    assert through_router(pikud, "again") == (200, "ok")
+    assert pikud.get("again") == (200, "ok")
     pikud.wait_state("again", "again:web.1", "IDLE", timeout=15)
-    assert through_router(pikud, "again") == (200, "ok")
+    assert pikud.get("again") == (200, "ok")
 
 
 def test_a_request_that_wakes_the_old_generation_during_a_switch_is_served(
@@ -100,13 +89,16 @@ def test_a_request_that_wakes_the_old_generation_during_a_switch_is_served(
     # The old generation boots for 4 s once woken; the new one (BOOT=0) is routed
     # to and the old one drained long before that, while the request waits in its backlog.
     app = pikud.add_app("late", "web: python3 slow.py\n", FAST + IDLE + "BOOT=4\n")
-    (app / "slow.py").write_text(SLOW_FD_SERVER.replace("import socket, time", "import os, socket, time")
-                                 .replace("time.sleep(1.0)", "time.sleep(float(os.environ['BOOT']))"))
+    server = SLOW_FD_SERVER.replace("import socket, time", "import os, socket, time").replace(
+        "time.sleep(1.0)", "time.sleep(float(os.environ['BOOT']))")
+    assert "BOOT" in server and "import os" in server
+    (app / "slow.py").write_text(server)
     pikud.api("POST", "/apps/late/deploy")
     pikud.wait_state("late", "late:web.1", "IDLE", timeout=20)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(through_router, pikud, "late")
-        pikud.wait_state("late", "late:web.1", "STARTING", timeout=5)         # woken by it
+        answer = pool.submit(pikud.get, "late")
+        wait_for(lambda: pikud.process("late", "late:web.1")["state"] != "IDLE", 5,
+                 "the request to wake it")
         pikud.cli("config:set", "late", "BOOT=0", check=True)
         assert answer.result(timeout=20) == (200, "ok")
 
@@ -117,7 +109,7 @@ def test_a_slot_added_while_the_app_sleeps_goes_to_sleep_too(pikud: Pikud) -> No
     pikud.cli("ps:scale", "grow", "web=2", check=True)
     assert pikud.process("grow", "grow:web.2")["state"] == "RUNNING"
     pikud.wait_state("grow", "grow:web.2", "IDLE", timeout=15)
-    assert through_router(pikud, "grow") == (200, "ok")
+    assert pikud.get("grow") == (200, "ok")
 
 
 def test_a_worker_that_keeps_restarting_does_not_keep_the_web_slots_awake(

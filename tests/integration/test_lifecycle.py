@@ -122,10 +122,12 @@ HEALTH_SERVER = """\
 import os
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+BROKEN = os.environ.get("BROKEN") or os.path.exists("broken")     # as it was at start
+
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
-        self.send_response(500 if os.environ.get("BROKEN") else 200)
+        self.send_response(500 if BROKEN else 200)
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"ok")
@@ -135,13 +137,19 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 """
 
 
-def test_a_config_change_that_never_gets_ready_is_not_kept(pikud: Pikud) -> None:
-    """The old generation serves on, and ENV is as before, so a reboot runs what runs now."""
-    app = pikud.add_app("unready", "web: python3 health.py\n",
+def deploy_checked_app(pikud: Pikud, name: str) -> Path:
+    """A running HEALTH_SERVER app whose new processes must answer / below 500 within 1 s."""
+    app = pikud.add_app(name, "web: python3 health.py\n",
                         FAST + "PIKU_HEALTHCHECK=/\nPIKU_READY_TIMEOUT=1\n")
     (app / "health.py").write_text(HEALTH_SERVER)
-    pikud.api("POST", "/apps/unready/deploy")
-    pikud.wait_state("unready", "unready:web.1", "RUNNING")
+    pikud.api("POST", f"/apps/{name}/deploy")
+    pikud.wait_state(name, f"{name}:web.1", "RUNNING")
+    return app
+
+
+def test_a_config_change_that_never_gets_ready_is_not_kept(pikud: Pikud) -> None:
+    """The old generation serves on, and ENV is as before, so a reboot runs what runs now."""
+    deploy_checked_app(pikud, "unready")
     pikud.cli("config:set", "unready", "GREETING=hi", check=True)
     before = pids(pikud, "unready")
     env_file = pikud.root / "envs/unready/ENV"
@@ -156,8 +164,41 @@ def test_a_config_change_that_never_gets_ready_is_not_kept(pikud: Pikud) -> None
     assert "BROKEN" not in pikud.cli("config", "unready", check=True).stdout
 
 
+def test_a_scale_up_whose_new_copy_never_gets_ready_is_not_kept(pikud: Pikud) -> None:
+    app = deploy_checked_app(pikud, "grow")
+    before = pids(pikud, "grow")
+    (app / "broken").write_text("")              # copies started from now on answer 500
+
+    result = pikud.cli("ps:scale", "grow", "web=2")
+    assert result.returncode == 1
+    assert "grow:web.2" in result.stderr and "500" in result.stderr, result.stderr
+    assert pids(pikud, "grow") == before
+    assert not (pikud.root / "envs/grow/SCALING").exists()
+    assert "the change was undone, SCALING is as it was" in pikud.log_text("grow", "pikud")
+    assert pikud.get("grow") == (200, "ok")
+
+
+def test_a_worker_config_change_that_fails_puts_the_workers_back(pikud: Pikud) -> None:
+    pikud.add_app("picky", 'worker: test -z "$BROKEN" && sleep 300\n', FAST)
+    pikud.api("POST", "/apps/picky/deploy")
+    pikud.wait_state("picky", "picky:worker.1", "RUNNING")
+    result = pikud.cli("config:set", "picky", "BROKEN=1")
+    assert result.returncode == 1 and "picky:worker.1" in result.stderr, result.stderr
+    assert not (pikud.root / "envs/picky/ENV").exists()
+    proc = pikud.wait_state("picky", "picky:worker.1", "RUNNING")
+    environ = Path(f"/proc/{proc['pid']}/environ").read_bytes().split(b"\0")
+    assert not any(word.startswith(b"BROKEN=") for word in environ)
+    assert "BROKEN" not in pikud.api("GET", "/apps/picky/config/live")["env"]
+    time.sleep(1)                                # the watcher saw ENV put back: nothing to do
+    assert pikud.process("picky", "picky:worker.1")["pid"] == proc["pid"]
+    log = pikud.log_text("picky", "pikud")
+    assert "the change was undone, ENV is as it was" in log
+    assert "ENV or SCALING edited" not in log    # put back by the change, not by the watcher
+
+
 def test_a_bad_nginx_value_set_by_config_is_refused_before_it_is_written(pikud: Pikud) -> None:
-    pikud.add_app("named", "worker: sleep 300\n", FAST)
+    # Not restarted by the change (PIKU_AUTO_RESTART=false): the check before the write refuses it.
+    pikud.add_app("named", "worker: sleep 300\n", FAST + "PIKU_AUTO_RESTART=false\n")
     pikud.api("POST", "/apps/named/deploy")
     result = pikud.cli("config:set", "named", "NGINX_SERVER_NAME=a.example;evil")
     assert result.returncode == 1 and "NGINX_SERVER_NAME" in result.stderr, result.stderr

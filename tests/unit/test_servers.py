@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
 
-from pikud.deploy.servers import check_installed, server_command, servers_to_install
+from pikud.deploy.servers import (check_installed, ignored_settings, server_command,
+                                  servers_to_install)
 from pikud.errors import EnvError
 
 
@@ -28,6 +30,29 @@ def test_which_server(kind: str, env: dict[str, str], on_demand: bool, server: s
 def test_uwsgi_idle_is_no_longer_reported_as_ignored() -> None:
     assert server_command("wsgi", "app:app", {"UWSGI_IDLE": "60"}, True).notes == ()
     assert server_command("wsgi", "app:app", {"UWSGI_GEVENT": "1"}).notes == ("UWSGI_GEVENT",)
+
+
+UWSGI = {"UWSGI_PROCESSES": "3", "UWSGI_THREADS": "5", "UWSGI_MAX_REQUESTS": "900",
+         "UWSGI_LISTEN": "77"}
+
+
+@pytest.mark.parametrize("kind, server, options, ignored", [
+    ("wsgi", "granian", {"--workers": "3", "--blocking-threads": "5", "--backlog": "128"},
+     ["UWSGI_MAX_REQUESTS", "UWSGI_LISTEN below 128 (granian's minimum; 128 is used)"]),
+    ("wsgi", "gunicorn", {"--workers": "3", "--threads": "5", "--max-requests": "900",
+                          "--backlog": "77"}, []),
+    ("asgi", "uvicorn", {"--workers": "3", "--limit-max-requests": "900", "--backlog": "77"},
+     ["UWSGI_THREADS"]),
+])
+def test_uwsgi_settings_map_onto_each_server(kind: str, server: str, options: dict[str, str],
+                                             ignored: list[str]) -> None:
+    env = {**UWSGI, f"PIKU_{kind.upper()}_SERVER": server}
+    words = shlex.split(server_command(kind, "app:app", env).command.replace("$PORT", "1"))
+    assert {option: words[words.index(option) + 1] for option in options} == options
+    assert server_command(kind, "app:app", env).notes == tuple(ignored)
+    assert ignored_settings({kind: "app:app"}, env) == [
+        f"{key} has no meaning for the {kind} server pikud runs ({server}); it is ignored"
+        for key in ignored]
 
 
 @pytest.mark.parametrize("env, key", [
