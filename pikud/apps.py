@@ -77,6 +77,7 @@ class App:
         self.group = ProcessGroup(self._on_event, self.followers)
         self.idle: IdleWatch | None = None          # PIKU_IDLE_TIMEOUT (scale to zero)
         self._warned: tuple[str, ...] = ()          # the spec's warnings, last noted
+        self._advised: list[str] = []               # what nginx cannot reach, last noted
         defaults = registry.app_defaults
         self.log = LogFile(self.paths.log_dir(name) / "pikud.log", "pikud",
                            defaults.log_max_bytes, defaults.log_backups, self.followers)
@@ -235,7 +236,7 @@ class App:
         staying = {n: s for n, s in self.group.specs.items() if n in desired}
         leaving = [proc for name, proc in self.group.processes.items()
                    if name not in desired and proc.spec.kind in WEB_KINDS]
-        await self.registry.traffic.publish(self.name, spec, source, staying)   # scale down: first
+        await self.publish(spec, source, staying)       # scale down: first
         try:
             await drain(leaving, DRAIN)
             await self.group.replace({n: desired[n] for n in changed})
@@ -250,7 +251,7 @@ class App:
                 await self.group.apply(self.process_specs(previous, self.release, self.ports))
             raise
         finally:        # on failure too: traffic goes back to every slot still running
-            await self.registry.traffic.publish(self.name, spec, source, self.group.specs)
+            await self.publish(spec, source, self.group.specs)
 
     async def _switch(self, spec: AppSpec, release: Release | None, progress: Progress, *,
                       starting: bool | None = None) -> None:
@@ -272,7 +273,7 @@ class App:
             starting = self.desired != RUNNING
 
         async def route(ready: Mapping[str, ProcessSpec]) -> None:
-            await self.registry.traffic.publish(self.name, spec, source, ready)
+            await self.publish(spec, source, ready, progress)
 
         has_web = any(s.kind in WEB_KINDS for s in desired.values())
         built = release is not None and all(r.number != release.number
@@ -292,6 +293,21 @@ class App:
         self.desired = RUNNING
         self.registry.save()
         self.registry.scheduler.set_jobs(self.name, jobs, starting=starting)
+
+    async def publish(self, spec: AppSpec, source: Path, processes: Mapping[str, ProcessSpec],
+                      progress: Progress = quiet) -> None:
+        """Route the app's traffic to ``processes``; say what nginx's workers cannot reach.
+
+        The advice goes to the push's output each time, and to the app's log
+        when it changed (Debian 12's 0700 home folders: every request a 502).
+        """
+        advice = await self.registry.traffic.publish(self.name, spec, source, processes)
+        for problem in advice:
+            progress(f"-----> Warning: {problem}")
+        if advice != self._advised:
+            for problem in advice:
+                self.note("warning", f"{self.name}: {problem}", logging.WARNING)
+            self._advised = advice
 
     def _ready_check(self, spec: AppSpec) -> Readiness:
         """A new web process is ready when its port answers (and PIKU_HEALTHCHECK, if set)."""
@@ -384,7 +400,7 @@ class App:
             await self._run(self.load(), starting=boot or self.desired != RUNNING)
 
     async def restart(self) -> None:
-        """Replace every process, one at a time."""
+        """Replace every process: web ones as a new generation, workers one at a time."""
         async with self.lock:
             spec = self.load()
             self.note("restart", f"{self.name}: restarting")
@@ -397,8 +413,7 @@ class App:
                 self.desired = STOPPED
                 self.registry.save()
             if self.spec is not None:       # the router answers 503; nginx keeps its config
-                await self.registry.traffic.publish(self.name, self.spec,
-                                                    self.source(self.release), {})
+                await self.publish(self.spec, self.source(self.release), {})
             self._watch_idle(0)
             await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
 
@@ -453,7 +468,7 @@ class App:
         return parse_env(text, f"envs/{self.name}/ENV", {})
 
     async def configure(self, updates: Mapping[str, str], removals: list[str]) -> dict[str, str]:
-        """Change the overrides in envs/APP/ENV, then restart what changed, one at a time."""
+        """Change the overrides in envs/APP/ENV, then restart what changed (as restart does)."""
         async with self.lock:
             current = self.config()
             unknown = [key for key in removals if key not in current]

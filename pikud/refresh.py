@@ -130,8 +130,7 @@ class CloudflareRefresh:
             if app.desired != RUNNING or spec is None:
                 return {"name": app.name, "site": "not running", "error": None}
             try:
-                await self.registry.traffic.publish(app.name, spec, app.source(app.release),
-                                                    app.group.specs)
+                await app.publish(spec, app.source(app.release), app.group.specs)
             except PikudError as exc:
                 app.note("error", f"{app.name}: Cloudflare's new ranges are not live, the "
                          f"previous site stays: {exc}", logging.ERROR)

@@ -18,7 +18,7 @@ from pikud.errors import EnvError
 from pikud.paths import Paths
 from pikud.procman.process import ProcessSpec
 from pikud.proxy.acme import Acme, root_ca
-from pikud.proxy.nginx import Nginx
+from pikud.proxy.nginx import Nginx, access_problems
 from pikud.proxy.router import Route, Router
 from pikud.proxy.site import (NginxSite, StaticPath, procfile_static, server_names, site_from_env,
                               static_paths)
@@ -71,8 +71,12 @@ class Traffic:
             root_ca(spec.env)
 
     async def publish(self, app: str, spec: AppSpec, source: Path,
-                      processes: Mapping[str, ProcessSpec]) -> None:
-        """Send the app's traffic to ``processes`` (their web ones), in one step."""
+                      processes: Mapping[str, ProcessSpec]) -> list[str]:
+        """Send the app's traffic to ``processes`` (their web ones), in one step.
+
+        Returns what nginx's workers could not reach for the site, as advice
+        (``access_problems``): nginx takes such a config, then answers 403 or 502.
+        """
         if self.router is not None:
             self.router.set_route(route_for(app, spec, source, processes.values()))
         if self.nginx is not None:
@@ -83,6 +87,8 @@ class Traffic:
                 await self.nginx.apply(site)
                 if self.acme is not None:
                     self.acme.request(site, root_ca(spec.env))
+                return access_problems(site)
+        return []
 
     async def withdraw(self, app: str) -> None:
         if self.router is not None:

@@ -21,7 +21,7 @@ Routes (APP is a validated app name, KIND a Procfile kind):
     GET    /apps/APP                   app detail: summary + "processes": [process, ...]
     POST   /apps/APP/start             start (desired state: running) -> app detail
     POST   /apps/APP/stop              stop  (desired state: stopped) -> app detail
-    POST   /apps/APP/restart           rolling restart -> app detail
+    POST   /apps/APP/restart           restart (web: new generation) -> app detail
     POST   /apps/APP/deploy[?progress=1]  body {"revision", "ref", "pusher", "fingerprint",
                                        "git_env"} builds and switches to a new release; without
                                        a revision the current release is rebuilt (an app with

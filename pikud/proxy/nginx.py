@@ -172,8 +172,6 @@ class Nginx:
                 if old != include:
                     old.unlink(missing_ok=True)
             await self._reload(f"{conf.name} is in place")
-        for problem in access_problems(site):
-            log.warning("nginx: %s", problem)
 
     async def remove(self, app: str) -> None:
         """Remove the app's config, include copy, certificate, key and acme record; reload."""

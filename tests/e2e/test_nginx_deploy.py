@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Pikud
-from tests.e2e.apps import git, local_remote, python_app
+from tests.e2e.apps import WEB_APP, git, local_remote, python_app
 from tests.integration.test_acme import STAND_IN, served_certificate, subject_and_issuer
 from tests.integration.test_nginx import DEADLINE, NginxServer, fronted_by_nginx
 from tests.waiting import wait_for
@@ -89,6 +89,47 @@ def test_push_goes_live_through_nginx_without_dropping_a_request(
     assert injected.returncode != 0 and "NGINX_SERVER_NAME" in injected.stderr
     assert (server.root / "nginx/shop.conf").read_text() == before
     assert server.request("shop.example").body == b"n2 tinypkg=42"
+
+
+def test_a_first_deploy_goes_live_once_ready_and_says_what_nginx_cannot_reach(
+        fronted: tuple[NginxServer, Pikud], tmp_path: Path) -> None:
+    """piku routes the host before the app listens (a 502 per request); pikud waits.
+
+    The ACME webroot's parent is 0700, as a Debian 12 home folder would be:
+    the push says which chmod lets nginx's workers (www-data) in.
+    """
+    server, daemon = fronted
+    (daemon.root / "acme").chmod(0o700)
+    slow = "import time\ntime.sleep(1.5)\n" + WEB_APP              # the app boots for 1.5 s
+    work = python_app(tmp_path / "shop", "n1", extra={"ENV": site_env(server), "server.py": slow})
+    local_remote(work, "shop")
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set() and len(statuses) < 3000:
+            try:
+                statuses.append(server.request("shop.example").status)
+            except (OSError, http.client.HTTPException):
+                statuses.append(-1)                 # nothing listens on the port yet
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        pushed = git(work, "push", "piku", "main", env=daemon.env)
+        server.wait_for("shop.example", "/", lambda r: r.status == 200)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert 200 in statuses and [s for s in statuses if s >= 500] == [], set(statuses)
+    acme = daemon.root / "acme"
+    advice = (f"nginx (user www-data) cannot serve ACME challenges from {acme}/shop: {acme} "
+              f"is mode 0700; fix with `chmod o+x {acme}`")
+    assert f"-----> Warning: {advice}" in pushed.stderr, pushed.stderr
+    assert daemon.log_text("shop", "pikud").count(advice) == 1
+    assert daemon.cli("restart", "shop").returncode == 0
+    assert daemon.log_text("shop", "pikud").count(advice) == 1        # not at every restart
 
 
 # --- certificates from acme.sh (a stand-in that validates through this nginx) -----
