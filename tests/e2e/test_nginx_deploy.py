@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,30 @@ def site_env(server: NginxServer, extra: str = "") -> str:
             f"NGINX_HTTPS_PORT={server.https_port}\n" + extra)
 
 
+@contextmanager
+def statuses_of(server: NginxServer, host: str, limit: int = 4000) -> Iterator[list[int]]:
+    """A steady, bounded stream of requests to ``host`` through nginx while the block runs:
+    the status of each (-1: no answer at all)."""
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set() and len(statuses) < limit:
+            try:
+                statuses.append(server.request(host).status)
+            except (OSError, http.client.HTTPException):
+                statuses.append(-1)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        yield statuses
+    finally:
+        stop.set()
+        thread.join(30)
+
+
 def test_push_goes_live_through_nginx_without_dropping_a_request(
         fronted: tuple[NginxServer, Pikud], tmp_path: Path) -> None:
     server, daemon = fronted
@@ -44,20 +69,7 @@ def test_push_goes_live_through_nginx_without_dropping_a_request(
     assert first.body == b"n1 tinypkg=42" and first.headers["x-deployed-by"] == "pikud"
     assert server.request("shop.example", https=True).body == b"n1 tinypkg=42"
 
-    results: list[int] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set() and len(results) < 4000:
-            try:
-                results.append(server.request("shop.example").status)
-            except (OSError, http.client.HTTPException):
-                results.append(-1)
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=load)
-    thread.start()
-    try:
+    with statuses_of(server, "shop.example") as results:
         python_app(work, "n2", extra={"ENV": site_env(server)})
         git(work, "push", "piku", "main", env=daemon.env)
         assert daemon.cli("restart", "shop").returncode == 0
@@ -68,9 +80,6 @@ def test_push_goes_live_through_nginx_without_dropping_a_request(
                                          "ENV": site_env(server, "PIKU_READY_TIMEOUT=1\n")})
         assert git(work, "push", "piku", "main", env=daemon.env, check=False).returncode != 0
         time.sleep(0.5)
-    finally:
-        stop.set()
-        thread.join(30)
     assert results and set(results) == {200}, [r for r in results if r != 200][:5]
     assert server.request("shop.example").body == b"n2 tinypkg=42"
 
@@ -103,25 +112,9 @@ def test_a_first_deploy_goes_live_once_ready_and_says_what_nginx_cannot_reach(
     slow = "import time\ntime.sleep(1.5)\n" + WEB_APP              # the app boots for 1.5 s
     work = python_app(tmp_path / "shop", "n1", extra={"ENV": site_env(server), "server.py": slow})
     local_remote(work, "shop")
-    statuses: list[int] = []
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.is_set() and len(statuses) < 3000:
-            try:
-                statuses.append(server.request("shop.example").status)
-            except (OSError, http.client.HTTPException):
-                statuses.append(-1)                 # nothing listens on the port yet
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=poll)
-    thread.start()
-    try:
+    with statuses_of(server, "shop.example") as statuses:
         pushed = git(work, "push", "piku", "main", env=daemon.env)
         server.wait_for("shop.example", "/", lambda r: r.status == 200)
-    finally:
-        stop.set()
-        thread.join(30)
     assert 200 in statuses and [s for s in statuses if s >= 500] == [], set(statuses)
     acme = daemon.root / "acme"
     advice = (f"nginx (user www-data) cannot serve ACME challenges from {acme}/shop: {acme} "
