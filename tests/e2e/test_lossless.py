@@ -5,13 +5,15 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import Pikud, proc_stat, wait_for
 from tests.e2e.apps import git, local_remote, python_app
+from tests.e2e.test_nginx_kinds import static_site
 from tests.e2e.test_push import ASGI_APP, WSGI_APP
+from tests.nginx_master import free_port
 
 
 class Load:
@@ -96,11 +98,12 @@ def test_restart_redeploy_config_scale_and_a_failed_deploy_lose_no_request(
 
 
 def test_app_servers_lose_no_request_either(pikud: Pikud, tmp_path: Path) -> None:
-    """wsgi on granian (binds its port) and on gunicorn (the daemon's socket), asgi on granian."""
+    """wsgi and asgi on granian (binds its port), on gunicorn and uvicorn (the daemon's socket)."""
     for app, procfile, env, body in (
             ("granwsgi", "wsgi: wsgi_app:application\n", "", "wsgi"),
             ("gunwsgi", "wsgi: wsgi_app:application\n", "PIKU_WSGI_SERVER=gunicorn\n", "wsgi"),
-            ("granasgi", "asgi: asgi_app:app\n", "", "asgi")):
+            ("granasgi", "asgi: asgi_app:app\n", "", "asgi"),
+            ("uviasgi", "asgi: asgi_app:app\n", "PIKU_ASGI_SERVER=uvicorn\n", "asgi")):
         settings = "PIKU_START_SECS=0.3\nPIKU_STOP_TIMEOUT=3\nUWSGI_PROCESSES=1\n" + env
         work = python_app(tmp_path / app, "g1", procfile, extra={
             "wsgi_app.py": WSGI_APP, "asgi_app.py": ASGI_APP, "ENV": settings})
@@ -142,6 +145,20 @@ def test_routes_by_host_and_path_prefix_and_serves_static(pikud: Pikud, tmp_path
     assert get("/", "nobody.example")[0] == 404
     pikud.api("POST", "/apps/site/stop")
     assert get("/", "site.example")[0] == 503
+
+
+def test_serve_http_flag_and_a_static_only_site_through_the_router(
+        pikud_factory: Callable[..., Pikud], tmp_path: Path) -> None:
+    """`pikud serve --http` wins over PIKU_HTTP_ADDRESS; a `static:` entry needs no process."""
+    address = f"127.0.0.1:{free_port()}"
+    daemon = pikud_factory("--http", address)
+    assert daemon.api("GET", "/status")["http"] == address
+    work = static_site(tmp_path / "pages", "")
+    local_remote(work, "pages")
+    push(daemon, work)
+    assert daemon.processes("pages") == []
+    assert daemon.get("pages") == (200, "<h1>static s1</h1>\n")
+    assert daemon.get("pages", "/index.html") == (200, "<h1>static s1</h1>\n")
 
 
 def test_orphans_are_reaped_after_a_build_under_uvloop(pikud: Pikud, tmp_path: Path) -> None:
