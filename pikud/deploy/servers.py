@@ -110,7 +110,14 @@ def servers_chosen(entries: Mapping[str, str], env: Mapping[str, str],
 
 def ignored_settings(entries: Mapping[str, str], env: Mapping[str, str],
                      on_demand: bool = False) -> list[str]:
-    """A warning for each uWSGI setting the chosen servers have no use for (validated)."""
+    """A warning for each uWSGI setting the chosen servers have no use for (validated).
+
+    Without a wsgi or asgi entry no server runs, and none of them has a use
+    (but UWSGI_IDLE, which is scale to zero).
+    """
+    if not any(kind in entries for kind in CHOICES):
+        return [f"{key} has no meaning without a wsgi or asgi entry; it is ignored"
+                for key in sorted(env) if key.startswith("UWSGI_") and key != "UWSGI_IDLE"]
     return [f"{key} has no meaning for the {kind} server pikud runs ({command.package}); "
             "it is ignored"
             for kind in CHOICES if kind in entries

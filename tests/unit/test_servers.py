@@ -55,6 +55,12 @@ def test_uwsgi_settings_map_onto_each_server(kind: str, server: str, options: di
         for key in ignored]
 
 
+def test_uwsgi_settings_without_a_server_are_reported() -> None:
+    env = {"UWSGI_PROCESSES": "4", "UWSGI_IDLE": "60", "PORT": "5000"}
+    assert ignored_settings({"web": "python3 app.py"}, env) == [
+        "UWSGI_PROCESSES has no meaning without a wsgi or asgi entry; it is ignored"]
+
+
 @pytest.mark.parametrize("env, key", [
     ({"PIKU_WSGI_SERVER": "granian", "UWSGI_IDLE": "60"}, "PIKU_WSGI_SERVER"),
     ({"PIKU_WSGI_SERVER": "granian", "PIKU_IDLE_TIMEOUT": "60"}, "PIKU_WSGI_SERVER"),
