@@ -236,22 +236,34 @@ class App:
         staying = {n: s for n, s in self.group.specs.items() if n in desired}
         leaving = [proc for name, proc in self.group.processes.items()
                    if name not in desired and proc.spec.kind in WEB_KINDS]
-        await self.publish(spec, source, staying)       # scale down: first
         try:
+            await self.publish(spec, source, staying)       # scale down: first
             await drain(leaving, DRAIN)
             await self.group.replace({n: desired[n] for n in changed})
             # Added web copies get traffic only once ready, unless nothing serves yet.
             await self.group.apply(desired, ready=None if starting else self._ready_check(spec))
             self.group.retry()
         except PikudError:
-            if previous is not None:        # put back what ran: its spec, jobs and slots
+            await self._undo(None if starting else previous, source)
+            raise
+        await self.publish(spec, source, self.group.specs)
+
+    async def _undo(self, previous: AppSpec | None, source: Path) -> None:
+        """After a failed change: put back what ran (spec, cron jobs, slots) and its traffic.
+
+        A failure here is logged, not raised over the one that caused it.
+        """
+        try:
+            if previous is not None:
                 self._prepare(previous, self.release)
                 self.registry.scheduler.set_jobs(
                     self.name, self.cron_jobs(previous, self.release), starting=False)
                 await self.group.apply(self.process_specs(previous, self.release, self.ports))
-            raise
-        finally:        # on failure too: traffic goes back to every slot still running
-            await self.publish(spec, source, self.group.specs)
+            assert self.spec is not None                 # _run prepared one
+            await self.publish(self.spec, source, self.group.specs)
+        except PikudError as exc:
+            self.note("error", f"{self.name}: could not put back what ran before the change: "
+                      f"{exc}", logging.ERROR)
 
     async def _switch(self, spec: AppSpec, release: Release | None, progress: Progress, *,
                       starting: bool | None = None) -> None:
@@ -302,6 +314,8 @@ class App:
         when it changed (Debian 12's 0700 home folders: every request a 502).
         """
         advice = await self.registry.traffic.publish(self.name, spec, source, processes)
+        if advice is None:                  # no site was put live
+            return
         for problem in advice:
             progress(f"-----> Warning: {problem}")
         if advice != self._advised:

@@ -71,11 +71,12 @@ class Traffic:
             root_ca(spec.env)
 
     async def publish(self, app: str, spec: AppSpec, source: Path,
-                      processes: Mapping[str, ProcessSpec]) -> list[str]:
+                      processes: Mapping[str, ProcessSpec]) -> list[str] | None:
         """Send the app's traffic to ``processes`` (their web ones), in one step.
 
         Returns what nginx's workers could not reach for the site, as advice
         (``access_problems``): nginx takes such a config, then answers 403 or 502.
+        None when no nginx site was put live.
         """
         if self.router is not None:
             self.router.set_route(route_for(app, spec, source, processes.values()))
@@ -88,7 +89,7 @@ class Traffic:
                 if self.acme is not None:
                     self.acme.request(site, root_ca(spec.env))
                 return access_problems(site)
-        return []
+        return None
 
     async def withdraw(self, app: str) -> None:
         if self.router is not None:

@@ -86,11 +86,12 @@ class Pikud:
         """The port the built-in router got."""
         return int(self.api("GET", "/status")["http"].rsplit(":", 1)[1])
 
-    def get(self, app: str, path: str = "/", timeout: float = 15) -> tuple[int, str]:
-        """(status, body) of one request to ``app`` through the built-in router."""
+    def get(self, app: str, path: str = "/", timeout: float = 15,
+            host: str | None = None) -> tuple[int, str]:
+        """(status, body) of one request to ``app`` (or ``host``) through the built-in router."""
         conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
         try:
-            conn.request("GET", path, headers={"Host": f"{app}.localhost"})
+            conn.request("GET", path, headers={"Host": host or f"{app}.localhost"})
             response = conn.getresponse()
             return response.status, response.read().decode()
         finally:

@@ -30,6 +30,8 @@ SERVER_KEY = {"wsgi": "PIKU_WSGI_SERVER", "asgi": "PIKU_ASGI_SERVER"}
 # uWSGI settings with no meaning once uWSGI is gone: reported at deploy, never dropped silently.
 IGNORED = ("UWSGI_ENABLE_THREADS", "UWSGI_GEVENT", "UWSGI_ASYNCIO", "UWSGI_INCLUDE_FILE",
            "UWSGI_LOG_X_FORWARDED_FOR")
+# uWSGI settings pikud itself honours, whatever runs: scale to zero, log rotation.
+HONOURED = ("UWSGI_IDLE", "UWSGI_LOG_MAXSIZE")
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,12 @@ def ignored_settings(entries: Mapping[str, str], env: Mapping[str, str],
                      on_demand: bool = False) -> list[str]:
     """A warning for each uWSGI setting the chosen servers have no use for (validated).
 
-    Without a wsgi or asgi entry no server runs, and none of them has a use
-    (but UWSGI_IDLE, which is scale to zero).
+    Without a wsgi or asgi entry no server runs, and only the HONOURED ones
+    have a use.
     """
     if not any(kind in entries for kind in CHOICES):
         return [f"{key} has no meaning without a wsgi or asgi entry; it is ignored"
-                for key in sorted(env) if key.startswith("UWSGI_") and key != "UWSGI_IDLE"]
+                for key in sorted(env) if key.startswith("UWSGI_") and key not in HONOURED]
     return [f"{key} has no meaning for the {kind} server pikud runs ({command.package}); "
             "it is ignored"
             for kind in CHOICES if kind in entries

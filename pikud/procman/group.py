@@ -92,16 +92,18 @@ class ProcessGroup:
         nothing else changed, and DeployError says why.
         """
         todo = plan(self.specs, desired)
-        fresh = [self._new(desired[name]) for name in todo.start]
-        if ready is None:
+        if ready is None:       # stop first: a renamed kind on a fixed PORT needs the port
+            await self.stop(todo.stop)
+            fresh = [self._new(desired[name]) for name in todo.start]
             await asyncio.gather(*(proc.started(settle_time(proc.spec)) for proc in fresh))
         else:
+            fresh = [self._new(desired[name]) for name in todo.start]
             try:
                 await self._check(fresh, ready)
             except BaseException:
                 await self.stop(list(todo.start))
                 raise
-        await self.stop(todo.stop)
+            await self.stop(todo.stop)
         await self.replace({name: desired[name] for name in todo.replace}, rolling=rolling)
         return todo
 
@@ -122,7 +124,7 @@ class ProcessGroup:
             if not await proc.started(settle_time(spec)):
                 raise DeployError(f"{name} did not start ({proc.state}, last exit: "
                                   f"{proc.last_exit or 'none'}); the processes after it "
-                                  "were left as they were")
+                                  "were not replaced")
 
     async def switch(self, desired: Mapping[str, ProcessSpec], exclusive: Collection[str] = (),
                      ready: Readiness | None = None, route: Routing | None = None,

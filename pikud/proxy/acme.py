@@ -297,7 +297,8 @@ class Acme:
         if installed is None:
             return False
         # The old first name is retired only now: until the new one is in, it is served.
-        retired = () if issued is None else (*issued.retired, issued.names[0])
+        retired = () if issued is None else tuple(
+            name for name in dict.fromkeys((*issued.retired, issued.names[0])) if name != names[0])
         record = Issued(names, server, installed, retired)
         record.write(record_file)
         self.note(app, f"certificate: {app}: acme.sh installed a certificate for {label}; "
@@ -309,9 +310,9 @@ class Acme:
     async def _retire(self, program: Path, app: str, issued: Issued, record_file: Path,
                       wanted: str) -> Issued:
         """Have acme.sh stop renewing the retired names but ``wanted`` (the app's first name
-        again); those it would not stop renewing stay, to be tried again."""
-        left = tuple([name for name in dict.fromkeys(issued.retired)
-                      if name != wanted and not await self._remove(program, app, name)])
+        again, kept until it is installed); those it would not stop renewing stay too."""
+        left = tuple([name for name in issued.retired
+                      if name == wanted or not await self._remove(program, app, name)])
         kept = Issued(issued.names, issued.server, issued.fingerprint, left)
         kept.write(record_file)
         return kept

@@ -222,6 +222,15 @@ async def test_a_retired_name_acme_sh_would_not_forget_is_removed_later(
     record = Issued.read(record_path(server.nginx(), "shop"))
     assert record is not None and record.retired == ("old.example.org",)
 
+    # Renamed back, but that issuance fails: the old name stays retired, to be removed.
+    unreachable = acme_sh(http_port=free_port())
+    back = await live_site(server, web, "old.example.org")
+    assert not await Acme(server.nginx(), str(unreachable.program), note=Notes()).certify(back,
+                                                                                          None)
+    record = Issued.read(record_path(server.nginx(), "shop"))
+    assert record is not None and record.retired == ("old.example.org",)
+
+    await server.nginx().apply(renamed)
     assert await Acme(server.nginx(), str(working.program), note=Notes()).certify(renamed, None)
     assert working.calls()[-1] == ["--remove", "-d", "old.example.org", "--ecc"]
     record = Issued.read(record_path(server.nginx(), "shop"))

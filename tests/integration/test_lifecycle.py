@@ -179,10 +179,14 @@ def test_a_scale_up_whose_new_copy_never_gets_ready_is_not_kept(pikud: Pikud) ->
 
 
 def test_a_worker_config_change_that_fails_puts_the_workers_back(pikud: Pikud) -> None:
-    pikud.add_app("picky", 'worker: test -z "$BROKEN" && sleep 300\n', FAST)
+    """Its traffic too: the site's new name is not left routed."""
+    app = pikud.add_app("picky", 'worker: test -z "$BROKEN" && sleep 300\nstatic: /:public\n',
+                        FAST)
+    (app / "public").mkdir()
+    (app / "public" / "index.html").write_text("picky\n")
     pikud.api("POST", "/apps/picky/deploy")
     pikud.wait_state("picky", "picky:worker.1", "RUNNING")
-    result = pikud.cli("config:set", "picky", "BROKEN=1")
+    result = pikud.cli("config:set", "picky", "BROKEN=1", "NGINX_SERVER_NAME=new.example")
     assert result.returncode == 1 and "picky:worker.1" in result.stderr, result.stderr
     assert not (pikud.root / "envs/picky/ENV").exists()
     proc = pikud.wait_state("picky", "picky:worker.1", "RUNNING")
@@ -194,6 +198,8 @@ def test_a_worker_config_change_that_fails_puts_the_workers_back(pikud: Pikud) -
     log = pikud.log_text("picky", "pikud")
     assert "the change was undone, ENV is as it was" in log
     assert "ENV or SCALING edited" not in log    # put back by the change, not by the watcher
+    assert pikud.get("picky", host="new.example")[0] == 404
+    assert pikud.get("picky") == (200, "picky\n")
 
 
 def test_a_bad_nginx_value_set_by_config_is_refused_before_it_is_written(pikud: Pikud) -> None:

@@ -56,7 +56,8 @@ def test_uwsgi_settings_map_onto_each_server(kind: str, server: str, options: di
 
 
 def test_uwsgi_settings_without_a_server_are_reported() -> None:
-    env = {"UWSGI_PROCESSES": "4", "UWSGI_IDLE": "60", "PORT": "5000"}
+    env = {"UWSGI_PROCESSES": "4", "UWSGI_IDLE": "60", "UWSGI_LOG_MAXSIZE": "1048576",
+           "PORT": "5000"}
     assert ignored_settings({"web": "python3 app.py"}, env) == [
         "UWSGI_PROCESSES has no meaning without a wsgi or asgi entry; it is ignored"]
 
