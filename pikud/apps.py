@@ -76,8 +76,7 @@ class App:
         self.followers: set[Follower] = set()
         self.group = ProcessGroup(self._on_event, self.followers)
         self.idle: IdleWatch | None = None          # PIKU_IDLE_TIMEOUT (scale to zero)
-        self._warned: tuple[str, ...] = ()          # the spec's warnings, last noted
-        self._advised: list[str] = []               # what nginx cannot reach, last noted
+        self._noted: dict[str, tuple[str, ...]] = {}  # warnings by topic, as last noted
         defaults = registry.app_defaults
         self.log = LogFile(self.paths.log_dir(name) / "pikud.log", "pikud",
                            defaults.log_max_bytes, defaults.log_backups, self.followers)
@@ -97,7 +96,7 @@ class App:
     def web_slots(self) -> list[ManagedProcess]:
         """The web slots serving traffic now, with their daemon-owned sockets."""
         return [proc for proc in self.group.processes.values()
-                if proc.spec.kind in WEB_KINDS and proc.spec.listen_port is not None]
+                if proc.spec.listen_port is not None]
 
     async def _sleep(self) -> bool:
         """Suspend the web slots (IdleWatch); declined while another action holds the lock."""
@@ -175,8 +174,7 @@ class App:
                     stop_timeout=s.stop_timeout, policy=policy,
                     log_max_bytes=s.log_max_bytes, log_backups=s.log_backups,
                     port=int(process_env["PORT"]) if kind in WEB_KINDS else None,
-                    listen_port=int(process_env["PORT"]) if inherits else None,
-                    listen_backlog=backlog)
+                    inherits=inherits, listen_backlog=backlog)
         return specs
 
     def cron_jobs(self, spec: AppSpec, release: Release | None) -> list[JobSpec]:
@@ -194,12 +192,8 @@ class App:
                 for kind, entry in entries.items()]
 
     def _prepare(self, spec: AppSpec, release: Release | None) -> None:
-        warnings = (*spec.warnings, *ignored_settings(spec.procfile.entries, spec.env,
-                                                      bool(spec.settings.idle_timeout)))
-        if warnings != self._warned:        # said once, not at every restart or scale
-            for warning in warnings:
-                self.note("warning", f"{self.name}: {warning}", logging.WARNING)
-            self._warned = warnings
+        self._warn_once("spec", (*spec.warnings, *ignored_settings(
+            spec.procfile.entries, spec.env, bool(spec.settings.idle_timeout))))
         for path in (self.paths.log_dir(self.name), self.paths.data(self.name),
                      self.paths.cache(self.name), self.paths.env_dir(self.name)):
             path.mkdir(parents=True, exist_ok=True)
@@ -318,10 +312,15 @@ class App:
             return
         for problem in advice:
             progress(f"-----> Warning: {problem}")
-        if advice != self._advised:
-            for problem in advice:
-                self.note("warning", f"{self.name}: {problem}", logging.WARNING)
-            self._advised = advice
+        self._warn_once("nginx", tuple(advice))
+
+    def _warn_once(self, topic: str, warnings: tuple[str, ...]) -> None:
+        """Note ``warnings`` in the app's log when they differ from the topic's last ones:
+        once, not at every restart or scale."""
+        if warnings != self._noted.get(topic, ()):
+            for warning in warnings:
+                self.note("warning", f"{self.name}: {warning}", logging.WARNING)
+            self._noted[topic] = warnings
 
     def _ready_check(self, spec: AppSpec) -> Readiness:
         """A new web process is ready when its port answers (and PIKU_HEALTHCHECK, if set)."""

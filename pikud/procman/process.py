@@ -55,8 +55,13 @@ class ProcessSpec:
     log_max_bytes: int = 1024 * 1024
     log_backups: int = 5
     port: int | None = None                     # the loopback port a web slot serves on
-    listen_port: int | None = None              # a daemon-owned socket on it goes to fd 3
+    inherits: bool = False                      # the daemon owns the port's socket (fd 3)
     listen_backlog: int = 128
+
+    @property
+    def listen_port(self) -> int | None:
+        """The port of the daemon-owned socket handed over at fd 3, if there is one."""
+        return self.port if self.inherits else None
 
     @property
     def argv(self) -> list[str]:

@@ -126,7 +126,7 @@ async def test_a_process_that_exits_just_as_it_is_put_to_sleep_sleeps(tmp_path: 
     spec = ProcessSpec(name="race:web.1", kind="web", index=1, command="sleep 1",
                        env=(("PATH", os.environ["PATH"]),), cwd=tmp_path,
                        log_path=tmp_path / "web.log", policy=RestartPolicy(start_secs=0.1),
-                       listen_port=port)
+                       port=port, inherits=True)
     log = LogFile(spec.log_path, "web.1", 1 << 20, 1, set())
     proc = ManagedProcess(spec, lambda *event: None, log)
     proc.start()
