@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -124,6 +125,17 @@ class Builds:
         return {path.name for path in self.envs_dir.iterdir()} if self.envs_dir.exists() else set()
 
 
+# uv comes with the test tools (pyproject's test extra), beside the test's python.
+UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+assert UV is not None, "uv is a test dependency: pip install -e '.[test]'"
+
+
+def path_without_uv() -> str:
+    """The test's PATH minus any folder with uv in it: a server where pip builds."""
+    folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    return os.pathsep.join(folder for folder in folders if not (Path(folder) / "uv").exists())
+
+
 def base_env() -> dict[str, str]:
     """The test's environment, as the app's build environment starts from."""
     return {key: value for key, value in os.environ.items()
@@ -173,7 +185,7 @@ def python_app(tmp_path_factory: pytest.TempPathFactory) -> Built:
     wheel = make_wheel(root / "dist" / "tinypkg-1.0-py3-none-any.whl", value=7)
     project = Builds(root / "project", {"pyproject.toml": (
         "[project]\nname = 'app'\nversion = '1.0'\n"
-        f"dependencies = ['tinypkg @ {wheel.as_uri()}']\n")})
+        f"dependencies = ['tinypkg @ {wheel.as_uri()}']\n")}, env={"PATH": path_without_uv()})
 
     async def build_all() -> list[BuildResult | BaseException]:
         return list(await asyncio.gather(builds.build(), changed.build(), failing.build(),
@@ -246,7 +258,6 @@ def test_failing_requirement_leaves_no_environment(python_app: Built) -> None:
 
 
 # --- Python: pyproject.toml ----------------------------------------------------------
-@pytest.mark.skipif(shutil.which("uv") is not None, reason="uv on PATH: pyproject uses uv sync")
 def test_pyproject_dependencies_are_installed_with_pip(python_app: Built, tmp_path: Path) -> None:
     result = python_app.project_result
     assert isinstance(result, BuildResult), result
@@ -256,9 +267,12 @@ def test_pyproject_dependencies_are_installed_with_pip(python_app: Built, tmp_pa
                for line in python_app.project.output), python_app.project.output
 
 
-@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
 async def test_requirements_with_uv(tmp_path: Path) -> None:
-    builds = Builds(tmp_path, {"requirements.txt": REQUIREMENTS, WHEEL: wheel_bytes(tmp_path)})
+    uv_bin = tmp_path / "uv-bin"            # uv alone, as a server with uv installed has it
+    uv_bin.mkdir()
+    (uv_bin / "uv").symlink_to(UV)
+    builds = Builds(tmp_path, {"requirements.txt": REQUIREMENTS, WHEEL: wheel_bytes(tmp_path)},
+                    env={"PATH": f"{uv_bin}:{path_without_uv()}"})
     result = await builds.build()
     assert env_python(result, IMPORT, tmp_path) == "42"
     assert any(line.startswith("$ ") and " pip install --python " in line
