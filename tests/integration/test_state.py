@@ -1,0 +1,114 @@
+"""State the daemon keeps: requests during boot, corrupt files, a full disk, stale releases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST, Pikud, alive, wait_for
+from tests.e2e.apps import git, local_remote
+
+
+def desired(daemon: Pikud) -> dict[str, str]:
+    state = json.loads((daemon.root / "pikud/state.json").read_text())
+    return {name: app["desired"] for name, app in state["apps"].items()}
+
+
+def running(daemon: Pikud, app: str, count: int = 1) -> list[dict[str, object]]:
+    return wait_for(lambda: (procs := daemon.processes(app)) and len(procs) == count
+                    and all(p["state"] == "RUNNING" for p in procs) and procs, 15,
+                    f"{app} to run")  # type: ignore[no-any-return]
+
+
+def test_requests_during_a_stretched_boot_lose_no_app(pikud_factory, short_root: Path) -> None:
+    """kill -9, restart, `piku apps; piku stop a` at once: only a stops, the rest run."""
+    # stop_leftovers waits PIKU_STOP_TIMEOUT for the worker that ignores SIGTERM.
+    (short_root / "pikud.toml").write_text("[defaults]\nPIKU_STOP_TIMEOUT = 2\n")
+    daemon: Pikud = pikud_factory()
+    for name, command in (("a", "sleep 300"), ("b", "sleep 300"),
+                          ("stubborn", "trap '' TERM; sleep 300")):
+        daemon.add_app(name, f"worker: {command}\n", FAST)
+        daemon.api("POST", f"/apps/{name}/deploy")
+        running(daemon, name)
+    daemon.kill9()
+    daemon.start()
+    listed = daemon.cli("apps", check=True).stdout
+    assert daemon.output().count("ready:") == 1, "the boot was over before `piku apps`"
+    stopped = daemon.cli("stop", "a", check=True)
+    assert listed.split() == ["*", "a", "*", "b", "*", "stubborn"], listed
+    assert "a: stopped" in stopped.stdout
+    wait_for(lambda: "ready: 2 apps" in daemon.output(), 15, "boot to end")
+    running(daemon, "b")
+    running(daemon, "stubborn")
+    assert daemon.processes("a") == []
+    assert desired(daemon) == {"a": "stopped", "b": "running", "stubborn": "running"}
+
+
+def pushed_app(daemon: Pikud, work: Path, name: str, pushes: int) -> list[str]:
+    """A worker app pushed ``pushes`` times through a local remote; its revisions."""
+    work.mkdir()
+    git(work, "init", "--quiet", "--initial-branch=main")
+    git(work, "config", "user.email", "tester@example.invalid")
+    git(work, "config", "user.name", "Tester")
+    (work / "Procfile").write_text("worker: sleep 300\n")
+    (work / "ENV").write_text(FAST)
+    local_remote(work, name)
+    revisions = []
+    for n in range(pushes):
+        (work / "VERSION").write_text(f"{n}\n")
+        git(work, "add", "-A")
+        git(work, "commit", "--quiet", "-m", f"v{n}")
+        git(work, "push", "--quiet", "piku", "main", env=dict(daemon.env))
+        revisions.append(git(work, "rev-parse", "HEAD").stdout.strip())
+    return revisions
+
+
+def truncate(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+
+
+def test_corrupt_state_files_are_set_aside_and_rebuilt(pikud_factory, tmp_path: Path) -> None:
+    daemon: Pikud = pikud_factory()
+    daemon.add_app("good", "worker: sleep 300\ncron1: 0 3 * * * echo nightly\n", FAST)
+    daemon.api("POST", "/apps/good/deploy")
+    revisions = pushed_app(daemon, tmp_path / "work", "pushed", 2)
+    daemon.api("POST", "/apps/good/cron/cron1/run")
+    wait_for(lambda: daemon.api("GET", "/apps/good/cron")["jobs"][0]["last_run"]["status"]
+             == "exit status 0", 10, "the cron run")
+    daemon.stop()
+    state = daemon.root / "pikud"
+    for path in (state / "state.json", state / "releases/pushed.json", state / "cron.json"):
+        truncate(path)
+
+    daemon.start()
+    wait_for(lambda: "ready:" in daemon.output().split("listening on")[-1], 15, "the boot")
+    out = daemon.output()
+    assert out.count("corrupt state file set aside:") == 3, out
+    for pattern in ("state.json.corrupt-*", "releases/pushed.json.corrupt-*", "cron.json.corrupt-*"):
+        assert len(list(state.glob(pattern))) == 1, pattern
+    running(daemon, "good")                 # state.json lost: apps with code run, as piku's do
+    running(daemon, "pushed")
+    assert desired(daemon) == {"good": "running", "pushed": "running"}
+    releases = daemon.api("GET", "/apps/pushed/releases")["releases"]
+    assert [(r["number"], r["revision"], r["current"]) for r in releases] == [
+        (2, revisions[1], True), (1, revisions[0], False)]
+    assert json.loads((state / "releases/pushed.json").read_text())["current"] == 2
+
+    listed = daemon.cli("apps", check=True).stdout.splitlines()
+    assert listed[:2] == ["* good", "* pushed"]
+    problems = "\n".join(listed[2:])
+    assert "! pikud/state.json was corrupt" in problems
+    assert "every app with code in apps/ was taken as running" in problems
+    assert "! pikud/cron.json was corrupt" in problems and "starts afresh" in problems
+    assert "! pushed: pikud/releases/pushed.json was corrupt" in problems
+    assert "2 releases rebuilt from releases/pushed/ (current: 2)" in problems
+    ps = daemon.cli("ps", "pushed", check=True).stdout
+    assert "! pikud/releases/pushed.json was corrupt" in ps
+    assert "pushed.json" not in daemon.cli("ps", "good", check=True).stdout
+    assert daemon.api("GET", "/apps/good/cron")["jobs"][0]["last_run"] is None
