@@ -198,7 +198,13 @@ class App:
                      self.paths.cache(self.name), self.paths.env_dir(self.name)):
             path.mkdir(parents=True, exist_ok=True)
         env = release_env(spec, self.paths, self.registry.base_env, self.source(release), release)
-        write_atomic(self.paths.live_env_file(self.name), format_env(env), 0o600)
+        live = self.paths.live_env_file(self.name)
+        try:
+            write_atomic(live, format_env(env), 0o600)
+        except OSError as exc:      # a full disk: the processes get their env all the same
+            with contextlib.suppress(OSError):
+                live.unlink(missing_ok=True)        # gone rather than stale
+            self.note("warning", f"{self.name}: {live} not written: {exc}", logging.WARNING)
         self.spec = spec
         self.registry.watch(self)
         self._watch_idle(spec.settings.idle_timeout)

@@ -65,8 +65,8 @@ class CronState:
         try:
             write_atomic(self.path, json.dumps({"version": 1, "apps": self.apps},
                                                indent=1, sort_keys=True) + "\n")
-        except OSError:
-            log.exception("cron: could not save %s", self.path)
+        except OSError as exc:      # a full disk: kept in memory, saved with the next change
+            log.error("cron: could not save %s: %s", self.path, exc)
 
     def close(self) -> None:
         self.save()

@@ -112,3 +112,62 @@ def test_corrupt_state_files_are_set_aside_and_rebuilt(pikud_factory, tmp_path: 
     assert "! pikud/releases/pushed.json was corrupt" in ps
     assert "pushed.json" not in daemon.cli("ps", "good", check=True).stdout
     assert daemon.api("GET", "/apps/good/cron")["jobs"][0]["last_run"] is None
+
+
+@pytest.fixture
+def small_disk(short_root: Path) -> Iterator[Path]:
+    """PIKU_ROOT on a 2 MB tmpfs, so the disk really fills up (mount needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs for a full disk needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(short_root)],
+                   check=True)
+    try:
+        yield short_root
+    finally:
+        subprocess.run(["umount", "-l", str(short_root)], check=True)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the disk is full."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+
+
+def test_on_a_full_disk_stop_and_restart_work_and_the_api_tells_the_truth(
+        small_disk: Path, pikud_factory) -> None:
+    daemon: Pikud = pikud_factory()
+    daemon.add_app("calm", "worker: sleep 300\n", FAST)
+    daemon.add_app("flood", "worker: yes flooding-the-log-flooding-the-log\n", FAST)
+    daemon.api("POST", "/apps/calm/deploy")
+    daemon.api("POST", "/apps/flood/deploy")
+    running(daemon, "calm")
+    flood = running(daemon, "flood")[0]["pid"]
+    fill(small_disk / "filler")
+
+    before = daemon.process("calm", "calm:worker.1")["pid"]
+    restarted = daemon.cli("restart", "calm")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert running(daemon, "calm")[0]["pid"] != before
+    for name in ("flood", "calm"):
+        pid = daemon.processes(name)[0]["pid"]
+        result = daemon.cli("stop", name)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"{name}: stopped" in result.stdout and "(no processes)" in result.stdout
+        assert not alive(pid)
+        assert "could not be saved (" in result.stdout        # shown as a problem
+    assert not alive(flood)
+    assert "state not saved:" in daemon.output() and "No space left" in daemon.output()
+    assert desired(daemon) == {"calm": "running", "flood": "running"}     # as last saved
+
+    assert "log lines dropped: cannot write" in daemon.output()
+    (small_disk / "filler").unlink()
+    for log in (small_disk / "logs/flood").glob("worker.1.log*"):
+        log.unlink()
+    daemon.cli("start", "calm", check=True)       # the next save writes every change since
+    assert desired(daemon) == {"calm": "running", "flood": "stopped"}
+    assert "state saved again:" in daemon.output()
+    assert "could not be saved" not in daemon.cli("ps", "calm", check=True).stdout
