@@ -171,3 +171,35 @@ def test_on_a_full_disk_stop_and_restart_work_and_the_api_tells_the_truth(
     assert desired(daemon) == {"calm": "running", "flood": "stopped"}
     assert "state saved again:" in daemon.output()
     assert "could not be saved" not in daemon.cli("ps", "calm", check=True).stdout
+
+
+def test_release_folders_of_a_push_killed_with_pikud_are_pruned(pikud_factory,
+                                                                 tmp_path: Path) -> None:
+    daemon: Pikud = pikud_factory()
+    work = tmp_path / "work"
+    pushed_app(daemon, work, "pushed", 1)
+    (work / "Procfile").write_text("worker: sleep 300\nrelease: touch built; sleep 60\n")
+    git(work, "commit", "--quiet", "-am", "slow release step")
+    push = subprocess.Popen(["git", "-C", str(work), "push", "--quiet", "piku", "main"],
+                            env=dict(daemon.env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    releases = daemon.root / "releases/pushed"
+    try:
+        wait_for(lambda: (releases / "2/built").exists(), 15, "the release step of push 2")
+        daemon.kill9()
+        assert push.wait(15) != 0
+    finally:
+        push.kill()
+        push.wait()
+    daemon.start()
+    wait_for(lambda: "ready:" in daemon.output().split("listening on")[-1], 15, "the boot")
+    assert "removing release folder" in daemon.output()
+    assert sorted(p.name for p in releases.iterdir()) == ["1"]
+    running(daemon, "pushed")
+
+    (releases / "7").mkdir()                        # as a push killed at any other time leaves
+    (work / "Procfile").write_text("worker: sleep 300\n")
+    git(work, "commit", "--quiet", "-am", "quick again")
+    git(work, "push", "--quiet", "piku", "main", env=dict(daemon.env))
+    assert sorted(p.name for p in releases.iterdir()) == ["1", "8"]
+    assert [r["number"] for r in daemon.api("GET", "/apps/pushed/releases")["releases"]] == [8, 1]
