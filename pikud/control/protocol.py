@@ -22,7 +22,6 @@ Routes (APP is a validated app name, KIND a Procfile kind):
                                        failing save)
     GET    /apps/APP                   app detail: summary + "processes": [process, ...];
                                        its "problems" include the daemon-wide ones
-
     POST   /apps/APP/start             start (desired state: running) -> app detail
     POST   /apps/APP/stop              stop  (desired state: stopped) -> app detail
     POST   /apps/APP/restart           restart (web: new generation) -> app detail
