@@ -198,7 +198,13 @@ class App:
                      self.paths.cache(self.name), self.paths.env_dir(self.name)):
             path.mkdir(parents=True, exist_ok=True)
         env = release_env(spec, self.paths, self.registry.base_env, self.source(release), release)
-        write_atomic(self.paths.live_env_file(self.name), format_env(env), 0o600)
+        live = self.paths.live_env_file(self.name)
+        try:
+            write_atomic(live, format_env(env), 0o600)
+        except OSError as exc:      # a full disk: the processes get their env all the same
+            with contextlib.suppress(OSError):
+                live.unlink(missing_ok=True)        # gone rather than stale
+            self.note("warning", f"{self.name}: {live} not written: {exc}", logging.WARNING)
         self.spec = spec
         self.registry.watch(self)
         self._watch_idle(spec.settings.idle_timeout)
@@ -395,10 +401,11 @@ class App:
             self.lock.release()
 
     async def _prune(self, keep: int, progress: Progress) -> None:
-        """Drop all but the newest ``keep`` releases and the environments none of them uses."""
+        """Drop all but the newest ``keep`` releases, the folders no release record names
+        (a push killed half-way) and the environments none of them uses."""
         removed = self.releases.prune(keep)
-        for number in removed:
-            await remove_tree(self.releases.directory(number))
+        for path in [*map(self.releases.directory, removed), *self.releases.unrecorded()]:
+            await remove_tree(path)
         in_use = self.releases.env_paths_in_use()
         env_dir = self.paths.env_dir(self.name)
         for path in env_dir.iterdir() if env_dir.is_dir() else ():
@@ -408,8 +415,13 @@ class App:
             progress(f"-----> Pruned releases {', '.join(map(str, removed))}")
 
     async def start(self, *, boot: bool = False) -> None:
-        """Run the app; @reboot cron entries run when it was not running (or at boot)."""
+        """Run the app; @reboot cron entries run when it was not running (or at boot).
+
+        At boot only while it is still wanted: a `piku stop` may have come first.
+        """
         async with self.lock:
+            if boot and self.desired != RUNNING:
+                return
             await self._run(self.load(), starting=boot or self.desired != RUNNING)
 
     async def restart(self) -> None:
@@ -420,15 +432,19 @@ class App:
             await self._run(spec, restart_all=True, starting=True)
 
     async def stop(self, *, persist: bool = True) -> None:
-        """Stop every process; ``persist=False`` (daemon shutdown) keeps the desired state."""
+        """Stop every process; ``persist=False`` (daemon shutdown) keeps the desired state.
+
+        Stopped first, then saved: a save that fails (a full disk) never leaves
+        the app called stopped while it runs.
+        """
         async with self.lock:
-            if persist:
-                self.desired = STOPPED
-                self.registry.save()
             if self.spec is not None:       # the router answers 503; nginx keeps its config
                 await self.publish(self.spec, self.source(self.release), {})
             self._watch_idle(0)
             await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
+            if persist:
+                self.desired = STOPPED
+                self.registry.save()
 
     async def scale(self, args: Mapping[str, Any]) -> None:
         """Change kind counts; only the difference is started or stopped."""
@@ -557,10 +573,14 @@ class App:
             counts[proc.state.value] = counts.get(proc.state.value, 0) + 1
         release = self.release
         return {"name": self.name, "state": self.desired, "formation": self._formation(),
-                "processes": counts, "release": release.number if release else None}
+                "processes": counts, "release": release.number if release else None,
+                "problems": [self.releases.problem] if self.releases.problem else []}
 
     def detail(self) -> dict[str, Any]:
-        return dict(self.summary(), processes=[p.snapshot() for p in self.group.all()])
+        """The summary, its processes, and its problems with the daemon-wide ones."""
+        summary = self.summary()
+        return dict(summary, processes=[p.snapshot() for p in self.group.all()],
+                    problems=self.registry.problems() + summary["problems"])
 
     def cron(self) -> list[dict[str, Any]]:
         return self.registry.scheduler.describe(self.name)

@@ -107,7 +107,7 @@ def help_(ctx: click.Context, command: str | None) -> None:
 def apps(as_json: bool) -> None:
     """List apps; * marks the running ones."""
     data = _client().request("GET", "/apps")
-    _emit(data, as_json, lambda d: format_apps(d["apps"], _color()))
+    _emit(data, as_json, lambda d: format_apps(d["apps"], _color(), d.get("problems", ())))
 
 
 @piku.command("config")

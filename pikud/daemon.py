@@ -114,6 +114,7 @@ class Daemon:
         become_subreaper()
         install_orphan_reaper(loop)
         self.watcher = FileWatcher(self._on_file_change)
+        self.registry.load()            # every app with its desired state, before any request
         control = ControlServer(self.registry, self.status, self.paths.socket, self.cloudflare)
         await control.start()
         if self.router is not None:

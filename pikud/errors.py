@@ -15,6 +15,7 @@ envelope with the error's ``code`` and HTTP ``status``::
     +-- AppNotFound                 app_not_found   404
     +-- NotFound                    not_found       404   unknown API route
     +-- Forbidden                   forbidden       403   peer uid not allowed
+    +-- Starting                    starting        503   boot still stops a killed pikud's processes
     +-- DeployError                 deploy_failed   409   nothing to run, new processes failed, ...
     |   +-- BuildError              build_failed    409   checkout, preflight or build step failed
     |   +-- ReleaseError            release_failed  409   the Procfile's release command failed
@@ -99,6 +100,17 @@ class NotFound(PikudError):
 class Forbidden(PikudError):
     code = "forbidden"
     status = 403
+
+
+class Starting(PikudError):
+    """An action came while boot still stopped what a killed pikud left, and waited too long."""
+
+    code = "starting"
+    status = 503
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(f"pikud is starting: it is still stopping the processes a previous "
+                         f"pikud left running (waited {waited:g}s); try again shortly")
 
 
 class DeployError(PikudError):

@@ -95,15 +95,24 @@ def format_formation(formation: Mapping[str, int]) -> str:
     return " ".join(f"{kind}={n}" for kind, n in sorted(formation.items())) or "none"
 
 
-def format_apps(apps: Sequence[Mapping[str, Any]], color: bool) -> str:
-    """One app a line, sorted; ``*`` marks a running app, as piku does."""
-    if not apps:
-        return "There are no applications deployed."
-    lines = []
-    for app in sorted(apps, key=lambda a: str(a["name"])):
+def format_problems(problems: Iterable[str], color: bool) -> list[str]:
+    """``! problem`` lines (a state file set aside, a save failing), in red on a tty."""
+    return [style(f"! {problem}", "red", color) for problem in problems]
+
+
+def format_apps(apps: Sequence[Mapping[str, Any]], color: bool,
+                problems: Sequence[str] = ()) -> str:
+    """One app a line, sorted; ``*`` marks a running app, as piku does.
+
+    Then the daemon-wide ``problems`` and each app's own, one a line.
+    """
+    lines = [] if apps else ["There are no applications deployed."]
+    ordered = sorted(apps, key=lambda a: str(a["name"]))
+    for app in ordered:
         running = app["state"] == "running"
         lines.append(("* " if running else "  ") + style(app["name"], "green" if running else None, color))
-    return "\n".join(lines)
+    own = [f"{app['name']}: {problem}" for app in ordered for problem in app.get("problems", ())]
+    return "\n".join(lines + format_problems([*problems, *own], color))
 
 
 def _dash(value: object) -> str:
@@ -116,8 +125,9 @@ def format_ps(detail: Mapping[str, Any], color: bool) -> str:
     header = (f"{style(detail['name'], 'bold', color)}: {style(state, STATE_STYLES.get(state), color)}"
               f"  formation: {format_formation(detail.get('formation') or {})}")
     processes = detail.get("processes") or []
+    problems = format_problems(detail.get("problems") or (), color)
     if not processes:
-        return f"{header}\n(no processes)"
+        return "\n".join([header, "(no processes)", *problems])
     rows = []
     for proc in sorted(processes, key=lambda p: (str(p["kind"]), int(p["index"]))):
         uptime, rss = proc.get("uptime"), proc.get("rss")
@@ -132,7 +142,7 @@ def format_ps(detail: Mapping[str, Any], color: bool) -> str:
         ])
     table = format_table(
         ["PROCESS", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS"], rows, align="<<>>><>")
-    return f"{header}\n{table}"
+    return "\n".join([header, table, *problems])
 
 
 def format_log_line(line: Mapping[str, Any], color: bool, width: int = 0) -> str:

@@ -5,6 +5,18 @@ whether it should run and the ports its web processes were given, so a
 daemon killed at any instant brings every app back as it was.
 """
 
+# Design notes:
+# - Boot has two halves. ``load()`` reads state.json and builds every App it
+#   names with its desired state, with no await, before the control socket
+#   takes requests: so no request can see (or save) an app that boot has not
+#   read. ``boot()`` then stops what a killed pikud left running; requests
+#   that act on apps wait for that (``settled``), since a start beside the
+#   old processes would find their ports taken.
+# - A save that fails (a full disk) is not an error of the request that
+#   caused it: the processes have already changed, and the API must say what
+#   runs. It is logged, shown in every app's ``problems`` and retried on a
+#   timer with a capped backoff, and by every later save.
+
 from __future__ import annotations
 
 import asyncio
@@ -13,17 +25,37 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pikud.apps import RUNNING, STOPPED, App
+from pikud.statefile import json_object, load_json
+
+from pikud.apps import RUNNING, STOPPED, App, remove_tree
 from pikud.appspec import AppSettings, validate_app_name
 from pikud.cron import Scheduler
+from pikud.deploy.releases import ReleaseStore
 from pikud.atomic import write_atomic
-from pikud.errors import AppNotFound, BadRequest, PikudError
+from pikud.errors import AppNameError, AppNotFound, PikudError, Starting
 from pikud.events import EventLog
 from pikud.paths import Paths
 from pikud.procman.children import stop_leftovers
 from pikud.traffic import Traffic
 
 log = logging.getLogger(__name__)
+
+SAVE_RETRY_BASE, SAVE_RETRY_MAX = 1.0, 60.0     # seconds between attempts to save state.json
+SETTLE_WAIT = 20.0          # how long an action waits for boot to stop a killed pikud's processes
+
+
+def parse_state(data: Any) -> dict[str, dict[str, Any]]:
+    """state.json's ``apps``: name -> {"desired", "ports"}; ValueError on another shape."""
+    apps = json_object(json_object(data).get("apps", {}))
+    parsed = {}
+    for name, state in apps.items():
+        desired = json_object(state).get("desired", STOPPED)
+        if desired not in (RUNNING, STOPPED):
+            raise ValueError(f"app {name!r}: desired must be {RUNNING} or {STOPPED}, "
+                             f"got {desired!r}")
+        ports = {str(k): int(v) for k, v in json_object(state.get("ports", {})).items()}
+        parsed[name] = {"desired": desired, "ports": ports}
+    return parsed
 
 
 class AppRegistry:
@@ -40,6 +72,12 @@ class AppRegistry:
         self.events = events
         self.watch, self.unwatch = watch, unwatch
         self.apps: dict[str, App] = {}
+        self._unloaded: dict[str, dict[str, Any]] = {}  # in state.json, not loadable at boot
+        self.settled = asyncio.Event()      # boot has stopped a killed pikud's processes
+        self._noted: list[str] = []         # state files found corrupt and set aside
+        self._unsaved: str | None = None    # why state.json could not be written
+        self._save_failures = 0
+        self._retry: asyncio.TimerHandle | None = None
 
     def _cron_event(self, app: str, process: str | None, event: str, message: str) -> None:
         """A cron run started or ended: into the app's pikud.log and /events, like any event."""
@@ -56,7 +94,10 @@ class AppRegistry:
                 pushed and (self.paths.repo(name) / "HEAD").exists())
             if not exists:
                 raise AppNotFound(name)
-            self.apps[name] = App(name, self)
+            app = self.apps[name] = App(name, self)
+            if name in self._unloaded:          # back since boot: as state.json had it
+                state = self._unloaded.pop(name)
+                app.ports, app.desired = state["ports"], state["desired"]
         return self.apps[name]
 
     def names(self) -> list[str]:
@@ -67,36 +108,93 @@ class AppRegistry:
 
     def forget(self, app: App) -> None:
         self.apps.pop(app.name, None)
+        self._unloaded.pop(app.name, None)
         self.save()
 
+    def problems(self) -> list[str]:
+        """What every app should know: state files set aside, a save that is failing."""
+        unsaved = [f"pikud/state.json could not be saved ({self._unsaved}); pikud retries, "
+                   "and a restart of pikud before it succeeds brings back older desired "
+                   "states"] if self._unsaved else []
+        cron = [self.scheduler.problem] if self.scheduler.problem else []
+        return self._noted + cron + unsaved
+
     def save(self) -> None:
-        state = {"apps": {name: app.state() for name, app in sorted(self.apps.items())}}
-        write_atomic(self.paths.state_file, json.dumps(state, indent=2) + "\n", 0o600)
-
-    def load_state(self) -> dict[str, Any]:
+        """Write state.json; a failure is logged and retried, never raised (Design notes)."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        apps = self._unloaded | {name: app.state() for name, app in self.apps.items()}
+        state = {"apps": dict(sorted(apps.items()))}
         try:
-            data = json.loads(self.paths.state_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise BadRequest(f"{self.paths.state_file}: unreadable state: {exc}") from exc
-        return dict(data.get("apps", {}))
+            write_atomic(self.paths.state_file, json.dumps(state, indent=2) + "\n", 0o600)
+        except OSError as exc:
+            delay = min(SAVE_RETRY_MAX, SAVE_RETRY_BASE * 2 ** min(self._save_failures, 6))
+            if self._unsaved is None:
+                log.error("state not saved: %s: %s; retrying in %gs and at every change",
+                          self.paths.state_file, exc, delay)
+            self._unsaved, self._save_failures = str(exc), self._save_failures + 1
+            self._retry = asyncio.get_running_loop().call_later(delay, self.save)
+            return
+        if self._unsaved is not None:
+            log.warning("state saved again: %s after %d failed attempts", self.paths.state_file,
+                        self._save_failures)
+        self._unsaved, self._save_failures = None, 0
 
-    async def boot(self) -> None:
-        """Start every app that was running when the daemon last stopped."""
-        await stop_leftovers(str(self.paths.root), self.app_defaults.stop_timeout)
-        starting = []
-        for name, state in self.load_state().items():
+    def load(self) -> None:
+        """Build every app state.json names, with its desired state and ports (no awaits).
+
+        Called before the control socket takes requests. A corrupt state.json
+        is set aside and rebuilt from the layout: every app with code in
+        apps/ is taken as running, as piku runs every deployed app.
+        """
+        loaded = load_json(self.paths.state_file, parse_state, "pikud/state.json")
+        states = loaded.data or {}
+        if loaded.problem is not None:
+            states = {name: {"desired": RUNNING, "ports": {}} for name in self.names()}
+            self._noted.append(f"{loaded.problem}; every app with code in apps/ was taken as "
+                               "running")
+        for name, state in states.items():
             try:
                 app = self.get(name)
-            except (PikudError, OSError, ValueError) as exc:
-                log.warning("state names app %r, which is gone: %s", name, exc)
+            except (PikudError, OSError) as exc:
+                log.warning("state names app %r, which is gone: %s (its state is kept)",
+                            name, exc)
+                self._unloaded[name] = state
                 continue
-            app.ports = {k: int(v) for k, v in state.get("ports", {}).items()}
-            app.desired = state.get("desired", STOPPED)
-            if app.desired == RUNNING:
-                starting.append(self._boot_one(app))
-        await asyncio.gather(*starting)
+            app.ports, app.desired = state["ports"], state["desired"]
+        if loaded.problem is not None:
+            self.save()
+
+    async def settle(self) -> None:
+        """Wait (at most SETTLE_WAIT) for boot to let requests act on apps."""
+        if not self.settled.is_set():
+            try:
+                await asyncio.wait_for(self.settled.wait(), SETTLE_WAIT)
+            except TimeoutError:
+                raise Starting(SETTLE_WAIT) from None
+
+    async def boot(self) -> None:
+        """Stop what a killed pikud left running, then start every app that should run."""
+        await asyncio.gather(stop_leftovers(str(self.paths.root), self.app_defaults.stop_timeout),
+                             self._prune_unrecorded())
+        self.settled.set()
+        await asyncio.gather(*(self._boot_one(app) for app in list(self.apps.values())
+                               if app.desired == RUNNING))
+
+    async def _prune_unrecorded(self) -> None:
+        """Remove release folders no record names (a push killed with pikud), app by app."""
+        root = self.paths.root / "releases"
+        for folder in sorted(root.iterdir()) if root.is_dir() else ():
+            app = self.apps.get(folder.name)
+            try:
+                store = app.releases if app is not None else ReleaseStore(
+                    self.paths, validate_app_name(folder.name))
+            except AppNameError:
+                continue
+            for path in store.unrecorded():
+                log.warning("removing release folder %s: no release record names it", path)
+                await remove_tree(path)
 
     async def _boot_one(self, app: App) -> None:
         """Start one app at boot; whatever goes wrong with it, the others still start."""

@@ -17,8 +17,11 @@ ends with ``{"end": true, "data": ...}`` or, on failure, ``{"ok": false,
 Routes (APP is a validated app name, KIND a Procfile kind):
 
     GET    /status                     daemon: version, pid, uptime, loop, root, apps, processes
-    GET    /apps                       {"apps": [app summary, ...]}
-    GET    /apps/APP                   app detail: summary + "processes": [process, ...]
+    GET    /apps                       {"apps": [app summary, ...], "problems": [str, ...]}
+                                       (daemon-wide problems: a state file set aside, a
+                                       failing save)
+    GET    /apps/APP                   app detail: summary + "processes": [process, ...];
+                                       its "problems" include the daemon-wide ones
     POST   /apps/APP/start             start (desired state: running) -> app detail
     POST   /apps/APP/stop              stop  (desired state: stopped) -> app detail
     POST   /apps/APP/restart           restart (web: new generation) -> app detail
@@ -42,9 +45,13 @@ Routes (APP is a validated app name, KIND a Procfile kind):
                                        ranges changed, write pikud/cloudflare_ips.txt and
                                        re-publish the running NGINX_CLOUDFLARE_ACL sites -> refresh
 
+Requests other than GET on /apps/APP... wait while boot stops the processes a
+killed pikud left running; after 20 s they get ``starting`` (503).
+
 Shapes:
     app summary  {"name", "state": "running"|"stopped", "formation": {KIND: N},
-                  "processes": {"RUNNING": n, ...}}    (state counts in /apps)
+                  "processes": {"RUNNING": n, ...}, "release": N|null,
+                  "problems": [str, ...]}    (state counts in /apps)
     process      {"name": "app:kind.N", "kind", "index", "pid", "state",
                   "uptime": seconds|null, "restarts", "last_exit": str|null, "rss": bytes|null,
                   "port": the PORT a web process was given, else null}

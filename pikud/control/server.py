@@ -46,6 +46,14 @@ def peer_uid(request: web.Request) -> int:
 
 
 @web.middleware
+async def settled(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Requests that act on apps wait for boot to stop a killed pikud's processes (bounded)."""
+    if request.method != "GET" and request.path.startswith("/apps/"):
+        await request.app[REGISTRY].settle()
+    return await handler(request)
+
+
+@web.middleware
 async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         uid = peer_uid(request)
@@ -109,8 +117,9 @@ class Routes:
         return self.status_of_daemon()
 
     async def list_apps(self, request: web.Request) -> Any:
-        """GET /apps -> {"apps": [summary, ...]}"""
-        return {"apps": [self.registry.get(name).summary() for name in self.registry.names()]}
+        """GET /apps -> {"apps": [summary, ...], "problems": [daemon-wide problem, ...]}"""
+        return {"apps": [self.registry.get(name).summary() for name in self.registry.names()],
+                "problems": self.registry.problems()}
 
     async def show(self, request: web.Request) -> Any:
         """GET /apps/APP -> detail with live processes."""
@@ -322,7 +331,8 @@ async def run_action(request: web.Request, action: Callable[[Progress], Awaitabl
 
 def make_app(registry: AppRegistry, status: Callable[[], dict[str, Any]],
              cloudflare: CloudflareRefresh) -> web.Application:
-    app = web.Application(middlewares=[envelope], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[envelope, settled], client_max_size=MAX_BODY)
+    app[REGISTRY] = registry
     r = Routes(registry, status, cloudflare)
     app.add_routes([
         web.get("/status", r.status),

@@ -189,6 +189,11 @@ class Scheduler:
         started = self._start(job, ", run by hand")
         return {"kind": kind, "started": _iso(started, job.zone), "queued": False}
 
+    @property
+    def problem(self) -> str | None:
+        """Why the history was lost at start (a corrupt cron.json), if it was."""
+        return self._state.problem
+
     def describe(self, app: str) -> list[dict[str, Any]]:
         """Each job of the app: schedule, command, zone, next run, last run, running."""
         loop_time = asyncio.get_running_loop().time()

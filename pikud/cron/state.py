@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pikud.atomic import write_atomic
+from pikud.statefile import json_object, load_json
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class CronState:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.problem: str | None = None         # the file was corrupt: history starts afresh
         self.apps = self._load()
         self._handle: asyncio.TimerHandle | None = None
         self.closed = False
@@ -63,22 +65,20 @@ class CronState:
         try:
             write_atomic(self.path, json.dumps({"version": 1, "apps": self.apps},
                                                indent=1, sort_keys=True) + "\n")
-        except OSError:
-            log.exception("cron: could not save %s", self.path)
+        except OSError as exc:      # a full disk: kept in memory, saved with the next change
+            log.error("cron: could not save %s: %s", self.path, exc)
 
     def close(self) -> None:
         self.save()
         self.closed = True
 
     def _load(self) -> dict[str, dict[str, Record]]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as error:
-            log.warning("cron: ignoring unreadable state %s: %s", self.path, error)
-            return {}
-        apps = data.get("apps") if isinstance(data, dict) else None
+        loaded = load_json(self.path, json_object, "pikud/cron.json")
+        if loaded.problem is not None:
+            self.problem = (f"{loaded.problem}; every cron job's history (last run, last "
+                            "time handled) starts afresh")
+        data = loaded.data or {}
+        apps = data.get("apps")
         state: dict[str, dict[str, Record]] = {}
         for app, jobs in (apps.items() if isinstance(apps, dict) else ()):
             for kind, record in (jobs.items() if isinstance(jobs, dict) else ()):

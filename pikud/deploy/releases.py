@@ -4,12 +4,21 @@ A release is one checked-out, built revision in ``releases/APP/N``. The
 records (revision, time, pusher, runtime environment, the config it ran
 with) live in ``pikud/releases/APP.json``, written atomically. ``apps/APP``
 is a symlink to the current release, so piku's layout still holds.
+
+Records lost (the file corrupt, or gone while ``apps/APP`` still points into
+``releases/APP``) are rebuilt from the folders: each ``releases/APP/N``
+becomes release N with the revision git reads from it and the folder's time,
+and the current one is where ``apps/APP`` points. What only the build knew
+(its environment, the config it ran with, who pushed) is not rebuilt; a
+rebuild of the current release (``piku deploy APP``) records it again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +27,9 @@ from typing import Any
 from pikud.atomic import write_atomic
 from pikud.errors import DeployError
 from pikud.paths import Paths
+from pikud.statefile import json_object, load_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,16 +61,59 @@ class ReleaseStore:
         self.file = paths.state_dir / "releases" / f"{app}.json"
         self.releases: list[Release] = []
         self.current: int | None = None
+        self.problem: str | None = None         # the records were lost and rebuilt
         self._load()
 
     def _load(self) -> None:
-        try:
-            data = json.loads(self.file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        loaded = load_json(self.file, parse_records, f"pikud/releases/{self.app}.json")
+        if loaded.data is not None:
+            self.current, self.releases = loaded.data
             return
-        self.current = data.get("current")
-        self.releases = [Release(**dict(r, path_prefix=tuple(r.get("path_prefix", ()))))
-                         for r in data.get("releases", [])]
+        current = self._linked()
+        if loaded.problem is None and current is None:
+            return                  # no records, and apps/APP is not a release: none yet
+        self.releases = [self._rebuilt(int(p.name)) for p in self._folders()]
+        self.current = current
+        self.problem = (f"{loaded.problem or f'pikud/releases/{self.app}.json was missing'}; "
+                        f"{len(self.releases)} releases rebuilt from releases/{self.app}/ "
+                        f"(current: {current}) without their build environments: "
+                        f"`piku deploy {self.app}` rebuilds the current one")
+        log.warning("%s: release records rebuilt: %s", self.app, self.problem)
+        try:
+            self._save()
+        except OSError as exc:
+            log.error("%s: rebuilt release records not saved: %s", self.app, exc)
+
+    def _folders(self) -> list[Path]:
+        """The numbered release folders, oldest first."""
+        found = [p for p in self.root.iterdir() if p.name.isdigit() and p.is_dir()] \
+            if self.root.is_dir() else []
+        return sorted(found, key=lambda p: int(p.name))
+
+    def _linked(self) -> int | None:
+        """The release apps/APP points at, if it is a symlink to a release folder."""
+        link = self.paths.app(self.app)
+        if not link.is_symlink():
+            return None
+        target = link.resolve()
+        return int(target.name) if target.parent == self.root.resolve() \
+            and target.name.isdigit() and target.is_dir() else None
+
+    def _rebuilt(self, number: int) -> Release:
+        folder = self.directory(number)
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "--verify", "-q", "HEAD"],
+                              capture_output=True, text=True, check=False)
+        return Release(number=number, revision=head.stdout.strip(),
+                       time=folder.stat().st_mtime)
+
+    def unrecorded(self) -> list[Path]:
+        """Numbered folders no record names: left by a push killed half-way.
+
+        Never the folder apps/APP points at. Callers hold off any build of
+        this app meanwhile (the app's lock, or boot before requests act).
+        """
+        named = {r.number for r in self.releases} | {self._linked()}
+        return [p for p in self._folders() if int(p.name) not in named]
 
     def _save(self) -> None:
         data = {"current": self.current, "releases": [asdict(r) for r in self.releases]}
@@ -119,3 +174,14 @@ class ReleaseStore:
 
     def env_paths_in_use(self) -> set[str]:
         return {r.env_path for r in self.releases if r.env_path}
+
+
+def parse_records(data: object) -> tuple[int | None, list[Release]]:
+    """(current, releases) from a records file; ValueError/TypeError on another shape."""
+    records = json_object(data)
+    current = records.get("current")
+    if current is not None and not isinstance(current, int):
+        raise ValueError(f"current must be a release number, got {current!r}")
+    releases = [Release(**dict(json_object(r), path_prefix=tuple(r.get("path_prefix", ()))))
+                for r in records.get("releases", [])]
+    return current, sorted(releases, key=lambda r: r.number)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024            # a longer line is cut into pieces of this size
+RETRY_WRITE = 1.0               # seconds a failing log (a full disk) drops lines before a retry
 
 Follower = Callable[[str, str], None]
 
@@ -36,7 +38,8 @@ class LogFile:
         self.followers = followers              # shared by every log of one app
         self._file: BinaryIO | None = None
         self._size = 0
-        self._failing = False
+        self._failed_at: float | None = None    # when the last write failed
+        self._dropped = 0                       # lines lost since then
 
     def _open(self) -> BinaryIO:
         if self._file is None:
@@ -46,22 +49,34 @@ class LogFile:
         return self._file
 
     def write_line(self, text: str) -> None:
-        """Append one timestamped line; a full or broken disk loses the line, not the process."""
+        """Append one timestamped line; a full or broken disk loses the line, not the process.
+
+        After a failed write, lines are dropped without a try for RETRY_WRITE
+        seconds, so a flooding app on a full disk costs no syscall per line.
+        """
         line = f"{timestamp()} {text}"
+        for follower in tuple(self.followers):
+            follower(self.source, line)
+        if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_WRITE:
+            self._dropped += 1
+            return
         data = (line + "\n").encode(errors="replace")
         try:
             if self._size and self._size + len(data) > self.max_bytes:
                 self.rotate()
             self._open().write(data)
             self._size += len(data)
-            self._failing = False
         except OSError as exc:
-            if not self._failing:       # once until it works again, not once per line
-                log.error("cannot write %s: %s", self.path, exc)
-            self._failing = True
+            if self._failed_at is None:     # once until it works again, not once per line
+                log.error("log lines dropped: cannot write %s: %s; dropping its lines until "
+                          "a write succeeds", self.path, exc)
+            self._failed_at, self._dropped = time.monotonic(), self._dropped + 1
             self.close()
-        for follower in tuple(self.followers):
-            follower(self.source, line)
+            return
+        if self._failed_at is not None:
+            log.warning("log written again: %s after %d lines were dropped", self.path,
+                        self._dropped)
+            self._failed_at, self._dropped = None, 0
 
     def rotate(self) -> None:
         self.close()

@@ -189,3 +189,16 @@ def test_format_log_line_colours_the_source_only() -> None:
 ])
 def test_format_env(env: dict[str, str], text: str) -> None:
     assert format_env(env) == text
+
+
+def test_problems_follow_the_apps_and_the_process_table() -> None:
+    apps = [{"name": "b", "state": "running", "problems": ["records rebuilt"]},
+            {"name": "a", "state": "stopped"}]
+    assert format_apps(apps, False, ["state.json was corrupt"]) == (
+        "  a\n* b\n! state.json was corrupt\n! b: records rebuilt")
+    assert format_apps([], False, ["x"]) == "There are no applications deployed.\n! x"
+    detail = {"name": "b", "state": "running", "formation": {}, "processes": [],
+              "problems": ["state.json could not be saved"]}
+    assert format_ps(detail, False).splitlines()[-2:] == [
+        "(no processes)", "! state.json could not be saved"]
+    assert "\x1b[31m! x" in format_apps([], True, ["x"])
