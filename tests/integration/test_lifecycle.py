@@ -144,6 +144,8 @@ def deploy_checked_app(pikud: Pikud, name: str) -> Path:
     (app / "health.py").write_text(HEALTH_SERVER)
     pikud.api("POST", f"/apps/{name}/deploy")
     pikud.wait_state(name, f"{name}:web.1", "RUNNING")
+    # An answer proves the server read BROKEN: RUNNING alone may come first on a busy machine.
+    wait_for(lambda: pikud.get(name) == (200, "ok"), what=f"{name} answering 200")
     return app
 
 
