@@ -18,7 +18,11 @@ Design notes
 * aiohttp has no header timeout, so each connection's protocol is aiohttp's
   handler behind a thin ``_Connection`` that forwards every protocol call and
   keeps the timer; the router marks a connection busy from the moment its
-  handler is called (the head is complete) until it returns.
+  handler is called (the head is complete) until it returns. Idle means not
+  busy with nothing left to write. aiohttp writes a response the handler
+  returns after the handler, in the same step unless the write blocks (then
+  the buffer is not empty); a static file, opened in a thread first, is the
+  one answer that a reuse could cut.
 * Counting descriptors: the router knows its own (each client connection, and
   one upstream socket per request in flight); the rest of the daemon's are
   learnt by listing /proc/self/fd at most once a second, on an accept or
@@ -87,8 +91,8 @@ class _Connection(asyncio.Protocol):
             self.start_timer()
         self.handler.data_received(data)
 
-    def eof_received(self) -> bool | None:
-        return self.handler.eof_received()
+    def eof_received(self) -> None:          # aiohttp's returns None: the transport closes
+        self.handler.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_timer()
@@ -195,6 +199,8 @@ class Connections:
                 conn.busy = False
                 if self._open.pop(handler, None) is conn:
                     self._open[handler] = conn             # now the most recently used
+            if not self._servers:       # once aiohttp has sent the answer, it may be idle
+                asyncio.get_running_loop().call_soon(self._resume_if_room)
 
     # --- the connections ----------------------------------------------------
     def _accept(self) -> _Connection:
@@ -203,10 +209,8 @@ class Connections:
 
     def opened(self, conn: _Connection) -> None:
         self._open[conn.handler] = conn
-        if time.monotonic() - self._counted >= RECOUNT_INTERVAL:
-            self._count()
-        why = self._shortage()
-        if why is not None and not self._reuse(why, spare=conn):
+        why = self._make_room(spare=conn)
+        if why is not None:
             self._pause(why)
 
     def closed(self, conn: _Connection) -> None:
@@ -218,6 +222,20 @@ class Connections:
         self._others = open_fd_count() - len(self._open) - self._in_flight
         self._counted = time.monotonic()
 
+    def _make_room(self, spare: _Connection | None) -> str | None:
+        """Room for one more connection (None), after closing idle ones if need be; else why not.
+
+        Like nginx, this reuses idle connections as the limit comes near, not
+        only once a new connection is refused: the router cannot see one
+        waiting in the backlog.
+        """
+        if time.monotonic() - self._counted >= RECOUNT_INTERVAL:
+            self._count()
+        why = self._shortage()
+        if why is not None and self._reuse(why, spare):
+            why = self._shortage()
+        return why
+
     def _shortage(self) -> str | None:
         """Why the router may not take another connection now, or None."""
         used = self._others + len(self._open) + self._in_flight
@@ -228,7 +246,7 @@ class Connections:
             return f"{len(self._open)} connections, router_max_connections is reached"
         return None
 
-    def _reuse(self, why: str, spare: _Connection) -> int:
+    def _reuse(self, why: str, spare: _Connection | None) -> int:
         """Close up to REUSE_BATCH idle connections, oldest first; return how many."""
         idle = []
         for conn in self._open.values():
@@ -259,9 +277,7 @@ class Connections:
             return
         if self._recheck is not None:
             self._recheck.cancel()
-        if time.monotonic() - self._counted >= RECOUNT_INTERVAL:
-            self._count()
-        if self._shortage() is not None:
+        if self._make_room(spare=None) is not None:
             self._recheck = asyncio.get_running_loop().call_later(RECOUNT_INTERVAL,
                                                                   self._resume_if_room)
             return

@@ -13,10 +13,11 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from ..conftest import Pikud, wait_for
+from ..conftest import FAST, Pikud, wait_for
 from .test_lifecycle import deploy_checked_app
 
 HELD = 1000
@@ -86,9 +87,73 @@ def test_a_thousand_idle_connections_leave_room_for_requests_restarts_and_respaw
     assert "Too many open files" not in output and "spawn failed" not in output
 
 
+GATE_SERVER = """\
+import os, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+released = threading.Event()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        hold = self.path == "/hold"
+        if self.path == "/release":
+            released.set()
+        self.send_response(200)
+        self.send_header("Content-Length", "12" if hold else "2")
+        self.end_headers()
+        if hold:                        # half the answer now, the rest once released
+            self.wfile.write(b"first;")
+            self.wfile.flush()
+            released.wait(30)
+        self.wfile.write(b"second" if hold else b"ok")
+
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_at_the_cap_new_connections_wait_in_the_backlog_until_a_request_ends(
+        pikud_factory: Callable[..., Pikud], short_root: Path, loop: str) -> None:
+    (short_root / "pikud.toml").write_text("router_max_connections = 2\n")
+    daemon = pikud_factory("--loop", loop)
+    app = daemon.add_app("gate", "web: python3 gate.py\n", FAST)
+    (app / "gate.py").write_text(GATE_SERVER)
+    daemon.api("POST", "/apps/gate/deploy")
+    wait_for(lambda: daemon.get("gate") == (200, "ok"), 15, "gate to answer")
+    address = ("127.0.0.1", daemon.http_port)
+    busy = http.client.HTTPConnection(*address, timeout=15)
+    busy.request("GET", "/hold", headers={"Host": "gate.localhost"})
+    answer = busy.getresponse()
+    assert answer.read(6) == b"first;"                 # a request in flight
+    silent = socket.create_connection(address, timeout=5)       # the second: the cap
+    wait_for(lambda: "not accepting" in daemon.output(), 10, "the router to stop accepting")
+    queued = socket.create_connection(address, timeout=5)       # waits in the backlog
+    try:
+        queued.sendall(b"GET / HTTP/1.1\r\nHost: gate.localhost\r\n\r\n")
+        queued.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            queued.recv(4096)
+        port = daemon.process("gate", "gate:web.1")["port"]
+        release = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        release.request("GET", "/release")
+        assert release.getresponse().read() == b"ok"
+        release.close()
+        assert answer.read() == b"second"              # the request in flight ends whole
+        queued.settimeout(15)
+        assert queued.recv(4096).startswith(b"HTTP/1.1 200 OK")
+        assert silent.recv(4096) == b""                # idle: closed to make room
+    finally:
+        for sock in (silent, queued):
+            sock.close()
+        busy.close()
+    assert "router: accepting connections again" in daemon.output()
+
+
 def test_connections_that_send_no_request_are_closed(pikud_factory: Callable[..., Pikud],
-                                                     short_root: os.PathLike[str]) -> None:
-    (short_root / "pikud.toml").write_text(     # type: ignore[operator]
+                                                     short_root: Path) -> None:
+    (short_root / "pikud.toml").write_text(
         "router_header_timeout = 0.5\nrouter_keepalive_timeout = 3\n"
         "control_idle_timeout = 0.5\n")
     daemon = pikud_factory(preexec_fn=nofile(512, 4096))
