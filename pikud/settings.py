@@ -9,10 +9,10 @@
     acme_sh = "/home/piku/.acme.sh/acme.sh"   # default: acme.sh on PATH, else ~/.acme.sh/acme.sh
     cloudflare_urls = ["https://www.cloudflare.com/ips-v4", "https://www.cloudflare.com/ips-v6"]
     cloudflare_refresh_days = 7   # refresh those lists automatically (0: only `piku cloudflare:refresh`)
-    router_header_timeout = 10    # seconds a client of the built-in router has to send a request head
+    router_header_timeout = 10    # seconds a router client has to send a whole request head
     router_keepalive_timeout = 75 # seconds an idle keep-alive connection to the router is kept
     router_max_connections = 4096 # client connections the router holds at once
-    router_fd_reserve = 256       # descriptors the router leaves for spawns, log pipes, the control socket
+    router_fd_reserve = 256       # descriptors the router leaves to spawns, pipes, control
     control_idle_timeout = 10     # seconds a control-socket connection may wait without a request
 
     [defaults]                    # an app's ENV overrides each of these

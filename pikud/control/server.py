@@ -376,8 +376,9 @@ class ControlServer:
                  path: Path, cloudflare: CloudflareRefresh, idle_timeout: float) -> None:
         """``idle_timeout``: a connection without a complete request for that long is closed.
 
-        aiohttp's keep-alive timer runs from the accept and after each answer,
-        and closes a connection still waiting for (the rest of) a request head.
+        aiohttp's keep-alive timer (since 3.14.5) runs from the accept and after
+        each answer, and closes a connection still waiting for (the rest of) a
+        request head.
         """
         self.path = path
         self.runner = web.AppRunner(make_app(registry, status, cloudflare), handle_signals=False,

@@ -8,10 +8,11 @@
   descriptors that fewer than ``fd_reserve`` are left of the open-files limit:
   those are for what only the daemon can do (spawning processes, their log
   pipes and pidfds, the control socket, deploys).
-* Short of either, the router first closes idle keep-alive connections,
-  oldest first (nginx: "reusing connections"); when none is idle it stops
-  accepting, so new connections wait in the kernel's listen backlog, and
-  accepts again once there is room.
+* Reaching either, the router first closes idle keep-alive connections,
+  oldest first, 32 at a time (nginx: "reusing connections"); when none is
+  idle it stops accepting, so new connections wait in the kernel's listen
+  backlog, and accepts again once there is room (a request ends, a
+  connection closes, or a second has passed).
 
 Design notes
 ------------
