@@ -25,6 +25,7 @@ from pikud.registry import AppRegistry
 from pikud.control.server import ControlServer, daemon_status
 from pikud.errors import PikudError
 from pikud.events import EventLog
+from pikud.fds import raise_open_files_limit
 from pikud.paths import Paths
 from pikud.procman.children import become_subreaper, install_orphan_reaper
 from pikud.proxy.acme import Acme
@@ -61,7 +62,7 @@ class Daemon:
                  http: tuple[str, int] | None = None) -> None:
         """``http`` set: the built-in router serves there; None: nginx fronts the apps."""
         self.paths = paths
-        self.router = Router(*http) if http is not None else None
+        self.router = Router(*http, settings.router) if http is not None else None
         self.nginx = None if http is not None else Nginx(
             paths, settings.nginx_test, settings.nginx_reload, preamble=settings.nginx_preamble)
         self.acme = None if self.nginx is None else Acme(self.nginx, settings.acme_sh,
@@ -110,12 +111,14 @@ class Daemon:
 
     async def serve(self, shutdown_trigger: Callable[[], Awaitable[object]]) -> None:
         loop = asyncio.get_running_loop()
+        raise_open_files_limit()
         self.paths.create()
         become_subreaper()
         install_orphan_reaper(loop)
         self.watcher = FileWatcher(self._on_file_change)
         self.registry.load()            # every app with its desired state, before any request
-        control = ControlServer(self.registry, self.status, self.paths.socket, self.cloudflare)
+        control = ControlServer(self.registry, self.status, self.paths.socket, self.cloudflare,
+                                self.settings.control_idle_timeout)
         await control.start()
         if self.router is not None:
             try:

@@ -9,6 +9,11 @@
     acme_sh = "/home/piku/.acme.sh/acme.sh"   # default: acme.sh on PATH, else ~/.acme.sh/acme.sh
     cloudflare_urls = ["https://www.cloudflare.com/ips-v4", "https://www.cloudflare.com/ips-v6"]
     cloudflare_refresh_days = 7   # refresh those lists automatically (0: only `piku cloudflare:refresh`)
+    router_header_timeout = 10    # seconds a router client has to send a whole request head
+    router_keepalive_timeout = 75 # seconds an idle keep-alive connection to the router is kept
+    router_max_connections = 4096 # client connections the router holds at once
+    router_fd_reserve = 256       # descriptors the router leaves to spawns, pipes, control
+    control_idle_timeout = 10     # seconds a control-socket connection may wait without a request
 
     [defaults]                    # an app's ENV overrides each of these
     PIKU_STOP_TIMEOUT = 10
@@ -16,7 +21,8 @@
     ...                           # any key that appspec.app_settings reads
 
 A missing file means every default; a bad file is an error naming the key,
-and on SIGHUP the settings in force stay as they were.
+and on SIGHUP the settings in force stay as they were. The router_* and
+control_* settings are read at start only (they shape listening sockets).
 """
 
 from __future__ import annotations
@@ -30,12 +36,15 @@ from urllib.parse import urlsplit
 from pikud.appspec import AppSettings, app_settings
 from pikud.errors import EnvError, SpecError
 from pikud.proxy.cloudflare import DEFAULT_URLS
+from pikud.proxy.connections import ConnectionLimits
 from pikud.proxy.nginx import DEFAULT_RELOAD_COMMAND, DEFAULT_TEST_COMMAND
 
 LEVELS = ("debug", "info", "warning", "error")
 KEYS = frozenset({"log_level", "shutdown_timeout", "events_kept", "defaults", "nginx_test",
                   "nginx_reload", "nginx_preamble", "cloudflare_urls", "cloudflare_refresh_days",
-                  "acme_sh"})
+                  "acme_sh", "router_header_timeout", "router_keepalive_timeout",
+                  "router_max_connections", "router_fd_reserve", "control_idle_timeout"})
+DEFAULT_CONTROL_IDLE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class Settings:
     cloudflare_urls: tuple[str, ...] = DEFAULT_URLS
     cloudflare_refresh_days: float = 7.0
     acme_sh: str | None = None
+    router: ConnectionLimits = field(default_factory=ConnectionLimits)
+    control_idle_timeout: float = DEFAULT_CONTROL_IDLE_TIMEOUT
 
 
 def cloudflare_urls(value: Any, label: str) -> tuple[str, ...]:
@@ -83,6 +94,36 @@ def acme_path(value: Any, label: str) -> str | None:
     return value
 
 
+def seconds(raw: dict[str, Any], key: str, default: float, label: str) -> float:
+    """``raw[key]`` (or ``default``): a timeout from 0.1 to 3600 seconds."""
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0.1 <= value <= 3600:
+        raise SpecError(f"{key} must be a number of seconds from 0.1 to 3600, got {value!r}",
+                        file=label, key=key)
+    return float(value)
+
+
+def count(raw: dict[str, Any], key: str, default: int, low: int, high: int, label: str) -> int:
+    """``raw[key]`` (or ``default``): an integer from ``low`` to ``high``."""
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SpecError(f"{key} must be an integer from {low} to {high}, got {value!r}",
+                        file=label, key=key)
+    return value
+
+
+def router_limits(raw: dict[str, Any], label: str) -> ConnectionLimits:
+    default = ConnectionLimits()
+    return ConnectionLimits(
+        header_timeout=seconds(raw, "router_header_timeout", default.header_timeout, label),
+        keepalive_timeout=seconds(raw, "router_keepalive_timeout", default.keepalive_timeout,
+                                  label),
+        max_connections=count(raw, "router_max_connections", default.max_connections, 1,
+                              1_000_000, label),
+        fd_reserve=count(raw, "router_fd_reserve", default.fd_reserve, 64, 1_000_000, label))
+
+
 def load_settings(path: Path) -> Settings:
     label = str(path)
     try:
@@ -102,10 +143,7 @@ def load_settings(path: Path) -> Settings:
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise SpecError(f"shutdown_timeout must be a positive number, got {timeout!r}",
                         file=label, key="shutdown_timeout")
-    kept = raw.get("events_kept", 1000)
-    if not isinstance(kept, int) or not 1 <= kept <= 1_000_000:
-        raise SpecError(f"events_kept must be an integer from 1 to 1000000, got {kept!r}",
-                        file=label, key="events_kept")
+    kept = count(raw, "events_kept", 1000, 1, 1_000_000, label)
     defaults = raw.get("defaults", {})
     if not isinstance(defaults, dict):
         raise SpecError("[defaults] must be a table", file=label, key="defaults")
@@ -125,4 +163,7 @@ def load_settings(path: Path) -> Settings:
                     commands["nginx_reload"] or DEFAULT_RELOAD_COMMAND, commands["nginx_preamble"],
                     cloudflare_urls(raw.get("cloudflare_urls", list(DEFAULT_URLS)), label),
                     refresh_days(raw.get("cloudflare_refresh_days", 7), label),
-                    acme_sh=acme_path(raw.get("acme_sh"), label))
+                    acme_sh=acme_path(raw.get("acme_sh"), label),
+                    router=router_limits(raw, label),
+                    control_idle_timeout=seconds(raw, "control_idle_timeout",
+                                                 DEFAULT_CONTROL_IDLE_TIMEOUT, label))

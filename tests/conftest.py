@@ -50,12 +50,15 @@ class Pikud:
         env["PIKU_PROXY"] = "builtin"
         return env
 
-    def start(self, *args: str, extra_env: dict[str, str] | None = None) -> Pikud:
+    def start(self, *args: str, extra_env: dict[str, str] | None = None,
+              preexec_fn: Callable[[], None] | None = None) -> Pikud:
+        """``preexec_fn`` runs in the child before the exec (e.g. to set an rlimit)."""
         sock = self.root / "pikud.sock"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pikud", "serve", *args],
-                env=dict(self.env, **(extra_env or {})), stdout=log, stderr=subprocess.STDOUT)
+                env=dict(self.env, **(extra_env or {})), stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=preexec_fn)
         wait_for(lambda: sock.exists() and self._ready(), STARTUP_DEADLINE, "pikud to listen")
         return self
 
@@ -153,10 +156,11 @@ def short_root() -> Iterator[Path]:
 def pikud_factory(short_root: Path, tmp_path: Path) -> Iterator[Callable[..., Pikud]]:
     made: list[Pikud] = []
 
-    def make(*args: str, extra_env: dict[str, str] | None = None) -> Pikud:
+    def make(*args: str, extra_env: dict[str, str] | None = None,
+             preexec_fn: Callable[[], None] | None = None) -> Pikud:
         daemon = Pikud(short_root, tmp_path / "pikud.log")
         made.append(daemon)
-        return daemon.start(*args, extra_env=extra_env)
+        return daemon.start(*args, extra_env=extra_env, preexec_fn=preexec_fn)
 
     yield make
     for daemon in made:

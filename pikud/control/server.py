@@ -383,11 +383,17 @@ def bind_socket(path: Path) -> socket.socket:
 
 class ControlServer:
     def __init__(self, registry: AppRegistry, status: Callable[[], dict[str, Any]],
-                 path: Path, cloudflare: CloudflareRefresh) -> None:
+                 path: Path, cloudflare: CloudflareRefresh, idle_timeout: float) -> None:
+        """``idle_timeout``: a connection without a complete request for that long is closed.
+
+        aiohttp's keep-alive timer (since 3.14.5) runs from the accept and after
+        each answer, and closes a connection still waiting for (the rest of) a
+        request head.
+        """
         self.path = path
         self.runner = web.AppRunner(make_app(registry, status, cloudflare), handle_signals=False,
                                     access_log=None, handler_cancellation=True,
-                                    shutdown_timeout=2.0)
+                                    shutdown_timeout=2.0, keepalive_timeout=idle_timeout)
 
     async def start(self) -> None:
         await self.runner.setup()

@@ -12,7 +12,9 @@ The app's static folders are served here; everything else goes to its
 upstreams (``127.0.0.1:PORT`` or ``unix:/abs/path.sock``) in round robin,
 WebSocket upgrades included. The router's own answers are short plain text:
 404 for an unknown app or file, 502 when no upstream answered, 503 when the
-app has no upstream.
+app has no upstream. Client connections are held to the limits of
+``proxy/connections.py``: a header timeout, a keep-alive timeout, a cap and a
+reserve of descriptors the router never takes.
 
 Design notes
 ------------
@@ -55,6 +57,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from pikud.errors import PikudError
+from pikud.proxy.connections import ConnectionLimits, Connections
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +219,10 @@ class _Table:
 class Router:
     """The HTTP server; ``set_route``/``remove`` may be called before or after ``start``."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, limits: ConnectionLimits = ConnectionLimits()
+                 ) -> None:
         self._host, self._port = host, port
+        self._connections = Connections(limits)
         self._bound_port = port
         self._table = _Table()
         self._runner: web.AppRunner | None = None
@@ -229,12 +234,14 @@ class Router:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.router.add_route("*", "/{tail:.*}", self._serve)
         runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                               shutdown_timeout=SHUTDOWN_TIMEOUT)
+                               shutdown_timeout=SHUTDOWN_TIMEOUT,
+                               keepalive_timeout=self._connections.limits.keepalive_timeout)
         await runner.setup()
+        assert runner.server is not None
         try:
-            await web.TCPSite(runner, self._host, self._port).start()
+            await self._connections.listen(runner.server, self._host, self._port)
         except OSError as exc:
             await runner.cleanup()
             raise PikudError(f"cannot serve HTTP on {self._host}:{self._port}: "
@@ -248,6 +255,7 @@ class Router:
         """Stop serving; requests in flight get SHUTDOWN_TIMEOUT, WebSockets a 1001 close."""
         await asyncio.gather(*(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
                                for ws in list(self._websockets)))
+        await self._connections.close()
         if self._runner is not None:
             await self._runner.cleanup()      # finishes requests in flight, bounded
             self._runner = None
@@ -257,10 +265,7 @@ class Router:
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._runner is None or not self._runner.addresses:
-            raise RuntimeError("the router is not serving")
-        host, port = self._runner.addresses[0][:2]
-        return str(host), int(port)
+        return self._connections.address
 
     def set_route(self, route: Route) -> None:
         """Add or replace ``route.app``; ValueError for a malformed upstream."""
@@ -316,6 +321,10 @@ class Router:
         task.add_done_callback(self._closing.discard)
 
     # --- requests -----------------------------------------------------------
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        with self._connections.request(request.protocol):
+            return await self._handle(request)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         table = self._table
         host = request.headers.get("Host", "")

@@ -8,6 +8,7 @@ import pytest
 
 from pikud.errors import SpecError
 from pikud.procman.logs import LogFile, log_files, tail
+from pikud.proxy.connections import ConnectionLimits
 from pikud.settings import Settings, load_settings
 
 
@@ -55,6 +56,17 @@ def test_settings_are_read(tmp_path: Path) -> None:
     assert settings.app_defaults.start_retries == 2
 
 
+def test_router_and_control_settings_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "pikud.toml"
+    path.write_text("router_header_timeout = 2.5\nrouter_keepalive_timeout = 30\n"
+                    "router_max_connections = 100\nrouter_fd_reserve = 512\n"
+                    "control_idle_timeout = 5\n")
+    settings = load_settings(path)
+    assert settings.router == ConnectionLimits(header_timeout=2.5, keepalive_timeout=30.0,
+                                               max_connections=100, fd_reserve=512)
+    assert settings.control_idle_timeout == 5.0
+
+
 @pytest.mark.parametrize("text, names", [
     ("log_level = ", "not valid TOML"),
     ("colour = 'red'\n", "unknown setting(s): colour"),
@@ -72,6 +84,15 @@ def test_settings_are_read(tmp_path: Path) -> None:
     ("cloudflare_refresh_days = -1\n", "cloudflare_refresh_days must be a number of days"),
     ("cloudflare_refresh_days = true\n", "cloudflare_refresh_days must be"),
     ('cloudflare_refresh_days = "7"\n', "cloudflare_refresh_days must be"),
+    ("router_header_timeout = 0\n",
+     "router_header_timeout must be a number of seconds from 0.1 to 3600, got 0"),
+    ('router_keepalive_timeout = "75"\n', "router_keepalive_timeout must be a number of "
+     "seconds from 0.1 to 3600, got '75'"),
+    ("router_max_connections = 2.5\n",
+     "router_max_connections must be an integer from 1 to 1000000, got 2.5"),
+    ("router_fd_reserve = 10\n", "router_fd_reserve must be an integer from 64 to 1000000, "
+     "got 10"),
+    ("control_idle_timeout = true\n", "control_idle_timeout must be a number of seconds"),
 ])
 def test_bad_settings_name_the_problem(tmp_path: Path, text: str, names: str) -> None:
     path = tmp_path / "pikud.toml"
