@@ -62,7 +62,7 @@ class CronState:
             self._handle = None
         try:
             write_atomic(self.path, json.dumps({"version": 1, "apps": self.apps},
-                                               indent=1, sort_keys=True) + "\n")
+                                               indent=1, sort_keys=True) + "\n", 0o600)
         except OSError:
             log.exception("cron: could not save %s", self.path)
 
