@@ -195,8 +195,9 @@ class App:
         self._warn_once("spec", (*spec.warnings, *ignored_settings(
             spec.procfile.entries, spec.env, bool(spec.settings.idle_timeout))))
         for path in (self.paths.log_dir(self.name), self.paths.data(self.name),
-                     self.paths.cache(self.name), self.paths.env_dir(self.name)):
+                     self.paths.cache(self.name)):
             path.mkdir(parents=True, exist_ok=True)
+        self.paths.env_dir(self.name).mkdir(mode=0o700, parents=True, exist_ok=True)
         env = release_env(spec, self.paths, self.registry.base_env, self.source(release), release)
         live = self.paths.live_env_file(self.name)
         try:
@@ -454,7 +455,7 @@ class App:
             changes = parse_scale_args([f"{k}={v}" for k, v in args.items()], kinds)
             text = format_scaling(dict(spec.scaling, **changes))
             spec = self.load(scaling_text=text)
-            with self._kept_if_applied(self.paths.scaling_file(self.name), text, 0o644):
+            with self._kept_if_applied(self.paths.scaling_file(self.name), text, 0o600):
                 self.note("scale", f"{self.name}: scaled to "
                           + ", ".join(f"{k}={v}" for k, v in spec.scaling.items()))
                 if self.desired == RUNNING:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 
 def write_atomic(path: Path, data: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``path`` with ``mode``; a missing folder is made 0700 for a private file."""
+    path.parent.mkdir(mode=0o777 if mode & 0o077 else 0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -28,6 +28,7 @@ from pikud.control.client import Client
 from pikud.errors import PikudError
 from pikud.output import format_apps, format_cloudflare, format_env, format_log_line, format_ps
 from pikud.paths import LAYOUT, Paths
+from pikud.sshcommand import FLAG, ssh_words
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -375,10 +376,17 @@ def cloudflare_refresh(as_json: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; the only place errors become messages and exit codes."""
+    """Run one command; the only place errors become messages and exit codes.
+
+    ``piku --ssh-command`` (sshd's forced command) runs the words of
+    SSH_ORIGINAL_COMMAND, split without any expansion (``sshcommand``).
+    """
     importlib.import_module("pikud.cli_deploy")     # the push path's commands join the group
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args == [FLAG]:
+        args = ssh_words(os.environ.get("SSH_ORIGINAL_COMMAND", ""))
     try:
-        code = piku.main(args=argv, prog_name="piku", standalone_mode=False)
+        code = piku.main(args=args, prog_name="piku", standalone_mode=False)
     except PikudError as exc:
         click.echo(f"Error: {exc}", err=True)
         return 1

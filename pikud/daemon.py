@@ -113,6 +113,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         raise_open_files_limit()
         self.paths.create()
+        private = self.paths.make_private()
+        if private:
+            log.warning("permissions: took group and other access off %d files and folders "
+                        "that hold config (now 0600 and 0700): %s", len(private),
+                        ", ".join(str(path.relative_to(self.paths.root)) for path in private))
         become_subreaper()
         install_orphan_reaper(loop)
         self.watcher = FileWatcher(self._on_file_change)

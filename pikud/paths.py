@@ -3,16 +3,27 @@
 The layout is piku's (apps, repos, envs, logs, data, cache, nginx, acme,
 plugins) plus the daemon's own: ``pikud.sock`` (the control socket),
 ``pikud.toml`` (daemon settings) and ``pikud/`` (state written atomically).
+
+What holds config, environment or app output is for pikud's user alone:
+``envs/``, ``logs/`` and ``pikud/`` are 0700, and the files in them that
+carry config are 0600. What nginx's workers read (``releases/``, ``acme/``,
+``cache/``) and what its master reads (``nginx/``) lives elsewhere, so
+opening the home folder to nginx (``chmod o+x``) opens none of it.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 LAYOUT = ("apps", "repos", "envs", "logs", "data", "cache", "nginx", "acme", "plugins", "pikud")
+PRIVATE = ("envs", "logs", "pikud")
+"""Folders of the layout only pikud's user may enter (0700)."""
+ENV_FILES = ("ENV", "LIVE_ENV", "SCALING")
+"""The files of ``envs/APP``, written 0600."""
 
 
 def default_root() -> Path:
@@ -83,9 +94,35 @@ class Paths:
         return self.root / "nginx"
 
     def create(self) -> None:
-        """Make the layout (idempotent), like `piku setup`."""
+        """Make the layout (idempotent), like `piku setup`; PRIVATE folders 0700."""
         for name in LAYOUT:
-            (self.root / name).mkdir(parents=True, exist_ok=True)
+            (self.root / name).mkdir(mode=0o700 if name in PRIVATE else 0o777, parents=True,
+                                     exist_ok=True)
+
+    def make_private(self) -> list[Path]:
+        """Take group and other access off what holds config (installs made before
+        pikud wrote it 0600 in 0700 folders); returns what was changed.
+
+        The PRIVATE folders, every file and folder under ``pikud/``, and each
+        ``envs/APP`` with its ENV_FILES. Symlinks are left alone (chmod would
+        change their target).
+        """
+        targets = [self.root / name for name in PRIVATE]
+        if self.state_dir.is_dir():
+            targets += sorted(self.state_dir.rglob("*"))
+        envs = self.root / "envs"
+        for folder in sorted(envs.iterdir()) if envs.is_dir() else ():
+            targets += [folder, *(folder / name for name in ENV_FILES)]
+        changed = []
+        for path in targets:
+            try:
+                mode = path.lstat().st_mode
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                path.chmod(stat.S_IMODE(mode) & 0o700)
+                changed.append(path)
+        return changed
 
 
 def cli_argv() -> list[str]:

@@ -118,7 +118,7 @@ class CloudflareRefresh:
             if not result["changed"]:
                 log.info("cloudflare: %d ranges, unchanged; nothing touched", len(ranges))
                 return result
-            write_atomic(path, format_file(lists, datetime.now()), 0o644)
+            write_atomic(path, format_file(lists, datetime.now()), 0o600)
             log.info("cloudflare: %d ranges written to %s", len(ranges), path)
             result["apps"] = [await self._republish(app) for app in self._users()]
             return result

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pikud.atomic import write_atomic
 from pikud.errors import PikudError
+from pikud.sshcommand import FLAG
 
 KEY_TYPES = frozenset({
     "ssh-ed25519", "ssh-rsa",
@@ -84,11 +85,13 @@ def key_name(name: str | None, key: PublicKey) -> str:
 def authorized_line(key: PublicKey, name: str, command: list[str], root: Path | None = None) -> str:
     """The ``authorized_keys`` line whose forced command runs ``command`` (piku's argv).
 
-    ``root`` is set as PIKU_ROOT in the command when the server uses a non-default root.
+    The command takes its words from SSH_ORIGINAL_COMMAND itself (``FLAG``),
+    so no shell expands them. ``root`` is set as PIKU_ROOT in the command when
+    the server uses a non-default root.
     """
     program = shlex.join(command).replace('"', '\\"')
     where = f"PIKU_ROOT={shlex.quote(str(root))} " if root is not None else ""
-    forced = f"FINGERPRINT={key.fingerprint} NAME={name} {where}{program} $SSH_ORIGINAL_COMMAND"
+    forced = f"FINGERPRINT={key.fingerprint} NAME={name} {where}{program} {FLAG}"
     line = f'command="{forced}",{RESTRICTIONS} {key.type} {key.base64}'
     return f"{line} {key.comment}" if key.comment else line
 

@@ -64,10 +64,14 @@ class Traffic:
                              static=spec.procfile.entries.get(STATIC_KIND))
 
     def check(self, app: str, spec: AppSpec, source: Path) -> None:
-        """Raise (naming the key) if the app's routing settings are bad; nothing changes."""
+        """Raise (naming the key) if the app's routing settings are bad; nothing changes.
+
+        Every NGINX_* value is checked whichever front serves the app.
+        """
         route_for(app, spec, source, ())
-        if self.nginx is not None:
+        if self.paths is not None:
             self._site(app, spec, source, ("127.0.0.1:1",))
+        if self.nginx is not None:
             root_ca(spec.env)
 
     async def publish(self, app: str, spec: AppSpec, source: Path,

@@ -64,7 +64,7 @@ class CronState:
             self._handle = None
         try:
             write_atomic(self.path, json.dumps({"version": 1, "apps": self.apps},
-                                               indent=1, sort_keys=True) + "\n")
+                                               indent=1, sort_keys=True) + "\n", 0o600)
         except OSError as exc:      # a full disk: kept in memory, saved with the next change
             log.error("cron: could not save %s: %s", self.path, exc)
 

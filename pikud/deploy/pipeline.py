@@ -104,6 +104,7 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
             raise BuildError("wsgi and asgi entries need a Python app (a requirements.txt or "
                              f"pyproject.toml), but this one was detected as {runtime.name}")
         progress(f"-----> Building with the {runtime.name} runtime")
+        paths.env_dir(app).mkdir(mode=0o700, parents=True, exist_ok=True)
         result = await runtime.build(BuildContext(app, source, env, paths.env_dir(app),
                                                   progress, runner(progress), servers))
         env = release_env(spec, paths, base_env, source, result)

@@ -2,7 +2,7 @@
 
 A release is one checked-out, built revision in ``releases/APP/N``. The
 records (revision, time, pusher, runtime environment, the config it ran
-with) live in ``pikud/releases/APP.json``, written atomically. ``apps/APP``
+with) live in ``pikud/releases/APP.json``, written atomically, 0600. ``apps/APP``
 is a symlink to the current release, so piku's layout still holds.
 
 Records lost (the file corrupt, or gone while ``apps/APP`` still points into
@@ -117,7 +117,7 @@ class ReleaseStore:
 
     def _save(self) -> None:
         data = {"current": self.current, "releases": [asdict(r) for r in self.releases]}
-        write_atomic(self.file, json.dumps(data, indent=2) + "\n")
+        write_atomic(self.file, json.dumps(data, indent=2) + "\n", 0o600)    # holds config
 
     def directory(self, number: int) -> Path:
         return self.root / str(number)

@@ -171,13 +171,22 @@ def match_static(static: Iterable[tuple[str, Path]], path: str) -> tuple[Path, s
 
 
 def safe_join(folder: Path, rest: str) -> Path | None:
-    """``folder``/``rest`` resolved, or None if it would leave the folder."""
+    """``folder``/``rest``, or None if ".." or a symlink would take it anywhere else.
+
+    ``folder`` is the real path the app's settings were checked for (the site
+    validation resolved it inside the release) and is not resolved again, so
+    a folder since replaced by a symlink serves nothing. Below it no symlink
+    is followed, as with nginx's ``disable_symlinks on from=FOLDER``: the
+    joined path must be its own real path.
+    """
     parts = rest.split("/")
     if any(p == ".." or "\x00" in p for p in parts):
         return None
-    base = folder.resolve()
-    path = base.joinpath(*(p for p in parts if p not in ("", "."))).resolve()
-    return path if path.is_relative_to(base) else None
+    path = folder.joinpath(*(p for p in parts if p not in ("", ".")))
+    try:
+        return path if path.resolve() == path else None
+    except (OSError, RuntimeError):         # a name too long, a loop of symlinks
+        return None
 
 
 def upstream_url(upstream: str) -> tuple[str, str | None]:
@@ -374,7 +383,7 @@ class Router:
                 if not request.path.endswith("/"):
                     raw, q, query = request.raw_path.partition("?")
                     raise web.HTTPMovedPermanently(f"{raw}/{q}{query}")
-                path = path / "index.html"
+                path = safe_join(path, "index.html")
             found = path is not None and path.is_file()
         except OSError:                      # a name too long, a loop of symlinks
             found = False

@@ -17,6 +17,11 @@ nothing and writes nothing (``nginx.Nginx`` tests and installs the result).
 #   and needs nothing from nginx.conf or another app.
 # - A static location and its alias both end in "/": piku's "/static" +
 #   "…/static/" lets "/static../x" escape the folder (the classic alias bug).
+# - Static folders (and the catch-all file) must resolve inside the app's
+#   release, and the site is given their real path. Below it, nginx follows no
+#   symlink (`disable_symlinks on from=FOLDER`): a committed `public/x ->
+#   /etc/passwd` is a 403. `if_not_owner` would not do: every file of every
+#   app, ENV included, has the same owner. The router checks the same way.
 # - Upstream servers get max_fails=0: they are local sockets, so a refused
 #   connection costs microseconds and nginx moves on (proxy_next_upstream),
 #   instead of marking a restarting process down for 10 s.
@@ -162,27 +167,37 @@ def url_prefix(fail: Callable[[str], SpecError], url: str) -> str:
     return "/" + "/".join(segments)
 
 
-def local_path(fail: Callable[[str], SpecError], text: str, app_dir: Path, *,
+def local_path(fail: Callable[[str], SpecError], text: str, base: Path, *,
                absolute: bool) -> str:
-    """A normalized absolute path: ``text`` relative to the app dir, or absolute if allowed."""
+    """``text`` relative to ``base`` (or absolute if allowed), as a real path inside ``base``.
+
+    Symlinks are followed: a folder committed as ``ln -s /etc public`` is
+    refused like ``../../etc``. The result is the resolved path, so what nginx
+    and the router are given is exactly what was checked.
+    """
     bad = _unsafe(text)
     if bad is not None or not text:
         raise fail(f"path {text!r} contains {bad!r}, which nginx would read as syntax"
                    if bad else "empty path")
-    if text.startswith("/"):
-        if not absolute:
-            raise fail(f"{text!r} must be a path inside the app directory, not absolute")
-        return posixpath.normpath(text)
-    base = posixpath.normpath(str(app_dir))
-    joined = posixpath.normpath(posixpath.join(base, text))
-    if joined != base and not joined.startswith(base + "/"):
-        raise fail(f"{text!r} leaves the app directory")
-    return joined
+    if text.startswith("/") and not absolute:
+        raise fail(f"{text!r} must be a path inside {base}, not absolute")
+    lexical = posixpath.normpath(posixpath.join(str(base), text))
+    if not Path(lexical).is_relative_to(posixpath.normpath(str(base))):
+        raise fail(f"{text!r} is outside {base}")
+    try:
+        real, real_base = Path(lexical).resolve(), base.resolve()
+    except (OSError, RuntimeError) as exc:          # a loop of symlinks
+        raise fail(f"{text!r} cannot be resolved ({exc})") from None
+    if not real.is_relative_to(real_base):
+        raise fail(f"{text!r} resolves to {real}, outside {real_base}")
+    if _unsafe(str(real)) is not None:
+        raise fail(f"{text!r} resolves to {str(real)!r}, which nginx would read as syntax")
+    return str(real)
 
 
 def static_paths(fail: Callable[[str], SpecError], value: str,
                  app_dir: Path) -> tuple[StaticPath, ...]:
-    """``/url:path,...`` with paths relative to the app dir or absolute."""
+    """``/url:path,...``: folders in the app's release, relative to it or absolute."""
     found: dict[str, StaticPath] = {}
     for item in (part.strip(" ") for part in value.split(",")):
         url, colon, path = item.partition(":")
@@ -250,8 +265,7 @@ def cloudflare_ranges(override: Path | None = None) -> tuple[str, ...]:
 
 
 # --- the site -------------------------------------------------------------------
-def _cache(env: Mapping[str, str], paths: Paths, app: str,
-           app_dir: Path) -> CacheSettings | None:
+def _cache(env: Mapping[str, str], paths: Paths, app: str) -> CacheSettings | None:
     """Every NGINX_CACHE_* value is checked even when no prefix makes it used."""
     def fail(reason: str) -> EnvError:
         return EnvError(f"NGINX_CACHE_PREFIXES: {reason}", key="NGINX_CACHE_PREFIXES")
@@ -271,7 +285,7 @@ def _cache(env: Mapping[str, str], paths: Paths, app: str,
             raise _refuse("NGINX_CACHE_PATH", "expected an absolute path", path)
         path = local_path(lambda reason: EnvError(f"NGINX_CACHE_PATH: {reason}",
                                                   key="NGINX_CACHE_PATH"),
-                          path, app_dir, absolute=True)
+                          path, paths.cache(app), absolute=True)
 
     def number(key: str, default: int, convert: Callable[[str, str], int] = nonneg_int) -> int:
         return convert(key, env[key]) if env.get(key, "").strip() else default
@@ -314,11 +328,11 @@ def site_from_env(app: str, env: Mapping[str, str], upstreams: Sequence[str], pa
     ``upstreams`` has one entry per web-facing process; ``static`` is the
     Procfile's ``static:`` entry, served before NGINX_STATIC_PATHS (as piku
     does); ``deployer_ip`` is added to NGINX_CLOUDFLARE_ACL's allow list.
-    An empty value of any other key means its default. Raises ``EnvError``
-    naming the key (``ProcfileError`` for ``static``).
+    An empty value of any other key means its default. Every value is
+    checked even when there is no server name, so a bad one is refused when
+    it is set, not when a server name later puts it to use. Raises
+    ``EnvError`` naming the key (``ProcfileError`` for ``static``).
     """
-    if not env.get("NGINX_SERVER_NAME", "").strip():
-        return None
     for key in sorted(KEYS | {"DISABLE_IPV6"}):
         if any(char in env.get(key, "") for char in "\r\n\x00"):
             raise _refuse(key, "must be one line", env[key])
@@ -333,7 +347,8 @@ def site_from_env(app: str, env: Mapping[str, str], upstreams: Sequence[str], pa
     def fail_for(key: str) -> Callable[[str], EnvError]:
         return lambda reason: EnvError(f"{key}: {reason}", key=key)
 
-    names = server_names("NGINX_SERVER_NAME", env["NGINX_SERVER_NAME"])
+    server = given("NGINX_SERVER_NAME")
+    names = server_names("NGINX_SERVER_NAME", server) if server is not None else ()
     statics = procfile_static(static, app_dir) if static and static.strip() else ()
     value = given("NGINX_STATIC_PATHS")
     if value is not None:
@@ -373,14 +388,14 @@ def site_from_env(app: str, env: Mapping[str, str], upstreams: Sequence[str], pa
         https_port=_port("NGINX_HTTPS_PORT", https_port) if https_port else 443,
         static_paths=statics,
         catch_all=catch_all,
-        cache=_cache(env, paths, app, app_dir),
+        cache=_cache(env, paths, app),
         allow=allow,
         include=include,
         allow_git_folders=flag("NGINX_ALLOW_GIT_FOLDERS"),
     )
     if site.http_port == site.https_port:
         raise _refuse("NGINX_HTTPS_PORT", "must differ from NGINX_HTTP_PORT", str(site.https_port))
-    return site
+    return site if names else None
 
 
 def unknown_keys(env: Mapping[str, str]) -> list[str]:

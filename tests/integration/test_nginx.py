@@ -340,7 +340,7 @@ async def test_every_setting_accepted(server: NginxServer,
                                       backend: Callable[..., Backend]) -> None:
     web = backend("web-1")
     app_dir = server.app_dir("all")
-    elsewhere = server.base / "media"
+    elsewhere = app_dir / "media"                   # absolute, in the app
     app_files(app_dir, {"static/hello.txt": "static hello\n", "static/page.html": "page\n",
                         "static/index.html": "catch all\n", "static/.git/config": "secret\n",
                         "nginx.inc": "add_header X-Included yes;\n"})
@@ -360,7 +360,7 @@ async def test_every_setting_accepted(server: NginxServer,
         "NGINX_CACHE_ANY": "5",
         "NGINX_CACHE_CONTROL": "120",
         "NGINX_CACHE_EXPIRY": "600",
-        "NGINX_CACHE_PATH": str(server.base / "cache-all"),
+        "NGINX_CACHE_PATH": str(server.root / "cache" / "all" / "nginx"),
         "NGINX_CLOUDFLARE_ACL": "yes",
         "NGINX_INCLUDE_FILE": "nginx.inc",
         "NGINX_ALLOW_GIT_FOLDERS": "no",
@@ -389,7 +389,7 @@ async def test_every_setting_accepted(server: NginxServer,
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
     assert second.headers["cache-control"] == "public, max-age=120"
     assert second.headers["x-deployed-by"] == "pikud"
-    assert (server.base / "cache-all").is_dir()
+    assert (server.root / "cache" / "all" / "nginx").is_dir()
     if ipv6:
         with socket.create_connection(("::1", server.https_port), timeout=DEADLINE):
             pass
@@ -417,6 +417,29 @@ async def test_static_only_site(server: NginxServer) -> None:
     assert index.headers["content-type"].startswith("text/html")
     assert server.request("docs.test", "/guide").body == b"guide\n"
     assert server.request("docs.test", "/nothing").status == 404
+
+
+async def test_static_symlinks_are_not_followed(server: NginxServer) -> None:
+    app_dir = server.app_dir("links")
+    app_files(app_dir, {"dist/ok.txt": "ok\n", "dist/index.html": "index\n",
+                        "outside.txt": "outside\n"})
+    (app_dir / "public").symlink_to("dist")                 # a link within the app: fine
+    (app_dir / "dist" / "passwd").symlink_to("/etc/passwd")  # committed links out of it
+    (app_dir / "dist" / "etc").symlink_to("/etc")
+    (app_dir / "dist" / "up.txt").symlink_to("../outside.txt")
+    site = server.site("links", {"NGINX_SERVER_NAME": "links.test",
+                                 "NGINX_STATIC_PATHS": "/pub:public"}, static="dist")
+    await server.nginx().apply(site)
+    assert server.wait_for("links.test", "/ok.txt", lambda r: r.status == 200).body == b"ok\n"
+    assert server.request("links.test", "/pub/ok.txt").body == b"ok\n"
+    for path in ("/passwd", "/etc/passwd", "/etc/hostname", "/up.txt", "/pub/passwd",
+                 "/pub/etc/passwd"):
+        response = server.request("links.test", path)
+        assert response.status in (403, 404) and b"root:" not in response.body, path
+    with pytest.raises(EnvError) as caught:               # a static folder that is a link out
+        server.site("links", {"NGINX_SERVER_NAME": "links.test",
+                              "NGINX_STATIC_PATHS": "/pub:dist/etc"})
+    assert caught.value.key == "NGINX_STATIC_PATHS"
 
 
 async def test_unix_socket_and_dead_upstream(server: NginxServer,

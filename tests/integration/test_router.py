@@ -349,6 +349,27 @@ async def test_static_files_and_traversal(router: Router, client, tmp_path: Path
             assert status == 404 and b"TOPSECRET" not in body and b"root:" not in body, target
 
 
+async def test_static_files_never_leave_the_folder_through_a_symlink(
+        router: Router, client, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    (release / "dist").mkdir(parents=True)
+    (release / "dist" / "ok.txt").write_text("ok")
+    (release / "dist" / "passwd").symlink_to("/etc/passwd")     # committed to git
+    (release / "dist" / "sub").symlink_to("/etc")
+    (release / "dist" / "same.txt").symlink_to("ok.txt")
+    (release / "etc").symlink_to("/etc")                        # a folder that is a link
+    router.set_route(Route("site", (), (), static=(("/d", release / "dist"),
+                                                   ("/pub", release / "etc"))))
+    async with asyncio.timeout(DEADLINE):
+        async with client.get(url(router, "/_/site/d/ok.txt")) as response:
+            assert response.status == 200 and await response.text() == "ok"
+        for path in ("/d/passwd", "/d/sub/passwd", "/d/sub/", "/d/same.txt", "/pub/passwd",
+                     "/pub/", "/pub/hostname"):
+            async with client.get(url(router, "/_/site" + path)) as response:
+                body = await response.text()
+                assert response.status == 404 and "root:" not in body, path
+
+
 # --- generations ----------------------------------------------------------------
 CHILD = """
 import asyncio, socket, sys

@@ -147,7 +147,7 @@ def test_setup_ssh_adds_the_key_once(home: Path, pubkey: tuple[Path, str],
     assert capsys.readouterr().out == f"-----> Added key {fingerprint} (jane@laptop) to {keys}\n"
     piku_bin = shlex.join(cli_argv())      # run in-process here: this interpreter, -m pikud.cli
     assert keys.read_text() == (
-        f'command="FINGERPRINT={fingerprint} NAME=jane@laptop {piku_bin} $SSH_ORIGINAL_COMMAND",'
+        f'command="FINGERPRINT={fingerprint} NAME=jane@laptop {piku_bin} --ssh-command",'
         f"no-agent-forwarding,no-user-rc,no-X11-forwarding,no-port-forwarding {pub.read_text().strip()}\n")
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
     assert stat.S_IMODE(keys.parent.stat().st_mode) & 0o077 == 0
@@ -363,3 +363,28 @@ def test_cloudflare_refresh_exits_1_when_a_site_failed(stub: StubDaemon,
     assert main(["cloudflare:refresh", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == data
     assert [(r.method, r.path) for r in stub.requests] == [("POST", "/cloudflare/refresh")] * 2
+
+
+# -- sshd's forced command ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("original", ["", None])
+def test_ssh_command_without_a_command_shows_the_help(original: str | None) -> None:
+    env = {"SSH_ORIGINAL_COMMAND": original} if original is not None else {}
+    result = piku("--ssh-command", env=env)
+    assert result.returncode == 0 and "Usage: piku" in result.stdout and "  ps " in result.stdout
+
+
+def test_ssh_command_words_are_not_expanded(root: Path) -> None:
+    result = piku("--ssh-command", env={"SSH_ORIGINAL_COMMAND": "ps /etc/* ~"})
+    assert result.returncode == 2
+    assert "unexpected extra argument (~)" in result.stderr
+    assert "/etc/passwd" not in result.stderr
+
+
+def test_ssh_command_words_keep_their_quotes(stub: StubDaemon,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    stub.ok("POST", "/apps/myapp/config", {"config": {"GREETING": "hello world"}})
+    stub.ok("GET", "/apps/myapp", _detail())
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", 'config:set myapp GREETING="hello world"')
+    assert main(["--ssh-command"]) == 0
+    assert stub.requests[0].body == {"set": {"GREETING": "hello world"}}

@@ -26,13 +26,16 @@ APP = "my-app"
 def root(tmp_path: Path) -> Path:
     app_dir = tmp_path / "apps" / APP
     (app_dir / "static").mkdir(parents=True)
+    (app_dir / "media").mkdir()
     (app_dir / "nginx.inc").write_text("add_header X-Included yes;\n")
     return tmp_path
 
 
 def make(root: Path, env: Mapping[str, str], upstreams: tuple[str, ...] = ("127.0.0.1:5000",),
          *, static: str | None = None, deployer_ip: str | None = None) -> NginxSite | None:
+    """The site of ``env`` ("{root}" in a value is the test's PIKU_ROOT)."""
     paths = Paths(root)
+    env = {key: value.replace("{root}", str(root)) for key, value in env.items()}
     return site_from_env(APP, env, upstreams, paths, paths.app(APP), static=static,
                          deployer_ip=deployer_ip)
 
@@ -49,7 +52,7 @@ def check_golden(name: str, text: str, root: Path) -> None:
 EVERYTHING = {
     "NGINX_SERVER_NAME": "example.com, www.example.com,*.example.org",
     "NGINX_HTTPS_ONLY": "true",
-    "NGINX_STATIC_PATHS": "/static:static,/media/:/srv/media/",
+    "NGINX_STATIC_PATHS": f"/static:static,/media/:{{root}}/apps/{APP}/media/",
     "NGINX_CATCH_ALL": "static/index.html",
     "NGINX_CACHE_PREFIXES": "api,/blog/posts",
     "NGINX_CACHE_SIZE": "2",
@@ -58,7 +61,7 @@ EVERYTHING = {
     "NGINX_CACHE_ANY": "10",
     "NGINX_CACHE_CONTROL": "120",
     "NGINX_CACHE_EXPIRY": "3600",
-    "NGINX_CACHE_PATH": "/var/cache/pikud-my-app",
+    "NGINX_CACHE_PATH": f"{{root}}/cache/{APP}/nginx",
     "NGINX_CLOUDFLARE_ACL": "yes",
     "NGINX_INCLUDE_FILE": "nginx.inc",
     "NGINX_ALLOW_GIT_FOLDERS": "1",
@@ -110,9 +113,9 @@ def test_everything_parsed(root: Path) -> None:
         http_port=8080,
         https_port=8443,
         static_paths=(StaticPath("/static/", f"{app_dir}/static/"),
-                      StaticPath("/media/", "/srv/media/")),
+                      StaticPath("/media/", f"{app_dir}/media/")),
         catch_all=f"{app_dir}/static/index.html",
-        cache=CacheSettings(("/api", "/blog/posts"), "/var/cache/pikud-my-app", size_gb=2,
+        cache=CacheSettings(("/api", "/blog/posts"), f"{root}/cache/{APP}/nginx", size_gb=2,
                             content_time=60, redirect_time=30, any_time=10, max_age=120,
                             inactive=3600),
         allow=cloudflare_ranges() + ("203.0.113.7",),
@@ -244,6 +247,71 @@ def test_injection_refused(root: Path, key: str, value: str) -> None:
     assert str(caught.value).startswith(f"{key}: ")
 
 
+@pytest.mark.parametrize(("key", "value"), [
+    *((key, value) for key, value in INJECTIONS if key != "NGINX_SERVER_NAME"),
+    ("NGINX_INCLUDE_FILE", "../../../../etc/passwd"),
+    ("NGINX_CACHE_PATH", "/etc"),
+])
+def test_checked_without_a_server_name(root: Path, key: str, value: str) -> None:
+    with pytest.raises(EnvError) as caught:
+        make(root, {key: value})
+    assert caught.value.key == key and str(caught.value).startswith(f"{key}: ")
+    assert make(root, {key: ""}) is None
+
+
+@pytest.fixture
+def links(root: Path) -> Path:
+    """The app's folder with committed symlinks: out of the app, and within it."""
+    app_dir = root / "apps" / APP
+    (root / "envs" / "other").mkdir(parents=True)
+    (root / "envs" / "other" / "ENV").write_text("SECRET=1\n")
+    (app_dir / "dist").mkdir()
+    (app_dir / "dist" / "index.html").write_text("hi\n")
+    for name, target in {"etc": "/etc", "envs": "../../envs", "passwd": "/etc/passwd",
+                         "secret.inc": "../../envs/other/ENV", "public": "dist",
+                         "index.html": "dist/index.html", "loop": "loop"}.items():
+        (app_dir / name).symlink_to(target)
+    (root / "cache" / APP).mkdir(parents=True)
+    (root / "cache" / APP / "etc").symlink_to("/etc")
+    return app_dir
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("NGINX_STATIC_PATHS", "/pub:etc"),
+    ("NGINX_STATIC_PATHS", "/pub:etc/ssl"),
+    ("NGINX_STATIC_PATHS", "/leak:envs"),
+    ("NGINX_STATIC_PATHS", "/leak:{root}/envs"),
+    ("NGINX_STATIC_PATHS", "/leak:/etc"),
+    ("NGINX_STATIC_PATHS", "/l:loop"),
+    ("NGINX_CATCH_ALL", "passwd"),
+    ("NGINX_INCLUDE_FILE", "secret.inc"),
+    ("NGINX_CACHE_PATH", "{root}/cache/" + APP + "/etc"),
+    ("NGINX_CACHE_PATH", "{root}/cache/other"),
+    ("NGINX_CACHE_PATH", "{root}/envs"),
+])
+@pytest.mark.parametrize("server_name", ["", "example.com"])
+def test_paths_must_resolve_inside_the_app(root: Path, links: Path, key: str, value: str,
+                                           server_name: str) -> None:
+    with pytest.raises(EnvError) as caught:
+        make(root, {"NGINX_SERVER_NAME": server_name, key: value})
+    assert caught.value.key == key and str(caught.value).startswith(f"{key}: ")
+
+
+def test_procfile_static_must_resolve_inside_the_app(root: Path, links: Path) -> None:
+    for value in ("etc", "/pub:etc", "/leak:envs"):
+        with pytest.raises(ProcfileError, match="static: .*outside"):
+            make(root, {}, static=value)
+
+
+def test_links_within_the_app_give_their_real_path(root: Path, links: Path) -> None:
+    site = make(root, {"NGINX_SERVER_NAME": "a.com", "NGINX_STATIC_PATHS": "/p:public",
+                       "NGINX_CATCH_ALL": "index.html"}, static="/assets:./public/")
+    assert site is not None
+    assert site.static_paths == (StaticPath("/assets/", f"{links}/dist/"),
+                                 StaticPath("/p/", f"{links}/dist/"))
+    assert site.catch_all == f"{links}/dist/index.html"
+
+
 @pytest.mark.parametrize("value", ["/x:y;", "../up", "/a:b,/a:c", "/:"])
 def test_procfile_static_refused(root: Path, value: str) -> None:
     with pytest.raises(ProcfileError, match="static: "):
@@ -251,7 +319,7 @@ def test_procfile_static_refused(root: Path, value: str) -> None:
 
 
 def test_procfile_static_first_and_not_twice(root: Path) -> None:
-    site = make(root, {"NGINX_SERVER_NAME": "a.com", "NGINX_STATIC_PATHS": "/media:/srv/m"},
+    site = make(root, {"NGINX_SERVER_NAME": "a.com", "NGINX_STATIC_PATHS": "/media:static"},
                 static="/assets:public")
     assert site is not None
     assert [s.url for s in site.static_paths] == ["/assets/", "/media/"]

@@ -131,7 +131,8 @@ def test_match_static(static: tuple[tuple[str, Path], ...], path: str,
     ("/..", None),
     ("/a\x00.txt", None),
     ("/escape/passwd", None),                 # a symlink out of the folder
-    ("/inner/a.txt", "a.txt"),                # a symlink inside it
+    ("/inner/a.txt", None),                   # a symlink inside it: none is followed
+    ("/loop/x", None),
 ])
 def test_safe_join(tmp_path: Path, rest: str, inside: str | None) -> None:
     folder = tmp_path / "static"
@@ -140,8 +141,14 @@ def test_safe_join(tmp_path: Path, rest: str, inside: str | None) -> None:
     (folder / "sub" / "b.txt").write_text("b")
     (folder / "escape").symlink_to("/etc")
     (folder / "inner").symlink_to(folder)
+    (folder / "loop").symlink_to("loop")
     got = safe_join(folder, rest)
     assert got == (None if inside is None else (folder / inside).resolve())
+
+
+def test_safe_join_refuses_a_folder_replaced_by_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "public").symlink_to("/etc")
+    assert safe_join(tmp_path / "public", "/passwd") is None
 
 
 @pytest.mark.parametrize("upstream, expected", [

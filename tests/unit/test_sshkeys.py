@@ -102,18 +102,18 @@ def test_bad_key_names_are_refused(name: str | None, comment: str) -> None:
 def test_authorized_line() -> None:
     key = parse_public_key(ed25519_line("me@laptop"))
     assert authorized_line(key, "me", ["/usr/local/bin/piku"]) == (
-        f'command="FINGERPRINT={key.fingerprint} NAME=me /usr/local/bin/piku $SSH_ORIGINAL_COMMAND",'
+        f'command="FINGERPRINT={key.fingerprint} NAME=me /usr/local/bin/piku --ssh-command",'
         "no-agent-forwarding,no-user-rc,no-X11-forwarding,no-port-forwarding "
         f"ssh-ed25519 {key.base64} me@laptop")
     bare = parse_public_key(ed25519_line(""))
     # A path with a space is quoted for the shell that runs the forced command.
     assert authorized_line(bare, "key", ["/opt/my piku/piku"]) == (
-        f'command="FINGERPRINT={bare.fingerprint} NAME=key \'/opt/my piku/piku\' $SSH_ORIGINAL_COMMAND",'
+        f'command="FINGERPRINT={bare.fingerprint} NAME=key \'/opt/my piku/piku\' --ssh-command",'
         f"{RESTRICTIONS} ssh-ed25519 {bare.base64}")
     # A non-default root and an interpreter-run CLI.
     assert authorized_line(bare, "key", ["/usr/bin/python3", "-m", "pikud.cli"], Path("/srv/p")) == (
         f'command="FINGERPRINT={bare.fingerprint} NAME=key PIKU_ROOT=/srv/p /usr/bin/python3 -m '
-        f'pikud.cli $SSH_ORIGINAL_COMMAND",{RESTRICTIONS} ssh-ed25519 {bare.base64}')
+        f'pikud.cli --ssh-command",{RESTRICTIONS} ssh-ed25519 {bare.base64}')
 
 
 def _add(path: Path, key: PublicKey) -> bool:
