@@ -7,7 +7,7 @@ import pytest
 from pikud.procman.idle import busy_ports, check_interval
 from pikud.procman.plan import Plan, plan
 from pikud.procman.policy import MIN_INTERVAL, Backoff, Decision, RestartPolicy, decide
-from pikud.procman.process import shell_argv
+from pikud.procman.shell import shell_argv
 from pikud.procman.state import ALLOWED, ProcessState, allowed
 
 S = ProcessState
