@@ -16,6 +16,7 @@ import ctypes
 import itertools
 import logging
 import os
+import select
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,27 @@ class ExitInfo:
             return f"killed by {signal.Signals(self.signal).name}"
         return f"exit status {self.code}"
 
+
+@dataclass(frozen=True)
+class Stopped:
+    """What a stop found: how many processes, and how many of them needed SIGKILL."""
+
+    found: int
+    killed: int
+
+    def note(self) -> str:
+        """What to add to the child's own exit in a log line: nothing, or the SIGKILL."""
+        if not self.killed:
+            return ""
+        return f"; SIGKILL needed for {processes(self.killed)}"
+
+
+def processes(count: int) -> str:
+    """``1 process``, ``2 processes``: for log lines."""
+    return f"{count} process" + ("" if count == 1 else "es")
+
+
+KillNote = Callable[[int], None]     # called with how many processes get SIGKILL
 
 _spawned: set[int] = set()      # pids whose exit their own Child waiter reads
 _spawn_count = itertools.count(1)
@@ -148,12 +170,10 @@ def find_processes(needles: Sequence[bytes], pgid: int | None = None) -> set[int
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         pid = int(entry.name)
+        fields = stat_fields(pid)
+        if fields is None or fields[0] == b"Z":
+            continue
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-            fields = stat[stat.rindex(b")") + 2:].split()
-            if fields[0] == b"Z":
-                continue
             if pgid is not None and int(fields[2]) == pgid:
                 found.add(pid)
                 continue
@@ -161,9 +181,20 @@ def find_processes(needles: Sequence[bytes], pgid: int | None = None) -> set[int
                 environ = b"\0" + f.read() + b"\0"
             if wanted and all(needle in environ for needle in wanted):
                 found.add(pid)
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
     return found
+
+
+def stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2:].split()
+    except (OSError, ValueError):
+        return None
+    return fields if len(fields) > 3 else None
 
 
 def environ_has(pid: int, needle: bytes) -> bool:
@@ -191,17 +222,25 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def session_of(pid: int) -> int | None:
+    """The session id of ``pid``, or None when it is gone."""
+    fields = stat_fields(pid)
+    return int(fields[3]) if fields is not None else None
+
+
 def spawn_tree(child: Child) -> set[int]:
     """Every live process of one spawn: the child, its descendants, and those of its
-    descendants that daemonized and were re-parented to us (found by PIKU_SPAWN_ID).
+    descendants that were re-parented to us (the child or a parent between died, or
+    they daemonized): found by its session or by PIKU_SPAWN_ID.
 
     It reads only these processes and our own children, not all of /proc, so a
-    stop stays cheap however many processes run.
+    stop stays cheap however many processes run. The child's pid names its
+    session (spawn starts one) until the last member of that session is gone.
     """
     needle = f"{SPAWN_ID}={child.spawn_id}".encode()
     members = descendants(child.pid) if not child.exited else set()
     for orphan in own_children() - _spawned:
-        if environ_has(orphan, needle):
+        if session_of(orphan) == child.pid or environ_has(orphan, needle):
             members |= descendants(orphan)
     return members
 
@@ -235,6 +274,13 @@ class ProcessTree:
                 except ProcessLookupError:
                     pass
 
+    def alive(self) -> int:
+        """How many members have not exited yet (a pidfd is readable once its process exits)."""
+        poller = select.poll()
+        for fd in self.fds.values():
+            poller.register(fd, select.POLLIN)
+        return len(self.fds) - len(poller.poll(0))
+
     async def wait(self, timeout: float, only: int | None = None) -> bool:
         """Wait until every member (or ``only``) has exited; False when ``timeout`` passed first."""
         loop = asyncio.get_running_loop()
@@ -267,13 +313,14 @@ class ProcessTree:
 
 
 async def terminate(pgid: int | None, pids: set[int], timeout: float,
-                    on_kill: Callable[[], None] = lambda: None, leader: int | None = None) -> int:
-    """SIGTERM a process group and ``pids``, SIGKILL after ``timeout`` (calling ``on_kill``).
+                    on_kill: KillNote = lambda left: None, leader: int | None = None) -> Stopped:
+    """SIGTERM a process group and ``pids``, SIGKILL after ``timeout`` (calling ``on_kill``
+    with how many were left).
 
     With ``leader``, SIGTERM goes to it alone first: a server with workers
     (granian, gunicorn) stops them itself, and hangs when they are signalled
-    beside it. What is left once it exits gets SIGTERM in turn. Returns how
-    many processes were found; they are all gone (or unkillable) when it returns.
+    beside it. What is left once it exits gets SIGTERM in turn. They are all
+    gone (or unkillable) when it returns.
     """
     tree = ProcessTree(pgid, pids)
     loop = asyncio.get_running_loop()
@@ -283,11 +330,13 @@ async def terminate(pgid: int | None, pids: set[int], timeout: float,
             tree.signal(signal.SIGTERM, only=leader)
             await tree.wait(timeout, only=leader)
         tree.signal(signal.SIGTERM)
+        killed = 0
         if not await tree.wait(max(deadline - loop.time(), 0.1)):
-            on_kill()
+            killed = tree.alive()
+            on_kill(killed)
             tree.signal(signal.SIGKILL)
             await tree.wait(timeout)
-        return len(tree)
+        return Stopped(len(tree), killed)
     finally:
         tree.close()
 
@@ -300,16 +349,17 @@ async def stop_leftovers(root: str, timeout: float) -> int:
     found = find_processes((f"{MARKER}=".encode(), f"PIKU_ROOT={root}".encode()))
     if found:
         log.warning("stopping %d processes left running by a previous pikud", len(found))
-    return await terminate(None, found, timeout)
+    return (await terminate(None, found, timeout)).found
 
 
-async def stop_child(child: Child, timeout: float, on_kill: Callable[[], None] = lambda: None,
-                     *, leader_first: bool = False) -> ExitInfo:
-    """Stop ``child`` and every descendant of its spawn; returns how the child ended.
+async def stop_child(child: Child, timeout: float, on_kill: KillNote = lambda left: None,
+                     *, leader_first: bool = False) -> tuple[ExitInfo, Stopped]:
+    """Stop ``child`` and every descendant of its spawn; returns how the child ended and
+    how the stop went. The child may have exited already: then this stops what it left.
 
     ``leader_first``: the child is one program (not a shell running several),
     so it alone gets the first SIGTERM (see terminate).
     """
-    await terminate(child.pid, spawn_tree(child), timeout, on_kill,
-                    leader=child.pid if leader_first else None)
-    return await child.wait()
+    stopped = await terminate(child.pid, spawn_tree(child), timeout, on_kill,
+                              leader=child.pid if leader_first else None)
+    return await child.wait(), stopped

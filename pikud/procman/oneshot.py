@@ -53,7 +53,7 @@ async def run_once(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
         async with asyncio.timeout(timeout):
             info = await child.wait()
     except TimeoutError:
-        raise OneShotTimeout(await stop_child(child, stop_timeout)) from None
+        raise OneShotTimeout((await stop_child(child, stop_timeout))[0]) from None
     except asyncio.CancelledError:
         await stop_child(child, stop_timeout)
         raise

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Callable
@@ -26,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from pikud.errors import InvalidTransition
-from pikud.procman.children import MARKER, Child, spawn, stop_child
+from pikud.procman.children import (MARKER, Child, Stopped, processes, spawn, spawn_tree,
+                                     stop_child, terminate)
 from pikud.procman.logs import LogFile, PipeReader
+from pikud.procman.shell import shell_argv
 from pikud.procman.sockets import hand_over, listen_tcp
-from pikud.procman.policy import RestartPolicy, decide
+from pikud.procman.policy import RestartPolicy, decide, floored
 from pikud.procman.state import ALIVE, ProcessState, allowed
 
 log = logging.getLogger(__name__)
@@ -76,19 +77,6 @@ class ProcessSpec:
     def source(self) -> str:
         """The short name logs use: ``kind.N``."""
         return f"{self.kind}.{self.index}"
-
-
-SHELL_SYNTAX = re.compile(r"[;&|()\n`]|^\s*(if|while|until|for|case|exec|\{|!)\b|^\s*\w+=")
-
-
-def shell_argv(command: str) -> list[str]:
-    """``/bin/sh -c`` for a Procfile command, exec'ing it when it is one simple command.
-
-    dash does not exec the last command itself; without ``exec`` every slot
-    would be a shell plus the app, with the shell's pid in ``ps`` and a
-    ``kill`` of that pid orphaning the app.
-    """
-    return ["/bin/sh", "-c", command if SHELL_SYNTAX.search(command) else f"exec {command}"]
 
 
 def read_rss(pid: int) -> int | None:
@@ -188,30 +176,11 @@ class ManagedProcess:
     async def _supervise(self) -> None:
         try:
             while not self._stop.is_set():
-                if self._suspend.is_set():
-                    await self._sleep_until_connection()
-                    continue
                 try:
-                    child = self._spawn()
-                except OSError as exc:
-                    # * -> STARTING -> BACKOFF/FATAL: it could not even start (cwd gone, no fds)
-                    self.last_exit = f"could not start: {exc}"
-                    self._set_state(S.STARTING, f"spawn failed: {self.name}: {exc}",
-                                    logging.ERROR)
-                    await self._retry_after(0.0, self.last_exit)
-                    continue
-                promote = asyncio.get_running_loop().call_later(
-                    self.spec.policy.start_secs, self._promote)
-                asked = await self._wait_exit_or_request(child)
-                promote.cancel()
-                if asked is self._stop:
-                    await self._terminate(child)
-                    return
-                if asked is self._suspend:
-                    # STOPPING -> IDLE: no traffic for the app's idle timeout
-                    await self._terminate(child, S.IDLE, "idle")
-                    continue
-                await self._after_exit(child)
+                    await self._turn()
+                except Exception as exc:
+                    log.exception("supervision of %s failed", self.name)
+                    await self._fault(exc)
         except Exception:
             log.exception("supervision of %s failed", self.name)
             raise
@@ -222,6 +191,48 @@ class ManagedProcess:
             if self.state in (S.BACKOFF, S.FATAL, S.EXITED, S.IDLE):
                 # BACKOFF/FATAL/EXITED/IDLE -> STOPPED: stop requested while no process ran
                 self._set_state(S.STOPPED, f"stopped: {self.name} (was not running)")
+
+    async def _turn(self) -> None:
+        """One spawn and its end (or one sleep while suspended)."""
+        if self._suspend.is_set():
+            await self._sleep_until_connection()
+            return
+        try:
+            child = self._spawn()
+        except OSError as exc:
+            # * -> STARTING -> BACKOFF/FATAL: it could not even start (cwd gone, no fds)
+            self.last_exit = f"could not start: {exc}"
+            self._set_state(S.STARTING, f"spawn failed: {self.name}: {exc}", logging.ERROR)
+            await self._retry_after(0.0, self.last_exit)
+            return
+        promote = asyncio.get_running_loop().call_later(
+            self.spec.policy.start_secs, self._promote)
+        try:
+            asked = await self._wait_exit_or_request(child)
+        finally:
+            promote.cancel()
+        if asked is self._stop:
+            await self._terminate(child)
+        elif asked is self._suspend:
+            # STOPPING -> IDLE: no traffic for the app's idle timeout
+            await self._terminate(child, S.IDLE, "idle")
+        else:
+            await self._after_exit(child)
+
+    async def _fault(self, exc: Exception) -> None:
+        """Supervision met an error it did not expect: stop what the slot ran, go FATAL
+        with the reason, and retry after the cool-off (or at ``start``), as a crash loop
+        would. Never left STARTING with nothing running and nothing to wake it."""
+        why = f"supervision failed ({type(exc).__name__}: {exc})"
+        if self.child is not None:
+            await stop_child(self.child, self.spec.stop_timeout, self._killed,
+                             leader_first=self.spec.execs)
+        self.child, self.started_at, self.last_exit = None, None, why
+        delay = floored(self.spec.policy.fatal_cooloff, 0.0)
+        # * -> FATAL: supervision failed; what ran is stopped, retried after the cool-off
+        self._set_state(S.FATAL, f"gave up: {self.name} entered FATAL state, {why}; "
+                        f"retrying in {delay:g}s", logging.ERROR)
+        await self._pause(delay)
 
     def _spawn(self) -> Child:
         argv, passed = self.spec.argv, tuple[int, ...]()
@@ -294,20 +305,22 @@ class ManagedProcess:
         info = await child.wait()
         uptime = time.monotonic() - (self.started_at or 0.0)
         self.last_exit = str(info)
-        self.child, self.started_at = None, None
+        self.started_at = None
         if self._stop.is_set() or self._suspend.is_set():
             # STARTING/RUNNING -> STOPPING -> STOPPED/IDLE: exited as the stop (or suspend)
             # arrived; a suspended slot sleeps as if the daemon had stopped it
             final = S.STOPPED if self._stop.is_set() else S.IDLE
             self._set_state(S.STOPPING, f"stopping: {self.name}")
-            self._set_state(final, f"{final.value.lower()}: {self.name} ({info})")
+            stopped = await self._stop_tree(child)
+            self._set_state(final, f"{final.value.lower()}: {self.name} ({info}{stopped.note()})")
             return
         self.restarts += 1
         self.log.write_line(f"pikud: {self.name} {info} after {uptime:.1f}s")
-        await self._retry_after(uptime, str(info))
+        await self._retry_after(uptime, str(info), child)
 
-    async def _retry_after(self, uptime: float, info: str) -> None:
-        """Decide (policy.decide) and wait before the next spawn of an ended or failed try."""
+    async def _retry_after(self, uptime: float, info: str, child: Child | None = None) -> None:
+        """Decide (policy.decide) and wait before the next spawn of an ended or failed try;
+        meanwhile stop what the ended ``child`` left running."""
         decision = decide(uptime, self.failures, self.spec.policy)
         self.failures = decision.failures
         if decision.state is S.EXITED:
@@ -323,7 +336,11 @@ class ManagedProcess:
             self._set_state(S.FATAL, f"gave up: {self.name} entered FATAL state, too many "
                             f"start retries too quickly ({info}); retrying in "
                             f"{decision.delay:g}s", logging.ERROR)
-        await self._pause(decision.delay)
+        loop = asyncio.get_running_loop()
+        decided = loop.time()
+        if child is not None:
+            await self._stop_tree(child)
+        await self._pause(decision.delay - (loop.time() - decided))
 
     async def _pause(self, delay: float) -> None:
         """Sleep before a respawn; a stop or a start request ends it early."""
@@ -336,22 +353,39 @@ class ManagedProcess:
         for w in waits:
             w.cancel()
 
+    async def _stop_tree(self, child: Child) -> Stopped:
+        """Stop whatever is left of ``child``'s spawn once its main process has exited:
+        its session and what was re-parented to us (a shell's pipeline, a server's
+        workers). The slot owns a process tree, not a pid, and nothing of the old tree
+        may hold a port or a queue beside the next spawn."""
+        left = spawn_tree(child)
+        if left:
+            self._report("leftovers", f"leftovers: {self.name} stopping "
+                         f"{processes(len(left))} left by pid {child.pid}", logging.WARNING)
+        stopped = await terminate(child.pid, left, self.spec.stop_timeout, self._killed)
+        self.child = None
+        return stopped
+
+    def _killed(self, count: int) -> None:
+        self._report("killed", f"killed: {self.name} did not stop within "
+                     f"{self.spec.stop_timeout:g}s; sent SIGKILL to {processes(count)}",
+                     logging.WARNING)
+
     async def _terminate(self, child: Child, final: ProcessState = S.STOPPED,
                          why: str = "stop requested") -> None:
         # STARTING/RUNNING -> STOPPING: stop (or suspend) requested
         self._set_state(S.STOPPING, f"stopping: {self.name} (pid {child.pid}, {why})")
-        info = await stop_child(child, self.spec.stop_timeout, lambda: self._report(
-            "killed", f"killed: {self.name} did not stop within {self.spec.stop_timeout:g}s; "
-            "sent SIGKILL", logging.WARNING), leader_first=self.spec.execs)
+        info, stopped = await stop_child(child, self.spec.stop_timeout, self._killed,
+                                         leader_first=self.spec.execs)
         self.last_exit = str(info)
         self.child, self.started_at = None, None
         # STOPPING -> STOPPED/IDLE: the process group is gone
-        self._set_state(final, f"{final.value.lower()}: {self.name} ({info})")
+        self._set_state(final, f"{final.value.lower()}: {self.name} ({info}{stopped.note()})")
 
     # -- reporting -----------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        alive = self.child is not None and self.state in ALIVE
+        alive = self.child is not None and not self.child.exited and self.state in ALIVE
         return {
             "name": self.name,
             "kind": self.spec.kind,

@@ -8,6 +8,12 @@
     BACKOFF/FATAL/EXITED --stop--> STOPPED
     RUNNING --idle--> STOPPING --exit--> IDLE --connection--> STARTING   (scale to zero)
     IDLE --stop--> STOPPED
+    any state --supervision failed--> FATAL   (what ran is stopped; retried after the cool-off)
+
+FATAL is where a slot goes when its supervision meets an error it did not
+expect (a bug, a failing log follower): from any state, after what the slot
+had running is stopped, so that no slot ever sits in a state with neither a
+process nor a timer.
 """
 
 from __future__ import annotations
@@ -32,14 +38,14 @@ class ProcessState(Enum):
 S = ProcessState
 
 ALLOWED: dict[ProcessState, frozenset[ProcessState]] = {
-    S.STOPPED: frozenset({S.STARTING}),
+    S.STOPPED: frozenset({S.STARTING, S.FATAL}),
     S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.FATAL, S.STOPPING, S.EXITED}),
-    S.RUNNING: frozenset({S.EXITED, S.STOPPING}),
-    S.EXITED: frozenset({S.STARTING, S.STOPPED}),
-    S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
-    S.STOPPING: frozenset({S.STOPPED, S.IDLE}),
-    S.FATAL: frozenset({S.STARTING, S.STOPPED}),
-    S.IDLE: frozenset({S.STARTING, S.STOPPED}),
+    S.RUNNING: frozenset({S.EXITED, S.STOPPING, S.FATAL}),
+    S.EXITED: frozenset({S.STARTING, S.STOPPED, S.FATAL}),
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.FATAL}),
+    S.STOPPING: frozenset({S.STOPPED, S.IDLE, S.FATAL}),
+    S.FATAL: frozenset({S.STARTING, S.STOPPED, S.FATAL}),
+    S.IDLE: frozenset({S.STARTING, S.STOPPED, S.FATAL}),
 }
 
 # States in which an OS process exists (or may still exist) for the slot.

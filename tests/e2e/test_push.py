@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 from pathlib import Path
 
+from pikud.procman.children import descendants
 from tests.conftest import Pikud, alive, wait_for
 from tests.e2e.apps import WEB_APP, get, git, local_remote, python_app
 from tests.e2e.conftest import SshServer
@@ -283,6 +285,15 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
     for app in ("wsgiapp", "gunapp"):
         assert pikud.cli("restart", app).returncode == 0
         assert "did not stop within" not in pikud.log_text(app, "pikud"), app
+    # kill -9 of granian's main: its workers (re-parented to pikud, still on the port)
+    # are stopped before the respawn, which then serves.
+    main = pikud.wait_state("wsgiapp", "wsgiapp:wsgi.1", "RUNNING")["pid"]
+    workers = wait_for(lambda: descendants(main) - {main}, 10, "granian's workers")
+    os.kill(main, 9)
+    again = wait_for(lambda: (p := pikud.process("wsgiapp", "wsgiapp:wsgi.1"))["state"]
+                     == "RUNNING" and p["pid"] != main and p, 30, "the respawn")
+    assert [pid for pid in workers if alive(pid)] == []
+    assert get(again["port"]) == "wsgi w1 /"
 
 
 def test_uwsgi_idle_set_on_a_pushed_wsgi_app_moves_it_to_gunicorn_and_zero(

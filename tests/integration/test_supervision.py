@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, Pikud, alive, proc_stat, wait_for
+from pikud.procman.children import descendants, processes
+from pikud.procman.logs import LogFile
+from pikud.procman.policy import RestartPolicy
+from pikud.procman.process import ManagedProcess, ProcessSpec
+from pikud.procman.state import ProcessState
+from tests.conftest import FAST, Pikud, alive, app_processes, proc_stat, wait_for
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
@@ -186,3 +192,144 @@ def test_a_daemon_owned_socket_queues_requests_while_the_server_boots_and_restar
     os.kill(pid, 9)
     assert get() == "ok"              # the crash and the slow respawn cost no connection
     assert pikud.process("queued", "queued:web.1")["pid"] != pid
+
+
+FORKER = """\
+import os, time
+for _ in range(2):                               # two workers, as granian's main starts
+    if os.fork() == 0:
+        time.sleep(300)
+        os._exit(0)
+print("forked", flush=True)
+time.sleep(300)
+"""
+
+
+def started_below(pid: int, count: int) -> set[int]:
+    """The processes below ``pid``, once there are ``count`` of them."""
+    return wait_for(lambda: len(below := descendants(pid) - {pid}) >= count and below, 5,
+                    f"{count} processes below {pid}")  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("command, below", [
+    ("python3 forker.py", 2),                            # exec'd: a server and its workers
+    ("sleep 1000; echo done", 1),                        # dash does not exec the sleep
+    ("python3 forker.py 2>&1 | cat", 4),                 # a pipe: both sides are the shell's
+])
+def test_what_a_dead_main_process_started_is_stopped_before_the_respawn(
+        pikud: Pikud, command: str, below: int) -> None:
+    app = pikud.add_app("orphan", f"worker: {command}\n", FAST)
+    (app / "forker.py").write_text(FORKER)
+    pikud.api("POST", "/apps/orphan/deploy")
+    main = pikud.wait_state("orphan", "orphan:worker.1", "RUNNING")["pid"]
+    old = started_below(main, below)
+    os.kill(main, 9)
+    respawned = wait_for(lambda: (p := pikud.process("orphan", "orphan:worker.1"))["pid"]
+                         not in (None, main) and p, 10, "the respawn")
+    # Gone before the new process was spawned, so as soon as the API shows it.
+    assert [pid for pid in old if alive(pid)] == []
+    out = pikud.output()
+    assert f"leftovers: orphan:worker.1 stopping {processes(below)} left by pid {main}" in out
+    assert out.index("leftovers: orphan:worker.1") < out.index(
+        f"spawned: orphan:worker.1 with pid {respawned['pid']}")
+    started_below(respawned["pid"], below)              # the new tree runs whole
+
+
+def test_a_shell_builtin_as_the_whole_command_runs_in_the_shell(pikud: Pikud) -> None:
+    pikud.add_app("builtin", "worker: exit 3\n", FAST + "PIKU_START_RETRIES=0\n")
+    pikud.api("POST", "/apps/builtin/deploy")
+    assert pikud.wait_state("builtin", "builtin:worker.1", "FATAL")["last_exit"] == "exit status 3"
+
+
+IGNORES_TERM = ("python3 -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print(\"ready\", flush=True); time.sleep(300)'; echo done")
+
+
+def test_a_stop_that_needed_sigkill_says_so(pikud: Pikud) -> None:
+    # The shell dies of the SIGTERM; the program it waits for ignores it and needs SIGKILL.
+    pikud.add_app("mixed", f"worker: {IGNORES_TERM}\n",
+                  FAST.replace("PIKU_STOP_TIMEOUT=3", "PIKU_STOP_TIMEOUT=0.5"))
+    pikud.api("POST", "/apps/mixed/deploy")
+    pikud.wait_state("mixed", "mixed:worker.1", "RUNNING")
+    wait_for(lambda: "ready" in pikud.log_text("mixed", "worker.1"), 5, "ready")
+    pikud.cli("stop", "mixed", check=True)
+    out = pikud.output()
+    assert "killed: mixed:worker.1 did not stop within 0.5s; sent SIGKILL to 1 process" in out
+    assert "stopped: mixed:worker.1 (killed by SIGTERM; SIGKILL needed for 1 process)" in out
+
+
+def test_a_crash_loop_without_backoff_is_held_to_ten_spawns_a_second(pikud: Pikud) -> None:
+    pikud.add_app("hot", "worker: false\n", "PIKU_START_SECS=0.3\nPIKU_BACKOFF_BASE=0\n"
+                  "PIKU_BACKOFF_MAX=0\nPIKU_START_RETRIES=1000000\n")
+    pikud.api("POST", "/apps/hot/deploy")
+    wait_for(lambda: pikud.output().count("spawned: hot:worker.1") >= 2, 5, "a respawn")
+    before, started = pikud.output().count("spawned: hot:worker.1"), time.monotonic()
+    time.sleep(1.0)                     # the measure is a rate: spawns within a second
+    spawns = pikud.output().count("spawned: hot:worker.1") - before
+    took = time.monotonic() - started
+    assert spawns <= 10 * took + 1, spawns
+    assert pikud.process("hot", "hot:worker.1")["state"] in ("BACKOFF", "STARTING")
+
+
+async def test_a_fault_in_supervision_leaves_the_slot_fatal_not_starting(tmp_path: Path) -> None:
+    """An unexpected error (here a log follower that fails) ends in FATAL with its reason,
+    and the slot is retried at start, instead of hanging in STARTING with no process."""
+    def follower(source: str, line: str) -> None:
+        if "pikud: fault:worker.1" in line:
+            raise RuntimeError("a broken follower")
+
+    events: list[tuple[str, str]] = []
+    spec = ProcessSpec(name="fault:worker.1", kind="worker", index=1, command="false",
+                       env=(("PATH", os.environ["PATH"]),), cwd=tmp_path,
+                       log_path=tmp_path / "worker.log",
+                       policy=RestartPolicy(start_secs=1, fatal_cooloff=600))
+    log = LogFile(spec.log_path, "worker.1", 1 << 20, 1, {follower})
+    proc = ManagedProcess(spec, lambda name, event, phrase: events.append((event, phrase)), log)
+    proc.start()
+    try:
+        async with asyncio.timeout(10):
+            while proc.state is not ProcessState.FATAL:
+                await asyncio.sleep(0.02)
+        assert proc.child is None and proc.snapshot()["pid"] is None
+        assert events[-1] == ("FATAL", "gave up: fault:worker.1 entered FATAL state, "
+                              "supervision failed (RuntimeError: a broken follower); "
+                              "retrying in 600s")
+        assert proc.last_exit == "supervision failed (RuntimeError: a broken follower)"
+        proc.start()                                    # a start retries it at once
+        async with asyncio.timeout(10):
+            while sum(event == "STARTING" for event, _ in events) < 2:
+                await asyncio.sleep(0.02)
+    finally:
+        await proc.stop()
+        log.close()
+    assert proc.state is ProcessState.STOPPED
+
+
+@pytest.mark.parametrize("command", [
+    "python3 forker.py 2>&1 | cat",
+    "python3 forker.py 2>&1 | logger -s --socket-errors=off -t app",
+    "cd sub && python3 ../forker.py",
+    ". ./settings.sh; python3 forker.py",
+])
+def test_compound_commands_stop_whole_on_restart_and_stop(pikud: Pikud, command: str) -> None:
+    app = pikud.add_app("piped", f"worker: {command}\n", FAST)
+    (app / "forker.py").write_text(FORKER)
+    (app / "settings.sh").write_text("GREETING=hello\n")
+    (app / "sub").mkdir()
+    pikud.api("POST", "/apps/piped/deploy")
+
+    def running_tree() -> tuple[int, set[int]]:
+        main = pikud.wait_state("piped", "piped:worker.1", "RUNNING")["pid"]
+        return main, started_below(main, 2) | {main}
+
+    main, first = running_tree()
+    pikud.cli("restart", "piped", check=True)
+    main, second = running_tree()
+    assert not first & second and [pid for pid in first if alive(pid)] == []
+    os.kill(main, 9)                    # the shell dies (oom killer, a hand): a respawn
+    wait_for(lambda: pikud.process("piped", "piped:worker.1")["pid"] not in (None, main), 10,
+             "the respawn")
+    third = running_tree()[1]
+    pikud.cli("stop", "piped", check=True)
+    assert [pid for pid in second | third if alive(pid)] == []
+    assert app_processes(pikud.root) == set()

@@ -6,7 +6,8 @@ import pytest
 
 from pikud.procman.idle import busy_ports, check_interval
 from pikud.procman.plan import Plan, plan
-from pikud.procman.policy import Backoff, Decision, RestartPolicy, decide
+from pikud.procman.policy import MIN_INTERVAL, Backoff, Decision, RestartPolicy, decide
+from pikud.procman.shell import shell_argv
 from pikud.procman.state import ALLOWED, ProcessState, allowed
 
 S = ProcessState
@@ -37,6 +38,14 @@ S = ProcessState
     (S.IDLE, S.STARTING, True),
     (S.IDLE, S.STOPPED, True),
     (S.IDLE, S.RUNNING, False),
+    # supervision failed: FATAL from anywhere (what ran is stopped first)
+    (S.STOPPED, S.FATAL, True),
+    (S.RUNNING, S.FATAL, True),
+    (S.EXITED, S.FATAL, True),
+    (S.BACKOFF, S.FATAL, True),
+    (S.STOPPING, S.FATAL, True),
+    (S.IDLE, S.FATAL, True),
+    (S.FATAL, S.FATAL, True),
 ])
 def test_transitions(old: ProcessState, new: ProcessState, ok: bool) -> None:
     assert allowed(old, new) is ok
@@ -62,6 +71,14 @@ def test_every_state_has_a_row_and_stopped_is_reachable_from_every_state() -> No
     (1.0, 30.0, 60, 30.0),
     (0.1, 0.5, 3, 0.4),
     (0.1, 0.5, 4, 0.5),
+    # no attempt count overflows: 2 ** 1024 is past every float
+    (0.0, 0.0, 1025, 0.0),
+    (0.0, 0.0, 10 ** 30, 0.0),
+    (1.0, 30.0, 1025, 30.0),
+    (1.0, 30.0, 10 ** 30, 30.0),
+    (1e-300, 1e300, 5000, 1e300),
+    (1.0, float("inf"), 1025, float("inf")),
+    (float("inf"), float("inf"), 10 ** 6, float("inf")),
 ])
 def test_backoff_grows_and_is_capped(base: float, cap: float, attempt: int, delay: float) -> None:
     assert Backoff(base, cap).delay(attempt) == pytest.approx(delay)
@@ -83,6 +100,94 @@ POLICY = RestartPolicy(start_secs=1.0, backoff_base=1.0, backoff_max=30.0, start
 ])
 def test_decide(uptime: float, failures: int, decision: Decision) -> None:
     assert decide(uptime, failures, POLICY) == decision
+
+
+HOT = RestartPolicy(start_secs=0.0, backoff_base=0.0, backoff_max=0.0,
+                    start_retries=10 ** 6, fatal_cooloff=0.0)
+
+
+@pytest.mark.parametrize("policy, uptime, failures, decision", [
+    # whatever the settings, a slot spawns at most once every MIN_INTERVAL (0.1 s)
+    (HOT, 0.02, 0, Decision(S.EXITED, 0.08, 0)),        # START_SECS=0: every exit "stable"
+    (HOT, 0.5, 0, Decision(S.EXITED, 0.0, 0)),
+    (RestartPolicy(start_secs=1.0, backoff_base=0.0, backoff_max=0.0, start_retries=10 ** 6),
+     0.002, 1023, Decision(S.BACKOFF, 0.098, 1024)),
+    (RestartPolicy(start_secs=1.0, backoff_base=0.0, backoff_max=0.0, start_retries=10 ** 30),
+     0.0, 10 ** 20, Decision(S.BACKOFF, 0.1, 10 ** 20 + 1)),
+    (RestartPolicy(start_secs=1.0, start_retries=0, fatal_cooloff=0.0),
+     0.0, 0, Decision(S.FATAL, 0.1, 1)),
+    (RestartPolicy(start_secs=1.0, backoff_base=0.05, backoff_max=0.5),
+     0.01, 0, Decision(S.BACKOFF, 0.09, 1)),              # base below the floor
+    (RestartPolicy(start_secs=1.0, backoff_base=0.05, backoff_max=0.5),
+     0.01, 2, Decision(S.BACKOFF, 0.2, 3)),               # above it: the backoff stands
+])
+def test_no_slot_respawns_faster_than_the_floor(policy: RestartPolicy, uptime: float,
+                                                 failures: int, decision: Decision) -> None:
+    assert MIN_INTERVAL == 0.1
+    assert decide(uptime, failures, policy) == decision
+
+
+@pytest.mark.parametrize("command, argv_command", [
+    ("python3 app.py", "exec python3 app.py"),
+    ("gunicorn -b :$PORT app:app", "exec gunicorn -b :$PORT app:app"),
+    ("  node index.js", "exec   node index.js"),
+    ("exec node index.js", "exec node index.js"),
+    # builtins that are programs too may be exec'd: the program does the same
+    ("true", "exec true"),
+    ("echo hello", "exec echo hello"),
+    ("test -f x", "exec test -f x"),
+    ("kill -0 1", "exec kill -0 1"),
+    # shell syntax: the shell runs it
+    ("sleep 1000; echo done", "sleep 1000; echo done"),
+    ("node index.js 2>&1 | cat", "node index.js 2>&1 | cat"),
+    ("cd sub && ./run", "cd sub && ./run"),
+    ("./run &", "./run &"),
+    ("(./run)", "(./run)"),
+    ("echo `date`", "echo `date`"),
+    ("echo $(date)", "echo $(date)"),
+    ("A=1 ./run", "A=1 ./run"),
+    # special builtins: no program of that name; exec'd they failed with 127
+    ("exit 1", "exit 1"),
+    (". ./settings.sh", ". ./settings.sh"),
+    (": nothing", ": nothing"),
+    ("break", "break"),
+    ("continue", "continue"),
+    ("eval ./run", "eval ./run"),
+    ("export A=1", "export A=1"),
+    ("readonly A", "readonly A"),
+    ("return 2", "return 2"),
+    ("set -e", "set -e"),
+    ("shift", "shift"),
+    ("times", "times"),
+    ("trap '' TERM", "trap '' TERM"),
+    ("unset A", "unset A"),
+    # regular builtins that are no program
+    ("cd /tmp", "cd /tmp"),
+    ("source ./settings.sh", "source ./settings.sh"),
+    ("ulimit -n 64", "ulimit -n 64"),
+    ("umask 077", "umask 077"),
+    ("wait", "wait"),
+    ("read line", "read line"),
+    ("alias ll=ls", "alias ll=ls"),
+    ("unalias ll", "unalias ll"),
+    ("command -v python3", "command -v python3"),
+    ("type python3", "type python3"),
+    ("hash python3", "hash python3"),
+    ("getopts a opt", "getopts a opt"),
+    ("jobs", "jobs"),
+    ("local a", "local a"),
+    # keywords
+    ("if true", "if true"),
+    ("while true", "while true"),
+    ("for a in b", "for a in b"),
+    ("case a in", "case a in"),
+    ("! false", "! false"),
+    ("{ ./run", "{ ./run"),
+    ("until false", "until false"),
+    ("", ""),
+])
+def test_shell_argv_execs_only_a_program(command: str, argv_command: str) -> None:
+    assert shell_argv(command) == ["/bin/sh", "-c", argv_command]
 
 
 def test_no_retries_means_fatal_at_the_first_quick_failure() -> None:
