@@ -9,6 +9,8 @@
     acme_sh = "/home/piku/.acme.sh/acme.sh"   # default: acme.sh on PATH, else ~/.acme.sh/acme.sh
     cloudflare_urls = ["https://www.cloudflare.com/ips-v4", "https://www.cloudflare.com/ips-v6"]
     cloudflare_refresh_days = 7   # refresh those lists automatically (0: only `piku cloudflare:refresh`)
+    max_processes_per_app = 100   # processes one app may ask for (slots, server workers, cron)
+    max_processes = 1000          # processes of all apps together
 
     [defaults]                    # an app's ENV overrides each of these
     PIKU_STOP_TIMEOUT = 10
@@ -28,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pikud.appspec import AppSettings, app_settings
+from pikud.ceilings import Ceilings
 from pikud.errors import EnvError, SpecError
 from pikud.proxy.cloudflare import DEFAULT_URLS
 from pikud.proxy.nginx import DEFAULT_RELOAD_COMMAND, DEFAULT_TEST_COMMAND
@@ -35,7 +38,8 @@ from pikud.proxy.nginx import DEFAULT_RELOAD_COMMAND, DEFAULT_TEST_COMMAND
 LEVELS = ("debug", "info", "warning", "error")
 KEYS = frozenset({"log_level", "shutdown_timeout", "events_kept", "defaults", "nginx_test",
                   "nginx_reload", "nginx_preamble", "cloudflare_urls", "cloudflare_refresh_days",
-                  "acme_sh"})
+                  "acme_sh", "max_processes_per_app", "max_processes"})
+MOST_PROCESSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Settings:
     cloudflare_urls: tuple[str, ...] = DEFAULT_URLS
     cloudflare_refresh_days: float = 7.0
     acme_sh: str | None = None
+    ceilings: Ceilings = field(default_factory=Ceilings)
 
 
 def cloudflare_urls(value: Any, label: str) -> tuple[str, ...]:
@@ -81,6 +86,24 @@ def acme_path(value: Any, label: str) -> str | None:
         raise SpecError(f"acme_sh must be the absolute path of acme.sh, got {value!r}",
                         file=label, key="acme_sh")
     return value
+
+
+def ceilings(raw: dict[str, Any], label: str) -> Ceilings:
+    """max_processes_per_app and max_processes: whole numbers, the first not above the second."""
+    values = {}
+    for key, default in (("max_processes_per_app", Ceilings.per_app),
+                         ("max_processes", Ceilings.total)):
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not 1 <= value <= MOST_PROCESSES:
+            raise SpecError(f"{key} must be a whole number from 1 to {MOST_PROCESSES}, "
+                            f"got {value!r}", file=label, key=key)
+        values[key] = value
+    per_app, total = values["max_processes_per_app"], values["max_processes"]
+    if per_app > total:
+        raise SpecError(f"max_processes_per_app ({per_app}) is more than max_processes "
+                        f"({total})", file=label, key="max_processes_per_app")
+    return Ceilings(per_app, total)
 
 
 def load_settings(path: Path) -> Settings:
@@ -125,4 +148,5 @@ def load_settings(path: Path) -> Settings:
                     commands["nginx_reload"] or DEFAULT_RELOAD_COMMAND, commands["nginx_preamble"],
                     cloudflare_urls(raw.get("cloudflare_urls", list(DEFAULT_URLS)), label),
                     refresh_days(raw.get("cloudflare_refresh_days", 7), label),
-                    acme_sh=acme_path(raw.get("acme_sh"), label))
+                    acme_sh=acme_path(raw.get("acme_sh"), label),
+                    ceilings=ceilings(raw, label))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -50,12 +51,19 @@ class Pikud:
         env["PIKU_PROXY"] = "builtin"
         return env
 
-    def start(self, *args: str, extra_env: dict[str, str] | None = None) -> Pikud:
+    def start(self, *args: str, extra_env: dict[str, str] | None = None,
+              nofile: int | None = None) -> Pikud:
+        """``nofile``: hold the daemon to that many descriptors (soft and hard limit)."""
         sock = self.root / "pikud.sock"
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pikud", "serve", *args],
-                env=dict(self.env, **(extra_env or {})), stdout=log, stderr=subprocess.STDOUT)
+                env=dict(self.env, **(extra_env or {})), stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=limit)
         wait_for(lambda: sock.exists() and self._ready(), STARTUP_DEADLINE, "pikud to listen")
         return self
 
@@ -153,10 +161,11 @@ def short_root() -> Iterator[Path]:
 def pikud_factory(short_root: Path, tmp_path: Path) -> Iterator[Callable[..., Pikud]]:
     made: list[Pikud] = []
 
-    def make(*args: str, extra_env: dict[str, str] | None = None) -> Pikud:
+    def make(*args: str, extra_env: dict[str, str] | None = None,
+             nofile: int | None = None) -> Pikud:
         daemon = Pikud(short_root, tmp_path / "pikud.log")
         made.append(daemon)
-        return daemon.start(*args, extra_env=extra_env)
+        return daemon.start(*args, extra_env=extra_env, nofile=nofile)
 
     yield make
     for daemon in made:
