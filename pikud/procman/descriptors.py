@@ -19,7 +19,9 @@ SPAWN_COST = 5          # a spawn's own: the log pipe, Popen's error pipe, the p
 
 
 def open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd")) - 1         # the listing's own descriptor
+    """How many descriptors the daemon holds: /proc/self/fd's size (Linux 6.2 and later,
+    a few microseconds), else a listing of it (about 1 ms per 1,000 descriptors)."""
+    return os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd")) - 1
 
 
 def check_headroom(live: int) -> None:
