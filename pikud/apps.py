@@ -247,7 +247,7 @@ class App:
         if any(desired[n].kind in WEB_KINDS for n in changed) and "PORT" not in spec.env:
             await self._switch(spec, self.release, quiet, starting=starting)
             return
-        previous = self.spec
+        previous, was = self.spec, self.desired
         self._prepare(spec, self.release)
         self.desired = RUNNING
         self.registry.save()
@@ -263,6 +263,10 @@ class App:
             await self.group.apply(desired, ready=None if starting else self._ready_check(spec))
             self.group.retry()
         except PikudError:
+            if was != RUNNING:      # a start: what ran before it is nothing
+                await self._stop_all()
+                self.desired = was
+                self.registry.save()
             await self._undo(None if starting else previous, source)
             raise
         await self.publish(spec, source, self.group.specs)
@@ -458,18 +462,21 @@ class App:
             if self.spec is not None:       # the router answers 503; nginx keeps its config
                 await self.publish(self.spec, self.source(self.release), {})
             self._watch_idle(0)
-            await self._stop_all()
+            await self._stop_all(untracked=persist)
 
-    async def _stop_all(self) -> None:
-        """Stop every process of the app: its slots, its cron runs, and any it does not track
-        (left by a start that failed, or by a process that escaped its slot)."""
+    async def _stop_all(self, *, untracked: bool = True) -> None:
+        """Stop every process of the app: its slots, its cron runs and (``untracked``) any
+        it does not track, found in /proc: left by a start that failed, or escaped from
+        its slot. A daemon shutdown skips that scan; the next boot's covers every app."""
         await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
+        self.claimed = 0
+        if not untracked:
+            return
         timeout = (self.spec.settings if self.spec else self.registry.app_defaults).stop_timeout
         found = await stop_leftovers(str(self.paths.root), timeout, app=self.name)
         if found:
             self.note("stop", f"{self.name}: stopped {found} processes it did not track",
                       logging.WARNING)
-        self.claimed = 0
 
     async def scale(self, args: Mapping[str, Any]) -> None:
         """Change kind counts; only the difference is started or stopped."""

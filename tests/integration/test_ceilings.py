@@ -119,6 +119,7 @@ def test_a_start_that_runs_out_of_descriptors_leaves_nothing_behind(pikud_factor
     with pytest.raises(RemoteError):
         daemon.api("POST", "/apps/huge/deploy")
     assert not pids_of(root, "huge")
+    assert daemon.api("GET", "/apps/huge")["state"] == "stopped"
     # The daemon still has the descriptors to restart another app.
     old = pids_of(root, "small")
     daemon.cli("restart", "small", check=True)
