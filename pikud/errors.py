@@ -11,7 +11,7 @@ envelope with the error's ``code`` and HTTP ``status``::
     |   +-- ScalingError                                  (file, line or kind)
     |   +-- AppNameError
     |   +-- CronError                                     (kind and field, or TZ/PIKU_CRON_* key)
-    |   +-- TooManyProcesses        too_many_processes    over max_processes(_per_app), pikud.toml
+    |   +-- TooManyProcesses        too_many_processes 400  over a pikud.toml ceiling (the key)
     +-- BadRequest                  bad_request     400   malformed API request
     +-- AppNotFound                 app_not_found   404
     +-- NotFound                    not_found       404   unknown API route

@@ -313,10 +313,8 @@ async def stop_leftovers(root: str, timeout: float, app: str | None = None) -> i
     """
     found = find_processes((f"{MARKER}={app + ':' if app else ''}*".encode(),
                             f"PIKU_ROOT={root}".encode()))
-    if found and app is None:
+    if found and app is None:       # an app's own are noted by the App
         log.warning("stopping %d processes left running by a previous pikud", len(found))
-    elif found:
-        log.warning("stopping %d untracked processes of %s", len(found), app)
     return await terminate(None, found, timeout)
 
 
