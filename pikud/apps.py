@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pikud.appspec import (WEB_KINDS, AppSpec, format_env, format_scaling, load_spec,
                            parse_env, parse_scale_args, supervised_kinds)
 from pikud.atomic import write_atomic, written_unless_failed
+from pikud.ceilings import admit
 from pikud.cron import JobSpec, cron_entries, job_settings
 from pikud.deploy.checkout import ref_value, wait_for_ref
 from pikud.deploy.pipeline import PushInfo, build_release, release_env
@@ -30,6 +31,7 @@ from pikud.errors import DeployError, EnvError, PikudError
 from pikud.procman.group import ProcessGroup, Readiness, drain
 from pikud.procman.plan import plan
 from pikud.procman.health import wait_ready
+from pikud.procman.children import stop_leftovers
 from pikud.procman.idle import IdleWatch
 from pikud.procman.logs import Follower, LogFile, log_files, tail
 from pikud.procman.policy import RestartPolicy
@@ -77,6 +79,7 @@ class App:
         self.group = ProcessGroup(self._on_event, self.followers)
         self.idle: IdleWatch | None = None          # PIKU_IDLE_TIMEOUT (scale to zero)
         self._noted: dict[str, tuple[str, ...]] = {}  # warnings by topic, as last noted
+        self.claimed = 0        # processes it runs or is starting, against max_processes
         defaults = registry.app_defaults
         self.log = LogFile(self.paths.log_dir(name) / "pikud.log", "pikud",
                            defaults.log_max_bytes, defaults.log_backups, self.followers)
@@ -144,6 +147,24 @@ class App:
         else:
             servers_chosen(entries, spec.env, on_demand)
         return spec
+
+    def admit(self, spec: AppSpec) -> int:
+        """How many processes ``spec`` runs; TooManyProcesses when over a pikud.toml ceiling."""
+        return admit(spec, self.registry.ceilings, self.registry.claimed(self.name))
+
+    @contextlib.contextmanager
+    def _claim(self, spec: AppSpec) -> Iterator[None]:
+        """Count ``spec``'s processes as this app's while it is applied; back if that fails.
+
+        Admitted and claimed in one step, with no await between: two apps
+        starting at once (boot) cannot both take the last places.
+        """
+        before, self.claimed = self.claimed, self.admit(spec)
+        try:
+            yield
+        except BaseException:
+            self.claimed = before
+            raise
 
     def process_specs(self, spec: AppSpec, release: Release | None,
                       ports: dict[str, int]) -> dict[str, ProcessSpec]:
@@ -219,6 +240,10 @@ class App:
         request is lost. ``starting`` (boot, start, restart) runs the @reboot
         cron entries once.
         """
+        with self._claim(spec):
+            await self._apply(spec, restart_all=restart_all, starting=starting)
+
+    async def _apply(self, spec: AppSpec, *, restart_all: bool, starting: bool) -> None:
         source = self.source(self.release)
         jobs = self.cron_jobs(spec, self.release)
         self.registry.traffic.check(self.name, spec, source)
@@ -229,7 +254,7 @@ class App:
         if any(desired[n].kind in WEB_KINDS for n in changed) and "PORT" not in spec.env:
             await self._switch(spec, self.release, quiet, starting=starting)
             return
-        previous = self.spec
+        previous, was = self.spec, self.desired
         self._prepare(spec, self.release)
         self.desired = RUNNING
         self.registry.save()
@@ -245,6 +270,10 @@ class App:
             await self.group.apply(desired, ready=None if starting else self._ready_check(spec))
             self.group.retry()
         except PikudError:
+            if was != RUNNING:      # a start: what ran before it is nothing
+                await self._stop_all()
+                self.desired = was
+                self.registry.save()
             await self._undo(None if starting else previous, source)
             raise
         await self.publish(spec, source, self.group.specs)
@@ -273,6 +302,11 @@ class App:
         ``release`` becomes the current release (a deploy or rollback), or is
         the current one again (a restart or config change of web processes).
         """
+        with self._claim(spec):
+            await self._start_generation(spec, release, progress, starting)
+
+    async def _start_generation(self, spec: AppSpec, release: Release | None,
+                                progress: Progress, starting: bool | None) -> None:
         source = self.source(release)
         jobs = self.cron_jobs(spec, release)
         self.registry.traffic.check(self.name, spec, source)
@@ -364,7 +398,7 @@ class App:
                 await self._check_ref(push)
             release, spec = await build_release(
                 self.paths, self.releases, push, self.release, self.registry.base_env,
-                self.registry.app_defaults, self.config(), progress)
+                self.registry.app_defaults, self.config(), progress, self.admit)
             await self._switch(spec, release, progress)
             if push is not None:
                 self._accepted = (push.ref, push.revision)
@@ -442,10 +476,24 @@ class App:
             if self.spec is not None:       # the router answers 503; nginx keeps its config
                 await self.publish(self.spec, self.source(self.release), {})
             self._watch_idle(0)
-            await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
+            await self._stop_all(untracked=persist)
             if persist:
                 self.desired = STOPPED
                 self.registry.save()
+
+    async def _stop_all(self, *, untracked: bool = True) -> None:
+        """Stop every process of the app: its slots, its cron runs and (``untracked``) any
+        it does not track, found in /proc: left by a start that failed, or escaped from
+        its slot. A daemon shutdown skips that scan; the next boot's covers every app."""
+        await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
+        self.claimed = 0
+        if not untracked:
+            return
+        timeout = (self.spec.settings if self.spec else self.registry.app_defaults).stop_timeout
+        found = await stop_leftovers(str(self.paths.root), timeout, app=self.name)
+        if found:
+            self.note("stop", f"{self.name}: stopped {found} processes it did not track",
+                      logging.WARNING)
 
     async def scale(self, args: Mapping[str, Any]) -> None:
         """Change kind counts; only the difference is started or stopped."""
@@ -455,6 +503,7 @@ class App:
             changes = parse_scale_args([f"{k}={v}" for k, v in args.items()], kinds)
             text = format_scaling(dict(spec.scaling, **changes))
             spec = self.load(scaling_text=text)
+            self.admit(spec)
             with self._kept_if_applied(self.paths.scaling_file(self.name), text, 0o600):
                 self.note("scale", f"{self.name}: scaled to "
                           + ", ".join(f"{k}={v}" for k, v in spec.scaling.items()))
@@ -479,6 +528,7 @@ class App:
                 return
             try:
                 spec = self.load()
+                self.admit(spec)
             except PikudError as exc:
                 self.note("error", f"{self.name}: ignored an edit, what runs is unchanged: "
                           f"{exc}", logging.WARNING)
@@ -507,6 +557,7 @@ class App:
             wanted = {k: v for k, v in current.items() if k not in removals} | dict(updates)
             text = format_env(wanted)
             spec = self.load(overrides=text)        # the whole result, before any write
+            self.admit(spec)
             self.registry.traffic.check(self.name, spec, self.source(self.release))
             changed = sorted(set(updates) | set(removals))
             with self._kept_if_applied(self.paths.env_file(self.name), text, 0o600):
@@ -531,7 +582,7 @@ class App:
     async def destroy(self) -> dict[str, list[str]]:
         """Stop and remove everything but data/APP and cache/APP."""
         async with self.lock:
-            await asyncio.gather(self.group.stop(), self.registry.scheduler.remove_app(self.name))
+            await self._stop_all()
             self.registry.scheduler.set_jobs(self.name, [], starting=False)    # forget its history
             await self.registry.traffic.withdraw(self.name)
             self._watch_idle(0)

@@ -75,7 +75,8 @@ class Daemon:
         self.watcher: FileWatcher | None = None
         self.registry = AppRegistry(paths, os.environ, settings.app_defaults, self.events,
                                     watch=self._watch, unwatch=self._unwatch,
-                                    traffic=Traffic(self.router, self.nginx, paths, self.acme))
+                                    traffic=Traffic(self.router, self.nginx, paths, self.acme),
+                                    ceilings=settings.ceilings)
         self.cloudflare = CloudflareRefresh(self.registry, settings.cloudflare_urls,
                                             settings.cloudflare_refresh_days)
 
@@ -188,6 +189,7 @@ class Daemon:
             return
         self.settings = settings
         self.registry.app_defaults = settings.app_defaults
+        self.registry.ceilings = settings.ceilings
         self.cloudflare.configure(settings.cloudflare_urls, settings.cloudflare_refresh_days)
         if self.acme is not None:
             self.acme.program = settings.acme_sh

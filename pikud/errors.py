@@ -11,6 +11,7 @@ envelope with the error's ``code`` and HTTP ``status``::
     |   +-- ScalingError                                  (file, line or kind)
     |   +-- AppNameError
     |   +-- CronError                                     (kind and field, or TZ/PIKU_CRON_* key)
+    |   +-- TooManyProcesses        too_many_processes 400  over a pikud.toml ceiling (the key)
     +-- BadRequest                  bad_request     400   malformed API request
     +-- AppNotFound                 app_not_found   404
     +-- NotFound                    not_found       404   unknown API route
@@ -76,6 +77,12 @@ class AppNameError(SpecError):
 
 class CronError(SpecError):
     """A cron entry or setting is invalid; the message names the kind and field, or the key."""
+
+
+class TooManyProcesses(SpecError):
+    """The app asks for more processes than pikud.toml allows; nothing was applied."""
+
+    code = "too_many_processes"
 
 
 class BadRequest(PikudError):

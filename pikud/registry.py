@@ -29,6 +29,7 @@ from pikud.statefile import json_object, load_json
 
 from pikud.apps import RUNNING, STOPPED, App, remove_tree
 from pikud.appspec import AppSettings, validate_app_name
+from pikud.ceilings import Ceilings
 from pikud.cron import Scheduler
 from pikud.deploy.releases import ReleaseStore
 from pikud.atomic import write_atomic
@@ -62,8 +63,9 @@ class AppRegistry:
     def __init__(self, paths: Paths, base_env: Mapping[str, str], app_defaults: AppSettings,
                  events: EventLog, watch: Callable[[App], None] = lambda app: None,
                  unwatch: Callable[[App], None] = lambda app: None,
-                 traffic: Traffic | None = None) -> None:
+                 traffic: Traffic | None = None, ceilings: Ceilings = Ceilings()) -> None:
         self.paths = paths
+        self.ceilings = ceilings
         self.traffic = traffic or Traffic(None)
         self.scheduler = Scheduler(paths.state_dir / "cron.json", self._cron_event,
                                    lambda app: self.apps[app].followers)
@@ -208,6 +210,10 @@ class AppRegistry:
     async def shutdown(self) -> None:
         await asyncio.gather(self.scheduler.close(),
                              *(app.stop(persist=False) for app in self.apps.values()))
+
+    def claimed(self, besides: str) -> int:
+        """The processes every app but ``besides`` runs or is starting (App.claimed)."""
+        return sum(app.claimed for name, app in self.apps.items() if name != besides)
 
     def process_count(self) -> int:
         return sum(len(app.group.processes) for app in self.apps.values())

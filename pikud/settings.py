@@ -14,6 +14,8 @@
     router_max_connections = 4096 # client connections the router holds at once
     router_fd_reserve = 256       # descriptors the router leaves to spawns, pipes, control
     control_idle_timeout = 10     # seconds a control-socket connection may wait without a request
+    max_processes_per_app = 100   # processes one app may ask for (slots, server workers, cron)
+    max_processes = 1000          # processes of all apps together
 
     [defaults]                    # an app's ENV overrides each of these
     PIKU_STOP_TIMEOUT = 10
@@ -34,6 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pikud.appspec import AppSettings, app_settings
+from pikud.ceilings import Ceilings
 from pikud.errors import EnvError, SpecError
 from pikud.proxy.cloudflare import DEFAULT_URLS
 from pikud.proxy.connections import ConnectionLimits
@@ -43,8 +46,10 @@ LEVELS = ("debug", "info", "warning", "error")
 KEYS = frozenset({"log_level", "shutdown_timeout", "events_kept", "defaults", "nginx_test",
                   "nginx_reload", "nginx_preamble", "cloudflare_urls", "cloudflare_refresh_days",
                   "acme_sh", "router_header_timeout", "router_keepalive_timeout",
-                  "router_max_connections", "router_fd_reserve", "control_idle_timeout"})
+                  "router_max_connections", "router_fd_reserve", "control_idle_timeout",
+                  "max_processes_per_app", "max_processes"})
 DEFAULT_CONTROL_IDLE_TIMEOUT = 10.0
+MOST_PROCESSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class Settings:
     acme_sh: str | None = None
     router: ConnectionLimits = field(default_factory=ConnectionLimits)
     control_idle_timeout: float = DEFAULT_CONTROL_IDLE_TIMEOUT
+    ceilings: Ceilings = field(default_factory=Ceilings)
 
 
 def cloudflare_urls(value: Any, label: str) -> tuple[str, ...]:
@@ -108,7 +114,7 @@ def count(raw: dict[str, Any], key: str, default: int, low: int, high: int, labe
     """``raw[key]`` (or ``default``): an integer from ``low`` to ``high``."""
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SpecError(f"{key} must be an integer from {low} to {high}, got {value!r}",
+        raise SpecError(f"{key} must be a whole number from {low} to {high}, got {value!r}",
                         file=label, key=key)
     return value
 
@@ -122,6 +128,16 @@ def router_limits(raw: dict[str, Any], label: str) -> ConnectionLimits:
         max_connections=count(raw, "router_max_connections", default.max_connections, 1,
                               1_000_000, label),
         fd_reserve=count(raw, "router_fd_reserve", default.fd_reserve, 64, 1_000_000, label))
+
+
+def ceilings(raw: dict[str, Any], label: str) -> Ceilings:
+    """max_processes_per_app and max_processes: whole numbers, the first not above the second."""
+    per_app = count(raw, "max_processes_per_app", Ceilings.per_app, 1, MOST_PROCESSES, label)
+    total = count(raw, "max_processes", Ceilings.total, 1, MOST_PROCESSES, label)
+    if per_app > total:
+        raise SpecError(f"max_processes_per_app ({per_app}) is more than max_processes "
+                        f"({total})", file=label, key="max_processes_per_app")
+    return Ceilings(per_app, total)
 
 
 def load_settings(path: Path) -> Settings:
@@ -166,4 +182,5 @@ def load_settings(path: Path) -> Settings:
                     acme_sh=acme_path(raw.get("acme_sh"), label),
                     router=router_limits(raw, label),
                     control_idle_timeout=seconds(raw, "control_idle_timeout",
-                                                 DEFAULT_CONTROL_IDLE_TIMEOUT, label))
+                                                 DEFAULT_CONTROL_IDLE_TIMEOUT, label),
+                    ceilings=ceilings(raw, label))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,11 @@ from tests.processes import alive, proc_stat  # noqa: F401 (the tests import the
 from tests.waiting import wait_for
 
 STARTUP_DEADLINE = 15.0
+
+
+def nofile(soft: int, hard: int) -> Callable[[], None]:
+    """A preexec_fn: the daemon starts with these open-files limits."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def app_processes(root: Path) -> set[int]:

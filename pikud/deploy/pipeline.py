@@ -77,8 +77,12 @@ async def run_step(kind: str, spec: AppSpec, env: dict[str, str], source: Path,
 async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None,
                         base: Release | None, base_env: Mapping[str, str],
                         defaults: AppSettings, overrides: Mapping[str, str],
-                        progress: Progress) -> tuple[Release, AppSpec]:
-    """Check out ``push`` (or rebuild ``base``'s revision) into a new release and build it."""
+                        progress: Progress, admit: Callable[[AppSpec], object] = lambda spec: None,
+                        ) -> tuple[Release, AppSpec]:
+    """Check out ``push`` (or rebuild ``base``'s revision) into a new release and build it.
+
+    ``admit`` refuses (raises) the spec before anything is built: too many processes.
+    """
     app = store.app
     revision = push.revision if push else (base.revision if base else "")
     if not revision:
@@ -92,6 +96,7 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
                        base_env, runner(progress))
         spec = load_spec(paths, app, base_env, defaults, source=source)
         cron_entries(spec.procfile)                 # a bad schedule rejects the push here
+        admit(spec)                                 # so does a formation over the ceilings
         on_demand = bool(spec.settings.idle_timeout)
         for warning in (*spec.warnings, *ignored_settings(spec.procfile.entries, spec.env,
                                                           on_demand)):

@@ -60,6 +60,11 @@ def server_name(kind: str, env: Mapping[str, str], on_demand: bool = False) -> s
     return name
 
 
+def server_workers(env: Mapping[str, str]) -> int:
+    """UWSGI_PROCESSES: how many workers each wsgi/asgi server runs beside its main process."""
+    return positive_int("UWSGI_PROCESSES", env.get("UWSGI_PROCESSES", "2"))
+
+
 def server_command(kind: str, target: str, env: Mapping[str, str],
                    on_demand: bool = False) -> ServerCommand:
     """The command serving ``target`` for a ``wsgi``/``asgi`` kind on 127.0.0.1:$PORT."""
@@ -68,7 +73,7 @@ def server_command(kind: str, target: str, env: Mapping[str, str],
         raise ProcfileError(f"{kind}: expected module:callable (like app:application), "
                             f"got {target!r}")
     server = server_name(kind, env, on_demand)
-    workers = positive_int("UWSGI_PROCESSES", env.get("UWSGI_PROCESSES", "2"))
+    workers = server_workers(env)
     threads = positive_int("UWSGI_THREADS", env.get("UWSGI_THREADS", "4"))
     backlog = positive_int("UWSGI_LISTEN", env.get("UWSGI_LISTEN", "128"))
     max_requests = nonneg_int("UWSGI_MAX_REQUESTS", env.get("UWSGI_MAX_REQUESTS", "0"))

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pikud.procman.descriptors import check_headroom
+
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -112,16 +114,25 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: int
     """Start ``argv`` in its own session (so its group can be signalled whole).
 
     The child and everything it starts carry a unique PIKU_SPAWN_ID, so that
-    stopping it finds descendants that left the group, and nothing else.
+    stopping it finds descendants that left the group, and nothing else. A
+    child that cannot be watched (no descriptor left for its pidfd) is killed
+    before the error goes on: nothing runs that the daemon does not track.
     """
+    check_headroom(len(_spawned))
     spawn_id = f"{os.getpid()}.{next(_spawn_count)}"
     popen = subprocess.Popen(
         list(argv), env={**env, SPAWN_ID: spawn_id}, cwd=cwd, stdin=stdin,
         stdout=output, stderr=errors if output is not None else None,
         pass_fds=tuple(pass_fds), start_new_session=True, close_fds=True,
     )
+    try:
+        child = Child(popen, spawn_id)
+    except OSError:
+        os.killpg(popen.pid, signal.SIGKILL)        # its own session: nothing else is in it
+        popen.wait()
+        raise
     _spawned.add(popen.pid)
-    return Child(popen, spawn_id)
+    return child
 
 
 def become_subreaper() -> None:
@@ -161,9 +172,11 @@ def reap_orphans() -> int:
 def find_processes(needles: Sequence[bytes], pgid: int | None = None) -> set[int]:
     """Live pids (all of /proc) in group ``pgid`` or whose environment holds every needle.
 
-    A needle is ``b"KEY=value"``, or ``b"KEY="`` for any value.
+    A needle is ``b"KEY=value"``, ``b"KEY="`` for any value, or ``b"KEY=prefix*"``
+    for any value that starts with ``prefix``.
     """
-    wanted = [b"\0" + needle + (b"" if needle.endswith(b"=") else b"\0") for needle in needles]
+    wanted = [b"\0" + needle.removesuffix(b"*") if needle.endswith((b"=", b"*"))
+              else b"\0" + needle + b"\0" for needle in needles]
     found: set[int] = set()
     me = os.getpid()
     for entry in os.scandir("/proc"):
@@ -341,13 +354,15 @@ async def terminate(pgid: int | None, pids: set[int], timeout: float,
         tree.close()
 
 
-async def stop_leftovers(root: str, timeout: float) -> int:
-    """Stop the app processes a previous daemon of ``root`` left running (kill -9 of pikud).
+async def stop_leftovers(root: str, timeout: float, app: str | None = None) -> int:
+    """Stop the app processes a previous daemon of ``root`` left running (kill -9 of pikud),
+    or, with ``app``, every process of that app that no slot tracks (stop, destroy).
 
-    They were re-parented elsewhere, so this is the one place that scans all of /proc.
+    They may have been re-parented elsewhere, so these are the places that scan all of /proc.
     """
-    found = find_processes((f"{MARKER}=".encode(), f"PIKU_ROOT={root}".encode()))
-    if found:
+    found = find_processes((f"{MARKER}={app + ':' if app else ''}*".encode(),
+                            f"PIKU_ROOT={root}".encode()))
+    if found and app is None:       # an app's own are noted by the App
         log.warning("stopping %d processes left running by a previous pikud", len(found))
     return (await terminate(None, found, timeout)).found
 

@@ -89,13 +89,20 @@ class ProcessGroup:
 
         With ``ready``, new slots must get ready (as in ``switch``) before any
         slot is stopped; if one does not, the new ones are stopped again,
-        nothing else changed, and DeployError says why.
+        nothing else changed, and DeployError says why. Without it, a new slot
+        that could not be spawned at all fails it the same way.
         """
         todo = plan(self.specs, desired)
         if ready is None:       # stop first: a renamed kind on a fixed PORT needs the port
             await self.stop(todo.stop)
             fresh = [self._new(desired[name]) for name in todo.start]
             await asyncio.gather(*(proc.started(settle_time(proc.spec)) for proc in fresh))
+            # A crash backs off and retries; a process that could not be started at all
+            # (no descriptors, fork failed) fails the change, and what it started stops.
+            unstarted = [f"{proc.name} ({proc.last_exit})" for proc in fresh if proc.spawn_error]
+            if unstarted:
+                await self.stop(list(todo.start))
+                raise DeployError("the new processes did not start: " + "; ".join(unstarted))
         else:
             fresh = [self._new(desired[name]) for name in todo.start]
             try:

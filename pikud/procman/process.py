@@ -106,6 +106,7 @@ class ManagedProcess:
         self.restarts = 0
         self.failures = 0
         self.last_exit: str | None = None
+        self.spawn_error: OSError | None = None     # the last try could not start a process
         self.started_at: float | None = None
         self.log = log                          # shared by every generation of the slot
         self._on_event = on_event
@@ -201,6 +202,7 @@ class ManagedProcess:
             child = self._spawn()
         except OSError as exc:
             # * -> STARTING -> BACKOFF/FATAL: it could not even start (cwd gone, no fds)
+            self.spawn_error = exc
             self.last_exit = f"could not start: {exc}"
             self._set_state(S.STARTING, f"spawn failed: {self.name}: {exc}", logging.ERROR)
             await self._retry_after(0.0, self.last_exit)
@@ -252,7 +254,7 @@ class ManagedProcess:
         finally:
             os.close(write_end)
         PipeReader(read_end, self.log.write_line)
-        self.child = child
+        self.child, self.spawn_error = child, None
         self.started_at = time.monotonic()
         # STOPPED/BACKOFF/EXITED/FATAL -> STARTING: spawned
         self._set_state(S.STARTING, f"spawned: {self.name} with pid {child.pid}")

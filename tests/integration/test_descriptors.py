@@ -17,15 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import FAST, Pikud, wait_for
+from ..conftest import FAST, Pikud, nofile, wait_for
 from .test_lifecycle import deploy_checked_app
 
 HELD = 1000
-
-
-def nofile(soft: int, hard: int) -> Callable[[], None]:
-    """A preexec_fn: the daemon starts with these open-files limits."""
-    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.fixture

@@ -89,8 +89,8 @@ def test_router_and_control_settings_are_read(tmp_path: Path) -> None:
     ('router_keepalive_timeout = "75"\n', "router_keepalive_timeout must be a number of "
      "seconds from 0.1 to 3600, got '75'"),
     ("router_max_connections = 2.5\n",
-     "router_max_connections must be an integer from 1 to 1000000, got 2.5"),
-    ("router_fd_reserve = 10\n", "router_fd_reserve must be an integer from 64 to 1000000, "
+     "router_max_connections must be a whole number from 1 to 1000000, got 2.5"),
+    ("router_fd_reserve = 10\n", "router_fd_reserve must be a whole number from 64 to 1000000, "
      "got 10"),
     ("control_idle_timeout = true\n", "control_idle_timeout must be a number of seconds"),
 ])

@@ -1,0 +1,36 @@
+"""The daemon's descriptor reserve: a spawn never takes the last free descriptors.
+
+Each supervised process holds two descriptors in the daemon (its pidfd and
+its log pipe), and stopping it opens one more per process of its tree. A
+spawn is refused (EMFILE, as the kernel would) unless it leaves one free
+descriptor per live child plus ``RESERVE``: whatever fails half-way, the
+daemon can still stop what it started, answer its control socket and
+restart other apps.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+
+RESERVE = 64            # for the control socket, log files, /proc reads, nginx and git runs
+SPAWN_COST = 5          # a spawn's own: the log pipe, Popen's error pipe, the pidfd
+
+
+def open_descriptors() -> int:
+    """How many descriptors the daemon holds: /proc/self/fd's size (Linux 6.2 and later,
+    a few microseconds), else a listing of it (about 1 ms per 1,000 descriptors)."""
+    return os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd")) - 1
+
+
+def check_headroom(live: int) -> None:
+    """Raise OSError(EMFILE) when a spawn would leave fewer than ``live`` + RESERVE free."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    free = soft - open_descriptors()
+    if free < SPAWN_COST + live + RESERVE:
+        raise OSError(errno.EMFILE, f"{os.strerror(errno.EMFILE)}: {free} of {soft} "
+                      f"descriptors are free, and pikud keeps {live + RESERVE} to stop the "
+                      f"{live} processes it runs and to stay reachable")
