@@ -179,8 +179,8 @@ class App:
 
     def cron_jobs(self, spec: AppSpec, release: Release | None) -> list[JobSpec]:
         """The app's cron entries as jobs; raises CronError on a bad schedule or TZ."""
-        entries = cron_entries(spec.procfile)
         tz, overlap, timeout = job_settings(spec.env)
+        entries = cron_entries(spec.procfile, tz=tz)
         source = self.source(release)
         env = release_env(spec, self.paths, self.registry.base_env, source, release)
         env["PIKU_ROOT"] = str(self.paths.root)
