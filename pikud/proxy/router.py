@@ -256,9 +256,14 @@ class Router:
         await asyncio.gather(*(s.close() for s in sessions), *self._closing)
 
     @property
+    def serving(self) -> bool:
+        return self._runner is not None and bool(self._runner.addresses)
+
+    @property
     def address(self) -> tuple[str, int]:
-        if self._runner is None or not self._runner.addresses:
+        if not self.serving:
             raise RuntimeError("the router is not serving")
+        assert self._runner is not None
         host, port = self._runner.addresses[0][:2]
         return str(host), int(port)
 
