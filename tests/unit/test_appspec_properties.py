@@ -15,11 +15,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pikud.appspec import (MAX_SCALE, boolean, format_env, format_scaling, nonneg_int,
-                           parse_env, parse_procfile, parse_scale_args, parse_scaling,
-                           positive_int, relative_paths, seconds, size, url_path,
-                           validate_app_name)
+from pikud.appspec import (MAX_SCALE, boolean, format_env, format_scaling, load_spec,
+                           nonneg_int, parse_env, parse_procfile, parse_scale_args,
+                           parse_scaling, positive_int, relative_paths, seconds, size,
+                           url_path, validate_app_name)
 from pikud.errors import AppNameError, EnvError, ProcfileError, ScalingError, SpecError
+from pikud.paths import Paths
 from tests.conftest import examples
 from tests.strategies import ANY_CHAR, FILE_CHAR, HUGE, spliced
 
@@ -55,7 +56,7 @@ def names(error: SpecError, text: str) -> bool:
 
 @given(name=st.one_of(st.text(ANY_CHAR), spliced(["a", "Z", "0", ".", "..", "-", "_", "/",
                                                   " ", "\n", "\x00", "é"], 70)))
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(200))
 def test_app_name_is_accepted_whole_or_named(name: str) -> None:
     try:
         assert validate_app_name(name) == name
@@ -97,7 +98,7 @@ COMMAND = st.text(st.characters(codec="utf-8", exclude_characters="\n\x00")).map
 
 
 @given(entries=st.dictionaries(st.from_regex(KIND, fullmatch=True), COMMAND, min_size=1))
-@settings(max_examples=examples(200))
+@settings(max_examples=examples(100))
 def test_procfile_reads_what_was_written(entries: dict[str, str]) -> None:
     text = "".join(f"{kind}: {command}\n" for kind, command in entries.items())
     expected = dict(entries)
@@ -137,7 +138,7 @@ ENV_VALUE = st.text(ANY_CHAR) | spliced(ENV_TOKENS, 20)
 @given(values=st.dictionaries(st.from_regex(KEY, fullmatch=True) | st.text(ANY_CHAR), ENV_VALUE),
        base=st.dictionaries(st.from_regex(KEY, fullmatch=True), st.text(FILE_CHAR), max_size=3))
 @example(values={"A": "\ud800"}, base={})       # a lone surrogate cannot be written to a file
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(100))
 def test_env_reads_what_was_written(values: dict[str, str], base: dict[str, str]) -> None:
     try:
         text = format_env(values)
@@ -158,7 +159,7 @@ KNOWN = ["web", "worker", "w_1"]
 @given(text=st.one_of(st.text(FILE_CHAR), spliced(SCALING_TOKENS, 40)),
        kinds=st.none() | st.just(KNOWN))
 @example(text=f"web: {HUGE}", kinds=None)
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(200))
 def test_scaling_parses_or_names_the_line(text: str, kinds: list[str] | None) -> None:
     try:
         counts = parse_scaling(text, "envs/a/SCALING", kinds)
@@ -175,7 +176,7 @@ def test_scaling_parses_or_names_the_line(text: str, kinds: list[str] | None) ->
 
 @given(args=st.lists(st.one_of(spliced(SCALING_TOKENS, 8), st.text(ANY_CHAR)), max_size=4))
 @example(args=[f"web={HUGE}"])
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(200))
 def test_scale_args_parse_or_name_the_argument(args: list[str]) -> None:
     try:
         counts = parse_scale_args(args, KNOWN)
@@ -188,7 +189,7 @@ def test_scale_args_parse_or_name_the_argument(args: list[str]) -> None:
 
 @given(scaling=st.dictionaries(st.from_regex(KIND, fullmatch=True) | st.text(ANY_CHAR),
                                st.integers(-5, MAX_SCALE + 5) | st.integers()))
-@settings(max_examples=examples(200))
+@settings(max_examples=examples(100))
 def test_scaling_reads_what_was_written(scaling: dict[str, int]) -> None:
     try:
         text = format_scaling(scaling)
@@ -215,3 +216,32 @@ def test_converters_return_or_name_the_key(convert: Callable[[str, str], object]
         convert("PIKU_X", value)
     except EnvError as error:
         assert error.key == "PIKU_X" and str(error).startswith("PIKU_X: ")
+
+
+# --- an app's files, as bytes on disk -------------------------------------
+
+FILE_TOKENS = [*PROCFILE_TOKENS, *ENV_TOKENS, *SCALING_TOKENS, "PIKU_STOP_TIMEOUT=",
+               "PIKU_LOG_MAXSIZE=", "PIKU_BACKOFF_MAX=", "PIKU_IDLE_TIMEOUT=", "2", "10ms"]
+FILE_BYTES = st.none() | st.binary(max_size=60) | spliced(FILE_TOKENS, 30).map(str.encode)
+LABELS = ("apps/a/Procfile", "apps/a/ENV", "envs/a/ENV", "envs/a/SCALING")
+
+
+@given(procfile=FILE_BYTES, env=FILE_BYTES, override=FILE_BYTES, scaling=FILE_BYTES)
+@settings(max_examples=examples(100))
+def test_app_files_load_or_name_the_file_or_key(tmp_path_factory: pytest.TempPathFactory,
+                                                procfile: bytes | None, env: bytes | None,
+                                                override: bytes | None,
+                                                scaling: bytes | None) -> None:
+    paths = Paths(tmp_path_factory.mktemp("root"))
+    for label, data in zip(LABELS, (procfile, env, override, scaling)):
+        if data is not None:
+            (paths.root / label).parent.mkdir(parents=True, exist_ok=True)
+            (paths.root / label).write_bytes(data)
+    paths.app("a").mkdir(parents=True, exist_ok=True)
+    try:
+        spec = load_spec(paths, "a", {"HOME": "/home/piku", "USER": "piku", "PATH": "/bin"})
+    except SpecError as error:
+        assert str(error).startswith(LABELS) or str(error) == "no Procfile in apps/a" or (
+            error.key is not None and str(error).startswith(f"{error.key}: ")), error
+    else:
+        assert spec.procfile.entries and set(spec.scaling) <= set(spec.procfile.entries)

@@ -30,7 +30,7 @@ ENV = st.dictionaries(st.sampled_from(sorted(KEYS | {"DISABLE_IPV6"})), VALUE, m
 
 @given(env=ENV, server_name=st.sampled_from(["example.com", "a.com, *.b.org"]) | VALUE,
        static=st.none() | VALUE)
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(150))
 def test_nginx_settings_build_a_site_that_renders_or_name_the_key(
         env: dict[str, str], server_name: str, static: str | None) -> None:
     env = {**env, "NGINX_SERVER_NAME": server_name}
