@@ -27,7 +27,6 @@ from tests.integration.test_control import post, raw_request
 from tests.strategies import ANY_CHAR, HUGE, spliced
 
 
-
 def on_one_daemon(count: int) -> settings:
     """``count`` examples (scaled by the profile), all sent to the test's one daemon."""
     return settings(max_examples=examples(count), suppress_health_check=[
@@ -42,8 +41,8 @@ JSON: st.SearchStrategy[Any] = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
     max_leaves=12)
 # Each a third valid, so that many examples get past the checks and change the app.
-COUNT = st.integers(0, 3) | st.sampled_from([-1, 1001, 10 ** 30, "2", " 1", 2.0, 2.5, True, None,
-                                             math.inf, math.nan, [], {}, HUGE]) | JSON
+COUNT: st.SearchStrategy[Any] = st.integers(0, 3) | st.sampled_from(
+    [-1, 1001, 10 ** 30, "2", " 1", 2.0, 2.5, True, None, math.inf, math.nan, [], {}, HUGE]) | JSON
 KIND = st.just("worker") | st.sampled_from(["cron1", "web", "nope", "worker=1", ""]) | TEXT
 KEY = st.sampled_from(["A", "PIKU_AUTO_RESTART", "PIKU_STOP_TIMEOUT", "PIKU_START_RETRIES",
                        "PIKU_LOG_MAXSIZE", "PIKU_HEALTHCHECK", "PIKU_TOUCH_RELOAD", "TZ",
@@ -94,7 +93,7 @@ def daemon(pikud: Pikud) -> Iterator[Pikud]:
     pikud.api("POST", "/apps/a/deploy")
     pikud.add_app("b", PROCFILE, FAST)
     yield pikud
-    assert pikud.api("GET", "/status")["pid"] == pikud.proc.pid
+    assert pikud.proc is not None and pikud.api("GET", "/status")["pid"] == pikud.proc.pid
     assert "Traceback" not in pikud.output(), pikud.output()[-4000:]
 
 
@@ -116,16 +115,15 @@ def names_one_of(message: str, given: list[str]) -> bool:
     return any(text in message or repr(text)[1:-1] in message for text in given)
 
 
-@given(request=REQUEST)
+@given(call=REQUEST)
 # Each was a 500: a lone surrogate could not be written to envs/a/ENV; a push to an app
 # without a repo ran git in a missing folder; a NUL in the ref reached git's argv.
-@example(request=("/apps/a/config", {"set": {"A": "\ud800"}}))
-@example(request=("/apps/b/deploy", {"revision": "a" * 40}))
-@example(request=("/apps/a/deploy", {"revision": "a" * 40, "ref": "refs/heads/\x00"}))
+@example(call=("/apps/a/config", {"set": {"A": "\ud800"}}))
+@example(call=("/apps/b/deploy", {"revision": "a" * 40}))
+@example(call=("/apps/a/deploy", {"revision": "a" * 40, "ref": "refs/heads/\x00"}))
 @on_one_daemon(80)
-def test_bodies_are_refused_by_name_or_applied(daemon: Pikud,
-                                               request: tuple[str, Any]) -> None:
-    route, payload = request
+def test_bodies_are_refused_by_name_or_applied(daemon: Pikud, call: tuple[str, Any]) -> None:
+    route, payload = call
     status, envelope = answer(daemon, "POST", route, payload)
     event(f"{route}: {envelope['error']['code'] if status != 200 else 'ok'}")
     if status == 400 and envelope["error"]["code"] == "invalid_spec" and route.endswith(
@@ -143,15 +141,13 @@ NAME = st.text(ANY_CHAR, max_size=70) | spliced(["a", ".", "..", "/", "%", "-", 
 @example(name="a", kind="cron1", query={"lines": "²"})
 @example(name="a", kind="cron1", query={"lines": HUGE})
 @on_one_daemon(60)
-def test_names_in_the_path_and_query_are_refused_by_name(daemon: Pikud, name: str, kind: str,
-                                                         query: dict[str, str]) -> None:
-    app = quote(name, safe="", errors="surrogatepass")
+def test_names_in_the_path_and_query_get_an_answer_or_a_4xx(daemon: Pikud, name: str, kind: str,
+                                                            query: dict[str, str]) -> None:
+    app, job = (quote(text, safe="", errors="surrogatepass") for text in (name, kind))
     args = urlencode(query, errors="surrogatepass")
     for method, path in (("GET", f"/apps/{app}"), ("GET", f"/apps/{app}/config"),
                          ("GET", f"/apps/{app}/logs?{args}"), ("GET", f"/events?{args}"),
-                         ("POST", f"/apps/{app}/cron/{quote(kind, safe='', errors='surrogatepass')}"
-                                  "/run"),
-                         ("POST", f"/apps/{app}/scale")):
+                         ("POST", f"/apps/{app}/cron/{job}/run"), ("POST", f"/apps/{app}/scale")):
         answer(daemon, method, path, {"scaling": {"worker": 1}} if method == "POST" else None)
 
 
