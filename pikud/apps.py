@@ -491,6 +491,7 @@ class App:
             text = format_env(wanted)
             spec = self.load(overrides=text)        # the whole result, before any write
             self.registry.traffic.check(self.name, spec, self.source(self.release))
+            self.cron_jobs(spec, self.release)      # TZ, PIKU_CRON_*: even with no restart now
             changed = sorted(set(updates) | set(removals))
             with self._kept_if_applied(self.paths.env_file(self.name), text, 0o600):
                 self.note("config", f"{self.name}: config changed ({', '.join(changed)})")
