@@ -200,8 +200,8 @@ class App:
 
     def cron_jobs(self, spec: AppSpec, release: Release | None) -> list[JobSpec]:
         """The app's cron entries as jobs; raises CronError on a bad schedule or TZ."""
-        entries = cron_entries(spec.procfile)
         tz, overlap, timeout = job_settings(spec.env)
+        entries = cron_entries(spec.procfile, tz=tz)
         source = self.source(release)
         env = release_env(spec, self.paths, self.registry.base_env, source, release)
         env["PIKU_ROOT"] = str(self.paths.root)
@@ -559,6 +559,7 @@ class App:
             spec = self.load(overrides=text)        # the whole result, before any write
             self.admit(spec)
             self.registry.traffic.check(self.name, spec, self.source(self.release))
+            self.cron_jobs(spec, self.release)      # TZ, PIKU_CRON_*: even with no restart now
             changed = sorted(set(updates) | set(removals))
             with self._kept_if_applied(self.paths.env_file(self.name), text, 0o600):
                 self.note("config", f"{self.name}: config changed ({', '.join(changed)})")

@@ -32,6 +32,7 @@ WEB_KINDS = ("web", "wsgi", "asgi")
 RELEASE_KINDS = ("preflight", "release")
 STATIC_KIND = "static"
 MAX_SCALE = 1000
+MAX_NUMBER = 10 ** 18 - 1       # far above any count, size or time a setting holds
 # Set by systemd for the daemon itself; a child that saw them could notify or
 # claim sockets in the daemon's name (FACTS.md), so they never reach an app.
 SYSTEMD_VARS = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
@@ -52,6 +53,7 @@ _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 _QUOTE_IF = frozenset("'\"$#\\")
 _FORBIDDEN = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL byte"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 T = TypeVar("T")
 
@@ -67,6 +69,19 @@ def _lines(text: str, file: str, error: type[SpecError]) -> Iterable[tuple[int, 
             raise error("line contains a NUL byte", file=file, line=number)
         if line and not line.startswith("#"):
             yield number, line
+
+
+def whole_number(text: str, maximum: int = MAX_NUMBER) -> int | None:
+    """``text`` (ASCII digits only) as an int if it is at most ``maximum``, else None.
+
+    The digits are counted first: int() raises ValueError on 4,301 or more.
+    """
+    if not _COUNT.fullmatch(text):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(maximum)) or int(digits) > maximum:
+        return None
+    return int(digits)
 
 
 def validate_app_name(name: str) -> str:
@@ -220,6 +235,10 @@ def format_env(values: Mapping[str, str]) -> str:
         for char, what in _FORBIDDEN.items():
             if char in value:
                 raise EnvError(f"{key}: value contains {what}", key=key)
+        surrogate = _SURROGATE.search(value)
+        if surrogate:     # JSON can carry one; no UTF-8 file can hold it
+            raise EnvError(f"{key}: value contains {surrogate.group()!r}, which is not a "
+                           "character (a lone UTF-16 surrogate)", key=key)
         if not value or value != value.strip() or not _QUOTE_IF.isdisjoint(value):
             value = f"'{value}'"
         out.append(f"{key}={value}\n")
@@ -235,10 +254,11 @@ def _scale_entry(kind: str, count: str, known: list[str] | None, *, what: str,
     if known is not None and kind not in known:
         raise ScalingError(f"unknown kind {kind!r} (known: {', '.join(known) or 'none'})",
                            file=file, line=line, key=kind)
-    if not _COUNT.fullmatch(count) or int(count) > MAX_SCALE:
+    number = whole_number(count, MAX_SCALE)
+    if number is None:
         raise ScalingError(f"count in {what!r} must be a whole number from 0 to {MAX_SCALE}",
                            file=file, line=line, key=kind)
-    return kind, int(count)
+    return kind, number
 
 
 def parse_scaling(text: str, file: str, kinds: Iterable[str] | None = None) -> dict[str, int]:
@@ -291,10 +311,10 @@ def boolean(key: str, value: str) -> bool:
 
 
 def _integer(key: str, value: str, minimum: int, expected: str) -> int:
-    text = value.strip()
-    if not _COUNT.fullmatch(text) or int(text) < minimum:
+    number = whole_number(value.strip())
+    if number is None or number < minimum:
         raise _bad(key, expected, value)
-    return int(text)
+    return number
 
 
 def positive_int(key: str, value: str) -> int:
@@ -317,10 +337,11 @@ def seconds(key: str, value: str) -> float:
 def size(key: str, value: str) -> int:
     """Bytes: ``1048576``, ``512K``, ``1M``, ``2GiB`` (powers of 1024)."""
     match = _SIZE.fullmatch(value.strip())
-    if match is None:
+    number = whole_number(match.group(1)) if match else None
+    if match is None or number is None:
         raise _bad(key, "a size in bytes (optionally with K, M or G)", value)
     unit = match.group(2).lower() if match.group(2) else None
-    return int(match.group(1)) * _POWERS[unit]
+    return number * _POWERS[unit]
 
 
 def url_path(key: str, value: str) -> str:

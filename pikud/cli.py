@@ -284,6 +284,8 @@ def ps_scale(app: str, counts: tuple[str, ...], as_json: bool) -> None:
     for kind, n in _pairs(counts, "KIND=N", "COUNTS"):
         if not (n.isascii() and n.isdigit()):
             raise click.BadParameter(f"{kind}={n}: N must be a whole number >= 0", param_hint="COUNTS")
+        if len(n.lstrip("0")) > 9:      # far above any ceiling; int() refuses 4,301 digits
+            raise click.BadParameter(f"{kind}={n[:12]}...: N is too large", param_hint="COUNTS")
         if kind in scaling:
             raise click.BadParameter(f"{kind} is given twice", param_hint="COUNTS")
         scaling[kind] = int(n)

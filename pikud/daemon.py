@@ -177,7 +177,10 @@ class Daemon:
 
     def status(self) -> dict[str, object]:
         status = daemon_status(self.started, self.loop_name, self.registry)
-        status["http"] = "%s:%d" % self.router.address if self.router is not None else None
+        # None: nginx fronts the apps, or the router is not serving yet (the control
+        # socket answers from the start of the boot).
+        router = self.router
+        status["http"] = "%s:%d" % router.address if router is not None and router.serving else None
         return status
 
     def reload_settings(self) -> None:

@@ -2,6 +2,10 @@
 
 Every wait polls with a deadline; every daemon started here is stopped at
 teardown, and the teardown fails the test if any app process outlived it.
+
+The property tests run under the hypothesis profile HYPOTHESIS_PROFILE names:
+"ci" (the default: the same examples on every run, nothing saved) or "long"
+(20 times as many examples, new ones on each run) to fuzz for longer locally.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from pikud.control.client import Client
 from pikud.procman.children import find_processes
@@ -27,6 +32,17 @@ from tests.processes import alive, proc_stat  # noqa: F401 (the tests import the
 from tests.waiting import wait_for
 
 STARTUP_DEADLINE = 15.0
+
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
+                          database=None, print_blob=True)
+settings.register_profile("long", max_examples=2000, deadline=None, database=None,
+                          print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def examples(count: int) -> int:
+    """``count`` examples under the "ci" profile, scaled up as much under a longer one."""
+    return max(1, count * settings.default.max_examples // 100)
 
 
 def nofile(soft: int, hard: int) -> Callable[[], None]:

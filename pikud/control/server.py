@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from pikud import __version__
+from pikud.appspec import whole_number
 from pikud.registry import AppRegistry
 from pikud.control.protocol import MAX_BODY, NDJSON, error, ndjson_line, ok
-from pikud.deploy.checkout import validate_revision
+from pikud.deploy.checkout import validate_ref, validate_revision
 from pikud.deploy.pipeline import PushInfo
 from pikud.errors import BadRequest, Forbidden, PikudError
 from pikud.refresh import CloudflareRefresh
@@ -84,6 +85,8 @@ async def body(request: web.Request) -> dict[str, Any]:
         data = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON body: {exc}") from exc
+    except RecursionError:
+        raise BadRequest("malformed JSON body: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     return data
@@ -91,9 +94,10 @@ async def body(request: web.Request) -> dict[str, Any]:
 
 def int_query(request: web.Request, key: str, default: int, maximum: int = 100_000) -> int:
     raw = request.query.get(key, str(default))
-    if not raw.isdigit() or int(raw) > maximum:
+    number = whole_number(raw, maximum)     # not int(): "²" is a digit, 4,301 digits too many
+    if number is None:
         raise BadRequest(f"{key} must be an integer from 0 to {maximum}, got {raw!r}")
-    return int(raw)
+    return number
 
 
 def flag(request: web.Request, key: str) -> bool:
@@ -292,8 +296,8 @@ def push_info(data: dict[str, Any]) -> PushInfo:
         raise BadRequest("revision, ref, old, pusher and fingerprint must be strings, "
                          "git_env an object of strings")
     old = texts["old"] and validate_revision(texts["old"])
-    return PushInfo(validate_revision(texts["revision"]), texts["ref"], old, texts["pusher"],
-                    texts["fingerprint"], git_env)
+    return PushInfo(validate_revision(texts["revision"]), validate_ref(texts["ref"]), old,
+                    texts["pusher"], texts["fingerprint"], git_env)
 
 
 async def run_action(request: web.Request, action: Callable[[Progress], Awaitable[Any]]) -> Any:

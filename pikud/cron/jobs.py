@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pikud.appspec import Procfile, is_cron, seconds
-from pikud.cron.schedule import CronEntry, parse_cron, zone
+from pikud.cron.schedule import CronEntry, check_fires, parse_cron, zone
 from pikud.errors import CronError
 from pikud.procman.children import MARKER
 from pikud.procman.logs import LogFile
@@ -83,7 +83,12 @@ async def run_job(spec: JobSpec, run_id: int, output: LogFile) -> tuple[str, int
     return str(info), logging.INFO if info.code == 0 else logging.WARNING
 
 
-def cron_entries(procfile: Procfile, file: str = "Procfile") -> dict[str, CronEntry]:
-    """Every ``cron*`` kind of a Procfile, parsed; the first bad one raises CronError."""
-    return {kind: parse_cron(kind, command, file)
-            for kind, command in procfile.entries.items() if is_cron(kind)}
+def cron_entries(procfile: Procfile, file: str = "Procfile", *,
+                 tz: str | None = None) -> dict[str, CronEntry]:
+    """Every ``cron*`` kind of a Procfile, parsed and checked to run in ``tz`` (the app's
+    TZ, None: the server's zone); the first bad one raises CronError."""
+    entries = {kind: parse_cron(kind, command, file)
+               for kind, command in procfile.entries.items() if is_cron(kind)}
+    for entry in entries.values():
+        check_fires(entry, zone(tz))
+    return entries

@@ -23,6 +23,11 @@ Design notes:
   of the gap for fixed-time jobs and is skipped by wildcard ones; a repeated
   autumn time runs once (first occurrence) for fixed-time jobs and twice for
   wildcard ones. "Fixed-time" means no ``*`` in the minute or hour field.
+- A wildcard entry can fall only in DST gaps (``* 2 25-31 3 */7``: 2 a.m. on
+  the last Sunday of March, which Europe/Berlin skips every year); it never
+  runs there. ``next_run`` looks ``HORIZON`` ahead (every date pattern recurs
+  within it: 29 February on a given weekday at least every 40 years) and says
+  None, and ``check_fires`` turns that into an error naming the kind and zone.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from pikud.appspec import whole_number
 from pikud.errors import CronError
 
 MACROS = {
@@ -51,6 +57,7 @@ DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August",
                "September", "October", "November", "December")
 DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)   # February 29: leap years
+HORIZON = timedelta(days=100 * 366)     # next_run looks no further (see the design notes)
 
 
 @dataclass(frozen=True)
@@ -153,9 +160,10 @@ def _parse_field(field: _Field, text: str) -> frozenset[int]:
         if slash:
             if not _NUMBER.fullmatch(step_text):
                 raise _FieldError(f"step {step_text!r} is not a number")
-            step = int(step_text)
-            if not 1 <= step <= field.high:
-                raise _FieldError(f"step {step} is out of range 1-{field.high}")
+            number = whole_number(step_text, field.high)
+            if number is None or number < 1:
+                raise _FieldError(f"step {step_text} is out of range 1-{field.high}")
+            step = number
         if base == "*":
             start, end = field.low, field.high if field.name != "day-of-week" else 6
         elif "-" in base:
@@ -178,9 +186,9 @@ def _parse_field(field: _Field, text: str) -> frozenset[int]:
 
 def _value(field: _Field, token: str) -> int:
     if _NUMBER.fullmatch(token):
-        number = int(token)
-        if not field.low <= number <= field.high:
-            raise _FieldError(f"{number} is out of range {field.low}-{field.high}")
+        number = whole_number(token, field.high)
+        if number is None or number < field.low:
+            raise _FieldError(f"{token} is out of range {field.low}-{field.high}")
         return number
     if field.names and token.lower() in field.names:
         return field.names.index(token.lower()) + field.name_base
@@ -247,8 +255,18 @@ def _iterator(fields: str, day_or: bool) -> croniter:
     return croniter(fields, datetime(2000, 1, 1), day_or=day_or)
 
 
-def next_run(entry: CronEntry, after: datetime, tz: ZoneInfo) -> datetime:
-    """The first instant strictly after ``after`` (aware) at which ``entry`` fires, in ``tz``."""
+def check_fires(entry: CronEntry, tz: ZoneInfo) -> None:
+    """Refuse an entry that never runs in ``tz`` (all its times fall in DST gaps)."""
+    if not entry.reboot and next_run(entry, datetime.now(timezone.utc), tz) is None:
+        raise CronError(f"{entry.kind}: {entry.expression!r} never runs in {tz.key}: every "
+                        "time it names is skipped by a daylight saving change", key=entry.kind)
+
+
+def next_run(entry: CronEntry, after: datetime, tz: ZoneInfo) -> datetime | None:
+    """The first instant strictly after ``after`` (aware) at which ``entry`` fires, in ``tz``.
+
+    None when it does not fire within ``HORIZON``: its times all fall in DST gaps.
+    """
     if entry.reboot:
         raise ValueError(f"{entry.kind}: @reboot entries are not scheduled")
     after = after.astimezone(timezone.utc)  # compare in UTC: within one zone, fold is ignored
@@ -262,8 +280,11 @@ def next_run(entry: CronEntry, after: datetime, tz: ZoneInfo) -> datetime:
     it = _iterator(entry.fields, entry.day_or)
     it.set_current(start)
     found: list[datetime] = []
+    last = start + HORIZON      # a wall time after which nothing earlier than found can come
     while True:
         candidate: datetime = it.get_next(datetime)
+        if candidate > last:
+            return min(found).astimezone(tz) if found else None
         first = candidate.replace(tzinfo=tz, fold=0).astimezone(timezone.utc)
         second = candidate.replace(tzinfo=tz, fold=1).astimezone(timezone.utc)
         if first == second:         # an ordinary wall time: one instant, and all later ones follow
@@ -276,6 +297,8 @@ def next_run(entry: CronEntry, after: datetime, tz: ZoneInfo) -> datetime:
         else:
             # Autumn repeat: fixed-time jobs run at the first pass only; wildcard ones at both.
             instants = [first] if entry.fixed_time else [first, second]
+        if not found and any(i > after for i in instants):
+            last = candidate + timedelta(days=2)    # past this DST change: later times map later
         found.extend(i for i in instants if i > after)
 
 

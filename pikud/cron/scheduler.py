@@ -303,7 +303,7 @@ class Scheduler:
         run_for: datetime | None = due
         if (now - due).total_seconds() > self.catchup:
             latest = next_run(entry, now - timedelta(seconds=self.catchup), job.zone)
-            run_for = latest if latest <= now else None
+            run_for = latest if latest is not None and latest <= now else None
             self._report(job, "cron_missed", f"cron missed: {job.spec.name} due at "
                          f"{_iso(due, job.zone)} (the clock jumped, the machine slept or "
                          "pikud was not running)", logging.WARNING)

@@ -19,6 +19,7 @@ from pikud.errors import BadRequest
 from pikud.procman.oneshot import run_once
 
 REVISION = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+REF_FORBIDDEN = frozenset(" ~^:?*[\\")     # besides control characters and ".." (git-check-ref-format)
 QUARANTINE_KEYS = ("GIT_QUARANTINE_PATH", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES")
 
 
@@ -26,6 +27,14 @@ def validate_revision(revision: str) -> str:
     if not REVISION.fullmatch(revision):
         raise BadRequest(f"revision must be a full hex object name, got {revision!r}")
     return revision
+
+
+def validate_ref(ref: str) -> str:
+    """A ref as the hook passes it (refs/heads/main), or "" for none; it reaches git's argv."""
+    if ref and not (ref.startswith("refs/") and ref.isprintable() and ".." not in ref
+                    and REF_FORBIDDEN.isdisjoint(ref)):
+        raise BadRequest(f"ref must be a git ref name such as refs/heads/main, got {ref!r}")
+    return ref
 
 
 def quarantine_dirs(repo: Path, git_env: Mapping[str, str]) -> list[str]:
@@ -69,7 +78,9 @@ async def checkout(repo: Path, revision: str, dest: Path, git_env: Mapping[str, 
 
 
 async def ref_value(repo: Path, ref: str) -> str:
-    """The object name ``ref`` points at in ``repo``, or "" when it does not exist."""
+    """The object name ``ref`` points at in ``repo``, or "" when it (or the repo) does not exist."""
+    if not repo.is_dir():           # an app placed in apps/ by hand has no repo
+        return ""
     found: list[str] = []
     info = await run_once(["git", "--git-dir", str(repo), "rev-parse", "--verify", "--quiet",
                            f"{ref}^{{commit}}"], env={"PATH": os.defpath}, cwd=repo,

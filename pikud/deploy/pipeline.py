@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pikud.appspec import AppSettings, AppSpec, live_env, load_spec
-from pikud.cron import cron_entries
+from pikud.cron import cron_entries, job_settings
 from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.runtimes import detect
@@ -95,7 +95,7 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
         await checkout(paths.repo(app), revision, source, push.git_env if push else {},
                        base_env, runner(progress))
         spec = load_spec(paths, app, base_env, defaults, source=source)
-        cron_entries(spec.procfile)                 # a bad schedule rejects the push here
+        cron_entries(spec.procfile, tz=job_settings(spec.env)[0])   # a bad schedule rejects it
         admit(spec)                                 # so does a formation over the ceilings
         on_demand = bool(spec.settings.idle_timeout)
         for warning in (*spec.warnings, *ignored_settings(spec.procfile.entries, spec.env,

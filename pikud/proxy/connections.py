@@ -164,6 +164,10 @@ class Connections:
                         "or lower router_fd_reserve (%d)", room, self.limits.fd_reserve)
 
     @property
+    def serving(self) -> bool:
+        return bool(self._held)
+
+    @property
     def address(self) -> tuple[str, int]:
         if not self._held:
             raise RuntimeError("the router is not serving")

@@ -273,6 +273,11 @@ class Router:
         await asyncio.gather(*(s.close() for s in sessions), *self._closing)
 
     @property
+    def serving(self) -> bool:
+        """Bound and listening: /status may ask before (the socket opens first)."""
+        return self._connections.serving
+
+    @property
     def address(self) -> tuple[str, int]:
         return self._connections.address
 

@@ -96,6 +96,7 @@ def test_a_stopped_daemon_is_one_line(root: Path) -> None:
     (["ps:scale", "app", "web"], "'web' is not KIND=N"),
     (["ps:scale", "app", "web=two"], "web=two: N must be a whole number"),
     (["ps:scale", "app", "web=-1"], "web=-1: N must be a whole number"),
+    (["ps:scale", "app", "web=" + "9" * 4400], "web=999999999999...: N is too large"),
     (["ps:scale", "app", "web=1", "web=2"], "web is given twice"),
     (["run", "app"], "no command given"),
     (["logs", "app", "-n", "-3"], "-3 is not in the range"),
