@@ -47,6 +47,7 @@ _REF = re.compile(r"\\\$|\$\{([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)|\$\{")
 _SECONDS = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m)?", re.IGNORECASE)
 _SIZE = re.compile(r"([0-9]+)\s*(?:([kmg])(?:i?b)?|b)?", re.IGNORECASE)
 _UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0}
+LONGEST = 7 * 24 * 3600.0         # the longest duration a setting may give
 _POWERS = {None: 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 _URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&()*+,;=:@%/?-]*")
 _TRUE = frozenset({"true", "yes", "on", "1"})
@@ -331,7 +332,10 @@ def seconds(key: str, value: str) -> float:
     if match is None:
         raise _bad(key, "a number of seconds (optionally with s, ms or m)", value)
     unit = match.group(2).lower() if match.group(2) else None
-    return float(match.group(1)) * _UNITS[unit]
+    duration = float(match.group(1)) * _UNITS[unit]
+    if duration > LONGEST:          # every wait has an end: no timer of years, or of inf
+        raise _bad(key, f"a number of seconds up to 7 days ({LONGEST:g})", value)
+    return duration
 
 
 def size(key: str, value: str) -> int:
