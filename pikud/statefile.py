@@ -43,8 +43,9 @@ def set_aside(path: Path) -> Path:
 def load_json(path: Path, parse: Callable[[Any], T], shown: str) -> Loaded[T]:
     """``parse`` of the JSON in ``path``; a file that is not valid for ``parse`` is set aside.
 
-    ``parse`` raises ValueError, TypeError, KeyError or AttributeError on a
-    shape it does not accept. ``shown`` names the file in messages
+    ``parse`` raises ValueError, TypeError, KeyError, AttributeError or
+    OverflowError (``1e400`` where a number goes) on a shape it does not
+    accept; JSON nested too deeply is a RecursionError. ``shown`` names the file in messages
     (``pikud/state.json``). A file that cannot be read at all (EIO) is set
     aside too when it can be, and reported either way.
     """
@@ -52,7 +53,8 @@ def load_json(path: Path, parse: Callable[[Any], T], shown: str) -> Loaded[T]:
         return Loaded(parse(json.loads(path.read_text(encoding="utf-8"))))
     except FileNotFoundError:
         return Loaded(None)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError,
+            RecursionError) as exc:
         reason = f"{exc.__class__.__name__}: {exc}"
     try:
         kept = f"is kept as {set_aside(path).name}"

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pikud.procman.descriptors import check_headroom
+from pikud.procman.descriptors import check_headroom, kept
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,11 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: int
         raise
     _spawned.add(popen.pid)
     return child
+
+
+def spawn_reserve() -> int:
+    """Descriptors the next spawn needs free (procman/descriptors.py): the router's too."""
+    return kept(len(_spawned))
 
 
 def become_subreaper() -> None:

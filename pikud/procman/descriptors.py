@@ -24,13 +24,19 @@ def open_descriptors() -> int:
     return os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd")) - 1
 
 
+def kept(live: int) -> int:
+    """Descriptors a spawn needs free with ``live`` processes running (the router leaves
+    them too, besides its own reserve)."""
+    return SPAWN_COST + live + RESERVE
+
+
 def check_headroom(live: int) -> None:
     """Raise OSError(EMFILE) when a spawn would leave fewer than ``live`` + RESERVE free."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return
     free = soft - open_descriptors()
-    if free < SPAWN_COST + live + RESERVE:
+    if free < kept(live):
         raise OSError(errno.EMFILE, f"{os.strerror(errno.EMFILE)}: {free} of {soft} "
                       f"descriptors are free, and pikud keeps {live + RESERVE} to stop the "
                       f"{live} processes it runs and to stay reachable")

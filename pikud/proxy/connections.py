@@ -5,9 +5,11 @@
   between requests is closed after ``keepalive_timeout`` (aiohttp's own
   timer, which also runs from the accept).
 * At most ``max_connections`` client connections, and never so many
-  descriptors that fewer than ``fd_reserve`` are left of the open-files limit:
-  those are for what only the daemon can do (spawning processes, their log
-  pipes and pidfds, the control socket, deploys).
+  descriptors that fewer than ``fd_reserve`` are left of the open-files limit
+  beyond what a spawn keeps free (one per live process, to stop it, and
+  procman/descriptors.py's own reserve): those are for what only the daemon
+  can do (spawning processes, their log pipes and pidfds, the control
+  socket, deploys).
 * Reaching either, the router first closes idle keep-alive connections,
   oldest first, 32 at a time (nginx: "reusing connections"); when none is
   idle it stops accepting, so new connections wait in the kernel's listen
@@ -55,6 +57,7 @@ from typing import cast
 from aiohttp import web
 
 from pikud.fds import open_fd_count, open_files_limit
+from pikud.procman.children import spawn_reserve
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +159,9 @@ class Connections:
         limit = open_files_limit()
         self._ceiling = limit - self.limits.fd_reserve
         self._count()
-        room = self._ceiling - self._others
+        room = self._ceiling - spawn_reserve() - self._others
         log.info("router: up to %d connections: %d descriptors of %d, %d kept in reserve",
-                 min(room, self.limits.max_connections), room, limit, self.limits.fd_reserve)
+                 min(room, self.limits.max_connections), room, limit, limit - room)
         if room < BACKLOG:
             log.warning("router: only %d descriptors left for connections: raise LimitNOFILE "
                         "or lower router_fd_reserve (%d)", room, self.limits.fd_reserve)
@@ -244,9 +247,11 @@ class Connections:
     def _shortage(self) -> str | None:
         """Why the router may not take another connection now, or None."""
         used = self._others + len(self._open) + self._in_flight
-        if used >= self._ceiling:
-            return (f"{used} descriptors open, {self.limits.fd_reserve} of the limit "
-                    f"{self._ceiling + self.limits.fd_reserve} are kept in reserve")
+        spawning = spawn_reserve()
+        if used >= self._ceiling - spawning:
+            return (f"{used} descriptors open, {self.limits.fd_reserve + spawning} of the limit "
+                    f"{self._ceiling + self.limits.fd_reserve} are kept in reserve "
+                    f"(router_fd_reserve, and {spawning} that spawns keep free)")
         if len(self._open) >= self.limits.max_connections:
             return f"{len(self._open)} connections, router_max_connections is reached"
         return None

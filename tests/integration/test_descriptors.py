@@ -187,3 +187,36 @@ def test_connections_that_send_no_request_are_closed(pikud_factory: Callable[...
             sock.close()
         answered.close()
         again.close()
+
+
+def test_the_router_leaves_a_spawn_the_reserve_it_needs_however_many_processes_run(
+        pikud_factory: Callable[..., Pikud], short_root: Path, many_files: None) -> None:
+    """A spawn keeps one free descriptor per live process: the router must not take those."""
+    (short_root / "pikud.toml").write_text("max_processes_per_app = 300\n")
+    daemon = pikud_factory(preexec_fn=nofile(1024, 1024))
+    daemon.add_app("many", "worker: sleep 600\n", FAST)
+    (short_root / "envs/many").mkdir(parents=True)
+    (short_root / "envs/many/SCALING").write_text("worker: 200\n")
+    daemon.api("POST", "/apps/many/deploy")
+    wait_for(lambda: all(p["state"] == "RUNNING" for p in daemon.processes("many")), 30,
+             "200 workers to run")
+    deploy_checked_app(daemon, "hold")
+    port = daemon.http_port
+    held = []
+    try:
+        while "not accepting" not in daemon.output() and len(held) < HELD:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+            conn.request("GET", "/", headers={"Host": "hold.localhost"})
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"ok")
+            held.append(conn)
+        pid = daemon.process("many", "many:worker.1")["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: (p := daemon.process("many", "many:worker.1"))["state"] == "RUNNING"
+                 and p["pid"] != pid, 15, "many:worker.1 to respawn")
+        daemon.cli("restart", "hold", check=True)
+        assert daemon.get("hold") == (200, "ok")
+    finally:
+        for conn in held:
+            conn.close()
+    assert "Too many open files" not in daemon.output()

@@ -204,3 +204,18 @@ def test_release_folders_of_a_push_killed_with_pikud_are_pruned(pikud_factory,
     git(work, "push", "--quiet", "piku", "main", env=dict(daemon.env))
     assert sorted(p.name for p in releases.iterdir()) == ["1", "8"]
     assert [r["number"] for r in daemon.api("GET", "/apps/pushed/releases")["releases"]] == [8, 1]
+
+
+def test_a_state_file_corrupt_beyond_a_value_error_is_set_aside_too(pikud_factory,
+                                                                    short_root: Path) -> None:
+    """A port of 1e400 (OverflowError) or JSON nested 100,000 deep (RecursionError)."""
+    state = short_root / "pikud"
+    state.mkdir()
+    (state / "state.json").write_text('{"apps": {"x": {"desired": "running", '
+                                      '"ports": {"web": 1e400}}}}\n')
+    (state / "cron.json").write_text("[" * 100_000 + "]" * 100_000)
+    daemon: Pikud = pikud_factory()
+    wait_for(lambda: "ready:" in daemon.output(), 15, "the boot")
+    assert daemon.output().count("corrupt state file set aside:") == 2, daemon.output()
+    assert len(list(state.glob("state.json.corrupt-*"))) == 1
+    assert len(list(state.glob("cron.json.corrupt-*"))) == 1
