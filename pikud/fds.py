@@ -37,6 +37,8 @@ def open_files_limit() -> int:
     return 2**31 if soft == resource.RLIM_INFINITY else soft
 
 
-def open_fd_count() -> int:
-    """Descriptors open in this process; costs about 0.75 ms per 1,000 open."""
-    return len(os.listdir("/proc/self/fd")) - 1      # minus the listing's own descriptor
+def open_descriptors() -> int:
+    """How many descriptors the daemon holds: /proc/self/fd's size (Linux 6.2 and later,
+    a few microseconds, and no descriptor needed), else a listing of it (about 1 ms per
+    1,000 descriptors)."""
+    return os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd")) - 1

@@ -58,9 +58,10 @@ def load_json(path: Path, parse: Callable[[Any], T], shown: str) -> Loaded[T]:
         reason = f"{exc.__class__.__name__}: {exc}"
     try:
         kept = f"is kept as {set_aside(path).name}"
+        log.error("corrupt state file set aside: %s (%s) %s", shown, reason, kept)
     except OSError as exc:
         kept = f"could not be set aside ({exc})"
-    log.error("corrupt state file set aside: %s (%s) %s", shown, reason, kept)
+        log.error("corrupt state file not set aside: %s (%s) %s", shown, reason, kept)
     return Loaded(None, f"{shown} was corrupt ({reason}) and {kept}")
 
 

@@ -365,8 +365,8 @@ async def stop_leftovers(root: str, timeout: float, app: str | None = None) -> i
 
     They may have been re-parented elsewhere, so these are the places that scan all of /proc.
     """
-    found = find_processes((f"{MARKER}={app + ':' if app else ''}*".encode(),
-                            f"PIKU_ROOT={root}".encode()))
+    needles = (f"{MARKER}={app + ':' if app else ''}*".encode(), f"PIKU_ROOT={root}".encode())
+    found = await asyncio.to_thread(find_processes, needles)    # all of /proc: off the loop
     if found and app is None:       # an app's own are noted by the App
         log.warning("stopping %d processes left running by a previous pikud", len(found))
     return (await terminate(None, found, timeout)).found

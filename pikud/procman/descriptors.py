@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
+
+from pikud.fds import open_descriptors, open_files_limit
 
 RESERVE = 64            # for the control socket, log files, /proc reads, nginx and git runs
 SPAWN_COST = 5          # a spawn's own: the log pipe, Popen's error pipe, the pidfd
-
-
-def open_descriptors() -> int:
-    """How many descriptors the daemon holds: /proc/self/fd's size (Linux 6.2 and later,
-    a few microseconds), else a listing of it (about 1 ms per 1,000 descriptors)."""
-    return os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd")) - 1
 
 
 def kept(live: int) -> int:
@@ -32,9 +27,7 @@ def kept(live: int) -> int:
 
 def check_headroom(live: int) -> None:
     """Raise OSError(EMFILE) when a spawn would leave fewer than ``live`` + RESERVE free."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return
+    soft = open_files_limit()
     free = soft - open_descriptors()
     if free < kept(live):
         raise OSError(errno.EMFILE, f"{os.strerror(errno.EMFILE)}: {free} of {soft} "

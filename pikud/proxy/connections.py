@@ -56,7 +56,7 @@ from typing import cast
 
 from aiohttp import web
 
-from pikud.fds import open_fd_count, open_files_limit
+from pikud.fds import open_descriptors, open_files_limit
 from pikud.procman.children import spawn_reserve
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,11 @@ class Connections:
             self._resume_if_room()
 
     def _count(self) -> None:
-        self._others = open_fd_count() - len(self._open) - self._in_flight
+        try:
+            total = open_descriptors()
+        except OSError:         # not even a descriptor to list them with: count as full
+            total = self._ceiling + self.limits.fd_reserve
+        self._others = total - len(self._open) - self._in_flight
         self._counted = time.monotonic()
 
     def _make_room(self, spare: _Connection | None) -> str | None:

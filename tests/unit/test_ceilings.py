@@ -11,7 +11,8 @@ import pytest
 from pikud.appspec import AppSettings, AppSpec, parse_procfile
 from pikud.ceilings import Ceilings, admit, process_counts
 from pikud.errors import SpecError, TooManyProcesses
-from pikud.procman.descriptors import RESERVE, check_headroom, open_descriptors
+from pikud.fds import open_descriptors
+from pikud.procman.descriptors import RESERVE, check_headroom
 from pikud.settings import load_settings
 
 
