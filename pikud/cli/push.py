@@ -1,5 +1,6 @@
-"""The `piku` commands of the push path and of cron: git-receive-pack/upload-pack,
-the hook, deploy, releases, rollback, cron and cron:run (click + stdlib only, like cli.py)."""
+"""The `piku` commands of the push path: git-receive-pack, git-upload-pack and
+the pre-receive hook that sshd and git run, and deploy, releases and rollback
+(click + stdlib only; ``deploy/receive.py`` does the repository work)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,28 @@ from typing import Any
 
 import click
 
-from pikud.cli import _app_path, _client, _color, _emit, _print_json, json_option, piku
-from pikud.deploy.receive import (app_from_git_path, ensure_repo, point_head_at, pushed_revision,
-                                  quarantine_env)
+from pikud.cli.common import app_path, client, color, emit, json_option, print_json
+from pikud.deploy.receive import (
+    app_from_git_path,
+    ensure_repo,
+    point_head_at,
+    pushed_revision,
+    quarantine_env,
+)
 from pikud.errors import PikudError
 from pikud.output import format_ps, format_table
 from pikud.paths import Paths, cli_argv
 
 
 def _progress(path: str, body: dict[str, Any] | None, as_json: bool) -> Any:
-    """POST with ?progress=1, echoing each progress line; returns the final data."""
-    for item in _client(None).stream("POST", f"{path}?progress=1", body):
+    """POST with ?progress=1, echoing each progress line; returns the final data.
+
+    A build takes as long as it takes, so the stream has no timeout.
+    """
+    for item in client(None).stream("POST", f"{path}?progress=1", body):
         if "progress" in item:
             if as_json:
-                _print_json(item)
+                print_json(item)
             else:
                 click.echo(item["progress"])
         elif item.get("end"):
@@ -31,21 +40,21 @@ def _progress(path: str, body: dict[str, Any] | None, as_json: bool) -> Any:
     raise PikudError("pikud ended the deploy stream without a result")
 
 
-@piku.command("deploy")
+@click.command("deploy")
 @click.argument("app")
 @json_option
 def deploy(app: str, as_json: bool) -> None:
     """Rebuild APP's current release and switch to it (or re-read apps/APP)."""
-    detail = _progress(_app_path(app, "deploy"), None, as_json)
-    _emit(detail, as_json, lambda d: f"-----> {app} deployed\n{format_ps(d, _color())}")
+    detail = _progress(app_path(app, "deploy"), None, as_json)
+    emit(detail, as_json, lambda d: f"-----> {app} deployed\n{format_ps(d, color())}")
 
 
-@piku.command("releases")
+@click.command("releases")
 @click.argument("app")
 @json_option
 def releases(app: str, as_json: bool) -> None:
     """List APP's releases, newest first; * marks the live one."""
-    data = _client().request("GET", _app_path(app, "releases"))
+    data = client().request("GET", app_path(app, "releases"))
 
     def render(d: dict[str, Any]) -> str:
         rows = [[("*" if r["current"] else " ") + str(r["number"]), r["revision"][:12],
@@ -55,55 +64,22 @@ def releases(app: str, as_json: bool) -> None:
         if not rows:
             return f"{app} has no releases yet: git push to it first"
         return format_table(["RELEASE", "REVISION", "DEPLOYED", "BY", "RUNTIME", "REF"], rows)
-    _emit(data, as_json, render)
+    emit(data, as_json, render)
 
 
-@piku.command("rollback")
+@click.command("rollback")
 @click.argument("app")
 @click.argument("release", type=click.IntRange(min=1), required=False)
 @json_option
 def rollback(app: str, release: int | None, as_json: bool) -> None:
     """Switch APP back to RELEASE (default: the previous one) without rebuilding."""
     body = {"release": release} if release is not None else {}
-    detail = _progress(_app_path(app, "rollback"), body, as_json)
-    _emit(detail, as_json, lambda d: f"-----> {app} is on release {d['release']}\n"
-          f"{format_ps(d, _color())}")
+    detail = _progress(app_path(app, "rollback"), body, as_json)
+    emit(detail, as_json, lambda d: f"-----> {app} is on release {d['release']}\n"
+         f"{format_ps(d, color())}")
 
 
-@piku.command("cron")
-@click.argument("app")
-@json_option
-def cron(app: str, as_json: bool) -> None:
-    """List APP's cron jobs: schedule, command, last run, next run."""
-    data = _client().request("GET", _app_path(app, "cron"))
-
-    def render(d: dict[str, Any]) -> str:
-        rows = []
-        for job in d["jobs"]:
-            last = job["last_run"]
-            done = (f"{last['started'][:19]} {last['status']} ({last['duration']:.1f}s)"
-                    if last and last.get("duration") is not None else
-                    f"{last['started'][:19]} {last['status']}" if last else "-")
-            rows.append([job["kind"], job["schedule"], job["command"], done,
-                         (job["next_run"] or "-")[:19] + (" (running)" if job["running"] else "")])
-        if not rows:
-            return f"{app} has no cron entries"
-        return format_table(["JOB", "SCHEDULE", "COMMAND", "LAST RUN", "NEXT RUN"], rows)
-    _emit(data, as_json, render)
-
-
-@piku.command("cron:run")
-@click.argument("app")
-@click.argument("kind")
-@json_option
-def cron_run(app: str, kind: str, as_json: bool) -> None:
-    """Run APP's cron job KIND now (its output goes to logs/APP/KIND.log)."""
-    data = _client().request("POST", _app_path(app, "cron", kind, "run"))
-    _emit(data, as_json, lambda d: f"-----> {app}:{kind} " + (
-        "queued behind the run in progress" if d.get("queued") else f"started at {d['started']}"))
-
-
-@piku.command("git-receive-pack", hidden=True)
+@click.command("git-receive-pack", hidden=True)
 @click.argument("path")
 def git_receive_pack(path: str) -> None:
     """sshd's `git push`: make the bare repo on first push, then hand over to git."""
@@ -112,7 +88,7 @@ def git_receive_pack(path: str) -> None:
     os.execvp("git", ["git", "receive-pack", str(repo)])
 
 
-@piku.command("git-upload-pack", hidden=True)
+@click.command("git-upload-pack", hidden=True)
 @click.argument("path")
 def git_upload_pack(path: str) -> None:
     """sshd's `git clone`/`fetch` of an app's repo."""
@@ -123,7 +99,7 @@ def git_upload_pack(path: str) -> None:
     os.execvp("git", ["git", "upload-pack", str(repo)])
 
 
-@piku.command("git-hook", hidden=True)
+@click.command("git-hook", hidden=True)
 @click.argument("app")
 def git_hook(app: str) -> None:
     """The repo's pre-receive hook: deploy the pushed revision; a failure rejects the push."""
@@ -133,7 +109,7 @@ def git_hook(app: str) -> None:
     body = {"revision": push.new, "ref": push.ref, "old": push.old,
             "pusher": os.environ.get("NAME", ""),
             "fingerprint": os.environ.get("FINGERPRINT", ""), "git_env": quarantine_env()}
-    detail = _progress(_app_path(app, "deploy"), body, False)
+    detail = _progress(app_path(app, "deploy"), body, False)
     point_head_at(push.ref)
     click.echo(f"-----> {app} is live: release {detail['release']}")
     click.echo(format_ps(detail, False))

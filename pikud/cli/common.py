@@ -1,0 +1,69 @@
+"""What every `piku` command shares: the daemon call and the way answers are printed.
+
+Each command module calls the daemon through ``client()`` and prints with
+``emit()``, so the socket path, the timeouts, ``--json`` and the colour rule
+are decided here once. Stdlib and click only: every ssh command imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import click
+
+from pikud.control.client import Client
+from pikud.paths import Paths
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Deploys and restarts wait for readiness inside the daemon: allow them time.
+LONG_TIMEOUT = 600.0
+
+
+def client(timeout: float | None = 30) -> Client:
+    """A client of the daemon's socket under PIKU_ROOT; ``None`` waits forever (streams)."""
+    return Client(Paths.from_env().socket, timeout=timeout)
+
+
+def app_path(app: str, *rest: str) -> str:
+    """The API path of ``app`` (quoted, so any name stays one segment) and below."""
+    return "/".join(["/apps", quote(app, safe=""), *rest])
+
+
+def color() -> bool:
+    """ANSI only on a terminal, and never when NO_COLOR is set (no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def json_option(func: F) -> F:
+    """Every command takes ``--json``: the API's data instead of text."""
+    return click.option("--json", "as_json", is_flag=True, help="Print the API's data as JSON.")(func)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
+    """The API's data as JSON, or rendered for people."""
+    if as_json:
+        print_json(data)
+    else:
+        click.echo(render(data))
+
+
+def pairs(items: Iterable[str], what: str, param: str) -> list[tuple[str, str]]:
+    """Split ``K=V`` words; a word without ``=`` or with an empty K is a usage error."""
+    result = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not {what}", param_hint=param)
+        result.append((key, value))
+    return result
+

@@ -1,0 +1,75 @@
+"""The `piku` commands about the host rather than one app: setup, setup:ssh and
+cloudflare:refresh (click + stdlib only)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pikud.cli.common import LONG_TIMEOUT, client, color, emit, json_option
+from pikud.output import format_cloudflare
+from pikud.paths import LAYOUT, Paths, cli_argv
+
+
+@click.command("setup")
+@json_option
+def setup(as_json: bool) -> None:
+    """Create the directory layout under PIKU_ROOT.
+
+    Needs no daemon; safe to run again.
+    """
+    paths = Paths.from_env()
+    try:
+        paths.create()
+    except OSError as exc:
+        raise click.ClickException(f"cannot create the layout under {paths.root}: {exc}") from None
+    dirs = [str(paths.root / name) for name in LAYOUT]
+    emit({"root": str(paths.root), "dirs": dirs}, as_json,
+         lambda d: "\n".join(f"-----> {path}" for path in d["dirs"]))
+
+
+@click.command("setup:ssh")
+@click.argument("keyfile", type=click.File("rb"))
+@click.option("--name", help="Who the key belongs to (default: the key's comment).")
+@json_option
+def setup_ssh(keyfile: Any, name: str | None, as_json: bool) -> None:
+    """Allow a public key (KEYFILE, - for stdin) to use piku.
+
+    The key goes into ~/.ssh/authorized_keys with a forced command that runs
+    this piku, so its holder can only run piku commands.
+    """
+    # Imported here: only this command needs hashing and temp files.
+    from pikud.sshkeys import add_authorized_key, authorized_line, key_name, parse_public_key
+
+    key = parse_public_key(keyfile.read().decode("utf-8", "replace"))
+    owner = key_name(name, key)
+    target = Path.home() / ".ssh" / "authorized_keys"
+    try:
+        root = Path(os.environ["PIKU_ROOT"]) if os.environ.get("PIKU_ROOT") else None
+        line = authorized_line(key, owner, cli_argv(), root)
+        added = add_authorized_key(target, key, line)
+    except OSError as exc:
+        raise click.ClickException(f"cannot update {target}: {exc}") from None
+    result = {"fingerprint": key.fingerprint, "name": owner, "file": str(target), "added": added}
+    if added:
+        message = f"-----> Added key {key.fingerprint} ({owner}) to {target}"
+    else:
+        message = f"-----> Key {key.fingerprint} is already in {target}; nothing changed"
+    emit(result, as_json, lambda d: message)
+
+
+@click.command("cloudflare:refresh")
+@json_option
+def cloudflare_refresh(as_json: bool) -> int:
+    """Download Cloudflare's address ranges for NGINX_CLOUDFLARE_ACL.
+
+    Every list must be valid, or nothing changes. When the ranges changed,
+    the nginx site of each running app that sets NGINX_CLOUDFLARE_ACL is
+    re-published; exit status 1 if one of them failed.
+    """
+    data = client(LONG_TIMEOUT).request("POST", "/cloudflare/refresh")
+    emit(data, as_json, lambda d: format_cloudflare(d, color()))
+    return 1 if any(entry["site"] == "failed" for entry in data["apps"]) else 0
