@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SAVE_RETRY_BASE, SAVE_RETRY_MAX = 1.0, 60.0     # seconds between attempts to save state.json
 SETTLE_WAIT = 20.0          # how long an action waits for boot to stop a killed pikud's processes
+BOOT_RETRY, BOOT_RETRY_MAX = 5.0, 300.0   # a start that failed at boot is tried again
 
 
 def parse_state(data: Any) -> dict[str, dict[str, Any]]:
@@ -80,6 +81,7 @@ class AppRegistry:
         self._unsaved: str | None = None    # why state.json could not be written
         self._save_failures = 0
         self._retry: asyncio.TimerHandle | None = None
+        self._boot_retries: set[asyncio.Task[None]] = set()   # apps whose boot start failed
 
     def _cron_event(self, app: str, process: str | None, event: str, message: str) -> None:
         """A cron run started or ended: into the app's pikud.log and /events, like any event."""
@@ -199,15 +201,44 @@ class AppRegistry:
                 await remove_tree(path)
 
     async def _boot_one(self, app: App) -> None:
-        """Start one app at boot; whatever goes wrong with it, the others still start."""
+        """Start one app at boot; whatever goes wrong with it, the others still start.
+
+        A start that fails (a spawn refused for want of descriptors or memory, say)
+        is tried again in a task of its own, so no app wanted running is left with
+        neither a process nor a timer.
+        """
+        if not await self._start_at_boot(app):
+            retry = asyncio.create_task(self._retry_boot(app), name=f"boot retry {app.name}")
+            self._boot_retries.add(retry)
+            retry.add_done_callback(self._boot_retries.discard)
+
+    async def _start_at_boot(self, app: App) -> bool:
         try:
             await app.start(boot=True)      # runs the @reboot cron entries
+            return True
         except PikudError as exc:
             app.note("error", f"{app.name}: not started at boot: {exc}", logging.ERROR)
         except Exception:
             log.exception("%s: not started at boot", app.name)
+        return False
+
+    async def _retry_boot(self, app: App) -> None:
+        """Start ``app`` again after BOOT_RETRY s, doubling to BOOT_RETRY_MAX, until it
+        runs or is acted on by hand (stopped, started, destroyed) meanwhile."""
+        delay = BOOT_RETRY
+        while True:
+            app.note("retry", f"{app.name}: starting again in {delay:g}s", logging.WARNING)
+            await asyncio.sleep(delay)
+            if app.desired != RUNNING or app.group.processes or self.apps.get(app.name) is not app:
+                return
+            if await self._start_at_boot(app):
+                app.note("start", f"{app.name}: started after failing at boot")
+                return
+            delay = min(delay * 2, BOOT_RETRY_MAX)
 
     async def shutdown(self) -> None:
+        for retry in list(self._boot_retries):
+            retry.cancel()
         await asyncio.gather(self.scheduler.close(),
                              *(app.stop(persist=False) for app in self.apps.values()))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -152,3 +153,41 @@ def test_stop_and_destroy_stop_the_processes_pikud_does_not_track(pikud: Pikud) 
         for proc in strays:
             proc.kill()
             proc.wait()
+
+
+
+def test_an_app_that_cannot_start_at_boot_is_started_again_later(pikud_factory,
+                                                                 short_root: Path) -> None:
+    """A boot start refused for want of descriptors is tried again once they are back.
+
+    While boot waits for a leftover that ignores SIGTERM, the test holds 100
+    control-socket connections: each is a descriptor of the daemon's 256.
+    """
+    (short_root / "pikud.toml").write_text(
+        "control_idle_timeout = 600\n[defaults]\nPIKU_STOP_TIMEOUT = 3\n")
+    daemon: Pikud = pikud_factory(preexec_fn=nofile(256, 256))
+    daemon.add_app("stubborn", "worker: trap '' TERM; sleep 300\n", FAST)
+    daemon.add_app("big", "worker: sleep 300\n", FAST)
+    (daemon.root / "envs/big").mkdir(parents=True)
+    (daemon.root / "envs/big/SCALING").write_text("worker: 40\n")
+    for name in ("stubborn", "big"):
+        daemon.api("POST", f"/apps/{name}/deploy")
+    wait_for(lambda: len(pids_of(daemon.root, "big")) == 40, 20, "40 workers")
+    daemon.kill9()
+    daemon.start(preexec_fn=nofile(256, 256))
+    held = []
+    try:
+        for _ in range(100):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(daemon.root / "pikud.sock"))
+            held.append(sock)
+        assert "ready:" not in daemon.output().split("listening on")[-1], "boot was too quick"
+        wait_for(lambda: "big: starting again in 5s" in daemon.output(), 20, "a retry planned")
+        assert not pids_of(daemon.root, "big")
+        assert daemon.api("GET", "/apps/big")["state"] == "running"
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(lambda: "big: started after failing at boot" in daemon.output(), 20,
+             "the retry to start big")
+    wait_for(lambda: len(pids_of(daemon.root, "big")) == 40, 20, "40 workers again")
