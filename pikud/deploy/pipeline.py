@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pikud.appspec import AppSettings, AppSpec, live_env, load_spec
+from pikud.appsettings import AppSettings
+from pikud.appspec import AppSpec, live_env, load_spec
 from pikud.cron import cron_entries, job_settings
 from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore

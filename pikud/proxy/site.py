@@ -44,7 +44,7 @@ from typing import Literal
 
 import jinja2
 
-from pikud.appspec import boolean, nonneg_int, positive_int
+from pikud.convert import boolean, nonneg_int, positive_int
 from pikud.errors import EnvError, ProcfileError, SpecError
 from pikud.paths import Paths
 
