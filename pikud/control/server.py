@@ -35,7 +35,6 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Progress = Callable[[str], None]
 REGISTRY = web.AppKey("registry", AppRegistry)
-STATUS = web.AppKey("status", dict)
 
 
 def peer_uid(request: web.Request) -> int:
