@@ -33,10 +33,10 @@ class AppSettings:
     touch_reload: tuple[str, ...] = ()
     auto_restart: bool = True
     keep_releases: int = 5
-    healthcheck: str | None = None       # PIKU_HEALTHCHECK: an HTTP path new web processes must answer
-    ready_timeout: float = 30.0          # PIKU_READY_TIMEOUT: how long a new web process may take
-    listen_fds: bool = False             # PIKU_LISTEN_FDS: web processes get the daemon's socket
-    idle_timeout: float = 0.0            # PIKU_IDLE_TIMEOUT (piku's UWSGI_IDLE): scale to zero; 0 = off
+    healthcheck: str | None = None  # PIKU_HEALTHCHECK: a path new web processes must answer
+    ready_timeout: float = 30.0     # PIKU_READY_TIMEOUT: how long a new web process may take
+    listen_fds: bool = False        # PIKU_LISTEN_FDS: web processes get the daemon's socket
+    idle_timeout: float = 0.0       # PIKU_IDLE_TIMEOUT (piku's UWSGI_IDLE): scale to zero; 0 = off
 
 
 def _opt(env: Mapping[str, str], key: str, convert: Callable[[str, str], T], default: T) -> T:

@@ -49,7 +49,8 @@ def test_app_settings_defaults_come_from_caller() -> None:
     ({"PIKU_TOUCH_RELOAD": "/etc"}, "PIKU_TOUCH_RELOAD", "inside the app directory"),
     ({"PIKU_AUTO_RESTART": "sometimes"}, "PIKU_AUTO_RESTART", "true/false"),
     ({"PIKU_BACKOFF_MAX": "0.5"}, "PIKU_BACKOFF_MAX", "less than PIKU_BACKOFF_BASE (1s)"),
-    ({"PIKU_BACKOFF_BASE": "1m"}, "PIKU_BACKOFF_MAX", "PIKU_BACKOFF_MAX: 30s is less than PIKU_BACKOFF_BASE (60s)"),
+    ({"PIKU_BACKOFF_BASE": "1m"}, "PIKU_BACKOFF_MAX",
+     "PIKU_BACKOFF_MAX: 30s is less than PIKU_BACKOFF_BASE (60s)"),
 ])
 def test_app_settings_bad(env: dict[str, str], key: str | None, word: str | None) -> None:
     if key is None:
