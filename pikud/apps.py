@@ -23,10 +23,9 @@ from pikud.atomic import write_atomic, written_unless_failed
 from pikud.ceilings import admit
 from pikud.cron import JobSpec, cron_entries, job_settings
 from pikud.deploy.checkout import ref_value, wait_for_ref
-from pikud.deploy.pipeline import PushInfo, build_release, release_env
+from pikud.deploy.pipeline import PushInfo, build_release, release_env, spec_warnings
 from pikud.deploy.releases import Release, ReleaseStore
-from pikud.deploy.servers import (check_installed, ignored_settings, server_command,
-                                  servers_chosen)
+from pikud.deploy.servers import check_installed, server_command, servers_chosen
 from pikud.errors import DeployError, EnvError, PikudError
 from pikud.procman.group import ProcessGroup, Readiness, drain
 from pikud.procman.plan import plan
@@ -213,8 +212,7 @@ class App:
                 for kind, entry in entries.items()]
 
     def _prepare(self, spec: AppSpec, release: Release | None) -> None:
-        self._warn_once("spec", (*spec.warnings, *ignored_settings(
-            spec.procfile.entries, spec.env, bool(spec.settings.idle_timeout))))
+        self._warn_once("spec", spec_warnings(spec))
         for path in (self.paths.log_dir(self.name), self.paths.data(self.name),
                      self.paths.cache(self.name)):
             path.mkdir(parents=True, exist_ok=True)

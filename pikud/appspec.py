@@ -2,7 +2,8 @@
 
 Everything here is parsed at the edge into frozen dataclasses. An error names
 the file and line (or the key), and nothing is returned half-read, so a typo
-can never quietly change what runs. Stdlib only.
+can never quietly change what runs. The value converters are in
+pikud.convert, the PIKU_* supervision settings in pikud.appsettings. Stdlib only.
 """
 
 # Design notes (where pikud is stricter than piku, and why):
@@ -22,9 +23,10 @@ import pwd
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from pathlib import Path
 
+from pikud.appsettings import AppSettings, app_settings, idle_setting
+from pikud.convert import UNWRITABLE, whole_number
 from pikud.errors import AppNameError, EnvError, ProcfileError, ScalingError, SpecError
 from pikud.paths import Paths
 
@@ -32,7 +34,6 @@ WEB_KINDS = ("web", "wsgi", "asgi")
 RELEASE_KINDS = ("preflight", "release")
 STATIC_KIND = "static"
 MAX_SCALE = 1000
-MAX_NUMBER = 10 ** 18 - 1       # far above any count, size or time a setting holds
 # Set by systemd for the daemon itself; a child that saw them could notify or
 # claim sockets in the daemon's name (FACTS.md), so they never reach an app.
 SYSTEMD_VARS = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
@@ -41,22 +42,10 @@ SYSTEMD_VARS = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
 _APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_COUNT = re.compile(r"[0-9]+")
 _EXPORT = re.compile(r"export\s+")
 _REF = re.compile(r"\\\$|\$\{([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)|\$\{")
-_SECONDS = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m)?", re.IGNORECASE)
-_SIZE = re.compile(r"([0-9]+)\s*(?:([kmg])(?:i?b)?|b)?", re.IGNORECASE)
-_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0}
-LONGEST = 7 * 24 * 3600.0         # the longest duration a setting may give
-_POWERS = {None: 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
-_URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&()*+,;=:@%/?-]*")
-_TRUE = frozenset({"true", "yes", "on", "1"})
-_FALSE = frozenset({"false", "no", "off", "0"})
 _QUOTE_IF = frozenset("'\"$#\\")
-_FORBIDDEN = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL byte"}
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-T = TypeVar("T")
 
 
 def _lines(text: str, file: str, error: type[SpecError]) -> Iterable[tuple[int, str]]:
@@ -70,19 +59,6 @@ def _lines(text: str, file: str, error: type[SpecError]) -> Iterable[tuple[int, 
             raise error("line contains a NUL byte", file=file, line=number)
         if line and not line.startswith("#"):
             yield number, line
-
-
-def whole_number(text: str, maximum: int = MAX_NUMBER) -> int | None:
-    """``text`` (ASCII digits only) as an int if it is at most ``maximum``, else None.
-
-    The digits are counted first: int() raises ValueError on 4,301 or more.
-    """
-    if not _COUNT.fullmatch(text):
-        return None
-    digits = text.lstrip("0") or "0"
-    if len(digits) > len(str(maximum)) or int(digits) > maximum:
-        return None
-    return int(digits)
 
 
 def validate_app_name(name: str) -> str:
@@ -233,7 +209,7 @@ def format_env(values: Mapping[str, str]) -> str:
     for key, value in values.items():
         if not _KEY.fullmatch(key):
             raise EnvError(f"invalid key {key!r}", key=key)
-        for char, what in _FORBIDDEN.items():
+        for char, what in UNWRITABLE.items():
             if char in value:
                 raise EnvError(f"{key}: value contains {what}", key=key)
         surrogate = _SURROGATE.search(value)
@@ -297,142 +273,6 @@ def format_scaling(scaling: Mapping[str, int]) -> str:
     for kind, count in scaling.items():
         _scale_entry(kind, str(count), None, what=f"{kind}: {count}", file="SCALING", line=None)
     return "".join(f"{kind}: {count}\n" for kind, count in scaling.items())
-
-
-# --- converters: (key, value) -> T, raising EnvError that names the key ----
-def _bad(key: str, expected: str, value: str) -> EnvError:
-    return EnvError(f"{key}: expected {expected}, got {value!r}", key=key)
-
-
-def boolean(key: str, value: str) -> bool:
-    word = value.strip().lower()
-    if word in _TRUE or word in _FALSE:
-        return word in _TRUE
-    raise _bad(key, "true/false, yes/no, on/off or 1/0", value)
-
-
-def _integer(key: str, value: str, minimum: int, expected: str) -> int:
-    number = whole_number(value.strip())
-    if number is None or number < minimum:
-        raise _bad(key, expected, value)
-    return number
-
-
-def positive_int(key: str, value: str) -> int:
-    return _integer(key, value, 1, "a whole number of 1 or more")
-
-
-def nonneg_int(key: str, value: str) -> int:
-    return _integer(key, value, 0, "a whole number of 0 or more")
-
-
-def seconds(key: str, value: str) -> float:
-    """A duration in seconds: ``2``, ``0.5``, ``250ms``, ``1.5s`` or ``2m``."""
-    match = _SECONDS.fullmatch(value.strip())
-    if match is None:
-        raise _bad(key, "a number of seconds (optionally with s, ms or m)", value)
-    unit = match.group(2).lower() if match.group(2) else None
-    duration = float(match.group(1)) * _UNITS[unit]
-    if duration > LONGEST:          # every wait has an end: no timer of years, or of inf
-        raise _bad(key, f"a number of seconds up to 7 days ({LONGEST:g})", value)
-    return duration
-
-
-def size(key: str, value: str) -> int:
-    """Bytes: ``1048576``, ``512K``, ``1M``, ``2GiB`` (powers of 1024)."""
-    match = _SIZE.fullmatch(value.strip())
-    number = whole_number(match.group(1)) if match else None
-    if match is None or number is None:
-        raise _bad(key, "a size in bytes (optionally with K, M or G)", value)
-    unit = match.group(2).lower() if match.group(2) else None
-    return number * _POWERS[unit]
-
-
-def url_path(key: str, value: str) -> str:
-    """An absolute URL path with a query at most: no spaces, control characters or quotes."""
-    if not _URL_PATH.fullmatch(value):
-        raise _bad(key, "a URL path like /health (printable, no spaces or quotes)", value)
-    return value
-
-
-def relative_paths(key: str, value: str) -> tuple[str, ...]:
-    """Comma-separated paths inside the app dir; an empty value means none."""
-    if any(char in value for char in _FORBIDDEN):
-        raise _bad(key, "paths on one line", value)
-    if not value.strip():
-        return ()
-    paths = []
-    for item in (part.strip() for part in value.split(",")):
-        if not item:
-            raise _bad(key, "comma-separated paths without empty items", value)
-        path = PurePosixPath(item)
-        if path.is_absolute() or ".." in path.parts:
-            raise EnvError(f"{key}: {item!r} must be a path inside the app directory "
-                           "(relative, without '..')", key=key)
-        paths.append(str(path))
-    return tuple(paths)
-
-
-# --- settings -------------------------------------------------------------
-@dataclass(frozen=True)
-class AppSettings:
-    """Per-app supervision settings, read from the app's ENV (see app_settings)."""
-
-    stop_timeout: float = 10.0
-    start_secs: float = 1.0
-    backoff_base: float = 1.0
-    backoff_max: float = 30.0
-    start_retries: int = 5
-    fatal_cooloff: float = 300.0
-    log_max_bytes: int = 1048576
-    log_backups: int = 5
-    touch_reload: tuple[str, ...] = ()
-    auto_restart: bool = True
-    keep_releases: int = 5
-    healthcheck: str | None = None       # PIKU_HEALTHCHECK: an HTTP path new web processes must answer
-    ready_timeout: float = 30.0          # PIKU_READY_TIMEOUT: how long a new web process may take
-    listen_fds: bool = False             # PIKU_LISTEN_FDS: web processes get the daemon's socket
-    idle_timeout: float = 0.0            # PIKU_IDLE_TIMEOUT (piku's UWSGI_IDLE): scale to zero; 0 = off
-
-
-def _opt(env: Mapping[str, str], key: str, convert: Callable[[str, str], T], default: T) -> T:
-    return convert(key, env[key]) if key in env else default
-
-
-def idle_setting(env: Mapping[str, str]) -> str:
-    """The key scale to zero is read from: PIKU_IDLE_TIMEOUT, else piku's UWSGI_IDLE."""
-    return "PIKU_IDLE_TIMEOUT" if "PIKU_IDLE_TIMEOUT" in env else "UWSGI_IDLE"
-
-
-def app_settings(env: Mapping[str, str], defaults: AppSettings = AppSettings()) -> AppSettings:
-    """Read the PIKU_* settings from the merged app env; absent keys keep ``defaults``."""
-    log_key = "PIKU_LOG_MAXSIZE" if "PIKU_LOG_MAXSIZE" in env else "UWSGI_LOG_MAXSIZE"
-    idle_key = idle_setting(env)
-    settings = AppSettings(
-        stop_timeout=_opt(env, "PIKU_STOP_TIMEOUT", seconds, defaults.stop_timeout),
-        start_secs=_opt(env, "PIKU_START_SECS", seconds, defaults.start_secs),
-        backoff_base=_opt(env, "PIKU_BACKOFF_BASE", seconds, defaults.backoff_base),
-        backoff_max=_opt(env, "PIKU_BACKOFF_MAX", seconds, defaults.backoff_max),
-        start_retries=_opt(env, "PIKU_START_RETRIES", nonneg_int, defaults.start_retries),
-        fatal_cooloff=_opt(env, "PIKU_FATAL_COOLOFF", seconds, defaults.fatal_cooloff),
-        log_max_bytes=_opt(env, log_key, size, defaults.log_max_bytes),
-        log_backups=_opt(env, "PIKU_LOG_BACKUPS", positive_int, defaults.log_backups),
-        touch_reload=_opt(env, "PIKU_TOUCH_RELOAD", relative_paths, defaults.touch_reload),
-        auto_restart=_opt(env, "PIKU_AUTO_RESTART", boolean, defaults.auto_restart),
-        keep_releases=_opt(env, "PIKU_KEEP_RELEASES", positive_int, defaults.keep_releases),
-        healthcheck=_opt(env, "PIKU_HEALTHCHECK", url_path, defaults.healthcheck),
-        ready_timeout=_opt(env, "PIKU_READY_TIMEOUT", seconds, defaults.ready_timeout),
-        listen_fds=_opt(env, "PIKU_LISTEN_FDS", boolean, defaults.listen_fds),
-        idle_timeout=_opt(env, idle_key, seconds, defaults.idle_timeout),
-    )
-    for key, ok, expected in ((log_key, settings.log_max_bytes >= 1024, "at least 1024 bytes"),
-                              ("PIKU_LOG_BACKUPS", settings.log_backups <= 100, "1 to 100")):
-        if key in env and not ok:
-            raise _bad(key, expected, env[key])
-    if settings.backoff_max < settings.backoff_base:
-        raise EnvError(f"PIKU_BACKOFF_MAX: {settings.backoff_max:g}s is less than "
-                       f"PIKU_BACKOFF_BASE ({settings.backoff_base:g}s)", key="PIKU_BACKOFF_MAX")
-    return settings
 
 
 # --- the whole app --------------------------------------------------------

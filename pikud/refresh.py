@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from pikud.apps import RUNNING, App
-from pikud.appspec import AppSpec, boolean
+from pikud.appspec import AppSpec
 from pikud.atomic import write_atomic
+from pikud.convert import boolean
 from pikud.errors import PikudError, SpecError
 from pikud.proxy.cloudflare import download, format_file, merged
 from pikud.proxy.site import cloudflare_ranges

@@ -28,7 +28,8 @@ from typing import Any
 from pikud.statefile import json_object, load_json
 
 from pikud.apps import RUNNING, STOPPED, App, remove_tree
-from pikud.appspec import AppSettings, validate_app_name
+from pikud.appsettings import AppSettings
+from pikud.appspec import validate_app_name
 from pikud.ceilings import Ceilings
 from pikud.cron import Scheduler
 from pikud.deploy.releases import ReleaseStore

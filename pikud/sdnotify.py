@@ -35,9 +35,6 @@ class Notifier:
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")
 
-    def status(self, status: str) -> None:
-        self.send(f"STATUS={status}")
-
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=stopping apps")
 

@@ -20,7 +20,7 @@
     [defaults]                    # an app's ENV overrides each of these
     PIKU_STOP_TIMEOUT = 10
     PIKU_START_SECS = 1
-    ...                           # any key that appspec.app_settings reads
+    ...                           # any key that appsettings.app_settings reads
 
 A missing file means every default; a bad file is an error naming the key,
 and on SIGHUP the settings in force stay as they were. The router_* and
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pikud.appspec import AppSettings, app_settings
+from pikud.appsettings import AppSettings, app_settings
 from pikud.ceilings import Ceilings
 from pikud.errors import EnvError, SpecError
 from pikud.proxy.cloudflare import DEFAULT_URLS

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from pikud import __version__
-from pikud.appspec import whole_number
 from pikud.registry import AppRegistry
 from pikud.control.protocol import MAX_BODY, NDJSON, error, ndjson_line, ok
+from pikud.convert import whole_number
 from pikud.deploy.checkout import validate_ref, validate_revision
 from pikud.deploy.pipeline import PushInfo
 from pikud.errors import BadRequest, Forbidden, PikudError
@@ -35,7 +35,6 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Progress = Callable[[str], None]
 REGISTRY = web.AppKey("registry", AppRegistry)
-STATUS = web.AppKey("status", dict)
 
 
 def peer_uid(request: web.Request) -> int:

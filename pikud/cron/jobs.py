@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pikud.appspec import Procfile, is_cron, seconds
+from pikud.appspec import Procfile, is_cron
+from pikud.convert import seconds
 from pikud.cron.schedule import CronEntry, check_fires, parse_cron, zone
 from pikud.errors import CronError
 from pikud.procman.children import MARKER

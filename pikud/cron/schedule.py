@@ -43,7 +43,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from pikud.appspec import whole_number
+from pikud.convert import whole_number
 from pikud.errors import CronError
 
 MACROS = {

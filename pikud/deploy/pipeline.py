@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pikud.appspec import AppSettings, AppSpec, live_env, load_spec
+from pikud.appsettings import AppSettings
+from pikud.appspec import AppSpec, live_env, load_spec
 from pikud.cron import cron_entries, job_settings
 from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore
@@ -27,6 +28,7 @@ from pikud.errors import BuildError, DeployError, ReleaseError
 from pikud.paths import Paths
 from pikud.procman.children import MARKER
 from pikud.procman.oneshot import run_once
+from pikud.proxy.site import unknown_key_warnings
 
 Progress = Callable[[str], None]
 INDENT = "       "
@@ -49,6 +51,14 @@ def runner(progress: Progress, error: type[DeployError] = BuildError) -> Runner:
         if info.code != 0:
             raise error(f"`{shlex.join(argv)}` failed ({info})")
     return run
+
+
+def spec_warnings(spec: AppSpec) -> tuple[str, ...]:
+    """What is wrong but used anyway, for the push's output and (once) the app's log:
+    the parsers' warnings, uWSGI settings the chosen servers ignore, unknown NGINX_* keys."""
+    return (*spec.warnings,
+            *ignored_settings(spec.procfile.entries, spec.env, bool(spec.settings.idle_timeout)),
+            *unknown_key_warnings(spec.env))
 
 
 def release_env(spec: AppSpec, paths: Paths, base_env: Mapping[str, str], source: Path,
@@ -98,8 +108,7 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
         cron_entries(spec.procfile, tz=job_settings(spec.env)[0])   # a bad schedule rejects it
         admit(spec)                                 # so does a formation over the ceilings
         on_demand = bool(spec.settings.idle_timeout)
-        for warning in (*spec.warnings, *ignored_settings(spec.procfile.entries, spec.env,
-                                                          on_demand)):
+        for warning in spec_warnings(spec):
             progress(f"-----> Warning: {warning}")
         env = release_env(spec, paths, base_env, source, None)
         await run_step("preflight", spec, env, source, progress, BuildError)

@@ -19,7 +19,6 @@ from pikud.atomic import write_atomic
 from pikud.errors import PikudError
 from pikud.paths import Paths
 
-ZERO = "0" * 40
 # The variables git sets for a hook so that it can read objects still in quarantine.
 QUARANTINE_VARS = ("GIT_QUARANTINE_PATH", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES")
 

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pikud.appspec import idle_setting, nonneg_int, positive_int
+from pikud.appsettings import idle_setting
+from pikud.convert import nonneg_int, positive_int
 from pikud.errors import EnvError, ProcfileError
 
 TARGET = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*(\(\))?")

@@ -83,7 +83,7 @@ class ProcessGroup:
         proc = self.processes[spec.name] = self._spawn(spec)
         return proc
 
-    async def apply(self, desired: Mapping[str, ProcessSpec], *, rolling: bool = True,
+    async def apply(self, desired: Mapping[str, ProcessSpec], *,
                     ready: Readiness | None = None) -> Plan:
         """Bring the running slots to ``desired``; returns what was done.
 
@@ -111,20 +111,15 @@ class ProcessGroup:
                 await self.stop(list(todo.start))
                 raise
             await self.stop(todo.stop)
-        await self.replace({name: desired[name] for name in todo.replace}, rolling=rolling)
+        await self.replace({name: desired[name] for name in todo.replace})
         return todo
 
-    async def replace(self, specs: Mapping[str, ProcessSpec], *, rolling: bool = True) -> None:
-        """Restart each named slot with its (new) spec, one at a time when rolling.
+    async def replace(self, specs: Mapping[str, ProcessSpec]) -> None:
+        """Restart each named slot with its (new) spec, one at a time (rolling).
 
-        A rolling replace stops at the first new process that does not reach
-        RUNNING, leaving the slots after it on their old spec.
+        It stops at the first new process that does not reach RUNNING, leaving
+        the slots after it on their old spec.
         """
-        if not rolling:
-            await self.stop(list(specs))
-            for spec in specs.values():
-                self._new(spec)
-            return
         for name, spec in specs.items():
             await self.stop([name])
             proc = self._new(spec)

@@ -12,10 +12,6 @@ class Plan:
     stop: tuple[str, ...]       # running, no longer desired
     replace: tuple[str, ...]    # running with a spec that changed
 
-    @property
-    def empty(self) -> bool:
-        return not (self.start or self.stop or self.replace)
-
 
 def plan(current: Mapping[str, object], desired: Mapping[str, object]) -> Plan:
     """Compare process name -> spec maps; names keep desired/current order."""

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pikud.errors import InvalidTransition
-from pikud.procman.children import (MARKER, Child, Stopped, processes, spawn, spawn_tree,
-                                     stop_child, terminate)
+from pikud.procman.children import (MARKER, Child, Stopped, descendants, processes, spawn,
+                                     spawn_tree, stop_child, terminate)
 from pikud.procman.logs import LogFile, PipeReader
 from pikud.procman.shell import shell_argv
 from pikud.procman.sockets import hand_over, listen_tcp
@@ -80,20 +80,15 @@ class ProcessSpec:
 
 
 def read_rss(pid: int) -> int | None:
-    """Resident memory of ``pid`` and all its descendants (the shell and what it runs)."""
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
+    """Resident memory of ``pid`` and all its descendants (the shell and what it runs,
+    children of any thread included); None when ``pid`` is gone."""
+    total = 0
+    for member in descendants(pid):
         try:
-            with open(f"/proc/{current}/statm", "rb") as f:
+            with open(f"/proc/{member}/statm", "rb") as f:
                 total += int(f.read().split()[1]) * PAGE_SIZE
-            with open(f"/proc/{current}/task/{current}/children", "rb") as f:
-                todo += [int(child) for child in f.read().split()]
         except (OSError, ValueError, IndexError):
-            if current == pid:
+            if member == pid:
                 return None
     return total
 

@@ -31,6 +31,7 @@ nothing and writes nothing (``nginx.Nginx`` tests and installs the result).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import ipaddress
 import posixpath
@@ -44,7 +45,7 @@ from typing import Literal
 
 import jinja2
 
-from pikud.appspec import boolean, nonneg_int, positive_int
+from pikud.convert import boolean, nonneg_int, positive_int
 from pikud.errors import EnvError, ProcfileError, SpecError
 from pikud.paths import Paths
 
@@ -401,6 +402,20 @@ def site_from_env(app: str, env: Mapping[str, str], upstreams: Sequence[str], pa
 def unknown_keys(env: Mapping[str, str]) -> list[str]:
     """NGINX_* keys pikud does not know (typos), for the deploy to report."""
     return sorted(key for key in env if key.startswith("NGINX_") and key not in KEYS)
+
+
+def unknown_key_warnings(env: Mapping[str, str]) -> list[str]:
+    """A warning for each unknown NGINX_* key, naming the known key it most resembles.
+
+    A warning, not a refusal: piku ignores keys it does not read, and an ENV
+    written for a later piku (or for the app itself) must still deploy.
+    """
+    warnings = []
+    for key in unknown_keys(env):
+        near = difflib.get_close_matches(key, sorted(KEYS), n=1, cutoff=0.8)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        warnings.append(f"{key} is not an nginx setting pikud knows; it is ignored{hint}")
+    return warnings
 
 
 # --- rendering ------------------------------------------------------------------

@@ -199,6 +199,29 @@ def test_local_remote_without_ssh_and_old_releases_are_pruned(pikud: Pikud,
     assert sorted(p.name for p in (pikud.root / "releases/local").iterdir()) == ["2", "3"]
     envs = {p.name for p in (pikud.root / "envs/local").glob("python-*")}
     assert len(envs) == 2 and not envs & first_env          # release 1's env went with it
+
+
+def test_an_unknown_nginx_key_is_reported_at_push_and_config_set(pikud: Pikud,
+                                                                tmp_path: Path) -> None:
+    """A mistyped NGINX_* key is a warning in the push and once in the app's log, not silence."""
+    work = tmp_path / "typo"
+    work.mkdir()
+    (work / "Procfile").write_text("worker: sleep 300\n")
+    (work / "ENV").write_text("PIKU_START_SECS=0.2\nNGINX_HTTPS_ONY=true\n")
+    git(work, "init", "--quiet", "--initial-branch=main")
+    git(work, "add", "-A")
+    git(work, "-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "--quiet",
+        "-m", "a typo")
+    local_remote(work, "typo")
+    out = git(work, "push", "piku", "main", env=dict(pikud.env)).stderr
+    warning = ("NGINX_HTTPS_ONY is not an nginx setting pikud knows; it is ignored "
+               "(did you mean NGINX_HTTPS_ONLY?)")
+    assert f"remote: -----> Warning: {warning}" in out, out
+    assert "typo is live: release 1" in out
+    assert pikud.log_text("typo", "pikud").count(warning) == 1
+    pikud.cli("config:set", "typo", "NGINX_CACHE_TIMES=1h", check=True)
+    log = pikud.log_text("typo", "pikud")
+    assert log.count("NGINX_CACHE_TIMES is not an nginx setting pikud knows") == 1, log
 WSGI_APP = '''\
 def application(environ, start_response):
     body = f"wsgi {open('VERSION').read().strip()} {environ['PATH_INFO']}".encode()

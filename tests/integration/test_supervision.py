@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import pytest
 from pikud.procman.children import descendants, processes
 from pikud.procman.logs import LogFile
 from pikud.procman.policy import RestartPolicy
-from pikud.procman.process import ManagedProcess, ProcessSpec
+from pikud.procman.process import ManagedProcess, ProcessSpec, read_rss
 from pikud.procman.state import ProcessState
 from tests.conftest import FAST, Pikud, alive, app_processes, proc_stat, wait_for
 
@@ -203,6 +207,42 @@ for _ in range(2):                               # two workers, as granian's mai
 print("forked", flush=True)
 time.sleep(300)
 """
+
+
+THREAD_SPAWNER = """\
+import subprocess, sys, threading
+HOLD = "import time; data = b'x' * (64 << 20); print(flush=True); time.sleep(300)"
+
+def spawn():                    # a child of this thread, not of the main one
+    child = subprocess.Popen([sys.executable, "-c", HOLD], stdout=subprocess.PIPE)
+    child.stdout.readline()     # its 64 MB are resident
+    print(child.pid, flush=True)
+    child.wait()
+
+thread = threading.Thread(target=spawn)
+thread.start()
+thread.join()
+"""
+
+
+def test_rss_counts_what_any_thread_started() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", THREAD_SPAWNER], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    assert proc.stdout is not None
+    try:
+        assert select.select([proc.stdout], [], [], 10)[0], "the thread's child in 10 s"
+        child = int(proc.stdout.readline())
+        assert child in descendants(proc.pid)
+        own = int(Path(f"/proc/{proc.pid}/statm").read_text().split()[1]) * os.sysconf(
+            "SC_PAGE_SIZE")
+        total = read_rss(proc.pid)
+        assert total is not None and total - own >= 64 << 20, (total, own)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc.stdout.close()
+    wait_for(lambda: not alive(child), 5, "the thread's child to die")
+    assert read_rss(proc.pid) is None
 
 
 def started_below(pid: int, count: int) -> set[int]:

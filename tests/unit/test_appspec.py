@@ -1,4 +1,4 @@
-"""Tables for pikud.appspec: every parser, converter, error path and the expander."""
+"""Tables for pikud.appspec: every parser, error path and the expander."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pikud.appspec import (RELEASE_KINDS, STATIC_KIND, SYSTEMD_VARS, WEB_KINDS, AppSettings,
-                           AppSpec, Procfile, app_settings, boolean, format_env, format_scaling,
-                           is_cron, live_env, load_spec, merge_env, nonneg_int, parse_env,
-                           parse_procfile, parse_scale_args, parse_scaling, positive_int,
-                           relative_paths, seconds, size, supervised_kinds, validate_app_name)
+from pikud.appsettings import AppSettings
+from pikud.appspec import (RELEASE_KINDS, STATIC_KIND, SYSTEMD_VARS, WEB_KINDS, AppSpec, Procfile,
+                           format_env, format_scaling, is_cron, live_env, load_spec, merge_env,
+                           parse_env, parse_procfile, parse_scale_args, parse_scaling,
+                           supervised_kinds, validate_app_name)
 from pikud.errors import AppNameError, EnvError, ProcfileError, ScalingError, SpecError
 from pikud.paths import Paths
 
@@ -327,126 +327,6 @@ def test_parse_scale_args_bad(args: list[str], words: list[str]) -> None:
     assert str(info.value).startswith("ps:scale: ")
     for word in words:
         assert word in str(info.value)
-
-
-# --- converters -----------------------------------------------------------
-
-@pytest.mark.parametrize(("convert", "value", "expected"), [
-    (boolean, "true", True), (boolean, "YES", True), (boolean, "On", True), (boolean, "1", True),
-    (boolean, "false", False), (boolean, "no", False), (boolean, "OFF", False),
-    (boolean, " 0 ", False),
-    (positive_int, "1", 1), (positive_int, " 42 ", 42),
-    (nonneg_int, "0", 0), (nonneg_int, "7", 7),
-    (seconds, "0", 0.0), (seconds, "2", 2.0), (seconds, "1.5", 1.5), (seconds, ".5", 0.5),
-    (seconds, "3.", 3.0), (seconds, "2s", 2.0), (seconds, "250ms", 0.25), (seconds, "2m", 120.0),
-    (seconds, "1.5 M", 90.0), (seconds, "10S", 10.0), (seconds, "10080m", 604800.0),
-    (size, "0", 0), (size, "1024", 1024), (size, "1K", 1024), (size, "1M", 1048576),
-    (size, "2G", 2 * 1024 ** 3), (size, "3kb", 3072), (size, "1MiB", 1048576),
-    (size, "5 k", 5120), (size, "10b", 10),
-    (relative_paths, "", ()), (relative_paths, "  ", ()), (relative_paths, "app.py", ("app.py",)),
-    (relative_paths, "a.py, conf/b.ini ,./c", ("a.py", "conf/b.ini", "c")),
-    (relative_paths, "dir//x/", ("dir/x",)), (relative_paths, "a..b", ("a..b",)),
-])
-def test_converter_ok(convert: object, value: str, expected: object) -> None:
-    assert callable(convert)
-    result = convert("KEY", value)
-    assert result == expected
-    assert type(result) is type(expected)
-
-
-@pytest.mark.parametrize(("convert", "value", "expected"), [
-    (boolean, "maybe", "true/false"), (boolean, "", "true/false"), (boolean, "2", "true/false"),
-    (positive_int, "0", "1 or more"), (positive_int, "-1", "1 or more"),
-    (positive_int, "1.0", "1 or more"), (positive_int, "abc", "1 or more"),
-    (nonneg_int, "-1", "0 or more"), (nonneg_int, "", "0 or more"), (nonneg_int, "+1", "0 or more"),
-    (seconds, "abc", "a number of seconds"), (seconds, "-1", "a number of seconds"),
-    (seconds, "1h", "a number of seconds"), (seconds, "nan", "a number of seconds"),
-    (seconds, "inf", "a number of seconds"), (seconds, "1e3", "a number of seconds"),
-    (seconds, "", "a number of seconds"),
-    (seconds, "604801", "up to 7 days"), (seconds, "10081m", "up to 7 days"),
-    (seconds, "9" * 400, "up to 7 days"),
-    (size, "1T", "a size in bytes"), (size, "1.5M", "a size in bytes"), (size, "M", "a size"),
-    (size, "-1", "a size in bytes"),
-    (relative_paths, "a,,b", "without empty items"), (relative_paths, "a,", "without empty"),
-    (relative_paths, "a\nb", "one line"), (relative_paths, "a\x00", "one line"),
-])
-def test_converter_bad(convert: object, value: str, expected: str) -> None:
-    assert callable(convert)
-    with pytest.raises(EnvError) as info:
-        convert("PIKU_X", value)
-    assert str(info.value).startswith("PIKU_X: expected ")
-    assert expected in str(info.value)
-    assert str(info.value).endswith(f", got {value!r}")
-    assert info.value.key == "PIKU_X"
-
-
-def test_seconds_message() -> None:
-    with pytest.raises(EnvError) as info:
-        seconds("PIKU_STOP_TIMEOUT", "abc")
-    assert str(info.value) == ("PIKU_STOP_TIMEOUT: expected a number of seconds "
-                               "(optionally with s, ms or m), got 'abc'")
-
-
-@pytest.mark.parametrize("value", ["/etc/passwd", "a,/abs", "../x", "a/../../b", "a/.."])
-def test_relative_paths_outside(value: str) -> None:
-    with pytest.raises(EnvError, match=r"^PIKU_TOUCH_RELOAD: '.*' must be a path inside"):
-        relative_paths("PIKU_TOUCH_RELOAD", value)
-
-
-# --- settings -------------------------------------------------------------
-
-@pytest.mark.parametrize(("env", "changes"), [
-    ({}, {}),
-    ({"UNRELATED": "x", "PIKU_OTHER": "y"}, {}),
-    ({"PIKU_STOP_TIMEOUT": "2.5", "PIKU_START_SECS": "100ms", "PIKU_BACKOFF_BASE": "0",
-      "PIKU_BACKOFF_MAX": "1m", "PIKU_START_RETRIES": "0", "PIKU_FATAL_COOLOFF": "0"},
-     {"stop_timeout": 2.5, "start_secs": 0.1, "backoff_base": 0.0, "backoff_max": 60.0,
-      "start_retries": 0, "fatal_cooloff": 0.0}),
-    ({"PIKU_LOG_MAXSIZE": "2M", "PIKU_LOG_BACKUPS": "100"},
-     {"log_max_bytes": 2097152, "log_backups": 100}),
-    ({"UWSGI_LOG_MAXSIZE": "4096"}, {"log_max_bytes": 4096}),
-    ({"UWSGI_LOG_MAXSIZE": "4096", "PIKU_LOG_MAXSIZE": "1K"}, {"log_max_bytes": 1024}),
-    ({"PIKU_TOUCH_RELOAD": "app.py,conf/x.ini"}, {"touch_reload": ("app.py", "conf/x.ini")}),
-    ({"PIKU_AUTO_RESTART": "no"}, {"auto_restart": False}),
-    ({"UWSGI_IDLE": "300"}, {"idle_timeout": 300.0}),
-    ({"UWSGI_IDLE": "300", "PIKU_IDLE_TIMEOUT": "2m"}, {"idle_timeout": 120.0}),
-])
-def test_app_settings(env: dict[str, str], changes: dict[str, object]) -> None:
-    assert app_settings(env) == AppSettings(**changes)  # type: ignore[arg-type]
-
-
-def test_app_settings_defaults_come_from_caller() -> None:
-    defaults = AppSettings(stop_timeout=3.0, log_backups=2, touch_reload=("x",))
-    assert app_settings({}, defaults) is not defaults
-    assert app_settings({}, defaults) == defaults
-    assert app_settings({"PIKU_LOG_BACKUPS": "9"}, defaults) == AppSettings(
-        stop_timeout=3.0, log_backups=9, touch_reload=("x",))
-
-
-@pytest.mark.parametrize(("env", "key", "word"), [
-    ({"PIKU_STOP_TIMEOUT": "abc"}, "PIKU_STOP_TIMEOUT", "a number of seconds"),
-    ({"PIKU_START_SECS": "-1"}, "PIKU_START_SECS", "a number of seconds"),
-    ({"PIKU_START_RETRIES": "-1"}, "PIKU_START_RETRIES", "0 or more"),
-    ({"PIKU_FATAL_COOLOFF": "soon"}, "PIKU_FATAL_COOLOFF", "a number of seconds"),
-    ({"PIKU_LOG_MAXSIZE": "1023"}, "PIKU_LOG_MAXSIZE", "at least 1024 bytes"),
-    ({"UWSGI_LOG_MAXSIZE": "1k1"}, "UWSGI_LOG_MAXSIZE", "a size in bytes"),
-    ({"UWSGI_LOG_MAXSIZE": "1", "PIKU_LOG_MAXSIZE": "1M"}, None, None),
-    ({"PIKU_LOG_BACKUPS": "0"}, "PIKU_LOG_BACKUPS", "1 or more"),
-    ({"PIKU_LOG_BACKUPS": "101"}, "PIKU_LOG_BACKUPS", "1 to 100"),
-    ({"PIKU_TOUCH_RELOAD": "/etc"}, "PIKU_TOUCH_RELOAD", "inside the app directory"),
-    ({"PIKU_AUTO_RESTART": "sometimes"}, "PIKU_AUTO_RESTART", "true/false"),
-    ({"PIKU_BACKOFF_MAX": "0.5"}, "PIKU_BACKOFF_MAX", "less than PIKU_BACKOFF_BASE (1s)"),
-    ({"PIKU_BACKOFF_BASE": "1m"}, "PIKU_BACKOFF_MAX", "PIKU_BACKOFF_MAX: 30s is less than PIKU_BACKOFF_BASE (60s)"),
-])
-def test_app_settings_bad(env: dict[str, str], key: str | None, word: str | None) -> None:
-    if key is None:
-        assert app_settings(env).log_max_bytes == 1048576  # PIKU_ wins over UWSGI_
-        return
-    with pytest.raises(EnvError) as info:
-        app_settings(env)
-    assert info.value.key == key
-    assert str(info.value).startswith(f"{key}: ")
-    assert word is not None and word in str(info.value)
 
 
 # --- load_spec and live_env ------------------------------------------------

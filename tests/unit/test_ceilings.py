@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pikud.appspec import AppSettings, AppSpec, parse_procfile
+from pikud.appsettings import AppSettings
+from pikud.appspec import AppSpec, parse_procfile
 from pikud.ceilings import Ceilings, admit, process_counts
 from pikud.errors import SpecError, TooManyProcesses
 from pikud.fds import open_descriptors

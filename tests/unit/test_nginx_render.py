@@ -16,7 +16,7 @@ from pikud.errors import EnvError, ProcfileError
 from pikud.paths import Paths
 from pikud.proxy.site import (KEYS, CacheSettings, Http2Style, Include, NginxSite, StaticPath,
                               cloudflare_ranges, nginx_name, quote, render, server_names,
-                              site_from_env, unknown_keys)
+                              site_from_env, unknown_key_warnings, unknown_keys)
 
 GOLDEN = Path(__file__).parent / "golden"
 APP = "my-app"
@@ -359,6 +359,19 @@ def test_good_upstreams(root: Path, upstream: str) -> None:
 def test_unknown_keys() -> None:
     env = {"NGINX_SERVER_NAME": "a", "NGINX_HTTPS_ONY": "1", "NGINX_CACHE_TIMES": "2", "PATH": "/"}
     assert unknown_keys(env) == ["NGINX_CACHE_TIMES", "NGINX_HTTPS_ONY"]
+
+
+@pytest.mark.parametrize(("env", "warnings"), [
+    ({"NGINX_SERVER_NAME": "a", "DISABLE_IPV6": "1", "NGINX": "x", "MY_NGINX_X": "y"}, []),
+    ({"NGINX_HTTPS_ONY": "1"}, ["NGINX_HTTPS_ONY is not an nginx setting pikud knows; "
+                                "it is ignored (did you mean NGINX_HTTPS_ONLY?)"]),
+    ({"NGINX_SERVERNAME": "a", "NGINX_WORKERS": "4"}, [
+        "NGINX_SERVERNAME is not an nginx setting pikud knows; it is ignored "
+        "(did you mean NGINX_SERVER_NAME?)",
+        "NGINX_WORKERS is not an nginx setting pikud knows; it is ignored"]),
+])
+def test_unknown_key_warnings(env: dict[str, str], warnings: list[str]) -> None:
+    assert unknown_key_warnings(env) == warnings
 
 
 @pytest.mark.parametrize(("app", "name"), [
