@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from pikud.procman.group import ProcessGroup
-from pikud.procman.logs import LogFile
+from pikud.procman.logs import Follower, LogFile
 from pikud.procman.policy import RestartPolicy
 from pikud.procman.process import ManagedProcess, ProcessSpec
 from tests.conftest import app_processes
@@ -53,32 +51,32 @@ class Events:
         return [(event, phrase) for who, event, phrase in self.seen if who == name]
 
     async def until(self, found: Callable[[], object], what: str,
-                    timeout: float = DEADLINE) -> object:
+                    deadline: float = DEADLINE) -> object:
         """Wait until ``found()`` is truthy (checked at each new event); its value."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(deadline):
                 while not (value := found()):
                     self._new.clear()
                     await self._new.wait()
                 return value
         except TimeoutError:
-            raise AssertionError(f"no {what} within {timeout:g}s; events: "
+            raise AssertionError(f"no {what} within {deadline:g}s; events: "
                                  f"{self.seen}") from None
 
     async def nth(self, name: str, event: str, count: int = 1,
-                  timeout: float = DEADLINE) -> str:
+                  deadline: float = DEADLINE) -> str:
         """The phrase of the ``count``-th ``event`` of ``name``, once it happened."""
         def phrases() -> list[str]:
             return [phrase for seen, phrase in self.of(name) if seen == event]
         await self.until(lambda: len(phrases()) >= count, f"{event} #{count} of {name}",
-                         timeout)
+                         deadline)
         return phrases()[count - 1]
 
-    async def line(self, source: str, text: str, timeout: float = DEADLINE) -> None:
+    async def line(self, source: str, text: str, deadline: float = DEADLINE) -> None:
         """Wait until ``source`` (kind.N) has logged a line ending in ``text``."""
         await self.until(lambda: any(who == source and line.endswith(" " + text)
                                      for who, line in self.lines),
-                         f"the line {text!r} from {source}", timeout)
+                         f"the line {text!r} from {source}", deadline)
 
 
 class Harness:
@@ -87,7 +85,7 @@ class Harness:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.events = Events()
-        self.followers = {self.events.follow}
+        self.followers: set[Follower] = {self.events.follow}
         self.procs: list[ManagedProcess] = []
         self.groups: list[ProcessGroup] = []
         self.logs: list[LogFile] = []
@@ -122,15 +120,6 @@ class Harness:
         for log in self.logs:
             log.close()
         assert app_processes(self.root) == set(), "a child outlived its slot"
-
-
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    made = Harness(tmp_path)
-    try:
-        yield made
-    finally:
-        await made.close()
 
 
 def gone(pid: int) -> bool:

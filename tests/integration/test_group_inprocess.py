@@ -14,7 +14,7 @@ from pikud.procman.group import ProcessGroup
 from pikud.procman.plan import Plan
 from pikud.procman.process import ProcessSpec
 from pikud.procman.state import ProcessState
-from tests.integration.inprocess import Harness, gone, harness  # noqa: F401 (a fixture)
+from tests.integration.inprocess import Harness, gone
 
 S = ProcessState
 W1, W2 = "t:worker.1", "t:worker.2"

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from pikud.procman.state import ProcessState
-from tests.integration.inprocess import QUICK, Harness, gone, harness  # noqa: F401 (a fixture)
+from tests.integration.inprocess import QUICK, Harness, gone
 
 S = ProcessState
 NAME = "t:worker.1"
@@ -37,7 +37,7 @@ async def test_a_crash_loop_backs_off_doubling_then_is_fatal_and_a_start_retries
     assert proc.last_exit == "exit status 1" and proc.restarts == 4
 
     proc.start()                            # long before the 600 s cool-off
-    await harness.events.nth(NAME, "STARTING", 5, timeout=5)
+    await harness.events.nth(NAME, "STARTING", 5, deadline=5)
     await harness.events.nth(NAME, "BACKOFF", 4)        # the count of failures began again
     assert harness.events.of(NAME)[-1][1].endswith("(attempt 1, exit status 1)")
 
