@@ -21,7 +21,7 @@ from pikud.procman.process import ManagedProcess, ProcessSpec
 from pikud.procman.state import ProcessState
 
 from ..conftest import FAST, Pikud, alive, wait_for
-from ..nginx_master import free_port
+from tests.net import free_port
 from .test_supervision import SLOW_FD_SERVER      # serves fd 3 after a 1 s boot
 
 IDLE = "PIKU_LISTEN_FDS=true\nPIKU_IDLE_TIMEOUT=1\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST, Pikud, alive, wait_for
-from tests.e2e.apps import git, local_remote
+from tests.e2e.apps import git, local_remote, push
 
 
 def desired(daemon: Pikud) -> dict[str, str]:
@@ -64,7 +64,7 @@ def pushed_app(daemon: Pikud, work: Path, name: str, pushes: int) -> list[str]:
         (work / "VERSION").write_text(f"{n}\n")
         git(work, "add", "-A")
         git(work, "commit", "--quiet", "-m", f"v{n}")
-        git(work, "push", "--quiet", "piku", "main", env=dict(daemon.env))
+        push(work, daemon.env)
         revisions.append(git(work, "rev-parse", "HEAD").stdout.strip())
     return revisions
 
@@ -201,6 +201,6 @@ def test_release_folders_of_a_push_killed_with_pikud_are_pruned(pikud_factory,
     (releases / "7").mkdir()                        # as a push killed at any other time leaves
     (work / "Procfile").write_text("worker: sleep 300\n")
     git(work, "commit", "--quiet", "-am", "quick again")
-    git(work, "push", "--quiet", "piku", "main", env=dict(daemon.env))
+    push(work, daemon.env)
     assert sorted(p.name for p in releases.iterdir()) == ["1", "8"]
     assert [r["number"] for r in daemon.api("GET", "/apps/pushed/releases")["releases"]] == [8, 1]
