@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -160,10 +161,18 @@ def test_serve_http_flag_and_a_static_only_site_through_the_router(
 def test_orphans_are_reaped_after_a_build_under_uvloop(pikud: Pikud, tmp_path: Path) -> None:
     """A build probes tools with subprocesses; none of them may take SIGCHLD from pikud."""
     work = python_app(tmp_path / "orph", "o1", procfile="web: python3 server.py\n"
-                      "spawner: while true; do (sleep 0.1 &); sleep 0.3; done\n")
+                      "spawner: while true; do (sleep 0.1 & echo $! >> orphans); sleep 0.3; "
+                      "done\n")
     local_remote(work, "orph")
     push(work, pikud.env)
-    time.sleep(1.5)                     # several orphans were born and exited meanwhile
+    born = pikud.root / "apps/orph/orphans"
+
+    def reaped() -> bool:
+        """Several orphans were born and have exited; reaped, each /proc entry is gone."""
+        pids = born.read_text().split() if born.exists() else []
+        return len(pids) >= 4 and not any(os.path.exists(f"/proc/{pid}") for pid in pids[:3])
+
+    wait_for(reaped, 10, "three orphans born and reaped")
     assert pikud.proc is not None
     zombies = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()
                and (fields := proc_stat(entry.name)) is not None

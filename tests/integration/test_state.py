@@ -181,17 +181,17 @@ def test_release_folders_of_a_push_killed_with_pikud_are_pruned(pikud_factory,
     pushed_app(daemon, work, "pushed", 1)
     (work / "Procfile").write_text("worker: sleep 300\nrelease: touch built; sleep 60\n")
     git(work, "commit", "--quiet", "-am", "slow release step")
-    push = subprocess.Popen(["git", "-C", str(work), "push", "--quiet", "piku", "main"],
+    pushing = subprocess.Popen(["git", "-C", str(work), "push", "--quiet", "piku", "main"],
                             env=dict(daemon.env), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     releases = daemon.root / "releases/pushed"
     try:
         wait_for(lambda: (releases / "2/built").exists(), 15, "the release step of push 2")
         daemon.kill9()
-        assert push.wait(15) != 0
+        assert pushing.wait(15) != 0
     finally:
-        push.kill()
-        push.wait()
+        pushing.kill()
+        pushing.wait()
     daemon.start()
     wait_for(lambda: "ready:" in daemon.output().split("listening on")[-1], 15, "the boot")
     assert "removing release folder" in daemon.output()
