@@ -76,12 +76,12 @@ def test_static_folders_stay_in_the_release(pikud: Pikud, tmp_path: Path) -> Non
 def test_config_is_private_and_old_modes_are_fixed_at_start(pikud: Pikud,
                                                            tmp_path: Path) -> None:
     work = repo(tmp_path / "work")
-    push(work, pikud.env)
+    assert push(work, pikud.env).returncode == 0
     pikud.cli("config:set", APP, "SECRET_KEY=s3cret", check=True)
     pikud.cli("ps:scale", APP, "web=2", check=True)
     pikud.cli("cron:run", APP, "cron1", check=True)
     commit(work, "a deploy that records the config")
-    push(work, pikud.env)
+    assert push(work, pikud.env).returncode == 0
     assert "s3cret" in (pikud.root / f"pikud/releases/{APP}.json").read_text()
     wait_for(lambda: (pikud.root / "pikud/cron.json").exists(), 10, "cron.json")
     expected = {name: 0o700 if name.count("/") < 2 and "." not in name else 0o600
