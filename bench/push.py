@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.apps import get, git, python_app  # noqa: E402  (the e2e tests' sample app)
+from tests.e2e.apps import get, git, push, python_app  # noqa: E402  (the e2e tests' sample app)
 from tests.waiting import wait_for  # noqa: E402
 
 CLI = [sys.executable, "-m", "pikud.cli"]
@@ -50,7 +50,7 @@ def web_port(env: dict[str, str], app: str) -> int:
 
 def timed_push(work: Path, env: dict[str, str], app: str, version: str) -> float:
     started = time.monotonic()
-    git(work, "push", "--quiet", "piku", "main", env=env)
+    push(work, env)
     wait_for(answered(lambda: get(web_port(env, app), timeout=1).startswith(version)), 60,
              "the new code", interval=0.01)
     return time.monotonic() - started

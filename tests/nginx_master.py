@@ -23,6 +23,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from tests.net import free_port
 from tests.processes import in_session, stop_session
 from tests.waiting import wait_for
 
@@ -30,13 +31,6 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 AS_ROOT = os.geteuid() == 0
 DEADLINE = 10.0
 TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def listening(port: int) -> bool:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.request
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 WEB_APP = '''\
@@ -65,6 +66,13 @@ def git(work: Path, *args: str, env: dict[str, str] | None = None, check: bool =
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def push(work: Path, env: Mapping[str, str], check: bool = True
+         ) -> subprocess.CompletedProcess[str]:
+    """``git push piku main`` from ``work`` (a local remote, or ssh with its ``env``);
+    with ``check``, a failed push fails the test with git's output."""
+    return git(work, "push", "piku", "main", env=dict(env), check=check)
 
 
 def python_app(work: Path, version: str = "v1", procfile: str | None = None,

@@ -21,14 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Pikud, wait_for
+from tests.net import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 
 from tests.conftest import Pikud, wait_for
-from tests.e2e.apps import git, local_remote
+from tests.e2e.apps import git, local_remote, push
 
 APP = "files"
 PROCFILE = ("web: exec python3 -m http.server $PORT --bind 127.0.0.1\n"
@@ -23,11 +23,6 @@ def commit(work: Path, message: str) -> None:
     git(work, "add", "-A")
     git(work, "-c", "user.email=t@example.invalid", "-c", "user.name=T",
         "commit", "--quiet", "--allow-empty", "-m", message)
-
-
-def push(pikud: Pikud, work: Path) -> tuple[int, str]:
-    result = git(work, "push", "piku", "main", env=pikud.env, check=False)
-    return result.returncode, result.stderr
 
 
 def private(root: Path) -> dict[str, int]:
@@ -55,7 +50,8 @@ def repo(work: Path, public: str | None = None) -> Path:
 
 def test_static_folders_stay_in_the_release(pikud: Pikud, tmp_path: Path) -> None:
     work = repo(tmp_path / "work", public="/etc")
-    code, out = push(pikud, work)
+    pushed = push(work, pikud.env, check=False)
+    code, out = pushed.returncode, pushed.stderr
     assert code != 0 and "static: 'public' resolves to /etc" in out, out
 
     (work / "public").unlink()
@@ -63,7 +59,8 @@ def test_static_folders_stay_in_the_release(pikud: Pikud, tmp_path: Path) -> Non
     (work / "public" / "index.html").write_text("hello\n")
     (work / "public" / "passwd").symlink_to("/etc/passwd")
     commit(work, "a real folder, with a link out of it")
-    code, out = push(pikud, work)
+    pushed = push(work, pikud.env, check=False)
+    code, out = pushed.returncode, pushed.stderr
     assert code == 0, out
     assert pikud.get(APP, "/pub/index.html") == (200, "hello\n")
     status, body = pikud.get(APP, "/pub/passwd")
@@ -79,12 +76,12 @@ def test_static_folders_stay_in_the_release(pikud: Pikud, tmp_path: Path) -> Non
 def test_config_is_private_and_old_modes_are_fixed_at_start(pikud: Pikud,
                                                            tmp_path: Path) -> None:
     work = repo(tmp_path / "work")
-    assert push(pikud, work)[0] == 0
+    assert push(work, pikud.env).returncode == 0
     pikud.cli("config:set", APP, "SECRET_KEY=s3cret", check=True)
     pikud.cli("ps:scale", APP, "web=2", check=True)
     pikud.cli("cron:run", APP, "cron1", check=True)
     commit(work, "a deploy that records the config")
-    assert push(pikud, work)[0] == 0
+    assert push(work, pikud.env).returncode == 0
     assert "s3cret" in (pikud.root / f"pikud/releases/{APP}.json").read_text()
     wait_for(lambda: (pikud.root / "pikud/cron.json").exists(), 10, "cron.json")
     expected = {name: 0o700 if name.count("/") < 2 and "." not in name else 0o600

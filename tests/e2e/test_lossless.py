@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import Pikud, proc_stat, wait_for
-from tests.e2e.apps import git, local_remote, python_app
+from tests.e2e.apps import local_remote, push, python_app
 from tests.e2e.test_nginx_kinds import static_site
 from tests.e2e.test_push import ASGI_APP, WSGI_APP
-from tests.nginx_master import free_port
+from tests.net import free_port
 
 
 class Load:
@@ -60,22 +61,18 @@ def steady(pikud: Pikud, app: str) -> Iterator[Load]:
     assert len(load.ok) >= 10
 
 
-def push(pikud: Pikud, work: Path, check: bool = True):  # type: ignore[no-untyped-def]
-    return git(work, "push", "piku", "main", env=pikud.env, check=check)
-
-
 def test_restart_redeploy_config_scale_and_a_failed_deploy_lose_no_request(
         pikud: Pikud, tmp_path: Path) -> None:
     work = python_app(tmp_path / "steady", "v1")
     local_remote(work, "steady")
-    push(pikud, work)
+    push(work, pikud.env)
     with steady(pikud, "steady") as load:
         assert pikud.cli("restart", "steady").returncode == 0
     assert set(load.ok) == {"v1 tinypkg=42"}
 
     python_app(work, "v2")
     with steady(pikud, "steady") as load:
-        push(pikud, work)
+        push(work, pikud.env)
     assert load.ok[0] == "v1 tinypkg=42" and load.ok[-1] == "v2 tinypkg=42"
 
     with steady(pikud, "steady"):
@@ -89,7 +86,7 @@ def test_restart_redeploy_config_scale_and_a_failed_deploy_lose_no_request(
     python_app(work, "never", extra={"Procfile": "web: sleep 300\n",
                                      "ENV": "PIKU_START_SECS=0.3\nPIKU_READY_TIMEOUT=1\n"})
     with steady(pikud, "steady") as load:
-        assert push(pikud, work, check=False).returncode != 0
+        assert push(work, pikud.env, check=False).returncode != 0
     assert set(load.ok) == {"v2 tinypkg=42"}
 
     with steady(pikud, "steady") as load:
@@ -108,11 +105,11 @@ def test_app_servers_lose_no_request_either(pikud: Pikud, tmp_path: Path) -> Non
         work = python_app(tmp_path / app, "g1", procfile, extra={
             "wsgi_app.py": WSGI_APP, "asgi_app.py": ASGI_APP, "ENV": settings})
         local_remote(work, app)
-        push(pikud, work)
+        push(work, pikud.env)
         python_app(work, "g2", procfile, extra={"ENV": settings})
         with steady(pikud, app) as load:
             assert pikud.cli("restart", app).returncode == 0
-            push(pikud, work)
+            push(work, pikud.env)
             assert pikud.cli("config:set", app, "GREETING=hi").returncode == 0
             assert pikud.cli("ps:scale", app, f"{procfile[:4]}=2").returncode == 0
             assert pikud.cli("rollback", app).returncode == 0
@@ -125,7 +122,7 @@ def test_routes_by_host_and_path_prefix_and_serves_static(pikud: Pikud, tmp_path
         "ENV": "PIKU_START_SECS=0.3\nNGINX_SERVER_NAME=site.example\n"
                "NGINX_STATIC_PATHS=/assets:public\n", "public/hello.txt": "static hello\n"})
     local_remote(work, "site")
-    push(pikud, work)
+    push(work, pikud.env)
     port = pikud.http_port
 
     def get(path: str, host: str) -> tuple[int, str]:
@@ -155,7 +152,7 @@ def test_serve_http_flag_and_a_static_only_site_through_the_router(
     assert daemon.api("GET", "/status")["http"] == address
     work = static_site(tmp_path / "pages", "")
     local_remote(work, "pages")
-    push(daemon, work)
+    push(work, daemon.env)
     assert daemon.processes("pages") == []
     assert daemon.get("pages") == (200, "<h1>static s1</h1>\n")
     assert daemon.get("pages", "/index.html") == (200, "<h1>static s1</h1>\n")
@@ -164,10 +161,18 @@ def test_serve_http_flag_and_a_static_only_site_through_the_router(
 def test_orphans_are_reaped_after_a_build_under_uvloop(pikud: Pikud, tmp_path: Path) -> None:
     """A build probes tools with subprocesses; none of them may take SIGCHLD from pikud."""
     work = python_app(tmp_path / "orph", "o1", procfile="web: python3 server.py\n"
-                      "spawner: while true; do (sleep 0.1 &); sleep 0.3; done\n")
+                      "spawner: while true; do (sleep 0.1 & echo $! >> orphans); sleep 0.3; "
+                      "done\n")
     local_remote(work, "orph")
-    push(pikud, work)
-    time.sleep(1.5)                     # several orphans were born and exited meanwhile
+    push(work, pikud.env)
+    born = pikud.root / "apps/orph/orphans"
+
+    def reaped() -> bool:
+        """Several orphans were born and have exited; reaped, each /proc entry is gone."""
+        pids = born.read_text().split() if born.exists() else []
+        return len(pids) >= 4 and not any(os.path.exists(f"/proc/{pid}") for pid in pids[:3])
+
+    wait_for(reaped, 10, "three orphans born and reaped")
     assert pikud.proc is not None
     zombies = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()
                and (fields := proc_stat(entry.name)) is not None

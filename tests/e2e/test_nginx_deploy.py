@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Pikud
-from tests.e2e.apps import WEB_APP, git, local_remote, python_app
+from tests.e2e.apps import WEB_APP, local_remote, push, python_app
 from tests.integration.test_acme import STAND_IN, served_certificate, subject_and_issuer
 from tests.integration.test_nginx import DEADLINE, NginxServer, fronted_by_nginx
 from tests.waiting import wait_for
@@ -64,29 +64,30 @@ def test_push_goes_live_through_nginx_without_dropping_a_request(
     server, daemon = fronted
     work = python_app(tmp_path / "shop", "n1", extra={"ENV": site_env(server)})
     local_remote(work, "shop")
-    git(work, "push", "piku", "main", env=daemon.env)
+    push(work, daemon.env)
     first = server.wait_for("shop.example", "/", lambda r: r.status == 200)
     assert first.body == b"n1 tinypkg=42" and first.headers["x-deployed-by"] == "pikud"
     assert server.request("shop.example", https=True).body == b"n1 tinypkg=42"
 
     with statuses_of(server, "shop.example") as results:
         python_app(work, "n2", extra={"ENV": site_env(server)})
-        git(work, "push", "piku", "main", env=daemon.env)
+        push(work, daemon.env)
         assert daemon.cli("restart", "shop").returncode == 0
         assert daemon.cli("config:set", "shop", "GREETING=hi").returncode == 0
         assert daemon.cli("ps:scale", "shop", "web=3").returncode == 0
         assert daemon.cli("ps:scale", "shop", "web=1").returncode == 0
         python_app(work, "never", extra={"Procfile": "web: sleep 300\n",
                                          "ENV": site_env(server, "PIKU_READY_TIMEOUT=1\n")})
-        assert git(work, "push", "piku", "main", env=daemon.env, check=False).returncode != 0
-        time.sleep(0.5)
+        assert push(work, daemon.env, check=False).returncode != 0
+        after = len(results)
+        wait_for(lambda: len(results) >= after + 10, DEADLINE, "requests after the refusal")
     assert results and set(results) == {200}, [r for r in results if r != 200][:5]
     assert server.request("shop.example").body == b"n2 tinypkg=42"
 
     # A broken include file: nginx refuses the config, the push is rejected, n2 keeps serving.
     python_app(work, "n3", extra={"ENV": site_env(server, "NGINX_INCLUDE_FILE=extra.conf\n"),
                                   "extra.conf": "this is not nginx;\n"})
-    rejected = git(work, "push", "piku", "main", env=daemon.env, check=False)
+    rejected = push(work, daemon.env, check=False)
     assert rejected.returncode != 0 and "nginx" in rejected.stderr, rejected.stderr
     assert server.request("shop.example").body == b"n2 tinypkg=42"
 
@@ -94,7 +95,7 @@ def test_push_goes_live_through_nginx_without_dropping_a_request(
     before = (server.root / "nginx/shop.conf").read_text()
     python_app(work, "n4", extra={"ENV": site_env(server).replace(
         "shop.example", "shop.example;return 200 pwned")})
-    injected = git(work, "push", "piku", "main", env=daemon.env, check=False)
+    injected = push(work, daemon.env, check=False)
     assert injected.returncode != 0 and "NGINX_SERVER_NAME" in injected.stderr
     assert (server.root / "nginx/shop.conf").read_text() == before
     assert server.request("shop.example").body == b"n2 tinypkg=42"
@@ -113,7 +114,7 @@ def test_a_first_deploy_goes_live_once_ready_and_says_what_nginx_cannot_reach(
     work = python_app(tmp_path / "shop", "n1", extra={"ENV": site_env(server), "server.py": slow})
     local_remote(work, "shop")
     with statuses_of(server, "shop.example") as statuses:
-        pushed = git(work, "push", "piku", "main", env=daemon.env)
+        pushed = push(work, daemon.env)
         server.wait_for("shop.example", "/", lambda r: r.status == 200)
     assert 200 in statuses and [s for s in statuses if s >= 500] == [], set(statuses)
     acme = daemon.root / "acme"
@@ -149,7 +150,7 @@ def test_push_gets_a_certificate_from_acme_sh(tmp_path: Path) -> None:
         work = python_app(tmp_path / "shop", "n1",
                           extra={"ENV": env + "ACME_ROOT_CA=letsencrypt_test\n"})
         local_remote(work, "shop")
-        git(work, "push", "piku", "main", env=daemon.env)
+        push(work, daemon.env)
         assert server.wait_for("shop.example.com", "/", lambda r: r.status == 200).body \
             == b"n1 tinypkg=42"
 
@@ -169,7 +170,7 @@ def test_push_gets_a_certificate_from_acme_sh(tmp_path: Path) -> None:
         conf = server.root / "nginx" / "shop.conf"
         before, calls = conf.read_text(), len(acme_calls(server))
         python_app(work, "n2", extra={"ENV": env + "ACME_ROOT_CA=letsencrypt';id;'\n"})
-        refused = git(work, "push", "piku", "main", env=daemon.env, check=False)
+        refused = push(work, daemon.env, check=False)
         assert refused.returncode != 0 and "ACME_ROOT_CA" in refused.stderr, refused.stderr
         assert conf.read_text() == before and len(acme_calls(server)) == calls
         assert server.request("shop.example.com", "/", https=True).body == b"n1 tinypkg=42"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import Pikud
-from tests.e2e.apps import git, local_remote, python_app
+from tests.e2e.apps import git, local_remote, push, python_app
 from tests.e2e.test_nginx_deploy import fronted, site_env  # noqa: F401 (a fixture)
 from tests.e2e.test_push import ASGI_APP, FD_APP
 from tests.integration.test_nginx import NginxServer
@@ -30,11 +30,6 @@ def index():
 
 def named(server: NginxServer, app: str, extra: str = "") -> str:
     return site_env(server, extra).replace("shop.example", f"{app}.example")
-
-
-def push(daemon: Pikud, work: Path, app: str) -> None:
-    local_remote(work, app)
-    git(work, "push", "piku", "main", env=daemon.env)
 
 
 def static_site(work: Path, env: str) -> Path:
@@ -61,7 +56,8 @@ def test_every_serving_kind_answers_through_nginx(
     web = python_app(tmp_path / "web", "w1", extra={"ENV": named(server, "web")})
     site = static_site(tmp_path / "static", named(server, "static"))
     for app, work in (("flask", flask), ("asgi", asgi), ("web", web), ("static", site)):
-        push(daemon, work, app)
+        local_remote(work, app)
+        push(work, daemon.env)
 
     expected = {"flask": b"flask f1", "asgi": b"asgi a1", "web": b"w1 tinypkg=42",
                 "static": b"<h1>static s1</h1>\n"}
@@ -78,7 +74,8 @@ def test_the_first_request_after_a_sleep_succeeds_through_nginx(
     work = python_app(tmp_path / "nap", "z1", "web: python3 fd_app.py\n", extra={
         "fd_app.py": FD_APP,
         "ENV": named(server, "nap", "PIKU_LISTEN_FDS=true\nPIKU_IDLE_TIMEOUT=1\n")})
-    push(daemon, work, "nap")
+    local_remote(work, "nap")
+    push(work, daemon.env)
     server.wait_for("nap.example", "/", lambda r: (r.status, r.body) == (200, b"fd z1"))
     daemon.wait_state("nap", "nap:web.1", "IDLE", timeout=20)
     for _ in range(2):

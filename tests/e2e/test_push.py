@@ -9,15 +9,15 @@ from pathlib import Path
 
 from pikud.procman.children import descendants
 from tests.conftest import Pikud, alive, wait_for
-from tests.e2e.apps import WEB_APP, get, git, local_remote, python_app
+from tests.e2e.apps import WEB_APP, get, git, local_remote, push, python_app
 from tests.e2e.conftest import SshServer
 
 
-def push(ssh: SshServer, work: Path, app: str, check: bool = True
-         ) -> subprocess.CompletedProcess[str]:
+def ssh_push(ssh: SshServer, work: Path, app: str, check: bool = True
+             ) -> subprocess.CompletedProcess[str]:
     git(work, "remote", "remove", "piku", check=False)
     git(work, "remote", "add", "piku", f"{ssh.user}@127.0.0.1:{app}")
-    return git(work, "push", "piku", "main", env=ssh.git_env(), check=check)
+    return push(work, ssh.git_env(), check)
 
 
 def web(pikud: Pikud, app: str) -> dict:
@@ -28,7 +28,7 @@ def web(pikud: Pikud, app: str) -> dict:
 def test_first_push_builds_and_runs_then_a_code_push_reuses_the_env(
         pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
     work = python_app(tmp_path / "hello", "v1")
-    first = push(sshd, work, "hello")
+    first = ssh_push(sshd, work, "hello")
     out = first.stderr
     assert "remote: -----> Checking out" in out and "Building with the python runtime" in out
     assert "tinypkg" in out                                   # pip really ran
@@ -37,7 +37,7 @@ def test_first_push_builds_and_runs_then_a_code_push_reuses_the_env(
     assert get(old["port"]) == "v1 tinypkg=42"
 
     python_app(work, "v2")                                     # code only
-    second = push(sshd, work, "hello").stderr
+    second = ssh_push(sshd, work, "hello").stderr
     assert "unchanged" in second and "tinypkg-1.0" not in second.split("Building")[1]
     new = web(pikud, "hello")
     assert get(new["port"]) == "v2 tinypkg=42"
@@ -49,7 +49,7 @@ def test_first_push_builds_and_runs_then_a_code_push_reuses_the_env(
 def test_rejected_pushes_leave_the_running_release_serving(
         pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
     work = python_app(tmp_path / "steady", "good")
-    push(sshd, work, "steady")
+    ssh_push(sshd, work, "steady")
     running = web(pikud, "steady")
     cases = {
         "build": {"requirements.txt": "./wheels/missing-1.0-py3-none-any.whl\n"},
@@ -65,7 +65,7 @@ def test_rejected_pushes_leave_the_running_release_serving(
     }
     for label, files in cases.items():
         python_app(work, f"bad-{label}", extra=files)
-        result = push(sshd, work, "steady", check=False)
+        result = ssh_push(sshd, work, "steady", check=False)
         assert result.returncode != 0, label
         assert "[remote rejected]" in result.stderr, (label, result.stderr)
         assert get(running["port"]) == "good tinypkg=42", label
@@ -80,16 +80,16 @@ def test_rejected_pushes_leave_the_running_release_serving(
 def push_output(ssh: SshServer, work: Path, app: str, label: str) -> str:
     python_app(work, f"again-{label}", extra={
         "Procfile": "web: python3 server.py\nrelease: echo migrating; exit 3\n"})
-    result = push(ssh, work, app, check=False)
+    result = ssh_push(ssh, work, app, check=False)
     git(work, "reset", "--quiet", "--hard", "HEAD~1")
     return result.stderr
 
 
 def test_releases_and_rollback(pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
     work = python_app(tmp_path / "rb", "one")
-    push(sshd, work, "rb")
+    ssh_push(sshd, work, "rb")
     python_app(work, "two")
-    push(sshd, work, "rb")
+    ssh_push(sshd, work, "rb")
     listing = sshd.ssh("releases", "rb")
     assert listing.returncode == 0, listing.stderr
     assert "*2" in listing.stdout.replace(" ", "") and "tester@laptop" in listing.stdout
@@ -148,7 +148,7 @@ def test_pushes_to_one_app_are_serialized_and_to_two_apps_run_together(
 
 
 def test_stock_client_forms_over_ssh(pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
-    push(sshd, python_app(tmp_path / "cmd", "c1"), "cmd")
+    ssh_push(sshd, python_app(tmp_path / "cmd", "c1"), "cmd")
     ps = sshd.ssh("ps", "cmd")
     assert ps.returncode == 0 and "web.1" in ps.stdout and "RUNNING" in ps.stdout
     run = sshd.ssh("run", "cmd", "test", "-t", "0", "&&", "echo", "tty", "$APP", tty=True)
@@ -159,7 +159,7 @@ def test_stock_client_forms_over_ssh(pikud: Pikud, sshd: SshServer, tmp_path: Pa
 
 
 def test_clone_from_the_same_remote(pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
-    push(sshd, python_app(tmp_path / "src", "cl"), "cl")
+    ssh_push(sshd, python_app(tmp_path / "src", "cl"), "cl")
     clone = subprocess.run(["git", "clone", "--quiet", f"{sshd.user}@127.0.0.1:cl",
                             str(tmp_path / "copy")], env=sshd.git_env(), capture_output=True,
                            text=True, timeout=60)
@@ -184,16 +184,16 @@ def test_local_remote_without_ssh_and_old_releases_are_pruned(pikud: Pikud,
     env = "PIKU_START_SECS=0.3\nPIKU_KEEP_RELEASES=2\n"
     work = python_app(tmp_path / "local", "l1", extra={"ENV": env})
     local_remote(work, "local")
-    result = git(work, "push", "piku", "main", env=dict(pikud.env))
+    result = push(work, pikud.env)
     assert "local is live: release 1" in result.stderr
     assert get(web(pikud, "local")["port"]) == "l1 tinypkg=42"
     first_env = {p.name for p in (pikud.root / "envs/local").glob("python-*")}
     python_app(work, "l2", extra={"ENV": env, "requirements.txt":
                                   "./wheels/tinypkg-1.0-py3-none-any.whl\n# new env\n"})
-    git(work, "push", "piku", "main", env=dict(pikud.env))
+    push(work, pikud.env)
     python_app(work, "l3", extra={"ENV": env, "requirements.txt":
                                   "./wheels/tinypkg-1.0-py3-none-any.whl\n# newer env\n"})
-    out = git(work, "push", "piku", "main", env=dict(pikud.env)).stderr
+    out = push(work, pikud.env).stderr
     assert "Pruned releases 1" in out
     assert [r["number"] for r in pikud.api("GET", "/apps/local/releases")["releases"]] == [3, 2]
     assert sorted(p.name for p in (pikud.root / "releases/local").iterdir()) == ["2", "3"]
@@ -281,7 +281,7 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
         work = python_app(tmp_path / app, "w1", procfile, extra={
             "wsgi_app.py": WSGI_APP, "asgi_app.py": ASGI_APP, "fd_app.py": FD_APP,
             "ENV": "PIKU_START_SECS=0.5\nPIKU_STOP_TIMEOUT=3\n" + env})
-        out = push(sshd, work, app).stderr
+        out = ssh_push(sshd, work, app).stderr
         assert server == "python3" or "Adding the app servers for the Procfile" in out, out
         proc = wait_for(lambda: next((p for p in pikud.processes(app) if p["state"] == "RUNNING"),
                                      None), 30, f"{app} to run")
@@ -325,7 +325,7 @@ def test_uwsgi_idle_set_on_a_pushed_wsgi_app_moves_it_to_gunicorn_and_zero(
     work = python_app(tmp_path / "idler", "w1", "wsgi: wsgi_app:application\n", extra={
         "wsgi_app.py": WSGI_APP,
         "ENV": "PIKU_START_SECS=0.5\nPIKU_STOP_TIMEOUT=3\nUWSGI_PROCESSES=1\n"})
-    push(sshd, work, "idler")
+    ssh_push(sshd, work, "idler")
     serving = pikud.wait_state("idler", "idler:wsgi.1", "RUNNING")
     assert b"granian" in Path(f"/proc/{serving['pid']}/cmdline").read_bytes()
     [gunicorn] = (pikud.root / "envs" / "idler").glob("python-*/bin/gunicorn")

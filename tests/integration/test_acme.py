@@ -26,7 +26,9 @@ import pytest
 from pikud.proxy.acme import Acme, Issued, fingerprint, record_path
 from pikud.proxy.site import NginxSite
 
-from .test_nginx import DEADLINE, Backend, NginxServer, backend, base, free_port, server  # noqa: F401
+from tests.net import free_port
+
+from .test_nginx import DEADLINE, Backend, NginxServer, backend, base, server  # noqa: F401
 
 STAND_IN = Path(__file__).with_name("acme_stand_in.py")
 

@@ -13,10 +13,8 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from pikud.control.client import RemoteError
 from pikud.proxy.site import cloudflare_ranges
 from tests.conftest import FAST, Pikud, json_out
 from tests.integration.test_nginx import NginxServer, fronted_by_nginx
+from tests.net import Answer, HttpServer, free_port
 from tests.waiting import wait_for
 
 V4 = "198.51.100.0/24\n203.0.113.0/24\n"
@@ -37,39 +36,23 @@ class Lists:
 
     def __init__(self) -> None:
         self.files: dict[str, str] = {"/ips-v4": V4, "/ips-v6": V6}
-        files = self.files
+        self.server = HttpServer(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                data = body.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def answer(self, request: BaseHTTPRequestHandler) -> Answer:
+        body = self.files.get(request.path)
+        if body is None:
+            return 404, "text/plain", b"not found\n"
+        return 200, "text/plain", body.encode()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        return self.server.url(path)
 
     def settings(self, days: float = 0) -> str:
         urls = [self.url("/ips-v4"), self.url("/ips-v6")]
         return f"cloudflare_urls = {json.dumps(urls)}\ncloudflare_refresh_days = {days}\n"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
+        self.server.close()
 
 
 @pytest.fixture
@@ -79,12 +62,6 @@ def lists() -> Iterator[Lists]:
         yield made
     finally:
         made.close()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def refused(daemon: Pikud, *needles: str) -> str:
@@ -137,7 +114,7 @@ def test_refresh_writes_the_list_once_and_refuses_bad_ones(
     assert (target.read_bytes(), target.stat().st_mtime_ns) == (before, stamp)
 
     # An unreachable URL, set through pikud.toml and SIGHUP like any setting.
-    dead = f"http://127.0.0.1:{closed_port()}/ips-v6"
+    dead = f"http://127.0.0.1:{free_port()}/ips-v6"
     (short_root / "pikud.toml").write_text(
         f"cloudflare_urls = {json.dumps([lists.url('/ips-v4'), dead])}\n")
     assert daemon.proc is not None

@@ -21,7 +21,7 @@ from pikud.procman.process import ManagedProcess, ProcessSpec
 from pikud.procman.state import ProcessState
 
 from ..conftest import FAST, Pikud, alive, wait_for
-from ..nginx_master import free_port
+from tests.net import free_port
 from .test_supervision import SLOW_FD_SERVER      # serves fd 3 after a 1 s boot
 
 IDLE = "PIKU_LISTEN_FDS=true\nPIKU_IDLE_TIMEOUT=1\n"
@@ -67,7 +67,10 @@ def test_an_open_connection_keeps_the_app_awake(pikud: Pikud) -> None:
     deploy_napper(pikud, "busy")
     proc = pikud.wait_state("busy", "busy:web.1", "RUNNING")
     with socket.create_connection(("127.0.0.1", proc["port"]), timeout=5):
-        time.sleep(2.5)                       # more than twice the timeout, with a client on
+        # The witness: an app with no client and twice the timeout, whose quiet spell
+        # begins after busy's, goes to sleep; without the client busy would have slept first.
+        deploy_napper(pikud, "quiet", IDLE.replace("TIMEOUT=1", "TIMEOUT=2"))
+        pikud.wait_state("quiet", "quiet:web.1", "IDLE", timeout=15)
         assert pikud.process("busy", "busy:web.1")["state"] == "RUNNING"
     pikud.wait_state("busy", "busy:web.1", "IDLE", timeout=10)
 

@@ -188,6 +188,8 @@ def test_a_worker_config_change_that_fails_puts_the_workers_back(pikud: Pikud) -
     (app / "public" / "index.html").write_text("picky\n")
     pikud.api("POST", "/apps/picky/deploy")
     pikud.wait_state("picky", "picky:worker.1", "RUNNING")
+    pikud.add_app("witness", "worker: sleep 300\n", FAST)
+    pikud.api("POST", "/apps/witness/deploy")
     result = pikud.cli("config:set", "picky", "BROKEN=1", "NGINX_SERVER_NAME=new.example")
     assert result.returncode == 1 and "picky:worker.1" in result.stderr, result.stderr
     assert not (pikud.root / "envs/picky/ENV").exists()
@@ -195,7 +197,11 @@ def test_a_worker_config_change_that_fails_puts_the_workers_back(pikud: Pikud) -
     environ = Path(f"/proc/{proc['pid']}/environ").read_bytes().split(b"\0")
     assert not any(word.startswith(b"BROKEN=") for word in environ)
     assert "BROKEN" not in pikud.api("GET", "/apps/picky/config/live")["env"]
-    time.sleep(1)                                # the watcher saw ENV put back: nothing to do
+    # The witness: an edit made after the config:set, which the watcher reports after
+    # whatever it saw of picky's ENV (one inotify queue, the same settle time).
+    (pikud.root / "envs/witness/ENV").write_text("GREETING=hi\n")
+    wait_for(lambda: "ENV or SCALING edited" in pikud.log_text("witness", "pikud"), 10,
+             "the watcher to see the witness's edit")
     assert pikud.process("picky", "picky:worker.1")["pid"] == proc["pid"]
     log = pikud.log_text("picky", "pikud")
     assert "the change was undone, ENV is as it was" in log

@@ -7,7 +7,7 @@ as contrib/nginx-pikud.conf does. Run as root, its workers are www-data, as
 on Debian, so the tests also prove that nginx's user can read what pikud
 writes: the test folders are 0755 for that (pytest's tmp_path sits in a 0700
 folder, so they are made under /tmp). Backends are python http.server
-children. Every wait has a deadline; every process started here is stopped,
+threads. Every wait has a deadline; every process started here is stopped,
 and the teardown fails if an nginx process outlived it.
 """
 
@@ -18,16 +18,15 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -37,16 +36,11 @@ from pikud.paths import Paths
 from pikud.proxy import Nginx, NginxSite, ensure_certificate, site_from_env
 
 from tests.conftest import Pikud, app_processes
+from tests.net import Answer, HttpServer, free_port
 from tests.nginx_master import AS_ROOT, DEADLINE, NGINX, NginxMaster
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx is not installed")
-
-
-def free_port(family: socket.AddressFamily = socket.AF_INET, host: str = "127.0.0.1") -> int:
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def has_ipv6_loopback() -> bool:
@@ -57,70 +51,20 @@ def has_ipv6_loopback() -> bool:
     return True
 
 
-def connectable(address: str | Path) -> bool:
-    family = socket.AF_UNIX if isinstance(address, Path) else socket.AF_INET
-    target: Any = str(address) if isinstance(address, Path) else ("127.0.0.1", int(address))
-    with socket.socket(family) as sock:
-        sock.settimeout(1)
-        try:
-            sock.connect(target)
-        except OSError:
-            return False
-    return True
-
-
-def stop_child(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Signal, wait with a deadline, then SIGKILL; always reaps."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=DEADLINE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=DEADLINE)
-
-
 # --- backends: a tiny HTTP server that says who it is and what it received -------
-BACKEND = r"""
-import json, os, socketserver, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-name, where = sys.argv[1], sys.argv[2]
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        body = json.dumps({"name": name, "path": self.path,
-                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def address_string(self):
-        return "-"
-
-    def log_message(self, *args):
-        pass
-
-if where.startswith("/"):
-    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-        daemon_threads = True
-    server = Server(where, Handler)
-    os.chmod(where, 0o666)
-else:
-    server = ThreadingHTTPServer(("127.0.0.1", int(where)), Handler)
-server.serve_forever()
-"""
-
-
-@dataclass
 class Backend:
-    name: str
-    upstream: str
-    proc: subprocess.Popen[bytes]
+    """A loopback HTTP server in this process (tests/net.py) that answers with its
+    name, the path and the headers it received, as JSON."""
+
+    def __init__(self, name: str, unix: Path | None = None) -> None:
+        self.name = name
+        self.server = HttpServer(self.answer, unix)
+        self.upstream = self.server.upstream
+
+    def answer(self, request: BaseHTTPRequestHandler) -> Answer:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        body = json.dumps({"name": self.name, "path": request.path, "headers": headers})
+        return 200, "application/json", body.encode()
 
 
 @pytest.fixture
@@ -128,19 +72,12 @@ def backend() -> Iterator[Callable[..., Backend]]:
     started: list[Backend] = []
 
     def start(name: str, unix: Path | None = None) -> Backend:
-        where: str | Path = unix if unix is not None else str(free_port())
-        proc = subprocess.Popen([sys.executable, "-c", BACKEND, name, str(where)],
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        made = Backend(name, f"unix:{where}" if unix else f"127.0.0.1:{where}", proc)
-        started.append(made)
-        wait_for(lambda: proc.poll() is not None or connectable(where), DEADLINE,
-                 f"backend {name} listening")
-        assert proc.poll() is None, f"backend {name} exited {proc.returncode}"
-        return made
+        started.append(Backend(name, unix))
+        return started[-1]
 
     yield start
     for made in started:
-        stop_child(made.proc)
+        made.server.close()
 
 
 # --- the nginx master -------------------------------------------------------------

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +24,7 @@ from yarl import URL
 
 from pikud.errors import PikudError
 from pikud.proxy.router import Route, Router
+from tests.net import free_port
 
 DEADLINE = 20.0
 
@@ -148,13 +148,6 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 
 def url(router: Router, path: str) -> str:
     return f"http://127.0.0.1:{router.address[1]}{path}"
-
-
-def free_port() -> int:
-    """A loopback port that nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def get_json(client: aiohttp.ClientSession, address: str | URL, **kw: object) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST, Pikud, alive, wait_for
-from tests.e2e.apps import git, local_remote
+from tests.e2e.apps import git, local_remote, push
 
 
 def desired(daemon: Pikud) -> dict[str, str]:
@@ -64,7 +64,7 @@ def pushed_app(daemon: Pikud, work: Path, name: str, pushes: int) -> list[str]:
         (work / "VERSION").write_text(f"{n}\n")
         git(work, "add", "-A")
         git(work, "commit", "--quiet", "-m", f"v{n}")
-        git(work, "push", "--quiet", "piku", "main", env=dict(daemon.env))
+        push(work, daemon.env)
         revisions.append(git(work, "rev-parse", "HEAD").stdout.strip())
     return revisions
 
@@ -181,17 +181,17 @@ def test_release_folders_of_a_push_killed_with_pikud_are_pruned(pikud_factory,
     pushed_app(daemon, work, "pushed", 1)
     (work / "Procfile").write_text("worker: sleep 300\nrelease: touch built; sleep 60\n")
     git(work, "commit", "--quiet", "-am", "slow release step")
-    push = subprocess.Popen(["git", "-C", str(work), "push", "--quiet", "piku", "main"],
+    pushing = subprocess.Popen(["git", "-C", str(work), "push", "--quiet", "piku", "main"],
                             env=dict(daemon.env), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     releases = daemon.root / "releases/pushed"
     try:
         wait_for(lambda: (releases / "2/built").exists(), 15, "the release step of push 2")
         daemon.kill9()
-        assert push.wait(15) != 0
+        assert pushing.wait(15) != 0
     finally:
-        push.kill()
-        push.wait()
+        pushing.kill()
+        pushing.wait()
     daemon.start()
     wait_for(lambda: "ready:" in daemon.output().split("listening on")[-1], 15, "the boot")
     assert "removing release folder" in daemon.output()
@@ -201,7 +201,7 @@ def test_release_folders_of_a_push_killed_with_pikud_are_pruned(pikud_factory,
     (releases / "7").mkdir()                        # as a push killed at any other time leaves
     (work / "Procfile").write_text("worker: sleep 300\n")
     git(work, "commit", "--quiet", "-am", "quick again")
-    git(work, "push", "--quiet", "piku", "main", env=dict(daemon.env))
+    push(work, daemon.env)
     assert sorted(p.name for p in releases.iterdir()) == ["1", "8"]
     assert [r["number"] for r in daemon.api("GET", "/apps/pushed/releases")["releases"]] == [8, 1]
 

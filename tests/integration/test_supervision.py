@@ -96,16 +96,18 @@ def test_double_forked_grandchild_dies_with_its_app(pikud: Pikud, tmp_path: Path
 
 def test_orphans_that_exit_on_their_own_are_reaped(pikud: Pikud) -> None:
     # The shell backgrounds a short sleep and exits; the sleep is orphaned to pikud.
-    pikud.add_app("orphans", "worker: (sleep 0.2 &) ; sleep 300\n", FAST)
+    app = pikud.add_app("orphans", "worker: (sleep 0.2 & echo $! > orphan) ; sleep 300\n", FAST)
     pikud.api("POST", "/apps/orphans/deploy")
     pikud.wait_state("orphans", "orphans:worker.1", "RUNNING")
+    orphan = int(wait_for(lambda: (app / "orphan").read_text().strip(), 5, "the orphan's pid"))
 
     def zombies() -> list[str]:
         return [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()
                 and (fields := proc_stat(entry.name)) is not None
                 and fields[0] == "Z" and int(fields[1]) == pikud.proc.pid]
 
-    time.sleep(0.6)
+    # Reaped, its /proc entry goes (a zombie keeps one): the event that proves the reaping.
+    wait_for(lambda: not os.path.exists(f"/proc/{orphan}"), 5, "the orphan to be reaped")
     assert zombies() == []
 
 
