@@ -19,7 +19,8 @@ from pikud.paths import Paths
 from pikud.procman.process import ProcessSpec
 from pikud.proxy.acme import Acme, root_ca
 from pikud.proxy.nginx import Nginx, access_problems
-from pikud.proxy.router import Route, Router
+from pikud.proxy.router import Router
+from pikud.proxy.routing import Route
 from pikud.proxy.site import (NginxSite, StaticPath, procfile_static, server_names, site_from_env,
                               static_paths)
 
