@@ -1,0 +1,66 @@
+"""procman.waits.first_of: the first of several events or awaitables, the rest cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pikud.procman.waits import first_of
+
+DEADLINE = 5.0
+
+
+async def no_other_task() -> None:
+    """Until only the calling test's task is left: a cancelled wait ends a loop turn later."""
+    async with asyncio.timeout(DEADLINE):
+        while len(asyncio.all_tasks()) > 1:
+            await asyncio.sleep(0)
+
+
+async def test_the_event_set_first_wins_and_the_other_waits_are_cancelled() -> None:
+    stop, kick = asyncio.Event(), asyncio.Event()
+    asyncio.get_running_loop().call_later(0.01, kick.set)
+    async with asyncio.timeout(DEADLINE):
+        assert await first_of(stop, kick) is kick
+    await no_other_task()
+
+
+async def test_an_awaitable_can_win() -> None:
+    stop = asyncio.Event()
+    finished = asyncio.sleep(0.01)
+    async with asyncio.timeout(DEADLINE):
+        assert await first_of(finished, stop) is finished
+
+
+async def test_timeout_returns_none() -> None:
+    async with asyncio.timeout(DEADLINE):
+        assert await first_of(asyncio.Event(), timeout=0.01) is None
+
+
+async def test_a_task_passed_in_is_watched_not_cancelled() -> None:
+    gate = asyncio.Event()
+    task = asyncio.create_task(gate.wait())
+    stop = asyncio.Event()
+    stop.set()
+    async with asyncio.timeout(DEADLINE):
+        assert await first_of(task, stop) is stop
+        assert not task.cancelled()
+        gate.set()
+        assert await task is True
+
+
+async def test_of_several_done_the_first_argument_wins() -> None:
+    one, two = asyncio.Event(), asyncio.Event()
+    one.set()
+    two.set()
+    async with asyncio.timeout(DEADLINE):
+        assert await first_of(two, one) is two
+
+
+async def test_cancelling_the_waiter_cancels_its_waits() -> None:
+    waiter = asyncio.create_task(first_of(asyncio.Event(), asyncio.sleep(3600)))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    async with asyncio.timeout(DEADLINE):
+        await asyncio.gather(waiter, return_exceptions=True)
+    assert waiter.cancelled()
+    await no_other_task()
