@@ -336,7 +336,7 @@ class ManagedProcess:
         if delay <= 0:
             return
         self._kick.clear()
-        await first_of(self._stop, self._kick, timeout=delay)
+        await first_of(self._stop, self._kick, asyncio.sleep(delay))
 
     async def _stop_tree(self, child: Child) -> Stopped:
         """Stop whatever is left of ``child``'s spawn once its main process has exited:

@@ -16,22 +16,20 @@ from typing import Any
 Waitable = asyncio.Event | Awaitable[Any]
 
 
-async def first_of(*waits: Waitable, timeout: float | None = None) -> Waitable | None:
+async def first_of(*waits: Waitable) -> Waitable:
     """Wait until one of ``waits`` is done (an Event set, an awaitable finished); return it.
 
-    None when ``timeout`` seconds pass first. What this function wraps (an
-    Event's wait, a coroutine) is cancelled before it returns; a Future or Task
-    passed in is only watched, never cancelled. When several are done at once,
-    the first in argument order is returned.
+    What this function wraps (an Event's wait, a coroutine) is cancelled before
+    it returns; a Future or Task passed in is only watched, never cancelled.
+    When several are done at once, the first in argument order is returned.
+    A time limit is one more awaitable: ``first_of(stop, asyncio.sleep(delay))``.
     """
     futures = [asyncio.ensure_future(w.wait() if isinstance(w, asyncio.Event) else w)
                for w in waits]
     try:
-        done, _ = await asyncio.wait(futures, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for wait, future in zip(waits, futures, strict=True):
             if future is not wait:
                 future.cancel()
-    return next((wait for wait, future in zip(waits, futures, strict=True) if future in done),
-                None)
+    return next(wait for wait, future in zip(waits, futures, strict=True) if future in done)

@@ -10,10 +10,12 @@ DEADLINE = 5.0
 
 
 async def no_other_task() -> None:
-    """Until only the calling test's task is left: a cancelled wait ends a loop turn later."""
-    async with asyncio.timeout(DEADLINE):
-        while len(asyncio.all_tasks()) > 1:
-            await asyncio.sleep(0)
+    """Until every other task has ended, each of them cancelled (a cancel lands a turn later)."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        _, pending = await asyncio.wait(others, timeout=DEADLINE)
+        assert not pending
+    assert all(task.cancelled() for task in others)
 
 
 async def test_the_event_set_first_wins_and_the_other_waits_are_cancelled() -> None:
@@ -29,11 +31,14 @@ async def test_an_awaitable_can_win() -> None:
     finished = asyncio.sleep(0.01)
     async with asyncio.timeout(DEADLINE):
         assert await first_of(finished, stop) is finished
+    await no_other_task()
 
 
-async def test_timeout_returns_none() -> None:
+async def test_a_sleep_is_a_time_limit() -> None:
+    limit = asyncio.sleep(0.01)
     async with asyncio.timeout(DEADLINE):
-        assert await first_of(asyncio.Event(), timeout=0.01) is None
+        assert await first_of(asyncio.Event(), limit) is limit
+    await no_other_task()
 
 
 async def test_a_task_passed_in_is_watched_not_cancelled() -> None:
