@@ -30,7 +30,8 @@ from pikud.paths import Paths
 from pikud.procman.children import become_subreaper, install_orphan_reaper
 from pikud.proxy.acme import Acme
 from pikud.proxy.nginx import Nginx
-from pikud.proxy.router import Router, parse_address
+from pikud.proxy.router import Router
+from pikud.proxy.routing import parse_address
 from pikud.refresh import CloudflareRefresh
 from pikud.sdnotify import Notifier
 from pikud.settings import Settings, load_settings

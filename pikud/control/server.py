@@ -307,18 +307,14 @@ async def run_action(request: web.Request, action: Callable[[Progress], Awaitabl
     """
     if not flag(request, "progress"):
         return await finish(action(lambda line: None))
-    queue: asyncio.Queue[str] = asyncio.Queue()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
     task = asyncio.ensure_future(action(queue.put_nowait))
+    task.add_done_callback(lambda _: queue.put_nowait(None))    # after the action's last line
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
     await response.prepare(request)
     try:
-        while not (task.done() and queue.empty()):
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                await response.write(ndjson_line({"progress": getter.result()}))
-            else:
-                getter.cancel()
+        while (line := await queue.get()) is not None:
+            await response.write(ndjson_line({"progress": line}))
         try:
             result = {"end": True, "data": task.result()}
         except PikudError as exc:

@@ -1,12 +1,10 @@
-"""The cron scheduler: one timer for every app's jobs, each run a one-shot process tree.
+"""The cron scheduler: every app's jobs, each run a one-shot process tree.
+
+One timer serves every job (``timer.DueTimes``: a heap of next times, see its
+design notes); this module decides what a due job does and keeps the record
+of its runs.
 
 Design notes:
-- One ``loop.call_later`` timer for the earliest due job of all apps, found in
-  a heap with lazy deletion (a job's ``version`` changes when it is
-  rescheduled), so 1,000 idle jobs cost nothing between firings.
-- The loop's timers run on the monotonic clock, the schedule on the wall
-  clock. Every wake re-reads the wall clock; a job not yet due is re-armed,
-  and no sleep is longer than an hour, so a clock change is seen within one.
 - Catch-up: a job found late by more than ``catchup`` seconds (60; the
   machine slept, the clock jumped forward, pikud was down) runs at most once,
   and only if one of its times falls within the last ``catchup`` seconds;
@@ -25,7 +23,6 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 from collections.abc import Callable
@@ -38,6 +35,7 @@ from zoneinfo import ZoneInfo
 from pikud.cron.jobs import JobSpec, job_settings, run_job
 from pikud.cron.schedule import next_run, zone
 from pikud.cron.state import CronState, parse_time
+from pikud.cron.timer import DueTimes
 from pikud.errors import BadRequest, NotFound
 from pikud.procman.logs import Follower, LogFile
 
@@ -46,8 +44,6 @@ __all__ = ["JobSpec", "Scheduler", "job_settings", "utc_now"]
 log = logging.getLogger(__name__)
 
 CATCHUP = 60.0          # seconds a run may start late; later than that, it is missed
-MAX_SLEEP = 3600.0      # the longest single sleep, so a wall-clock change is seen within it
-TIMER_SLACK = 0.002     # fraction of a long sleep to wake early by
 JUMP_TOLERANCE = 1.0    # seconds the wall clock may fall behind the monotonic one between wakes
 BIG_JUMP = 3 * 3600.0   # Debian cron: a change of more than 3 hours is a correction
 
@@ -77,15 +73,11 @@ class _Job:
     output: LogFile
     due: datetime | None = None         # next scheduled time (UTC); None for @reboot
     handled: datetime | None = None     # every scheduled time up to this one is dealt with
-    version: int = 0                    # heap entries of older versions are stale
     runs: dict[int, _Run] = field(default_factory=dict)
     queued: bool = False
     last: dict[str, Any] | None = None  # {started, status, duration} of the latest run started
     last_id: int = 0
     active: bool = True
-
-
-_Entry = tuple[float, int, _Job, int]   # (due timestamp, sequence, job, job version)
 
 
 class Scheduler:
@@ -98,12 +90,9 @@ class Scheduler:
         self._on_event, self._followers_for, self._clock = on_event, followers_for, clock
         self._state = CronState(state_file)
         self._jobs: dict[str, dict[str, _Job]] = {}
-        self._heap: list[_Entry] = []
-        self._seq = itertools.count()
+        self._times: DueTimes[_Job] = DueTimes(clock, self.wake)
         self._run_ids = itertools.count(1)
         self._tasks: dict[asyncio.Task[None], str] = {}     # every run -> its app
-        self._timer: asyncio.TimerHandle | None = None
-        self._armed: tuple[float, float] | None = None      # (loop time, wall time) when armed
         self._closed = False
 
     # -- the API ---------------------------------------------------------------
@@ -216,21 +205,12 @@ class Scheduler:
 
         The timer calls this; call it too when the wall clock may have changed.
         """
-        if self._timer is not None:
-            self._timer.cancel()        # a no-op when the timer itself called
-            self._timer = None
+        self._times.cancel()
         if self._closed:
             return
         now = self._clock()
         self._follow_backward_jump(now)
-        while self._heap:
-            stamp, _, job, _ = self._heap[0]
-            if not _current(self._heap[0]):
-                heapq.heappop(self._heap)
-                continue
-            if stamp > now.timestamp():
-                break
-            heapq.heappop(self._heap)
+        while (job := self._times.pop_due(now)) is not None:
             try:
                 self._fire(job, now)
             except Exception:       # the root of the timer: one job must not stop them all
@@ -240,9 +220,7 @@ class Scheduler:
     async def close(self) -> None:
         """Daemon shutdown: stop the running jobs (their whole trees), cancel timers, save."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._times.cancel()
         await self._stop_runs(list(self._tasks))
         for jobs in self._jobs.values():
             for job in jobs.values():
@@ -253,37 +231,16 @@ class Scheduler:
 
     def _schedule(self, job: _Job, due: datetime | None) -> None:
         job.due = due.astimezone(timezone.utc) if due is not None else None
-        job.version += 1
-        if job.due is not None:
-            heapq.heappush(self._heap, (job.due.timestamp(), next(self._seq), job, job.version))
+        self._times.set(job, job.due)
 
     def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        live = sum(len(jobs) for jobs in self._jobs.values())
-        if len(self._heap) > 2 * live + 64:     # drop stale entries left by rescheduling
-            self._heap = [item for item in self._heap if _current(item)]
-            heapq.heapify(self._heap)
-        while self._heap and not _current(self._heap[0]):
-            heapq.heappop(self._heap)
-        if self._closed or not self._heap:
-            self._armed = None
-            return
-        loop = asyncio.get_running_loop()
-        now = self._clock().timestamp()
-        self._armed = (loop.time(), now)
-        delay = min(max(self._heap[0][0] - now, 0.0), MAX_SLEEP)
-        # The kernel lets a long sleep end up to 0.1% late (timer slack, 60 ms a minute):
-        # wake that much early; the wake re-arms a short timer for the rest.
-        delay -= min(delay * TIMER_SLACK, 0.1) if delay > 1.0 else 0.0
-        self._timer = loop.call_later(delay, self.wake)
+        if self._closed:
+            self._times.cancel()
+        else:
+            self._times.arm()
 
     def _follow_backward_jump(self, now: datetime) -> None:
-        if self._armed is None:
-            return
-        armed_at, wall = self._armed
-        back = wall + (asyncio.get_running_loop().time() - armed_at) - now.timestamp()
+        back = self._times.fell_back(now)
         if back <= JUMP_TOLERANCE:
             return
         correction = back > BIG_JUMP
@@ -392,8 +349,7 @@ class Scheduler:
     def _retire(self, job: _Job) -> None:
         """The job is no longer wanted: no more times; a run going on may finish."""
         job.active, job.queued = False, False
-        job.version += 1
-        job.due = None
+        self._schedule(job, None)
         if not job.runs:
             job.output.close()
 
@@ -411,12 +367,6 @@ class Scheduler:
             "handled": job.handled.isoformat() if job.handled is not None else None,
             "last_run": job.last,
         })
-
-
-def _current(item: _Entry) -> bool:
-    """Whether a heap entry is still its job's next time (rescheduling leaves stale ones)."""
-    job = item[2]
-    return job.active and job.version == item[3]
 
 
 def _log_settings(spec: JobSpec) -> tuple[Path, int, int]:

@@ -32,6 +32,7 @@ from pikud.procman.shell import shell_argv
 from pikud.procman.sockets import hand_over, listen_tcp
 from pikud.procman.policy import RestartPolicy, decide, floored
 from pikud.procman.state import ALIVE, ProcessState, allowed
+from pikud.procman.waits import first_of
 
 log = logging.getLogger(__name__)
 S = ProcessState
@@ -264,12 +265,7 @@ class ManagedProcess:
 
     async def _wait_exit_or_request(self, child: Child) -> asyncio.Event | None:
         """The stop or suspend event asked for while the child still runs; None once it exited."""
-        waits = [asyncio.ensure_future(child.wait()),
-                 asyncio.ensure_future(self._stop.wait()),
-                 asyncio.ensure_future(self._suspend.wait())]
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
+        await first_of(child.wait(), self._stop, self._suspend)
         if child.exited:
             return None
         return self._stop if self._stop.is_set() else self._suspend
@@ -289,14 +285,10 @@ class ManagedProcess:
             self.resume()
 
         loop.add_reader(fd, connection_waiting)
-        waits = [asyncio.ensure_future(self._stop.wait()),
-                 asyncio.ensure_future(self._resumed.wait())]
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            await first_of(self._stop, self._resumed)
         finally:
             loop.remove_reader(fd)
-            for wait in waits:
-                wait.cancel()
 
     async def _after_exit(self, child: Child) -> None:
         info = await child.wait()
@@ -344,11 +336,7 @@ class ManagedProcess:
         if delay <= 0:
             return
         self._kick.clear()
-        waits = [asyncio.ensure_future(self._stop.wait()),
-                 asyncio.ensure_future(self._kick.wait())]
-        await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        for w in waits:
-            w.cancel()
+        await first_of(self._stop, self._kick, asyncio.sleep(delay))
 
     async def _stop_tree(self, child: Child) -> Stopped:
         """Stop whatever is left of ``child``'s spawn once its main process has exited:

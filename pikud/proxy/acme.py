@@ -10,6 +10,8 @@ the self-signed certificate made by ``tls.ensure_certificate`` keeps serving.
 Without acme.sh the self-signed certificate stays, as before, and the log says
 once how to get real ones.
 
+This module decides when to ask (one issuance per app at a time) and records
+what was installed (``nginx/APP.acme``); ``acme_sh.py`` runs the commands.
 ``root_ca()`` checks the app's ACME_ROOT_CA with its other settings, and
 ``issuable()`` picks the names a CA can validate over HTTP; both are pure.
 """
@@ -37,19 +39,9 @@ once how to get real ones.
 #   cron, or replaced by the self-signed one). For a certificate that is still
 #   valid, `--issue` exits 2 at once without asking the CA ("skipped"), and the
 #   install re-installs it.
-# - The install runs under the Nginx lock, so no `nginx -t` of another app reads
-#   a half-copied pair. The pair is then loaded like a TLS server would; a
-#   failed or mismatched install puts the previous pair back and reloads.
-#   acme.sh's own renewals write without the lock: for those few milliseconds,
-#   every 60 days or so, another app's `nginx -t` could fail; its deploy says
-#   why and can simply be pushed again.
-#   acme.sh overwrites the key file in place, so it keeps its mode (0600) and
-#   owner: pikud's user, who runs `nginx -t`.
 # - ACME_ROOT_CA is one of acme.sh's CA names or a plain http(s) URL, nothing
 #   else: acme.sh saves it in a config file it later reads as shell code, so a
 #   quote or `$` in it would run at every renewal.
-# - --keylength ec-256 and --ecc: EC P-256 like the self-signed certificate,
-#   and the same key type whichever acme.sh version or default is installed.
 
 from __future__ import annotations
 
@@ -58,19 +50,17 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import re
-import shlex
 import shutil
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pikud.atomic import write_atomic
-from pikud.errors import EnvError, NginxError
-from pikud.proxy.commands import run
+from pikud.errors import EnvError
+from pikud.proxy.acme_sh import AcmeSh, Note, find_acme_sh
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.site import NginxSite
 
@@ -79,14 +69,9 @@ log = logging.getLogger(__name__)
 KEY = "ACME_ROOT_CA"
 ISSUE_TIMEOUT = 300.0       # the CA's validation, with acme.sh's own retries
 COMMAND_TIMEOUT = 60.0      # install (with the reload) and remove
-SKIPPED = 2                 # acme.sh --issue: the certificate is valid, nothing to renew
-OUTPUT_LINES = 40           # of acme.sh's output in a failure message
 _CA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,62}")
 _URL = re.compile(r"https?://[A-Za-z0-9._~:/%+-]+")
 _NOT_PUBLIC = ("localhost", "local", "test", "invalid", "example", "internal", "home.arpa")
-
-Note = Callable[[str, str, int], None]
-"""(app, message, level): where messages about an app's certificate go."""
 
 
 # --- pure parts -----------------------------------------------------------------------
@@ -179,24 +164,8 @@ class Issued:
                                        "retired": list(self.retired)}) + "\n", 0o644)
 
 
-def find_acme_sh(configured: str | None = None) -> Path | None:
-    """``configured`` (pikud.toml's acme_sh), else acme.sh on PATH, else ~/.acme.sh/acme.sh."""
-    if configured:
-        return Path(configured) if os.access(configured, os.X_OK) else None
-    found = shutil.which("acme.sh")
-    if found is not None:
-        return Path(found)
-    standard = Path.home() / ".acme.sh" / "acme.sh"
-    return standard if os.access(standard, os.X_OK) else None
-
-
 def record_path(nginx: Nginx, app: str) -> Path:
     return nginx.paths.nginx() / f"{app}.acme"
-
-
-def _tail(output: str) -> str:
-    lines = output.strip().splitlines()
-    return "\n".join(lines[-OUTPUT_LINES:])
 
 
 # --- effects --------------------------------------------------------------------------
@@ -263,8 +232,8 @@ class Acme:
         failures, and the certificate in place keeps serving.
         """
         app = site.app
-        program = find_acme_sh(self.program)
-        if program is None:
+        acme_sh = self._acme_sh()
+        if acme_sh is None:
             self._missing(app)
             return False
         names, skipped = issuable(site.server_names)
@@ -278,22 +247,17 @@ class Acme:
         crt = Path(site.certificate)
         issued = Issued.read(record_file)
         if issued is not None and issued.retired:
-            issued = await self._retire(program, app, issued, record_file, names[0])
+            issued = await self._retire(acme_sh, app, issued, record_file, names[0])
         if issued is not None and (issued.names, issued.server, issued.fingerprint) == (
                 names, server, fingerprint(crt)):
             return True
         label = ", ".join(names) + (f" from {server}" if server else "")
         self.note(app, f"certificate: {app}: asking acme.sh for {label}", logging.INFO)
-        argv = [str(program), "--issue", *(arg for name in names for arg in ("-d", name)),
-                "-w", site.acme_root, "--keylength", "ec-256"]
-        if server is not None:
-            argv += ["--server", server]
-        if issued is not None and issued.names[0] == names[0] and issued.server != server:
-            argv.append("--force")          # a valid certificate from the other CA would be kept
-        Path(site.acme_root).mkdir(parents=True, exist_ok=True)
-        if not await self._step(app, argv, self.issue_timeout, "could not issue", ok=(0, SKIPPED)):
+        # --force: a valid certificate from the other CA would be kept
+        force = issued is not None and issued.names[0] == names[0] and issued.server != server
+        if not await acme_sh.issue(site, names, server, force=force):
             return False
-        installed = await self._install(program, site, names[0])
+        installed = fingerprint(crt) if await acme_sh.install(site, names[0]) else None
         if installed is None:
             return False
         # The old first name is retired only now: until the new one is in, it is served.
@@ -304,18 +268,25 @@ class Acme:
         self.note(app, f"certificate: {app}: acme.sh installed a certificate for {label}; "
                        "acme.sh renews it", logging.INFO)
         if retired:
-            await self._retire(program, app, record, record_file, names[0])
+            await self._retire(acme_sh, app, record, record_file, names[0])
         return True
 
-    async def _retire(self, program: Path, app: str, issued: Issued, record_file: Path,
+    async def _retire(self, acme_sh: AcmeSh, app: str, issued: Issued, record_file: Path,
                       wanted: str) -> Issued:
         """Have acme.sh stop renewing the retired names but ``wanted`` (the app's first name
         again, kept until it is installed); those it would not stop renewing stay too."""
         left = tuple([name for name in issued.retired
-                      if name == wanted or not await self._remove(program, app, name)])
+                      if name == wanted or not await acme_sh.remove(app, name)])
         kept = Issued(issued.names, issued.server, issued.fingerprint, left)
         kept.write(record_file)
         return kept
+
+    def _acme_sh(self) -> AcmeSh | None:
+        program = find_acme_sh(self.program)
+        if program is None:
+            return None
+        return AcmeSh(program, self.nginx, self.note, issue_timeout=self.issue_timeout,
+                      timeout=self.timeout)
 
     def _missing(self, app: str) -> None:
         if self.program:
@@ -333,52 +304,6 @@ class Acme:
             self._said.add((key, message))
             self.note(app or key, message, level)
 
-    async def _step(self, app: str, argv: list[str], timeout: float, failed: str,
-                    ok: tuple[int, ...] = (0,)) -> bool:
-        """Run one acme.sh command; a failure is a note with its output."""
-        try:
-            code, output = await run(argv, timeout=timeout)
-        except NginxError as exc:       # could not start, or timed out and was stopped
-            code, output = -1, str(exc)
-        if code in ok:
-            log.debug("%s: exit status %d\n%s", " ".join(argv), code, output)
-            return True
-        self.note(app, f"certificate: {app}: acme.sh {failed} (exit status {code}); the "
-                       f"certificate in place stays:\n{_tail(output)}", logging.ERROR)
-        return False
-
-    async def _install(self, program: Path, site: NginxSite, name: str) -> str | None:
-        """acme.sh --install-cert into the site's files; the new fingerprint, or None."""
-        app, crt, key = site.app, Path(site.certificate), Path(site.certificate_key)
-        argv = [str(program), "--install-cert", "-d", name, "--ecc",
-                "--fullchain-file", str(crt), "--key-file", str(key),
-                "--reloadcmd", shlex.join(self.nginx.reload_command)]
-        async with self.nginx.lock:
-            previous = (crt.read_bytes(), key.read_bytes()) if crt.exists() and key.exists() \
-                else None
-            try:
-                done = await self._step(app, argv, self.timeout,
-                                        "could not install the certificate")
-            except BaseException:       # cancelled (shutdown, destroy) while acme.sh copied
-                if previous is not None:
-                    _put_back(crt, key, previous)
-                raise
-            problem = None if not done else _pair_problem(crt, key)
-            if done and problem is None:
-                if key.stat().st_mode & 0o777 != 0o600:
-                    key.chmod(0o600)
-                return fingerprint(crt)
-            if problem is not None:
-                self.note(app, f"certificate: {app}: acme.sh installed an unusable pair "
-                               f"({problem}); the previous one is back", logging.ERROR)
-            if previous is not None:
-                _put_back(crt, key, previous)
-            code, output = await run(self.nginx.reload_command, timeout=self.timeout)
-            if code != 0:
-                self.note(app, f"certificate: {app}: reloading nginx failed (exit status "
-                               f"{code}):\n{_tail(output)}", logging.ERROR)
-            return None
-
     async def forget(self, app: str) -> None:
         """Destroy: stop any issuance, and tell acme.sh to stop renewing the app's certificate.
 
@@ -391,41 +316,18 @@ class Acme:
             await asyncio.gather(task, return_exceptions=True)
         record_file = record_path(self.nginx, app)
         issued = Issued.read(record_file)
-        program = find_acme_sh(self.program)
-        if issued is not None and program is not None:
+        acme_sh = self._acme_sh()
+        if issued is not None and acme_sh is not None:
             for name in (*issued.names[:1], *issued.retired):
-                await self._remove(program, app, name)
+                await acme_sh.remove(app, name)
         record_file.unlink(missing_ok=True)
         self._said = {said for said in self._said if said[0] != app}
         webroot = self.nginx.paths.root / "acme" / app
         if webroot.is_dir() and not webroot.is_symlink():
             await asyncio.to_thread(shutil.rmtree, webroot, True)
 
-    async def _remove(self, program: Path, app: str, name: str) -> bool:
-        if not await self._step(app, [str(program), "--remove", "-d", name, "--ecc"],
-                                self.timeout, f"could not stop renewing {name}"):
-            return False
-        self.note(app, f"certificate: {app}: acme.sh no longer renews {name}", logging.INFO)
-        return True
-
 
 def _same_ask(one: tuple[NginxSite, str | None], other: tuple[NginxSite, str | None]) -> bool:
     """Whether two requests ask a CA for the same names from the same CA."""
     return (issuable(one[0].server_names)[0], one[1]) == (issuable(other[0].server_names)[0],
                                                          other[1])
-
-
-def _pair_problem(crt: Path, key: Path) -> str | None:
-    """Why nginx could not serve ``crt`` with ``key``, or None."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(crt, key)
-    except (OSError, ssl.SSLError) as exc:
-        return str(exc)
-    return None
-
-
-def _put_back(crt: Path, key: Path, previous: tuple[bytes, bytes]) -> None:
-    """Restore the pair in place: key first, 0600, as tls.ensure_certificate leaves it."""
-    for path, data, mode in ((key, previous[1], 0o600), (crt, previous[0], 0o644)):
-        write_atomic(path, data.decode("ascii", errors="replace"), mode)

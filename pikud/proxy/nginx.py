@@ -55,7 +55,8 @@ from pikud.atomic import write_atomic
 from pikud.errors import NginxError
 from pikud.paths import Paths
 from pikud.proxy.commands import run
-from pikud.proxy.site import Http2Style, NginxSite, quote, render
+from pikud.proxy.render import Http2Style, quote, render
+from pikud.proxy.site import NginxSite
 from pikud.proxy.tls import ensure_certificate
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,9 @@
 """pikud's own HTTP router: the reverse proxy in front of the apps when there is no nginx.
 
 One aiohttp server on a configurable address (default 127.0.0.1:8080) routes
-each request to one app:
-
-* by ``Host``: the app's server names, ``APP`` and ``APP.localhost``
-  (case-insensitive, port ignored); or, when the Host names no app,
-* by the path prefix ``/_/APP/``, stripped before proxying (``/_/APP``
-  redirects to ``/_/APP/``).
-
-The app's static folders are served here; everything else goes to its
+each request to one app, by its Host or by the path prefix ``/_/APP/``
+(``routing.py`` decides which). The app's static folders are served here
+(``static.py``); everything else goes to its
 upstreams (``127.0.0.1:PORT`` or ``unix:/abs/path.sock``) in round robin,
 WebSocket upgrades included. The router's own answers are short plain text:
 404 for an unknown app or file, 502 when no upstream answered, 503 when the
@@ -48,7 +43,6 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import unquote
 
 import aiohttp
@@ -58,11 +52,12 @@ from yarl import URL
 
 from pikud.errors import PikudError
 from pikud.proxy.connections import ConnectionLimits, Connections
+from pikud.proxy.routing import (Redirect, Route, Target, host_name, host_table, resolve,
+                                 upstream_url)
+from pikud.proxy.static import match_static, serve_static
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-PREFIX = "/_/"
 CONNECT_TIMEOUT = 5.0
 SHUTDOWN_TIMEOUT = 5.0
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding",
@@ -71,133 +66,6 @@ WS_OWN = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket
                     "sec-websocket-extensions"})
 _NOT_SENDABLE = frozenset({1005, 1006, 1015})     # close codes for "no frame", never sent
 _CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where one app's requests go: its server names, live upstreams and static folders."""
-
-    app: str
-    hosts: tuple[str, ...]
-    upstreams: tuple[str, ...]
-    static: tuple[tuple[str, Path], ...] = ()     # (url prefix, folder)
-
-
-# --- pure parts -----------------------------------------------------------
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPV6]:PORT`` or ``:PORT`` (host 127.0.0.1) -> (host, port)."""
-    host, sep, port = text.strip().rpartition(":")
-    usage = "write HOST:PORT, [::1]:PORT or :PORT"
-    if not sep:
-        raise ValueError(f"HTTP address {text!r} has no port; {usage}")
-    if host.startswith("[") and host.endswith("]") and len(host) > 2:
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"HTTP address {text!r}: put an IPv6 address in brackets, like [::1]:8080")
-    elif any(c in "[]/@" or c.isspace() for c in host):
-        raise ValueError(f"HTTP address {text!r}: {host!r} is not a host name; {usage}")
-    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ValueError(f"HTTP address {text!r}: the port must be a number from 0 to 65535")
-    return host or DEFAULT_HOST, int(port)
-
-
-def host_name(header: str) -> str:
-    """The name in a Host header: lower case, without port, brackets or trailing dot."""
-    host = header.strip().lower()
-    if host.startswith("["):
-        return host[1:].partition("]")[0]
-    return host.partition(":")[0].rstrip(".")
-
-
-def host_table(routes: Iterable[Route]) -> tuple[dict[str, str], list[str]]:
-    """Host name -> app, and the names claimed twice (the first claim wins, as in nginx).
-
-    Server names from the apps' settings come before the implicit ``APP`` and
-    ``APP.localhost``, and apps are taken in name order, so the result does not
-    depend on the order of ``set_route`` calls.
-    """
-    routes = sorted(routes, key=lambda r: r.app)
-    claims = [(h, r.app) for r in routes for h in r.hosts]
-    claims += [(h, r.app) for r in routes for h in (r.app, f"{r.app}.localhost")]
-    table: dict[str, str] = {}
-    conflicts = []
-    for host, app in claims:
-        name = host_name(host)
-        if table.setdefault(name, app) != app:
-            conflicts.append(f"{name} (of {app}, kept for {table[name]})")
-    return table, conflicts
-
-
-@dataclass(frozen=True)
-class Target:
-    """A request routed to ``app``: the upstream path (with query) and the stripped prefix."""
-
-    app: str
-    path: str
-    prefix: str = ""
-
-
-@dataclass(frozen=True)
-class Redirect:
-    location: str
-
-
-def resolve(hosts: Mapping[str, str], apps: Iterable[str], host: str, raw_path: str
-            ) -> Target | Redirect | None:
-    """Route by Host first, then by the ``/_/APP/`` prefix; None for no app."""
-    app = hosts.get(host_name(host))
-    if app is not None:
-        return Target(app, raw_path)
-    path, q, query = raw_path.partition("?")
-    if not path.startswith(PREFIX):
-        return None
-    name, slash, rest = path[len(PREFIX):].partition("/")
-    if name not in apps:
-        return None
-    if not slash:
-        return Redirect(f"{PREFIX}{name}/{q}{query}")
-    return Target(name, f"/{rest}{q}{query}", prefix=f"{PREFIX}{name}")
-
-
-def match_static(static: Iterable[tuple[str, Path]], path: str) -> tuple[Path, str] | None:
-    """The folder of the longest static prefix of ``path`` (decoded) and the rest of it."""
-    best: tuple[Path, str] | None = None
-    best_len = -1
-    for url, folder in static:
-        url = url.rstrip("/")
-        if (path == url or path.startswith(url + "/")) and len(url) > best_len:
-            best, best_len = (folder, path[len(url):]), len(url)
-    return best
-
-
-def safe_join(folder: Path, rest: str) -> Path | None:
-    """``folder``/``rest``, or None if ".." or a symlink would take it anywhere else.
-
-    ``folder`` is the real path the app's settings were checked for (the site
-    validation resolved it inside the release) and is not resolved again, so
-    a folder since replaced by a symlink serves nothing. Below it no symlink
-    is followed, as with nginx's ``disable_symlinks on from=FOLDER``: the
-    joined path must be its own real path.
-    """
-    parts = rest.split("/")
-    if any(p == ".." or "\x00" in p for p in parts):
-        return None
-    path = folder.joinpath(*(p for p in parts if p not in ("", ".")))
-    try:
-        return path if path.resolve() == path else None
-    except (OSError, RuntimeError):         # a name too long, a loop of symlinks
-        return None
-
-
-def upstream_url(upstream: str) -> tuple[str, str | None]:
-    """``127.0.0.1:PORT`` or ``unix:/abs/path.sock`` -> (base URL, unix socket path or None)."""
-    if upstream.startswith("unix:"):
-        path = upstream[len("unix:"):]
-        if not path.startswith("/"):
-            raise ValueError(f"upstream {upstream!r}: the socket path must be absolute")
-        return "http://localhost", path
-    host, port = parse_address(upstream)
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}", None
 
 
 def forward_headers(headers: Iterable[tuple[str, str]], drop: Iterable[str] = ()
@@ -350,7 +218,8 @@ class Router:
         entry = table.apps[target.app]
         found = match_static(entry.route.static, unquote(target.path.partition("?")[0]))
         if found is not None:
-            return self._static(request, target, *found)
+            response = serve_static(request, *found)
+            return response or _text(404, f"no file {request.path!r} in app {target.app!r}")
         if not entry.upstreams:
             return _text(503, f"app {target.app!r} has no running web process")
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
@@ -377,24 +246,6 @@ class Router:
                 self._release(session)
         log.warning("router: %s: no upstream answered", target.app)
         return _text(502, f"no web process of app {target.app!r} answered")
-
-    def _static(self, request: web.Request, target: Target, folder: Path, rest: str
-                ) -> web.StreamResponse:
-        if request.method not in ("GET", "HEAD"):
-            raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
-        path = safe_join(folder, rest)
-        try:
-            if path is not None and path.is_dir():
-                if not request.path.endswith("/"):
-                    raw, q, query = request.raw_path.partition("?")
-                    raise web.HTTPMovedPermanently(f"{raw}/{q}{query}")
-                path = safe_join(path, "index.html")
-            found = path is not None and path.is_file()
-        except OSError:                      # a name too long, a loop of symlinks
-            found = False
-        if path is None or not found:
-            return _text(404, f"no file {request.path!r} in app {target.app!r}")
-        return web.FileResponse(path)
 
     def _headers(self, request: web.Request, target: Target, drop: Iterable[str]
                  ) -> CIMultiDict[str]:

@@ -1,56 +1,29 @@
-"""One app's nginx site: read from its ENV, validated, rendered. Pure.
+"""One app's nginx site: read from its NGINX_* settings and validated. Pure.
 
 ``site_from_env()`` turns piku's NGINX_* settings into a frozen ``NginxSite``;
 every value that reaches the config is checked first, and a value that could
 inject nginx syntax (``;``, braces, quotes, ``$``, whitespace, ``..`` leaving
-the app) is an ``EnvError`` naming the key. ``render()`` turns a site into the
-text of ``nginx/APP.conf`` with the package's jinja2 templates; it reads
-nothing and writes nothing (``nginx.Nginx`` tests and installs the result).
+the app) is an ``EnvError`` naming the key. The static folders are checked by
+``locations.py``; ``render.render()`` turns the site into the text of
+``nginx/APP.conf``.
 """
-
-# Design notes:
-# - Names that live at nginx's http level (the upstream, the websocket map
-#   variable, the cache zone) must be unique across every app's config, so each
-#   app's are derived from its name by nginx_name(): [a-z0-9_] only, plus a hash
-#   of the real name when it had to change, so "my-app" and "my_app" differ.
-#   The websocket map is per app for the same reason: each config stands alone
-#   and needs nothing from nginx.conf or another app.
-# - A static location and its alias both end in "/": piku's "/static" +
-#   "…/static/" lets "/static../x" escape the folder (the classic alias bug).
-# - Static folders (and the catch-all file) must resolve inside the app's
-#   release, and the site is given their real path. Below it, nginx follows no
-#   symlink (`disable_symlinks on from=FOLDER`): a committed `public/x ->
-#   /etc/passwd` is a 403. `if_not_owner` would not do: every file of every
-#   app, ENV included, has the same owner. The router checks the same way.
-# - Upstream servers get max_fails=0: they are local sockets, so a refused
-#   connection costs microseconds and nginx moves on (proxy_next_upstream),
-#   instead of marking a restarting process down for 10 s.
-# - The ACME location uses `root`, not `alias`, so only
-#   .well-known/acme-challenge/* under acme/APP is reachable, even where piku's
-#   layout made acme/APP a link to the folder holding the private key.
 
 from __future__ import annotations
 
 import difflib
 import hashlib
 import ipaddress
-import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
-
-import jinja2
 
 from pikud.convert import boolean, nonneg_int, positive_int
-from pikud.errors import EnvError, ProcfileError, SpecError
+from pikud.errors import EnvError
 from pikud.paths import Paths
-
-Http2Style = Literal["on", "listen", "off"]
-"""``http2 on;`` (nginx >= 1.25.1), ``listen … ssl http2`` (older), or no HTTP/2."""
+from pikud.proxy.locations import (StaticPath, local_path, procfile_static, static_paths,
+                                   unsafe_char, url_prefix)
 
 KEYS = frozenset({
     "NGINX_SERVER_NAME", "NGINX_HTTPS_ONLY", "NGINX_STATIC_PATHS", "NGINX_CATCH_ALL",
@@ -63,18 +36,8 @@ KEYS = frozenset({
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOSTNAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
-_SEGMENT = re.compile(r"[A-Za-z0-9._~!+=@-]+")
-_META = frozenset(";{}\"'\\$#`")        # nginx syntax, variables, comments
 MAX_INCLUDE = 1024 * 1024
 _UPSTREAM_PORT = re.compile(r"(127\.[0-9.]+|\[[0-9A-Fa-f:.]+\]|localhost):([0-9]{1,5})")
-
-
-@dataclass(frozen=True)
-class StaticPath:
-    """``location URL { alias PATH; }``; both end in "/"."""
-
-    url: str
-    path: str
 
 
 @dataclass(frozen=True)
@@ -133,14 +96,6 @@ def _refuse(key: str, reason: str, value: str) -> EnvError:
     return EnvError(f"{key}: {reason}: {value!r}", key=key)
 
 
-def _unsafe(text: str) -> str | None:
-    """The first character of ``text`` that must not reach an nginx config, if any."""
-    for char in text:
-        if char in _META or char.isspace() or not char.isprintable():
-            return char
-    return None
-
-
 def server_names(key: str, value: str) -> tuple[str, ...]:
     """Comma-separated host names; ``*.example.com`` wildcards allowed."""
     names: list[str] = []
@@ -153,72 +108,6 @@ def server_names(key: str, value: str) -> tuple[str, ...]:
         if name not in names:
             names.append(name)
     return tuple(names)
-
-
-def url_prefix(fail: Callable[[str], SpecError], url: str) -> str:
-    """A clean absolute URL path without a trailing "/" ("/" itself stays)."""
-    if not url.startswith("/"):
-        raise fail(f"URL {url!r} must start with '/'")
-    if url == "/":
-        return url
-    segments = url.strip("/").split("/")
-    for segment in segments:
-        if segment in ("", ".", "..") or not _SEGMENT.fullmatch(segment):
-            raise fail(f"URL {url!r} must be a clean path of letters, digits and ._~!+=@-")
-    return "/" + "/".join(segments)
-
-
-def local_path(fail: Callable[[str], SpecError], text: str, base: Path, *,
-               absolute: bool) -> str:
-    """``text`` relative to ``base`` (or absolute if allowed), as a real path inside ``base``.
-
-    Symlinks are followed: a folder committed as ``ln -s /etc public`` is
-    refused like ``../../etc``. The result is the resolved path, so what nginx
-    and the router are given is exactly what was checked.
-    """
-    bad = _unsafe(text)
-    if bad is not None or not text:
-        raise fail(f"path {text!r} contains {bad!r}, which nginx would read as syntax"
-                   if bad else "empty path")
-    if text.startswith("/") and not absolute:
-        raise fail(f"{text!r} must be a path inside {base}, not absolute")
-    lexical = posixpath.normpath(posixpath.join(str(base), text))
-    if not Path(lexical).is_relative_to(posixpath.normpath(str(base))):
-        raise fail(f"{text!r} is outside {base}")
-    try:
-        real, real_base = Path(lexical).resolve(), base.resolve()
-    except (OSError, RuntimeError) as exc:          # a loop of symlinks
-        raise fail(f"{text!r} cannot be resolved ({exc})") from None
-    if not real.is_relative_to(real_base):
-        raise fail(f"{text!r} resolves to {real}, outside {real_base}")
-    if _unsafe(str(real)) is not None:
-        raise fail(f"{text!r} resolves to {str(real)!r}, which nginx would read as syntax")
-    return str(real)
-
-
-def static_paths(fail: Callable[[str], SpecError], value: str,
-                 app_dir: Path) -> tuple[StaticPath, ...]:
-    """``/url:path,...``: folders in the app's release, relative to it or absolute."""
-    found: dict[str, StaticPath] = {}
-    for item in (part.strip(" ") for part in value.split(",")):
-        url, colon, path = item.partition(":")
-        if not item or not colon:
-            raise fail(f"expected /url:path[,/url:path...], got item {item!r}")
-        url = url_prefix(fail, url)
-        location = url if url == "/" else url + "/"
-        if location in found:
-            raise fail(f"URL {url!r} is mapped twice")
-        folder = local_path(fail, path, app_dir, absolute=True)
-        found[location] = StaticPath(location, folder.rstrip("/") + "/")
-    return tuple(found.values())
-
-
-def procfile_static(value: str, app_dir: Path) -> tuple[StaticPath, ...]:
-    """The Procfile's ``static:`` entry: ``dir`` (served at /) or ``/url:dir,...``."""
-    def fail(reason: str) -> ProcfileError:
-        return ProcfileError(f"static: {reason}", file="Procfile")
-    value = value.strip()
-    return static_paths(fail, value if ":" in value else f"/:{value}", app_dir)
 
 
 def _port(key: str, value: str) -> int:
@@ -247,7 +136,7 @@ def _ipv6(key: str, value: str) -> str:
 
 def _upstream(server: str) -> str:
     """Upstreams come from pikud itself, so a bad one is a bug: ValueError."""
-    if server.startswith("unix:/") and _unsafe(server) is None:
+    if server.startswith("unix:/") and unsafe_char(server) is None:
         return server
     match = _UPSTREAM_PORT.fullmatch(server)
     if match and 1 <= int(match.group(2)) <= 65535:
@@ -418,48 +307,3 @@ def unknown_key_warnings(env: Mapping[str, str]) -> list[str]:
     return warnings
 
 
-# --- rendering ------------------------------------------------------------------
-def nginx_name(app: str) -> str:
-    """``pikud_<app>`` made of [a-z0-9_], unique per app name (see the design notes)."""
-    name = re.sub(r"[^a-z0-9_]", "_", app.lower())
-    if name != app:
-        name += "_" + hashlib.sha256(app.encode()).hexdigest()[:8]
-    return f"pikud_{name}"
-
-
-def quote(value: object) -> str:
-    """A double-quoted nginx string; refuses what quoting cannot neutralize (a bug upstream)."""
-    text = str(value)
-    bad = next((c for c in text if c in '"\\$' or not c.isprintable()), None)
-    if bad is not None:
-        raise ValueError(f"refusing to write {text!r} into an nginx config ({bad!r})")
-    return f'"{text}"'
-
-
-@cache
-def _templates() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("pikud.proxy", "templates"),
-                             undefined=jinja2.StrictUndefined, autoescape=False,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters["q"] = quote
-    return env
-
-
-def render(site: NginxSite, *, http2_style: Http2Style = "listen") -> str:
-    """The text of ``nginx/APP.conf`` for ``site``."""
-    if http2_style not in ("on", "listen", "off"):
-        raise ValueError(f"http2_style must be on, listen or off, not {http2_style!r}")
-    catch_all = None
-    if site.catch_all is not None:
-        folder, name = posixpath.split(site.catch_all)
-        catch_all = {"root": folder, "file": "/" + name}
-    ssl = " ssl http2" if http2_style == "listen" else " ssl"
-    addresses = [site.ipv4_address] + ([] if site.ipv6_address is None
-                                       else [f"[{site.ipv6_address}]"])
-    serves_root = any(static.url == "/" for static in site.static_paths)
-    return _templates().get_template("site.conf.j2").render(
-        site=site, name=nginx_name(site.app), http2_style=http2_style, catch_all=catch_all,
-        listen_http=[f"{address}:{site.http_port}" for address in addresses],
-        listen_https=[f"{address}:{site.https_port}{ssl}" for address in addresses],
-        proxy_root=bool(site.upstreams) and not serves_root, serves_root=serves_root,
-    )

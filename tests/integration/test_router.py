@@ -23,7 +23,8 @@ from aiohttp import web
 from yarl import URL
 
 from pikud.errors import PikudError
-from pikud.proxy.router import Route, Router
+from pikud.proxy.router import Router
+from pikud.proxy.routing import Route
 from tests.net import free_port
 
 DEADLINE = 20.0

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from pikud.errors import EnvError, SpecError
-from pikud.proxy.acme import Issued, find_acme_sh, fingerprint, issuable, root_ca
+from pikud.proxy.acme import Issued, fingerprint, issuable, root_ca
+from pikud.proxy.acme_sh import find_acme_sh
 from pikud.settings import load_settings
 
 

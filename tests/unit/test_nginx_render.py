@@ -1,4 +1,4 @@
-"""pikud.proxy.site: NGINX_* settings -> NginxSite -> config text (golden files).
+"""pikud.proxy.site, locations, render: NGINX_* settings -> NginxSite -> config (golden files).
 
 The golden files hold "{root}" where the test's PIKU_ROOT was; regenerate them
 with PIKUD_UPDATE_GOLDEN=1 and read the diff before committing it.
@@ -14,9 +14,10 @@ import pytest
 
 from pikud.errors import EnvError, ProcfileError
 from pikud.paths import Paths
-from pikud.proxy.site import (KEYS, CacheSettings, Http2Style, Include, NginxSite, StaticPath,
-                              cloudflare_ranges, nginx_name, quote, render, server_names,
-                              site_from_env, unknown_key_warnings, unknown_keys)
+from pikud.proxy.locations import StaticPath
+from pikud.proxy.render import Http2Style, nginx_name, quote, render
+from pikud.proxy.site import (KEYS, CacheSettings, Include, NginxSite, cloudflare_ranges,
+                              server_names, site_from_env, unknown_key_warnings, unknown_keys)
 
 GOLDEN = Path(__file__).parent / "golden"
 APP = "my-app"

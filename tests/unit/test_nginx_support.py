@@ -12,7 +12,8 @@ import pytest
 
 from pikud.errors import NginxError
 from pikud.proxy.nginx import NginxInfo, access_problems, passed_test
-from pikud.proxy.site import NginxSite, StaticPath
+from pikud.proxy.locations import StaticPath
+from pikud.proxy.site import NginxSite
 from pikud.proxy.tls import subject_names
 
 DEBIAN_V = """nginx version: nginx/1.22.1

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pikud.proxy.router import (Redirect, Route, Target, forward_headers, host_name, host_table,
-                                match_static, parse_address, resolve, safe_join, upstream_url)
+from pikud.proxy.router import forward_headers
+from pikud.proxy.routing import (Redirect, Route, Target, host_name, host_table, parse_address,
+                                 resolve, upstream_url)
+from pikud.proxy.static import match_static, safe_join
 
 
 @pytest.mark.parametrize("text, expected", [

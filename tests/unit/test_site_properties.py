@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from pikud.errors import EnvError, ProcfileError
 from pikud.paths import Paths
-from pikud.proxy.site import KEYS, render, site_from_env
+from pikud.proxy.render import render
+from pikud.proxy.site import KEYS, site_from_env
 from tests.conftest import examples
 from tests.strategies import FILE_CHAR, HUGE, spliced
 

@@ -1,0 +1,71 @@
+"""procman.waits.first_of: the first of several events or awaitables, the rest cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pikud.procman.waits import first_of
+
+DEADLINE = 5.0
+
+
+async def no_other_task() -> None:
+    """Until every other task has ended, each of them cancelled (a cancel lands a turn later)."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        _, pending = await asyncio.wait(others, timeout=DEADLINE)
+        assert not pending
+    assert all(task.cancelled() for task in others)
+
+
+async def test_the_event_set_first_wins_and_the_other_waits_are_cancelled() -> None:
+    stop, kick = asyncio.Event(), asyncio.Event()
+    asyncio.get_running_loop().call_later(0.01, kick.set)
+    async with asyncio.timeout(DEADLINE):
+        assert await first_of(stop, kick) is kick
+    await no_other_task()
+
+
+async def test_an_awaitable_can_win() -> None:
+    stop = asyncio.Event()
+    finished = asyncio.sleep(0.01)
+    async with asyncio.timeout(DEADLINE):
+        assert await first_of(finished, stop) is finished
+    await no_other_task()
+
+
+async def test_a_sleep_is_a_time_limit() -> None:
+    limit = asyncio.sleep(0.01)
+    async with asyncio.timeout(DEADLINE):
+        assert await first_of(asyncio.Event(), limit) is limit
+    await no_other_task()
+
+
+async def test_a_task_passed_in_is_watched_not_cancelled() -> None:
+    gate = asyncio.Event()
+    task = asyncio.create_task(gate.wait())
+    stop = asyncio.Event()
+    stop.set()
+    async with asyncio.timeout(DEADLINE):
+        assert await first_of(task, stop) is stop
+        assert not task.cancelled()
+        gate.set()
+        assert await task is True
+
+
+async def test_of_several_done_the_first_argument_wins() -> None:
+    one, two = asyncio.Event(), asyncio.Event()
+    one.set()
+    two.set()
+    async with asyncio.timeout(DEADLINE):
+        assert await first_of(two, one) is two
+
+
+async def test_cancelling_the_waiter_cancels_its_waits() -> None:
+    waiter = asyncio.create_task(first_of(asyncio.Event(), asyncio.sleep(3600)))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    async with asyncio.timeout(DEADLINE):
+        await asyncio.gather(waiter, return_exceptions=True)
+    assert waiter.cancelled()
+    await no_other_task()
