@@ -11,8 +11,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pikud.convert import (bad_value, boolean, nonneg_int, positive_int, relative_paths,
-                           seconds, size, url_path)
+from pikud.convert import (
+    bad_value,
+    boolean,
+    nonneg_int,
+    positive_int,
+    relative_paths,
+    seconds,
+    size,
+    url_path,
+)
 from pikud.errors import EnvError
 
 T = TypeVar("T")

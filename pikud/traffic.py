@@ -18,10 +18,10 @@ from pikud.errors import EnvError
 from pikud.paths import Paths
 from pikud.procman.process import ProcessSpec
 from pikud.proxy.acme import Acme, root_ca
+from pikud.proxy.locations import StaticPath, procfile_static, static_paths
 from pikud.proxy.nginx import Nginx, access_problems
 from pikud.proxy.router import Router
 from pikud.proxy.routing import Route
-from pikud.proxy.locations import StaticPath, procfile_static, static_paths
 from pikud.proxy.site import NginxSite, server_names, site_from_env
 
 log = logging.getLogger(__name__)

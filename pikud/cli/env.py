@@ -8,7 +8,16 @@ from typing import Any
 
 import click
 
-from pikud.cli.common import LONG_TIMEOUT, app_path, client, color, emit, json_option, pairs, print_json
+from pikud.cli.common import (
+    LONG_TIMEOUT,
+    app_path,
+    client,
+    color,
+    emit,
+    json_option,
+    pairs,
+    print_json,
+)
 from pikud.output import format_env, format_ps
 
 

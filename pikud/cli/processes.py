@@ -12,7 +12,16 @@ from urllib.parse import urlencode
 
 import click
 
-from pikud.cli.common import LONG_TIMEOUT, app_path, client, color, emit, json_option, pairs, print_json
+from pikud.cli.common import (
+    LONG_TIMEOUT,
+    app_path,
+    client,
+    color,
+    emit,
+    json_option,
+    pairs,
+    print_json,
+)
 from pikud.output import format_apps, format_log_line, format_ps
 
 

@@ -22,13 +22,13 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from pikud import __version__
-from pikud.registry import AppRegistry
 from pikud.control.protocol import MAX_BODY, NDJSON, error, ndjson_line, ok
 from pikud.convert import whole_number
 from pikud.deploy.checkout import validate_ref, validate_revision
 from pikud.deploy.pipeline import PushInfo
 from pikud.errors import BadRequest, Forbidden, PikudError
 from pikud.refresh import CloudflareRefresh
+from pikud.registry import AppRegistry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

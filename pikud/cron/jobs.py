@@ -22,7 +22,6 @@ from pikud.procman.children import MARKER
 from pikud.procman.logs import LogFile
 from pikud.procman.oneshot import OneShotTimeout, run_once
 
-
 OVERLAPS = ("skip", "allow", "queue")
 SHELL = "/bin/sh"
 RUN_ID = "PIKU_CRON_RUN"

@@ -36,7 +36,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -257,7 +257,7 @@ def _iterator(fields: str, day_or: bool) -> croniter:
 
 def check_fires(entry: CronEntry, tz: ZoneInfo) -> None:
     """Refuse an entry that never runs in ``tz`` (all its times fall in DST gaps)."""
-    if not entry.reboot and next_run(entry, datetime.now(timezone.utc), tz) is None:
+    if not entry.reboot and next_run(entry, datetime.now(UTC), tz) is None:
         raise CronError(f"{entry.kind}: {entry.expression!r} never runs in {tz.key}: every "
                         "time it names is skipped by a daylight saving change", key=entry.kind)
 
@@ -269,7 +269,7 @@ def next_run(entry: CronEntry, after: datetime, tz: ZoneInfo) -> datetime | None
     """
     if entry.reboot:
         raise ValueError(f"{entry.kind}: @reboot entries are not scheduled")
-    after = after.astimezone(timezone.utc)  # compare in UTC: within one zone, fold is ignored
+    after = after.astimezone(UTC)  # compare in UTC: within one zone, fold is ignored
     local = after.astimezone(tz)
     wall = local.replace(tzinfo=None, fold=0)
     start = wall
@@ -285,8 +285,8 @@ def next_run(entry: CronEntry, after: datetime, tz: ZoneInfo) -> datetime | None
         candidate: datetime = it.get_next(datetime)
         if candidate > last:
             return min(found).astimezone(tz) if found else None
-        first = candidate.replace(tzinfo=tz, fold=0).astimezone(timezone.utc)
-        second = candidate.replace(tzinfo=tz, fold=1).astimezone(timezone.utc)
+        first = candidate.replace(tzinfo=tz, fold=0).astimezone(UTC)
+        second = candidate.replace(tzinfo=tz, fold=1).astimezone(UTC)
         if first == second:         # an ordinary wall time: one instant, and all later ones follow
             if first > after:
                 return min([first, *found]).astimezone(tz)
@@ -318,4 +318,4 @@ def _gap_end(low: datetime, high: datetime, tz: ZoneInfo) -> datetime:
             lo = mid
         else:
             hi = mid
-    return datetime.fromtimestamp(hi, timezone.utc)
+    return datetime.fromtimestamp(hi, UTC)

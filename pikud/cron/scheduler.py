@@ -27,7 +27,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -52,7 +52,7 @@ Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _iso(moment: datetime, tz: ZoneInfo) -> str:
@@ -230,7 +230,7 @@ class Scheduler:
     # -- timing ------------------------------------------------------------------
 
     def _schedule(self, job: _Job, due: datetime | None) -> None:
-        job.due = due.astimezone(timezone.utc) if due is not None else None
+        job.due = due.astimezone(UTC) if due is not None else None
         self._times.set(job, job.due)
 
     def _arm(self) -> None:

@@ -19,7 +19,6 @@ from pikud.procman.logs import Follower, LogFile
 from pikud.procman.plan import Plan, plan
 from pikud.procman.process import EventSink, ManagedProcess, ProcessSpec
 
-
 Readiness = Callable[[ProcessSpec], Awaitable[str]]            # "" when ready, else why not
 Routing = Callable[[Mapping[str, ProcessSpec]], Awaitable[None]]   # move traffic to these
 

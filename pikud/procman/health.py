@@ -45,7 +45,7 @@ async def wait_ready(port: int, path: str | None, timeout: float, host: str = "1
             if status < 500:
                 return ""
             problem = f"GET {path} answered {status}"
-        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ConnectionError) as exc:
             problem = f"port {port}: {exc.__class__.__name__}: {exc}"
         await asyncio.sleep(RETRY)
     return f"not ready within {timeout:g}s ({problem})"

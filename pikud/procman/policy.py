@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from pikud.procman.state import ProcessState
 
-
 MIN_INTERVAL = 0.1      # seconds from one spawn of a slot to its next, at least
 
 

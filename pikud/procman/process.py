@@ -25,12 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from pikud.errors import InvalidTransition
-from pikud.procman.children import (MARKER, Child, Stopped, descendants, processes, spawn,
-                                     spawn_tree, stop_child, terminate)
+from pikud.procman.children import (
+    MARKER,
+    Child,
+    Stopped,
+    descendants,
+    processes,
+    spawn,
+    spawn_tree,
+    stop_child,
+    terminate,
+)
 from pikud.procman.logs import LogFile, PipeReader
+from pikud.procman.policy import RestartPolicy, decide, floored
 from pikud.procman.shell import shell_argv
 from pikud.procman.sockets import hand_over, listen_tcp
-from pikud.procman.policy import RestartPolicy, decide, floored
 from pikud.procman.state import ALIVE, ProcessState, allowed
 from pikud.procman.waits import first_of
 

@@ -52,8 +52,15 @@ from yarl import URL
 
 from pikud.errors import PikudError
 from pikud.proxy.connections import ConnectionLimits, Connections
-from pikud.proxy.routing import (Redirect, Route, Target, host_name, host_table, resolve,
-                                 upstream_url)
+from pikud.proxy.routing import (
+    Redirect,
+    Route,
+    Target,
+    host_name,
+    host_table,
+    resolve,
+    upstream_url,
+)
 from pikud.proxy.static import match_static, serve_static
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,14 @@ from pathlib import Path
 from pikud.convert import boolean, nonneg_int, positive_int
 from pikud.errors import EnvError
 from pikud.paths import Paths
-from pikud.proxy.locations import (StaticPath, local_path, procfile_static, static_paths,
-                                   unsafe_char, url_prefix)
+from pikud.proxy.locations import (
+    StaticPath,
+    local_path,
+    procfile_static,
+    static_paths,
+    unsafe_char,
+    url_prefix,
+)
 
 KEYS = frozenset({
     "NGINX_SERVER_NAME", "NGINX_HTTPS_ONLY", "NGINX_STATIC_PATHS", "NGINX_CATCH_ALL",

@@ -25,7 +25,6 @@ import pytest
 
 from pikud.proxy.acme import Acme, Issued, fingerprint, record_path
 from pikud.proxy.site import NginxSite
-
 from tests.net import free_port
 
 from .test_nginx import DEADLINE, Backend, NginxServer, backend, base, server  # noqa: F401

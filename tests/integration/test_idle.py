@@ -19,10 +19,10 @@ from pikud.procman.logs import LogFile
 from pikud.procman.policy import RestartPolicy
 from pikud.procman.process import ManagedProcess, ProcessSpec
 from pikud.procman.state import ProcessState
+from tests.net import free_port
 
 from ..conftest import FAST, Pikud, alive, wait_for
-from tests.net import free_port
-from .test_supervision import SLOW_FD_SERVER      # serves fd 3 after a 1 s boot
+from .test_supervision import SLOW_FD_SERVER  # serves fd 3 after a 1 s boot
 
 IDLE = "PIKU_LISTEN_FDS=true\nPIKU_IDLE_TIMEOUT=1\n"
 

@@ -25,8 +25,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,7 +34,6 @@ import pytest
 from pikud.errors import EnvError, NginxError
 from pikud.paths import Paths
 from pikud.proxy import Nginx, NginxSite, ensure_certificate, site_from_env
-
 from tests.conftest import Pikud, app_processes
 from tests.net import Answer, HttpServer, free_port
 from tests.nginx_master import AS_ROOT, DEADLINE, NGINX, NginxMaster

@@ -8,10 +8,26 @@ from pathlib import Path
 import pytest
 
 from pikud.appsettings import AppSettings
-from pikud.appspec import (RELEASE_KINDS, STATIC_KIND, SYSTEMD_VARS, WEB_KINDS, AppSpec, Procfile,
-                           format_env, format_scaling, is_cron, live_env, load_spec, merge_env,
-                           parse_env, parse_procfile, parse_scale_args, parse_scaling,
-                           supervised_kinds, validate_app_name)
+from pikud.appspec import (
+    RELEASE_KINDS,
+    STATIC_KIND,
+    SYSTEMD_VARS,
+    WEB_KINDS,
+    AppSpec,
+    Procfile,
+    format_env,
+    format_scaling,
+    is_cron,
+    live_env,
+    load_spec,
+    merge_env,
+    parse_env,
+    parse_procfile,
+    parse_scale_args,
+    parse_scaling,
+    supervised_kinds,
+    validate_app_name,
+)
 from pikud.errors import AppNameError, EnvError, ProcfileError, ScalingError, SpecError
 from pikud.paths import Paths
 

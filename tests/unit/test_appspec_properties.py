@@ -15,10 +15,18 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pikud.appspec import (MAX_SCALE, format_env, format_scaling, load_spec, parse_env,
-                           parse_procfile, parse_scale_args, parse_scaling, validate_app_name)
-from pikud.convert import (boolean, nonneg_int, positive_int, relative_paths, seconds, size,
-                           url_path)
+from pikud.appspec import (
+    MAX_SCALE,
+    format_env,
+    format_scaling,
+    load_spec,
+    parse_env,
+    parse_procfile,
+    parse_scale_args,
+    parse_scaling,
+    validate_app_name,
+)
+from pikud.convert import boolean, nonneg_int, positive_int, relative_paths, seconds, size, url_path
 from pikud.errors import AppNameError, EnvError, ProcfileError, ScalingError, SpecError
 from pikud.paths import Paths
 from tests.conftest import examples

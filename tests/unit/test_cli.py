@@ -7,8 +7,8 @@ socket (tests.unit.stubdaemon); the rest need nothing but a temp dir.
 from __future__ import annotations
 
 import json
-import shlex
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.stubdaemon import StubDaemon, running
 
 from pikud.cli import main
-from pikud.paths import cli_argv, LAYOUT
+from pikud.paths import LAYOUT, cli_argv
+from tests.unit.stubdaemon import StubDaemon, running
 
 REPO = Path(__file__).resolve().parents[2]
 SSH_KEYGEN = shutil.which("ssh-keygen")

@@ -10,10 +10,10 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from tests.unit.stubdaemon import Reply, StubDaemon, running
 
 from pikud.control.client import Client, RemoteError, map_exceptions
 from pikud.errors import ControlError, DaemonNotRunning, PikudError, ProtocolError
+from tests.unit.stubdaemon import Reply, StubDaemon, running
 
 NOT_FOUND = {"ok": False, "error": {"code": "app_not_found", "message": "app 'x' not found"}}
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pikud.errors import CloudflareError, SpecError
+from pikud.errors import CloudflareError
 from pikud.output import format_cloudflare
 from pikud.proxy.cloudflare import RangeList, format_file, merged, parse_list
 from pikud.proxy.site import cloudflare_ranges
@@ -48,7 +48,7 @@ def test_the_file_says_where_and_when_and_reads_back(tmp_path: Path) -> None:
     lists = [RangeList(URL, ("198.51.100.0/24", "203.0.113.0/24")),
              RangeList("https://lists.test/ips-v6", ("2001:db8::/32", "198.51.100.0/24"))]
     assert merged(lists) == ("198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
-    when = datetime(2026, 12, 1, 9, 30, tzinfo=timezone.utc)
+    when = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
     text = format_file(lists, when)
     header = [line for line in text.splitlines() if line.startswith("#")]
     assert f"#   {URL} (2 ranges)" in header

@@ -7,7 +7,7 @@ time in any zone, or check_fires refuses it there; next_run never loops on.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -51,7 +51,7 @@ def check_entry(entry: CronEntry, kind: str, text: str) -> None:
     assert entry.kind == kind and entry.command and entry.command in text
     if entry.reboot:
         return
-    after = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    after = datetime(2026, 1, 1, tzinfo=UTC)
     for tz in ZONES:
         when = next_run(entry, after, tz)
         if when is None:
@@ -87,6 +87,6 @@ def test_an_entry_only_in_a_dst_gap_is_refused_at_once() -> None:
         check_fires(entry, ZoneInfo("Europe/Berlin"))
     check_fires(entry, ZoneInfo("UTC"))
     autumn = parse_cron("cron1", "* 2 25-31 10 */7 true")     # only in the repeated hour
-    assert next_run(autumn, datetime(2026, 1, 1, tzinfo=timezone.utc),
+    assert next_run(autumn, datetime(2026, 1, 1, tzinfo=UTC),
                     ZoneInfo("Europe/Berlin")) == datetime(2026, 10, 25, 2, 0,
                                                            tzinfo=ZoneInfo("Europe/Berlin"))

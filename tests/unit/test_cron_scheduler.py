@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ GATE = "until [ -e gate ]; do sleep 0.02; done; echo released"
 
 
 def at(clock_time: str) -> datetime:
-    return datetime.fromisoformat(DAY + clock_time).replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(DAY + clock_time).replace(tzinfo=UTC)
 
 
 class ShiftedClock:
@@ -42,10 +42,10 @@ class ShiftedClock:
         self.offset = timedelta(0)
 
     def set(self, moment: datetime) -> None:
-        self.offset = moment - datetime.now(timezone.utc)
+        self.offset = moment - datetime.now(UTC)
 
     def __call__(self) -> datetime:
-        return datetime.now(timezone.utc) + self.offset
+        return datetime.now(UTC) + self.offset
 
 
 class Recorder:
@@ -468,7 +468,7 @@ def test_bad_job_settings_name_the_key(env: dict[str, str], error: type[Exceptio
     with pytest.raises(error) as caught:
         job_settings(env)
     assert str(caught.value).startswith(message)
-    assert getattr(caught.value, "key") == next(iter(env))
+    assert caught.value.key == next(iter(env))
 
 
 def test_public_names() -> None:

@@ -16,8 +16,17 @@ from pikud.errors import EnvError, ProcfileError
 from pikud.paths import Paths
 from pikud.proxy.locations import StaticPath
 from pikud.proxy.render import Http2Style, nginx_name, quote, render
-from pikud.proxy.site import (KEYS, CacheSettings, Include, NginxSite, cloudflare_ranges,
-                              server_names, site_from_env, unknown_key_warnings, unknown_keys)
+from pikud.proxy.site import (
+    KEYS,
+    CacheSettings,
+    Include,
+    NginxSite,
+    cloudflare_ranges,
+    server_names,
+    site_from_env,
+    unknown_key_warnings,
+    unknown_keys,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 APP = "my-app"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pikud.errors import NginxError
-from pikud.proxy.nginx import NginxInfo, access_problems, passed_test
 from pikud.proxy.locations import StaticPath
+from pikud.proxy.nginx import NginxInfo, access_problems, passed_test
 from pikud.proxy.site import NginxSite
 from pikud.proxy.tls import subject_names
 

@@ -7,8 +7,16 @@ from pathlib import Path
 import pytest
 
 from pikud.proxy.router import forward_headers
-from pikud.proxy.routing import (Redirect, Route, Target, host_name, host_table, parse_address,
-                                 resolve, upstream_url)
+from pikud.proxy.routing import (
+    Redirect,
+    Route,
+    Target,
+    host_name,
+    host_table,
+    parse_address,
+    resolve,
+    upstream_url,
+)
 from pikud.proxy.static import match_static, safe_join
 
 

@@ -10,8 +10,12 @@ import pytest
 from pikud.appspec import parse_procfile
 from pikud.deploy.runtimes import RUNTIMES, detect
 from pikud.deploy.runtimes.envcache import content_key
-from pikud.deploy.runtimes.interpreters import (Interpreter, choose_python, parse_request,
-                                                requested_version)
+from pikud.deploy.runtimes.interpreters import (
+    Interpreter,
+    choose_python,
+    parse_request,
+    requested_version,
+)
 from pikud.deploy.runtimes.node import check_node_version, install_argv, package_manager
 from pikud.deploy.runtimes.python import PythonPlan, plan_python
 from pikud.deploy.runtimes.tools import missing_message, parse_version, version_matches

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from pikud.deploy.servers import (check_installed, ignored_settings, server_command,
-                                  servers_to_install)
+from pikud.deploy.servers import (
+    check_installed,
+    ignored_settings,
+    server_command,
+    servers_to_install,
+)
 from pikud.errors import EnvError
 
 

@@ -42,8 +42,7 @@ from typing import Any
 from pikud.appspec import Procfile
 from pikud.deploy.runtimes.base import BuildContext, BuildResult
 from pikud.deploy.runtimes.envcache import build_once, content_key, shown
-from pikud.deploy.runtimes.interpreters import (Interpreter, find_interpreter,
-                                                requested_version)
+from pikud.deploy.runtimes.interpreters import Interpreter, find_interpreter, requested_version
 from pikud.deploy.runtimes.tools import require, which
 from pikud.errors import BuildError
 
