@@ -180,8 +180,11 @@ def test_a_scale_up_whose_new_copy_never_gets_ready_is_not_kept(pikud: Pikud) ->
     assert pikud.get("grow") == (200, "ok")
 
 
-def test_a_worker_config_change_that_fails_puts_the_workers_back(pikud: Pikud) -> None:
+def test_a_worker_config_change_that_fails_puts_the_workers_back(pikud_factory,
+                                                                 short_root: Path) -> None:
     """Its traffic too: the site's new name is not left routed."""
+    (short_root / "pikud.toml").write_text('log_level = "debug"\n')  # the watcher's verdicts
+    pikud: Pikud = pikud_factory()
     app = pikud.add_app("picky", 'worker: test -z "$BROKEN" && sleep 300\nstatic: /:public\n',
                         FAST)
     (app / "public").mkdir()
@@ -195,7 +198,8 @@ def test_a_worker_config_change_that_fails_puts_the_workers_back(pikud: Pikud) -
     environ = Path(f"/proc/{proc['pid']}/environ").read_bytes().split(b"\0")
     assert not any(word.startswith(b"BROKEN=") for word in environ)
     assert "BROKEN" not in pikud.api("GET", "/apps/picky/config/live")["env"]
-    time.sleep(1)                                # the watcher saw ENV put back: nothing to do
+    wait_for(lambda: "picky: ENV and SCALING are as last applied; not reloaded"
+             in pikud.output(), 10, "the watcher to see ENV put back")
     assert pikud.process("picky", "picky:worker.1")["pid"] == proc["pid"]
     log = pikud.log_text("picky", "pikud")
     assert "the change was undone, ENV is as it was" in log
