@@ -22,7 +22,6 @@ from pathlib import Path
 from pikud import __version__
 from pikud.app import App
 from pikud.appspec import AppSpec
-from pikud.registry import AppRegistry
 from pikud.control.server import ControlServer, daemon_status
 from pikud.errors import PikudError
 from pikud.events import EventLog
@@ -33,6 +32,7 @@ from pikud.proxy.acme import Acme
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Router, parse_address
 from pikud.refresh import CloudflareRefresh
+from pikud.registry import AppRegistry
 from pikud.sdnotify import Notifier
 from pikud.settings import Settings, load_settings
 from pikud.traffic import Traffic
@@ -194,7 +194,8 @@ class Daemon:
         # None: nginx fronts the apps, or the router is not serving yet (the control
         # socket answers from the start of the boot).
         router = self.router
-        status["http"] = "%s:%d" % router.address if router is not None and router.serving else None
+        address = router.address if router is not None and router.serving else None
+        status["http"] = "{}:{}".format(*address) if address is not None else None
         return status
 
     def reload_settings(self) -> None:

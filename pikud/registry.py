@@ -28,10 +28,10 @@ from typing import Any
 from pikud.app import App, AppServices, Desired, remove_tree
 from pikud.appsettings import AppSettings
 from pikud.appspec import AppSpec, validate_app_name
+from pikud.atomic import write_atomic
 from pikud.ceilings import Ceilings
 from pikud.cron import Scheduler
 from pikud.deploy.releases import ReleaseStore
-from pikud.atomic import write_atomic
 from pikud.errors import AppNameError, AppNotFound, PikudError, Starting
 from pikud.events import EventLog
 from pikud.paths import Paths
@@ -66,7 +66,7 @@ class AppRegistry:
     def __init__(self, paths: Paths, base_env: Mapping[str, str], app_defaults: AppSettings,
                  events: EventLog, watch: Callable[[str, AppSpec], None] = lambda app, spec: None,
                  unwatch: Callable[[str], None] = lambda app: None,
-                 traffic: Traffic | None = None, ceilings: Ceilings = Ceilings()) -> None:
+                 traffic: Traffic | None = None, ceilings: Ceilings | None = None) -> None:
         self.paths = paths
         self.traffic = traffic or Traffic(None)
         self.scheduler = Scheduler(paths.state_dir / "cron.json", self._cron_event,
@@ -75,7 +75,7 @@ class AppRegistry:
         # Shared by every App: a SIGHUP's new defaults and ceilings reach them all.
         self.services = AppServices(
             paths, dict(base_env), app_defaults, events, self.traffic, self.scheduler,
-            ceilings, save=self.save, claimed=self.claimed, problems=self.problems,
+            ceilings or Ceilings(), save=self.save, claimed=self.claimed, problems=self.problems,
             forget=self.forget, watch=watch, unwatch=unwatch)
         self.apps: dict[str, App] = {}
         self._unloaded: dict[str, dict[str, Any]] = {}  # in state.json, not loadable at boot
@@ -183,7 +183,8 @@ class AppRegistry:
 
     async def boot(self) -> None:
         """Stop what a killed pikud left running, then start every app that should run."""
-        await asyncio.gather(stop_leftovers(str(self.paths.root), self.services.defaults.stop_timeout),
+        timeout = self.services.defaults.stop_timeout
+        await asyncio.gather(stop_leftovers(str(self.paths.root), timeout),
                              self._prune_unrecorded())
         self.settled.set()
         await asyncio.gather(*(self._boot_one(app) for app in list(self.apps.values())

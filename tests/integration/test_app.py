@@ -81,6 +81,7 @@ async def test_a_failed_config_change_commits_nothing(make: Make, saves: Saves,
     app = make("picky", PICKY)
     await app.start()
     before, spec, jobs = pid(app), app.spec, app.cron()
+    events = app.services.events.subscribe()
     with pytest.raises(PikudError, match="picky:worker.1"):
         await app.configure({"BROKEN": "1", "TZ": "Europe/Paris"}, [])
     assert saves.count == 1                     # the start's save only
@@ -89,9 +90,10 @@ async def test_a_failed_config_change_commits_nothing(make: Make, saves: Saves,
     assert app.own_write() == "as last applied"      # the watcher would not reload
     assert "BROKEN" not in app.live()["env"]
     async with asyncio.timeout(10):             # the worker is put back, with what ran before
-        while (worker := app.group.processes["picky:worker.1"]).state is not ProcessState.RUNNING:
-            await asyncio.sleep(0.05)
+        while (record := await events.get())["process"] != "picky:worker.1" or \
+                record["event"] != ProcessState.RUNNING.value:
+            pass
     assert pid(app) != before
-    environ = Path(f"/proc/{pid(app)}/environ").read_bytes().split(b"\0")
-    assert not any(word.startswith(b"BROKEN=") for word in environ), worker.name
+    environ = await asyncio.to_thread(Path(f"/proc/{pid(app)}/environ").read_bytes)
+    assert not any(word.startswith(b"BROKEN=") for word in environ.split(b"\0"))
 

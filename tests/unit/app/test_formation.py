@@ -20,10 +20,11 @@ from pikud.paths import Paths
 PATHS = Paths(Path("/srv/piku"))
 SOURCE = Path("/srv/piku/releases/app/3")
 ENV = {"PATH": "/usr/bin", "GREETING": "hi"}
+DEFAULTS = AppSettings()
 
 
 def spec(procfile: str, scaling: dict[str, int], env: dict[str, str] | None = None,
-         settings: AppSettings = AppSettings()) -> AppSpec:
+         settings: AppSettings = DEFAULTS) -> AppSpec:
     return AppSpec("app", parse_procfile(procfile), dict(env or {}), scaling, settings)
 
 
