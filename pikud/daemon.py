@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from pikud import __version__
-from pikud.apps import App
-from pikud.registry import AppRegistry
+from pikud.app import App
+from pikud.appspec import AppSpec
 from pikud.control.server import ControlServer, daemon_status
 from pikud.errors import PikudError
 from pikud.events import EventLog
@@ -33,6 +33,7 @@ from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Router
 from pikud.proxy.routing import parse_address
 from pikud.refresh import CloudflareRefresh
+from pikud.registry import AppRegistry
 from pikud.sdnotify import Notifier
 from pikud.settings import Settings, load_settings
 from pikud.traffic import Traffic
@@ -74,6 +75,7 @@ class Daemon:
         self.events = EventLog(settings.events_kept)
         self.started = time.monotonic()
         self.watcher: FileWatcher | None = None
+        self._reloads: set[asyncio.Task[None]] = set()      # reloads after a file change
         self.registry = AppRegistry(paths, os.environ, settings.app_defaults, self.events,
                                     watch=self._watch, unwatch=self._unwatch,
                                     traffic=Traffic(self.router, self.nginx, paths, self.acme),
@@ -89,19 +91,29 @@ class Daemon:
         else:
             log.log(level, "%s", message)
 
-    def _watch(self, app: App) -> None:
-        if self.watcher is not None and app.spec is not None:
-            touch = [self.paths.app(app.name) / p for p in app.spec.settings.touch_reload]
-            self.watcher.watch(app.name, self.paths.env_dir(app.name), touch)
-
-    def _unwatch(self, app: App) -> None:
+    def _watch(self, name: str, spec: AppSpec) -> None:
         if self.watcher is not None:
-            self.watcher.unwatch(app.name)
+            touch = [self.paths.app(name) / p for p in spec.settings.touch_reload]
+            self.watcher.watch(name, self.paths.env_dir(name), touch)
+
+    def _unwatch(self, name: str) -> None:
+        if self.watcher is not None:
+            self.watcher.unwatch(name)
 
     def _on_file_change(self, name: str, why: str) -> None:
+        """Reload the app after an edit; not after pikud's own write of ENV or SCALING
+        (config:set, ps:scale, or a failed change putting a file back)."""
         app = self.registry.apps.get(name)
-        if app is not None:
-            asyncio.get_running_loop().create_task(self._reload(app, why))
+        if app is None:
+            return
+        own = app.own_write() if why == "config" else None
+        if own is not None:
+            log.debug("%s: ENV and SCALING are %s; not reloaded", name, own)
+            return
+        task = asyncio.get_running_loop().create_task(self._reload(app, why),
+                                                      name=f"reload {name}")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     async def _reload(self, app: App, why: str) -> None:
         try:
@@ -149,6 +161,8 @@ class Daemon:
                 self.notifier.stopping()
                 watching.cancel()
                 refreshing.cancel()
+                for reload in list(self._reloads):
+                    reload.cancel()
                 try:
                     async with asyncio.timeout(self.settings.shutdown_timeout):
                         await self.registry.shutdown()
@@ -173,7 +187,7 @@ class Daemon:
             await asyncio.sleep(self.notifier.watchdog_interval)
 
     def _summary(self) -> str:
-        running = sum(1 for app in self.registry.apps.values() if app.desired == "running")
+        running = sum(1 for app in self.registry.apps.values() if app.running)
         return f"{running} apps, {self.registry.process_count()} processes"
 
     def status(self) -> dict[str, object]:
@@ -181,7 +195,8 @@ class Daemon:
         # None: nginx fronts the apps, or the router is not serving yet (the control
         # socket answers from the start of the boot).
         router = self.router
-        status["http"] = "%s:%d" % router.address if router is not None and router.serving else None
+        address = router.address if router is not None and router.serving else None
+        status["http"] = "{}:{}".format(*address) if address is not None else None
         return status
 
     def reload_settings(self) -> None:
@@ -192,8 +207,8 @@ class Daemon:
             log.error("SIGHUP: kept the settings in force: %s", exc)
             return
         self.settings = settings
-        self.registry.app_defaults = settings.app_defaults
-        self.registry.ceilings = settings.ceilings
+        self.registry.services.defaults = settings.app_defaults
+        self.registry.services.ceilings = settings.ceilings
         self.cloudflare.configure(settings.cloudflare_urls, settings.cloudflare_refresh_days)
         if self.acme is not None:
             self.acme.program = settings.acme_sh

@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pikud.apps import RUNNING, App
+from pikud.app import App
 from pikud.appspec import AppSpec
 from pikud.atomic import write_atomic
 from pikud.convert import boolean
@@ -126,18 +126,15 @@ class CloudflareRefresh:
 
     async def _republish(self, app: App) -> dict[str, Any]:
         """The app's site again, from its current spec and processes, under its lock."""
-        async with app.lock:
-            spec = app.spec
-            if app.desired != RUNNING or spec is None:
+        try:
+            if not await app.republish():
                 return {"name": app.name, "site": "not running", "error": None}
-            try:
-                await app.publish(spec, app.source(app.release), app.group.specs)
-            except PikudError as exc:
-                app.note("error", f"{app.name}: Cloudflare's new ranges are not live, the "
-                         f"previous site stays: {exc}", logging.ERROR)
-                return {"name": app.name, "site": "failed", "error": str(exc)}
-            app.note("nginx", f"{app.name}: nginx site re-published with Cloudflare's new ranges")
-            return {"name": app.name, "site": "updated", "error": None}
+        except PikudError as exc:
+            app.note("error", f"{app.name}: Cloudflare's new ranges are not live, the "
+                     f"previous site stays: {exc}", logging.ERROR)
+            return {"name": app.name, "site": "failed", "error": str(exc)}
+        app.note("nginx", f"{app.name}: nginx site re-published with Cloudflare's new ranges")
+        return {"name": app.name, "site": "updated", "error": None}
 
     def _due(self) -> float:
         """When the next automatic refresh is due (design notes)."""
@@ -164,7 +161,7 @@ class CloudflareRefresh:
 
     async def _automatic(self) -> None:
         self._checked = time.time()
-        if not any(app.desired == RUNNING for app in self._users()):
+        if not any(app.running for app in self._users()):
             log.debug("cloudflare: no running app uses NGINX_CLOUDFLARE_ACL; not refreshing")
             return
         try:

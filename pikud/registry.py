@@ -25,19 +25,18 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pikud.statefile import json_object, load_json
-
-from pikud.apps import RUNNING, STOPPED, App, remove_tree
+from pikud.app import App, AppServices, Desired, remove_tree
 from pikud.appsettings import AppSettings
-from pikud.appspec import validate_app_name
+from pikud.appspec import AppSpec, validate_app_name
+from pikud.atomic import write_atomic
 from pikud.ceilings import Ceilings
 from pikud.cron import Scheduler
 from pikud.deploy.releases import ReleaseStore
-from pikud.atomic import write_atomic
 from pikud.errors import AppNameError, AppNotFound, PikudError, Starting
 from pikud.events import EventLog
 from pikud.paths import Paths
 from pikud.procman.children import stop_leftovers
+from pikud.statefile import json_object, load_json
 from pikud.traffic import Traffic
 
 log = logging.getLogger(__name__)
@@ -52,29 +51,32 @@ def parse_state(data: Any) -> dict[str, dict[str, Any]]:
     apps = json_object(json_object(data).get("apps", {}))
     parsed = {}
     for name, state in apps.items():
-        desired = json_object(state).get("desired", STOPPED)
-        if desired not in (RUNNING, STOPPED):
-            raise ValueError(f"app {name!r}: desired must be {RUNNING} or {STOPPED}, "
-                             f"got {desired!r}")
+        desired = json_object(state).get("desired", Desired.STOPPED.value)
+        try:
+            wanted = Desired(desired)
+        except ValueError:
+            raise ValueError(f"app {name!r}: desired must be {Desired.RUNNING.value} or "
+                             f"{Desired.STOPPED.value}, got {desired!r}") from None
         ports = {str(k): int(v) for k, v in json_object(state.get("ports", {})).items()}
-        parsed[name] = {"desired": desired, "ports": ports}
+        parsed[name] = {"desired": wanted, "ports": ports}
     return parsed
 
 
 class AppRegistry:
     def __init__(self, paths: Paths, base_env: Mapping[str, str], app_defaults: AppSettings,
-                 events: EventLog, watch: Callable[[App], None] = lambda app: None,
-                 unwatch: Callable[[App], None] = lambda app: None,
-                 traffic: Traffic | None = None, ceilings: Ceilings = Ceilings()) -> None:
+                 events: EventLog, watch: Callable[[str, AppSpec], None] = lambda app, spec: None,
+                 unwatch: Callable[[str], None] = lambda app: None,
+                 traffic: Traffic | None = None, ceilings: Ceilings | None = None) -> None:
         self.paths = paths
-        self.ceilings = ceilings
         self.traffic = traffic or Traffic(None)
         self.scheduler = Scheduler(paths.state_dir / "cron.json", self._cron_event,
                                    lambda app: self.apps[app].followers)
-        self.base_env = dict(base_env)
-        self.app_defaults = app_defaults
         self.events = events
-        self.watch, self.unwatch = watch, unwatch
+        # Shared by every App: a SIGHUP's new defaults and ceilings reach them all.
+        self.services = AppServices(
+            paths, dict(base_env), app_defaults, events, self.traffic, self.scheduler,
+            ceilings or Ceilings(), save=self.save, claimed=self.claimed, problems=self.problems,
+            forget=self.forget, watch=watch, unwatch=unwatch)
         self.apps: dict[str, App] = {}
         self._unloaded: dict[str, dict[str, Any]] = {}  # in state.json, not loadable at boot
         self.settled = asyncio.Event()      # boot has stopped a killed pikud's processes
@@ -99,7 +101,7 @@ class AppRegistry:
                 pushed and (self.paths.repo(name) / "HEAD").exists())
             if not exists:
                 raise AppNotFound(name)
-            app = self.apps[name] = App(name, self)
+            app = self.apps[name] = App(name, self.services)
             if name in self._unloaded:          # back since boot: as state.json had it
                 state = self._unloaded.pop(name)
                 app.ports, app.desired = state["ports"], state["desired"]
@@ -111,9 +113,9 @@ class AppRegistry:
                    if p.is_dir() and not p.name.startswith(".")} if apps_dir.is_dir() else set()
         return sorted(on_disk | set(self.apps))
 
-    def forget(self, app: App) -> None:
-        self.apps.pop(app.name, None)
-        self._unloaded.pop(app.name, None)
+    def forget(self, name: str) -> None:
+        self.apps.pop(name, None)
+        self._unloaded.pop(name, None)
         self.save()
 
     def problems(self) -> list[str]:
@@ -156,7 +158,7 @@ class AppRegistry:
         loaded = load_json(self.paths.state_file, parse_state, "pikud/state.json")
         states = loaded.data or {}
         if loaded.problem is not None:
-            states = {name: {"desired": RUNNING, "ports": {}} for name in self.names()}
+            states = {name: {"desired": Desired.RUNNING, "ports": {}} for name in self.names()}
             self._noted.append(f"{loaded.problem}; every app with code in apps/ was taken as "
                                "running")
         for name, state in states.items():
@@ -181,11 +183,12 @@ class AppRegistry:
 
     async def boot(self) -> None:
         """Stop what a killed pikud left running, then start every app that should run."""
-        await asyncio.gather(stop_leftovers(str(self.paths.root), self.app_defaults.stop_timeout),
+        timeout = self.services.defaults.stop_timeout
+        await asyncio.gather(stop_leftovers(str(self.paths.root), timeout),
                              self._prune_unrecorded())
         self.settled.set()
         await asyncio.gather(*(self._boot_one(app) for app in list(self.apps.values())
-                               if app.desired == RUNNING))
+                               if app.running))
 
     async def _prune_unrecorded(self) -> None:
         """Remove release folders no record names (a push killed with pikud), app by app."""
@@ -230,7 +233,7 @@ class AppRegistry:
         while True:
             app.note("retry", f"{app.name}: starting again in {delay:g}s", logging.WARNING)
             await asyncio.sleep(delay)
-            if app.desired != RUNNING or app.group.processes or self.apps.get(app.name) is not app:
+            if not app.running or app.group.processes or self.apps.get(app.name) is not app:
                 return
             if await self._start_at_boot(app):
                 app.note("start", f"{app.name}: started after failing at boot")

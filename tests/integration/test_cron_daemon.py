@@ -24,7 +24,9 @@ def test_cron_jobs_are_listed_run_on_demand_and_survive_a_daemon_restart(pikud_f
     assert "cron1" in table and "exit status 0" in table
     daemon.stop()
     daemon.start()
-    wait_for(lambda: daemon.processes("cr"), 10, "the app back")
+    # The jobs are set once the app's processes are up (the change's commit).
+    wait_for(lambda: daemon.processes("cr") and daemon.api("GET", "/apps/cr/cron")["jobs"], 10,
+             "the app back")
     again = {j["kind"]: j for j in daemon.api("GET", "/apps/cr/cron")["jobs"]}
     assert again["cron1"]["last_run"]["status"] == "exit status 0"
     def reboot_runs() -> int:

@@ -1,0 +1,127 @@
+"""Tables for pikud.app.formation: an AppSpec and its env -> ProcessSpecs and cron JobSpecs.
+
+No daemon and no processes: ports come from a counter.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pikud.app.formation import cron_jobs, process_specs
+from pikud.appsettings import AppSettings
+from pikud.appspec import AppSpec, parse_procfile
+from pikud.errors import CronError, ProcfileError
+from pikud.paths import Paths
+
+PATHS = Paths(Path("/srv/piku"))
+SOURCE = Path("/srv/piku/releases/app/3")
+ENV = {"PATH": "/usr/bin", "GREETING": "hi"}
+DEFAULTS = AppSettings()
+
+
+def spec(procfile: str, scaling: dict[str, int], env: dict[str, str] | None = None,
+         settings: AppSettings = DEFAULTS) -> AppSpec:
+    return AppSpec("app", parse_procfile(procfile), dict(env or {}), scaling, settings)
+
+
+def counter(start: int = 9000) -> Callable[[], int]:
+    return itertools.count(start).__next__
+
+
+FORMATIONS = [
+    # (Procfile, SCALING, ENV, ports known, slots -> port, ports after)
+    ("web: serve\nworker: work\n", {"web": 1, "worker": 2}, {}, {},
+     {"app:web.1": 9000, "app:worker.1": None, "app:worker.2": None},
+     {"app:web.1": 9000}),
+    ("web: serve\n", {"web": 2}, {}, {"app:web.1": 8123},          # a slot keeps its port
+     {"app:web.1": 8123, "app:web.2": 9000}, {"app:web.1": 8123, "app:web.2": 9000}),
+    ("web: serve\n", {"web": 1}, {}, {"app:web.1": 8123, "app:web.2": 8124},   # scaled down
+     {"app:web.1": 8123}, {"app:web.1": 8123, "app:web.2": 8124}),
+    ("web: serve\n", {"web": 2}, {"PORT": "5000"}, {},             # PORT in ENV serves all
+     {"app:web.1": 5000, "app:web.2": 5000}, {}),
+    ("web: serve\nworker: work\n", {"web": 0, "worker": 1}, {}, {},
+     {"app:worker.1": None}, {}),
+    ("release: migrate\ncron1: */5 * * * * tick\nstatic: /:public\nworker: work\n",
+     {"worker": 1}, {}, {}, {"app:worker.1": None}, {}),        # not supervised: not slots
+]
+
+
+@pytest.mark.parametrize(("procfile", "scaling", "env", "known", "slots", "after"), FORMATIONS)
+def test_the_slots_and_their_ports(procfile: str, scaling: dict[str, int], env: dict[str, str],
+                                   known: dict[str, int], slots: dict[str, int | None],
+                                   after: dict[str, int]) -> None:
+    specs, ports = process_specs("app", spec(procfile, scaling, env), ENV, SOURCE, PATHS,
+                                 known, counter())
+    assert {name: s.port for name, s in specs.items()} == slots
+    assert ports == after
+    assert known == dict(known)                 # the ports given are not changed
+
+
+def test_a_slot_gets_the_release_env_its_kind_port_and_paths() -> None:
+    settings = AppSettings(stop_timeout=3.0, log_max_bytes=4096, log_backups=2)
+    specs, _ = process_specs("app", spec("web: serve\nworker: work\n", {"web": 1, "worker": 1},
+                                         settings=settings),
+                             ENV, SOURCE, PATHS, {}, counter(7000))
+    web, worker = specs["app:web.1"], specs["app:worker.1"]
+    assert dict(web.env) == dict(ENV, PROC_TYPE="web", PIKU_ROOT="/srv/piku", PORT="7000")
+    assert dict(worker.env) == dict(ENV, PROC_TYPE="worker", PIKU_ROOT="/srv/piku")
+    assert (web.kind, web.index, web.command, web.cwd) == ("web", 1, "serve", SOURCE)
+    assert web.log_path == Path("/srv/piku/logs/app/web.1.log")
+    assert (worker.stop_timeout, worker.log_max_bytes, worker.log_backups) == (3.0, 4096, 2)
+    assert not web.inherits and web.listen_port is None
+
+
+LISTENING = [
+    # (Procfile, ENV, the web slot inherits the daemon's socket)
+    ("web: serve\n", {}, False),
+    ("web: serve\n", {"PIKU_LISTEN_FDS": "true"}, True),
+    ("worker: work\n", {"PIKU_LISTEN_FDS": "true"}, False),
+]
+
+
+@pytest.mark.parametrize(("procfile", "env", "inherits"), LISTENING)
+def test_who_inherits_the_daemons_socket(procfile: str, env: dict[str, str],
+                                         inherits: bool) -> None:
+    kind = procfile.split(":")[0]
+    settings = AppSettings(listen_fds=env.get("PIKU_LISTEN_FDS") == "true")
+    specs, _ = process_specs("app", spec(procfile, {kind: 1}, env, settings), ENV, SOURCE,
+                             PATHS, {}, counter())
+    assert specs[f"app:{kind}.1"].inherits is inherits
+
+
+def test_a_wsgi_entry_is_served_by_an_app_server_on_its_port() -> None:
+    specs, _ = process_specs("app", spec("wsgi: app:application\n", {"wsgi": 1}), ENV, SOURCE,
+                             PATHS, {}, counter(7100))
+    wsgi = specs["app:wsgi.1"]
+    assert wsgi.port == 7100 and "app:application" in wsgi.command
+    assert wsgi.command != "app:application"
+
+
+def test_a_bad_wsgi_target_is_refused() -> None:
+    with pytest.raises(ProcfileError, match="module:callable"):
+        process_specs("app", spec("wsgi: not a target\n", {"wsgi": 1}), ENV, SOURCE, PATHS,
+                      {}, counter())
+
+
+def test_cron_entries_become_jobs_with_the_env_and_settings() -> None:
+    settings = AppSettings(stop_timeout=4.0)
+    jobs = cron_jobs("app", spec("cron1: */5 * * * * tick\ncron2: @daily tock\nworker: w\n",
+                                 {"worker": 1}, {"TZ": "Europe/Paris",
+                                                 "PIKU_CRON_OVERLAP": "queue"}, settings),
+                     ENV, SOURCE, PATHS)
+    assert [(job.name, job.entry.command) for job in jobs] == [("app:cron1", "tick"),
+                                                               ("app:cron2", "tock")]
+    job = jobs[0]
+    assert dict(job.env) == dict(ENV, PIKU_ROOT="/srv/piku")
+    assert (job.cwd, job.log_path) == (SOURCE, Path("/srv/piku/logs/app/cron1.log"))
+    assert (job.tz, job.overlap, job.stop_timeout) == ("Europe/Paris", "queue", 4.0)
+
+
+def test_a_bad_cron_setting_is_refused_by_name() -> None:
+    with pytest.raises(CronError, match="PIKU_CRON_OVERLAP"):
+        cron_jobs("app", spec("cron1: * * * * * x\n", {}, {"PIKU_CRON_OVERLAP": "sometimes"}),
+                  ENV, SOURCE, PATHS)
