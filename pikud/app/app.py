@@ -214,6 +214,8 @@ class App(AppCore):
                 self.note("config", f"{self.name}: config changed ({', '.join(changed)})")
                 if self.running and spec.settings.auto_restart:
                     await self._change(spec, files)
+                else:       # applied at the next start or restart, not by the file watcher
+                    self._deferred = files
             return self.config()
 
     async def destroy(self) -> dict[str, list[str]]:

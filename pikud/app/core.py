@@ -98,6 +98,7 @@ class AppCore:
         self._noted: dict[str, tuple[str, ...]] = {}  # warnings by topic, as last noted
         self._applied: Files | None = None          # the files self.spec was read from
         self._applying: Files | None = None         # those of the change under way
+        self._deferred: Files | None = None         # written with no restart (PIKU_AUTO_RESTART)
         self.claimed = 0        # processes it runs or is starting, against max_processes
         defaults = services.defaults
         self.log = LogFile(self.paths.log_dir(name) / "pikud.log", "pikud",
@@ -180,6 +181,8 @@ class AppCore:
             return "as last applied"
         if files == self._applying:
             return "as the change under way applies them"
+        if files == self._deferred:
+            return "as config:set wrote them, for the next restart"
         return None
 
     def load(self, release: Release | None = None, *, overrides: str | None = None,

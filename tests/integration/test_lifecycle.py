@@ -284,3 +284,21 @@ def test_logs_rotate_and_follow_continues_across_a_rotation(pikud: Pikud) -> Non
     assert all(p.stat().st_size <= 4096 for p in logs.glob("worker.1.log*"))
     first = (logs / "worker.1.log").read_text().splitlines()[0]
     assert first[:4].isdigit() and "T" in first.split()[0]     # an ISO timestamp
+
+
+def test_config_set_without_auto_restart_waits_for_the_next_restart(pikud: Pikud) -> None:
+    """PIKU_AUTO_RESTART=false: the file watcher does not apply what config:set wrote."""
+    pikud.add_app("lazy", "worker: sleep 300\n", FAST + "PIKU_AUTO_RESTART=false\n")
+    pikud.api("POST", "/apps/lazy/deploy")
+    before = pikud.wait_state("lazy", "lazy:worker.1", "RUNNING")["pid"]
+    pikud.add_app("witness", "worker: sleep 300\n", FAST)
+    pikud.api("POST", "/apps/witness/deploy")
+    pikud.cli("config:set", "lazy", "GREETING=hi", check=True)
+    # The witness's edit comes after lazy's in the watcher's one queue.
+    (pikud.root / "envs/witness/ENV").write_text("GREETING=hi\n")
+    wait_for(lambda: "ENV or SCALING edited" in pikud.log_text("witness", "pikud"), 10,
+             "the watcher to see the witness's edit")
+    assert pikud.process("lazy", "lazy:worker.1")["pid"] == before
+    assert "ENV or SCALING edited" not in pikud.log_text("lazy", "pikud")
+    pikud.cli("restart", "lazy", check=True)
+    assert pikud.api("GET", "/apps/lazy/config/live")["env"]["GREETING"] == "hi"
