@@ -85,7 +85,8 @@ LogLevel VERBOSE
 """)
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)   # sshd's privilege separation dir
-    setup = subprocess.run([sys.executable, "-m", "pikud.cli", "setup:ssh", str(base / "client.pub")],
+    setup = subprocess.run([sys.executable, "-m", "pikud.cli", "setup:ssh",
+                            str(base / "client.pub")],
                            env=dict(pikud.env, HOME=str(home)), capture_output=True, text=True)
     assert setup.returncode == 0, setup.stderr
     with open(base / "sshd.log", "wb") as log:

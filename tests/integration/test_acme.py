@@ -176,8 +176,10 @@ async def test_background_request_and_renamed_site(
     async with asyncio.timeout(DEADLINE):
         await acme.wait("shop")
     calls = [call[:3] for call in stand_in.calls()]
-    assert calls == [["--issue", "-d", "old.example.org"], ["--install-cert", "-d", "old.example.org"],
-                     ["--issue", "-d", "new.example.org"], ["--install-cert", "-d", "new.example.org"],
+    assert calls == [["--issue", "-d", "old.example.org"],
+                     ["--install-cert", "-d", "old.example.org"],
+                     ["--issue", "-d", "new.example.org"],
+                     ["--install-cert", "-d", "new.example.org"],
                      ["--remove", "-d", "old.example.org"]]
     der = await wait_served(server, "new.example.org", Path(site.certificate))
     assert "CN = new.example.org" in subject_and_issuer(der)
@@ -197,7 +199,8 @@ async def test_a_rename_whose_issuance_fails_keeps_the_old_certificate_renewed(
     renamed = await live_site(server, web, "new.example.org")
     failing, notes = acme_sh(http_port=free_port()), Notes()       # the "CA" cannot reach nginx
     assert not await Acme(server.nginx(), str(failing.program), note=notes).certify(renamed, None)
-    assert [call[0] for call in failing.calls()] == ["--issue"]      # no --remove of old.example.org
+    # No --remove of old.example.org.
+    assert [call[0] for call in failing.calls()] == ["--issue"]
     assert "could not issue" in notes.text(logging.ERROR)
     assert fingerprint(crt) == installed
     assert Issued.read(record_path(server.nginx(), "shop")) == Issued(
