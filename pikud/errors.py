@@ -16,12 +16,12 @@ envelope with the error's ``code`` and HTTP ``status``::
     +-- AppNotFound                 app_not_found   404
     +-- NotFound                    not_found       404   unknown API route
     +-- Forbidden                   forbidden       403   peer uid not allowed
-    +-- Starting                    starting        503   boot still stops a killed pikud's processes
+    +-- Starting                    starting        503   boot stops a killed pikud's processes
     +-- DeployError                 deploy_failed   409   nothing to run, new processes failed, ...
     |   +-- BuildError              build_failed    409   checkout, preflight or build step failed
     |   +-- ReleaseError            release_failed  409   the Procfile's release command failed
     |   +-- NginxError              nginx_failed    409   nginx -t refused a config, a reload failed
-    +-- CloudflareError             cloudflare_failed 502  Cloudflare's lists unreachable or not networks
+    +-- CloudflareError             cloudflare_failed 502  its IP lists unreachable or not networks
     +-- ControlError                control_error   502   client side of the socket
     |   +-- DaemonNotRunning        daemon_not_running
     |   +-- ProtocolError           protocol_error

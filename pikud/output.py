@@ -110,7 +110,8 @@ def format_apps(apps: Sequence[Mapping[str, Any]], color: bool,
     ordered = sorted(apps, key=lambda a: str(a["name"]))
     for app in ordered:
         running = app["state"] == "running"
-        lines.append(("* " if running else "  ") + style(app["name"], "green" if running else None, color))
+        name = style(app["name"], "green" if running else None, color)
+        lines.append(("* " if running else "  ") + name)
     own = [f"{app['name']}: {problem}" for app in ordered for problem in app.get("problems", ())]
     return "\n".join(lines + format_problems([*problems, *own], color))
 
@@ -122,7 +123,8 @@ def _dash(value: object) -> str:
 def format_ps(detail: Mapping[str, Any], color: bool) -> str:
     """A header (app state and formation) over the live process table."""
     state = detail["state"]
-    header = (f"{style(detail['name'], 'bold', color)}: {style(state, STATE_STYLES.get(state), color)}"
+    header = (f"{style(detail['name'], 'bold', color)}: "
+              f"{style(state, STATE_STYLES.get(state), color)}"
               f"  formation: {format_formation(detail.get('formation') or {})}")
     processes = detail.get("processes") or []
     problems = format_problems(detail.get("problems") or (), color)
@@ -140,8 +142,8 @@ def format_ps(detail: Mapping[str, Any], color: bool) -> str:
             _dash(proc.get("last_exit")),
             "-" if rss is None else format_bytes(rss),
         ])
-    table = format_table(
-        ["PROCESS", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS"], rows, align="<<>>><>")
+    table = format_table(["PROCESS", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS"],
+                         rows, align="<<>>><>")
     return "\n".join([header, table, *problems])
 
 

@@ -5,10 +5,11 @@
     events_kept = 1000            # recent events kept for GET /events
     nginx_test = ["nginx"]        # nginx binary used for `-t` on candidate configs
     nginx_reload = ["sudo", "-n", "systemctl", "reload", "nginx"]
-    nginx_preamble = []           # main-context lines for the test config (default: Debian's modules)
+    nginx_preamble = []           # main-context lines for `nginx -t` (default: Debian's modules)
     acme_sh = "/home/piku/.acme.sh/acme.sh"   # default: acme.sh on PATH, else ~/.acme.sh/acme.sh
     cloudflare_urls = ["https://www.cloudflare.com/ips-v4", "https://www.cloudflare.com/ips-v6"]
-    cloudflare_refresh_days = 7   # refresh those lists automatically (0: only `piku cloudflare:refresh`)
+    cloudflare_refresh_days = 7   # refresh those lists automatically
+                                  # (0: only `piku cloudflare:refresh`)
     router_header_timeout = 10    # seconds a router client has to send a whole request head
     router_keepalive_timeout = 75 # seconds an idle keep-alive connection to the router is kept
     router_max_connections = 4096 # client connections the router holds at once

@@ -63,7 +63,8 @@ def parse_public_key(text: str) -> PublicKey:
         raise InvalidKey("expected 'TYPE BASE64 [COMMENT]'")
     key_type, b64 = fields[0], fields[1]
     if key_type not in KEY_TYPES:
-        raise InvalidKey(f"unknown key type {key_type!r} (expected one of {', '.join(sorted(KEY_TYPES))})")
+        raise InvalidKey(f"unknown key type {key_type!r} "
+                         f"(expected one of {', '.join(sorted(KEY_TYPES))})")
     try:
         blob = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -78,7 +79,8 @@ def key_name(name: str | None, key: PublicKey) -> str:
     """``--name``, else the key's comment, else ``key``; only [A-Za-z0-9@._-]."""
     chosen = name or key.comment or "key"
     if not _NAME.fullmatch(chosen):
-        raise InvalidKey(f"key name {chosen!r} may only contain letters, digits and @._- (use --name)")
+        raise InvalidKey(f"key name {chosen!r} may only contain letters, digits "
+                         "and @._- (use --name)")
     return chosen
 
 

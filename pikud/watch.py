@@ -8,6 +8,7 @@ quiet time (an editor's save or a ``touch`` is several inotify events).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -52,10 +53,8 @@ class FileWatcher:
             if not names:
                 del self._targets[directory]
                 watch = self._dirs.pop(directory)
-                try:
+                with contextlib.suppress(OSError):  # the folder is gone, and its watch with it
                     self._inotify.rm_watch(watch)
-                except OSError:
-                    pass        # the folder is gone, and its watch with it
 
     async def run(self) -> None:
         async for event in self._inotify:

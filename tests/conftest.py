@@ -10,6 +10,7 @@ The property tests run under the hypothesis profile HYPOTHESIS_PROFILE names:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -191,10 +192,8 @@ def pikud_factory(short_root: Path, tmp_path: Path) -> Iterator[Callable[..., Pi
             assert code == 0, f"pikud exited {code}:\n{daemon.output()}"
     left = app_processes(short_root)
     for pid in left:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert not left, f"processes left behind: {left}"
 
 

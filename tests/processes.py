@@ -6,6 +6,7 @@ The tests (conftest's alive(), the nginx fixture) and the benchmarks
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -42,19 +43,15 @@ def stop_session(proc: subprocess.Popen[Any], sig: int, timeout: float,
     killed."""
     if proc.poll() is None:
         proc.send_signal(sig)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
     deadline = time.monotonic() + linger
     while in_session(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     killed = in_session(proc.pid)
     for pid in killed:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     if proc.poll() is None:
         proc.kill()
     proc.wait(REAP_DEADLINE)

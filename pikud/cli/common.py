@@ -42,7 +42,8 @@ def color() -> bool:
 
 def json_option(func: F) -> F:
     """Every command takes ``--json``: the API's data instead of text."""
-    return click.option("--json", "as_json", is_flag=True, help="Print the API's data as JSON.")(func)
+    option = click.option("--json", "as_json", is_flag=True, help="Print the API's data as JSON.")
+    return option(func)
 
 
 def print_json(data: Any) -> None:

@@ -68,7 +68,8 @@ def destroy(app: str, as_json: bool) -> None:
         click.echo(f"-----> Removed {path}")
     for path in data["kept"]:
         click.echo(f"-----> Kept {path}")
-    click.echo(f"-----> {app} destroyed; its data and cache were kept (remove them by hand if unwanted)")
+    click.echo(f"-----> {app} destroyed; its data and cache were kept "
+               "(remove them by hand if unwanted)")
 
 
 @click.command("logs")
@@ -76,7 +77,8 @@ def destroy(app: str, as_json: bool) -> None:
 @click.argument("kind", required=False)
 @click.option("-n", "--lines", default=20, show_default=True, type=click.IntRange(min=0),
               help="How many past lines to show.")
-@click.option("--follow/--no-follow", default=True, show_default=True, help="Keep printing new lines.")
+@click.option("--follow/--no-follow", default=True, show_default=True,
+              help="Keep printing new lines.")
 @json_option
 def logs(app: str, kind: str | None, lines: int, follow: bool, as_json: bool) -> None:
     """Show APP's latest log lines, then follow them.
@@ -84,7 +86,8 @@ def logs(app: str, kind: str | None, lines: int, follow: bool, as_json: bool) ->
     KIND limits them to one Procfile kind; Ctrl-C stops following. With
     --json each line is printed as one JSON object (NDJSON).
     """
-    query = {"lines": lines, **({"kind": kind} if kind else {}), **({"follow": 1} if follow else {})}
+    query = {"lines": lines, **({"kind": kind} if kind else {}),
+             **({"follow": 1} if follow else {})}
     path = f"{app_path(app, 'logs')}?{urlencode(query)}"
     colored, width = color(), 0
 
@@ -132,7 +135,8 @@ def ps_scale(app: str, counts: tuple[str, ...], as_json: bool) -> None:
     scaling: dict[str, int] = {}
     for kind, n in pairs(counts, "KIND=N", "COUNTS"):
         if not (n.isascii() and n.isdigit()):
-            raise click.BadParameter(f"{kind}={n}: N must be a whole number >= 0", param_hint="COUNTS")
+            raise click.BadParameter(f"{kind}={n}: N must be a whole number >= 0",
+                                     param_hint="COUNTS")
         if len(n.lstrip("0")) > 9:      # far above any ceiling; int() refuses 4,301 digits
             raise click.BadParameter(f"{kind}={n[:12]}...: N is too large", param_hint="COUNTS")
         if kind in scaling:
@@ -142,7 +146,8 @@ def ps_scale(app: str, counts: tuple[str, ...], as_json: bool) -> None:
     emit(detail, as_json, lambda d: f"-----> {app} scaled\n{format_ps(d, color())}")
 
 
-@click.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.command("run", context_settings={"ignore_unknown_options": True,
+                                        "allow_interspersed_args": False})
 @click.argument("app")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 def run(app: str, cmd: tuple[str, ...]) -> None:

@@ -71,7 +71,8 @@ class Client:
         where = self.socket_path
         # Order matters: the first matching class wins, OSError last.
         self._errors: ErrorMap = {
-            FileNotFoundError: lambda e: DaemonNotRunning(f"pikud is not running (no socket at {where})"),
+            FileNotFoundError: lambda e: DaemonNotRunning(
+                f"pikud is not running (no socket at {where})"),
             ConnectionRefusedError: lambda e: DaemonNotRunning(
                 f"pikud is not running (nothing listens on {where})"),
             PermissionError: lambda e: ControlError(
@@ -85,11 +86,11 @@ class Client:
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Send one request and return the ``data`` of its envelope."""
-        with closing(UnixHTTPConnection(self.socket_path, self.timeout)) as conn:
-            with map_exceptions(self._errors):
-                self._send(conn, method, path, body)
-                response = conn.getresponse()
-                raw = response.read()
+        with (closing(UnixHTTPConnection(self.socket_path, self.timeout)) as conn,
+              map_exceptions(self._errors)):
+            self._send(conn, method, path, body)
+            response = conn.getresponse()
+            raw = response.read()
         return _unwrap(response.status, raw)
 
     def stream(self, method: str, path: str, body: dict[str, Any] | None = None
@@ -110,7 +111,8 @@ class Client:
                     with map_exceptions(self._errors):
                         raw = response.read()
                     _unwrap(response.status, raw)
-                    raise ProtocolError(f"{method} {path}: pikud answered {content_type!r}, not a stream")
+                    raise ProtocolError(
+                        f"{method} {path}: pikud answered {content_type!r}, not a stream")
                 if sock is not None:
                     sock.settimeout(None)
                 while True:
@@ -122,7 +124,8 @@ class Client:
                         continue
                     obj = _decode(line)
                     if not isinstance(obj, dict):
-                        raise ProtocolError(f"pikud sent a stream line that is not an object: {line!r}")
+                        raise ProtocolError(
+                            f"pikud sent a stream line that is not an object: {line!r}")
                     if "error" in obj:
                         raise _remote_error(obj["error"], response.status)
                     yield obj
@@ -130,7 +133,8 @@ class Client:
                         return
 
     @staticmethod
-    def _send(conn: UnixHTTPConnection, method: str, path: str, body: dict[str, Any] | None) -> None:
+    def _send(conn: UnixHTTPConnection, method: str, path: str,
+              body: dict[str, Any] | None) -> None:
         headers = {"Accept": f"application/json, {NDJSON}"}
         payload = None
         if body is not None:

@@ -9,6 +9,7 @@ named code. The socket is bound under umask 077, so it is born 0600.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -401,10 +402,8 @@ class ControlServer:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 def daemon_status(started: float, loop_name: str, registry: AppRegistry) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def parse_cron(kind: str, entry: str, file: str = "Procfile", line: int | None =
             raise fail(f"the command starts with {first!r}, which looks like a sixth schedule "
                        "field; cron entries have 5 fields (no seconds or years)")
     sets: list[frozenset[int]] = []
-    for field, value in zip(FIELDS, raw):
+    for field, value in zip(FIELDS, raw, strict=True):
         try:
             sets.append(_parse_field(field, value))
         except _FieldError as error:
@@ -139,7 +139,7 @@ def parse_cron(kind: str, entry: str, file: str = "Procfile", line: int | None =
     if never:
         raise fail(f"{written!r} never runs ({never})")
     fields = " ".join(value if value == "*" else ",".join(map(str, sorted(values)))
-                      for value, values in zip(raw, sets))
+                      for value, values in zip(raw, sets, strict=True))
     cron = CronEntry(kind, written, command, fields=fields, day_or=not (dom_star or dow_star),
                      fixed_time="*" not in raw[0] and "*" not in raw[1])
     try:

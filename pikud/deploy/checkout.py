@@ -19,8 +19,10 @@ from pikud.errors import BadRequest
 from pikud.procman.oneshot import run_once
 
 REVISION = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
-REF_FORBIDDEN = frozenset(" ~^:?*[\\")     # besides control characters and ".." (git-check-ref-format)
-QUARANTINE_KEYS = ("GIT_QUARANTINE_PATH", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES")
+# Besides control characters and ".." (git-check-ref-format).
+REF_FORBIDDEN = frozenset(" ~^:?*[\\")
+QUARANTINE_KEYS = ("GIT_QUARANTINE_PATH", "GIT_OBJECT_DIRECTORY",
+                   "GIT_ALTERNATE_OBJECT_DIRECTORIES")
 
 
 def validate_revision(revision: str) -> str:

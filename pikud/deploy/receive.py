@@ -20,7 +20,8 @@ from pikud.errors import PikudError
 from pikud.paths import Paths
 
 # The variables git sets for a hook so that it can read objects still in quarantine.
-QUARANTINE_VARS = ("GIT_QUARANTINE_PATH", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES")
+QUARANTINE_VARS = ("GIT_QUARANTINE_PATH", "GIT_OBJECT_DIRECTORY",
+                   "GIT_ALTERNATE_OBJECT_DIRECTORIES")
 
 
 def app_from_git_path(arg: str) -> str:

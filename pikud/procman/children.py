@@ -12,6 +12,7 @@ never by the sweep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import itertools
 import logging
@@ -281,16 +282,12 @@ class ProcessTree:
     def signal(self, sig: int, only: int | None = None) -> None:
         """Signal the group and every member, or the member ``only``."""
         if self.pgid is not None and only is None:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pgid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
         for pid, fd in self.fds.items():
             if only is None or pid == only:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(fd, sig)
-                except ProcessLookupError:
-                    pass
 
     def alive(self) -> int:
         """How many members have not exited yet (a pidfd is readable once its process exits)."""

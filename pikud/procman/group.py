@@ -45,7 +45,8 @@ async def drain(procs: Collection[ManagedProcess], grace: float) -> None:
     ports = {proc.spec.port for proc in serving if proc.spec.port is not None}
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(max(settle_time(proc.spec) for proc in serving)):
-            while await asyncio.to_thread(has_traffic, ports):
+            # The kernel's socket table has no event to wait on: poll it.
+            while await asyncio.to_thread(has_traffic, ports):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
 
 
@@ -164,11 +165,11 @@ class ProcessGroup:
         """Raise DeployError unless every one of ``procs`` reaches RUNNING and is ready."""
         started = await asyncio.gather(*(proc.started(settle_time(proc.spec)) for proc in procs))
         failed = [f"{proc.name} {proc.state} ({proc.last_exit or 'no exit'})"
-                  for proc, ok in zip(procs, started) if not ok]
+                  for proc, ok in zip(procs, started, strict=True) if not ok]
         if not failed and ready is not None:
             problems = await asyncio.gather(*(ready(proc.spec) for proc in procs))
-            failed = [f"{proc.name} {problem}" for proc, problem in zip(procs, problems)
-                      if problem]
+            failed = [f"{proc.name} {problem}"
+                      for proc, problem in zip(procs, problems, strict=True) if problem]
         if failed:
             raise DeployError("the new processes did not start: " + "; ".join(failed))
 

@@ -44,7 +44,8 @@ class LogFile:
     def _open(self) -> BinaryIO:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab", buffering=0)
+            # Kept open across writes (rotation and close() close it), so no `with`.
+            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
             self._size = self._file.tell()
         return self._file
 

@@ -16,7 +16,13 @@ SHELL_SYNTAX = re.compile(r"[;&|()\n`]|^\s*\w+=")
 # builtins (POSIX special and regular ones, and dash's and bash's own). ``exec``
 # in front of one looks for a program of that name: ``exec exit 1`` fails with
 # 127. Builtins that are programs too (true, echo, test, kill, pwd) may be exec'd.
-SHELL_WORDS = frozenset(["!", "{", "}", "[[", "]]", "case", "do", "done", "elif", "else", "esac", "fi", "for", "function", "if", "in", "select", "then", "until", "while", ".", ":", "break", "continue", "eval", "exec", "exit", "export", "readonly", "return", "set", "shift", "times", "trap", "unset", "alias", "bg", "cd", "command", "fc", "fg", "getopts", "hash", "jobs", "local", "read", "source", "type", "ulimit", "umask", "unalias", "wait", "declare", "let", "typeset"])
+SHELL_WORDS = frozenset([
+    "!", "{", "}", "[[", "]]", "case", "do", "done", "elif", "else", "esac", "fi", "for",
+    "function", "if", "in", "select", "then", "until", "while", ".", ":", "break", "continue",
+    "eval", "exec", "exit", "export", "readonly", "return", "set", "shift", "times", "trap",
+    "unset", "alias", "bg", "cd", "command", "fc", "fg", "getopts", "hash", "jobs", "local", "read",
+    "source", "type", "ulimit", "umask", "unalias", "wait", "declare", "let", "typeset",
+])
 
 
 def shell_argv(command: str) -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Pikud, wait_for
+from tests.integration.nginx_server import NginxServer, fronted_by_nginx
 from tests.net import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -84,20 +85,27 @@ LogLevel VERBOSE
 """)
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)   # sshd's privilege separation dir
-    setup = subprocess.run([sys.executable, "-m", "pikud.cli", "setup:ssh", str(base / "client.pub")],
+    setup = subprocess.run([sys.executable, "-m", "pikud.cli", "setup:ssh",
+                            str(base / "client.pub")],
                            env=dict(pikud.env, HOME=str(home)), capture_output=True, text=True)
     assert setup.returncode == 0, setup.stderr
-    log = open(base / "sshd.log", "wb")
-    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
-    try:
-        def listening() -> bool:
-            assert server.poll() is None, (base / "sshd.log").read_text()
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-        wait_for(listening, 10, "sshd to listen")
-        yield SshServer(port, home, base / "client", user)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(10)
-        log.close()
-        shutil.rmtree(base, ignore_errors=True)
+    with open(base / "sshd.log", "wb") as log:
+        server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+        try:
+            def listening() -> bool:
+                assert server.poll() is None, (base / "sshd.log").read_text()
+                with socket.socket() as sock:
+                    return sock.connect_ex(("127.0.0.1", port)) == 0
+            wait_for(listening, 10, "sshd to listen")
+            yield SshServer(port, home, base / "client", user)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(10)
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def fronted(tmp_path: Path) -> Iterator[tuple[NginxServer, Pikud]]:
+    """A real nginx and a pikud whose sites it serves (test_nginx_deploy, test_nginx_kinds)."""
+    with fronted_by_nginx(tmp_path) as made:
+        yield made

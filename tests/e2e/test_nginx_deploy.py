@@ -16,17 +16,12 @@ import pytest
 
 from tests.conftest import Pikud
 from tests.e2e.apps import WEB_APP, local_remote, push, python_app
+from tests.integration.nginx_server import NginxServer, fronted_by_nginx
 from tests.integration.test_acme import STAND_IN, served_certificate, subject_and_issuer
-from tests.integration.test_nginx import DEADLINE, NginxServer, fronted_by_nginx
+from tests.nginx_master import DEADLINE
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
-
-
-@pytest.fixture
-def fronted(tmp_path: Path) -> Iterator[tuple[NginxServer, Pikud]]:
-    with fronted_by_nginx(tmp_path) as made:
-        yield made
 
 
 def site_env(server: NginxServer, extra: str = "") -> str:

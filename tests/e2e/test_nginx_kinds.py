@@ -12,9 +12,9 @@ from pathlib import Path
 
 from tests.conftest import Pikud
 from tests.e2e.apps import git, local_remote, push, python_app
-from tests.e2e.test_nginx_deploy import fronted, site_env  # noqa: F401 (a fixture)
+from tests.e2e.test_nginx_deploy import site_env
 from tests.e2e.test_push import ASGI_APP, FD_APP
-from tests.integration.test_nginx import NginxServer
+from tests.integration.nginx_server import NginxServer
 
 FLASK_APP = '''\
 from flask import Flask
@@ -63,7 +63,8 @@ def test_every_serving_kind_answers_through_nginx(
                 "static": b"<h1>static s1</h1>\n"}
     for app, body in expected.items():
         # A reload is asynchronous: until the new workers run, the first site answers all.
-        server.wait_for(f"{app}.example", "/", lambda r: (r.status, r.body) == (200, body))
+        server.wait_for(f"{app}.example", "/",
+                        lambda r, body=body: (r.status, r.body) == (200, body))
         assert server.request(f"{app}.example", https=True).body == body
     assert daemon.processes("static") == []              # nginx serves it alone
 

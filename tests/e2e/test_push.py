@@ -283,8 +283,9 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
             "ENV": "PIKU_START_SECS=0.5\nPIKU_STOP_TIMEOUT=3\n" + env})
         out = ssh_push(sshd, work, app).stderr
         assert server == "python3" or "Adding the app servers for the Procfile" in out, out
-        proc = wait_for(lambda: next((p for p in pikud.processes(app) if p["state"] == "RUNNING"),
-                                     None), 30, f"{app} to run")
+        proc = wait_for(lambda app=app: next((p for p in pikud.processes(app)
+                                              if p["state"] == "RUNNING"), None),
+                        30, f"{app} to run")
         assert get(proc["port"]) == expect
         cmdline = Path(f"/proc/{proc['pid']}/cmdline").read_bytes().split(b"\0")
         assert any(server.encode() in word for word in cmdline[:2]), cmdline

@@ -1,13 +1,16 @@
-"""Fixtures of the integration tests that drive pikud's parts in-process."""
+"""Fixtures of the integration tests: in-process slots and groups, a real nginx and its backends."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.inprocess import Harness
+from tests.integration.nginx_server import Backend, NginxServer
 
 
 @pytest.fixture
@@ -18,3 +21,36 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         yield made
     finally:
         await made.close()
+
+
+@pytest.fixture
+def backend() -> Iterator[Callable[..., Backend]]:
+    started: list[Backend] = []
+
+    def start(name: str, unix: Path | None = None) -> Backend:
+        started.append(Backend(name, unix))
+        return started[-1]
+
+    yield start
+    for made in started:
+        made.server.close()
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="pkn-", dir="/tmp"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def server(base: Path) -> Iterator[NginxServer]:
+    made = NginxServer(base)
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()

@@ -1,4 +1,5 @@
-"""Ceilings on processes, a start that runs out of descriptors, and processes pikud lost track of."""
+"""Ceilings on processes, a start that runs out of descriptors, and processes pikud lost track
+of."""
 
 from __future__ import annotations
 

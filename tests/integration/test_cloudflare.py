@@ -22,7 +22,7 @@ import pytest
 from pikud.control.client import RemoteError
 from pikud.proxy.site import cloudflare_ranges
 from tests.conftest import FAST, Pikud, json_out
-from tests.integration.test_nginx import NginxServer, fronted_by_nginx
+from tests.integration.nginx_server import NginxServer, fronted_by_nginx
 from tests.net import Answer, HttpServer, free_port
 from tests.waiting import wait_for
 

@@ -27,8 +27,9 @@ def raw_request(path: str, request: bytes) -> tuple[int, dict]:
 
 
 def post(target: str, body: bytes) -> bytes:
-    return (f"POST {target} HTTP/1.1\r\nHost: pikud\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    head = (f"POST {target} HTTP/1.1\r\nHost: pikud\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
 
 
 @pytest.mark.parametrize("request_bytes, status, code", [

@@ -1,4 +1,5 @@
-"""Scale to zero with a real daemon: web slots sleep after PIKU_IDLE_TIMEOUT, a connection wakes them.
+"""Scale to zero with a real daemon: web slots sleep after PIKU_IDLE_TIMEOUT, a connection
+wakes them.
 
 The app is a plain Python server that serves the daemon's socket (fd 3) and
 takes a second to boot, so the first request after a sleep really has

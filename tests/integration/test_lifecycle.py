@@ -54,7 +54,8 @@ def test_sighup_rereads_settings_without_touching_apps(pikud: Pikud) -> None:
     pikud.add_app("steady", "worker: sleep 300\n", FAST)
     pikud.api("POST", "/apps/steady/deploy")
     before = pids(pikud, "steady")
-    (pikud.root / "pikud.toml").write_text('log_level = "debug"\n[defaults]\nPIKU_STOP_TIMEOUT = 2\n')
+    (pikud.root / "pikud.toml").write_text(
+        'log_level = "debug"\n[defaults]\nPIKU_STOP_TIMEOUT = 2\n')
     pikud.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "SIGHUP: settings re-read" in pikud.output(), 5, "the reload")
     (pikud.root / "pikud.toml").write_text("log_level = 'loud'\n")
@@ -252,11 +253,13 @@ def test_touch_reload_restarts_the_app(pikud: Pikud) -> None:
              and pikud.process("touchy", "touchy:worker.1")["state"] == "RUNNING", 10, "restart")
 
 
-CHATTY = "i=0; while :; do i=$((i+1)); echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; sleep 0.005; done"
+CHATTY = ("i=0; while :; do i=$((i+1)); echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; "
+          "sleep 0.005; done")
 
 
 def test_logs_rotate_and_follow_continues_across_a_rotation(pikud: Pikud) -> None:
-    pikud.add_app("chatty", f"worker: {CHATTY}\n", FAST + "PIKU_LOG_MAXSIZE=4K\nPIKU_LOG_BACKUPS=3\n")
+    pikud.add_app("chatty", f"worker: {CHATTY}\n",
+                  FAST + "PIKU_LOG_MAXSIZE=4K\nPIKU_LOG_BACKUPS=3\n")
     pikud.api("POST", "/apps/chatty/deploy")
     follower = subprocess.Popen([sys.executable, "-m", "pikud.cli", "logs", "chatty", "worker",
                                  "--lines", "1"], env=pikud.env, stdout=subprocess.PIPE,

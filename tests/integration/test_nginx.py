@@ -13,31 +13,22 @@ and the teardown fails if an nginx process outlived it.
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
+import asyncio
 import os
 import shutil
 import socket
-import ssl
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pikud.errors import EnvError, NginxError
-from pikud.paths import Paths
-from pikud.proxy import Nginx, NginxSite, ensure_certificate, site_from_env
-from tests.conftest import Pikud, app_processes
-from tests.net import Answer, HttpServer, free_port
-from tests.nginx_master import AS_ROOT, DEADLINE, NGINX, NginxMaster
-from tests.waiting import wait_for
+from pikud.proxy import Nginx, ensure_certificate, site_from_env
+from tests.integration.nginx_server import Backend, NginxServer, Response
+from tests.net import free_port
+from tests.nginx_master import AS_ROOT, DEADLINE, NGINX
 
 pytestmark = pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx is not installed")
 
@@ -50,160 +41,6 @@ def has_ipv6_loopback() -> bool:
     return True
 
 
-# --- backends: a tiny HTTP server that says who it is and what it received -------
-class Backend:
-    """A loopback HTTP server in this process (tests/net.py) that answers with its
-    name, the path and the headers it received, as JSON."""
-
-    def __init__(self, name: str, unix: Path | None = None) -> None:
-        self.name = name
-        self.server = HttpServer(self.answer, unix)
-        self.upstream = self.server.upstream
-
-    def answer(self, request: BaseHTTPRequestHandler) -> Answer:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        body = json.dumps({"name": self.name, "path": request.path, "headers": headers})
-        return 200, "application/json", body.encode()
-
-
-@pytest.fixture
-def backend() -> Iterator[Callable[..., Backend]]:
-    started: list[Backend] = []
-
-    def start(name: str, unix: Path | None = None) -> Backend:
-        started.append(Backend(name, unix))
-        return started[-1]
-
-    yield start
-    for made in started:
-        made.server.close()
-
-
-# --- the nginx master -------------------------------------------------------------
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class NginxServer:
-    """One real nginx master (tests/nginx_master.py) serving ``root``'s nginx/*.conf."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.root = base / "root"
-        self.paths = Paths(self.root)
-        self.paths.create()
-        self.master = NginxMaster(base / "prefix", self.paths.nginx())
-        self.prefix = self.master.prefix
-        self.conf = self.master.conf
-        self.http_port = self.master.http_port
-        self.https_port = self.master.https_port
-
-    @property
-    def proc(self) -> subprocess.Popen[bytes] | None:
-        return self.master.proc
-
-    def start(self) -> None:
-        self.master.start(DEADLINE)
-
-    def output(self) -> str:
-        return self.master.output()
-
-    def group(self) -> set[int]:
-        """Live processes of the master's session: the master and its workers."""
-        return set(self.master.processes())
-
-    def stop(self) -> None:
-        """Stop the master; fails if it had no processes or one had to be killed."""
-        if self.proc is None:
-            return
-        group = self.group()
-        left = self.master.stop(DEADLINE)
-        assert group, "nginx had no processes"
-        assert not left, f"nginx processes left behind: {left}"
-
-    def nginx(self, reload_command: list[str] | None = None) -> Nginx:
-        """The pikud side: tests with this nginx binary, reloads this master."""
-        reload = self.master.reload_command if reload_command is None else reload_command
-        return Nginx(self.paths, [NGINX], reload, preamble=self.master.preamble,
-                     timeout=DEADLINE)
-
-    def site(self, app: str, env: dict[str, str], upstreams: tuple[str, ...] = (),
-             app_dir: Path | None = None, **kwargs: Any) -> NginxSite:
-        """The app's site on this server's loopback ports."""
-        ports = {"NGINX_IPV4_ADDRESS": "127.0.0.1", "DISABLE_IPV6": "yes",
-                 "NGINX_HTTP_PORT": str(self.http_port),
-                 "NGINX_HTTPS_PORT": str(self.https_port)}
-        site = site_from_env(app, ports | env, upstreams, self.paths,
-                             app_dir or self.app_dir(app), **kwargs)
-        assert site is not None
-        return site
-
-    def app_dir(self, app: str) -> Path:
-        folder = self.paths.app(app)
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
-    def request(self, host: str, path: str = "/", *, https: bool = False,
-                headers: dict[str, str] | None = None) -> Response:
-        connection: http.client.HTTPConnection
-        if https:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            connection = http.client.HTTPSConnection("127.0.0.1", self.https_port,
-                                                     timeout=DEADLINE, context=context)
-        else:
-            connection = http.client.HTTPConnection("127.0.0.1", self.http_port,
-                                                    timeout=DEADLINE)
-        try:
-            connection.request("GET", path, headers={"Host": host, **(headers or {})})
-            response = connection.getresponse()
-            return Response(response.status, {k.lower(): v for k, v in response.getheaders()},
-                            response.read())
-        finally:
-            connection.close()
-
-    def wait_for(self, host: str, path: str, check: Callable[[Response], bool], *,
-                 https: bool = False, what: str = "") -> Response:
-        """A reload is asynchronous: poll until the new workers answer as expected."""
-        last: list[Response] = []
-
-        def attempt() -> bool:
-            try:
-                last[:] = [self.request(host, path, https=https)]
-            except OSError:             # the new listening socket is not there yet
-                return False
-            return check(last[0])
-        wait_for(attempt, DEADLINE, what or f"{host}{path}")
-        return last[0]
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="pkn-", dir="/tmp"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def server(base: Path) -> Iterator[NginxServer]:
-    made = NginxServer(base)
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
-
-
 def app_files(folder: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -211,34 +48,6 @@ def app_files(folder: Path, files: dict[str, str]) -> None:
 
 
 
-
-@contextlib.contextmanager
-def fronted_by_nginx(log_dir: Path, settings: Callable[[NginxServer], str] = lambda server: "",
-                     ) -> Iterator[tuple[NginxServer, Pikud]]:
-    """A real nginx on loopback ports and a real pikud whose sites it tests and serves.
-
-    ``settings`` adds lines to the daemon's pikud.toml. Everything started is
-    stopped, and no app process may outlive it.
-    """
-    base = Path(tempfile.mkdtemp(prefix="pkf-", dir="/tmp"))
-    base.chmod(0o755)
-    server = NginxServer(base)
-    daemon = Pikud(server.root, log_dir / "pikud.log")
-    (server.root / "pikud.toml").write_text(
-        f"nginx_test = {json.dumps([NGINX])}\n"
-        f"nginx_reload = {json.dumps(server.master.reload_command)}\n"
-        f"nginx_preamble = {json.dumps(list(server.master.preamble))}\n" + settings(server))
-    try:
-        server.start()
-        daemon.start(extra_env={"PIKU_PROXY": "nginx"})
-        yield server, daemon
-    finally:
-        if daemon.proc is not None:
-            assert daemon.stop() == 0, daemon.output()
-        server.stop()
-        left = app_processes(server.root)
-        shutil.rmtree(base, ignore_errors=True)
-        assert not left, left
 
 # --- tests ------------------------------------------------------------------------
 async def test_proxy_with_headers(server: NginxServer, backend: Callable[..., Backend]) -> None:
@@ -414,7 +223,8 @@ async def test_broken_include_keeps_previous(server: NginxServer,
     assert conf.read_bytes() == before
     assert sorted(p.name for p in server.paths.nginx().iterdir()) == listing
     # still served by the previous config, also after another reload
-    subprocess.run(nginx.reload_command, check=True, timeout=DEADLINE, capture_output=True)
+    await asyncio.to_thread(subprocess.run, nginx.reload_command, check=True, timeout=DEADLINE,
+                            capture_output=True)
     response = server.request("inc.test", "/")
     assert (response.status, response.headers.get("x-release")) == (200, "one")
 

@@ -91,7 +91,8 @@ def test_corrupt_state_files_are_set_aside_and_rebuilt(pikud_factory, tmp_path: 
     wait_for(lambda: "ready:" in daemon.output().split("listening on")[-1], 15, "the boot")
     out = daemon.output()
     assert out.count("corrupt state file set aside:") == 3, out
-    for pattern in ("state.json.corrupt-*", "releases/pushed.json.corrupt-*", "cron.json.corrupt-*"):
+    for pattern in ("state.json.corrupt-*", "releases/pushed.json.corrupt-*",
+                    "cron.json.corrupt-*"):
         assert len(list(state.glob(pattern))) == 1, pattern
     running(daemon, "good")                 # state.json lost: apps with code run, as piku's do
     running(daemon, "pushed")

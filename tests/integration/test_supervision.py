@@ -329,8 +329,9 @@ async def test_a_fault_in_supervision_leaves_the_slot_fatal_not_starting(tmp_pat
     proc = ManagedProcess(spec, lambda name, event, phrase: events.append((event, phrase)), log)
     proc.start()
     try:
+        # Bounded polls of the state and the events the sink recorded (no waiter for either).
         async with asyncio.timeout(10):
-            while proc.state is not ProcessState.FATAL:
+            while proc.state is not ProcessState.FATAL:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
         assert proc.child is None and proc.snapshot()["pid"] is None
         assert events[-1] == ("FATAL", "gave up: fault:worker.1 entered FATAL state, "
@@ -339,7 +340,7 @@ async def test_a_fault_in_supervision_leaves_the_slot_fatal_not_starting(tmp_pat
         assert proc.last_exit == "supervision failed (RuntimeError: a broken follower)"
         proc.start()                                    # a start retries it at once
         async with asyncio.timeout(10):
-            while sum(event == "STARTING" for event, _ in events) < 2:
+            while sum(event == "STARTING" for event, _ in events) < 2:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
     finally:
         await proc.stop()

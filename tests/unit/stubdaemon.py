@@ -78,8 +78,9 @@ def _handler(stub: StubDaemon) -> type[BaseHTTPRequestHandler]:
             raw_body = self.rfile.read(length) if length else b""
             stub.requests.append(Seen(self.command, self.path, dict(self.headers.items()),
                                       json.loads(raw_body) if raw_body else None))
+            missing = {"code": "not_found", "message": f"no route {self.path}"}
             reply = stub.replies.get((self.command, self.path)) or Reply(
-                404, {"ok": False, "error": {"code": "not_found", "message": f"no route {self.path}"}})
+                404, {"ok": False, "error": missing})
             if reply.hang:
                 stub.wait_gate()
                 self.close_connection = True

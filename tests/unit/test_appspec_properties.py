@@ -241,7 +241,7 @@ def test_app_files_load_or_name_the_file_or_key(tmp_path_factory: pytest.TempPat
                                                 override: bytes | None,
                                                 scaling: bytes | None) -> None:
     paths = Paths(tmp_path_factory.mktemp("root"))
-    for label, data in zip(LABELS, (procfile, env, override, scaling)):
+    for label, data in zip(LABELS, (procfile, env, override, scaling), strict=True):
         if data is not None:
             (paths.root / label).parent.mkdir(parents=True, exist_ok=True)
             (paths.root / label).write_bytes(data)

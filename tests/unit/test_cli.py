@@ -31,8 +31,9 @@ DEADLINE = 30
 def piku(*args: str, env: dict[str, str] | None = None, input: str | None = None
          ) -> subprocess.CompletedProcess[str]:
     """Run the real program, as sshd would."""
-    return subprocess.run([sys.executable, "-m", "pikud.cli", *args], capture_output=True, text=True,
-                          input=input, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    return subprocess.run([sys.executable, "-m", "pikud.cli", *args], capture_output=True,
+                          text=True, input=input,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
                           timeout=DEADLINE)
 
 
@@ -75,7 +76,8 @@ def test_setup_creates_the_layout(root: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("PIKU_ROOT", str(target))
     for _ in range(2):                     # safe to run again
         assert main(["setup"]) == 0
-        assert capsys.readouterr().out.splitlines() == [f"-----> {target / name}" for name in LAYOUT]
+        assert (capsys.readouterr().out.splitlines()
+                == [f"-----> {target / name}" for name in LAYOUT])
     assert sorted(p.name for p in target.iterdir()) == sorted(LAYOUT)
     assert main(["setup", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
@@ -140,7 +142,8 @@ def test_the_cli_does_not_import_the_daemon_stack() -> None:
     assert "pikud.cli" in imported
     assert loaded["commands"] == COMMANDS
     assert not [name for name in imported
-                if name.split(".")[0] in ("aiohttp", "uvloop", "jinja2", "croniter", "asyncinotify")]
+                if name.split(".")[0] in ("aiohttp", "uvloop", "jinja2", "croniter",
+                                          "asyncinotify")]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -165,10 +168,10 @@ def pubkey(tmp_path: Path) -> tuple[Path, str]:
     if SSH_KEYGEN is None:
         pytest.skip("ssh-keygen is not installed")
     private = tmp_path / "id_ed25519"
-    subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", "jane@laptop", "-f", str(private)],
-                   check=True, timeout=DEADLINE)
-    listed = subprocess.run([SSH_KEYGEN, "-lf", str(private) + ".pub"], check=True, capture_output=True,
-                            text=True, timeout=DEADLINE)
+    subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", "jane@laptop",
+                    "-f", str(private)], check=True, timeout=DEADLINE)
+    listed = subprocess.run([SSH_KEYGEN, "-lf", str(private) + ".pub"], check=True,
+                            capture_output=True, text=True, timeout=DEADLINE)
     return private.with_suffix(".pub"), listed.stdout.split()[1]
 
 
@@ -181,13 +184,15 @@ def test_setup_ssh_adds_the_key_once(home: Path, pubkey: tuple[Path, str],
     piku_bin = shlex.join(cli_argv())      # run in-process here: this interpreter, -m pikud.cli
     assert keys.read_text() == (
         f'command="FINGERPRINT={fingerprint} NAME=jane@laptop {piku_bin} --ssh-command",'
-        f"no-agent-forwarding,no-user-rc,no-X11-forwarding,no-port-forwarding {pub.read_text().strip()}\n")
+        "no-agent-forwarding,no-user-rc,no-X11-forwarding,no-port-forwarding "
+        f"{pub.read_text().strip()}\n")
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
     assert stat.S_IMODE(keys.parent.stat().st_mode) & 0o077 == 0
 
     before = keys.read_bytes()
     assert main(["setup:ssh", str(pub)]) == 0
-    assert capsys.readouterr().out == f"-----> Key {fingerprint} is already in {keys}; nothing changed\n"
+    assert capsys.readouterr().out == (f"-----> Key {fingerprint} is already in {keys}; "
+                                       "nothing changed\n")
     assert main(["setup:ssh", str(pub), "--name", "other", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "fingerprint": fingerprint, "name": "other", "file": str(keys), "added": False}
@@ -199,7 +204,8 @@ def test_setup_ssh_reads_stdin_and_keeps_other_lines(home: Path, pubkey: tuple[P
     keys = home / ".ssh" / "authorized_keys"
     keys.parent.mkdir(mode=0o700)
     keys.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOld old@key\n")
-    result = piku("setup:ssh", "-", "--name", "ci-bot", input=pub.read_text(), env={"HOME": str(home)})
+    result = piku("setup:ssh", "-", "--name", "ci-bot", input=pub.read_text(),
+                  env={"HOME": str(home)})
     assert (result.returncode, result.stderr) == (0, "")
     assert "(ci-bot)" in result.stdout
     lines = keys.read_text().splitlines()
@@ -211,13 +217,14 @@ def test_setup_ssh_reads_stdin_and_keeps_other_lines(home: Path, pubkey: tuple[P
     (lambda t, b, c: f"{t} {b[:-4]}!!!! {c}", [], "not valid base64"),
     (lambda t, b, c: f"ssh-foo {b} {c}", [], "unknown key type 'ssh-foo'"),
     (lambda t, b, c: f"ssh-rsa {b} {c}", [], "not a ssh-rsa key"),
-    (lambda t, b, c: f"{t} {b} {c}", ["--name", "jane doe"], "key name 'jane doe' may only contain"),
+    (lambda t, b, c: f"{t} {b} {c}", ["--name", "jane doe"],
+     "key name 'jane doe' may only contain"),
     (lambda t, b, c: f"{t} {b} Jane Doe", [], "key name 'Jane Doe' may only contain"),
     (lambda t, b, c: "", [], "expected one public key line"),
 ])
 def test_setup_ssh_refuses_malformed_keys(home: Path, pubkey: tuple[Path, str], tmp_path: Path,
-                                          edit: Callable[[str, str, str], str], args: list[str], named: str,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+                                          edit: Callable[[str, str, str], str], args: list[str],
+                                          named: str, capsys: pytest.CaptureFixture[str]) -> None:
     pub, _ = pubkey
     keys = home / ".ssh" / "authorized_keys"
     keys.parent.mkdir(mode=0o700)
@@ -257,14 +264,16 @@ def test_ps(stub: StubDaemon, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_apps(stub: StubDaemon, capsys: pytest.CaptureFixture[str]) -> None:
-    stub.ok("GET", "/apps", {"apps": [{"name": "b", "state": "stopped"}, {"name": "a", "state": "running"}]})
+    stub.ok("GET", "/apps", {"apps": [{"name": "b", "state": "stopped"},
+                                      {"name": "a", "state": "running"}]})
     assert main(["apps"]) == 0
     assert capsys.readouterr().out == "* a\n  b\n"
 
 
 def test_server_errors_are_one_line(stub: StubDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     stub.on("GET", "/apps/nope", status=404,
-            body={"ok": False, "error": {"code": "app_not_found", "message": "app 'nope' not found"}})
+            body={"ok": False,
+                  "error": {"code": "app_not_found", "message": "app 'nope' not found"}})
     assert main(["ps", "nope"]) == 1
     assert capsys.readouterr().err == "Error: app 'nope' not found\n"
 
@@ -287,7 +296,8 @@ def test_deploy_prints_progress_then_the_table(stub: StubDaemon,
         "-----> Building", "-----> myapp deployed", *PS_TABLE]
 
 
-def test_config_set_shell_splits_and_sends_once(stub: StubDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_set_shell_splits_and_sends_once(stub: StubDaemon,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     stub.ok("POST", "/apps/myapp/config", {"config": {"GREETING": "hello world", "N": "1"}})
     stub.ok("GET", "/apps/myapp", _detail())
     # What sshd hands over after the client wrote: config:set myapp 'GREETING="hello world"' N=1
@@ -340,7 +350,8 @@ def test_logs_without_follow(stub: StubDaemon, capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().out == "web.1    | a\nworker.1 | b\n"
 
 
-def test_logs_follow_until_the_stream_ends(stub: StubDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+def test_logs_follow_until_the_stream_ends(stub: StubDaemon,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     lines = [{"source": "web.1", "line": "a"}, {"source": "web.1", "line": "b"}]
     stub.on("GET", "/apps/myapp/logs?lines=20&follow=1", lines=[*lines, {"end": True}])
     assert main(["logs", "myapp"]) == 0
@@ -352,8 +363,8 @@ def test_logs_follow_until_the_stream_ends(stub: StubDaemon, capsys: pytest.Capt
 def test_logs_ctrl_c_exits_quietly(stub: StubDaemon, root: Path) -> None:
     stub.on("GET", "/apps/myapp/logs?lines=20&follow=1",
             lines=[{"source": "web.1", "line": "first"}, {"end": True}], pause_after=1)
-    proc = subprocess.Popen([sys.executable, "-m", "pikud.cli", "logs", "myapp"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "pikud.cli", "logs", "myapp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO), "PIKU_ROOT": str(root)})
     try:
         assert proc.stdout is not None
@@ -367,9 +378,10 @@ def test_logs_ctrl_c_exits_quietly(stub: StubDaemon, root: Path) -> None:
     assert (proc.returncode, out, err) == (0, "", "")
 
 
-def test_run_execs_in_the_app_dir_with_the_live_env(stub: StubDaemon, root: Path, tmp_path: Path) -> None:
-    stub.ok("GET", "/apps/myapp/config/live", {"env": {"GREETING": "hi there", "PATH": "/usr/bin:/bin"},
-                                               "cwd": str(tmp_path)})
+def test_run_execs_in_the_app_dir_with_the_live_env(stub: StubDaemon, root: Path,
+                                                    tmp_path: Path) -> None:
+    live_env = {"GREETING": "hi there", "PATH": "/usr/bin:/bin"}
+    stub.ok("GET", "/apps/myapp/config/live", {"env": live_env, "cwd": str(tmp_path)})
     # As sshd passes it: the words of `run myapp echo "$GREETING"; pwd -P` split on spaces.
     result = piku("run", "myapp", "echo", '"$GREETING";', "pwd", "-P", env={"PIKU_ROOT": str(root)})
     assert (result.returncode, result.stderr) == (0, "")
@@ -380,7 +392,8 @@ def test_run_in_a_missing_dir_is_an_error(stub: StubDaemon, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     stub.ok("GET", "/apps/myapp/config/live", {"env": {}, "cwd": str(tmp_path / "gone")})
     assert main(["run", "myapp", "ls"]) == 1
-    assert capsys.readouterr().err == f"Error: cannot enter {tmp_path / 'gone'}: No such file or directory\n"
+    assert capsys.readouterr().err == (f"Error: cannot enter {tmp_path / 'gone'}: "
+                                       "No such file or directory\n")
 
 
 def test_cloudflare_refresh_exits_1_when_a_site_failed(stub: StubDaemon,

@@ -128,7 +128,8 @@ def test_stream_outlives_the_request_timeout(stub: StubDaemon) -> None:
 
 
 def test_stream_error_line_raises(stub: StubDaemon, client: Client) -> None:
-    stub.on("GET", "/s", lines=[{"n": 1}, {"error": {"code": "deploy_failed", "message": "build failed"}}])
+    failed = {"code": "deploy_failed", "message": "build failed"}
+    stub.on("GET", "/s", lines=[{"n": 1}, {"error": failed}])
     stream = client.stream("GET", "/s")
     assert next(stream) == {"n": 1}
     with pytest.raises(RemoteError, match="build failed") as info:
@@ -156,7 +157,8 @@ def test_stream_to_a_stopped_daemon(short_root: Path) -> None:
 
 
 def test_map_exceptions_translates_the_first_match_only() -> None:
-    mapping = {FileNotFoundError: lambda e: DaemonNotRunning("gone"), OSError: lambda e: ControlError("os")}
+    mapping = {FileNotFoundError: lambda e: DaemonNotRunning("gone"),
+               OSError: lambda e: ControlError("os")}
     with pytest.raises(DaemonNotRunning, match="gone") as info, map_exceptions(mapping):
         raise FileNotFoundError("x")
     assert isinstance(info.value.__cause__, FileNotFoundError)

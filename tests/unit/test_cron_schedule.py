@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -103,7 +104,7 @@ def test_next_run_agrees_with_a_minute_scan(expression: str, matches: Callable[[
     never shows up, a repeated one shows up twice.
     """
     entry = parse_cron("cron1", f"{expression} true")
-    moment = datetime.fromisoformat(day).replace(tzinfo=tz).astimezone(timezone.utc)
+    moment = datetime.fromisoformat(day).replace(tzinfo=tz).astimezone(dt.UTC)
     end = moment + timedelta(days=3)
     expected = []
     scan = moment + timedelta(minutes=1)
@@ -116,7 +117,7 @@ def test_next_run_agrees_with_a_minute_scan(expression: str, matches: Callable[[
         moment = next_run(entry, moment, tz)
         if moment >= end:
             break
-        found.append(moment.astimezone(timezone.utc))   # == across zones is False in a fold
+        found.append(moment.astimezone(dt.UTC))   # == across zones is False in a fold
     assert found == expected
 
 
@@ -173,7 +174,7 @@ def test_after_given_in_the_zone_itself_keeps_its_fold() -> None:
 
 def test_reboot_is_never_scheduled() -> None:
     with pytest.raises(ValueError, match="@reboot"):
-        next_run(parse_cron("cron1", "@reboot true"), datetime.now(timezone.utc), UTC)
+        next_run(parse_cron("cron1", "@reboot true"), datetime.now(dt.UTC), UTC)
 
 
 # -- what the parser keeps -------------------------------------------------------

@@ -19,7 +19,8 @@ from pikud.output import (
     visible_len,
 )
 
-GREEN, YELLOW, RED, DIM, BOLD, RESET = "\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
+GREEN, YELLOW, RED = "\x1b[32m", "\x1b[33m", "\x1b[31m"
+DIM, BOLD, RESET = "\x1b[2m", "\x1b[1m", "\x1b[0m"
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
@@ -116,8 +117,8 @@ def test_format_apps(apps: list[dict[str, Any]], color: bool, text: str) -> None
 
 
 def _proc(kind: str, index: int, state: str, **fields: Any) -> dict[str, Any]:
-    base = {"name": f"myapp:{kind}.{index}", "kind": kind, "index": index, "pid": None, "state": state,
-            "uptime": None, "restarts": 0, "last_exit": None, "rss": None}
+    base = {"name": f"myapp:{kind}.{index}", "kind": kind, "index": index, "pid": None,
+            "state": state, "uptime": None, "restarts": 0, "last_exit": None, "rss": None}
     return {**base, **fields}
 
 
@@ -148,13 +149,15 @@ def test_format_ps_plain() -> None:
     ("FATAL", RED), ("EXITED", RED), ("STOPPED", DIM),
 ])
 def test_format_ps_colours_states(state: str, code: str) -> None:
-    detail = {"name": "a", "state": "stopped", "formation": {"web": 1}, "processes": [_proc("web", 1, state)]}
+    detail = {"name": "a", "state": "stopped", "formation": {"web": 1},
+              "processes": [_proc("web", 1, state)]}
     coloured = format_ps(detail, color=True)
     assert f"{code}{state}{RESET}" in coloured
     assert coloured.splitlines()[0] == f"{BOLD}a{RESET}: {DIM}stopped{RESET}  formation: web=1"
     # The columns still line up: without the escapes it is the plain table.
     plain = format_ps(detail, color=False)
-    assert [visible_len(line) for line in coloured.splitlines()] == [len(line) for line in plain.splitlines()]
+    assert ([visible_len(line) for line in coloured.splitlines()]
+            == [len(line) for line in plain.splitlines()])
 
 
 def test_format_ps_without_processes() -> None:

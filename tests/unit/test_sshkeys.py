@@ -48,8 +48,8 @@ def keygen(tmp_path: Path, kind: str, comment: str = "me@laptop") -> Path:
 def test_fingerprint_is_what_ssh_keygen_prints(tmp_path: Path, kind: str) -> None:
     pub = keygen(tmp_path, kind)
     key = parse_public_key(pub.read_text())
-    listed = subprocess.run([SSH_KEYGEN, "-lf", str(pub)], check=True, capture_output=True, text=True,
-                            timeout=60).stdout.split()
+    listed = subprocess.run([SSH_KEYGEN, "-lf", str(pub)], check=True, capture_output=True,
+                            text=True, timeout=60).stdout.split()
     assert key.fingerprint == listed[1]
     assert key.comment == "me@laptop"
     assert f"{key.type} {key.base64} me@laptop" == pub.read_text().strip()
@@ -111,7 +111,8 @@ def test_authorized_line() -> None:
         f'command="FINGERPRINT={bare.fingerprint} NAME=key \'/opt/my piku/piku\' --ssh-command",'
         f"{RESTRICTIONS} ssh-ed25519 {bare.base64}")
     # A non-default root and an interpreter-run CLI.
-    assert authorized_line(bare, "key", ["/usr/bin/python3", "-m", "pikud.cli"], Path("/srv/p")) == (
+    python_cli = ["/usr/bin/python3", "-m", "pikud.cli"]
+    assert authorized_line(bare, "key", python_cli, Path("/srv/p")) == (
         f'command="FINGERPRINT={bare.fingerprint} NAME=key PIKU_ROOT=/srv/p /usr/bin/python3 -m '
         f'pikud.cli --ssh-command",{RESTRICTIONS} ssh-ed25519 {bare.base64}')
 

@@ -124,7 +124,7 @@ async def find_pythons(env: Mapping[str, str],
     paths = list(dict.fromkeys(path for _, path in commands))
     answers = await asyncio.gather(*(probe([path, "-c", _PROBE], env) for path in paths))
     versions: dict[str, tuple[tuple[int, int, int], bool]] = {}
-    for path, answer in zip(paths, answers):
+    for path, answer in zip(paths, answers, strict=True):
         fields = answer.split() if answer else []
         if len(fields) == 4 and all(field.isdigit() for field in fields):
             major, minor, micro, venv = map(int, fields)
