@@ -13,7 +13,7 @@ import pytest
 
 from pikud.control.client import Client, RemoteError, map_exceptions
 from pikud.errors import ControlError, DaemonNotRunning, PikudError, ProtocolError
-from tests.unit.stubdaemon import Reply, StubDaemon, running
+from tests.unit.control.stubdaemon import Reply, StubDaemon, running
 
 NOT_FOUND = {"ok": False, "error": {"code": "app_not_found", "message": "app 'x' not found"}}
 

@@ -1,7 +1,7 @@
 """The `piku` command through main() and as a real program (`python -m pikud.cli`).
 
 Commands that need the daemon talk to a stub control server on a real unix
-socket (tests.unit.stubdaemon); the rest need nothing but a temp dir.
+socket (tests.unit.control.stubdaemon); the rest need nothing but a temp dir.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pytest
 
 from pikud.cli import main
 from pikud.paths import LAYOUT, cli_argv
-from tests.unit.stubdaemon import StubDaemon, running
+from tests.unit.control.stubdaemon import StubDaemon, running
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SSH_KEYGEN = shutil.which("ssh-keygen")
 DEADLINE = 30
 
