@@ -8,7 +8,9 @@ normalised expression.
 Design notes:
 - Syntax is standard cron's: ``*``, ``N``, ``N-M``, lists, ``*/S`` and
   ``N-M/S``; month and weekday names (``jan``, ``mon``, any case, also in
-  ranges); ``0`` or ``7`` for Sunday. Extensions that croniter accepts are
+  ranges); ``0`` or ``7`` for Sunday, and a range that ends with ``sun`` ends
+  on the week's last day (``mon-sun``, as Debian's cron reads it). Extensions
+  that croniter accepts are
   rejected: ``N/S`` (the error suggests ``N-max/S``), seconds and years
   fields, ``L``, ``W``, ``#``, ``?`` and ``H``. A backwards range is an error.
 - Day matching follows Vixie cron: when the day-of-month or the day-of-week
@@ -169,6 +171,8 @@ def _parse_field(field: _Field, text: str) -> frozenset[int]:
         elif "-" in base:
             first, _, last = base.partition("-")
             start, end = _value(field, first), _value(field, last)
+            if field.name == "day-of-week" and last.lower() == "sun":
+                end = 7         # Debian's cron: mon-sun is every day, Sunday last
             if start > end:
                 hint = "; Sunday is also 7" if field.name == "day-of-week" and end == 0 else ""
                 raise _FieldError(f"range {base!r} runs backwards ({start} > {end}){hint}")

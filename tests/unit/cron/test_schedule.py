@@ -87,6 +87,9 @@ ORACLE: list[tuple[str, Callable[[datetime], bool]]] = [
      and (t.day in (1, 15) or _weekday(t) == 0)),
     ("0 0 * * */3", lambda t: t.minute == 0 and t.hour == 0 and _weekday(t) in (0, 3, 6)),
     ("*/10 * * * *", lambda t: t.minute % 10 == 0),
+    # Debian's cron reads a range ending with sun as ending on the week's last day.
+    ("30 6 * * mon-sun", lambda t: t.minute == 30 and t.hour == 6),
+    ("0 4 * * fri-sun", lambda t: t.minute == 0 and t.hour == 4 and _weekday(t) in (5, 6, 0)),
 ]
 
 
@@ -213,7 +216,7 @@ INVALID = [
      "cron1: day-of-week field 'funday': 'funday' is not a number or a name (sun-sat)"),
     ("* * jan * * x", "cron1: day-of-month field 'jan': 'jan' is not a number"),
     ("5-1 * * * * x", "cron1: minute field '5-1': range '5-1' runs backwards (5 > 1)"),
-    ("0 0 * * fri-sun x", "cron1: day-of-week field 'fri-sun': range 'fri-sun' runs backwards "
+    ("0 0 * * 5-0 x", "cron1: day-of-week field '5-0': range '5-0' runs backwards "
      "(5 > 0); Sunday is also 7"),
     ("*/0 * * * * x", "cron1: minute field '*/0': step 0 is out of range 1-59"),
     ("*/x * * * * x", "cron1: minute field '*/x': step 'x' is not a number"),
