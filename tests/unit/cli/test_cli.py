@@ -322,8 +322,10 @@ def test_config_get_and_show(stub: StubDaemon, capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().out == "A=x=y\nB=2\n"
     assert main(["config:get", "myapp", "A"]) == 0
     assert capsys.readouterr().out == "x=y\n"
-    assert main(["config:get", "myapp", "MISSING"]) == 1
-    assert capsys.readouterr().err == "Error: MISSING is not set for myapp\n"
+    assert main(["config:get", "myapp", "MISSING"]) == 0      # as piku: nothing, exit 0
+    assert capsys.readouterr() == ("", "")
+    assert main(["config:get", "myapp", "MISSING", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"MISSING": None}
 
 
 def test_destroy_says_what_was_kept(stub: StubDaemon, capsys: pytest.CaptureFixture[str]) -> None:
