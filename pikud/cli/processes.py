@@ -153,8 +153,13 @@ def ps_scale(app: str, counts: tuple[str, ...], as_json: bool) -> None:
 def run(app: str, cmd: tuple[str, ...]) -> None:
     """Run CMD in APP's directory with its live environment.
 
-    Use ssh -t (piku -t run ...) for an interactive tty.
+    Use ssh -t (piku -t run ...) for an interactive tty. The first `--`, before
+    the command or inside it, is dropped as piku's parser drops it:
+    `run APP -- ls -al` and `run APP ls -- -al` both run `ls -al`.
     """
+    if "--" in cmd:
+        at = cmd.index("--")
+        cmd = cmd[:at] + cmd[at + 1:]
     if not cmd:
         raise click.UsageError("no command given: piku run APP CMD...")
     live = client().request("GET", app_path(app, "config", "live"))

@@ -155,6 +155,8 @@ def test_stock_client_forms_over_ssh(pikud: Pikud, sshd: SshServer, tmp_path: Pa
     assert run.returncode == 0 and "tty cmd" in run.stdout, run.stdout + run.stderr
     plain = sshd.ssh("run", "cmd", "cat", "VERSION")
     assert plain.stdout.strip() == "c1"
+    for words in (("--", "cat", "VERSION"), ("cat", "--", "VERSION")):    # piku's two forms
+        assert sshd.ssh("run", "cmd", *words).stdout.strip() == "c1"
     assert "Usage" in sshd.ssh().stdout                    # no command: the help
 
 

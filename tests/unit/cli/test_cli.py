@@ -390,6 +390,23 @@ def test_run_execs_in_the_app_dir_with_the_live_env(stub: StubDaemon, root: Path
     assert result.stdout == f"hi there\n{tmp_path.resolve()}\n"
 
 
+@pytest.mark.parametrize("words", [
+    ("--", "echo", "a", "-n"),                  # the stock client's `piku run -- CMD`
+    ("echo", "--", "a", "-n"),                  # piku's docstring: `run APP ls -- -al`
+    ("echo", "a", "-n", "--"),
+    ("--", "echo", "a", "-n", "--"),            # only the first is piku's; a later one is CMD's
+])
+def test_run_drops_the_first_double_dash_as_piku_does(stub: StubDaemon, root: Path,
+                                                       tmp_path: Path,
+                                                       words: tuple[str, ...]) -> None:
+    stub.ok("GET", "/apps/myapp/config/live", {"env": {"PATH": "/usr/bin:/bin"},
+                                               "cwd": str(tmp_path)})
+    result = piku("run", "myapp", *words, env={"PIKU_ROOT": str(root)})
+    assert (result.returncode, result.stderr) == (0, "")
+    expected = "a -n --\n" if words.count("--") == 2 else "a -n\n"
+    assert result.stdout == expected
+
+
 def test_run_in_a_missing_dir_is_an_error(stub: StubDaemon, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     stub.ok("GET", "/apps/myapp/config/live", {"env": {}, "cwd": str(tmp_path / "gone")})
