@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -33,6 +35,31 @@ def client(timeout: float | None = 30) -> Client:
 def app_path(app: str, *rest: str) -> str:
     """The API path of ``app`` (quoted, so any name stays one segment) and below."""
     return "/".join(["/apps", quote(app, safe=""), *rest])
+
+
+def end_when_reader_leaves() -> None:
+    """Exit as soon as whoever reads our output is gone (an ssh session closed), not at
+    the next line written: a followed log may stay quiet for hours.
+
+    A closed pipe or socket shows as POLLERR/POLLHUP on our end of it, which
+    poll reports whatever events are asked for; a terminal's hang-up already
+    sends SIGHUP. A thread watches, since the main one blocks in the stream.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):       # not a file (captured): nothing to watch
+        return
+    if os.isatty(fd):
+        return
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(fd, 0)
+        for _, events in poller.poll():
+            if events & (select.POLLERR | select.POLLHUP):
+                os._exit(0)         # nothing to flush: the reader is gone
+
+    threading.Thread(target=watch, name="reader-watch", daemon=True).start()
 
 
 def color() -> bool:

@@ -18,6 +18,7 @@ from pikud.cli.common import (
     client,
     color,
     emit,
+    end_when_reader_leaves,
     json_option,
     pairs,
     print_json,
@@ -102,6 +103,7 @@ def logs(app: str, kind: str | None, lines: int, follow: bool, as_json: bool) ->
         for line in past:
             show(line)
         return
+    end_when_reader_leaves()
     try:
         with closing(client().stream("GET", path)) as stream:
             for line in stream:

@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -131,3 +132,39 @@ def test_cli_events_show_transitions(pikud: Pikud) -> None:
     events = pikud.api("GET", "/events?lines=50")["events"]
     kinds = [(e["process"], e["event"]) for e in events if e["app"] == "ev"]
     assert ("ev:worker.1", "STARTING") in kinds and ("ev:worker.1", "RUNNING") in kinds
+
+
+@pytest.mark.parametrize("reader", ["pipe", "socket"])
+def test_followed_logs_end_when_their_reader_leaves(pikud: Pikud, reader: str) -> None:
+    """As over ssh: the client goes away while no new line comes; the server side ends."""
+    pikud.add_app("quiet", "worker: echo once && sleep 300\n", FAST)
+    pikud.api("POST", "/apps/quiet/deploy")
+    pikud.wait_state("quiet", "quiet:worker.1", "RUNNING")     # no new line comes after this
+    ours, theirs = socket.socketpair() if reader == "socket" else os.pipe(), None
+    if reader == "socket":
+        ours, theirs = ours[0], ours[1]
+        read_fd, write_fd = ours.fileno(), theirs.fileno()
+    else:
+        read_fd, write_fd = ours
+    follow = subprocess.Popen([sys.executable, "-m", "pikud.cli", "logs", "quiet"],
+                              env=pikud.env, stdout=write_fd, stderr=subprocess.DEVNULL)
+    try:
+        if reader == "socket":
+            assert theirs is not None
+            theirs.close()
+        else:
+            os.close(write_fd)
+        seen = b""
+        while b"entered RUNNING" not in seen:    # the last past line: it now waits for more
+            chunk = os.read(read_fd, 4096)
+            assert chunk, "logs ended before its first lines"
+            seen += chunk
+        if reader == "socket":
+            ours.close()
+        else:
+            os.close(read_fd)
+        assert follow.wait(timeout=10) == 0
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
