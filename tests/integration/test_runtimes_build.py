@@ -232,6 +232,19 @@ async def test_python_version_3_works(python_app: Built) -> None:
     assert (result.env_path / MARKER).is_file()
 
 
+async def test_a_python_version_file_is_a_hint_for_a_requirements_app(python_app: Built) -> None:
+    """piku's examples ship .python-version = 3.6.6: the push goes on with the default."""
+    builds = python_app.builds
+    builds.files[".python-version"] = "3.6.6\n"
+    try:
+        result = await builds.build()
+    finally:
+        del builds.files[".python-version"]
+    assert result.reused and result.env_path == python_app.result.env_path
+    assert any(line.startswith("Warning: .python-version=3.6.6: no python3.6.6 on this server")
+               and "building with the default python3" in line for line in builds.progress)
+
+
 async def test_unknown_python_version_fails_clearly(python_app: Built) -> None:
     before = python_app.builds.env_dirs()
     with pytest.raises(BuildError) as info:

@@ -42,7 +42,12 @@ from typing import Any
 from pikud.appspec import Procfile
 from pikud.deploy.runtimes.base import BuildContext, BuildResult
 from pikud.deploy.runtimes.envcache import build_once, content_key, shown
-from pikud.deploy.runtimes.interpreters import Interpreter, find_interpreter, requested_version
+from pikud.deploy.runtimes.interpreters import (
+    VERSION_FILE,
+    Interpreter,
+    find_interpreter,
+    requested_version,
+)
 from pikud.deploy.runtimes.tools import require, which
 from pikud.errors import BuildError
 
@@ -148,7 +153,16 @@ class Python:
         tools = require([plan.tool] if plan.tool != "pip" else [], ctx.env,
                         needed_by=f"Python ({plan.files[0]}, {plan.tool})")
         deps = project_dependencies(pyproject) if plan.method == "project" else []
-        interpreter = await find_interpreter(ctx.env, requested_version(ctx.env, source))
+        request = requested_version(ctx.env, source)
+        try:
+            interpreter = await find_interpreter(ctx.env, request)
+        except BuildError as exc:
+            # piku ignores .python-version for pip apps: a hint, where PYTHON_VERSION is an order
+            if request is None or request[0] != VERSION_FILE or plan.method != "requirements":
+                raise
+            ctx.progress(f"Warning: {exc}; {VERSION_FILE} is a hint for a {REQUIREMENTS} "
+                         "app: building with the default python3 (set PYTHON_VERSION to insist)")
+            interpreter = await find_interpreter(ctx.env, None)
         if plan.tool in ("pip", "poetry") and not interpreter.has_venv:
             raise BuildError(f"{interpreter.path} ({interpreter.full}) cannot create a venv "
                              "with pip: install it on the server (e.g. apt-get install "
