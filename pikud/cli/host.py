@@ -1,5 +1,5 @@
-"""The `piku` commands about the host rather than one app: setup, setup:ssh and
-cloudflare:refresh (click + stdlib only)."""
+"""The `piku` commands about the host rather than one app: setup, setup:ssh,
+cloudflare:refresh, scp and update (click + stdlib only)."""
 
 from __future__ import annotations
 
@@ -73,3 +73,29 @@ def cloudflare_refresh(as_json: bool) -> int:
     data = client(LONG_TIMEOUT).request("POST", "/cloudflare/refresh")
     emit(data, as_json, lambda d: format_cloudflare(d, color()))
     return 1 if any(entry["site"] == "failed" for entry in data["apps"]) else 0
+
+
+@click.command("scp", context_settings={"ignore_unknown_options": True,
+                                        "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def scp(args: tuple[str, ...]) -> None:
+    """scp's own server side, for the piku client's `download` (scp -f PATH).
+
+    As with piku, whatever scp is asked for passes through. The old forced
+    command's shell expanded a leading ~/; no shell sees the words now, so
+    that is done here.
+    """
+    home = os.path.expanduser("~")
+    argv = ["scp", *(home + arg[1:] if arg.startswith("~/") else arg for arg in args)]
+    try:
+        os.execvp("scp", argv)
+    except OSError as exc:
+        raise click.ClickException(f"cannot run scp: {exc.strerror}") from None
+
+
+@click.command("update")
+def update() -> None:
+    """piku's self-update over ssh; pikud is upgraded on the server instead."""
+    raise click.ClickException(
+        "pikud does not update itself over ssh: on the server, upgrade the pikud package "
+        "(pip install --upgrade pikud in its virtualenv) and restart the pikud service")

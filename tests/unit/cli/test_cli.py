@@ -114,7 +114,7 @@ def test_bad_arguments_fail_before_connecting(root: Path, argv: list[str], named
 COMMANDS = ["apps", "cloudflare:refresh", "config", "config:get", "config:live", "config:set",
             "config:unset", "cron", "cron:run", "deploy", "destroy", "git-hook", "git-receive-pack",
             "git-upload-pack", "help", "logs", "ps", "ps:scale", "releases", "restart", "rollback",
-            "run", "setup", "setup:ssh", "start", "stop"]
+            "run", "scp", "setup", "setup:ssh", "start", "stop", "update"]
 
 # Imports pikud.cli, then every module that any line under pikud/cli/ imports (a
 # command body's own imports too), and prints what got loaded and what the group holds.
@@ -453,3 +453,34 @@ def test_ssh_command_words_keep_their_quotes(stub: StubDaemon,
     monkeypatch.setenv("SSH_ORIGINAL_COMMAND", 'config:set myapp GREETING="hello world"')
     assert main(["--ssh-command"]) == 0
     assert stub.requests[0].body == {"set": {"GREETING": "hello world"}}
+
+
+def test_scp_serves_the_clients_download(tmp_path: Path) -> None:
+    """`piku download FILE` sends `scp -f ~/.piku/apps/APP/FILE`: scp's source side runs,
+    with ~/ expanded as the old forced command's shell did. The test speaks scp's protocol."""
+    home = tmp_path / "home"
+    (home / ".piku/apps/app").mkdir(parents=True)
+    (home / ".piku/apps/app/FILE").write_bytes(b"hello\n")
+    with subprocess.Popen(
+            [sys.executable, "-m", "pikud.cli", "scp", "-f", "~/.piku/apps/app/FILE"],
+            env={**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home)},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE) as source:
+        assert source.stdin is not None and source.stdout is not None
+        try:
+            source.stdin.write(b"\0")               # ready
+            source.stdin.flush()
+            assert source.stdout.readline() == b"C0644 6 FILE\n"
+            source.stdin.write(b"\0")
+            source.stdin.flush()
+            assert source.stdout.read(7) == b"hello\n\0"
+            source.stdin.write(b"\0")
+            source.stdin.close()
+            assert source.wait(timeout=DEADLINE) == 0
+        finally:
+            if source.poll() is None:
+                source.kill()
+
+
+def test_update_says_how_pikud_is_upgraded(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["update"]) == 1
+    assert "pikud does not update itself over ssh" in capsys.readouterr().err
