@@ -355,7 +355,7 @@ class AppCore:
             with contextlib.suppress(OSError):
                 live.unlink(missing_ok=True)        # gone rather than stale
             self.note("warning", f"{self.name}: {live} not written: {exc}", logging.WARNING)
-        self.spec, self._applied = spec, files
+        self.spec, self._applied, self._deferred = spec, files, None
         self.services.watch(self.name, spec)
         self._watch_idle(spec.settings.idle_timeout)
         self.desired = Desired.RUNNING
