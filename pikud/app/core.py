@@ -177,10 +177,10 @@ class AppCore:
         """Why ENV and SCALING hold what pikud itself wrote, if they do: what the app
         last applied, or what a change under way applies. A watcher event is then no edit."""
         files = self._files()
+        if self._applying is not None:      # the old texts back meanwhile: a hand edit
+            return "as the change under way applies them" if files == self._applying else None
         if files == self._applied:
             return "as last applied"
-        if files == self._applying:
-            return "as the change under way applies them"
         if files == self._deferred:
             return "as config:set wrote them, for the next restart"
         return None
