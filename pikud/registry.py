@@ -131,7 +131,9 @@ class AppRegistry:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        apps = self._unloaded | {name: app.state() for name, app in self.apps.items()}
+        apps = {name: dict(state, desired=state["desired"].value)     # as state.json had it
+                for name, state in self._unloaded.items()}
+        apps |= {name: app.state() for name, app in self.apps.items()}
         state = {"apps": dict(sorted(apps.items()))}
         try:
             write_atomic(self.paths.state_file, json.dumps(state, indent=2) + "\n", 0o600)

@@ -177,10 +177,10 @@ class AppCore:
         """Why ENV and SCALING hold what pikud itself wrote, if they do: what the app
         last applied, or what a change under way applies. A watcher event is then no edit."""
         files = self._files()
+        if self._applying is not None:      # the old texts back meanwhile: a hand edit
+            return "as the change under way applies them" if files == self._applying else None
         if files == self._applied:
             return "as last applied"
-        if files == self._applying:
-            return "as the change under way applies them"
         if files == self._deferred:
             return "as config:set wrote them, for the next restart"
         return None
@@ -355,7 +355,7 @@ class AppCore:
             with contextlib.suppress(OSError):
                 live.unlink(missing_ok=True)        # gone rather than stale
             self.note("warning", f"{self.name}: {live} not written: {exc}", logging.WARNING)
-        self.spec, self._applied = spec, files
+        self.spec, self._applied, self._deferred = spec, files, None
         self.services.watch(self.name, spec)
         self._watch_idle(spec.settings.idle_timeout)
         self.desired = Desired.RUNNING

@@ -97,3 +97,35 @@ async def test_a_failed_config_change_commits_nothing(make: Make, saves: Saves,
     environ = await asyncio.to_thread(Path(f"/proc/{pid(app)}/environ").read_bytes)
     assert not any(word.startswith(b"BROKEN=") for word in environ.split(b"\0"))
 
+
+
+async def test_a_hand_edit_to_what_an_earlier_config_set_deferred_is_no_own_write(
+        make: Make, tmp_path: Path) -> None:
+    """config:set on a stopped app waits for the start; once another change has been
+    applied, writing that earlier text back by hand is an edit the watcher applies."""
+    app = make("lazy", "worker: sleep 300\n")
+    await app.configure({"COLOR": "blue"}, [])          # stopped: for the next start
+    blue = (tmp_path / "envs/lazy/ENV").read_text()
+    await app.start()
+    await app.configure({"COLOR": "red"}, [])
+    (tmp_path / "envs/lazy/ENV").write_text(blue)       # by hand
+    assert app.own_write() is None
+
+
+async def test_a_hand_edit_back_to_the_applied_text_during_a_change_is_no_own_write(
+        make: Make, tmp_path: Path) -> None:
+    """While config:set applies COLOR=red, ENV is put back by hand to what ran before:
+    the watcher must reload once the change is done (it would run red, ENV saying blue)."""
+    app = make("busy", "worker: sleep 300\n")
+    await app.configure({"COLOR": "blue"}, [])
+    await app.start()
+    blue = (tmp_path / "envs/busy/ENV").read_text()
+    events = app.services.events.subscribe()
+    change = asyncio.create_task(app.configure({"COLOR": "red"}, []))
+    async with asyncio.timeout(10):
+        while (await events.get())["event"] != "config":
+            pass
+    assert app.lock.locked() and not change.done()      # the worker is being replaced
+    (tmp_path / "envs/busy/ENV").write_text(blue)       # by hand
+    assert app.own_write() is None
+    await change

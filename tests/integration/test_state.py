@@ -222,3 +222,20 @@ def test_a_state_file_corrupt_beyond_a_value_error_is_set_aside_too(pikud_factor
     assert daemon.output().count("corrupt state file set aside:") == 2, daemon.output()
     assert len(list(state.glob("state.json.corrupt-*"))) == 1
     assert len(list(state.glob("cron.json.corrupt-*"))) == 1
+
+
+def test_an_app_gone_from_disk_keeps_its_state_and_the_others_still_save(
+        pikud_factory, short_root: Path) -> None:
+    """state.json names an app whose folders were removed by hand: its entry is kept
+    as it was, and saving the others' state (a stop, here) still works."""
+    daemon: Pikud = pikud_factory()
+    for name in ("here", "gone"):
+        daemon.add_app(name, "worker: sleep 300\n", FAST)
+        daemon.api("POST", f"/apps/{name}/deploy")
+        running(daemon, name)
+    daemon.stop()
+    subprocess.run(["rm", "-rf", str(short_root / "apps/gone")], check=True)
+    daemon.start()
+    running(daemon, "here")
+    daemon.cli("stop", "here", check=True)
+    assert desired(daemon) == {"gone": "running", "here": "stopped"}
