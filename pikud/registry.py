@@ -20,6 +20,7 @@ daemon killed at any instant brings every app back as it was.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -36,14 +37,15 @@ from pikud.errors import AppNameError, AppNotFound, PikudError, Starting
 from pikud.events import EventLog
 from pikud.paths import Paths
 from pikud.procman.children import stop_leftovers
+from pikud.procman.policy import Backoff
 from pikud.statefile import json_object, load_json
 from pikud.traffic import Traffic
 
 log = logging.getLogger(__name__)
 
-SAVE_RETRY_BASE, SAVE_RETRY_MAX = 1.0, 60.0     # seconds between attempts to save state.json
+SAVE_RETRY = Backoff(1.0, 60.0)     # seconds between attempts to save state.json
 SETTLE_WAIT = 20.0          # how long an action waits for boot to stop a killed pikud's processes
-BOOT_RETRY, BOOT_RETRY_MAX = 5.0, 300.0   # a start that failed at boot is tried again
+BOOT_RETRY = Backoff(5.0, 300.0)    # a start that failed at boot is tried again
 
 
 def parse_state(data: Any) -> dict[str, dict[str, Any]]:
@@ -138,7 +140,7 @@ class AppRegistry:
         try:
             write_atomic(self.paths.state_file, json.dumps(state, indent=2) + "\n", 0o600)
         except OSError as exc:
-            delay = min(SAVE_RETRY_MAX, SAVE_RETRY_BASE * 2 ** min(self._save_failures, 6))
+            delay = SAVE_RETRY.delay(self._save_failures + 1)
             if self._unsaved is None:
                 log.error("state not saved: %s: %s; retrying in %gs and at every change",
                           self.paths.state_file, exc, delay)
@@ -229,10 +231,10 @@ class AppRegistry:
         return False
 
     async def _retry_boot(self, app: App) -> None:
-        """Start ``app`` again after BOOT_RETRY s, doubling to BOOT_RETRY_MAX, until it
-        runs or is acted on by hand (stopped, started, destroyed) meanwhile."""
-        delay = BOOT_RETRY
-        while True:
+        """Start ``app`` again after BOOT_RETRY's growing delays, until it runs or is
+        acted on by hand (stopped, started, destroyed) meanwhile."""
+        for attempt in itertools.count(1):
+            delay = BOOT_RETRY.delay(attempt)
             app.note("retry", f"{app.name}: starting again in {delay:g}s", logging.WARNING)
             await asyncio.sleep(delay)
             if not app.running or app.group.processes or self.apps.get(app.name) is not app:
@@ -240,7 +242,6 @@ class AppRegistry:
             if await self._start_at_boot(app):
                 app.note("start", f"{app.name}: started after failing at boot")
                 return
-            delay = min(delay * 2, BOOT_RETRY_MAX)
 
     async def shutdown(self) -> None:
         for retry in list(self._boot_retries):
