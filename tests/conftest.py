@@ -176,6 +176,18 @@ def short_root() -> Iterator[Path]:
 
 
 @pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder under /tmp that others (nginx's workers) may enter: pytest's tmp_path sits
+    in a 0700 one."""
+    folder = Path(tempfile.mkdtemp(prefix="pkn-", dir="/tmp"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
 def pikud_factory(short_root: Path, tmp_path: Path) -> Iterator[Callable[..., Pikud]]:
     made: list[Pikud] = []
 

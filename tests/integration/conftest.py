@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -37,18 +35,8 @@ def backend() -> Iterator[Callable[..., Backend]]:
 
 
 @pytest.fixture
-def base() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="pkn-", dir="/tmp"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def server(base: Path) -> Iterator[NginxServer]:
-    made = NginxServer(base)
+def server(open_dir: Path) -> Iterator[NginxServer]:
+    made = NginxServer(open_dir)
     try:
         made.start()
         yield made

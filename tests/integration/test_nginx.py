@@ -293,7 +293,7 @@ async def test_injection_refused_before_anything_is_written(server: NginxServer)
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="needs root to run the test as www-data")
-async def test_unprivileged_test_accepts_low_ports(server: NginxServer, base: Path) -> None:
+async def test_unprivileged_test_accepts_low_ports(server: NginxServer) -> None:
     """pikud runs `nginx -t` as its own user: binding 80/443 is the root master's job."""
     server.paths.nginx().chmod(0o777)              # the test's pid file goes there
     as_www_data = ["setpriv", "--reuid=www-data", "--regid=www-data", "--clear-groups", NGINX]

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import pwd
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,17 +82,6 @@ def test_passed_test(code: int, output: str, passed: bool) -> None:
 ])
 def test_subject_names(names: tuple[str, ...], common: str, alt: str) -> None:
     assert subject_names("app", names) == (common, alt)
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A folder under /tmp that others may enter (pytest's tmp_path sits in a 0700 one)."""
-    folder = Path(tempfile.mkdtemp(prefix="pkn-", dir="/tmp"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder)
 
 
 @pytest.fixture
