@@ -81,8 +81,11 @@ def server_command(kind: str, target: str, env: Mapping[str, str],
     notes = [key for key in IGNORED if key in env]
     bind = ["--host", "127.0.0.1", "--port", "$PORT"]
     if server == "granian":
+        # A killed worker is replaced by granian's main (after 1 s) instead of taking the
+        # main and the whole slot down with it: capacity drops by one worker, not to zero.
         argv = ["granian", "--interface", kind, *bind, "--workers", str(workers),
-                "--backlog", str(max(backlog, 128)), "--no-ws" if kind == "wsgi" else "--ws"]
+                "--backlog", str(max(backlog, 128)), "--no-ws" if kind == "wsgi" else "--ws",
+                "--respawn-failed-workers", "--respawn-interval", "1"]
         if kind == "wsgi":
             argv += ["--blocking-threads", str(threads)]
         elif "UWSGI_THREADS" in env:

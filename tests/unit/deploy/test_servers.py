@@ -59,6 +59,12 @@ def test_uwsgi_settings_map_onto_each_server(kind: str, server: str, options: di
         for key in ignored]
 
 
+def test_granian_replaces_a_failed_worker_itself() -> None:
+    words = shlex.split(server_command("wsgi", "app:app", {}).command)
+    assert "--respawn-failed-workers" in words
+    assert words[words.index("--respawn-interval") + 1] == "1"
+
+
 def test_uwsgi_settings_without_a_server_are_reported() -> None:
     env = {"UWSGI_PROCESSES": "4", "UWSGI_IDLE": "60", "UWSGI_LOG_MAXSIZE": "1048576",
            "PORT": "5000"}
