@@ -276,7 +276,8 @@ class App(AppCore):
         release = self.release
         return {"name": self.name, "state": self.desired.value, "formation": self._formation(),
                 "processes": counts, "release": release.number if release else None,
-                "problems": [self.releases.problem] if self.releases.problem else []}
+                "problems": ([self.releases.problem] if self.releases.problem else [])
+                + list(self._noted.get("nginx", ()))}
 
     def detail(self) -> dict[str, Any]:
         """The summary, its processes, and its problems with the daemon-wide ones."""
