@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pwd
 import stat
 from pathlib import Path
 
@@ -40,15 +39,6 @@ def test_worker_user_reads_the_main_config(tmp_path: Path) -> None:
     version = "nginx version: nginx/1.22.1\nconfigure arguments: --conf-path=/opt/n/nginx.conf x"
     assert conf_path(version) == Path("/opt/n/nginx.conf")
     assert conf_path("nginx version: nginx/1.22.1") == Path("/etc/nginx/nginx.conf")
-
-
-@pytest.fixture
-def www_data() -> str:
-    try:
-        pwd.getpwnam("www-data")
-    except KeyError:
-        pytest.skip("no www-data user here")
-    return "www-data"
 
 
 def test_one_fix_per_folder_and_it_lets_the_workers_in(open_dir: Path, www_data: str) -> None:
