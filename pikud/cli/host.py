@@ -1,5 +1,5 @@
 """The `piku` commands about the host rather than one app: setup, setup:ssh,
-cloudflare:refresh, scp and update (click + stdlib only)."""
+cloudflare:refresh, scp, sftp and update (click + stdlib only)."""
 
 from __future__ import annotations
 
@@ -118,6 +118,27 @@ def scp(args: tuple[str, ...]) -> None:
         os.execvp("scp", argv)
     except OSError as exc:
         raise click.ClickException(f"cannot run scp: {exc.strerror}") from None
+
+
+SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
+                "/usr/libexec/sftp-server", "/usr/lib/ssh/sftp-server")
+"""Where Debian, Fedora, BSDs and Arch install OpenSSH's sftp-server."""
+
+
+@click.command("sftp", context_settings={"ignore_unknown_options": True,
+                                         "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sftp(args: tuple[str, ...]) -> None:
+    """OpenSSH's sftp-server, for scp's default protocol since OpenSSH 9 (the piku
+    client's `download`); sshd's `Subsystem sftp` line arrives as this command."""
+    program = next((path for path in SFTP_SERVERS if os.access(path, os.X_OK)), None)
+    if program is None:
+        raise click.ClickException(f"no sftp-server here (looked in {', '.join(SFTP_SERVERS)}); "
+                                   "use `scp -O` for the legacy scp protocol")
+    try:
+        os.execv(program, [program, *args])
+    except OSError as exc:
+        raise click.ClickException(f"cannot run {program}: {exc.strerror}") from None
 
 
 @click.command("update")

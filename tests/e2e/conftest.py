@@ -25,6 +25,7 @@ from tests.integration.nginx_server import NginxServer, fronted_by_nginx
 from tests.net import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"       # Debian's sshd_config names it so
 
 
 @dataclass
@@ -57,7 +58,7 @@ def keygen(path: Path, comment: str) -> None:
 
 @pytest.fixture
 def sshd(pikud: Pikud, short_root: Path) -> Iterator[SshServer]:
-    if not os.path.exists(SSHD):
+    if not (os.path.exists(SSHD) and os.path.exists(SFTP_SERVER)):
         pytest.skip("OpenSSH server is not installed")
     base = Path(tempfile.mkdtemp(prefix="pks-", dir="/tmp"))
     home = base / "home"
@@ -82,6 +83,7 @@ PermitRootLogin prohibit-password
 UsePAM no
 PrintMotd no
 LogLevel VERBOSE
+Subsystem sftp {SFTP_SERVER}
 """)
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)   # sshd's privilege separation dir

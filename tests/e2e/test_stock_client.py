@@ -6,12 +6,13 @@ The stock `piku` script runs `ssh piku@host CMD APP ARGS...` (and `scp` for
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from pikud.procman.children import MARKER, descendants, find_processes
 from tests.conftest import Pikud, alive, wait_for
 from tests.e2e.apps import get, python_app
-from tests.e2e.conftest import SshServer
+from tests.e2e.conftest import SFTP_SERVER, SshServer
 from tests.e2e.test_push import ssh_push
 
 LOOP = "import os, time\nprint('up', os.getcwd(), os.environ.get('GREETING'), flush=True)\n" \
@@ -69,3 +70,21 @@ def test_compound_commands_restart_and_stop_whole(pikud: Pikud, sshd: SshServer,
     assert stop.returncode == 0, stop.stderr
     wait_for(lambda: not app_pids(pikud, "cmp"), 15, "every process of cmp to end")
     assert "stopped" in stop.stdout and "did not track" not in pikud.log_text("cmp", "pikud")
+
+
+def test_download_with_scp_in_both_protocols(pikud: Pikud, sshd: SshServer,
+                                             tmp_path: Path) -> None:
+    """The client's `download` is `scp HOST:PATH DEST`: since OpenSSH 9 over SFTP (sshd
+    hands the forced command its `Subsystem sftp` line), with `scp -O` the legacy `scp -f`."""
+    (pikud.root / "apps" / "dl").mkdir(parents=True)
+    (pikud.root / "apps" / "dl" / "notes.txt").write_text("hello\n")
+    options = sshd.ssh_command.replace(" -p ", " -P ").split()[1:]
+    for protocol in ([], ["-O"]):
+        dest = tmp_path / f"notes{len(protocol)}.txt"
+        done = subprocess.run(["scp", *protocol, *options,
+                               f"{sshd.user}@127.0.0.1:{pikud.root}/apps/dl/notes.txt", str(dest)],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, (protocol, done.stderr)
+        assert dest.read_text() == "hello\n"
+    sent = sshd.ssh(SFTP_SERVER)          # an exec request naming it gets the fixed server
+    assert "No such command" not in sent.stderr
