@@ -125,9 +125,19 @@ class Builds:
         return {path.name for path in self.envs_dir.iterdir()} if self.envs_dir.exists() else set()
 
 
-# uv comes with the test tools (pyproject's test extra), beside the test's python.
+# uv and poetry come with the test tools (pyproject's test extra), beside the test's python.
 UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
 assert UV is not None, "uv is a test dependency: pip install -e '.[test]'"
+POETRY = shutil.which("poetry", path=str(Path(sys.executable).parent)) or shutil.which("poetry")
+assert POETRY is not None, "poetry is a test dependency: pip install -e '.[test]'"
+
+
+def tool_alone(tmp_path: Path, name: str, program: str) -> str:
+    """A PATH with ``program`` as ``name`` and no uv: a server with that tool installed."""
+    folder = tmp_path / f"{name}-bin"
+    folder.mkdir()
+    (folder / name).symlink_to(program)
+    return f"{folder}:{path_without_uv()}"
 
 
 def path_without_uv() -> str:
@@ -281,14 +291,31 @@ def test_pyproject_dependencies_are_installed_with_pip(python_app: Built, tmp_pa
 
 
 async def test_requirements_with_uv(tmp_path: Path) -> None:
-    uv_bin = tmp_path / "uv-bin"            # uv alone, as a server with uv installed has it
-    uv_bin.mkdir()
-    (uv_bin / "uv").symlink_to(UV)
     builds = Builds(tmp_path, {"requirements.txt": REQUIREMENTS, WHEEL: wheel_bytes(tmp_path)},
-                    env={"PATH": f"{uv_bin}:{path_without_uv()}"})
+                    env={"PATH": tool_alone(tmp_path, "uv", UV)})
     result = await builds.build()
     assert env_python(result, IMPORT, tmp_path) == "42"
     assert any(line.startswith("$ ") and " pip install --python " in line
+               for line in builds.output), builds.output
+
+
+async def test_poetry_installs_the_main_dependencies(tmp_path: Path) -> None:
+    """A [tool.poetry] app with its lock: `poetry install --no-root --only main` into the venv."""
+    pyproject = ("[tool.poetry]\nname = 'app'\nversion = '1.0'\ndescription = ''\n"
+                 "authors = ['t <t@example.invalid>']\npackage-mode = false\n"
+                 "[tool.poetry.dependencies]\npython = '>=3.11'\n"
+                 f"tinypkg = {{path = '{WHEEL}'}}\n")
+    files: dict[str, str | bytes] = {"pyproject.toml": pyproject,
+                                     WHEEL: wheel_bytes(tmp_path)}
+    path = tool_alone(tmp_path, "poetry", POETRY)
+    locking = Builds(tmp_path / "lock", files).release()        # the app's own `poetry lock`
+    await runner([])([POETRY, "lock", "--no-interaction"], cwd=locking,
+                     env={**base_env(), "PATH": path})
+    files["poetry.lock"] = (locking / "poetry.lock").read_text()
+    builds = Builds(tmp_path, files, env={"PATH": path})
+    result = await builds.build()
+    assert env_python(result, IMPORT, tmp_path) == "42"
+    assert any(line.startswith("$ ") and " install --no-root --only main" in line
                for line in builds.output), builds.output
 
 
