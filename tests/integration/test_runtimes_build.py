@@ -28,7 +28,7 @@ import pytest
 from pikud.appspec import parse_procfile
 from pikud.deploy.runtimes import BuildContext, BuildResult, Runner, detect
 from pikud.deploy.runtimes.envcache import MARKER, build_once
-from pikud.errors import BuildError
+from pikud.errors import BuildError, EnvError
 
 RUN_DEADLINE = 120.0
 WHEEL = "wheels/tinypkg-1.0-py3-none-any.whl"
@@ -262,6 +262,26 @@ async def test_unknown_python_version_fails_clearly(python_app: Built) -> None:
     assert str(info.value).startswith(
         "PYTHON_VERSION=3.99: no python3.99 on this server (found: 3.")
     assert python_app.builds.env_dirs() == before
+
+
+async def test_uv_installs_a_missing_python_only_when_the_app_allows_it(tmp_path: Path) -> None:
+    """PIKU_UV_PYTHON_INSTALL (off by default) runs `uv python install`. uv's downloads come
+    from GitHub, out of this machine's reach: 3.99, which uv has no build of, fails at once."""
+    builds = Builds(tmp_path, {"requirements.txt": REQUIREMENTS, WHEEL: wheel_bytes(tmp_path)},
+                    env={"PATH": tool_alone(tmp_path, "uv", UV),
+                         "UV_PYTHON_INSTALL_DIR": str(tmp_path / "pythons")})
+    with pytest.raises(BuildError) as off:
+        await builds.build(PYTHON_VERSION="3.99")
+    assert str(off.value).endswith("; set PIKU_UV_PYTHON_INSTALL=true to let uv install it")
+    assert not any(" python install " in line for line in builds.output)
+    with pytest.raises(EnvError, match="PIKU_UV_PYTHON_INSTALL"):
+        await builds.build(PYTHON_VERSION="3.99", PIKU_UV_PYTHON_INSTALL="maybe")
+    with pytest.raises(BuildError) as on:
+        await builds.build(PYTHON_VERSION="3.99", PIKU_UV_PYTHON_INSTALL="yes")
+    assert str(on.value).startswith("PIKU_UV_PYTHON_INSTALL: uv could not install Python 3.99")
+    assert any(line.startswith("$ ") and line.endswith(" python install 3.99")
+               for line in builds.output), builds.output
+    assert builds.env_dirs() == set()
 
 
 def test_changed_requirements_get_a_new_environment(python_app: Built, tmp_path: Path) -> None:
