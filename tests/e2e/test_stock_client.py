@@ -88,3 +88,20 @@ def test_download_with_scp_in_both_protocols(pikud: Pikud, sshd: SshServer,
         assert dest.read_text() == "hello\n"
     sent = sshd.ssh(SFTP_SERVER)          # an exec request naming it gets the fixed server
     assert "No such command" not in sent.stderr
+
+
+def test_config_set_of_a_build_key_rebuilds_or_is_refused_like_a_push(
+        pikud: Pikud, sshd: SshServer, tmp_path: Path) -> None:
+    ssh_push(sshd, python_app(tmp_path / "bk", "b1"), "bk")
+    first = pikud.api("GET", "/apps/bk")["release"]
+    refused = sshd.ssh("config:set", "bk", "PYTHON_VERSION=3.99")
+    assert refused.returncode == 1 and "PYTHON_VERSION=3.99: no python3.99" in refused.stderr, \
+        refused.stderr
+    assert "PYTHON_VERSION" not in sshd.ssh("config", "bk").stdout          # undone
+    assert pikud.api("GET", "/apps/bk")["release"] == first
+    rebuilt = sshd.ssh("config:set", "bk", "PYTHON_VERSION=3")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert pikud.api("GET", "/apps/bk")["release"] == first + 1
+    assert "PYTHON_VERSION=3" in sshd.ssh("config:live", "bk").stdout
+    assert get(next(p for p in pikud.processes("bk") if p["kind"] == "web")["port"]) \
+        == "b1 tinypkg=42"
