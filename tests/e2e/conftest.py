@@ -58,7 +58,7 @@ def keygen(path: Path, comment: str) -> None:
 
 @pytest.fixture
 def sshd(pikud: Pikud, short_root: Path) -> Iterator[SshServer]:
-    if not (os.path.exists(SSHD) and os.path.exists(SFTP_SERVER)):
+    if not os.path.exists(SSHD):
         pytest.skip("OpenSSH server is not installed")
     base = Path(tempfile.mkdtemp(prefix="pks-", dir="/tmp"))
     home = base / "home"
@@ -83,8 +83,7 @@ PermitRootLogin prohibit-password
 UsePAM no
 PrintMotd no
 LogLevel VERBOSE
-Subsystem sftp {SFTP_SERVER}
-""")
+""" + (f"Subsystem sftp {SFTP_SERVER}\n" if os.path.exists(SFTP_SERVER) else ""))
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)   # sshd's privilege separation dir
     setup = subprocess.run([sys.executable, "-m", "pikud.cli", "setup:ssh",
