@@ -33,6 +33,8 @@ from pikud.paths import Paths
 WEB_KINDS = ("web", "wsgi", "asgi")
 RELEASE_KINDS = ("preflight", "release")
 STATIC_KIND = "static"
+UWSGI_PLUGIN_KINDS = {"jwsgi": "Java", "rwsgi": "Ruby", "php": "PHP"}
+"""piku's kinds that exist only as uWSGI plugins; pikud has no uWSGI to run them."""
 MAX_SCALE = 1000
 # Set by systemd for the daemon itself; a child that saw them could notify or
 # claim sockets in the daemon's name (FACTS.md), so they never reach an app.
@@ -113,6 +115,10 @@ def parse_procfile(text: str, file: str = "Procfile") -> Procfile:
                                 file=file, line=number)
         if not command:
             raise ProcfileError(f"empty command for kind {kind!r}", file=file, line=number)
+        if kind in UWSGI_PLUGIN_KINDS:
+            raise ProcfileError(f"kind {kind!r} (piku's uWSGI {UWSGI_PLUGIN_KINDS[kind]} plugin) "
+                                "is not supported by pikud: run the app's own server as a "
+                                "'web' kind on $PORT", file=file, line=number)
         if kind in found:
             warnings.append(f"{file}, line {number}: duplicate kind {kind!r} "
                             f"(line {found[kind][0]} is ignored)")

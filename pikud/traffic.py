@@ -93,7 +93,7 @@ class Traffic:
                 await self.nginx.apply(site)
                 if self.acme is not None:
                     self.acme.request(site, root_ca(spec.env))
-                return access_problems(site)
+                return access_problems(site, await self.nginx.worker_user())
         return None
 
     async def withdraw(self, app: str) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import http.client
 import json
 import os
+import pwd
 import resource
 import shutil
 import signal
@@ -173,6 +174,16 @@ def short_root() -> Iterator[Path]:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def www_data() -> str:
+    """nginx's workers' user on Debian; tests of what it may reach skip without it."""
+    try:
+        pwd.getpwnam("www-data")
+    except KeyError:
+        pytest.skip("no www-data user here")
+    return "www-data"
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from pikud.atomic import written_unless_failed
 from pikud.deploy.checkout import ref_value, wait_for_ref
 from pikud.deploy.pipeline import PushInfo, build_release
 from pikud.deploy.releases import Release
+from pikud.deploy.runtimes import BUILD_KEYS
 from pikud.errors import DeployError, EnvError, PikudError
 from pikud.procman.logs import log_files, tail
 
@@ -49,17 +50,22 @@ class App(AppCore):
                 return
             if push is not None:
                 await self._check_ref(push)
-            files = self._files()
-            release, spec = await build_release(
-                self.paths, self.releases, push, self.release, self.services.base_env,
-                self.services.defaults, self.config(), progress, self.admit)
-            await self._change(spec, files, to=release, progress=progress)
-            if push is not None:
-                self._accepted = (push.ref, push.revision)
-            await self._prune(spec.settings.keep_releases, progress)
-            self.note("deploy", f"{self.name}: release {release.number} is live")
+            await self._build(push, progress)
         finally:
             self.lock.release()
+
+    async def _build(self, push: PushInfo | None, progress: Progress) -> None:
+        """Build ``push`` (or the current revision again) with the ENV as it is, switch to
+        it and prune; the lock is held."""
+        files = self._files()
+        release, spec = await build_release(
+            self.paths, self.releases, push, self.release, self.services.base_env,
+            self.services.defaults, self.config(), progress, self.admit)
+        await self._change(spec, files, to=release, progress=progress)
+        if push is not None:
+            self._accepted = (push.ref, push.revision)
+        await self._prune(spec.settings.keep_releases, progress)
+        self.note("deploy", f"{self.name}: release {release.number} is live")
 
     async def _check_ref(self, push: PushInfo) -> None:
         """Refuse a push that waited while another one moved its branch.
@@ -210,12 +216,22 @@ class App(AppCore):
             self.services.traffic.check(self.name, spec, self.source(self.release))
             self._cron_jobs(spec, self.release)     # TZ, PIKU_CRON_*: even with no restart now
             changed = sorted(set(updates) | set(removals))
+            build_keys = [key for key in changed if key in BUILD_KEYS]
             with self._kept_if_applied(self.paths.env_file(self.name), text, 0o600):
                 self.note("config", f"{self.name}: config changed ({', '.join(changed)})")
-                if self.running and spec.settings.auto_restart:
+                if not (self.running and spec.settings.auto_restart):
+                    self._deferred = files   # at the next start or restart, not by the watcher
+                    if build_keys and self.release is not None:
+                        self.note("config", f"{self.name}: {', '.join(build_keys)} changes the "
+                                  f"build: it applies at the next push or `piku deploy "
+                                  f"{self.name}`", logging.WARNING)
+                elif build_keys and self.release is not None:
+                    # The environment is built for them: build again, or undo as a push fails.
+                    self.note("config", f"{self.name}: {', '.join(build_keys)} changed, "
+                              "rebuilding")
+                    await self._build(None, quiet)
+                else:
                     await self._change(spec, files)
-                else:       # applied at the next start or restart, not by the file watcher
-                    self._deferred = files
             return self.config()
 
     async def destroy(self) -> dict[str, list[str]]:
@@ -276,7 +292,8 @@ class App(AppCore):
         release = self.release
         return {"name": self.name, "state": self.desired.value, "formation": self._formation(),
                 "processes": counts, "release": release.number if release else None,
-                "problems": [self.releases.problem] if self.releases.problem else []}
+                "problems": ([self.releases.problem] if self.releases.problem else [])
+                + list(self._noted.get("nginx", ()))}
 
     def detail(self) -> dict[str, Any]:
         """The summary, its processes, and its problems with the daemon-wide ones."""

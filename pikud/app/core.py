@@ -372,8 +372,10 @@ class AppCore:
                       progress: Progress = quiet) -> None:
         """Route the app's traffic to ``processes``; say what nginx's workers cannot reach.
 
-        The advice goes to the push's output each time, and to the app's log
-        when it changed (Debian 12's 0700 home folders: every request a 502).
+        The advice goes to the push's output each time, to the app's log when
+        it changed, and stays among the app's problems (so restart, config:set
+        and ps show it) until a publish finds nothing (Debian 12's 0700 home
+        folders: every request a 502).
         """
         advice = await self.services.traffic.publish(self.name, spec, source, processes)
         if advice is None:                  # no site was put live

@@ -21,12 +21,12 @@ import sys
 import click
 
 from pikud.cli.env import config, config_get, config_live, config_set, config_unset
-from pikud.cli.host import cloudflare_refresh, scp, setup, setup_ssh, update
+from pikud.cli.host import cloudflare_refresh, scp, setup, setup_ssh, sftp, update
 from pikud.cli.jobs import cron, cron_run
 from pikud.cli.processes import apps, destroy, logs, ps, ps_scale, restart, run, start, stop
 from pikud.cli.push import deploy, git_hook, git_receive_pack, git_upload_pack, releases, rollback
 from pikud.errors import PikudError
-from pikud.sshcommand import FLAG, ssh_words
+from pikud.sshcommand import FLAG, ssh_words, subsystem_words
 
 __all__ = ["main", "piku"]
 
@@ -64,7 +64,7 @@ for _command in (
     config, config_get, config_set, config_unset, config_live,
     deploy, releases, rollback, git_receive_pack, git_upload_pack, git_hook,
     cron, cron_run,
-    setup, setup_ssh, cloudflare_refresh, scp, update,
+    setup, setup_ssh, cloudflare_refresh, scp, sftp, update,
 ):
     piku.add_command(_command)
 
@@ -73,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; the only place errors become messages and exit codes.
 
     ``piku --ssh-command`` (sshd's forced command) runs the words of
-    SSH_ORIGINAL_COMMAND, split without any expansion (``sshcommand``).
+    SSH_ORIGINAL_COMMAND, split without any expansion, and an sftp subsystem
+    request as ``sftp`` (``sshcommand``).
     """
     args = sys.argv[1:] if argv is None else list(argv)
     if args == [FLAG]:
         args = ssh_words(os.environ.get("SSH_ORIGINAL_COMMAND", ""))
+    args = subsystem_words(args)        # older forced commands pass the words as arguments
     try:
         code = piku.main(args=args, prog_name="piku", standalone_mode=False)
     except PikudError as exc:

@@ -1,34 +1,61 @@
 """The `piku` commands about the host rather than one app: setup, setup:ssh,
-cloudflare:refresh, scp and update (click + stdlib only)."""
+cloudflare:refresh, scp, sftp and update (click + stdlib only)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from pikud.cli.common import LONG_TIMEOUT, client, color, emit, json_option
+from pikud.cli.common import LONG_TIMEOUT, client, color, emit, json_option, print_json
 from pikud.output import format_cloudflare
 from pikud.paths import LAYOUT, Paths, cli_argv
 
 
 @click.command("setup")
+@click.option("--fix", is_flag=True,
+              help="Let nginx's workers into PIKU_ROOT (chmod o+x where they are kept out).")
 @json_option
-def setup(as_json: bool) -> None:
-    """Create the directory layout under PIKU_ROOT.
+def setup(fix: bool, as_json: bool) -> None:
+    """Create the directory layout under PIKU_ROOT; check that nginx can serve from it.
 
-    Needs no daemon; safe to run again.
+    Needs no daemon; safe to run again. nginx's workers (its config's `user`)
+    must pass through PIKU_ROOT and the folders above it (a 0700 home folder,
+    Debian 12's default, keeps them out): the fix is printed, and applied with
+    --fix or when confirmed on a terminal.
     """
+    # Imported here: only this command looks at nginx.
+    from pikud.nginxaccess import blocked, distinct, fix_all, installed_worker_user, layout_targets
+
     paths = Paths.from_env()
     try:
         paths.create()
     except OSError as exc:
         raise click.ClickException(f"cannot create the layout under {paths.root}: {exc}") from None
-    dirs = [str(paths.root / name) for name in LAYOUT]
-    emit({"root": str(paths.root), "dirs": dirs}, as_json,
-         lambda d: "\n".join(f"-----> {path}" for path in d["dirs"]))
+    user = installed_worker_user()
+    found = distinct(blocked(layout_targets(paths.root), user)) if user else []
+    lines = [f"-----> {paths.root / name}" for name in LAYOUT]
+    lines += [f"-----> Warning: {item.advice()}" for item in found]
+    if found and not fix and not as_json and sys.stdin.isatty():
+        click.echo("\n".join(lines))
+        lines = []
+        fix = click.confirm("Apply the chmod above?", default=False)
+    fixed: list[str] = []
+    if found and fix:
+        try:
+            fixed = fix_all(found)
+        except OSError as exc:
+            raise click.ClickException(f"cannot let nginx in: {exc}") from None
+        lines += [f"-----> Fixed: {command}" for command in fixed]
+    data = {"root": str(paths.root), "dirs": [str(paths.root / name) for name in LAYOUT],
+            "nginx_user": user, "fixes": [item.command for item in found], "fixed": fixed}
+    if as_json:
+        print_json(data)
+    elif lines:
+        click.echo("\n".join(lines))
 
 
 @click.command("setup:ssh")
@@ -91,6 +118,27 @@ def scp(args: tuple[str, ...]) -> None:
         os.execvp("scp", argv)
     except OSError as exc:
         raise click.ClickException(f"cannot run scp: {exc.strerror}") from None
+
+
+SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
+                "/usr/libexec/sftp-server", "/usr/lib/ssh/sftp-server")
+"""Where Debian, Fedora, BSDs and Arch install OpenSSH's sftp-server."""
+
+
+@click.command("sftp", context_settings={"ignore_unknown_options": True,
+                                         "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sftp(args: tuple[str, ...]) -> None:
+    """OpenSSH's sftp-server, for scp's default protocol since OpenSSH 9 (the piku
+    client's `download`); sshd's `Subsystem sftp` line arrives as this command."""
+    program = next((path for path in SFTP_SERVERS if os.access(path, os.X_OK)), None)
+    if program is None:
+        raise click.ClickException(f"no sftp-server here (looked in {', '.join(SFTP_SERVERS)}); "
+                                   "use `scp -O` for the legacy scp protocol")
+    try:
+        os.execv(program, [program, *args])
+    except OSError as exc:
+        raise click.ClickException(f"cannot run {program}: {exc.strerror}") from None
 
 
 @click.command("update")

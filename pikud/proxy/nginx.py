@@ -40,19 +40,27 @@ never each tested without the other.
 from __future__ import annotations
 
 import asyncio
-import grp
 import logging
 import os
-import pwd
 import re
 import shutil
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pikud.atomic import write_atomic
 from pikud.errors import NginxError
+from pikud.nginxaccess import (
+    DEFAULT_CONF,
+    DEFAULT_USER,
+    LIST,
+    READ,
+    WRITE,
+    Target,
+    blocked,
+    conf_path,
+    worker_user,
+)
 from pikud.paths import Paths
 from pikud.proxy.commands import run
 from pikud.proxy.render import Http2Style, quote, render
@@ -73,6 +81,7 @@ class NginxInfo:
 
     version: tuple[int, int, int]
     http2_module: bool
+    conf: Path = DEFAULT_CONF           # the main config, where the workers' user is set
 
     @classmethod
     def parse(cls, text: str) -> NginxInfo:
@@ -80,7 +89,7 @@ class NginxInfo:
         if match is None:
             raise NginxError(f"cannot read nginx's version from `nginx -V`:\n{text.strip()}")
         major, minor, patch = (int(part) for part in match.groups())
-        return cls((major, minor, patch), "--with-http_v2_module" in text)
+        return cls((major, minor, patch), "--with-http_v2_module" in text, conf_path(text))
 
     @property
     def http2_style(self) -> Http2Style:
@@ -132,6 +141,10 @@ class Nginx:
                 raise NginxError(f"`{' '.join(self.test_command)} -V` failed:\n{output.strip()}")
             self._info = NginxInfo.parse(output)
         return self._info
+
+    async def worker_user(self) -> str:
+        """The user nginx's workers run as (its main config's ``user``), read each time."""
+        return worker_user((await self.info()).conf)
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -228,62 +241,13 @@ class Nginx:
 
 
 # --- can nginx's workers reach the app's files and sockets? -----------------------
-def _can(st: os.stat_result, uid: int, gids: set[int], bits: int) -> bool:
-    """Whether ``uid`` (in ``gids``) has every permission in ``bits`` (as rwx 0-7)."""
-    if uid == 0:
-        return True
-    if st.st_uid == uid:
-        mode = st.st_mode >> 6
-    elif st.st_gid in gids:
-        mode = st.st_mode >> 3
-    else:
-        mode = st.st_mode
-    return mode & bits == bits
-
-
-def access_problems(site: NginxSite, user: str = "www-data") -> list[str]:
-    """What stops nginx's workers (running as ``user``) from serving ``site``, as advice.
-
-    They must pass through every folder above a static folder, the ACME
-    webroot or a unix socket (x), list and read those folders (r+x) and
-    write to the sockets (w). Debian 12 makes home folders 0700, which turns every
-    request into a 502. Paths that do not exist yet are skipped; nothing is
-    reported when ``user`` does not exist.
-    """
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        return []
-    uid = entry.pw_uid
-    gids = {entry.pw_gid} | {group.gr_gid for group in grp.getgrall() if user in group.gr_mem}
-    targets = [(Path(static.path), 0o5, "read") for static in site.static_paths]
-    targets.append((Path(site.acme_root), 0o5, "serve ACME challenges from"))
+def access_problems(site: NginxSite, user: str = DEFAULT_USER) -> list[str]:
+    """What stops nginx's workers (running as ``user``) from serving ``site``, as advice:
+    its static folders, catch-all file, ACME webroot and unix sockets (nginxaccess)."""
+    targets = [Target(Path(static.path), LIST, "read") for static in site.static_paths]
+    targets.append(Target(Path(site.acme_root), LIST, "serve ACME challenges from"))
     if site.catch_all is not None:
-        targets.append((Path(site.catch_all), 0o4, "read"))
-    targets += [(Path(server.removeprefix("unix:")), 0o2, "connect to")
+        targets.append(Target(Path(site.catch_all), READ, "read"))
+    targets += [Target(Path(server.removeprefix("unix:")), WRITE, "connect to")
                 for server in site.upstreams if server.startswith("unix:")]
-    problems: list[str] = []
-    for target, bits, verb in targets:
-        for folder in reversed(target.parents):
-            try:
-                st = folder.stat()
-            except OSError:
-                break
-            if not _can(st, uid, gids, 0o1):
-                problems.append(
-                    f"nginx (user {user}) cannot {verb} {target}: {folder} is mode "
-                    f"{stat.S_IMODE(st.st_mode):04o}; fix with `chmod o+x {folder}` "
-                    f"(or give group {user} access)")
-                break
-        else:
-            try:
-                st = target.stat()
-            except OSError:
-                continue
-            if not _can(st, uid, gids, bits):
-                need = {0o5: "o+rx", 0o4: "o+r", 0o2: "o+w"}[bits]
-                problems.append(
-                    f"nginx (user {user}) cannot {verb} {target}: it is mode "
-                    f"{stat.S_IMODE(st.st_mode):04o}; fix with `chmod {need} {target}` "
-                    f"(or give group {user} access)")
-    return list(dict.fromkeys(problems))
+    return list(dict.fromkeys(item.advice() for item in blocked(targets, user)))

@@ -25,6 +25,7 @@ from tests.integration.nginx_server import NginxServer, fronted_by_nginx
 from tests.net import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"       # Debian's sshd_config names it so
 
 
 @dataclass
@@ -82,7 +83,7 @@ PermitRootLogin prohibit-password
 UsePAM no
 PrintMotd no
 LogLevel VERBOSE
-""")
+""" + (f"Subsystem sftp {SFTP_SERVER}\n" if os.path.exists(SFTP_SERVER) else ""))
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)   # sshd's privilege separation dir
     setup = subprocess.run([sys.executable, "-m", "pikud.cli", "setup:ssh",

@@ -101,7 +101,8 @@ def test_a_first_deploy_goes_live_once_ready_and_says_what_nginx_cannot_reach(
     """piku routes the host before the app listens (a 502 per request); pikud waits.
 
     The ACME webroot's parent is 0700, as a Debian 12 home folder would be:
-    the push says which chmod lets nginx's workers (www-data) in.
+    the push, and every restart, say which chmod lets nginx's workers
+    (www-data) in; `piku setup --fix` applies it.
     """
     server, daemon = fronted
     (daemon.root / "acme").chmod(0o700)
@@ -118,8 +119,13 @@ def test_a_first_deploy_goes_live_once_ready_and_says_what_nginx_cannot_reach(
     assert f"-----> Warning: {advice}" in pushed.stderr, pushed.stderr
     assert daemon.log_text("shop", "pikud").count(advice) == 1
     for action in ("restart", "stop", "start"):
-        assert daemon.cli(action, "shop").returncode == 0
+        done = daemon.cli(action, "shop")
+        assert done.returncode == 0 and f"! {advice}" in done.stdout, done.stdout
     assert daemon.log_text("shop", "pikud").count(advice) == 1        # not at every restart
+    setup = daemon.cli("setup", "--fix")                 # as the installer runs it
+    assert f"-----> Fixed: chmod o+x {acme}" in setup.stdout, setup.stdout + setup.stderr
+    restarted = daemon.cli("restart", "shop")
+    assert restarted.returncode == 0 and "cannot" not in restarted.stdout, restarted.stdout
 
 
 # --- certificates from acme.sh (a stand-in that validates through this nginx) -----

@@ -28,7 +28,7 @@ import pytest
 from pikud.appspec import parse_procfile
 from pikud.deploy.runtimes import BuildContext, BuildResult, Runner, detect
 from pikud.deploy.runtimes.envcache import MARKER, build_once
-from pikud.errors import BuildError
+from pikud.errors import BuildError, EnvError
 
 RUN_DEADLINE = 120.0
 WHEEL = "wheels/tinypkg-1.0-py3-none-any.whl"
@@ -125,9 +125,19 @@ class Builds:
         return {path.name for path in self.envs_dir.iterdir()} if self.envs_dir.exists() else set()
 
 
-# uv comes with the test tools (pyproject's test extra), beside the test's python.
+# uv and poetry come with the test tools (pyproject's test extra), beside the test's python.
 UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
 assert UV is not None, "uv is a test dependency: pip install -e '.[test]'"
+POETRY = shutil.which("poetry", path=str(Path(sys.executable).parent)) or shutil.which("poetry")
+assert POETRY is not None, "poetry is a test dependency: pip install -e '.[test]'"
+
+
+def tool_alone(tmp_path: Path, name: str, program: str) -> str:
+    """A PATH with ``program`` as ``name`` and no uv: a server with that tool installed."""
+    folder = tmp_path / f"{name}-bin"
+    folder.mkdir()
+    (folder / name).symlink_to(program)
+    return f"{folder}:{path_without_uv()}"
 
 
 def path_without_uv() -> str:
@@ -254,6 +264,26 @@ async def test_unknown_python_version_fails_clearly(python_app: Built) -> None:
     assert python_app.builds.env_dirs() == before
 
 
+async def test_uv_installs_a_missing_python_only_when_the_app_allows_it(tmp_path: Path) -> None:
+    """PIKU_UV_PYTHON_INSTALL (off by default) runs `uv python install`. uv's downloads come
+    from GitHub, out of this machine's reach: 3.99, which uv has no build of, fails at once."""
+    builds = Builds(tmp_path, {"requirements.txt": REQUIREMENTS, WHEEL: wheel_bytes(tmp_path)},
+                    env={"PATH": tool_alone(tmp_path, "uv", UV),
+                         "UV_PYTHON_INSTALL_DIR": str(tmp_path / "pythons")})
+    with pytest.raises(BuildError) as off:
+        await builds.build(PYTHON_VERSION="3.99")
+    assert str(off.value).endswith("; set PIKU_UV_PYTHON_INSTALL=true to let uv install it")
+    assert not any(" python install " in line for line in builds.output)
+    with pytest.raises(EnvError, match="PIKU_UV_PYTHON_INSTALL"):
+        await builds.build(PYTHON_VERSION="3.99", PIKU_UV_PYTHON_INSTALL="maybe")
+    with pytest.raises(BuildError) as on:
+        await builds.build(PYTHON_VERSION="3.99", PIKU_UV_PYTHON_INSTALL="yes")
+    assert str(on.value).startswith("PIKU_UV_PYTHON_INSTALL: uv could not install Python 3.99")
+    assert any(line.startswith("$ ") and line.endswith(" python install 3.99")
+               for line in builds.output), builds.output
+    assert builds.env_dirs() == set()
+
+
 def test_changed_requirements_get_a_new_environment(python_app: Built, tmp_path: Path) -> None:
     result = python_app.changed
     assert not result.reused and result.env_path != python_app.result.env_path
@@ -281,14 +311,31 @@ def test_pyproject_dependencies_are_installed_with_pip(python_app: Built, tmp_pa
 
 
 async def test_requirements_with_uv(tmp_path: Path) -> None:
-    uv_bin = tmp_path / "uv-bin"            # uv alone, as a server with uv installed has it
-    uv_bin.mkdir()
-    (uv_bin / "uv").symlink_to(UV)
     builds = Builds(tmp_path, {"requirements.txt": REQUIREMENTS, WHEEL: wheel_bytes(tmp_path)},
-                    env={"PATH": f"{uv_bin}:{path_without_uv()}"})
+                    env={"PATH": tool_alone(tmp_path, "uv", UV)})
     result = await builds.build()
     assert env_python(result, IMPORT, tmp_path) == "42"
     assert any(line.startswith("$ ") and " pip install --python " in line
+               for line in builds.output), builds.output
+
+
+async def test_poetry_installs_the_main_dependencies(tmp_path: Path) -> None:
+    """A [tool.poetry] app with its lock: `poetry install --no-root --only main` into the venv."""
+    pyproject = ("[tool.poetry]\nname = 'app'\nversion = '1.0'\ndescription = ''\n"
+                 "authors = ['t <t@example.invalid>']\npackage-mode = false\n"
+                 "[tool.poetry.dependencies]\npython = '>=3.11'\n"
+                 f"tinypkg = {{path = '{WHEEL}'}}\n")
+    files: dict[str, str | bytes] = {"pyproject.toml": pyproject,
+                                     WHEEL: wheel_bytes(tmp_path)}
+    path = tool_alone(tmp_path, "poetry", POETRY)
+    locking = Builds(tmp_path / "lock", files).release()        # the app's own `poetry lock`
+    await runner([])([POETRY, "lock", "--no-interaction"], cwd=locking,
+                     env={**base_env(), "PATH": path})
+    files["poetry.lock"] = (locking / "poetry.lock").read_text()
+    builds = Builds(tmp_path, files, env={"PATH": path})
+    result = await builds.build()
+    assert env_python(result, IMPORT, tmp_path) == "42"
+    assert any(line.startswith("$ ") and " install --no-root --only main" in line
                for line in builds.output), builds.output
 
 

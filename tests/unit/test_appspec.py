@@ -89,6 +89,10 @@ def test_procfile_ok(text: str, entries: dict[str, str]) -> None:
     ("k" * 64 + ": x\n", 1, ["invalid kind"]),
     ("web: x\nworker:   \n", 2, ["empty command for kind 'worker'"]),
     ("web: a\x00b\n", 1, ["NUL"]),
+    ("web: x\njwsgi: app.jar\n", 2, ["kind 'jwsgi' (piku's uWSGI Java plugin) is not supported "
+                                     "by pikud"]),
+    ("rwsgi: config.ru\n", 1, ["kind 'rwsgi'", "not supported by pikud"]),
+    ("php: .\n", 1, ["kind 'php' (piku's uWSGI PHP plugin)", "as a 'web' kind on $PORT"]),
 ])
 def test_procfile_bad_line(text: str, line: int, words: list[str]) -> None:
     with pytest.raises(ProcfileError) as info:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pikud.sshcommand import ssh_words
+from pikud.sshcommand import ssh_words, subsystem_words
 
 
 @pytest.mark.parametrize(("command", "words"), [
@@ -23,3 +23,15 @@ from pikud.sshcommand import ssh_words
 ])
 def test_ssh_words(command: str, words: list[str]) -> None:
     assert ssh_words(command) == words
+
+
+@pytest.mark.parametrize(("words", "expected"), [
+    (["/usr/lib/openssh/sftp-server"], ["sftp"]),
+    (["/usr/libexec/openssh/sftp-server", "-f", "AUTHPRIV"], ["sftp", "-f", "AUTHPRIV"]),
+    (["internal-sftp"], ["sftp"]),
+    (["scp", "-f", "x"], ["scp", "-f", "x"]),
+    (["ps", "sftp-server"], ["ps", "sftp-server"]),
+    ([], []),
+])
+def test_an_sftp_subsystem_line_is_the_sftp_command(words: list[str], expected: list[str]) -> None:
+    assert subsystem_words(words) == expected

@@ -49,6 +49,8 @@ from pikud.deploy.runtimes.interpreters import (
     requested_version,
 )
 from pikud.deploy.runtimes.tools import require, which
+from pikud.deploy.runtimes.uvpython import KEY as UV_INSTALL_KEY
+from pikud.deploy.runtimes.uvpython import allowed, uv_install
 from pikud.errors import BuildError
 
 REQUIREMENTS = "requirements.txt"
@@ -157,12 +159,7 @@ class Python:
         try:
             interpreter = await find_interpreter(ctx.env, request)
         except BuildError as exc:
-            # piku ignores .python-version for pip apps: a hint, where PYTHON_VERSION is an order
-            if request is None or request[0] != VERSION_FILE or plan.method != "requirements":
-                raise
-            ctx.progress(f"Warning: {exc}; {VERSION_FILE} is a hint for a {REQUIREMENTS} "
-                         "app: building with the default python3 (set PYTHON_VERSION to insist)")
-            interpreter = await find_interpreter(ctx.env, None)
+            interpreter = await self._missing(ctx, plan, request, exc)
         if plan.tool in ("pip", "poetry") and not interpreter.has_venv:
             raise BuildError(f"{interpreter.path} ({interpreter.full}) cannot create a venv "
                              "with pip: install it on the server (e.g. apt-get install "
@@ -189,6 +186,21 @@ class Python:
             ctx.progress(f"Python dependencies unchanged: reusing {label}")
         return BuildResult(runtime=self.name, env_path=venv, env_vars={"VIRTUAL_ENV": str(venv)},
                            path_prefix=(str(venv / "bin"),), reused=reused)
+
+    async def _missing(self, ctx: BuildContext, plan: PythonPlan,
+                       request: tuple[str, str] | None, exc: BuildError) -> Interpreter:
+        """No interpreter meets ``request``: uv installs one if the app allows it; else a
+        .python-version of a pip app is a hint, as piku has it, and PYTHON_VERSION fails."""
+        uv = which("uv", ctx.env)
+        if request is not None and uv is not None and allowed(ctx.env):
+            ctx.progress(f"{exc}: installing it with uv ({UV_INSTALL_KEY} is set)")
+            return await uv_install(request, ctx.env, ctx.run, ctx.source, uv)
+        if request is None or request[0] != VERSION_FILE or plan.method != "requirements":
+            hint = f"; set {UV_INSTALL_KEY}=true to let uv install it" if request and uv else ""
+            raise BuildError(f"{exc}{hint}") from exc
+        ctx.progress(f"Warning: {exc}; {VERSION_FILE} is a hint for a {REQUIREMENTS} "
+                     "app: building with the default python3 (set PYTHON_VERSION to insist)")
+        return await find_interpreter(ctx.env, None)
 
     async def _install(self, ctx: BuildContext, plan: PythonPlan, interpreter: Interpreter,
                        venv: Path, tool: str, env: dict[str, str], deps: list[str]) -> None:

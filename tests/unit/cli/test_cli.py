@@ -72,6 +72,7 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 
 def test_setup_creates_the_layout(root: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
+    root.chmod(0o755)                      # nginx's workers may enter: nothing to fix
     target = root / "piku"
     monkeypatch.setenv("PIKU_ROOT", str(target))
     for _ in range(2):                     # safe to run again
@@ -80,8 +81,29 @@ def test_setup_creates_the_layout(root: Path, monkeypatch: pytest.MonkeyPatch,
                 == [f"-----> {target / name}" for name in LAYOUT])
     assert sorted(p.name for p in target.iterdir()) == sorted(LAYOUT)
     assert main(["setup", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {
-        "root": str(target), "dirs": [str(target / name) for name in LAYOUT]}
+    data = json.loads(capsys.readouterr().out)
+    assert data.pop("nginx_user") in (None, "www-data")
+    assert data == {"root": str(target), "dirs": [str(target / name) for name in LAYOUT],
+                    "fixes": [], "fixed": []}
+
+
+def test_setup_says_how_to_let_nginx_in_and_does_it_with_fix(root: Path, www_data: str) -> None:
+    """PIKU_ROOT in a 0700 folder (a Debian 12 home): nginx's workers cannot serve from it."""
+    if not (shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")):
+        pytest.skip("nginx is not installed")
+    target = root / "piku"
+    advice = (f"-----> Warning: nginx (user www-data) cannot serve static files under "
+              f"{target}/releases: {root} is mode 0700; fix with `chmod o+x {root}` "
+              "(or give group www-data access)")
+    checked = piku("setup", env={"PIKU_ROOT": str(target)})
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines()[len(LAYOUT):] == [advice]
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700         # only said
+    fixed = piku("setup", "--fix", env={"PIKU_ROOT": str(target)})
+    assert fixed.stdout.splitlines()[len(LAYOUT):] == [advice, f"-----> Fixed: chmod o+x {root}"]
+    assert stat.S_IMODE(root.stat().st_mode) == 0o701
+    again = piku("setup", "--json", env={"PIKU_ROOT": str(target)})
+    assert json.loads(again.stdout)["fixes"] == []
 
 
 def test_a_stopped_daemon_is_one_line(root: Path) -> None:
@@ -114,7 +136,7 @@ def test_bad_arguments_fail_before_connecting(root: Path, argv: list[str], named
 COMMANDS = ["apps", "cloudflare:refresh", "config", "config:get", "config:live", "config:set",
             "config:unset", "cron", "cron:run", "deploy", "destroy", "git-hook", "git-receive-pack",
             "git-upload-pack", "help", "logs", "ps", "ps:scale", "releases", "restart", "rollback",
-            "run", "scp", "setup", "setup:ssh", "start", "stop", "update"]
+            "run", "scp", "setup", "setup:ssh", "sftp", "start", "stop", "update"]
 
 # Imports pikud.cli, then every module that any line under pikud/cli/ imports (a
 # command body's own imports too), and prints what got loaded and what the group holds.

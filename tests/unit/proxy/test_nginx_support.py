@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pwd
 from pathlib import Path
 
 import pytest
@@ -82,15 +81,6 @@ def test_passed_test(code: int, output: str, passed: bool) -> None:
 ])
 def test_subject_names(names: tuple[str, ...], common: str, alt: str) -> None:
     assert subject_names("app", names) == (common, alt)
-
-
-@pytest.fixture
-def www_data() -> str:
-    try:
-        pwd.getpwnam("www-data")
-    except KeyError:
-        pytest.skip("no www-data user here")
-    return "www-data"
 
 
 def site_with(static: Path, socket: Path) -> NginxSite:

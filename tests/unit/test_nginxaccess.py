@@ -1,0 +1,61 @@
+"""nginxaccess: the workers' user from nginx's config; what keeps them out and its fix."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from pikud.nginxaccess import (
+    LIST,
+    TRAVERSE,
+    Target,
+    blocked,
+    conf_path,
+    distinct,
+    fix_all,
+    user_from_conf,
+    worker_user,
+)
+
+
+@pytest.mark.parametrize(("text", "user"), [
+    ("user www-data;\nworker_processes auto;\n", "www-data"),
+    ("  user   nginx nginx;\n", "nginx"),
+    ("# user nobody;\nevents {}\n", None),
+    ("worker_processes 2; # user nobody;\nuser http;\n", "http"),
+    ("events {}\n", None),
+])
+def test_user_from_conf(text: str, user: str | None) -> None:
+    assert user_from_conf(text) == user
+
+
+def test_worker_user_reads_the_main_config(tmp_path: Path) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("user nginx;\n")
+    assert worker_user(conf) == "nginx"
+    assert worker_user(tmp_path / "missing.conf") == "www-data"
+    version = "nginx version: nginx/1.22.1\nconfigure arguments: --conf-path=/opt/n/nginx.conf x"
+    assert conf_path(version) == Path("/opt/n/nginx.conf")
+    assert conf_path("nginx version: nginx/1.22.1") == Path("/etc/nginx/nginx.conf")
+
+
+def test_one_fix_per_folder_and_it_lets_the_workers_in(open_dir: Path, www_data: str) -> None:
+    home = open_dir / "home"
+    static = home / "app" / "static"
+    static.mkdir(parents=True)
+    home.chmod(0o700)
+    static.chmod(0o700)
+    targets = [Target(static, LIST, "read"), Target(home / "acme", TRAVERSE, "serve from")]
+    found = blocked(targets, www_data)
+    assert [(item.path, item.command) for item in found] == [
+        (home, f"chmod o+x {home}"), (home, f"chmod o+x {home}")]
+    assert [item.command for item in distinct(found)] == [f"chmod o+x {home}"]
+    assert fix_all(found) == [f"chmod o+x {home}"]
+    assert stat.S_IMODE(home.stat().st_mode) == 0o701
+    [left] = blocked(targets, www_data)             # the next thing on the way
+    assert left.advice() == (f"nginx (user www-data) cannot read {static}: it is mode 0700; "
+                             f"fix with `chmod o+rx {static}` (or give group www-data access)")
+    assert fix_all([left]) == [f"chmod o+rx {static}"]
+    assert blocked(targets, www_data) == []
