@@ -421,6 +421,27 @@ async def test_rust_builds_a_release_binary(tmp_path: Path) -> None:
     assert ran.stdout == "hello from rust\n"
 
 
+@pytest.mark.skipif(shutil.which("rustup") is None, reason="cargo is not rustup's here")
+async def test_a_rust_toolchain_file_is_said_to_be_ignored_without_rustup(tmp_path: Path) -> None:
+    shown = await asyncio.to_thread(subprocess.run, ["rustup", "show", "active-toolchain"],
+                                    capture_output=True, text=True, timeout=30, check=True)
+    active = shown.stdout.split()[0]
+    builds = Builds(tmp_path, {
+        "Cargo.toml": "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+        "src/main.rs": "fn main() {}\n",
+        "rust-toolchain.toml": f"[toolchain]\nchannel = \"{active}\"\n"})
+    await builds.build()                           # rustup on PATH: its cargo honours the file
+    assert not [line for line in builds.progress if "rust-toolchain" in line], builds.progress
+    cargo, alone = shutil.which("cargo"), tmp_path / "cargo-alone"
+    assert cargo is not None
+    alone.mkdir()
+    (alone / "cargo").symlink_to(cargo)           # a cargo with no rustup beside it
+    await builds.build(PATH=f"{alone}:/usr/bin:/bin")
+    assert ("Warning: rust-toolchain.toml is ignored: there is no rustup on this server to "
+            "install the toolchain it names, so the build uses the cargo on PATH"
+            in builds.progress), builds.progress
+
+
 @pytest.mark.parametrize(("procfile", "name"), [("web: ./serve\n", "generic"),
                                                 ("static: public\n", "static")])
 async def test_nothing_to_build(tmp_path: Path, procfile: str, name: str) -> None:

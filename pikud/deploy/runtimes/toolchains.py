@@ -27,20 +27,22 @@ between builds, so a rebuild does not download again.
 # - piku runs `mvn clean package`/`gradle clean build`/`lein clean` when an
 #   older build exists; a release directory is always fresh, so no clean.
 # - piku builds Rust only with a rust-toolchain.toml beside Cargo.toml and in
-#   debug mode; here Cargo.toml is enough and the build is --release.
+#   debug mode; here Cargo.toml is enough and the build is --release. A
+#   rust-toolchain(.toml) is honoured by rustup's cargo on its own; with any other
+#   cargo the push says it is ignored.
 # - Maven runs with --batch-mode and Gradle with --console=plain: no terminal
 #   is attached and their progress bars would fill the push output.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pikud.appspec import Procfile
 from pikud.deploy.runtimes.base import BuildContext, BuildResult
 from pikud.deploy.runtimes.envcache import build_once, content_key, shown
-from pikud.deploy.runtimes.tools import probe, require
+from pikud.deploy.runtimes.tools import probe, require, which
 
 Commands = Callable[[Path], Sequence[Sequence[str]]]
 
@@ -58,6 +60,7 @@ class Toolchain:
     commands: Commands                  # source -> argv lists; argv[0] is looked up on PATH
     also_needs: tuple[str, ...] = ()    # tools the commands call in turn (java)
     outputs: tuple[str, ...] = ()       # release-relative dirs put first on PATH
+    caveat: Callable[[Path, Mapping[str, str]], str | None] = lambda source, env: None
 
     def detect(self, source: Path, procfile: Procfile) -> bool:
         return any((source / name).is_file() for name in self.manifests)
@@ -67,6 +70,9 @@ class Toolchain:
         looked_up = [argv[0] for argv in commands if "/" not in argv[0]]
         tools = require(dict.fromkeys([*self.also_needs, *looked_up]), ctx.env,
                         needed_by=self.label)
+        warning = self.caveat(ctx.source, ctx.env)
+        if warning:
+            ctx.progress(f"Warning: {warning}")
         for argv in commands:
             argv[0] = tools.get(argv[0], argv[0])
             ctx.progress(f"Running {' '.join([Path(argv[0]).name, *argv[1:]])}")
@@ -92,9 +98,19 @@ CLOJURE = Toolchain("clojure", "Clojure (deps.edn)", ("deps.edn",),
 LEININGEN = Toolchain("leiningen", "Clojure (project.clj)", ("project.clj",),
                       lambda source: [["lein", "uberjar"]],
                       also_needs=("java",), outputs=("target",))
+def _rust_toolchain_ignored(source: Path, env: Mapping[str, str]) -> str | None:
+    """rustup's cargo switches to the toolchain a rust-toolchain file names; no other does."""
+    pinned = next((name for name in ("rust-toolchain.toml", "rust-toolchain")
+                   if (source / name).is_file()), None)
+    if pinned is None or which("rustup", env) is not None:
+        return None
+    return (f"{pinned} is ignored: there is no rustup on this server to install the toolchain "
+            "it names, so the build uses the cargo on PATH")
+
+
 RUST = Toolchain("rust", "Rust (Cargo.toml)", ("Cargo.toml",),
                  lambda source: [["cargo", "build", "--release"]],
-                 outputs=("target/release",))
+                 outputs=("target/release",), caveat=_rust_toolchain_ignored)
 
 
 class Ruby:
