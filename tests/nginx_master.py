@@ -11,7 +11,9 @@ nginx; its http {} includes ``include``/*.conf, as contrib/nginx-pikud.conf
 does. Run as root, its workers are www-data, as on Debian. A health server
 answering 204 tells when it listens, before any site exists. Stopping sends
 SIGQUIT (graceful), waits a bounded time, and SIGKILLs what is left of the
-session, returning those pids so that the caller can fail or report.
+session, returning those pids so that the caller can fail or report. Given a
+``user`` (test_install's piku), the master runs as that user and owns its
+prefix, so that a pikud running as that user can reload it.
 """
 
 from __future__ import annotations
@@ -49,9 +51,11 @@ class NginxMaster:
     """
 
     def __init__(self, prefix: Path, include: Path, *, worker_connections: int = 256,
-                 log_format: str | None = None, log_options: str = "") -> None:
+                 log_format: str | None = None, log_options: str = "",
+                 user: str | None = None) -> None:
         self.prefix = prefix
         self.include = include
+        self.user = user
         self.conf = prefix / "nginx.conf"
         self.access_log = prefix / "access.log"
         self.worker_connections = worker_connections
@@ -65,7 +69,7 @@ class NginxMaster:
     @property
     def preamble(self) -> tuple[str, ...]:
         """Main-context lines before events {}: Debian's worker user when run as root."""
-        return ("user www-data;",) if AS_ROOT else ()
+        return ("user www-data;",) if AS_ROOT and self.user is None else ()
 
     @property
     def reload_command(self) -> list[str]:
@@ -92,11 +96,15 @@ class NginxMaster:
         """Write nginx.conf, start the master, and return once the health port answers."""
         (self.prefix / "tmp").mkdir(parents=True)
         self.conf.write_text(self.render())
+        if self.user is not None:
+            for path in (self.prefix, self.prefix / "tmp"):
+                shutil.chown(path, self.user, self.user)
         with open(self.prefix / "output.log", "wb") as out:
             self.proc = subprocess.Popen(
                 [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-e", "stderr",
                  "-g", "daemon off;"], stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                stderr=subprocess.STDOUT, start_new_session=True, user=self.user,
+                group=self.user, extra_groups=[] if self.user is not None else None)
         proc = self.proc
         wait_for(lambda: proc.poll() is not None or listening(self.health_port), timeout,
                  "nginx listening")

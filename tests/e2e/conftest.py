@@ -1,12 +1,15 @@
 """A real OpenSSH server on 127.0.0.1 for pushes and commands over ssh.
 
-The server runs from its own config, host key and authorized_keys in a temp
-folder, on a port the test picks; it is stopped at teardown. The test
-account is the one running the tests; ``piku setup:ssh`` writes its key.
+The server runs from its own config and host key in a temp folder, on a port
+the test picks; it is stopped at teardown. In the ``sshd`` fixture the test
+account is the one running the tests, and ``piku setup:ssh`` writes its key
+into an authorized_keys of its own; test_install's server reads the piku
+user's own ``~/.ssh/authorized_keys``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -56,17 +59,12 @@ def keygen(path: Path, comment: str) -> None:
                     "-f", str(path)], check=True)
 
 
-@pytest.fixture
-def sshd(pikud: Pikud, short_root: Path) -> Iterator[SshServer]:
-    if not os.path.exists(SSHD):
-        pytest.skip("OpenSSH server is not installed")
-    base = Path(tempfile.mkdtemp(prefix="pks-", dir="/tmp"))
-    home = base / "home"
-    home.mkdir()
+@contextlib.contextmanager
+def sshd_on_loopback(base: Path, authorized_keys: str) -> Iterator[int]:
+    """A real sshd on a free loopback port, from ``base``'s own config and host key,
+    reading ``authorized_keys`` (sshd's AuthorizedKeysFile); yields the port once it
+    listens and stops it afterwards."""
     keygen(base / "hostkey", "host")
-    keygen(base / "client", "tester@laptop")
-    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True,
-                                                    text=True).stdout.strip()
     port = free_port()
     config = base / "sshd_config"
     config.write_text(f"""\
@@ -74,7 +72,7 @@ Port {port}
 ListenAddress 127.0.0.1
 HostKey {base / 'hostkey'}
 PidFile {base / 'sshd.pid'}
-AuthorizedKeysFile {home / '.ssh' / 'authorized_keys'}
+AuthorizedKeysFile {authorized_keys}
 StrictModes no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -86,10 +84,6 @@ LogLevel VERBOSE
 """ + (f"Subsystem sftp {SFTP_SERVER}\n" if os.path.exists(SFTP_SERVER) else ""))
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)   # sshd's privilege separation dir
-    setup = subprocess.run([sys.executable, "-m", "pikud.cli", "setup:ssh",
-                            str(base / "client.pub")],
-                           env=dict(pikud.env, HOME=str(home)), capture_output=True, text=True)
-    assert setup.returncode == 0, setup.stderr
     with open(base / "sshd.log", "wb") as log:
         server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
         try:
@@ -98,11 +92,31 @@ LogLevel VERBOSE
                 with socket.socket() as sock:
                     return sock.connect_ex(("127.0.0.1", port)) == 0
             wait_for(listening, 10, "sshd to listen")
-            yield SshServer(port, home, base / "client", user)
+            yield port
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(10)
-            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def sshd(pikud: Pikud, short_root: Path) -> Iterator[SshServer]:
+    if not os.path.exists(SSHD):
+        pytest.skip("OpenSSH server is not installed")
+    base = Path(tempfile.mkdtemp(prefix="pks-", dir="/tmp"))
+    home = base / "home"
+    home.mkdir()
+    keygen(base / "client", "tester@laptop")
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True,
+                                                    text=True).stdout.strip()
+    setup = subprocess.run([sys.executable, "-m", "pikud.cli", "setup:ssh",
+                            str(base / "client.pub")],
+                           env=dict(pikud.env, HOME=str(home)), capture_output=True, text=True)
+    assert setup.returncode == 0, setup.stderr
+    try:
+        with sshd_on_loopback(base, str(home / ".ssh" / "authorized_keys")) as port:
+            yield SshServer(port, home, base / "client", user)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

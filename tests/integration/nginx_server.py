@@ -55,14 +55,20 @@ class Response:
 
 
 class NginxServer:
-    """One real nginx master (tests/nginx_master.py) serving ``root``'s nginx/*.conf."""
+    """One real nginx master (tests/nginx_master.py) serving ``root``'s nginx/*.conf.
 
-    def __init__(self, base: Path) -> None:
+    By default ``root`` is a new one in ``base``; test_install passes the piku
+    user's, the installed nginx file's folder as ``include`` and ``user="piku"``.
+    """
+
+    def __init__(self, base: Path, root: Path | None = None, include: Path | None = None,
+                 user: str | None = None) -> None:
         self.base = base
-        self.root = base / "root"
+        self.root = base / "root" if root is None else root
         self.paths = Paths(self.root)
-        self.paths.create()
-        self.master = NginxMaster(base / "prefix", self.paths.nginx())
+        if root is None:
+            self.paths.create()
+        self.master = NginxMaster(base / "prefix", include or self.paths.nginx(), user=user)
         self.prefix = self.master.prefix
         self.conf = self.master.conf
         self.http_port = self.master.http_port
