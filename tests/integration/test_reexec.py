@@ -159,12 +159,13 @@ def test_a_process_that_exits_across_the_reexec_is_respawned_by_policy(pikud: Pi
 
 def test_a_reexec_into_code_that_does_not_import_is_refused_and_the_old_image_serves(
         pikud_factory: Callable[..., Pikud], tmp_path: Path) -> None:
-    package = tmp_path / "code"
-    shutil.copytree(Path(package.__file__).parent, package / "pikud")
-    daemon = pikud_factory(extra_env={"PYTHONPATH": str(package)})
+    copy = tmp_path / "code"
+    shutil.copytree(Path(package.__file__).parent, copy / "pikud")
+    daemon = pikud_factory(extra_env={"PYTHONPATH": str(copy)}, cwd=tmp_path)
+    assert f"pikud {VERSION} listening" in daemon.output()
     deploy(daemon)
     before = pids(daemon, "web")
-    init = package / "pikud" / "__init__.py"
+    init = copy / "pikud" / "__init__.py"
     init.write_text(init.read_text() + "raise ImportError('broken on purpose')\n")
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGUSR2)
@@ -186,6 +187,6 @@ def test_a_reexec_into_code_that_does_not_import_is_refused_and_the_old_image_se
 def test_piku_status_shows_the_daemon(pikud: Pikud) -> None:
     deploy(pikud)
     text = pikud.cli("status", check=True).stdout
-    assert f"pikud {VERSION}" in text and "boot" in text and "RUNNING" in text
+    assert f"{VERSION} (pid " in text and "started by boot" in text and "RUNNING 2" in text
     data = json_out(pikud.cli("status", "--json"))
     assert data["started"] == "boot" and data["apps_by_state"] == {"running": 1}
