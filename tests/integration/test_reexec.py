@@ -190,3 +190,25 @@ def test_piku_status_shows_the_daemon(pikud: Pikud) -> None:
     assert f"{VERSION} (pid " in text and "started by boot" in text and "RUNNING 2" in text
     data = json_out(pikud.cli("status", "--json"))
     assert data["started"] == "boot" and data["apps_by_state"] == {"running": 1}
+
+
+def test_a_cron_run_goes_on_across_the_reexec_and_ends_in_the_new_image(
+        pikud: Pikud, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    waiter = (f"import os, time\nprint('started', flush=True)\n"
+              f"while not os.path.exists({str(go)!r}): time.sleep(0.05)\nprint('done')\n")
+    app = pikud.add_app("cr", "worker: exec python3 ticker.py\ncron1: 0 3 * * * python3 wait.py\n",
+                        FAST)
+    (app / "ticker.py").write_text(TICKER)
+    (app / "wait.py").write_text(waiter)
+    pikud.api("POST", "/apps/cr/deploy")
+    pikud.cli("cron:run", "cr", "cron1", check=True)
+    wait_for(lambda: "started" in pikud.log_text("cr", "cron1"), 15, "the run to start")
+    reexec(pikud)
+    assert pikud.api("GET", "/apps/cr/cron")["jobs"][0]["running"]
+    go.touch()
+    log = wait_for(lambda: "run ended: exit status 0" in pikud.log_text("cr", "cron1")
+                   and pikud.log_text("cr", "cron1"), 15, "the run to end")
+    assert "done" in log and log.count("run started") == 1
+    assert pikud.api("GET", "/apps/cr/cron")["jobs"][0]["last_run"]["status"] == "exit status 0"
+    assert "cron adopted: cr:cron1 run 1" in pikud.output()
