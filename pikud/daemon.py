@@ -158,6 +158,7 @@ class Daemon:
         adopted = None
         if record is not None:          # routes set before the router accepts again
             self.how, self.started = Start.REEXEC, record.started
+            self.events.recent.extend(record.events)
             adopted = await self.registry.adopt(record)
             log.info("re-exec: pikud %s adopted %d processes of %d apps from pikud %s",
                      __version__, self.registry.process_count(), len(adopted), record.version)

@@ -104,6 +104,7 @@ class Record:
     router: tuple[int, ...] = ()        # descriptors: the built-in router's listeners
     apps: tuple[AppRecord, ...] = ()
     cron: tuple[CronRecord, ...] = ()
+    events: tuple[dict[str, Any], ...] = ()     # the recent events (``piku status``'s errors)
     format: int = FORMAT
 
     def descriptors(self) -> list[int]:
@@ -149,7 +150,8 @@ def capture(daemon: Daemon) -> Record:
     router = daemon.router.listeners() if daemon.router is not None else ()
     return Record(version=daemon.version, started=daemon.started,
                   control=daemon.control_fd(), router=tuple(router), apps=tuple(apps),
-                  cron=tuple(daemon.registry.scheduler.capture()))
+                  cron=tuple(daemon.registry.scheduler.capture()),
+                  events=tuple(daemon.events.recent))
 
 
 # -- transport: a memfd named in the environment ---------------------------------
@@ -248,4 +250,5 @@ def _record(data: dict[str, Any]) -> Record:
         app, slots=tuple(SlotRecord(**dict(slot, spec=_spec(slot["spec"])))
                          for slot in app["slots"]))) for app in data["apps"])
     return Record(**dict(data, router=tuple(data["router"]), apps=apps,
-                         cron=tuple(CronRecord(**run) for run in data["cron"])))
+                         cron=tuple(CronRecord(**run) for run in data["cron"]),
+                         events=tuple(data["events"])))

@@ -29,7 +29,8 @@ def record(pipe: int, listener: int, control: int) -> Record:
     slot = SlotRecord(spec, "RUNNING", 4321, "1-ab.3", pipe, listener, 2, 0, 123.5, None)
     app = AppRecord("shop", "A=1\n", None, 7, (slot,))
     run = CronRecord("shop", "cron1", 3, 4322, "1-ab.4", None, "2026-12-06T05:00:00+00:00", 99.0)
-    return Record("0.1.0", 12.0, control, (control,), (app,), (run,))
+    event = {"time": 1.5, "app": "shop", "process": None, "event": "error", "message": "x"}
+    return Record("0.1.0", 12.0, control, (control,), (app,), (run,), (event,))
 
 
 def test_a_record_is_read_back_as_it_was_sent_and_its_descriptors_stay_private() -> None:
