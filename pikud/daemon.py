@@ -1,9 +1,11 @@
 """`pikud serve`: the daemon's entry point, its phases and its wiring.
 
-startup (layout, subreaper, control socket, apps that were running) ->
-serve (until the shutdown trigger fires) -> shutdown (every app stopped,
-bounded by ``shutdown_timeout``). Signal handlers only queue the signal;
-one task acts on it: SIGTERM/SIGINT shut down, SIGHUP re-reads pikud.toml.
+startup (layout, subreaper, control socket, apps that were running, or
+those the previous image hands over after a re-exec) -> serve (until the
+shutdown trigger fires) -> shutdown (every app stopped, bounded by
+``shutdown_timeout``). Signal handlers only queue the signal; one task acts
+on it: SIGTERM/SIGINT shut down, SIGHUP re-reads pikud.toml, SIGUSR2
+re-executes pikud in place (reexec.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,12 +29,14 @@ from pikud.control.server import ControlServer, daemon_status
 from pikud.errors import PikudError
 from pikud.events import EventLog
 from pikud.fds import raise_open_files_limit
+from pikud.handover import Start, receive
 from pikud.paths import Paths
 from pikud.procman.children import become_subreaper, install_orphan_reaper
 from pikud.proxy.acme import Acme
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Router
 from pikud.proxy.routing import parse_address
+from pikud.reexec import Reexec
 from pikud.refresh import CloudflareRefresh
 from pikud.registry import AppRegistry
 from pikud.sdnotify import Notifier
@@ -73,7 +78,11 @@ class Daemon:
         self.loop_name = loop_name
         self.notifier = Notifier()
         self.events = EventLog(settings.events_kept)
-        self.started = time.monotonic()
+        self.version = __version__
+        self.started = time.monotonic()         # the first boot (a re-exec carries it)
+        self.image_started = self.started       # this image
+        self.how = Start.BOOT
+        self.control: ControlServer | None = None
         self.watcher: FileWatcher | None = None
         self._reloads: set[asyncio.Task[None]] = set()      # reloads after a file change
         self.registry = AppRegistry(paths, os.environ, settings.app_defaults, self.events,
@@ -123,8 +132,18 @@ class Daemon:
         except Exception:
             log.exception("%s: reload after a file change failed", app.name)
 
+    def control_fd(self) -> int:
+        assert self.control is not None
+        return self.control.fileno()
+
+    def refused(self, reason: str) -> None:
+        """A re-exec did not happen: in the log and in ``piku status``'s last errors."""
+        log.error("re-exec refused: %s", reason)
+        self.events.emit("", None, "reexec_refused", f"re-exec refused: {reason}")
+
     async def serve(self, shutdown_trigger: Callable[[], Awaitable[object]]) -> None:
         loop = asyncio.get_running_loop()
+        record = receive(os.environ)        # after a re-exec: what the previous image held
         raise_open_files_limit()
         self.paths.create()
         private = self.paths.make_private()
@@ -136,12 +155,21 @@ class Daemon:
         install_orphan_reaper(loop)
         self.watcher = FileWatcher(self._on_file_change)
         self.registry.load()            # every app with its desired state, before any request
-        control = ControlServer(self.registry, self.status, self.paths.socket, self.cloudflare,
-                                self.settings.control_idle_timeout)
-        await control.start()
+        adopted = None
+        if record is not None:          # routes set before the router accepts again
+            self.how, self.started = Start.REEXEC, record.started
+            self.events.recent.extend(record.events)
+            adopted = await self.registry.adopt(record)
+            log.info("re-exec: pikud %s adopted %d processes of %d apps from pikud %s",
+                     __version__, self.registry.process_count(), len(adopted), record.version)
+        control = self.control = ControlServer(
+            self.registry, self.status, self.paths.socket, self.cloudflare,
+            self.settings.control_idle_timeout)
+        await control.start(socket.socket(fileno=record.control) if record else None)
         if self.router is not None:
             try:
-                await self.router.start()
+                await self.router.start([socket.socket(fileno=fd) for fd in record.router]
+                                        if record else None)
             except BaseException:
                 await control.stop()
                 raise
@@ -152,7 +180,7 @@ class Daemon:
             async with asyncio.TaskGroup() as tasks:
                 watching = tasks.create_task(self.watcher.run())
                 pulse = tasks.create_task(self._watchdog())
-                await self.registry.boot()
+                await self.registry.boot(adopted)
                 refreshing = tasks.create_task(self.cloudflare.run())
                 self.notifier.ready(self._summary())
                 log.info("ready: %s", self._summary())
@@ -191,7 +219,8 @@ class Daemon:
         return f"{running} apps, {self.registry.process_count()} processes"
 
     def status(self) -> dict[str, object]:
-        status = daemon_status(self.started, self.loop_name, self.registry)
+        status = daemon_status(self.started, self.loop_name, self.registry, how=self.how.value,
+                               image_started=self.image_started)
         # None: nginx fronts the apps, or the router is not serving yet (the control
         # socket answers from the start of the boot).
         router = self.router
@@ -219,18 +248,26 @@ class Daemon:
 
 
 async def run(daemon: Daemon) -> None:
-    """Serve until SIGTERM or SIGINT; SIGHUP re-reads the settings."""
+    """Serve until SIGTERM or SIGINT; SIGHUP re-reads the settings, SIGUSR2 re-executes.
+
+    A SIGTERM that comes during a re-exec is acted on once the re-exec is
+    refused; one that comes after the exec is lost with the old image.
+    """
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
     stop = asyncio.Event()
+    reexec = Reexec(daemon)
 
     async def handle_signals() -> None:
         while True:
             sig = await signals.get()
             if sig == signal.SIGHUP:
                 daemon.reload_settings()
+            elif sig == signal.SIGUSR2:
+                log.info("received SIGUSR2: re-executing pikud")
+                await reexec.run()
             else:
                 log.info("received %s", sig.name)
                 stop.set()

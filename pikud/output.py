@@ -8,6 +8,7 @@ asks for it, so the same function serves a tty, a pipe and the tests.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -181,3 +182,32 @@ def format_cloudflare(data: Mapping[str, Any], color: bool) -> str:
         lines += [f"-----> {entry['name']}: {entry['error']}" for entry in apps
                   if entry.get("error")]
     return "\n".join(lines)
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none"
+
+
+def format_status(status: Mapping[str, Any], color: bool) -> str:
+    """``piku status``: pikud itself, its apps and processes by state, its last errors."""
+    image = status.get("image_uptime", status["uptime"])
+    rows = [
+        ("pikud", f"{status['version']} (pid {status['pid']}, loop {status['loop']})"),
+        ("up", f"{format_duration(status['uptime'])}; this image {format_duration(image)}, "
+               f"started by {status.get('started', 'boot')}"),
+        ("root", str(status["root"])),
+        ("http", _dash(status.get("http"))),
+        ("apps", _counts(status.get("apps_by_state", {}))),
+        ("processes", _counts(status.get("processes_by_state", {}))),
+    ]
+    lines = [format_table(("", ""), rows).split("\n", 1)[1]]
+    errors = status.get("errors", [])
+    if errors:
+        lines.append("last errors:")
+        lines += [style(f"  {_clock(event['time'])} {event['app'] or 'pikud'}: "
+                        f"{event['message']}", "red", color) for event in errors]
+    return "\n".join(lines)
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))

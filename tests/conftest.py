@@ -75,14 +75,15 @@ class Pikud:
         return env
 
     def start(self, *args: str, extra_env: dict[str, str] | None = None,
-              preexec_fn: Callable[[], None] | None = None) -> Pikud:
-        """``preexec_fn`` runs in the child before the exec (e.g. to set an rlimit)."""
+              preexec_fn: Callable[[], None] | None = None, cwd: Path | None = None) -> Pikud:
+        """``preexec_fn`` runs in the child before the exec (e.g. to set an rlimit); ``cwd``
+        away from this checkout lets PYTHONPATH choose the pikud it runs."""
         sock = self.root / "pikud.sock"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pikud", "serve", *args],
                 env=dict(self.env, **(extra_env or {})), stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=preexec_fn)
+                preexec_fn=preexec_fn, cwd=cwd)
         wait_for(lambda: sock.exists() and self._ready(), STARTUP_DEADLINE, "pikud to listen")
         return self
 
@@ -203,10 +204,10 @@ def pikud_factory(short_root: Path, tmp_path: Path) -> Iterator[Callable[..., Pi
     made: list[Pikud] = []
 
     def make(*args: str, extra_env: dict[str, str] | None = None,
-             preexec_fn: Callable[[], None] | None = None) -> Pikud:
+             preexec_fn: Callable[[], None] | None = None, cwd: Path | None = None) -> Pikud:
         daemon = Pikud(short_root, tmp_path / "pikud.log")
         made.append(daemon)
-        return daemon.start(*args, extra_env=extra_env, preexec_fn=preexec_fn)
+        return daemon.start(*args, extra_env=extra_env, preexec_fn=preexec_fn, cwd=cwd)
 
     yield make
     for daemon in made:

@@ -21,7 +21,7 @@ import sys
 import click
 
 from pikud.cli.env import config, config_get, config_live, config_set, config_unset
-from pikud.cli.host import cloudflare_refresh, scp, setup, setup_ssh, sftp, update
+from pikud.cli.host import cloudflare_refresh, scp, setup, setup_ssh, sftp, status, update
 from pikud.cli.jobs import cron, cron_run
 from pikud.cli.processes import apps, destroy, logs, ps, ps_scale, restart, run, start, stop
 from pikud.cli.push import deploy, git_hook, git_receive_pack, git_upload_pack, releases, rollback
@@ -64,7 +64,7 @@ for _command in (
     config, config_get, config_set, config_unset, config_live,
     deploy, releases, rollback, git_receive_pack, git_upload_pack, git_hook,
     cron, cron_run,
-    setup, setup_ssh, cloudflare_refresh, scp, sftp, update,
+    status, setup, setup_ssh, cloudflare_refresh, scp, sftp, update,
 ):
     piku.add_command(_command)
 

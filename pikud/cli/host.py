@@ -1,4 +1,4 @@
-"""The `piku` commands about the host rather than one app: setup, setup:ssh,
+"""The `piku` commands about the host rather than one app: status, setup, setup:ssh,
 cloudflare:refresh, scp, sftp and update (click + stdlib only)."""
 
 from __future__ import annotations
@@ -11,8 +11,17 @@ from typing import Any
 import click
 
 from pikud.cli.common import LONG_TIMEOUT, client, color, emit, json_option, print_json
-from pikud.output import format_cloudflare
+from pikud.output import format_cloudflare, format_status
 from pikud.paths import LAYOUT, Paths, cli_argv
+
+
+@click.command("status")
+@json_option
+def status(as_json: bool) -> None:
+    """Show pikud itself: version, pid, uptime, how it last started (boot, re-exec,
+    adoption), apps and processes by state, and its last errors."""
+    data = client().request("GET", "/status")
+    emit(data, as_json, lambda d: format_status(d, color()))
 
 
 @click.command("setup")

@@ -68,7 +68,8 @@ class Routes:
         return self.registry.get(request.match_info["app"])
 
     async def status(self, request: web.Request) -> Any:
-        """GET /status -> version, pid, uptime, loop, root, apps, processes."""
+        """GET /status -> version, pid, uptime, image_uptime, started, loop, root, http, apps,
+        processes, apps_by_state, processes_by_state, errors (control/protocol.py)."""
         return self.status_of_daemon()
 
     async def list_apps(self, request: web.Request) -> Any:

@@ -16,7 +16,9 @@ ends with ``{"end": true, "data": ...}`` or, on failure, ``{"ok": false,
 
 Routes (APP is a validated app name, KIND a Procfile kind):
 
-    GET    /status                     daemon: version, pid, uptime, loop, root, apps, processes
+    GET    /status                     daemon: version, pid, uptime, image_uptime, started (boot,
+                                       re-exec, adoption), loop, root, apps, processes,
+                                       apps_by_state, processes_by_state, errors (last events)
     GET    /apps                       {"apps": [app summary, ...], "problems": [str, ...]}
                                        (daemon-wide problems: a state file set aside, a
                                        failing save)

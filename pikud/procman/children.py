@@ -47,6 +47,8 @@ class ExitInfo:
         return cls(None, result.si_status)
 
     def __str__(self) -> str:
+        if self.code is None and self.signal is None:
+            return "exit status unknown"
         if self.signal is not None:
             return f"killed by {signal.Signals(self.signal).name}"
         return f"exit status {self.code}"
@@ -75,29 +77,57 @@ KillNote = Callable[[int], None]     # called with how many processes get SIGKIL
 
 _spawned: set[int] = set()      # pids whose exit their own Child waiter reads
 _spawn_count = itertools.count(1)
+# Unique per image of the daemon: a re-exec keeps the pid and restarts the count.
+_IMAGE = f"{os.getpid()}-{os.urandom(4).hex()}"
 SPAWN_ID = "PIKU_SPAWN_ID"      # unique per spawn: what finds one spawn's whole tree
 
 
 class Child:
-    """One spawned OS process, its pidfd, and an awaitable exit."""
+    """One spawned (or adopted) OS process, its pidfd, and an awaitable exit.
 
-    def __init__(self, popen: subprocess.Popen[bytes], spawn_id: str) -> None:
+    A child adopted after a re-exec is still ours: its exit status is read
+    as for a fresh spawn. One adopted after a crash of the daemon is not
+    (pidfds work for any process, FACTS.md): its exit is seen, its status is
+    unknown (``ExitInfo(None, None)``).
+    """
+
+    def __init__(self, pid: int, spawn_id: str,
+                 popen: subprocess.Popen[bytes] | None = None) -> None:
         self.popen = popen
-        self.pid = popen.pid
+        self.pid = pid
         self.spawn_id = spawn_id
-        self.pidfd = os.pidfd_open(self.pid)
-        self._exit: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().add_reader(self.pidfd, self._on_exit)
+        loop = asyncio.get_running_loop()
+        self._exit: asyncio.Future[ExitInfo] = loop.create_future()
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:      # an adopted pid that is gone already: reaped elsewhere
+            self.pidfd = -1
+            self._exit.set_result(ExitInfo(None, None))
+            return
+        loop.add_reader(self.pidfd, self._on_exit)
+
+    @classmethod
+    def adopt(cls, pid: int, spawn_id: str) -> Child:
+        """Watch ``pid``, spawned by this daemon's previous image (or a crashed daemon)."""
+        claim([pid])
+        child = cls(pid, spawn_id)
+        if child.exited:
+            _spawned.discard(pid)
+        return child
 
     def _on_exit(self) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(self.pidfd)
-        result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        try:
+            result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:       # not our child (adopted after a crash): no status
+            result = None
         os.close(self.pidfd)
         _spawned.discard(self.pid)
         info = ExitInfo.from_waitid(result) if result else ExitInfo(None, None)
         reap_orphans()      # orphans appear when a parent exits; SIGCHLD may belong to libuv
-        self.popen.returncode = info.code if info.code is not None else -(info.signal or 0)
+        if self.popen is not None:
+            self.popen.returncode = info.code if info.code is not None else -(info.signal or 0)
         if not self._exit.done():
             self._exit.set_result(info)
 
@@ -107,6 +137,12 @@ class Child:
 
     async def wait(self) -> ExitInfo:
         return await asyncio.shield(self._exit)
+
+
+def claim(pids: Sequence[int]) -> None:
+    """Mark ``pids`` as watched by a Child of their own, so no orphan sweep reaps them:
+    processes to adopt, claimed before anything else may reap."""
+    _spawned.update(pids)
 
 
 def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: int | None = None,
@@ -120,14 +156,14 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: int
     before the error goes on: nothing runs that the daemon does not track.
     """
     check_headroom(len(_spawned))
-    spawn_id = f"{os.getpid()}.{next(_spawn_count)}"
+    spawn_id = f"{_IMAGE}.{next(_spawn_count)}"
     popen = subprocess.Popen(
         list(argv), env={**env, SPAWN_ID: spawn_id}, cwd=cwd, stdin=stdin,
         stdout=output, stderr=errors if output is not None else None,
         pass_fds=tuple(pass_fds), start_new_session=True, close_fds=True,
     )
     try:
-        child = Child(popen, spawn_id)
+        child = Child(popen.pid, spawn_id, popen)
     except OSError:
         os.killpg(popen.pid, signal.SIGKILL)        # its own session: nothing else is in it
         popen.wait()

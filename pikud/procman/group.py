@@ -17,7 +17,7 @@ from pikud.errors import DeployError
 from pikud.procman.idle import has_traffic
 from pikud.procman.logs import Follower, LogFile
 from pikud.procman.plan import Plan, plan
-from pikud.procman.process import EventSink, ManagedProcess, ProcessSpec
+from pikud.procman.process import Adopted, EventSink, ManagedProcess, ProcessSpec
 
 Readiness = Callable[[ProcessSpec], Awaitable[str]]            # "" when ready, else why not
 Routing = Callable[[Mapping[str, ProcessSpec]], Awaitable[None]]   # move traffic to these
@@ -78,6 +78,13 @@ class ProcessGroup:
         proc = ManagedProcess(spec, self._on_event, self._log(spec))
         proc.start()
         return proc
+
+    def adopt(self, slots: Mapping[ProcessSpec, Adopted]) -> None:
+        """Supervise processes a previous owner started (handover.py), as they are."""
+        for spec, taken in slots.items():
+            proc = self.processes[spec.name] = ManagedProcess(spec, self._on_event,
+                                                              self._log(spec))
+            proc.adopt(taken)
 
     def _new(self, spec: ProcessSpec) -> ManagedProcess:
         proc = self.processes[spec.name] = self._spawn(spec)

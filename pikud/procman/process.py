@@ -51,6 +51,20 @@ EventSink = Callable[[str, str, str], None]      # (process name, event, message
 
 
 @dataclass(frozen=True)
+class Adopted:
+    """A slot's process and descriptors as its previous owner left them (handover.py)."""
+
+    state: ProcessState
+    child: Child | None                 # None: no process ran (BACKOFF, FATAL, IDLE, ...)
+    pipe: int | None                    # the read end of its output pipe
+    listener: socket.socket | None      # its daemon-owned listening socket
+    restarts: int = 0
+    failures: int = 0
+    started_at: float | None = None     # CLOCK_MONOTONIC, which survives an exec
+    last_exit: str | None = None
+
+
+@dataclass(frozen=True)
 class ProcessSpec:
     """Everything one process is started with; two equal specs need no restart."""
 
@@ -122,6 +136,7 @@ class ManagedProcess:
         self._resumed = asyncio.Event()
         self.settled = asyncio.Event()          # set unless STARTING or STOPPING
         self.listener: socket.socket | None = None
+        self.pipe: PipeReader | None = None     # the running process's output
 
     @property
     def name(self) -> str:
@@ -152,6 +167,42 @@ class ManagedProcess:
         else:
             self._kick.set()
 
+    def adopt(self, taken: Adopted) -> None:
+        """Supervise a process this slot's previous owner started (handover.py), instead
+        of spawning one: its state, counts and start time go on as they were.
+
+        Adoption restores a state rather than moving along an edge, so it sets
+        ``state`` directly (it is not a transition) and reports ``adopted``. A
+        slot whose process is gone, or that had none (backing off, FATAL),
+        carries on as after an exit: the policy respawns it. An IDLE slot
+        sleeps on its socket again.
+        """
+        assert self._task is None, f"{self.name} is already supervised"
+        self.listener = taken.listener
+        self.restarts, self.failures = taken.restarts, taken.failures
+        self.last_exit, self.started_at = taken.last_exit, taken.started_at
+        child, state = taken.child, taken.state
+        if child is not None and taken.pipe is not None:
+            self.pipe = PipeReader(taken.pipe, self.log.write_line)
+        if child is not None:
+            # STOPPING is taken as RUNNING: a stop is an action, and none crosses a re-exec.
+            self.child = child
+            state = taken.state if taken.state in (S.STARTING, S.RUNNING) else S.RUNNING
+        elif taken.state is S.IDLE and self.listener is not None:
+            state = S.IDLE
+            self._suspend.set()
+        else:
+            state = S.EXITED if taken.state in ALIVE else taken.state
+            self.started_at = None
+        self.state = state
+        if state is S.STARTING:
+            self.settled.clear()
+        else:
+            self.settled.set()
+        pid = f"pid {child.pid}" if child is not None else "no process"
+        self._report("adopted", f"adopted: {self.name} with {pid} ({state})")
+        self._task = asyncio.create_task(self._supervise(child), name=self.name)
+
     async def stop(self) -> None:
         """Stop gracefully (SIGTERM to the group, then SIGKILL after stop_timeout)."""
         self._stop.set()
@@ -179,11 +230,12 @@ class ManagedProcess:
 
     # -- the supervision loop ------------------------------------------------
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, adopted: Child | None = None) -> None:
         try:
             while not self._stop.is_set():
                 try:
-                    await self._turn()
+                    await self._turn(adopted)
+                    adopted = None
                 except Exception as exc:
                     log.exception("supervision of %s failed", self.name)
                     await self._fault(exc)
@@ -198,13 +250,13 @@ class ManagedProcess:
                 # BACKOFF/FATAL/EXITED/IDLE -> STOPPED: stop requested while no process ran
                 self._set_state(S.STOPPED, f"stopped: {self.name} (was not running)")
 
-    async def _turn(self) -> None:
-        """One spawn and its end (or one sleep while suspended)."""
-        if self._suspend.is_set():
+    async def _turn(self, adopted: Child | None = None) -> None:
+        """One spawn (or an adopted process) and its end (or one sleep while suspended)."""
+        if self._suspend.is_set() and adopted is None:
             await self._sleep_until_connection()
             return
         try:
-            child = self._spawn()
+            child = adopted or self._spawn()
         except OSError as exc:
             # * -> STARTING -> BACKOFF/FATAL: it could not even start (cwd gone, no fds)
             self.spawn_error = exc
@@ -212,8 +264,9 @@ class ManagedProcess:
             self._set_state(S.STARTING, f"spawn failed: {self.name}: {exc}", logging.ERROR)
             await self._retry_after(0.0, self.last_exit)
             return
+        up = time.monotonic() - (self.started_at or time.monotonic())
         promote = asyncio.get_running_loop().call_later(
-            self.spec.policy.start_secs, self._promote)
+            max(self.spec.policy.start_secs - up, 0.0), self._promote)
         try:
             asked = await self._wait_exit_or_request(child)
         finally:
@@ -258,7 +311,7 @@ class ManagedProcess:
             raise
         finally:
             os.close(write_end)
-        PipeReader(read_end, self.log.write_line)
+        self.pipe = PipeReader(read_end, self.log.write_line)
         self.child, self.spawn_error = child, None
         self.started_at = time.monotonic()
         # STOPPED/BACKOFF/EXITED/FATAL -> STARTING: spawned

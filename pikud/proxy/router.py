@@ -40,6 +40,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -116,7 +117,8 @@ class Router:
         self._closing: set[asyncio.Task[None]] = set()
         self._websockets: set[web.WebSocketResponse] = set()
 
-    async def start(self) -> None:
+    async def start(self, inherited: list[socket.socket] | None = None) -> None:
+        """Serve on the configured address, or on listeners ``inherited`` (a re-exec)."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._serve)
         runner = web.AppRunner(app, handle_signals=False, access_log=None,
@@ -125,7 +127,7 @@ class Router:
         await runner.setup()
         assert runner.server is not None
         try:
-            await self._connections.listen(runner.server, self._host, self._port)
+            await self._connections.listen(runner.server, self._host, self._port, inherited)
         except OSError as exc:
             await runner.cleanup()
             raise PikudError(f"cannot serve HTTP on {self._host}:{self._port}: "
@@ -146,6 +148,22 @@ class Router:
         sessions = [s for s in (self._tcp, *self._unix.values()) if s is not None]
         self._tcp, self._unix = None, {}
         await asyncio.gather(*(s.close() for s in sessions), *self._closing)
+
+    async def drain(self, timeout: float) -> None:
+        """Before a re-exec: stop accepting (connections wait in the backlog for the next
+        image), finish the requests in flight within ``timeout``, and close every client
+        connection at a request boundary (``Connection: close``). WebSockets get 1001."""
+        await asyncio.gather(*(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+                               for ws in list(self._websockets)))
+        await self._connections.drain(timeout)
+
+    def resume(self) -> None:
+        """Accept again after ``drain`` (the re-exec did not happen)."""
+        self._connections.undrain()
+
+    def listeners(self) -> list[int]:
+        """The listening sockets' descriptors, for the next image."""
+        return self._connections.listeners()
 
     @property
     def serving(self) -> bool:
@@ -212,7 +230,10 @@ class Router:
     # --- requests -----------------------------------------------------------
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         with self._connections.request(request.protocol):
-            return await self._handle(request)
+            response = await self._handle(request)
+            if self._connections.draining and not response.prepared:
+                response.force_close()          # Connection: close
+            return response
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         table = self._table
@@ -274,6 +295,8 @@ class Router:
                                    allow_redirects=False) as upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             response.headers.extend(forward_headers(upstream.headers.items()))
+            if self._connections.draining:
+                response.force_close()          # Connection: close
             location = response.headers.get("Location", "")
             if (target.prefix and location.startswith("/") and not location.startswith("//")
                     and not location.startswith(target.prefix + "/")):

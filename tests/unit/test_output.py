@@ -14,6 +14,7 @@ from pikud.output import (
     format_formation,
     format_log_line,
     format_ps,
+    format_status,
     format_table,
     style,
     visible_len,
@@ -205,3 +206,30 @@ def test_problems_follow_the_apps_and_the_process_table() -> None:
     assert format_ps(detail, False).splitlines()[-2:] == [
         "(no processes)", "! state.json could not be saved"]
     assert "\x1b[31m! x" in format_apps([], True, ["x"])
+
+
+STATUS = {"version": "0.2.0", "pid": 812, "uptime": 7384.2, "image_uptime": 4.9,
+          "started": "re-exec", "loop": "uvloop", "root": "/home/piku/.piku",
+          "http": None, "apps": 3, "processes": 4,
+          "apps_by_state": {"running": 2, "stopped": 1},
+          "processes_by_state": {"RUNNING": 3, "BACKOFF": 1}, "errors": []}
+
+
+def test_format_status() -> None:
+    assert format_status(STATUS, color=False).splitlines() == [
+        "pikud      0.2.0 (pid 812, loop uvloop)",
+        "up         2h03m; this image 4s, started by re-exec",
+        "root       /home/piku/.piku",
+        "http       -",
+        "apps       running 2, stopped 1",
+        "processes  BACKOFF 1, RUNNING 3",
+    ]
+
+
+def test_format_status_lists_the_last_errors_with_pikud_for_its_own() -> None:
+    errors = [{"time": 0.0, "app": "shop", "event": "FATAL", "message": "gave up: shop:web.1"},
+              {"time": 0.0, "app": "", "event": "reexec_refused", "message": "re-exec refused: x"}]
+    lines = format_status(dict(STATUS, errors=errors), color=False).splitlines()
+    assert lines[6] == "last errors:"
+    assert lines[7].endswith(" shop: gave up: shop:web.1")
+    assert lines[8].endswith(" pikud: re-exec refused: x")
