@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,13 +29,14 @@ from pikud.events import EventLog
 from pikud.fds import raise_open_files_limit
 from pikud.paths import Paths
 from pikud.procman.children import become_subreaper, install_orphan_reaper
+from pikud.procman.keeper import Keeper
 from pikud.proxy.acme import Acme
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Router
 from pikud.proxy.routing import parse_address
 from pikud.refresh import CloudflareRefresh
 from pikud.registry import AppRegistry
-from pikud.sdnotify import Notifier
+from pikud.sdnotify import Notifier, listen_fds
 from pikud.settings import Settings, load_settings
 from pikud.traffic import Traffic
 from pikud.watch import FileWatcher
@@ -72,6 +74,9 @@ class Daemon:
         self.settings = settings
         self.loop_name = loop_name
         self.notifier = Notifier()
+        self.keeper = Keeper(self.notifier, paths.process_record)
+        self.passed = listen_fds()          # what systemd's store handed back
+        self.how_started = "boot"
         self.events = EventLog(settings.events_kept)
         self.started = time.monotonic()
         self.watcher: FileWatcher | None = None
@@ -79,7 +84,7 @@ class Daemon:
         self.registry = AppRegistry(paths, os.environ, settings.app_defaults, self.events,
                                     watch=self._watch, unwatch=self._unwatch,
                                     traffic=Traffic(self.router, self.nginx, paths, self.acme),
-                                    ceilings=settings.ceilings)
+                                    ceilings=settings.ceilings, keeper=self.keeper)
         self.cloudflare = CloudflareRefresh(self.registry, settings.cloudflare_urls,
                                             settings.cloudflare_refresh_days)
 
@@ -134,18 +139,23 @@ class Daemon:
                         ", ".join(str(path.relative_to(self.paths.root)) for path in private))
         become_subreaper()
         install_orphan_reaper(loop)
+        if self.keeper.restore(self.passed):
+            self.how_started = "adoption"
         self.watcher = FileWatcher(self._on_file_change)
         self.registry.load()            # every app with its desired state, before any request
         control = ControlServer(self.registry, self.status, self.paths.socket, self.cloudflare,
                                 self.settings.control_idle_timeout)
-        await control.start()
-        if self.router is not None:
+        self._stored("control", await control.start(self._inherited("control")),
+                     control.listener)
+        # A router listener handed back holds requests made while no pikud ran: they
+        # wait in its backlog until boot has put the routes back.
+        router = self._inherited("router")
+        if router is None:
             try:
-                await self.router.start()
+                await self._route(None)
             except BaseException:
                 await control.stop()
                 raise
-            log.info("routing HTTP on %s:%d", *self.router.address)
         log.info("pikud %s listening on %s (loop: %s)", __version__, self.paths.socket,
                  self.loop_name)
         try:
@@ -153,6 +163,8 @@ class Daemon:
                 watching = tasks.create_task(self.watcher.run())
                 pulse = tasks.create_task(self._watchdog())
                 await self.registry.boot()
+                if router is not None:
+                    await self._route(router)
                 refreshing = tasks.create_task(self.cloudflare.run())
                 self.notifier.ready(self._summary())
                 log.info("ready: %s", self._summary())
@@ -173,11 +185,37 @@ class Daemon:
         finally:
             if self.acme is not None:
                 await self.acme.close()
+            for name in ("control", "router"):
+                self.keeper.drop(name)
             await control.stop()
             if self.router is not None:
                 await self.router.stop()
             self.watcher.close()
         log.info("stopped")
+
+    async def _route(self, inherited: socket.socket | None) -> None:
+        """Start the built-in router (if pikud routes), on ``inherited`` if it fits."""
+        if self.router is None:
+            if inherited is not None:
+                inherited.close()
+                self.keeper.drop("router")
+            return
+        used = await self.router.start(inherited)
+        self._stored("router", used, self.router.listener)
+        log.info("routing HTTP on %s:%d", *self.router.address)
+
+    def _inherited(self, name: str) -> socket.socket | None:
+        """The listener ``name`` a previous pikud left in systemd's store, if any."""
+        fd = self.keeper.claim(name)
+        return socket.socket(fileno=fd) if fd is not None else None
+
+    def _stored(self, name: str, reused: bool, fd: int) -> None:
+        """Put a listener in systemd's store (one handed back stays there as it was)."""
+        if reused:
+            log.info("descriptor store: %s listener taken over from the previous pikud", name)
+            return
+        self.keeper.drop(name)          # one handed back that did not fit
+        self.keeper.keep(name, fd)
 
     async def _watchdog(self) -> None:
         if self.notifier.watchdog_interval is None:
@@ -197,6 +235,7 @@ class Daemon:
         router = self.router
         address = router.address if router is not None and router.serving else None
         status["http"] = "{}:{}".format(*address) if address is not None else None
+        status["started"] = self.how_started        # boot, or adoption (procman/keeper.py)
         return status
 
     def reload_settings(self) -> None:

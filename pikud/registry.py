@@ -37,6 +37,7 @@ from pikud.errors import AppNameError, AppNotFound, PikudError, Starting
 from pikud.events import EventLog
 from pikud.paths import Paths
 from pikud.procman.children import stop_leftovers
+from pikud.procman.keeper import Keeper
 from pikud.procman.policy import Backoff
 from pikud.statefile import json_object, load_json
 from pikud.traffic import Traffic
@@ -68,7 +69,8 @@ class AppRegistry:
     def __init__(self, paths: Paths, base_env: Mapping[str, str], app_defaults: AppSettings,
                  events: EventLog, watch: Callable[[str, AppSpec], None] = lambda app, spec: None,
                  unwatch: Callable[[str], None] = lambda app: None,
-                 traffic: Traffic | None = None, ceilings: Ceilings | None = None) -> None:
+                 traffic: Traffic | None = None, ceilings: Ceilings | None = None,
+                 keeper: Keeper | None = None) -> None:
         self.paths = paths
         self.traffic = traffic or Traffic(None)
         self.scheduler = Scheduler(paths.state_dir / "cron.json", self._cron_event,
@@ -78,7 +80,7 @@ class AppRegistry:
         self.services = AppServices(
             paths, dict(base_env), app_defaults, events, self.traffic, self.scheduler,
             ceilings or Ceilings(), save=self.save, claimed=self.claimed, problems=self.problems,
-            forget=self.forget, watch=watch, unwatch=unwatch)
+            forget=self.forget, watch=watch, unwatch=unwatch, keeper=keeper or Keeper())
         self.apps: dict[str, App] = {}
         self._unloaded: dict[str, dict[str, Any]] = {}  # in state.json, not loadable at boot
         self.settled = asyncio.Event()      # boot has stopped a killed pikud's processes
@@ -186,13 +188,20 @@ class AppRegistry:
                 raise Starting(SETTLE_WAIT) from None
 
     async def boot(self) -> None:
-        """Stop what a killed pikud left running, then start every app that should run."""
+        """Stop what a killed pikud left running, then start every app that should run.
+
+        Processes the keeper can adopt (systemd handed their descriptors back)
+        are spared, and taken over by the slots that start them; those no slot
+        took are stopped once every app has started.
+        """
         timeout = self.services.defaults.stop_timeout
-        await asyncio.gather(stop_leftovers(str(self.paths.root), timeout),
+        keeper = self.services.keeper
+        await asyncio.gather(stop_leftovers(str(self.paths.root), timeout, keep=keeper.adopting),
                              self._prune_unrecorded())
         self.settled.set()
         await asyncio.gather(*(self._boot_one(app) for app in list(self.apps.values())
                                if app.running))
+        await keeper.finish(timeout)
 
     async def _prune_unrecorded(self) -> None:
         """Remove release folders no record names (a push killed with pikud), app by app."""

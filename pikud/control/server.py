@@ -138,10 +138,22 @@ class ControlServer:
                                     access_log=None, handler_cancellation=True,
                                     shutdown_timeout=2.0, keepalive_timeout=idle_timeout)
 
-    async def start(self) -> None:
+    async def start(self, inherited: socket.socket | None = None) -> bool:
+        """Serve on a socket bound now, or on ``inherited`` (the listener a previous pikud
+        left in systemd's store) when it is bound to our path. True when it was used
+        (else it is closed): requests made while no pikud ran are answered now."""
         await self.runner.setup()
-        self._sock = bind_socket(self.path)
+        reused = inherited is not None and inherited.getsockname() == str(self.path)
+        if inherited is not None and not reused:
+            inherited.close()
+        self._sock = inherited if reused and inherited is not None else bind_socket(self.path)
         await web.SockSite(self.runner, self._sock).start()
+        return reused
+
+    @property
+    def listener(self) -> int:
+        """The listening socket's descriptor (for systemd's store)."""
+        return self._sock.fileno()
 
     async def stop(self) -> None:
         await self.runner.cleanup()

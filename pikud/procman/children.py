@@ -20,7 +20,7 @@ import os
 import select
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ MARKER = "PIKU_PROCESS"
 class ExitInfo:
     code: int | None            # exit status, or None when killed by a signal
     signal: int | None
+    adopted: bool = False       # not our child: its status cannot be read
 
     @classmethod
     def from_waitid(cls, result: os.waitid_result) -> ExitInfo:
@@ -47,6 +48,8 @@ class ExitInfo:
         return cls(None, result.si_status)
 
     def __str__(self) -> str:
+        if self.adopted:
+            return "status unknown: adopted"
         if self.signal is not None:
             return f"killed by {signal.Signals(self.signal).name}"
         return f"exit status {self.code}"
@@ -79,27 +82,46 @@ SPAWN_ID = "PIKU_SPAWN_ID"      # unique per spawn: what finds one spawn's whole
 
 
 class Child:
-    """One spawned OS process, its pidfd, and an awaitable exit."""
+    """One spawned (or adopted) OS process, its pidfd, and an awaitable exit."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], spawn_id: str) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes] | None, spawn_id: str,
+                 pid: int | None = None) -> None:
         self.popen = popen
-        self.pid = popen.pid
+        self.pid = popen.pid if popen is not None else pid or 0
         self.spawn_id = spawn_id
         self.pidfd = os.pidfd_open(self.pid)
         self._exit: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().add_reader(self.pidfd, self._on_exit)
 
+    @classmethod
+    def adopt(cls, pid: int, spawn_id: str) -> Child:
+        """Watch ``pid``, which another daemon spawned; ProcessLookupError when it is gone.
+
+        A process that is not our child (its parent was a pikud that died) is
+        watched all the same (a pidfd is readable at its exit), but its exit
+        status cannot be read: it ends with ``ExitInfo.adopted``.
+        """
+        return cls(None, spawn_id, pid)
+
     def _on_exit(self) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(self.pidfd)
-        result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        try:
+            result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+            info = ExitInfo.from_waitid(result) if result else ExitInfo(None, None)
+        except ChildProcessError:
+            info = ExitInfo(None, None, adopted=True)
         os.close(self.pidfd)
         _spawned.discard(self.pid)
-        info = ExitInfo.from_waitid(result) if result else ExitInfo(None, None)
         reap_orphans()      # orphans appear when a parent exits; SIGCHLD may belong to libuv
-        self.popen.returncode = info.code if info.code is not None else -(info.signal or 0)
+        if self.popen is not None:
+            self.popen.returncode = info.code if info.code is not None else -(info.signal or 0)
         if not self._exit.done():
             self._exit.set_result(info)
+
+    def when_exited(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the process has exited (at once if it has)."""
+        self._exit.add_done_callback(lambda exit: callback())
 
     @property
     def exited(self) -> bool:
@@ -356,14 +378,18 @@ async def terminate(pgid: int | None, pids: set[int], timeout: float,
         tree.close()
 
 
-async def stop_leftovers(root: str, timeout: float, app: str | None = None) -> int:
+async def stop_leftovers(root: str, timeout: float, app: str | None = None,
+                         keep: Collection[str] = ()) -> int:
     """Stop the app processes a previous daemon of ``root`` left running (kill -9 of pikud),
     or, with ``app``, every process of that app that no slot tracks (stop, destroy).
+    Processes of the spawns named in ``keep`` (PIKU_SPAWN_ID) are being adopted: spared.
 
     They may have been re-parented elsewhere, so these are the places that scan all of /proc.
     """
     needles = (f"{MARKER}={app + ':' if app else ''}*".encode(), f"PIKU_ROOT={root}".encode())
     found = await asyncio.to_thread(find_processes, needles)    # all of /proc: off the loop
+    kept = [f"{SPAWN_ID}={spawn_id}".encode() for spawn_id in keep]
+    found = {pid for pid in found if not any(environ_has(pid, needle) for needle in kept)}
     if found and app is None:       # an app's own are noted by the App
         log.warning("stopping %d processes left running by a previous pikud", len(found))
     return (await terminate(None, found, timeout)).found

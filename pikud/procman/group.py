@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from pikud.errors import DeployError
 from pikud.procman.idle import has_traffic
+from pikud.procman.keeper import Keeper
 from pikud.procman.logs import Follower, LogFile
 from pikud.procman.plan import Plan, plan
 from pikud.procman.process import EventSink, ManagedProcess, ProcessSpec
@@ -51,12 +52,14 @@ async def drain(procs: Collection[ManagedProcess], grace: float) -> None:
 
 
 class ProcessGroup:
-    def __init__(self, on_event: EventSink, followers: set[Follower]) -> None:
+    def __init__(self, on_event: EventSink, followers: set[Follower],
+                 keeper: Keeper | None = None) -> None:
         self.processes: dict[str, ManagedProcess] = {}
         self.incoming: dict[str, ManagedProcess] = {}     # a generation being started
         self._on_event = on_event
         self._followers = followers
         self._logs: dict[str, LogFile] = {}
+        self._keeper = keeper or Keeper()
 
     @property
     def specs(self) -> dict[str, ProcessSpec]:
@@ -75,7 +78,8 @@ class ProcessGroup:
         return log
 
     def _spawn(self, spec: ProcessSpec) -> ManagedProcess:
-        proc = ManagedProcess(spec, self._on_event, self._log(spec))
+        proc = ManagedProcess(spec, self._on_event, self._log(spec), self._keeper,
+                              self._keeper.adopt(spec.name, spec.digest))
         proc.start()
         return proc
 

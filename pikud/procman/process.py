@@ -36,6 +36,7 @@ from pikud.procman.children import (
     stop_child,
     terminate,
 )
+from pikud.procman.keeper import Adoptable, Keeper, Kept, fd_name, spec_digest, start_time
 from pikud.procman.logs import LogFile, PipeReader
 from pikud.procman.policy import RestartPolicy, decide, floored
 from pikud.procman.shell import shell_argv
@@ -88,6 +89,11 @@ class ProcessSpec:
         """The short name logs use: ``kind.N``."""
         return f"{self.kind}.{self.index}"
 
+    @property
+    def digest(self) -> str:
+        """What a process started with this spec runs: an adopted one must match it."""
+        return spec_digest(self.command, self.env, str(self.cwd), self.port, self.inherits)
+
 
 def read_rss(pid: int) -> int | None:
     """Resident memory of ``pid`` and all its descendants (the shell and what it runs,
@@ -104,7 +110,9 @@ def read_rss(pid: int) -> int | None:
 
 
 class ManagedProcess:
-    def __init__(self, spec: ProcessSpec, on_event: EventSink, log: LogFile) -> None:
+    def __init__(self, spec: ProcessSpec, on_event: EventSink, log: LogFile,
+                 keeper: Keeper | None = None, adopt: Adoptable | None = None) -> None:
+        """``adopt``: a process a previous pikud left running, taken as the first spawn."""
         self.spec = spec
         self.state = S.STOPPED
         self.child: Child | None = None
@@ -122,6 +130,9 @@ class ManagedProcess:
         self._resumed = asyncio.Event()
         self.settled = asyncio.Event()          # set unless STARTING or STOPPING
         self.listener: socket.socket | None = None
+        self.keeper = keeper or Keeper()
+        self._adoptable = adopt
+        self._listen_name: str | None = None    # the listener's name in systemd's store
 
     @property
     def name(self) -> str:
@@ -194,6 +205,9 @@ class ManagedProcess:
             if self.listener is not None:
                 self.listener.close()
                 self.listener = None
+            if self._listen_name is not None:
+                self.keeper.drop(self._listen_name)
+                self._listen_name = None
             if self.state in (S.BACKOFF, S.FATAL, S.EXITED, S.IDLE):
                 # BACKOFF/FATAL/EXITED/IDLE -> STOPPED: stop requested while no process ran
                 self._set_state(S.STOPPED, f"stopped: {self.name} (was not running)")
@@ -204,7 +218,7 @@ class ManagedProcess:
             await self._sleep_until_connection()
             return
         try:
-            child = self._spawn()
+            child, settle = self._adopt() if self._adoptable else self._spawn()
         except OSError as exc:
             # * -> STARTING -> BACKOFF/FATAL: it could not even start (cwd gone, no fds)
             self.spawn_error = exc
@@ -212,8 +226,7 @@ class ManagedProcess:
             self._set_state(S.STARTING, f"spawn failed: {self.name}: {exc}", logging.ERROR)
             await self._retry_after(0.0, self.last_exit)
             return
-        promote = asyncio.get_running_loop().call_later(
-            self.spec.policy.start_secs, self._promote)
+        promote = asyncio.get_running_loop().call_later(settle, self._promote)
         try:
             asked = await self._wait_exit_or_request(child)
         finally:
@@ -241,11 +254,14 @@ class ManagedProcess:
                         f"retrying in {delay:g}s", logging.ERROR)
         await self._pause(delay)
 
-    def _spawn(self) -> Child:
+    def _spawn(self) -> tuple[Child, float]:
+        """Spawn the slot's process; with how long it must stay up to be RUNNING."""
         argv, passed = self.spec.argv, tuple[int, ...]()
         if self.spec.listen_port is not None:
             if self.listener is None:           # bound once, kept across respawns
                 self.listener = listen_tcp(self.spec.listen_port, self.spec.listen_backlog)
+                self._listen_name = fd_name("listen", self.name, self.spec.listen_port)
+                self.keeper.keep(self._listen_name, self.listener.fileno())
             passed = (self.listener.fileno(),)
             argv = hand_over(self.spec.command, passed[0])
         read_end, write_end = os.pipe()
@@ -258,12 +274,52 @@ class ManagedProcess:
             raise
         finally:
             os.close(write_end)
-        PipeReader(read_end, self.log.write_line)
+        reader = PipeReader(read_end, self.log.write_line)
         self.child, self.spawn_error = child, None
         self.started_at = time.monotonic()
+        log_name = fd_name("log", self.name, child.pid)
+        self.keeper.keep(log_name, read_end)
+        started = start_time(child.pid)
+        if started is not None:
+            self._track(child, reader, Kept(self.name, child.pid, started, child.spawn_id,
+                                            log_name, self._listen_name, self.spec.digest,
+                                            self.restarts))
         # STOPPED/BACKOFF/EXITED/FATAL -> STARTING: spawned
         self._set_state(S.STARTING, f"spawned: {self.name} with pid {child.pid}")
-        return child
+        return child, self.spec.policy.start_secs
+
+    def _adopt(self) -> tuple[Child, float]:
+        """Take over the process a previous pikud left running (procman/keeper.py): watch
+        it by pidfd, read its log pipe, serve its listener. One that died since boot
+        read the record is spawned again instead."""
+        adopted, self._adoptable = self._adoptable, None
+        assert adopted is not None
+        kept = adopted.kept
+        if adopted.listen_fd is not None:
+            self.listener = socket.socket(fileno=adopted.listen_fd)
+            self._listen_name = kept.listen
+        try:
+            child = Child.adopt(kept.pid, kept.spawn_id)
+        except ProcessLookupError:
+            os.close(adopted.log_fd)
+            self.keeper.drop(kept.log)
+            return self._spawn()
+        reader = PipeReader(adopted.log_fd, self.log.write_line)
+        up = adopted.uptime
+        self.child, self.restarts = child, kept.restarts
+        self.started_at = time.monotonic() - up
+        self._track(child, reader, kept)
+        # STOPPED -> STARTING: adopted; RUNNING once it has been up start_secs
+        self._set_state(S.STARTING, f"adopted: {self.name} with pid {child.pid} "
+                        f"(up {up:.1f}s, left by a previous pikud)")
+        return child, max(self.spec.policy.start_secs - up, 0.0)
+
+    def _track(self, child: Child, reader: PipeReader, kept: Kept) -> None:
+        """Keep ``child`` in the record while it runs, its log pipe in the store while
+        it is open."""
+        self.keeper.running(kept)
+        child.when_exited(lambda: self.keeper.ended(kept.log))
+        reader.closed.add_done_callback(lambda closed: self.keeper.drop(kept.log))
 
     def _promote(self) -> None:
         if self.state is S.STARTING and self.child and not self.child.exited:

@@ -132,6 +132,15 @@ class _Connection(asyncio.Protocol):
                 and self.transport.get_write_buffer_size() == 0)
 
 
+def bound_to(sock: socket.socket, host: str, port: int) -> bool:
+    """Whether ``sock`` listens on ``host``:``port`` (any port when ``port`` is 0)."""
+    try:
+        bound_host, bound_port = sock.getsockname()[:2]
+    except (OSError, ValueError):
+        return False
+    return bool(bound_host == host and (port in (0, bound_port)))
+
+
 class Connections:
     """The router's listeners and its client connections, held to ``limits``."""
 
@@ -148,12 +157,16 @@ class Connections:
         self._others = 0                                # of those, not the router's connections
         self._counted = -RECOUNT_INTERVAL
 
-    async def listen(self, handlers: Callable[[], web.RequestHandler], host: str, port: int
-                     ) -> None:
-        """Serve ``handlers`` (aiohttp's server) on ``host``:``port``; OSError if it cannot."""
+    async def listen(self, handlers: Callable[[], web.RequestHandler], host: str, port: int,
+                     sock: socket.socket | None = None) -> None:
+        """Serve ``handlers`` (aiohttp's server) on ``host``:``port``, or on the listening
+        ``sock`` (one a previous pikud left in systemd's store); OSError if it cannot."""
         self._handlers = handlers
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(self._accept, host, port, backlog=BACKLOG)
+        if sock is not None:
+            server = await loop.create_server(self._accept, sock=sock, backlog=BACKLOG)
+        else:
+            server = await loop.create_server(self._accept, host, port, backlog=BACKLOG)
         self._servers = [server]
         self._held = [socket.socket(fileno=os.dup(s.fileno())) for s in server.sockets]
         limit = open_files_limit()
@@ -169,6 +182,12 @@ class Connections:
     @property
     def serving(self) -> bool:
         return bool(self._held)
+
+    @property
+    def listener(self) -> int:
+        if not self._held:
+            raise RuntimeError("the router is not serving")
+        return self._held[0].fileno()
 
     @property
     def address(self) -> tuple[str, int]:

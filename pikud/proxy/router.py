@@ -40,6 +40,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from pikud.errors import PikudError
-from pikud.proxy.connections import ConnectionLimits, Connections
+from pikud.proxy.connections import ConnectionLimits, Connections, bound_to
 from pikud.proxy.routing import (
     Redirect,
     Route,
@@ -116,7 +117,13 @@ class Router:
         self._closing: set[asyncio.Task[None]] = set()
         self._websockets: set[web.WebSocketResponse] = set()
 
-    async def start(self) -> None:
+    async def start(self, inherited: socket.socket | None = None) -> bool:
+        """Serve HTTP; on ``inherited`` (a listener a previous pikud left in systemd's
+        store) when it is bound where this router should serve. True when it was used
+        (else it is closed)."""
+        if inherited is not None and not bound_to(inherited, self._host, self._port):
+            inherited.close()
+            inherited = None
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._serve)
         runner = web.AppRunner(app, handle_signals=False, access_log=None,
@@ -125,7 +132,7 @@ class Router:
         await runner.setup()
         assert runner.server is not None
         try:
-            await self._connections.listen(runner.server, self._host, self._port)
+            await self._connections.listen(runner.server, self._host, self._port, inherited)
         except OSError as exc:
             await runner.cleanup()
             raise PikudError(f"cannot serve HTTP on {self._host}:{self._port}: "
@@ -134,6 +141,12 @@ class Router:
         self._bound_port = self.address[1]
         self._tcp = self._session(aiohttp.TCPConnector(force_close=True))
         log.info("router: serving HTTP on %s:%d", *self.address)
+        return inherited is not None
+
+    @property
+    def listener(self) -> int:
+        """The listening socket's descriptor (for systemd's store)."""
+        return self._connections.listener
 
     async def stop(self) -> None:
         """Stop serving; requests in flight get SHUTDOWN_TIMEOUT, WebSockets a 1001 close."""

@@ -1,0 +1,204 @@
+"""What lets the next pikud adopt the apps' processes when this one dies (kill -9, OOM).
+
+Under systemd (NOTIFY_SOCKET set), each slot's log pipe (its read end) and
+daemon-owned listener go to systemd's descriptor store (sdnotify.py) as they
+are made, and leave it when their process is gone; ``run/processes.json``
+records every running process (pid, start time, spawn id, the names of its
+descriptors) at each spawn and exit. A pikud started with descriptors from
+the store reads that record and adopts each process that is still the same
+one: its pid is alive and its start time in /proc/PID/stat is the recorded
+one (a reused pid has another). Without NOTIFY_SOCKET nothing is stored or
+written, and the next pikud replaces the leftovers instead.
+"""
+
+# Design notes:
+# - Descriptor names (FDNAME): ``log.APP.KIND.N.PID`` and ``listen.APP.KIND.N.PORT``
+#   (app names and kinds have no ':' and are printable), ``control`` and
+#   ``router``. A pid or port in the name keeps two generations of one slot
+#   (a deploy under way) apart: FDSTOREREMOVE drops every descriptor of a name.
+# - A process is adopted only into a slot whose spec is the one it was
+#   started with (the same digest): ENV edited while pikud was down, or a
+#   deploy cut short, gets a fresh process instead. What is recorded but not
+#   adopted by the end of boot is stopped, and descriptors nobody claimed are
+#   closed and dropped from the store.
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pikud.atomic import write_atomic
+from pikud.procman.children import SPAWN_ID, find_processes, stat_fields, terminate
+from pikud.sdnotify import Notifier
+from pikud.statefile import json_object, load_json
+
+log = logging.getLogger(__name__)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One running process as the record holds it."""
+
+    name: str                   # app:kind.N
+    pid: int
+    start: int                  # /proc/PID/stat starttime, clock ticks after boot
+    spawn_id: str               # PIKU_SPAWN_ID: what finds its whole tree
+    log: str                    # the descriptor name of its log pipe
+    listen: str | None          # that of its slot's listener
+    digest: str                 # of the spec it was started with
+    restarts: int
+
+    @classmethod
+    def parse(cls, data: Any) -> Kept:
+        raw = json_object(data)
+        listen = raw["listen"]
+        return cls(str(raw["name"]), int(raw["pid"]), int(raw["start"]), str(raw["spawn_id"]),
+                   str(raw["log"]), None if listen is None else str(listen),
+                   str(raw["digest"]), int(raw["restarts"]))
+
+
+def parse_record(data: Any) -> list[Kept]:
+    return [Kept.parse(entry) for entry in json_object(data).get("processes", [])]
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot), or None when it is gone or a zombie."""
+    fields = stat_fields(pid)
+    if fields is None or fields[0] in (b"Z", b"X") or len(fields) < 20:
+        return None
+    return int(fields[19])
+
+
+def uptime(start: int) -> float:
+    """Seconds since a process with starttime ``start`` began."""
+    return max(time.clock_gettime(time.CLOCK_BOOTTIME) - start / CLOCK_TICKS, 0.0)
+
+
+def fd_name(kind: str, process: str, detail: int) -> str:
+    """``log.APP.KIND.N.PID`` or ``listen.APP.KIND.N.PORT`` for process ``APP:KIND.N``."""
+    return f"{kind}.{process.replace(':', '.')}.{detail}"
+
+
+def spec_digest(*parts: object) -> str:
+    """A digest of what a process is started with (command, environment, folder, port)."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Adoptable:
+    """A recorded process still alive, with the descriptors systemd handed back."""
+
+    kept: Kept
+    log_fd: int
+    listen_fd: int | None
+
+    @property
+    def uptime(self) -> float:
+        return uptime(self.kept.start)
+
+
+class Keeper:
+    """The descriptor store and the process record, for one daemon."""
+
+    def __init__(self, notifier: Notifier | None = None, record: Path | None = None) -> None:
+        self.notifier = notifier
+        self.record = record
+        self.enabled = notifier is not None and notifier.enabled and record is not None
+        self._running: dict[str, Kept] = {}                 # by log descriptor name
+        self._passed: dict[str, int] = {}                   # handed back, not yet claimed
+        self._adoptable: dict[tuple[str, str], Adoptable] = {}  # by (slot, digest)
+
+    # -- as processes come and go ---------------------------------------------
+
+    def keep(self, name: str, fd: int) -> None:
+        """Put a copy of ``fd`` in the store as ``name``."""
+        if self.enabled and self.notifier is not None:
+            self.notifier.store(name, fd)
+
+    def drop(self, name: str) -> None:
+        if self.enabled and self.notifier is not None:
+            self.notifier.unstore(name)
+
+    def running(self, kept: Kept) -> None:
+        """Record a process that was spawned (or adopted)."""
+        if self.enabled:
+            self._running[kept.log] = kept
+            self._write()
+
+    def ended(self, log_name: str) -> None:
+        """The process whose log pipe is ``log_name`` has exited."""
+        if self._running.pop(log_name, None) is not None:
+            self._write()
+
+    def _write(self) -> None:
+        assert self.record is not None
+        data = {"pid": os.getpid(), "processes": [asdict(k) for k in self._running.values()]}
+        try:
+            write_atomic(self.record, json.dumps(data, indent=1) + "\n", 0o600)
+        except OSError as exc:      # the next pikud then replaces what this one runs
+            log.error("process record not written: %s: %s", self.record, exc)
+
+    # -- at the next start -------------------------------------------------------
+
+    def restore(self, passed: Iterable[tuple[str, int]]) -> int:
+        """Take the descriptors systemd handed back; find the recorded processes that can
+        be adopted (alive, the same process, their log pipe among ``passed``).
+        Returns how many."""
+        self._passed = dict(passed)
+        if not self._passed or self.record is None:
+            return 0
+        loaded = load_json(self.record, parse_record, "run/processes.json")
+        for kept in loaded.data or []:
+            log_fd = self._passed.get(kept.log)
+            if log_fd is None or start_time(kept.pid) != kept.start:
+                continue
+            listen_fd = self._passed.get(kept.listen) if kept.listen else None
+            self._adoptable[(kept.name, kept.digest)] = Adoptable(kept, log_fd, listen_fd)
+        log.info("descriptor store: %d descriptors handed back; %d processes to adopt",
+                 len(self._passed), len(self._adoptable))
+        return len(self._adoptable)
+
+    @property
+    def adopting(self) -> frozenset[str]:
+        """The spawn ids of the processes that may still be adopted."""
+        return frozenset(a.kept.spawn_id for a in self._adoptable.values())
+
+    def claim(self, name: str) -> int | None:
+        """The descriptor handed back as ``name``, now the caller's; None if there is none."""
+        return self._passed.pop(name, None)
+
+    def adopt(self, name: str, digest: str) -> Adoptable | None:
+        """The process to adopt into slot ``name`` with a spec of ``digest``, if there is one."""
+        adoptable = self._adoptable.pop((name, digest), None)
+        if adoptable is not None:
+            self._passed.pop(adoptable.kept.log, None)
+            if adoptable.kept.listen is not None:
+                self._passed.pop(adoptable.kept.listen, None)
+        return adoptable
+
+    async def finish(self, timeout: float) -> None:
+        """After boot: stop the recorded processes no slot adopted, close the descriptors
+        nobody claimed and drop them from the store."""
+        left, self._adoptable = list(self._adoptable.values()), {}
+        for adoptable in left:
+            needle = f"{SPAWN_ID}={adoptable.kept.spawn_id}".encode()
+            found = await asyncio.to_thread(find_processes, (needle,), adoptable.kept.pid)
+            log.warning("not adopted: %s (pid %d) runs what its slot no longer does; "
+                        "stopping %d processes", adoptable.kept.name, adoptable.kept.pid,
+                        len(found))
+            await terminate(adoptable.kept.pid, found, timeout)
+        for name, fd in self._passed.items():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self.drop(name)
+        self._passed = {}
