@@ -22,6 +22,7 @@ from pikud.deploy.checkout import ref_value, wait_for_ref
 from pikud.deploy.pipeline import PushInfo, build_release
 from pikud.deploy.releases import Release
 from pikud.errors import DeployError, EnvError, PikudError
+from pikud.handover import AppRecord, adopt_slot
 from pikud.procman.logs import log_files, tail
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,31 @@ class App(AppCore):
             if boot and not self.running:
                 return
             await self._change(*self.load(), starting=boot or not self.running)
+
+    async def adopt(self, record: AppRecord) -> None:
+        """Take over the processes the previous image ran (handover.py), starting and
+        stopping nothing, and make them the app's state as a change would.
+
+        The spec comes from the ENV and SCALING texts they were applied from. If
+        this pikud refuses those files now, the processes keep running as they
+        were (unrouted through the built-in router) and the error says why.
+        """
+        async with self.lock:
+            self.group.adopt({slot.spec: adopt_slot(slot) for slot in record.slots})
+            self.claimed = len(record.slots)
+            files = (record.env_text, record.scaling_text)
+            try:
+                spec, _ = self.load(overrides=files[0], scaling_text=files[1])
+                self.claimed = self.admit(spec)
+                release, source = self.release, self.source(self.release)
+                env = self._env(spec, release)
+                jobs = self._cron_jobs(spec, release)
+            except PikudError as exc:
+                self.note("error", f"{self.name}: adopted its processes, but its files do not "
+                          f"load: {exc}", logging.ERROR)
+                return
+            self._commit(spec, files, None, env, self.ports, jobs, starting=False)
+            await self.publish(spec, source, self.group.specs)
 
     async def restart(self) -> None:
         """Replace every process: web ones as a new generation, workers one at a time."""

@@ -157,6 +157,11 @@ class AppCore:
     # -- reading what the app should run -----------------------------------------
 
     @property
+    def applied(self) -> Files | None:
+        """The ENV and SCALING texts the running spec was read from (None: never applied)."""
+        return self._applied
+
+    @property
     def running(self) -> bool:
         return self.desired is Desired.RUNNING
 

@@ -10,7 +10,7 @@ never another run of the same kind (overlap ``allow``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +18,9 @@ from pikud.appspec import Procfile, is_cron
 from pikud.convert import seconds
 from pikud.cron.schedule import CronEntry, check_fires, parse_cron, zone
 from pikud.errors import CronError
-from pikud.procman.children import MARKER
-from pikud.procman.logs import LogFile
-from pikud.procman.oneshot import OneShotTimeout, run_once
+from pikud.procman.children import MARKER, Child
+from pikud.procman.logs import LogFile, PipeReader
+from pikud.procman.oneshot import OneShotTimeout, finish_once, start_once
 
 OVERLAPS = ("skip", "allow", "queue")
 SHELL = "/bin/sh"
@@ -64,22 +64,37 @@ def job_settings(env: Mapping[str, str]) -> tuple[str | None, str, float | None]
     return tz, overlap, timeout
 
 
-async def run_job(spec: JobSpec, run_id: int, output: LogFile) -> tuple[str, int]:
-    """Run the job once to its end (or its timeout); returns (status, log level).
+Running = tuple[Child, PipeReader | None]     # a run's process and its output
 
-    The status is ``str(ExitInfo)``, ``timed out (...)`` or ``failed to start:
-    ...``. A cancellation stops the run's tree before it goes on.
-    """
+
+def start_job(spec: JobSpec, run_id: int, output: LogFile) -> Running:
+    """Spawn one run; OSError when it cannot start."""
     env = dict(spec.env)
     env[MARKER], env[RUN_ID] = spec.name, str(run_id)
+    return start_once([SHELL, "-c", spec.entry.command], env=env, cwd=spec.cwd,
+                      on_line=output.write_line)
+
+
+async def run_job(spec: JobSpec, run_id: int, output: LogFile,
+                  running: Callable[[Running], None], adopted: Running | None = None,
+                  elapsed: float = 0.0) -> tuple[str, int]:
+    """Run the job once to its end (or its timeout); returns (status, log level).
+
+    ``running`` is told the run's process once it is spawned (or ``adopted``:
+    a run the previous image started ``elapsed`` seconds ago). The status is
+    ``str(ExitInfo)``, ``timed out (...)`` or ``failed to start: ...``. A
+    cancellation stops the run's tree before it goes on.
+    """
     try:
-        info = await run_once([SHELL, "-c", spec.entry.command], env=env, cwd=spec.cwd,
-                              on_line=output.write_line,
-                              timeout=spec.timeout, stop_timeout=spec.stop_timeout)
-    except OneShotTimeout as timeout:
-        return str(timeout), logging.WARNING
+        started = adopted or start_job(spec, run_id, output)
     except OSError as error:
         return f"failed to start: {error}", logging.ERROR
+    running(started)
+    timeout = None if spec.timeout is None else max(spec.timeout - elapsed, 0.0)
+    try:
+        info = await finish_once(*started, timeout=timeout, stop_timeout=spec.stop_timeout)
+    except OneShotTimeout as timed_out:
+        return str(timed_out), logging.WARNING
     return str(info), logging.INFO if info.code == 0 else logging.WARNING
 
 

@@ -23,21 +23,26 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pikud.cron.jobs import JobSpec, job_settings, run_job
+from pikud.cron.jobs import JobSpec, Running, job_settings, run_job
 from pikud.cron.schedule import next_run, zone
 from pikud.cron.state import CronState, parse_time
 from pikud.cron.timer import DueTimes
 from pikud.errors import BadRequest, NotFound
-from pikud.procman.logs import Follower, LogFile
+from pikud.handover import CronRecord
+from pikud.procman.children import Child
+from pikud.procman.logs import Follower, LogFile, PipeReader
+from pikud.procman.oneshot import OneShotTimeout, finish_once
 
 __all__ = ["JobSpec", "Scheduler", "job_settings", "utc_now"]
 
@@ -64,6 +69,7 @@ class _Run:
     task: asyncio.Task[None]
     started: datetime
     t0: float                           # loop time at the start, for the duration
+    running: Running | None = None      # its process, once spawned
 
 
 @dataclass(eq=False)
@@ -94,6 +100,7 @@ class Scheduler:
         self._run_ids = itertools.count(1)
         self._tasks: dict[asyncio.Task[None], str] = {}     # every run -> its app
         self._closed = False
+        self._orphans: set[asyncio.Task[None]] = set()     # adopted runs no job names
 
     # -- the API ---------------------------------------------------------------
 
@@ -221,7 +228,7 @@ class Scheduler:
         """Daemon shutdown: stop the running jobs (their whole trees), cancel timers, save."""
         self._closed = True
         self._times.cancel()
-        await self._stop_runs(list(self._tasks))
+        await self._stop_runs([*self._tasks, *self._orphans])
         for jobs in self._jobs.values():
             for job in jobs.values():
                 job.output.close()
@@ -307,13 +314,67 @@ class Scheduler:
                      f"cron started: {job.spec.name} ({entry.expression}{note})")
         return started
 
+    def capture(self) -> list[CronRecord]:
+        """The runs going on, for a re-exec (handover.py): each one's process and pipe."""
+        records = []
+        for jobs in self._jobs.values():
+            for job in jobs.values():
+                for run_id, run in job.runs.items():
+                    if run.running is None or run.running[0].exited:
+                        continue
+                    child, reader = run.running
+                    pipe = reader.fd if reader is not None and not reader.closed.done() else None
+                    records.append(CronRecord(
+                        job.spec.app, job.spec.kind, run_id, child.pid, child.spawn_id, pipe,
+                        run.started.isoformat(), time.monotonic() - (
+                            asyncio.get_running_loop().time() - run.t0)))
+        return records
+
+    def adopt(self, records: Iterable[CronRecord]) -> None:
+        """Carry on the runs the previous image started (after the apps' jobs are set):
+        each is watched to its end, within what is left of its timeout. A run whose
+        kind is gone is stopped."""
+        loop = asyncio.get_running_loop()
+        for record in records:
+            child = Child.adopt(record.pid, record.spawn_id)
+            job = self._jobs.get(record.app, {}).get(record.kind)
+            reader = (PipeReader(record.pipe, job.output.write_line if job else _drop)
+                      if record.pipe is not None else None)
+            name = f"{record.app}:{record.kind}"
+            if job is None:
+                log.warning("cron: %s run %d is no longer scheduled; stopping it", name,
+                            record.run_id)
+                task = loop.create_task(_stop_unscheduled(child, reader, job_timeout=0.0),
+                                        name=f"cron {name}")
+                self._orphans.add(task)
+                task.add_done_callback(self._orphans.discard)
+                continue
+            elapsed = max(time.monotonic() - record.t0, 0.0)
+            started = parse_time(record.started) or self._clock()
+            task = loop.create_task(self._run(job, record.run_id, job.output, (child, reader),
+                                              elapsed), name=f"cron {name}")
+            job.runs[record.run_id] = _Run(task, started, loop.time() - elapsed, (child, reader))
+            job.last = {"started": _iso(started, job.zone), "status": "running",
+                        "duration": None}
+            job.last_id = max(job.last_id, record.run_id)
+            self._tasks[task] = record.app
+            task.add_done_callback(self._forget_task)
+            self._report(job, "cron_adopted", f"cron adopted: {name} run {record.run_id} "
+                         f"(pid {record.pid}, running for {elapsed:.1f}s)")
+        self._run_ids = itertools.count(max((r.run_id for r in records), default=0) + 1)
+
     def _forget_task(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
 
-    async def _run(self, job: _Job, run_id: int, output: LogFile) -> None:
+    async def _run(self, job: _Job, run_id: int, output: LogFile,
+                   adopted: Running | None = None, elapsed: float = 0.0) -> None:
         """One run, to its end; the root of its task."""
+
+        def running(started: Running) -> None:
+            job.runs[run_id].running = started
+
         try:
-            status, level = await run_job(job.spec, run_id, output)
+            status, level = await run_job(job.spec, run_id, output, running, adopted, elapsed)
         except asyncio.CancelledError:
             self._finish(job, run_id, output, "stopped", logging.INFO)
             raise
@@ -367,6 +428,15 @@ class Scheduler:
             "handled": job.handled.isoformat() if job.handled is not None else None,
             "last_run": job.last,
         })
+
+
+def _drop(line: str) -> None:
+    """The output of a run no job takes any more."""
+
+
+async def _stop_unscheduled(child: Child, reader: PipeReader | None, job_timeout: float) -> None:
+    with contextlib.suppress(OneShotTimeout):
+        await finish_once(child, reader, timeout=job_timeout)
 
 
 def _log_settings(spec: JobSpec) -> tuple[Path, int, int]:

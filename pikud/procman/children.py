@@ -39,7 +39,7 @@ MARKER = "PIKU_PROCESS"
 class ExitInfo:
     code: int | None            # exit status, or None when killed by a signal
     signal: int | None
-    adopted: bool = False       # not our child: its status cannot be read
+    adopted: bool = False       # not our child (adopted after a crash): no status to read
 
     @classmethod
     def from_waitid(cls, result: os.waitid_result) -> ExitInfo:
@@ -50,6 +50,8 @@ class ExitInfo:
     def __str__(self) -> str:
         if self.adopted:
             return "status unknown: adopted"
+        if self.code is None and self.signal is None:
+            return "exit status unknown"
         if self.signal is not None:
             return f"killed by {signal.Signals(self.signal).name}"
         return f"exit status {self.code}"
@@ -78,30 +80,43 @@ KillNote = Callable[[int], None]     # called with how many processes get SIGKIL
 
 _spawned: set[int] = set()      # pids whose exit their own Child waiter reads
 _spawn_count = itertools.count(1)
+# Unique per image of the daemon: a re-exec keeps the pid and restarts the count.
+_IMAGE = f"{os.getpid()}-{os.urandom(4).hex()}"
 SPAWN_ID = "PIKU_SPAWN_ID"      # unique per spawn: what finds one spawn's whole tree
 
 
 class Child:
-    """One spawned (or adopted) OS process, its pidfd, and an awaitable exit."""
+    """One spawned (or adopted) OS process, its pidfd, and an awaitable exit.
 
-    def __init__(self, popen: subprocess.Popen[bytes] | None, spawn_id: str,
-                 pid: int | None = None) -> None:
+    A child adopted after a re-exec is still ours: its exit status is read
+    as for a fresh spawn. One adopted after a crash of the daemon is not
+    (pidfds work for any process, FACTS.md): its exit is seen, its status is
+    unknown (``ExitInfo(None, None)``).
+    """
+
+    def __init__(self, pid: int, spawn_id: str,
+                 popen: subprocess.Popen[bytes] | None = None) -> None:
         self.popen = popen
-        self.pid = popen.pid if popen is not None else pid or 0
+        self.pid = pid
         self.spawn_id = spawn_id
-        self.pidfd = os.pidfd_open(self.pid)
-        self._exit: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().add_reader(self.pidfd, self._on_exit)
+        loop = asyncio.get_running_loop()
+        self._exit: asyncio.Future[ExitInfo] = loop.create_future()
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:      # an adopted pid that is gone already: reaped elsewhere
+            self.pidfd = -1
+            self._exit.set_result(ExitInfo(None, None))
+            return
+        loop.add_reader(self.pidfd, self._on_exit)
 
     @classmethod
     def adopt(cls, pid: int, spawn_id: str) -> Child:
-        """Watch ``pid``, which another daemon spawned; ProcessLookupError when it is gone.
-
-        A process that is not our child (its parent was a pikud that died) is
-        watched all the same (a pidfd is readable at its exit), but its exit
-        status cannot be read: it ends with ``ExitInfo.adopted``.
-        """
-        return cls(None, spawn_id, pid)
+        """Watch ``pid``, spawned by this daemon's previous image (or a crashed daemon)."""
+        claim([pid])
+        child = cls(pid, spawn_id)
+        if child.exited:
+            _spawned.discard(pid)
+        return child
 
     def _on_exit(self) -> None:
         loop = asyncio.get_running_loop()
@@ -109,7 +124,7 @@ class Child:
         try:
             result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
             info = ExitInfo.from_waitid(result) if result else ExitInfo(None, None)
-        except ChildProcessError:
+        except ChildProcessError:       # not our child (adopted after a crash): no status
             info = ExitInfo(None, None, adopted=True)
         os.close(self.pidfd)
         _spawned.discard(self.pid)
@@ -119,16 +134,22 @@ class Child:
         if not self._exit.done():
             self._exit.set_result(info)
 
-    def when_exited(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the process has exited (at once if it has)."""
-        self._exit.add_done_callback(lambda exit: callback())
-
     @property
     def exited(self) -> bool:
         return self._exit.done()
 
     async def wait(self) -> ExitInfo:
         return await asyncio.shield(self._exit)
+
+    def when_exited(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the process has exited (soon, if it has)."""
+        self._exit.add_done_callback(lambda exit: callback())
+
+
+def claim(pids: Sequence[int]) -> None:
+    """Mark ``pids`` as watched by a Child of their own, so no orphan sweep reaps them:
+    processes to adopt, claimed before anything else may reap."""
+    _spawned.update(pids)
 
 
 def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: int | None = None,
@@ -142,14 +163,14 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: int
     before the error goes on: nothing runs that the daemon does not track.
     """
     check_headroom(len(_spawned))
-    spawn_id = f"{os.getpid()}.{next(_spawn_count)}"
+    spawn_id = f"{_IMAGE}.{next(_spawn_count)}"
     popen = subprocess.Popen(
         list(argv), env={**env, SPAWN_ID: spawn_id}, cwd=cwd, stdin=stdin,
         stdout=output, stderr=errors if output is not None else None,
         pass_fds=tuple(pass_fds), start_new_session=True, close_fds=True,
     )
     try:
-        child = Child(popen, spawn_id)
+        child = Child(popen.pid, spawn_id, popen)
     except OSError:
         os.killpg(popen.pid, signal.SIGKILL)        # its own session: nothing else is in it
         popen.wait()

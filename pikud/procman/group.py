@@ -18,7 +18,7 @@ from pikud.procman.idle import has_traffic
 from pikud.procman.keeper import Keeper
 from pikud.procman.logs import Follower, LogFile
 from pikud.procman.plan import Plan, plan
-from pikud.procman.process import EventSink, ManagedProcess, ProcessSpec
+from pikud.procman.process import Adopted, EventSink, ManagedProcess, ProcessSpec
 
 Readiness = Callable[[ProcessSpec], Awaitable[str]]            # "" when ready, else why not
 Routing = Callable[[Mapping[str, ProcessSpec]], Awaitable[None]]   # move traffic to these
@@ -78,10 +78,18 @@ class ProcessGroup:
         return log
 
     def _spawn(self, spec: ProcessSpec) -> ManagedProcess:
-        proc = ManagedProcess(spec, self._on_event, self._log(spec), self._keeper,
-                              self._keeper.adopt(spec.name, spec.digest))
-        proc.start()
+        proc = ManagedProcess(spec, self._on_event, self._log(spec), self._keeper)
+        if not self._keeper.adopt(proc):       # a process a killed pikud left (keeper.py)
+            proc.start()
         return proc
+
+    def adopt(self, slots: Mapping[ProcessSpec, Adopted]) -> None:
+        """Supervise processes a previous owner started (handover.py), as they are."""
+        for spec, taken in slots.items():
+            proc = self.processes[spec.name] = ManagedProcess(spec, self._on_event,
+                                                              self._log(spec), self._keeper)
+            proc.adopt(taken)
+            self._keeper.carried(proc)
 
     def _new(self, spec: ProcessSpec) -> ManagedProcess:
         proc = self.processes[spec.name] = self._spawn(spec)

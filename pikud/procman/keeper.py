@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from pikud.atomic import write_atomic
-from pikud.procman.children import SPAWN_ID, find_processes, stat_fields, terminate
+from pikud.procman.children import SPAWN_ID, Child, find_processes, stat_fields, terminate
+from pikud.procman.process import Adopted, ManagedProcess
+from pikud.procman.state import ProcessState
 from pikud.sdnotify import Notifier
 from pikud.statefile import json_object, load_json
 
@@ -89,11 +91,6 @@ def fd_name(kind: str, process: str, detail: int) -> str:
     return f"{kind}.{process.replace(':', '.')}.{detail}"
 
 
-def spec_digest(*parts: object) -> str:
-    """A digest of what a process is started with (command, environment, folder, port)."""
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
-
-
 @dataclass
 class Adoptable:
     """A recorded process still alive, with the descriptors systemd handed back."""
@@ -119,6 +116,39 @@ class Keeper:
         self._adoptable: dict[tuple[str, str], Adoptable] = {}  # by (slot, digest)
 
     # -- as processes come and go ---------------------------------------------
+
+    def listening(self, process: str, listener: socket.socket) -> str:
+        """Store the listener a slot just bound; returns its name in the store."""
+        name = fd_name("listen", process, listener.getsockname()[1])
+        self.keep(name, listener.fileno())
+        return name
+
+    def spawned(self, proc: ManagedProcess, read_end: int) -> None:
+        """Store the log pipe of the process ``proc`` just spawned, and record it."""
+        assert proc.child is not None
+        self.keep(fd_name("log", proc.name, proc.child.pid), read_end)
+        self.carried(proc)
+
+    def carried(self, proc: ManagedProcess) -> None:
+        """Record the process of ``proc``: one just spawned, or one a re-exec carried
+        across (its descriptors are still in the store under the same names)."""
+        child = proc.child
+        if not self.enabled or child is None or proc.pipe is None:
+            return
+        if proc.listener is not None and proc.listen_name is None:
+            proc.listen_name = fd_name("listen", proc.name, proc.listener.getsockname()[1])
+        started = start_time(child.pid)
+        if started is not None:         # None: gone already; its exit is on its way
+            self._track(proc, Kept(proc.name, child.pid, started, child.spawn_id,
+                                   fd_name("log", proc.name, child.pid), proc.listen_name,
+                                   proc.spec.digest, proc.restarts))
+
+    def _track(self, proc: ManagedProcess, kept: Kept) -> None:
+        """Record ``proc``'s process while it runs; keep its log pipe stored while open."""
+        assert proc.child is not None and proc.pipe is not None
+        self.running(kept)
+        proc.child.when_exited(lambda: self.ended(kept.log))
+        proc.pipe.closed.add_done_callback(lambda closed: self.drop(kept.log))
 
     def keep(self, name: str, fd: int) -> None:
         """Put a copy of ``fd`` in the store as ``name``."""
@@ -177,14 +207,27 @@ class Keeper:
         """The descriptor handed back as ``name``, now the caller's; None if there is none."""
         return self._passed.pop(name, None)
 
-    def adopt(self, name: str, digest: str) -> Adoptable | None:
-        """The process to adopt into slot ``name`` with a spec of ``digest``, if there is one."""
-        adoptable = self._adoptable.pop((name, digest), None)
-        if adoptable is not None:
-            self._passed.pop(adoptable.kept.log, None)
-            if adoptable.kept.listen is not None:
-                self._passed.pop(adoptable.kept.listen, None)
-        return adoptable
+    def adopt(self, proc: ManagedProcess) -> bool:
+        """Have the new slot ``proc`` adopt the process recorded for it, if there is one
+        started with the same spec (ManagedProcess.adopt; it supervises from there).
+        False: nothing to adopt, the slot is to be started."""
+        taken = self._adoptable.pop((proc.name, proc.spec.digest), None)
+        if taken is None:
+            return False
+        kept = taken.kept
+        self._passed.pop(kept.log, None)
+        listener = None
+        if kept.listen is not None and self._passed.pop(kept.listen, None) is not None:
+            assert taken.listen_fd is not None
+            listener = socket.socket(fileno=taken.listen_fd)
+        proc.listen_name = kept.listen if listener is not None else None
+        # A process gone since restore() is adopted as exited: the policy respawns it.
+        proc.adopt(Adopted(ProcessState.RUNNING, Child.adopt(kept.pid, kept.spawn_id),
+                           taken.log_fd, listener, kept.restarts,
+                           started_at=time.monotonic() - taken.uptime))
+        if proc.child is not None and proc.pipe is not None:
+            self._track(proc, kept)
+        return True
 
     async def finish(self, timeout: float) -> None:
         """After boot: stop the recorded processes no slot adopted, close the descriptors

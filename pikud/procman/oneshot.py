@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pikud.procman.children import ExitInfo, spawn, stop_child
+from pikud.procman.children import Child, ExitInfo, spawn, stop_child
 from pikud.procman.logs import LineSink, PipeReader
 
 DRAIN_GRACE = 1.0       # seconds to wait for the last output once the command ended
@@ -39,6 +39,13 @@ async def run_once(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
     command of the daemon runs through here (or ``spawn``), never through
     asyncio's subprocesses: under uvloop those take over SIGCHLD.
     """
+    child, reader = start_once(argv, env=env, cwd=cwd, on_line=on_line, stderr=stderr)
+    return await finish_once(child, reader, timeout=timeout, stop_timeout=stop_timeout)
+
+
+def start_once(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
+               on_line: LineSink, stderr: bool = True) -> tuple[Child, PipeReader]:
+    """The first half of ``run_once``: the command spawned, its output read."""
     read_end, write_end = os.pipe()
     try:
         child = spawn(argv, env=env, cwd=cwd, output=write_end,
@@ -48,7 +55,13 @@ async def run_once(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
         raise
     finally:
         os.close(write_end)
-    reader = PipeReader(read_end, on_line)
+    return child, PipeReader(read_end, on_line)
+
+
+async def finish_once(child: Child, reader: PipeReader | None, *, timeout: float | None,
+                      stop_timeout: float = 10.0) -> ExitInfo:
+    """The second half of ``run_once``: wait for the end of ``child`` (spawned here, or
+    adopted after a re-exec) within ``timeout``, and for its last output."""
     try:
         async with asyncio.timeout(timeout):
             info = await child.wait()
@@ -59,6 +72,7 @@ async def run_once(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
         raise
     finally:
         # A descendant may hold the pipe open: take what is there, do not wait for it.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(reader.closed), DRAIN_GRACE)
+        if reader is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader.closed), DRAIN_GRACE)
     return info

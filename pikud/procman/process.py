@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pikud.errors import InvalidTransition
 from pikud.procman.children import (
@@ -36,7 +37,6 @@ from pikud.procman.children import (
     stop_child,
     terminate,
 )
-from pikud.procman.keeper import Adoptable, Keeper, Kept, fd_name, spec_digest, start_time
 from pikud.procman.logs import LogFile, PipeReader
 from pikud.procman.policy import RestartPolicy, decide, floored
 from pikud.procman.shell import shell_argv
@@ -44,11 +44,28 @@ from pikud.procman.sockets import hand_over, listen_tcp
 from pikud.procman.state import ALIVE, ProcessState, allowed
 from pikud.procman.waits import first_of
 
+if TYPE_CHECKING:
+    from pikud.procman.keeper import Keeper
+
 log = logging.getLogger(__name__)
 S = ProcessState
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 EventSink = Callable[[str, str, str], None]      # (process name, event, message)
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """A slot's process and descriptors as its previous owner left them (handover.py)."""
+
+    state: ProcessState
+    child: Child | None                 # None: no process ran (BACKOFF, FATAL, IDLE, ...)
+    pipe: int | None                    # the read end of its output pipe
+    listener: socket.socket | None      # its daemon-owned listening socket
+    restarts: int = 0
+    failures: int = 0
+    started_at: float | None = None     # CLOCK_MONOTONIC, which survives an exec
+    last_exit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +109,8 @@ class ProcessSpec:
     @property
     def digest(self) -> str:
         """What a process started with this spec runs: an adopted one must match it."""
-        return spec_digest(self.command, self.env, str(self.cwd), self.port, self.inherits)
+        parts = (self.command, self.env, str(self.cwd), self.port, self.inherits)
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 def read_rss(pid: int) -> int | None:
@@ -111,8 +129,8 @@ def read_rss(pid: int) -> int | None:
 
 class ManagedProcess:
     def __init__(self, spec: ProcessSpec, on_event: EventSink, log: LogFile,
-                 keeper: Keeper | None = None, adopt: Adoptable | None = None) -> None:
-        """``adopt``: a process a previous pikud left running, taken as the first spawn."""
+                 keeper: Keeper | None = None) -> None:
+        """``keeper``: systemd's descriptor store and the process record (keeper.py)."""
         self.spec = spec
         self.state = S.STOPPED
         self.child: Child | None = None
@@ -130,9 +148,9 @@ class ManagedProcess:
         self._resumed = asyncio.Event()
         self.settled = asyncio.Event()          # set unless STARTING or STOPPING
         self.listener: socket.socket | None = None
-        self.keeper = keeper or Keeper()
-        self._adoptable = adopt
-        self._listen_name: str | None = None    # the listener's name in systemd's store
+        self.pipe: PipeReader | None = None     # the running process's output
+        self.keeper = keeper
+        self.listen_name: str | None = None     # the listener's name in systemd's store
 
     @property
     def name(self) -> str:
@@ -163,6 +181,42 @@ class ManagedProcess:
         else:
             self._kick.set()
 
+    def adopt(self, taken: Adopted) -> None:
+        """Supervise a process this slot's previous owner started (handover.py), instead
+        of spawning one: its state, counts and start time go on as they were.
+
+        Adoption restores a state rather than moving along an edge, so it sets
+        ``state`` directly (it is not a transition) and reports ``adopted``. A
+        slot whose process is gone, or that had none (backing off, FATAL),
+        carries on as after an exit: the policy respawns it. An IDLE slot
+        sleeps on its socket again.
+        """
+        assert self._task is None, f"{self.name} is already supervised"
+        self.listener = taken.listener
+        self.restarts, self.failures = taken.restarts, taken.failures
+        self.last_exit, self.started_at = taken.last_exit, taken.started_at
+        child = taken.child
+        if child is not None and taken.pipe is not None:
+            self.pipe = PipeReader(taken.pipe, self.log.write_line)
+        if child is not None:
+            # STOPPING is taken as RUNNING: a stop is an action, and none crosses a re-exec.
+            self.child = child
+            state = taken.state if taken.state in (S.STARTING, S.RUNNING) else S.RUNNING
+        elif taken.state is S.IDLE and self.listener is not None:
+            state = S.IDLE
+            self._suspend.set()
+        else:
+            state = S.EXITED if taken.state in ALIVE else taken.state
+            self.started_at = None
+        self.state = state
+        if state is S.STARTING:
+            self.settled.clear()
+        else:
+            self.settled.set()
+        pid = f"pid {child.pid}" if child is not None else "no process"
+        self._report("adopted", f"adopted: {self.name} with {pid} ({state})")
+        self._task = asyncio.create_task(self._supervise(child), name=self.name)
+
     async def stop(self) -> None:
         """Stop gracefully (SIGTERM to the group, then SIGKILL after stop_timeout)."""
         self._stop.set()
@@ -190,11 +244,12 @@ class ManagedProcess:
 
     # -- the supervision loop ------------------------------------------------
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, adopted: Child | None = None) -> None:
         try:
             while not self._stop.is_set():
                 try:
-                    await self._turn()
+                    await self._turn(adopted)
+                    adopted = None
                 except Exception as exc:
                     log.exception("supervision of %s failed", self.name)
                     await self._fault(exc)
@@ -205,20 +260,20 @@ class ManagedProcess:
             if self.listener is not None:
                 self.listener.close()
                 self.listener = None
-            if self._listen_name is not None:
-                self.keeper.drop(self._listen_name)
-                self._listen_name = None
+            if self.keeper is not None and self.listen_name is not None:
+                self.keeper.drop(self.listen_name)
+            self.listen_name = None
             if self.state in (S.BACKOFF, S.FATAL, S.EXITED, S.IDLE):
                 # BACKOFF/FATAL/EXITED/IDLE -> STOPPED: stop requested while no process ran
                 self._set_state(S.STOPPED, f"stopped: {self.name} (was not running)")
 
-    async def _turn(self) -> None:
-        """One spawn and its end (or one sleep while suspended)."""
-        if self._suspend.is_set():
+    async def _turn(self, adopted: Child | None = None) -> None:
+        """One spawn (or an adopted process) and its end (or one sleep while suspended)."""
+        if self._suspend.is_set() and adopted is None:
             await self._sleep_until_connection()
             return
         try:
-            child, settle = self._adopt() if self._adoptable else self._spawn()
+            child = adopted or self._spawn()
         except OSError as exc:
             # * -> STARTING -> BACKOFF/FATAL: it could not even start (cwd gone, no fds)
             self.spawn_error = exc
@@ -226,7 +281,9 @@ class ManagedProcess:
             self._set_state(S.STARTING, f"spawn failed: {self.name}: {exc}", logging.ERROR)
             await self._retry_after(0.0, self.last_exit)
             return
-        promote = asyncio.get_running_loop().call_later(settle, self._promote)
+        up = time.monotonic() - (self.started_at or time.monotonic())
+        promote = asyncio.get_running_loop().call_later(
+            max(self.spec.policy.start_secs - up, 0.0), self._promote)
         try:
             asked = await self._wait_exit_or_request(child)
         finally:
@@ -254,14 +311,13 @@ class ManagedProcess:
                         f"retrying in {delay:g}s", logging.ERROR)
         await self._pause(delay)
 
-    def _spawn(self) -> tuple[Child, float]:
-        """Spawn the slot's process; with how long it must stay up to be RUNNING."""
+    def _spawn(self) -> Child:
         argv, passed = self.spec.argv, tuple[int, ...]()
         if self.spec.listen_port is not None:
             if self.listener is None:           # bound once, kept across respawns
                 self.listener = listen_tcp(self.spec.listen_port, self.spec.listen_backlog)
-                self._listen_name = fd_name("listen", self.name, self.spec.listen_port)
-                self.keeper.keep(self._listen_name, self.listener.fileno())
+                if self.keeper is not None:
+                    self.listen_name = self.keeper.listening(self.name, self.listener)
             passed = (self.listener.fileno(),)
             argv = hand_over(self.spec.command, passed[0])
         read_end, write_end = os.pipe()
@@ -274,52 +330,14 @@ class ManagedProcess:
             raise
         finally:
             os.close(write_end)
-        reader = PipeReader(read_end, self.log.write_line)
+        self.pipe = PipeReader(read_end, self.log.write_line)
         self.child, self.spawn_error = child, None
         self.started_at = time.monotonic()
-        log_name = fd_name("log", self.name, child.pid)
-        self.keeper.keep(log_name, read_end)
-        started = start_time(child.pid)
-        if started is not None:
-            self._track(child, reader, Kept(self.name, child.pid, started, child.spawn_id,
-                                            log_name, self._listen_name, self.spec.digest,
-                                            self.restarts))
+        if self.keeper is not None:
+            self.keeper.spawned(self, read_end)
         # STOPPED/BACKOFF/EXITED/FATAL -> STARTING: spawned
         self._set_state(S.STARTING, f"spawned: {self.name} with pid {child.pid}")
-        return child, self.spec.policy.start_secs
-
-    def _adopt(self) -> tuple[Child, float]:
-        """Take over the process a previous pikud left running (procman/keeper.py): watch
-        it by pidfd, read its log pipe, serve its listener. One that died since boot
-        read the record is spawned again instead."""
-        adopted, self._adoptable = self._adoptable, None
-        assert adopted is not None
-        kept = adopted.kept
-        if adopted.listen_fd is not None:
-            self.listener = socket.socket(fileno=adopted.listen_fd)
-            self._listen_name = kept.listen
-        try:
-            child = Child.adopt(kept.pid, kept.spawn_id)
-        except ProcessLookupError:
-            os.close(adopted.log_fd)
-            self.keeper.drop(kept.log)
-            return self._spawn()
-        reader = PipeReader(adopted.log_fd, self.log.write_line)
-        up = adopted.uptime
-        self.child, self.restarts = child, kept.restarts
-        self.started_at = time.monotonic() - up
-        self._track(child, reader, kept)
-        # STOPPED -> STARTING: adopted; RUNNING once it has been up start_secs
-        self._set_state(S.STARTING, f"adopted: {self.name} with pid {child.pid} "
-                        f"(up {up:.1f}s, left by a previous pikud)")
-        return child, max(self.spec.policy.start_secs - up, 0.0)
-
-    def _track(self, child: Child, reader: PipeReader, kept: Kept) -> None:
-        """Keep ``child`` in the record while it runs, its log pipe in the store while
-        it is open."""
-        self.keeper.running(kept)
-        child.when_exited(lambda: self.keeper.ended(kept.log))
-        reader.closed.add_done_callback(lambda closed: self.keeper.drop(kept.log))
+        return child
 
     def _promote(self) -> None:
         if self.state is S.STARTING and self.child and not self.child.exited:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pikud.sdnotify import Notifier, listen_fds, valid_fd_name
+from pikud.sdnotify import Notifier, valid_fd_name
 
 
 @pytest.mark.parametrize(("name", "valid"), [
