@@ -1,9 +1,11 @@
 """`pikud serve`: the daemon's entry point, its phases and its wiring.
 
-startup (layout, subreaper, control socket, apps that were running) ->
-serve (until the shutdown trigger fires) -> shutdown (every app stopped,
-bounded by ``shutdown_timeout``). Signal handlers only queue the signal;
-one task acts on it: SIGTERM/SIGINT shut down, SIGHUP re-reads pikud.toml.
+startup (layout, subreaper, control socket, apps that were running, or
+those the previous image hands over after a re-exec) -> serve (until the
+shutdown trigger fires) -> shutdown (every app stopped, bounded by
+``shutdown_timeout``). Signal handlers only queue the signal; one task acts
+on it: SIGTERM/SIGINT shut down, SIGHUP re-reads pikud.toml, SIGUSR2
+re-executes pikud in place (reexec.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pikud.control.server import ControlServer, daemon_status
 from pikud.errors import PikudError
 from pikud.events import EventLog
 from pikud.fds import raise_open_files_limit
+from pikud.handover import Start, receive
 from pikud.paths import Paths
 from pikud.procman.children import become_subreaper, install_orphan_reaper
 from pikud.procman.keeper import Keeper
@@ -34,6 +37,7 @@ from pikud.proxy.acme import Acme
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Router
 from pikud.proxy.routing import parse_address
+from pikud.reexec import Reexec
 from pikud.refresh import CloudflareRefresh
 from pikud.registry import AppRegistry
 from pikud.sdnotify import Notifier, listen_fds
@@ -75,10 +79,13 @@ class Daemon:
         self.loop_name = loop_name
         self.notifier = Notifier()
         self.keeper = Keeper(self.notifier, paths.process_record)
-        self.passed = listen_fds()          # what systemd's store handed back
-        self.how_started = "boot"
+        self.passed = listen_fds()          # what systemd's store handed back (keeper.py)
         self.events = EventLog(settings.events_kept)
-        self.started = time.monotonic()
+        self.version = __version__
+        self.started = time.monotonic()         # the first boot (a re-exec carries it)
+        self.image_started = self.started       # this image
+        self.how = Start.BOOT
+        self.control: ControlServer | None = None
         self.watcher: FileWatcher | None = None
         self._reloads: set[asyncio.Task[None]] = set()      # reloads after a file change
         self.registry = AppRegistry(paths, os.environ, settings.app_defaults, self.events,
@@ -128,8 +135,18 @@ class Daemon:
         except Exception:
             log.exception("%s: reload after a file change failed", app.name)
 
+    def control_fd(self) -> int:
+        assert self.control is not None
+        return self.control.fileno()
+
+    def refused(self, reason: str) -> None:
+        """A re-exec did not happen: in the log and in ``piku status``'s last errors."""
+        log.error("re-exec refused: %s", reason)
+        self.events.emit("", None, "reexec_refused", f"re-exec refused: {reason}")
+
     async def serve(self, shutdown_trigger: Callable[[], Awaitable[object]]) -> None:
         loop = asyncio.get_running_loop()
+        record = receive(os.environ)        # after a re-exec: what the previous image held
         raise_open_files_limit()
         self.paths.create()
         private = self.paths.make_private()
@@ -139,32 +156,46 @@ class Daemon:
                         ", ".join(str(path.relative_to(self.paths.root)) for path in private))
         become_subreaper()
         install_orphan_reaper(loop)
-        if self.keeper.restore(self.passed):
-            self.how_started = "adoption"
         self.watcher = FileWatcher(self._on_file_change)
         self.registry.load()            # every app with its desired state, before any request
-        control = ControlServer(self.registry, self.status, self.paths.socket, self.cloudflare,
-                                self.settings.control_idle_timeout)
-        self._stored("control", await control.start(self._inherited("control")),
-                     control.listener)
-        # A router listener handed back holds requests made while no pikud ran: they
-        # wait in its backlog until boot has put the routes back.
-        router = self._inherited("router")
-        if router is None:
+        adopted = None
+        if record is not None:          # routes set before the router accepts again
+            self.how, self.started = Start.REEXEC, record.started
+            adopted = await self.registry.adopt(record)
+            log.info("re-exec: pikud %s adopted %d processes of %d apps from pikud %s",
+                     __version__, self.registry.process_count(), len(adopted), record.version)
+        elif self.keeper.restore(self.passed):      # after a crash, under systemd
+            self.how = Start.ADOPTION
+        control = self.control = ControlServer(
+            self.registry, self.status, self.paths.socket, self.cloudflare,
+            self.settings.control_idle_timeout)
+        stored = None if record else self._inherited("control", str(self.paths.socket))
+        await control.start(socket.socket(fileno=record.control) if record else stored)
+        self._stored("control", stored is not None or record is not None, control.fileno())
+        # A router listener from systemd's store holds requests made while no pikud ran:
+        # they wait in its backlog until boot has put the routes back.
+        held = None if record or self.router is None else self._inherited(
+            "router", self.router.address_wanted)
+        if self.router is not None and held is None:
             try:
-                await self._route(None)
+                await self.router.start([socket.socket(fileno=fd) for fd in record.router]
+                                        if record else None)
             except BaseException:
                 await control.stop()
                 raise
+            self._stored("router", record is not None, self.router.listeners()[0])
+            log.info("routing HTTP on %s:%d", *self.router.address)
         log.info("pikud %s listening on %s (loop: %s)", __version__, self.paths.socket,
                  self.loop_name)
         try:
             async with asyncio.TaskGroup() as tasks:
                 watching = tasks.create_task(self.watcher.run())
                 pulse = tasks.create_task(self._watchdog())
-                await self.registry.boot()
-                if router is not None:
-                    await self._route(router)
+                await self.registry.boot(adopted)
+                if self.router is not None and held is not None:
+                    await self.router.start([held])
+                    self._stored("router", True, held.fileno())
+                    log.info("routing HTTP on %s:%d", *self.router.address)
                 refreshing = tasks.create_task(self.cloudflare.run())
                 self.notifier.ready(self._summary())
                 log.info("ready: %s", self._summary())
@@ -193,29 +224,26 @@ class Daemon:
             self.watcher.close()
         log.info("stopped")
 
-    async def _route(self, inherited: socket.socket | None) -> None:
-        """Start the built-in router (if pikud routes), on ``inherited`` if it fits."""
-        if self.router is None:
-            if inherited is not None:
-                inherited.close()
-                self.keeper.drop("router")
-            return
-        used = await self.router.start(inherited)
-        self._stored("router", used, self.router.listener)
-        log.info("routing HTTP on %s:%d", *self.router.address)
-
-    def _inherited(self, name: str) -> socket.socket | None:
-        """The listener ``name`` a previous pikud left in systemd's store, if any."""
+    def _inherited(self, name: str, where: object) -> socket.socket | None:
+        """The listener ``name`` a previous pikud left in systemd's store, if it is bound
+        to ``where`` (a path, or (host, port) with port 0 for any); else it is dropped."""
         fd = self.keeper.claim(name)
-        return socket.socket(fileno=fd) if fd is not None else None
-
-    def _stored(self, name: str, reused: bool, fd: int) -> None:
-        """Put a listener in systemd's store (one handed back stays there as it was)."""
-        if reused:
+        if fd is None:
+            return None
+        sock = socket.socket(fileno=fd)
+        bound = sock.getsockname()
+        if bound == where or (isinstance(where, tuple) and where[1] == 0
+                              and bound[:1] == where[:1]):
             log.info("descriptor store: %s listener taken over from the previous pikud", name)
-            return
-        self.keeper.drop(name)          # one handed back that did not fit
-        self.keeper.keep(name, fd)
+            return sock
+        sock.close()
+        self.keeper.drop(name)
+        return None
+
+    def _stored(self, name: str, held: bool, fd: int) -> None:
+        """Put a listener bound now in systemd's store; one it held stays as it is."""
+        if not held:
+            self.keeper.keep(name, fd)
 
     async def _watchdog(self) -> None:
         if self.notifier.watchdog_interval is None:
@@ -229,13 +257,13 @@ class Daemon:
         return f"{running} apps, {self.registry.process_count()} processes"
 
     def status(self) -> dict[str, object]:
-        status = daemon_status(self.started, self.loop_name, self.registry)
+        status = daemon_status(self.started, self.loop_name, self.registry, how=self.how.value,
+                               image_started=self.image_started)
         # None: nginx fronts the apps, or the router is not serving yet (the control
         # socket answers from the start of the boot).
         router = self.router
         address = router.address if router is not None and router.serving else None
         status["http"] = "{}:{}".format(*address) if address is not None else None
-        status["started"] = self.how_started        # boot, or adoption (procman/keeper.py)
         return status
 
     def reload_settings(self) -> None:
@@ -258,18 +286,26 @@ class Daemon:
 
 
 async def run(daemon: Daemon) -> None:
-    """Serve until SIGTERM or SIGINT; SIGHUP re-reads the settings."""
+    """Serve until SIGTERM or SIGINT; SIGHUP re-reads the settings, SIGUSR2 re-executes.
+
+    A SIGTERM that comes during a re-exec is acted on once the re-exec is
+    refused; one that comes after the exec is lost with the old image.
+    """
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
     stop = asyncio.Event()
+    reexec = Reexec(daemon)
 
     async def handle_signals() -> None:
         while True:
             sig = await signals.get()
             if sig == signal.SIGHUP:
                 daemon.reload_settings()
+            elif sig == signal.SIGUSR2:
+                log.info("received SIGUSR2: re-executing pikud")
+                await reexec.run()
             else:
                 log.info("received %s", sig.name)
                 stop.set()

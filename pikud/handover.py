@@ -125,9 +125,10 @@ def slot_record(proc: ManagedProcess) -> SlotRecord:
         child = None
     reader = proc.pipe if child is not None else None
     pipe = reader.fd if reader is not None and not reader.closed.done() else None
+    listener = proc.listener.fileno() if proc.listener is not None else None
     return SlotRecord(
-        spec=proc.spec, state=proc.state.value,
-        pid=child.pid if child else None, spawn_id=child.spawn_id if child else "", pipe=pipe, listener=proc.listener.fileno() if proc.listener is not None else None,
+        spec=proc.spec, state=proc.state.value, pid=child.pid if child else None,
+        spawn_id=child.spawn_id if child else "", pipe=pipe, listener=listener,
         restarts=proc.restarts, failures=proc.failures,
         started_at=proc.started_at if child else None, last_exit=proc.last_exit)
 
@@ -247,4 +248,4 @@ def _record(data: dict[str, Any]) -> Record:
         app, slots=tuple(SlotRecord(**dict(slot, spec=_spec(slot["spec"])))
                          for slot in app["slots"]))) for app in data["apps"])
     return Record(**dict(data, router=tuple(data["router"]), apps=apps,
-                         cron=tuple(CronRecord(**run) for run in data["cron"]), spawned=()))
+                         cron=tuple(CronRecord(**run) for run in data["cron"])))

@@ -35,8 +35,9 @@ from pikud.cron import Scheduler
 from pikud.deploy.releases import ReleaseStore
 from pikud.errors import AppNameError, AppNotFound, PikudError, Starting
 from pikud.events import EventLog
+from pikud.handover import Record, pids
 from pikud.paths import Paths
-from pikud.procman.children import stop_leftovers
+from pikud.procman.children import claim, stop_leftovers
 from pikud.procman.keeper import Keeper
 from pikud.procman.policy import Backoff
 from pikud.statefile import json_object, load_json
@@ -187,21 +188,44 @@ class AppRegistry:
             except TimeoutError:
                 raise Starting(SETTLE_WAIT) from None
 
-    async def boot(self) -> None:
+    async def boot(self, adopted: set[str] | None = None) -> None:
         """Stop what a killed pikud left running, then start every app that should run.
 
-        Processes the keeper can adopt (systemd handed their descriptors back)
-        are spared, and taken over by the slots that start them; those no slot
-        took are stopped once every app has started.
+        After a re-exec (``adopted``: the apps whose processes were taken over)
+        nothing was left behind: no leftovers are stopped, and only the apps
+        that should run and were not adopted start. After a crash, under
+        systemd, the processes the keeper can adopt are spared and taken over
+        by the slots that start them; those no slot took are stopped once every
+        app has started (procman/keeper.py).
         """
         timeout = self.services.defaults.stop_timeout
         keeper = self.services.keeper
-        await asyncio.gather(stop_leftovers(str(self.paths.root), timeout, keep=keeper.adopting),
-                             self._prune_unrecorded())
+        if adopted is None:
+            await asyncio.gather(
+                stop_leftovers(str(self.paths.root), timeout, keep=keeper.adopting),
+                self._prune_unrecorded())
         self.settled.set()
         await asyncio.gather(*(self._boot_one(app) for app in list(self.apps.values())
-                               if app.running))
+                               if app.running and app.name not in (adopted or ())))
         await keeper.finish(timeout)
+
+    async def adopt(self, record: Record) -> set[str]:
+        """Take over the apps and cron runs a previous image hands over (handover.py);
+        returns the names of the apps taken over. An app that cannot be built any
+        more (its folder is gone) is logged; boot leaves its processes to the next
+        plain start's leftover stop."""
+        claim(pids(record))         # before any await: no orphan sweep may reap them
+        adopted = set()
+        for app_record in record.apps:
+            try:
+                app = self.get(app_record.name)
+                await app.adopt(app_record)
+            except (PikudError, OSError) as exc:
+                log.error("re-exec: %s not adopted: %s", app_record.name, exc)
+                continue
+            adopted.add(app.name)
+        self.scheduler.adopt(record.cron)
+        return adopted
 
     async def _prune_unrecorded(self) -> None:
         """Remove release folders no record names (a push killed with pikud), app by app."""

@@ -8,6 +8,7 @@ named code. The socket is bound under umask 077, so it is born 0600.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -30,6 +31,7 @@ from pikud.registry import AppRegistry
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REGISTRY = web.AppKey("registry", AppRegistry)
+DRAIN_TIMEOUT = 2.0         # seconds a request may still take once the server stops
 
 
 def peer_uid(request: web.Request) -> int:
@@ -136,32 +138,73 @@ class ControlServer:
         self.path = path
         self.runner = web.AppRunner(make_app(registry, status, cloudflare), handle_signals=False,
                                     access_log=None, handler_cancellation=True,
-                                    shutdown_timeout=2.0, keepalive_timeout=idle_timeout)
+                                    shutdown_timeout=DRAIN_TIMEOUT, keepalive_timeout=idle_timeout)
+        self._sock: socket.socket | None = None     # the listener: kept while not accepting
+        self._server: asyncio.AbstractServer | None = None
 
-    async def start(self, inherited: socket.socket | None = None) -> bool:
-        """Serve on a socket bound now, or on ``inherited`` (the listener a previous pikud
-        left in systemd's store) when it is bound to our path. True when it was used
-        (else it is closed): requests made while no pikud ran are answered now."""
+    async def start(self, inherited: socket.socket | None = None) -> None:
+        """Bind the socket (or take the listener ``inherited`` from the previous image)."""
         await self.runner.setup()
-        reused = inherited is not None and inherited.getsockname() == str(self.path)
-        if inherited is not None and not reused:
-            inherited.close()
-        self._sock = inherited if reused and inherited is not None else bind_socket(self.path)
-        await web.SockSite(self.runner, self._sock).start()
-        return reused
+        self._sock = inherited if inherited is not None else bind_socket(self.path)
+        await self.accept()
 
-    @property
-    def listener(self) -> int:
-        """The listening socket's descriptor (for systemd's store)."""
+    async def accept(self) -> None:
+        """Accept connections (again): on a duplicate, so that closing the server to stop
+        accepting leaves the listener, and the connections waiting in it, alone."""
+        assert self._sock is not None and self.runner.server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self.runner.server, sock=self._sock.dup(), backlog=128)
+
+    def fileno(self) -> int:
+        assert self._sock is not None
         return self._sock.fileno()
 
+    async def drain(self) -> None:
+        """Stop accepting (new requests wait in the backlog) and end the connections once
+        their request is answered; a stream that goes on (logs -f, events follow) is cut
+        after DRAIN_TIMEOUT."""
+        self.pause()
+        assert self.runner.server is not None
+        await self.runner.server.shutdown(DRAIN_TIMEOUT)
+
+    def pause(self) -> None:
+        """Stop accepting; the requests being answered go on."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
     async def stop(self) -> None:
+        self.pause()
         await self.runner.cleanup()
+        if self._sock is not None:
+            self._sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
 
-def daemon_status(started: float, loop_name: str, registry: AppRegistry) -> dict[str, Any]:
-    return {"version": __version__, "pid": os.getpid(), "uptime": time.monotonic() - started,
-            "loop": loop_name, "root": str(registry.paths.root),
-            "apps": len(registry.names()), "processes": registry.process_count()}
+ERROR_EVENTS = frozenset({"error", "FATAL", "killed", "reexec_refused"})
+ERRORS_SHOWN = 10       # the last errors ``GET /status`` shows
+
+
+def daemon_status(started: float, loop_name: str, registry: AppRegistry, *,
+                  how: str = "boot", image_started: float | None = None) -> dict[str, Any]:
+    """pikud itself: version, pid, uptime (since its first boot; a re-exec keeps it) and
+    that of the running image, how it started, apps and processes by state, and the
+    last errors among the recent events."""
+    now = time.monotonic()
+    apps: dict[str, int] = {}
+    for name in registry.names():
+        app = registry.apps.get(name)
+        state = app.desired.value if app is not None else "stopped"
+        apps[state] = apps.get(state, 0) + 1
+    processes: dict[str, int] = {}
+    for app in registry.apps.values():
+        for proc in app.group.all():
+            processes[proc.state.value] = processes.get(proc.state.value, 0) + 1
+    errors = [event for event in registry.events.recent if event["event"] in ERROR_EVENTS]
+    return {"version": __version__, "pid": os.getpid(), "uptime": now - started,
+            "image_uptime": now - (started if image_started is None else image_started),
+            "started": how, "loop": loop_name, "root": str(registry.paths.root),
+            "apps": len(registry.names()), "processes": registry.process_count(),
+            "apps_by_state": apps, "processes_by_state": processes,
+            "errors": errors[-ERRORS_SHOWN:]}

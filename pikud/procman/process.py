@@ -195,7 +195,7 @@ class ManagedProcess:
         self.listener = taken.listener
         self.restarts, self.failures = taken.restarts, taken.failures
         self.last_exit, self.started_at = taken.last_exit, taken.started_at
-        child = taken.child
+        child, state = taken.child, taken.state
         if child is not None and taken.pipe is not None:
             self.pipe = PipeReader(taken.pipe, self.log.write_line)
         if child is not None:

@@ -40,6 +40,12 @@ Design notes
 * asyncio accepts up to BACKLOG connections in one go before any protocol
   exists, so the router may overshoot by that much: the default reserve is
   larger than BACKLOG.
+* Draining (before a re-exec): the listeners stay open but nothing accepts,
+  so new connections wait in the backlog for the next image. Every answer
+  from then on says ``Connection: close``. A keep-alive connection left idle
+  by an earlier answer gets IDLE_GRACE to send one more request (answered
+  with close) before it is closed: closing it at once could cut a request
+  its client is sending at that instant.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ log = logging.getLogger(__name__)
 BACKLOG = 128
 RECOUNT_INTERVAL = 1.0      # seconds between two listings of /proc/self/fd
 REUSE_BATCH = 32            # idle connections closed at once when short (as nginx)
+IDLE_GRACE = 0.1            # seconds an idle keep-alive connection has to send one more request
 
 
 @dataclass(frozen=True)
@@ -132,15 +139,6 @@ class _Connection(asyncio.Protocol):
                 and self.transport.get_write_buffer_size() == 0)
 
 
-def bound_to(sock: socket.socket, host: str, port: int) -> bool:
-    """Whether ``sock`` listens on ``host``:``port`` (any port when ``port`` is 0)."""
-    try:
-        bound_host, bound_port = sock.getsockname()[:2]
-    except (OSError, ValueError):
-        return False
-    return bool(bound_host == host and (port in (0, bound_port)))
-
-
 class Connections:
     """The router's listeners and its client connections, held to ``limits``."""
 
@@ -156,19 +154,23 @@ class Connections:
         self._ceiling = 0                               # descriptors the daemon may have open
         self._others = 0                                # of those, not the router's connections
         self._counted = -RECOUNT_INTERVAL
+        self.draining = False
+        self._drained: asyncio.Event | None = None      # set once no connection is left
 
     async def listen(self, handlers: Callable[[], web.RequestHandler], host: str, port: int,
-                     sock: socket.socket | None = None) -> None:
+                     inherited: list[socket.socket] | None = None) -> None:
         """Serve ``handlers`` (aiohttp's server) on ``host``:``port``, or on the listening
-        ``sock`` (one a previous pikud left in systemd's store); OSError if it cannot."""
+        sockets ``inherited`` from the previous image; OSError if it cannot."""
         self._handlers = handlers
         loop = asyncio.get_running_loop()
-        if sock is not None:
-            server = await loop.create_server(self._accept, sock=sock, backlog=BACKLOG)
+        if inherited:
+            self._held = inherited
+            self._servers = [await loop.create_server(self._accept, sock=sock.dup(),
+                                                      backlog=BACKLOG) for sock in inherited]
         else:
             server = await loop.create_server(self._accept, host, port, backlog=BACKLOG)
-        self._servers = [server]
-        self._held = [socket.socket(fileno=os.dup(s.fileno())) for s in server.sockets]
+            self._servers = [server]
+            self._held = [socket.socket(fileno=os.dup(s.fileno())) for s in server.sockets]
         limit = open_files_limit()
         self._ceiling = limit - self.limits.fd_reserve
         self._count()
@@ -184,17 +186,59 @@ class Connections:
         return bool(self._held)
 
     @property
-    def listener(self) -> int:
-        if not self._held:
-            raise RuntimeError("the router is not serving")
-        return self._held[0].fileno()
-
-    @property
     def address(self) -> tuple[str, int]:
         if not self._held:
             raise RuntimeError("the router is not serving")
         host, port = self._held[0].getsockname()[:2]
         return str(host), int(port)
+
+    def listeners(self) -> list[int]:
+        """The listening sockets' descriptors (for a re-exec)."""
+        return [sock.fileno() for sock in self._held]
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, keep listening, and wait (at most ``timeout``) until every client
+        connection has closed at a request boundary (see the design notes)."""
+        self.draining = True
+        self._drained = asyncio.Event()
+        self._stop_accepting()
+        for conn in list(self._open.values()):
+            if not conn.busy:
+                self._close_when_idle(conn)
+        self._check_drained()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
+        except TimeoutError:
+            log.warning("router: %d connections still open after %gs; closing them",
+                        len(self._open), timeout)
+            for conn in list(self._open.values()):
+                conn.handler.force_close()
+
+    def undrain(self) -> None:
+        """Accept again (a re-exec that did not happen)."""
+        self.draining, self._drained = False, None
+        self._resume_if_room()
+
+    def _close_when_idle(self, conn: _Connection) -> None:
+        def close() -> None:
+            if conn.idle and self._open.get(conn.handler) is conn:
+                conn.handler.force_close()
+        asyncio.get_running_loop().call_later(IDLE_GRACE, close)
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and not self._open:
+            self._drained.set()
+
+    def _stop_accepting(self) -> None:
+        if self._recheck is not None:
+            self._recheck.cancel()
+        if self._resuming is not None:
+            self._resuming.cancel()
+            self._resuming = None
+        for server in self._servers:
+            server.close()
+        self._servers = []
 
     async def close(self) -> None:
         """Stop listening; the connections are aiohttp's to close."""
@@ -217,6 +261,8 @@ class Connections:
         if conn is not None:
             conn.busy = True
             conn.stop_timer()
+            if self.draining:
+                handler.close()         # this answer, marked so, is the connection's last
         self._in_flight += 1
         try:
             yield
@@ -226,7 +272,9 @@ class Connections:
                 conn.busy = False
                 if self._open.pop(handler, None) is conn:
                     self._open[handler] = conn             # now the most recently used
-            if not self._servers:       # once aiohttp has sent the answer, it may be idle
+            if self.draining and conn is not None:     # its answer may have said keep-alive
+                self._close_when_idle(conn)
+            elif not self._servers:     # once aiohttp has sent the answer, it may be idle
                 asyncio.get_running_loop().call_soon(self._resume_if_room)
 
     # --- the connections ----------------------------------------------------
@@ -242,7 +290,9 @@ class Connections:
 
     def closed(self, conn: _Connection) -> None:
         self._open.pop(conn.handler, None)
-        if not self._servers:
+        if self.draining:
+            self._check_drained()
+        elif not self._servers:
             self._resume_if_room()
 
     def _count(self) -> None:
@@ -296,7 +346,7 @@ class Connections:
 
     # --- accepting or not -----------------------------------------------------
     def _pause(self, why: str) -> None:
-        if not self._servers:
+        if not self._servers or self.draining:
             return
         for server in self._servers:
             server.close()
@@ -306,7 +356,7 @@ class Connections:
                                                               self._resume_if_room)
 
     def _resume_if_room(self) -> None:
-        if self._servers or self._resuming is not None or not self._held:
+        if self._servers or self._resuming is not None or not self._held or self.draining:
             return
         if self._recheck is not None:
             self._recheck.cancel()

@@ -52,7 +52,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from pikud.errors import PikudError
-from pikud.proxy.connections import ConnectionLimits, Connections, bound_to
+from pikud.proxy.connections import ConnectionLimits, Connections
 from pikud.proxy.routing import (
     Redirect,
     Route,
@@ -117,13 +117,8 @@ class Router:
         self._closing: set[asyncio.Task[None]] = set()
         self._websockets: set[web.WebSocketResponse] = set()
 
-    async def start(self, inherited: socket.socket | None = None) -> bool:
-        """Serve HTTP; on ``inherited`` (a listener a previous pikud left in systemd's
-        store) when it is bound where this router should serve. True when it was used
-        (else it is closed)."""
-        if inherited is not None and not bound_to(inherited, self._host, self._port):
-            inherited.close()
-            inherited = None
+    async def start(self, inherited: list[socket.socket] | None = None) -> None:
+        """Serve on the configured address, or on listeners ``inherited`` (a re-exec)."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._serve)
         runner = web.AppRunner(app, handle_signals=False, access_log=None,
@@ -141,12 +136,6 @@ class Router:
         self._bound_port = self.address[1]
         self._tcp = self._session(aiohttp.TCPConnector(force_close=True))
         log.info("router: serving HTTP on %s:%d", *self.address)
-        return inherited is not None
-
-    @property
-    def listener(self) -> int:
-        """The listening socket's descriptor (for systemd's store)."""
-        return self._connections.listener
 
     async def stop(self) -> None:
         """Stop serving; requests in flight get SHUTDOWN_TIMEOUT, WebSockets a 1001 close."""
@@ -160,6 +149,22 @@ class Router:
         self._tcp, self._unix = None, {}
         await asyncio.gather(*(s.close() for s in sessions), *self._closing)
 
+    async def drain(self, timeout: float) -> None:
+        """Before a re-exec: stop accepting (connections wait in the backlog for the next
+        image), finish the requests in flight within ``timeout``, and close every client
+        connection at a request boundary (``Connection: close``). WebSockets get 1001."""
+        await asyncio.gather(*(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+                               for ws in list(self._websockets)))
+        await self._connections.drain(timeout)
+
+    def resume(self) -> None:
+        """Accept again after ``drain`` (the re-exec did not happen)."""
+        self._connections.undrain()
+
+    def listeners(self) -> list[int]:
+        """The listening sockets' descriptors, for the next image."""
+        return self._connections.listeners()
+
     @property
     def serving(self) -> bool:
         """Bound and listening: /status may ask before (the socket opens first)."""
@@ -168,6 +173,11 @@ class Router:
     @property
     def address(self) -> tuple[str, int]:
         return self._connections.address
+
+    @property
+    def address_wanted(self) -> tuple[str, int]:
+        """Where it is set to serve (port 0: any free one)."""
+        return self._host, self._port
 
     def set_route(self, route: Route) -> None:
         """Add or replace ``route.app``; ValueError for a malformed upstream."""
@@ -225,7 +235,10 @@ class Router:
     # --- requests -----------------------------------------------------------
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         with self._connections.request(request.protocol):
-            return await self._handle(request)
+            response = await self._handle(request)
+            if self._connections.draining and not response.prepared:
+                response.force_close()          # Connection: close
+            return response
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         table = self._table
@@ -287,6 +300,8 @@ class Router:
                                    allow_redirects=False) as upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             response.headers.extend(forward_headers(upstream.headers.items()))
+            if self._connections.draining:
+                response.force_close()          # Connection: close
             location = response.headers.get("Location", "")
             if (target.prefix and location.startswith("/") and not location.startswith("//")
                     and not location.startswith(target.prefix + "/")):

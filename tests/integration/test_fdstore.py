@@ -159,8 +159,9 @@ def test_without_the_store_the_next_pikud_replaces_the_leftovers(
     daemon.kill9()
     systemd.flush()
     daemon.start(extra_env={"NOTIFY_SOCKET": str(systemd.path)})
-    new = {daemon.wait_state("keep", name, "RUNNING")["pid"]
-           for name in ("keep:web.1", "keep:worker.1")}
+    running = wait_for(lambda: len(procs := daemon.processes("keep")) == 2 and all(
+        p["state"] == "RUNNING" for p in procs) and procs, 15, "keep to run again")
+    new = {p["pid"] for p in running}
     assert not new & old and not any(alive(pid) for pid in old)
     out = daemon.output()
     assert "processes left running by a previous pikud" in out and "adopted:" not in out

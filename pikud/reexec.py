@@ -1,0 +1,155 @@
+"""SIGUSR2: pikud re-executes itself in place, like nginx's binary upgrade.
+
+The same pid runs the code now on disk; every app process keeps running
+under it with the same pid, and every descriptor that serves them (the
+control socket, the router's listeners, each slot's socket and output
+pipe, each cron run's pipe) is carried across the exec (handover.py).
+
+1. Preflight: the new code must import (and read this handover format), in
+   a child with the daemon's environment, within PREFLIGHT_TIMEOUT; else the
+   re-exec is refused before anything is touched.
+2. Quiesce: the control socket stops accepting (new requests wait in its
+   backlog and are answered by the new image); every app's lock is taken,
+   so the changes under way (a push, a restart, a scale) finish first,
+   within QUIESCE_TIMEOUT; the control connections end once answered; the
+   router stops accepting and closes its connections at a request boundary
+   (proxy/connections.py).
+3. Capture and exec: the record is written with no await between it and
+   ``execve``, so it is one consistent instant.
+
+A refusal at any step (or an execve that fails) resumes everything in the
+old image and logs ``re-exec refused: ...`` with the reason; a re-exec
+logs ``re-exec: pikud OLD -> NEW``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pikud import handover
+from pikud.errors import PikudError
+from pikud.procman.oneshot import OneShotTimeout, run_once
+
+if TYPE_CHECKING:
+    from pikud.daemon import Daemon
+
+log = logging.getLogger("pikud")
+
+PREFLIGHT_TIMEOUT = 30.0    # seconds the new code has to import
+QUIESCE_TIMEOUT = 60.0      # seconds the changes under way have to finish
+ROUTER_DRAIN = 10.0         # seconds the router's requests in flight have to finish
+PREFLIGHT = ("import pikud, pikud.daemon, pikud.handover; "
+             "print(pikud.__version__, pikud.handover.FORMAT)")
+
+
+class ReexecRefused(PikudError):
+    """The re-exec cannot happen now; the running image goes on."""
+
+
+async def preflight() -> str:
+    """The version of the code a re-exec would run; ReexecRefused if it cannot run."""
+    lines: list[str] = []
+    try:
+        info = await run_once([sys.executable, "-c", PREFLIGHT], env=os.environ,
+                              cwd=Path.cwd(), on_line=lines.append, timeout=PREFLIGHT_TIMEOUT)
+    except OneShotTimeout as exc:
+        raise ReexecRefused(f"the new code did not import within {PREFLIGHT_TIMEOUT:g}s "
+                            f"({exc})") from None
+    except OSError as exc:
+        raise ReexecRefused(f"cannot run {sys.executable}: {exc}") from None
+    if info.code != 0:
+        last = lines[-1] if lines else "no output"
+        raise ReexecRefused(f"the new code does not import ({info}): {last}")
+    words = lines[-1].split() if lines else []
+    if len(words) != 2 or words[1] != str(handover.FORMAT):
+        raise ReexecRefused(f"the new code reads handover format {words[1:] or '?'}, this "
+                            f"pikud writes {handover.FORMAT}")
+    return words[0]
+
+
+class Reexec:
+    """One daemon's re-exec: ``run()`` on SIGUSR2."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.running = False
+
+    async def run(self) -> None:
+        """Re-exec, or log why not and go on; returns only when it did not happen."""
+        if self.running:
+            log.warning("re-exec refused: a re-exec is already under way")
+            return
+        self.running = True
+        try:
+            await self._run()
+        except ReexecRefused as exc:
+            self.daemon.refused(str(exc))
+        finally:
+            self.running = False
+
+    async def _run(self) -> None:
+        daemon = self.daemon
+        if not daemon.registry.settled.is_set():
+            raise ReexecRefused("pikud is still booting")
+        new = await preflight()
+        assert daemon.control is not None
+        daemon.control.pause()
+        try:
+            async with self._locked():
+                await daemon.control.drain()
+                if daemon.router is not None:
+                    await daemon.router.drain(ROUTER_DRAIN)
+                try:
+                    self._exec(new)       # returns only if execve failed
+                finally:
+                    if daemon.router is not None:
+                        daemon.router.resume()
+        finally:
+            await daemon.control.accept()
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """Every app's lock (apps made meanwhile too), within QUIESCE_TIMEOUT."""
+        held: list[asyncio.Lock] = []
+        apps = self.daemon.registry.apps
+        try:
+            async with asyncio.timeout(QUIESCE_TIMEOUT):
+                while pending := [app for app in apps.values() if app.lock not in held]:
+                    for app in pending:
+                        await app.lock.acquire()
+                        held.append(app.lock)
+        except TimeoutError:
+            busy = sorted(app.name for app in apps.values() if app.lock.locked()
+                          and app.lock not in held)
+            for lock in held:
+                lock.release()
+            raise ReexecRefused(f"a change of {', '.join(busy) or 'an app'} was still going "
+                                f"after {QUIESCE_TIMEOUT:g}s") from None
+        try:
+            yield
+        finally:
+            for lock in held:
+                lock.release()
+
+    def _exec(self, new: str) -> None:
+        """Capture, hand over, execve. Returns only if the exec failed (refusing it)."""
+        daemon = self.daemon
+        record = handover.capture(daemon)
+        fd = handover.send(record, os.environ)
+        log.info("re-exec: pikud %s -> %s (%d apps, %d processes, %d cron runs carried over)",
+                 record.version, new, len(record.apps),
+                 sum(len(app.slots) for app in record.apps), len(record.cron))
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        try:
+            os.execve(sys.executable, sys.orig_argv, os.environ)
+        except OSError as exc:
+            handover.withdraw(fd, record, os.environ)
+            raise ReexecRefused(f"execve of {sys.executable} failed: {exc}") from None
