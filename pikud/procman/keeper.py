@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from typing import Any
 from pikud.atomic import write_atomic
 from pikud.procman.children import SPAWN_ID, Child, find_processes, stat_fields, terminate
 from pikud.procman.process import Adopted, ManagedProcess
+from pikud.procman.sockets import FIRST_FD
 from pikud.procman.state import ProcessState
 from pikud.sdnotify import Notifier
 from pikud.statefile import json_object, load_json
@@ -89,6 +91,16 @@ def uptime(start: int) -> float:
 def fd_name(kind: str, process: str, detail: int) -> str:
     """``log.APP.KIND.N.PID`` or ``listen.APP.KIND.N.PORT`` for process ``APP:KIND.N``."""
     return f"{kind}.{process.replace(':', '.')}.{detail}"
+
+
+def _off_fd3(fd: int) -> int:
+    """``fd``, moved above fd 3 if it is there: a slot's listener is handed to its process
+    as fd 3 (procman/sockets.py), which must not be the daemon's own copy."""
+    if fd > FIRST_FD:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_FD + 1)
+    os.close(fd)
+    return moved
 
 
 @dataclass
@@ -184,7 +196,7 @@ class Keeper:
         """Take the descriptors systemd handed back; find the recorded processes that can
         be adopted (alive, the same process, their log pipe among ``passed``).
         Returns how many."""
-        self._passed = dict(passed)
+        self._passed = {name: _off_fd3(fd) for name, fd in passed}
         if not self._passed or self.record is None:
             return 0
         loaded = load_json(self.record, parse_record, "run/processes.json")
@@ -213,6 +225,7 @@ class Keeper:
         False: nothing to adopt, the slot is to be started."""
         taken = self._adoptable.pop((proc.name, proc.spec.digest), None)
         if taken is None:
+            self._hand_listener(proc)
             return False
         kept = taken.kept
         self._passed.pop(kept.log, None)
@@ -228,6 +241,17 @@ class Keeper:
         if proc.child is not None and proc.pipe is not None:
             self._track(proc, kept)
         return True
+
+    def _hand_listener(self, proc: ManagedProcess) -> None:
+        """A slot whose recorded process runs another spec (ENV edited while no pikud
+        ran) still gets its listener back: the new process serves the same socket,
+        nothing is refused on its port, and the old one is stopped by ``finish``."""
+        if proc.spec.listen_port is None:
+            return
+        name = fd_name("listen", proc.name, proc.spec.listen_port)
+        fd = self._passed.pop(name, None)
+        if fd is not None:
+            proc.listener, proc.listen_name = socket.socket(fileno=fd), name
 
     async def finish(self, timeout: float) -> None:
         """After boot: stop the recorded processes no slot adopted, close the descriptors

@@ -166,3 +166,25 @@ def test_without_the_store_the_next_pikud_replaces_the_leftovers(
     out = daemon.output()
     assert "processes left running by a previous pikud" in out and "adopted:" not in out
     assert daemon.api("GET", "/status")["started"] == "boot"
+
+
+def test_a_process_whose_spec_changed_meanwhile_is_replaced_on_the_same_socket(
+        pikud_factory, systemd: SystemdStandIn) -> None:
+    """ENV edited while no pikud ran: its processes run what the app no longer does."""
+    daemon: Pikud = pikud_factory(extra_env={"NOTIFY_SOCKET": str(systemd.path)})
+    procs = deploy(daemon)
+    old = {p["pid"] for p in procs.values()}
+    port = procs["keep:web.1"]["port"]
+    daemon.kill9()
+    env = daemon.root / "apps/keep/ENV"
+    env.write_text(env.read_text() + "GREETING=changed\n")
+    daemon.start(launch=systemd.launch)
+    running = wait_for(lambda: len(procs := daemon.processes("keep")) == 2 and all(
+        p["state"] == "RUNNING" and p["pid"] not in old for p in procs) and procs, 15,
+        "keep to run its new spec")
+    web = next(p for p in running if p["name"] == "keep:web.1")
+    wait_for(lambda: daemon.output().count("ready:") == 2, 15, "the boot to end")
+    assert web["port"] == port and daemon.get("keep") == (200, str(web["pid"]))
+    assert not any(alive(pid) for pid in old)
+    out = daemon.output()
+    assert "not adopted: keep:web.1" in out and "not adopted: keep:worker.1" in out
