@@ -32,6 +32,7 @@ from pikud.fds import raise_open_files_limit
 from pikud.handover import Start, receive
 from pikud.paths import Paths
 from pikud.procman.children import become_subreaper, install_orphan_reaper
+from pikud.procman.keeper import Keeper
 from pikud.proxy.acme import Acme
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Router
@@ -39,7 +40,7 @@ from pikud.proxy.routing import parse_address
 from pikud.reexec import Reexec
 from pikud.refresh import CloudflareRefresh
 from pikud.registry import AppRegistry
-from pikud.sdnotify import Notifier
+from pikud.sdnotify import Notifier, listen_fds
 from pikud.settings import Settings, load_settings
 from pikud.traffic import Traffic
 from pikud.watch import FileWatcher
@@ -77,6 +78,8 @@ class Daemon:
         self.settings = settings
         self.loop_name = loop_name
         self.notifier = Notifier()
+        self.keeper = Keeper(self.notifier, paths.process_record)
+        self.passed = listen_fds()          # what systemd's store handed back (keeper.py)
         self.events = EventLog(settings.events_kept)
         self.version = __version__
         self.started = time.monotonic()         # the first boot (a re-exec carries it)
@@ -88,7 +91,7 @@ class Daemon:
         self.registry = AppRegistry(paths, os.environ, settings.app_defaults, self.events,
                                     watch=self._watch, unwatch=self._unwatch,
                                     traffic=Traffic(self.router, self.nginx, paths, self.acme),
-                                    ceilings=settings.ceilings)
+                                    ceilings=settings.ceilings, keeper=self.keeper)
         self.cloudflare = CloudflareRefresh(self.registry, settings.cloudflare_urls,
                                             settings.cloudflare_refresh_days)
 
@@ -162,17 +165,26 @@ class Daemon:
             adopted = await self.registry.adopt(record)
             log.info("re-exec: pikud %s adopted %d processes of %d apps from pikud %s",
                      __version__, self.registry.process_count(), len(adopted), record.version)
+        elif self.keeper.restore(self.passed):      # after a crash, under systemd
+            self.how = Start.ADOPTION
         control = self.control = ControlServer(
             self.registry, self.status, self.paths.socket, self.cloudflare,
             self.settings.control_idle_timeout)
-        await control.start(socket.socket(fileno=record.control) if record else None)
-        if self.router is not None:
+        stored = None if record else self._inherited("control", str(self.paths.socket))
+        await control.start(socket.socket(fileno=record.control) if record else stored)
+        self._stored("control", stored is not None or record is not None, control.fileno())
+        # A router listener from systemd's store holds requests made while no pikud ran:
+        # they wait in its backlog until boot has put the routes back.
+        held = None if record or self.router is None else self._inherited(
+            "router", self.router.address_wanted)
+        if self.router is not None and held is None:
             try:
                 await self.router.start([socket.socket(fileno=fd) for fd in record.router]
                                         if record else None)
             except BaseException:
                 await control.stop()
                 raise
+            self._stored("router", record is not None, self.router.listeners()[0])
             log.info("routing HTTP on %s:%d", *self.router.address)
         log.info("pikud %s listening on %s (loop: %s)", __version__, self.paths.socket,
                  self.loop_name)
@@ -181,6 +193,10 @@ class Daemon:
                 watching = tasks.create_task(self.watcher.run())
                 pulse = tasks.create_task(self._watchdog())
                 await self.registry.boot(adopted)
+                if self.router is not None and held is not None:
+                    await self.router.start([held])
+                    self._stored("router", True, held.fileno())
+                    log.info("routing HTTP on %s:%d", *self.router.address)
                 refreshing = tasks.create_task(self.cloudflare.run())
                 self.notifier.ready(self._summary())
                 log.info("ready: %s", self._summary())
@@ -201,11 +217,34 @@ class Daemon:
         finally:
             if self.acme is not None:
                 await self.acme.close()
+            for name in ("control", "router"):
+                self.keeper.drop(name)
             await control.stop()
             if self.router is not None:
                 await self.router.stop()
             self.watcher.close()
         log.info("stopped")
+
+    def _inherited(self, name: str, where: object) -> socket.socket | None:
+        """The listener ``name`` a previous pikud left in systemd's store, if it is bound
+        to ``where`` (a path, or (host, port) with port 0 for any); else it is dropped."""
+        fd = self.keeper.claim(name)
+        if fd is None:
+            return None
+        sock = socket.socket(fileno=fd)
+        bound = sock.getsockname()
+        if bound == where or (isinstance(where, tuple) and where[1] == 0
+                              and bound[:1] == where[:1]):
+            log.info("descriptor store: %s listener taken over from the previous pikud", name)
+            return sock
+        sock.close()
+        self.keeper.drop(name)
+        return None
+
+    def _stored(self, name: str, held: bool, fd: int) -> None:
+        """Put a listener bound now in systemd's store; one it held stays as it is."""
+        if not held:
+            self.keeper.keep(name, fd)
 
     async def _watchdog(self) -> None:
         if self.notifier.watchdog_interval is None:

@@ -56,6 +56,11 @@ class Paths:
         return self.state_dir / "state.json"
 
     @property
+    def process_record(self) -> Path:
+        """What runs, for the next pikud to adopt (procman/keeper.py); only under systemd."""
+        return self.root / "run" / "processes.json"
+
+    @property
     def cloudflare_ips(self) -> Path:
         """Cloudflare's ranges as last refreshed; the bundled list applies while it is absent."""
         return self.state_dir / "cloudflare_ips.txt"

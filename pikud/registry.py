@@ -38,6 +38,7 @@ from pikud.events import EventLog
 from pikud.handover import Record, pids
 from pikud.paths import Paths
 from pikud.procman.children import claim, stop_leftovers
+from pikud.procman.keeper import Keeper
 from pikud.procman.policy import Backoff
 from pikud.statefile import json_object, load_json
 from pikud.traffic import Traffic
@@ -69,7 +70,8 @@ class AppRegistry:
     def __init__(self, paths: Paths, base_env: Mapping[str, str], app_defaults: AppSettings,
                  events: EventLog, watch: Callable[[str, AppSpec], None] = lambda app, spec: None,
                  unwatch: Callable[[str], None] = lambda app: None,
-                 traffic: Traffic | None = None, ceilings: Ceilings | None = None) -> None:
+                 traffic: Traffic | None = None, ceilings: Ceilings | None = None,
+                 keeper: Keeper | None = None) -> None:
         self.paths = paths
         self.traffic = traffic or Traffic(None)
         self.scheduler = Scheduler(paths.state_dir / "cron.json", self._cron_event,
@@ -79,7 +81,7 @@ class AppRegistry:
         self.services = AppServices(
             paths, dict(base_env), app_defaults, events, self.traffic, self.scheduler,
             ceilings or Ceilings(), save=self.save, claimed=self.claimed, problems=self.problems,
-            forget=self.forget, watch=watch, unwatch=unwatch)
+            forget=self.forget, watch=watch, unwatch=unwatch, keeper=keeper or Keeper())
         self.apps: dict[str, App] = {}
         self._unloaded: dict[str, dict[str, Any]] = {}  # in state.json, not loadable at boot
         self.settled = asyncio.Event()      # boot has stopped a killed pikud's processes
@@ -191,15 +193,21 @@ class AppRegistry:
 
         After a re-exec (``adopted``: the apps whose processes were taken over)
         nothing was left behind: no leftovers are stopped, and only the apps
-        that should run and were not adopted start.
+        that should run and were not adopted start. After a crash, under
+        systemd, the processes the keeper can adopt are spared and taken over
+        by the slots that start them; those no slot took are stopped once every
+        app has started (procman/keeper.py).
         """
+        timeout = self.services.defaults.stop_timeout
+        keeper = self.services.keeper
         if adopted is None:
-            timeout = self.services.defaults.stop_timeout
-            await asyncio.gather(stop_leftovers(str(self.paths.root), timeout),
-                                 self._prune_unrecorded())
+            await asyncio.gather(
+                stop_leftovers(str(self.paths.root), timeout, keep=keeper.adopting),
+                self._prune_unrecorded())
         self.settled.set()
         await asyncio.gather(*(self._boot_one(app) for app in list(self.apps.values())
                                if app.running and app.name not in (adopted or ())))
+        await keeper.finish(timeout)
 
     async def adopt(self, record: Record) -> set[str]:
         """Take over the apps and cron runs a previous image hands over (handover.py);

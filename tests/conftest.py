@@ -57,6 +57,10 @@ def app_processes(root: Path) -> set[int]:
     return find_processes((b"PIKU_PROCESS=", f"PIKU_ROOT={root}".encode()))
 
 
+# argv -> (argv to run, more environment, descriptors to pass)
+Launch = Callable[[list[str]], tuple[list[str], dict[str, str], tuple[int, ...]]]
+
+
 class Pikud:
     """One real `pikud serve` in its own PIKU_ROOT."""
 
@@ -75,15 +79,22 @@ class Pikud:
         return env
 
     def start(self, *args: str, extra_env: dict[str, str] | None = None,
-              preexec_fn: Callable[[], None] | None = None, cwd: Path | None = None) -> Pikud:
+              preexec_fn: Callable[[], None] | None = None, cwd: Path | None = None,
+              launch: Launch | None = None) -> Pikud:
         """``preexec_fn`` runs in the child before the exec (e.g. to set an rlimit); ``cwd``
-        away from this checkout lets PYTHONPATH choose the pikud it runs."""
+        away from this checkout lets PYTHONPATH choose the pikud it runs; ``launch`` turns
+        the argv into the one to run, with more environment and the descriptors to pass
+        (the systemd stand-in's)."""
         sock = self.root / "pikud.sock"
+        argv = [sys.executable, "-m", "pikud", "serve", *args]
+        env, fds = dict(self.env, **(extra_env or {})), tuple[int, ...]()
+        if launch is not None:
+            argv, more, fds = launch(argv)
+            env.update(more)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pikud", "serve", *args],
-                env=dict(self.env, **(extra_env or {})), stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=preexec_fn, cwd=cwd)
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn,
+                pass_fds=fds, cwd=cwd)
         wait_for(lambda: sock.exists() and self._ready(), STARTUP_DEADLINE, "pikud to listen")
         return self
 

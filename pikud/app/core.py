@@ -93,7 +93,7 @@ class AppCore:
         self.spec: AppSpec | None = None            # the spec last applied
         self.releases = ReleaseStore(self.paths, name)
         self.followers: set[Follower] = set()
-        self.group = ProcessGroup(self._on_event, self.followers)
+        self.group = ProcessGroup(self._on_event, self.followers, services.keeper)
         self.idle: IdleWatch | None = None          # PIKU_IDLE_TIMEOUT (scale to zero)
         self._noted: dict[str, tuple[str, ...]] = {}  # warnings by topic, as last noted
         self._applied: Files | None = None          # the files self.spec was read from

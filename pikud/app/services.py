@@ -16,6 +16,7 @@ from pikud.ceilings import Ceilings
 from pikud.cron import Scheduler
 from pikud.events import EventLog
 from pikud.paths import Paths
+from pikud.procman.keeper import Keeper
 from pikud.traffic import Traffic
 
 
@@ -46,3 +47,4 @@ class AppServices:
     forget: Callable[[str], None] = _nothing                # the app was destroyed
     watch: Callable[[str, AppSpec], None] = _nothing        # watch its ENV, SCALING, touch files
     unwatch: Callable[[str], None] = _nothing
+    keeper: Keeper = field(default_factory=Keeper)          # systemd's store, the record

@@ -20,7 +20,7 @@ import os
 import select
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ MARKER = "PIKU_PROCESS"
 class ExitInfo:
     code: int | None            # exit status, or None when killed by a signal
     signal: int | None
+    adopted: bool = False       # not our child (adopted after a crash): no status to read
 
     @classmethod
     def from_waitid(cls, result: os.waitid_result) -> ExitInfo:
@@ -47,6 +48,8 @@ class ExitInfo:
         return cls(None, result.si_status)
 
     def __str__(self) -> str:
+        if self.adopted:
+            return "status unknown: adopted"
         if self.code is None and self.signal is None:
             return "exit status unknown"
         if self.signal is not None:
@@ -120,11 +123,11 @@ class Child:
         loop.remove_reader(self.pidfd)
         try:
             result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+            info = ExitInfo.from_waitid(result) if result else ExitInfo(None, None)
         except ChildProcessError:       # not our child (adopted after a crash): no status
-            result = None
+            info = ExitInfo(None, None, adopted=True)
         os.close(self.pidfd)
         _spawned.discard(self.pid)
-        info = ExitInfo.from_waitid(result) if result else ExitInfo(None, None)
         reap_orphans()      # orphans appear when a parent exits; SIGCHLD may belong to libuv
         if self.popen is not None:
             self.popen.returncode = info.code if info.code is not None else -(info.signal or 0)
@@ -137,6 +140,10 @@ class Child:
 
     async def wait(self) -> ExitInfo:
         return await asyncio.shield(self._exit)
+
+    def when_exited(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the process has exited (soon, if it has)."""
+        self._exit.add_done_callback(lambda exit: callback())
 
 
 def claim(pids: Sequence[int]) -> None:
@@ -392,14 +399,18 @@ async def terminate(pgid: int | None, pids: set[int], timeout: float,
         tree.close()
 
 
-async def stop_leftovers(root: str, timeout: float, app: str | None = None) -> int:
+async def stop_leftovers(root: str, timeout: float, app: str | None = None,
+                         keep: Collection[str] = ()) -> int:
     """Stop the app processes a previous daemon of ``root`` left running (kill -9 of pikud),
     or, with ``app``, every process of that app that no slot tracks (stop, destroy).
+    Processes of the spawns named in ``keep`` (PIKU_SPAWN_ID) are being adopted: spared.
 
     They may have been re-parented elsewhere, so these are the places that scan all of /proc.
     """
     needles = (f"{MARKER}={app + ':' if app else ''}*".encode(), f"PIKU_ROOT={root}".encode())
     found = await asyncio.to_thread(find_processes, needles)    # all of /proc: off the loop
+    kept = [f"{SPAWN_ID}={spawn_id}".encode() for spawn_id in keep]
+    found = {pid for pid in found if not any(environ_has(pid, needle) for needle in kept)}
     if found and app is None:       # an app's own are noted by the App
         log.warning("stopping %d processes left running by a previous pikud", len(found))
     return (await terminate(None, found, timeout)).found

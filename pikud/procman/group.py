@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from pikud.errors import DeployError
 from pikud.procman.idle import has_traffic
+from pikud.procman.keeper import Keeper
 from pikud.procman.logs import Follower, LogFile
 from pikud.procman.plan import Plan, plan
 from pikud.procman.process import Adopted, EventSink, ManagedProcess, ProcessSpec
@@ -51,12 +52,14 @@ async def drain(procs: Collection[ManagedProcess], grace: float) -> None:
 
 
 class ProcessGroup:
-    def __init__(self, on_event: EventSink, followers: set[Follower]) -> None:
+    def __init__(self, on_event: EventSink, followers: set[Follower],
+                 keeper: Keeper | None = None) -> None:
         self.processes: dict[str, ManagedProcess] = {}
         self.incoming: dict[str, ManagedProcess] = {}     # a generation being started
         self._on_event = on_event
         self._followers = followers
         self._logs: dict[str, LogFile] = {}
+        self._keeper = keeper or Keeper()
 
     @property
     def specs(self) -> dict[str, ProcessSpec]:
@@ -75,16 +78,18 @@ class ProcessGroup:
         return log
 
     def _spawn(self, spec: ProcessSpec) -> ManagedProcess:
-        proc = ManagedProcess(spec, self._on_event, self._log(spec))
-        proc.start()
+        proc = ManagedProcess(spec, self._on_event, self._log(spec), self._keeper)
+        if not self._keeper.adopt(proc):       # a process a killed pikud left (keeper.py)
+            proc.start()
         return proc
 
     def adopt(self, slots: Mapping[ProcessSpec, Adopted]) -> None:
         """Supervise processes a previous owner started (handover.py), as they are."""
         for spec, taken in slots.items():
             proc = self.processes[spec.name] = ManagedProcess(spec, self._on_event,
-                                                              self._log(spec))
+                                                              self._log(spec), self._keeper)
             proc.adopt(taken)
+            self._keeper.carried(proc)
 
     def _new(self, spec: ProcessSpec) -> ManagedProcess:
         proc = self.processes[spec.name] = self._spawn(spec)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pikud.errors import InvalidTransition
 from pikud.procman.children import (
@@ -42,6 +43,9 @@ from pikud.procman.shell import shell_argv
 from pikud.procman.sockets import hand_over, listen_tcp
 from pikud.procman.state import ALIVE, ProcessState, allowed
 from pikud.procman.waits import first_of
+
+if TYPE_CHECKING:
+    from pikud.procman.keeper import Keeper
 
 log = logging.getLogger(__name__)
 S = ProcessState
@@ -102,6 +106,12 @@ class ProcessSpec:
         """The short name logs use: ``kind.N``."""
         return f"{self.kind}.{self.index}"
 
+    @property
+    def digest(self) -> str:
+        """What a process started with this spec runs: an adopted one must match it."""
+        parts = (self.command, self.env, str(self.cwd), self.port, self.inherits)
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
 
 def read_rss(pid: int) -> int | None:
     """Resident memory of ``pid`` and all its descendants (the shell and what it runs,
@@ -118,7 +128,9 @@ def read_rss(pid: int) -> int | None:
 
 
 class ManagedProcess:
-    def __init__(self, spec: ProcessSpec, on_event: EventSink, log: LogFile) -> None:
+    def __init__(self, spec: ProcessSpec, on_event: EventSink, log: LogFile,
+                 keeper: Keeper | None = None) -> None:
+        """``keeper``: systemd's descriptor store and the process record (keeper.py)."""
         self.spec = spec
         self.state = S.STOPPED
         self.child: Child | None = None
@@ -137,6 +149,8 @@ class ManagedProcess:
         self.settled = asyncio.Event()          # set unless STARTING or STOPPING
         self.listener: socket.socket | None = None
         self.pipe: PipeReader | None = None     # the running process's output
+        self.keeper = keeper
+        self.listen_name: str | None = None     # the listener's name in systemd's store
 
     @property
     def name(self) -> str:
@@ -246,6 +260,9 @@ class ManagedProcess:
             if self.listener is not None:
                 self.listener.close()
                 self.listener = None
+            if self.keeper is not None and self.listen_name is not None:
+                self.keeper.drop(self.listen_name)
+            self.listen_name = None
             if self.state in (S.BACKOFF, S.FATAL, S.EXITED, S.IDLE):
                 # BACKOFF/FATAL/EXITED/IDLE -> STOPPED: stop requested while no process ran
                 self._set_state(S.STOPPED, f"stopped: {self.name} (was not running)")
@@ -299,6 +316,8 @@ class ManagedProcess:
         if self.spec.listen_port is not None:
             if self.listener is None:           # bound once, kept across respawns
                 self.listener = listen_tcp(self.spec.listen_port, self.spec.listen_backlog)
+                if self.keeper is not None:
+                    self.listen_name = self.keeper.listening(self.name, self.listener)
             passed = (self.listener.fileno(),)
             argv = hand_over(self.spec.command, passed[0])
         read_end, write_end = os.pipe()
@@ -314,6 +333,8 @@ class ManagedProcess:
         self.pipe = PipeReader(read_end, self.log.write_line)
         self.child, self.spawn_error = child, None
         self.started_at = time.monotonic()
+        if self.keeper is not None:
+            self.keeper.spawned(self, read_end)
         # STOPPED/BACKOFF/EXITED/FATAL -> STARTING: spawned
         self._set_state(S.STARTING, f"spawned: {self.name} with pid {child.pid}")
         return child

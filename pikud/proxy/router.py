@@ -174,6 +174,11 @@ class Router:
     def address(self) -> tuple[str, int]:
         return self._connections.address
 
+    @property
+    def address_wanted(self) -> tuple[str, int]:
+        """Where it is set to serve (port 0: any free one)."""
+        return self._host, self._port
+
     def set_route(self, route: Route) -> None:
         """Add or replace ``route.app``; ValueError for a malformed upstream."""
         entry = _Entry(route, tuple(upstream_url(u) for u in route.upstreams))

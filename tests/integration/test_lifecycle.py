@@ -35,6 +35,7 @@ def test_kill9_then_restart_brings_every_app_back_as_it_was(pikud_factory) -> No
              and len(daemon.processes("up")) == 2, 15, "up to run again")
     assert "processes left running by a previous pikud" in daemon.output()
     assert not any(alive(pid) for pid in old)
+    assert not (daemon.root / "run").exists()       # no record without systemd
     assert daemon.processes("down") == [] and daemon.processes("never") == []
     states = {a["name"]: a["state"] for a in daemon.api("GET", "/apps")["apps"]}
     assert states == {"up": "running", "down": "stopped", "never": "stopped"}
@@ -74,9 +75,12 @@ def test_systemd_notify_ready_and_stopping(pikud_factory, short_root: Path) -> N
         daemon: Pikud = pikud_factory(extra_env={"NOTIFY_SOCKET": str(path),
                                                  "WATCHDOG_USEC": "200000"})
         daemon.add_app("n", "worker: env\n", FAST)
-        received = [listener.recv(4096).decode() for _ in range(3)]
+        received: list[str] = []       # the listeners stored in the descriptor store first
+        while "WATCHDOG=1" not in received or not any("READY=1" in r for r in received):
+            received.append(listener.recv(4096).decode())      # 15 s timeout
         assert any("READY=1" in r and "STATUS=" in r for r in received), received
         assert "WATCHDOG=1" in received        # every 0.1 s: half of WATCHDOG_USEC
+        assert any(r.startswith("FDSTORE=1\nFDNAME=control\n") for r in received), received
         daemon.api("POST", "/apps/n/deploy")
         # The app never sees the daemon's NOTIFY_SOCKET.
         wait_for(lambda: "PROC_TYPE=worker" in daemon.log_text("n", "worker.1"), 5, "env")
