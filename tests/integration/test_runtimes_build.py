@@ -11,19 +11,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
-import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from subprocess import DEVNULL, PIPE, STDOUT
 
@@ -33,7 +29,8 @@ from pikud.appspec import parse_procfile
 from pikud.deploy.runtimes import BuildContext, BuildResult, Runner, detect
 from pikud.deploy.runtimes.envcache import MARKER, build_once
 from pikud.errors import BuildError, EnvError
-from tests.net import HttpServer, free_port
+from tests.net import free_port
+from tests.node_mirror import NodeMirror, node_mirror, nodeenv_alone
 
 RUN_DEADLINE = 120.0
 WHEEL = "wheels/tinypkg-1.0-py3-none-any.whl"
@@ -424,83 +421,24 @@ async def test_node_settings_fail_clearly(tmp_path: Path, env: dict[str, str],
     assert builds.env_dirs() == set()
 
 
-# nodeenv comes with the test tools (pyproject's test extra), like uv.
-NODEENV = (shutil.which("nodeenv", path=str(Path(sys.executable).parent))
-           or shutil.which("nodeenv"))
-assert NODEENV is not None, "nodeenv is a test dependency: pip install -e '.[test]'"
-
-
-@dataclass
-class NodeMirror:
-    """The machine's own node as nodejs.org would serve it, on a loopback port."""
-
-    url: str
-    version: str                    # "20.20.2"
-    requests: list[str]
-
-
 @pytest.fixture
-def node_mirror() -> Iterator[NodeMirror]:
-    """``index.json`` and ``vX.Y.Z/node-vX.Y.Z-linux-x64.tar.gz`` with bin/node (a copy of
-    the node on PATH), bin/npm and lib/node_modules/npm: what nodeenv downloads.
-
-    The archive is not compressed (nodeenv opens it with tarfile's "r:*"):
-    gzip would cost seconds on a 100 MB binary. This machine cannot reach nodejs.org.
-    """
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node is not None and npm is not None
-    reported = subprocess.run([node, "--version"], capture_output=True, text=True,
-                              check=True, timeout=30).stdout.strip()
-    version = reported.removeprefix("v")
-    top = f"node-v{version}-linux-x64"
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as archive:
-        archive.add(os.path.realpath(node), arcname=f"{top}/bin/node")
-        archive.add(Path(os.path.realpath(npm)).parents[1],
-                    arcname=f"{top}/lib/node_modules/npm")
-        for name in ("npm", "npx"):
-            link = tarfile.TarInfo(f"{top}/bin/{name}")
-            link.type, link.linkname = tarfile.SYMTYPE, f"../lib/node_modules/npm/bin/{name}-cli.js"
-            archive.addfile(link)
-    files = {f"/v{version}/{top}.tar.gz": data.getvalue(),
-             "/index.json": json.dumps([{"version": reported, "lts": False,
-                                         "files": ["linux-x64"]}]).encode()}
-    requests: list[str] = []
-
-    def respond(request: BaseHTTPRequestHandler) -> tuple[int, str, bytes]:
-        requests.append(request.path)
-        body = files.get(request.path)
-        return (200, "application/octet-stream", body) if body else (404, "text/plain", b"")
-
-    server = HttpServer(respond)
-    try:
-        yield NodeMirror(server.url(""), version, requests)
-    finally:
-        server.close()
-
-
-def node_alone_path(tmp_path: Path) -> str:
-    """A PATH with nodeenv and no node at all: a server where nodeenv must install it."""
-    folder = tmp_path / "server-bin"
-    folder.mkdir()
-    assert NODEENV is not None
-    (folder / "nodeenv").symlink_to(NODEENV)
-    return str(folder)
+def mirror() -> Iterator[NodeMirror]:
+    with node_mirror() as served:
+        yield served
 
 
 @needs_npm
 async def test_nodeenv_installs_the_node_version_asked_for(tmp_path: Path,
-                                                           node_mirror: NodeMirror) -> None:
-    major = node_mirror.version.split(".")[0]
+                                                           mirror: NodeMirror) -> None:
+    major = mirror.version.split(".")[0]
     builds = Builds(tmp_path, {"package.json": '{"name": "app", "version": "1.0.0"}\n'},
-                    env={"PATH": node_alone_path(tmp_path), "NODE_VERSION": major,
-                         "NODEENV_MIRROR": node_mirror.url + "/"})
+                    env={"PATH": nodeenv_alone(tmp_path / "server-bin"), "NODE_VERSION": major,
+                         "NODEENV_MIRROR": mirror.url + "/"})
     first = await builds.build()
     assert f"NODE_VERSION={major}: there is no node on this server's PATH; installing it " \
            "with nodeenv" in builds.progress
-    assert node_mirror.requests == ["/index.json",        # the newest 20.x: nodeenv resolves it
-                                    f"/v{node_mirror.version}/node-v{node_mirror.version}"
-                                    "-linux-x64.tar.gz"]
+    assert mirror.requests == ["/index.json",        # the newest 20.x: nodeenv resolves it
+                               f"/v{mirror.version}/node-v{mirror.version}-linux-x64.tar.gz"]
     node_bin = next(Path(entry) for entry in first.path_prefix
                     if Path(entry).parent.name.startswith(f"nodeenv-{major}-"))
     assert node_bin.parent.parent == builds.envs_dir and node_bin.name == "bin"
@@ -512,20 +450,20 @@ async def test_nodeenv_installs_the_node_version_asked_for(tmp_path: Path,
         subprocess.run, ["node", "-p", "process.execPath + ' ' + process.version"],
         env={"PATH": ":".join([*first.path_prefix, os.environ["PATH"]])},
         capture_output=True, text=True, check=True, timeout=30)).stdout.split()
-    assert which_node == [str(node_bin / "node"), f"v{node_mirror.version}"]
+    assert which_node == [str(node_bin / "node"), f"v{mirror.version}"]
 
     second = await builds.build()
     assert second.path_prefix == first.path_prefix and second.reused
     assert f"Node {major} from nodeenv: reusing envs/app/{node_bin.parent.name}" \
         in builds.progress
-    assert len(node_mirror.requests) == 2 and not any(
+    assert len(mirror.requests) == 2 and not any(
         line.startswith("$ ") for line in builds.output)
 
 
 async def test_nodeenv_that_cannot_download_refuses_the_push(tmp_path: Path) -> None:
     mirror = f"http://127.0.0.1:{free_port()}"          # nothing listens there
     builds = Builds(tmp_path, {"package.json": "{}"},
-                    env={"PATH": node_alone_path(tmp_path), "NODEENV_MIRROR": mirror})
+                    env={"PATH": nodeenv_alone(tmp_path / "server-bin"), "NODEENV_MIRROR": mirror})
     with pytest.raises(BuildError) as info:
         await builds.build(NODE_VERSION="20.1.0")
     assert str(info.value) == (
