@@ -46,8 +46,14 @@ class PushInfo:
 
 def runner(progress: Progress, error: type[DeployError] = BuildError) -> Runner:
     """A Runner that streams a command's output, indented, and raises ``error`` on failure."""
-    async def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> None:
-        info = await run_once(argv, env=env, cwd=cwd, on_line=lambda line: progress(INDENT + line))
+    async def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
+                  on_line: Callable[[str], None] | None = None) -> None:
+        def line(text: str) -> None:
+            progress(INDENT + text)
+            if on_line is not None:
+                on_line(text)
+
+        info = await run_once(argv, env=env, cwd=cwd, on_line=line)
         if info.code != 0:
             raise error(f"`{shlex.join(argv)}` failed ({info})")
     return run

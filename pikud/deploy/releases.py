@@ -173,7 +173,15 @@ class ReleaseStore:
         return removed
 
     def env_paths_in_use(self) -> set[str]:
-        return {r.env_path for r in self.releases if r.env_path}
+        """The environments a release uses: its env_path, and those under envs/APP a PATH
+        entry of it lies in (a node installed by nodeenv, beside its node_modules)."""
+        envs = self.paths.env_dir(self.app)
+        used = {r.env_path for r in self.releases if r.env_path}
+        for release in self.releases:
+            for entry in map(Path, release.path_prefix):
+                if entry.is_relative_to(envs) and entry != envs:
+                    used.add(str(envs / entry.relative_to(envs).parts[0]))
+        return used
 
 
 def parse_records(data: object) -> tuple[int | None, list[Release]]:

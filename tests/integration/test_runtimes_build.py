@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import DEVNULL, PIPE, STDOUT
@@ -29,6 +29,8 @@ from pikud.appspec import parse_procfile
 from pikud.deploy.runtimes import BuildContext, BuildResult, Runner, detect
 from pikud.deploy.runtimes.envcache import MARKER, build_once
 from pikud.errors import BuildError, EnvError
+from tests.net import free_port
+from tests.node_mirror import NodeMirror, node_mirror, nodeenv_alone
 
 RUN_DEADLINE = 120.0
 WHEEL = "wheels/tinypkg-1.0-py3-none-any.whl"
@@ -59,7 +61,8 @@ def make_wheel(path: Path, value: int = 42) -> Path:
 
 def runner(lines: list[str]) -> Runner:
     """A real Runner: streams the command's output lines into ``lines``, BuildError on failure."""
-    async def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> None:
+    async def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
+                  on_line: Callable[[str], None] | None = None) -> None:
         command = shlex.join(argv)
         lines.append(f"$ {command}")
         try:
@@ -72,6 +75,8 @@ def runner(lines: list[str]) -> Runner:
                 assert proc.stdout is not None
                 async for raw in proc.stdout:
                     lines.append(raw.decode(errors="replace").rstrip("\n"))
+                    if on_line is not None:
+                        on_line(lines[-1])
                 code = await proc.wait()
         finally:
             if proc.returncode is None:
@@ -140,17 +145,23 @@ def tool_alone(tmp_path: Path, name: str, program: str) -> str:
     return f"{folder}:{path_without_uv()}"
 
 
+def path_without(*tools: str) -> str:
+    """The test's PATH minus any folder holding one of ``tools``."""
+    folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    return os.pathsep.join(folder for folder in folders
+                           if not any((Path(folder) / tool).exists() for tool in tools))
+
+
 def path_without_uv() -> str:
     """The test's PATH minus any folder with uv in it: a server where pip builds."""
-    folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
-    return os.pathsep.join(folder for folder in folders if not (Path(folder) / "uv").exists())
+    return path_without("uv")
 
 
 def base_env() -> dict[str, str]:
     """The test's environment, as the app's build environment starts from."""
     return {key: value for key, value in os.environ.items()
             if key not in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHON_VERSION", "NODE_VERSION",
-                           "NODE_PACKAGE_MANAGER", "CARGO_TARGET_DIR")}
+                           "NODE_PACKAGE_MANAGER", "NODEENV_MIRROR", "CARGO_TARGET_DIR")}
 
 
 def wheel_bytes(tmp: Path, value: int = 42) -> bytes:
@@ -397,15 +408,78 @@ async def test_node_installs_then_reuses_node_modules(tmp_path: Path) -> None:
 
 @needs_npm
 @pytest.mark.parametrize(("env", "message"), [
-    ({"NODE_VERSION": "1.2"}, "NODE_VERSION=1.2: node on this server is "),
+    ({"NODE_VERSION": "1.2"}, "NODE_VERSION=1.2: node on this server is [0-9.]+; install "
+                              "nodeenv \\(pip install nodeenv\\) to let pikud install it"),
+    ({"NODE_VERSION": "lts"}, "NODE_VERSION=lts: expected a version such as 20"),
     ({"NODE_PACKAGE_MANAGER": "bun"}, "NODE_PACKAGE_MANAGER=bun: expected npm, yarn or pnpm"),
 ])
 async def test_node_settings_fail_clearly(tmp_path: Path, env: dict[str, str],
                                           message: str) -> None:
-    builds = Builds(tmp_path, {"package.json": "{}"})
+    builds = Builds(tmp_path, {"package.json": "{}"}, env={"PATH": path_without("nodeenv")})
     with pytest.raises(BuildError, match=message):
         await builds.build(**env)
     assert builds.env_dirs() == set()
+
+
+@pytest.fixture
+def mirror() -> Iterator[NodeMirror]:
+    with node_mirror() as served:
+        yield served
+
+
+@needs_npm
+async def test_nodeenv_installs_the_node_version_asked_for(tmp_path: Path,
+                                                           mirror: NodeMirror) -> None:
+    major = mirror.version.split(".")[0]
+    builds = Builds(tmp_path, {"package.json": '{"name": "app", "version": "1.0.0"}\n'},
+                    env={"PATH": nodeenv_alone(tmp_path / "server-bin"), "NODE_VERSION": major,
+                         "NODEENV_MIRROR": mirror.url + "/"})
+    first = await builds.build()
+    assert f"NODE_VERSION={major}: there is no node on this server's PATH; installing it " \
+           "with nodeenv" in builds.progress
+    assert mirror.requests == ["/index.json",        # the newest 20.x: nodeenv resolves it
+                               f"/v{mirror.version}/node-v{mirror.version}-linux-x64.tar.gz"]
+    node_bin = next(Path(entry) for entry in first.path_prefix
+                    if Path(entry).parent.name.startswith(f"nodeenv-{major}-"))
+    assert node_bin.parent.parent == builds.envs_dir and node_bin.name == "bin"
+    install = [line for line in builds.output if line.startswith("$ ") and " install " in line]
+    assert install == [f"$ {node_bin}/npm install --no-audit --no-fund"]
+
+    # The app's processes get the PATH prefix before the server's own PATH, node included.
+    which_node = (await asyncio.to_thread(
+        subprocess.run, ["node", "-p", "process.execPath + ' ' + process.version"],
+        env={"PATH": ":".join([*first.path_prefix, os.environ["PATH"]])},
+        capture_output=True, text=True, check=True, timeout=30)).stdout.split()
+    assert which_node == [str(node_bin / "node"), f"v{mirror.version}"]
+
+    second = await builds.build()
+    assert second.path_prefix == first.path_prefix and second.reused
+    assert f"Node {major} from nodeenv: reusing envs/app/{node_bin.parent.name}" \
+        in builds.progress
+    assert len(mirror.requests) == 2 and not any(
+        line.startswith("$ ") for line in builds.output)
+
+
+async def test_nodeenv_that_cannot_download_refuses_the_push(tmp_path: Path) -> None:
+    mirror = f"http://127.0.0.1:{free_port()}"          # nothing listens there
+    builds = Builds(tmp_path, {"package.json": "{}"},
+                    env={"PATH": nodeenv_alone(tmp_path / "server-bin"), "NODEENV_MIRROR": mirror})
+    with pytest.raises(BuildError) as info:
+        await builds.build(NODE_VERSION="20.1.0")
+    assert str(info.value) == (
+        "NODE_VERSION=20.1.0: nodeenv could not install node 20.1.0: Error: cannot download "
+        f"{mirror}/v20.1.0/node-v20.1.0-linux-x64.tar.gz: [Errno 111] Connection refused")
+    assert builds.env_dirs() == set()
+
+
+async def test_without_nodeenv_a_node_version_says_what_to_install(tmp_path: Path) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    builds = Builds(tmp_path, {"package.json": "{}"}, env={"PATH": str(empty)})
+    with pytest.raises(BuildError, match="^NODE_VERSION=20: there is no node on this server's "
+                       "PATH; install nodeenv \\(pip install nodeenv\\) to let pikud "
+                       "install it$"):
+        await builds.build(NODE_VERSION="20")
 
 
 @pytest.mark.skipif(shutil.which("cargo") is None, reason="cargo is not installed")

@@ -18,10 +18,14 @@ Progress = Callable[[str], None]
 
 
 class Runner(Protocol):
-    """Runs one build command, streaming its output; raises BuildError on failure."""
+    """Runs one build command, streaming its output; raises BuildError on failure.
 
-    def __call__(self, argv: Sequence[str], *, cwd: Path,
-                 env: Mapping[str, str]) -> Awaitable[None]: ...
+    ``on_line`` is also handed each output line, for a caller that quotes the
+    output in its own error (nodeenv's download errors).
+    """
+
+    def __call__(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
+                 on_line: Callable[[str], None] | None = None) -> Awaitable[None]: ...
 
 
 @dataclass(frozen=True)
