@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pikud as package
 
-from ..conftest import FAST, Pikud, json_out, wait_for
+from ..conftest import FAST, Pikud, app_processes, json_out, wait_for
 
 PID_SERVER = """\
 import os, socket
@@ -217,3 +217,35 @@ def test_a_cron_run_goes_on_across_the_reexec_and_ends_in_the_new_image(
     assert "done" in log and log.count("run started") == 1
     assert pikud.api("GET", "/apps/cr/cron")["jobs"][0]["last_run"]["status"] == "exit status 0"
     assert "cron adopted: cr:cron1 run 1" in pikud.output()
+
+
+def test_a_sigterm_during_the_reexec_is_carried_to_the_new_image_which_stops(
+        pikud: Pikud) -> None:
+    stubborn = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "while True: time.sleep(1)\n")
+    app = pikud.add_app("st", "worker: exec python3 stubborn.py\n", FAST)
+    (app / "stubborn.py").write_text(stubborn)
+    pikud.api("POST", "/apps/st/deploy")
+    worker = pikud.wait_state("st", "st:worker.1", "RUNNING")["pid"]
+    # A restart holds the app's lock while the worker ignores its SIGTERM (stop timeout 3 s):
+    # the re-exec waits for it, and a SIGTERM sent meanwhile waits in the daemon's queue.
+    restart = threading.Thread(target=lambda: pikud.cli("restart", "st"), daemon=True)
+    restart.start()
+    wait_for(lambda: pikud.process("st", "st:worker.1")["state"] == "STOPPING", 10, "STOPPING")
+    assert pikud.proc is not None
+    # No thread but the main one may take a signal (and lose it with the image).
+    tasks = Path(f"/proc/{pikud.proc.pid}/task")
+    others = [t for t in tasks.iterdir() if t.name != str(pikud.proc.pid)]
+    assert others and all(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1))
+                          for t in others for line in (t / "status").read_text().splitlines()
+                          if line.startswith("SigBlk:"))
+    pikud.proc.send_signal(signal.SIGUSR2)
+    wait_for(lambda: "received SIGUSR2" in pikud.output(), 10, "the re-exec to begin")
+    pikud.proc.send_signal(signal.SIGTERM)
+    assert pikud.proc.wait(30) == 0, pikud.output()[-2000:]
+    restart.join(10)
+    log = pikud.output()
+    assert "re-exec: pikud" in log and log.index("re-exec: pikud") < log.index("received SIGTERM")
+    assert "stopped" in log.rsplit("received SIGTERM", 1)[1]
+    wait_for(lambda: not os.path.exists(f"/proc/{worker}"), 10, "the old worker gone")
+    assert not app_processes(pikud.root)
