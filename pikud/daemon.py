@@ -30,7 +30,7 @@ from pikud.control.server import ControlServer, daemon_status
 from pikud.errors import PikudError
 from pikud.events import EventLog
 from pikud.fds import raise_open_files_limit
-from pikud.handover import Start, receive
+from pikud.handover import HandoverError, Start, close_carried, receive
 from pikud.paths import Paths
 from pikud.procman.children import become_subreaper, install_orphan_reaper
 from pikud.procman.keeper import Keeper
@@ -147,7 +147,14 @@ class Daemon:
 
     async def serve(self, shutdown_trigger: Callable[[], Awaitable[object]]) -> None:
         loop = asyncio.get_running_loop()
-        record = receive(os.environ)        # after a re-exec: what the previous image held
+        try:
+            record = receive(os.environ)    # after a re-exec: what the previous image held
+        except HandoverError as exc:        # a plain start instead: apps replaced, not lost
+            log.error("re-exec: %s; starting afresh: closed the %d descriptors the exec "
+                      "carried, the previous image's processes are stopped and started again",
+                      exc, close_carried())
+            self.events.emit("", None, "error", f"re-exec: {exc}")
+            record = None
         raise_open_files_limit()
         self.paths.create()
         private = self.paths.make_private()

@@ -207,6 +207,21 @@ def receive(environ: MutableMapping[str, str]) -> Record | None:
     return record
 
 
+def close_carried() -> int:
+    """After a record that cannot be read: close every descriptor the exec carried (all
+    those inheritable above stderr, which only the old image's ``send`` leaves so), so
+    that a plain start binds the control socket and the router's port again. Returns
+    how many were closed."""
+    closed = 0
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        with contextlib.suppress(OSError):
+            if fd > 2 and os.get_inheritable(fd):
+                os.close(fd)
+                closed += 1
+    return closed
+
+
 # -- adoption (new image, or the crash path) ---------------------------------------
 
 def pids(record: Record) -> list[int]:

@@ -249,3 +249,28 @@ def test_a_sigterm_during_the_reexec_is_carried_to_the_new_image_which_stops(
     assert "stopped" in log.rsplit("received SIGTERM", 1)[1]
     wait_for(lambda: not os.path.exists(f"/proc/{worker}"), 10, "the old worker gone")
     assert not app_processes(pikud.root)
+
+
+def test_a_new_image_that_cannot_read_the_record_starts_afresh_instead_of_dying(
+        pikud_factory: Callable[..., Pikud], tmp_path: Path) -> None:
+    copy = tmp_path / "code"
+    shutil.copytree(Path(package.__file__).parent, copy / "pikud")
+    daemon = pikud_factory(extra_env={"PYTHONPATH": str(copy)}, cwd=tmp_path)
+    deploy(daemon)
+    before = pids(daemon, "web")
+    module = copy / "pikud" / "handover.py"
+    reader = "def _record(data: dict[str, Any]) -> Record:\n"
+    module.write_text(module.read_text().replace(
+        reader, reader + "    raise KeyError('broken on purpose')\n"))
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGUSR2)
+    wait_for(lambda: "starting afresh" in daemon.output(), 30, "the new image's refusal")
+    wait_for(lambda: {(p["name"], p["state"]) for p in daemon.processes("web")
+                      if p["pid"] not in before.values()}
+             == {("web:web.1", "RUNNING"), ("web:worker.1", "RUNNING")}, 15,
+             "the app started again")
+    assert "broken on purpose" in daemon.output()
+    status = daemon.api("GET", "/status")
+    assert status["started"] == "boot" and status["errors"][-1]["event"] == "error"
+    assert daemon.get("web")[0] == 200
+    assert not app_processes(daemon.root) & set(before.values())
