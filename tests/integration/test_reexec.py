@@ -11,6 +11,7 @@ import http.client
 import os
 import shutil
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -274,3 +275,40 @@ def test_a_new_image_that_cannot_read_the_record_starts_afresh_instead_of_dying(
     assert status["started"] == "boot" and status["errors"][-1]["event"] == "error"
     assert daemon.get("web")[0] == 200
     assert not app_processes(daemon.root) & set(before.values())
+
+
+def answers(daemon: Pikud, timeout: float) -> bool:
+    """The control socket answers within ``timeout`` (it does not while a re-exec quiesces)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(daemon.root / "pikud.sock"))
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: pikud\r\nConnection: close\r\n\r\n")
+        try:
+            return bool(sock.recv(1))
+        except TimeoutError:
+            return False
+
+
+def test_an_env_edit_made_during_the_reexec_is_applied_by_the_new_image(pikud: Pikud) -> None:
+    stubborn = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "while True: time.sleep(1)\n")
+    app = pikud.add_app("ed", "worker: exec python3 stubborn.py\n", FAST)
+    (app / "stubborn.py").write_text(stubborn)
+    pikud.api("POST", "/apps/ed/deploy")
+    pikud.wait_state("ed", "ed:worker.1", "RUNNING")
+    restart = threading.Thread(target=lambda: pikud.cli("restart", "ed"), daemon=True)
+    restart.start()     # holds the app's lock for the worker's stop timeout (3 s)
+    wait_for(lambda: pikud.process("ed", "ed:worker.1")["state"] == "STOPPING", 10, "STOPPING")
+    assert pikud.proc is not None
+    pikud.proc.send_signal(signal.SIGUSR2)
+    wait_for(lambda: not answers(pikud, 0.3), 10, "the re-exec to quiesce")
+    (pikud.root / "envs" / "ed" / "ENV").write_text("EDITED=during-the-reexec\n")
+    wait_for(lambda: pikud.output().count(" adopted ") > 0, 30, "the new image")
+    restart.join(10)
+
+    def edited() -> bool:
+        proc = pikud.process("ed", "ed:worker.1")
+        return proc["state"] == "RUNNING" and b"EDITED=during-the-reexec" in Path(
+            f"/proc/{proc['pid']}/environ").read_bytes()
+    wait_for(edited, 15, "the edit applied")
+    assert "ENV or SCALING edited, applying" in pikud.output().rsplit(" adopted ", 1)[1]
