@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pikud import __version__
@@ -29,7 +30,7 @@ from pikud.control.server import ControlServer, daemon_status
 from pikud.errors import PikudError
 from pikud.events import EventLog
 from pikud.fds import raise_open_files_limit
-from pikud.handover import Start, receive
+from pikud.handover import HandoverError, Start, close_carried, receive
 from pikud.paths import Paths
 from pikud.procman.children import become_subreaper, install_orphan_reaper
 from pikud.procman.keeper import Keeper
@@ -37,7 +38,7 @@ from pikud.proxy.acme import Acme
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Router
 from pikud.proxy.routing import parse_address
-from pikud.reexec import Reexec
+from pikud.reexec import SIGNALS, Reexec, block_signals, release_signals, start_uv_threads
 from pikud.refresh import CloudflareRefresh
 from pikud.registry import AppRegistry
 from pikud.sdnotify import Notifier, listen_fds
@@ -146,7 +147,14 @@ class Daemon:
 
     async def serve(self, shutdown_trigger: Callable[[], Awaitable[object]]) -> None:
         loop = asyncio.get_running_loop()
-        record = receive(os.environ)        # after a re-exec: what the previous image held
+        try:
+            record = receive(os.environ)    # after a re-exec: what the previous image held
+        except HandoverError as exc:        # a plain start instead: apps replaced, not lost
+            log.error("re-exec: %s; starting afresh: closed the %d descriptors the exec "
+                      "carried, the previous image's processes are stopped and started again",
+                      exc, close_carried())
+            self.events.emit("", None, "error", f"re-exec: {exc}")
+            record = None
         raise_open_files_limit()
         self.paths.create()
         private = self.paths.make_private()
@@ -290,14 +298,17 @@ async def run(daemon: Daemon) -> None:
     """Serve until SIGTERM or SIGINT; SIGHUP re-reads the settings, SIGUSR2 re-executes.
 
     A SIGTERM that comes during a re-exec is acted on once the re-exec is
-    refused; one that comes after the exec is lost with the old image.
+    refused, or by the new image (reexec.py carries it across the exec).
     """
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
+    loop.set_default_executor(ThreadPoolExecutor(initializer=block_signals))
+    for sig in SIGNALS:
         loop.add_signal_handler(sig, signals.put_nowait, sig)
+    await start_uv_threads(loop)
+    release_signals()       # those a previous image left pending come now
     stop = asyncio.Event()
-    reexec = Reexec(daemon)
+    reexec = Reexec(daemon, signals)
 
     async def handle_signals() -> None:
         while True:

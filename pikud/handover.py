@@ -80,6 +80,7 @@ class AppRecord:
     scaling_text: str | None            # envs/APP/SCALING as applied
     release: int | None
     slots: tuple[SlotRecord, ...] = ()
+    deferred: tuple[str | None, str | None] | None = None   # config:set for the next restart
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,8 @@ def capture(daemon: Daemon) -> Record:
         if not app.running or app.spec is None or applied is None:
             continue        # a stopped app, or one never started: the new image leaves it
         slots = tuple(slot_record(proc) for proc in app.group.processes.values())
-        apps.append(AppRecord(app.name, applied[0], applied[1], app.releases.current, slots))
+        apps.append(AppRecord(app.name, applied[0], applied[1], app.releases.current, slots,
+                              app.deferred))
     router = daemon.router.listeners() if daemon.router is not None else ()
     return Record(version=daemon.version, started=daemon.started,
                   control=daemon.control_fd(), router=tuple(router), apps=tuple(apps),
@@ -207,6 +209,21 @@ def receive(environ: MutableMapping[str, str]) -> Record | None:
     return record
 
 
+def close_carried() -> int:
+    """After a record that cannot be read: close every descriptor the exec carried (all
+    those inheritable above stderr, which only the old image's ``send`` leaves so), so
+    that a plain start binds the control socket and the router's port again. Returns
+    how many were closed."""
+    closed = 0
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        with contextlib.suppress(OSError):
+            if fd > 2 and os.get_inheritable(fd):
+                os.close(fd)
+                closed += 1
+    return closed
+
+
 # -- adoption (new image, or the crash path) ---------------------------------------
 
 def pids(record: Record) -> list[int]:
@@ -248,7 +265,9 @@ def _record(data: dict[str, Any]) -> Record:
         raise ValueError(f"format {data.get('format')!r}, this pikud reads {FORMAT}")
     apps = tuple(AppRecord(**dict(
         app, slots=tuple(SlotRecord(**dict(slot, spec=_spec(slot["spec"])))
-                         for slot in app["slots"]))) for app in data["apps"])
+                         for slot in app["slots"]),
+        deferred=tuple(app["deferred"]) if app.get("deferred") else None))
+        for app in data["apps"])
     return Record(**dict(data, router=tuple(data["router"]), apps=apps,
                          cron=tuple(CronRecord(**run) for run in data["cron"]),
                          events=tuple(data["events"])))

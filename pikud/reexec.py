@@ -17,6 +17,13 @@ pipe, each cron run's pipe) is carried across the exec (handover.py).
 3. Capture and exec: the record is written with no await between it and
    ``execve``, so it is one consistent instant.
 
+Signals that come meanwhile are not lost with the old image: from the
+capture on, the daemon's signals are blocked (so one sent at the instant of
+the exec stays pending, and a pending signal survives ``execve``), and those
+queued but not acted on during the quiesce (a SIGTERM, a SIGHUP) are raised
+again, pending, for the new image, which unblocks them once its handlers are
+in place (``release_signals``). A SIGUSR2 among them is the re-exec under way.
+
 A refusal at any step (or an execve that fails) resumes everything in the
 old image and logs ``re-exec refused: ...`` with the reason; a re-exec
 logs ``re-exec: pikud OLD -> NEW``.
@@ -28,8 +35,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,12 +53,57 @@ log = logging.getLogger("pikud")
 PREFLIGHT_TIMEOUT = 30.0    # seconds the new code has to import
 QUIESCE_TIMEOUT = 60.0      # seconds the changes under way have to finish
 ROUTER_DRAIN = 10.0         # seconds the router's requests in flight have to finish
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)    # the daemon's
 PREFLIGHT = ("import pikud, pikud.daemon, pikud.handover; "
              "print(pikud.__version__, pikud.handover.FORMAT)")
 
 
 class ReexecRefused(PikudError):
     """The re-exec cannot happen now; the running image goes on."""
+
+
+def release_signals() -> None:
+    """Unblock the daemon's signals, once its handlers are set: at every start (those a
+    previous image left pending are acted on now), and when an exec did not happen."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+@contextlib.contextmanager
+def held_signals(queued: asyncio.Queue[signal.Signals]) -> Iterator[None]:
+    """Block the daemon's signals until the exec; raise those queued and not acted on
+    again, blocked, so that they are pending for the new image (``execve`` keeps them).
+
+    Nothing may await while they are blocked: a process spawned meanwhile would
+    inherit the mask, and ignore SIGTERM.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        while not queued.empty():
+            sig = queued.get_nowait()
+            if sig != signal.SIGUSR2:       # the re-exec under way
+                signal.raise_signal(sig)
+        yield
+    finally:
+        release_signals()       # the exec did not happen: the handlers queue them again
+
+
+async def start_uv_threads(loop: asyncio.AbstractEventLoop) -> None:
+    """Start libuv's worker threads (uvloop's name resolution) with the daemon's signals
+    blocked, which they keep: they are made once, at the first use, by the thread that
+    asks (and inherit its mask)."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        with contextlib.suppress(OSError):
+            await loop.getaddrinfo("localhost", None)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def block_signals() -> None:
+    """A worker thread's start: the daemon's signals are the main thread's alone, so none
+    is caught (and lost with the image) by another thread while the main one blocks them
+    for an exec."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
 
 
 async def preflight() -> str:
@@ -77,8 +130,10 @@ async def preflight() -> str:
 class Reexec:
     """One daemon's re-exec: ``run()`` on SIGUSR2."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, queued: asyncio.Queue[signal.Signals]) -> None:
+        """``queued``: the signals received and not yet acted on (daemon.run)."""
         self.daemon = daemon
+        self.queued = queued
         self.running = False
 
     async def run(self) -> None:
@@ -107,7 +162,8 @@ class Reexec:
                 if daemon.router is not None:
                     await daemon.router.drain(ROUTER_DRAIN)
                 try:
-                    self._exec(new)       # returns only if execve failed
+                    with held_signals(self.queued):
+                        self._exec(new)       # returns only if execve failed
                 finally:
                     if daemon.router is not None:
                         daemon.router.resume()

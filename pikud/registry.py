@@ -193,7 +193,8 @@ class AppRegistry:
 
         After a re-exec (``adopted``: the apps whose processes were taken over)
         nothing was left behind: no leftovers are stopped, and only the apps
-        that should run and were not adopted start. After a crash, under
+        that should run and were not adopted start; an adopted app's ENV or
+        SCALING edited during the re-exec is applied. After a crash, under
         systemd, the processes the keeper can adopt are spared and taken over
         by the slots that start them; those no slot took are stopped once every
         app has started (procman/keeper.py).
@@ -206,7 +207,8 @@ class AppRegistry:
                 self._prune_unrecorded())
         self.settled.set()
         await asyncio.gather(*(self._boot_one(app) for app in list(self.apps.values())
-                               if app.running and app.name not in (adopted or ())))
+                               if app.running and app.name not in (adopted or ())),
+                             *(self.apps[name].recheck_files() for name in adopted or ()))
         await keeper.finish(timeout)
 
     async def adopt(self, record: Record) -> set[str]:

@@ -132,8 +132,8 @@ class App(AppCore):
             self.group.adopt({slot.spec: adopt_slot(slot) for slot in record.slots})
             self.claimed = len(record.slots)
             files = (record.env_text, record.scaling_text)
-            try:
-                spec, _ = self.load(overrides=files[0], scaling_text=files[1])
+            try:    # "" for a file there was none of: not the one made since
+                spec, _ = self.load(overrides=files[0] or "", scaling_text=files[1] or "")
                 self.claimed = self.admit(spec)
                 release, source = self.release, self.source(self.release)
                 env = self._env(spec, release)
@@ -143,7 +143,17 @@ class App(AppCore):
                           f"load: {exc}", logging.ERROR)
                 return
             self._commit(spec, files, None, env, self.ports, jobs, starting=False)
+            self._deferred = record.deferred
             await self.publish(spec, source, self.group.specs)
+
+    async def recheck_files(self) -> None:
+        """After adopting: an edit of ENV or SCALING made during the re-exec (its reload
+        waited for the lock and went with the old image) is applied now."""
+        if self.own_write() is None:
+            try:
+                await self.reload_files("config")
+            except PikudError as exc:
+                self.note("error", f"{self.name}: {exc}", logging.ERROR)
 
     async def restart(self) -> None:
         """Replace every process: web ones as a new generation, workers one at a time."""

@@ -162,6 +162,11 @@ class AppCore:
         return self._applied
 
     @property
+    def deferred(self) -> Files | None:
+        """The ENV and SCALING texts config:set wrote for the next restart (auto_restart off)."""
+        return self._deferred
+
+    @property
     def running(self) -> bool:
         return self.desired is Desired.RUNNING
 

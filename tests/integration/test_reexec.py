@@ -11,6 +11,7 @@ import http.client
 import os
 import shutil
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pikud as package
 
-from ..conftest import FAST, Pikud, json_out, wait_for
+from ..conftest import FAST, Pikud, app_processes, json_out, wait_for
 
 PID_SERVER = """\
 import os, socket
@@ -217,3 +218,97 @@ def test_a_cron_run_goes_on_across_the_reexec_and_ends_in_the_new_image(
     assert "done" in log and log.count("run started") == 1
     assert pikud.api("GET", "/apps/cr/cron")["jobs"][0]["last_run"]["status"] == "exit status 0"
     assert "cron adopted: cr:cron1 run 1" in pikud.output()
+
+
+def test_a_sigterm_during_the_reexec_is_carried_to_the_new_image_which_stops(
+        pikud: Pikud) -> None:
+    stubborn = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "while True: time.sleep(1)\n")
+    app = pikud.add_app("st", "worker: exec python3 stubborn.py\n", FAST)
+    (app / "stubborn.py").write_text(stubborn)
+    pikud.api("POST", "/apps/st/deploy")
+    worker = pikud.wait_state("st", "st:worker.1", "RUNNING")["pid"]
+    # A restart holds the app's lock while the worker ignores its SIGTERM (stop timeout 3 s):
+    # the re-exec waits for it, and a SIGTERM sent meanwhile waits in the daemon's queue.
+    restart = threading.Thread(target=lambda: pikud.cli("restart", "st"), daemon=True)
+    restart.start()
+    wait_for(lambda: pikud.process("st", "st:worker.1")["state"] == "STOPPING", 10, "STOPPING")
+    assert pikud.proc is not None
+    # No thread but the main one may take a signal (and lose it with the image).
+    tasks = Path(f"/proc/{pikud.proc.pid}/task")
+    others = [t for t in tasks.iterdir() if t.name != str(pikud.proc.pid)]
+    assert others and all(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1))
+                          for t in others for line in (t / "status").read_text().splitlines()
+                          if line.startswith("SigBlk:"))
+    pikud.proc.send_signal(signal.SIGUSR2)
+    wait_for(lambda: "received SIGUSR2" in pikud.output(), 10, "the re-exec to begin")
+    pikud.proc.send_signal(signal.SIGTERM)
+    assert pikud.proc.wait(30) == 0, pikud.output()[-2000:]
+    restart.join(10)
+    log = pikud.output()
+    assert "re-exec: pikud" in log and log.index("re-exec: pikud") < log.index("received SIGTERM")
+    assert "stopped" in log.rsplit("received SIGTERM", 1)[1]
+    wait_for(lambda: not os.path.exists(f"/proc/{worker}"), 10, "the old worker gone")
+    assert not app_processes(pikud.root)
+
+
+def test_a_new_image_that_cannot_read_the_record_starts_afresh_instead_of_dying(
+        pikud_factory: Callable[..., Pikud], tmp_path: Path) -> None:
+    copy = tmp_path / "code"
+    shutil.copytree(Path(package.__file__).parent, copy / "pikud")
+    daemon = pikud_factory(extra_env={"PYTHONPATH": str(copy)}, cwd=tmp_path)
+    deploy(daemon)
+    before = pids(daemon, "web")
+    module = copy / "pikud" / "handover.py"
+    reader = "def _record(data: dict[str, Any]) -> Record:\n"
+    module.write_text(module.read_text().replace(
+        reader, reader + "    raise KeyError('broken on purpose')\n"))
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGUSR2)
+    wait_for(lambda: "starting afresh" in daemon.output(), 30, "the new image's refusal")
+    wait_for(lambda: {(p["name"], p["state"]) for p in daemon.processes("web")
+                      if p["pid"] not in before.values()}
+             == {("web:web.1", "RUNNING"), ("web:worker.1", "RUNNING")}, 15,
+             "the app started again")
+    assert "broken on purpose" in daemon.output()
+    status = daemon.api("GET", "/status")
+    assert status["started"] == "boot" and status["errors"][-1]["event"] == "error"
+    assert daemon.get("web")[0] == 200
+    assert not app_processes(daemon.root) & set(before.values())
+
+
+def answers(daemon: Pikud, timeout: float) -> bool:
+    """The control socket answers within ``timeout`` (it does not while a re-exec quiesces)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(daemon.root / "pikud.sock"))
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: pikud\r\nConnection: close\r\n\r\n")
+        try:
+            return bool(sock.recv(1))
+        except TimeoutError:
+            return False
+
+
+def test_an_env_edit_made_during_the_reexec_is_applied_by_the_new_image(pikud: Pikud) -> None:
+    stubborn = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "while True: time.sleep(1)\n")
+    app = pikud.add_app("ed", "worker: exec python3 stubborn.py\n", FAST)
+    (app / "stubborn.py").write_text(stubborn)
+    pikud.api("POST", "/apps/ed/deploy")
+    pikud.wait_state("ed", "ed:worker.1", "RUNNING")
+    restart = threading.Thread(target=lambda: pikud.cli("restart", "ed"), daemon=True)
+    restart.start()     # holds the app's lock for the worker's stop timeout (3 s)
+    wait_for(lambda: pikud.process("ed", "ed:worker.1")["state"] == "STOPPING", 10, "STOPPING")
+    assert pikud.proc is not None
+    pikud.proc.send_signal(signal.SIGUSR2)
+    wait_for(lambda: not answers(pikud, 0.3), 10, "the re-exec to quiesce")
+    (pikud.root / "envs" / "ed" / "ENV").write_text("EDITED=during-the-reexec\n")
+    wait_for(lambda: pikud.output().count(" adopted ") > 0, 30, "the new image")
+    restart.join(10)
+
+    def edited() -> bool:
+        proc = pikud.process("ed", "ed:worker.1")
+        return proc["state"] == "RUNNING" and b"EDITED=during-the-reexec" in Path(
+            f"/proc/{proc['pid']}/environ").read_bytes()
+    wait_for(edited, 15, "the edit applied")
+    assert "ENV or SCALING edited, applying" in pikud.output().rsplit(" adopted ", 1)[1]
