@@ -99,6 +99,10 @@ class Rlimits:
         """``argv`` wrapped so it runs under ``limits``, and what to check after it ended."""
         return self._rlimit_argv(limits, list(_RLIMITS)) + argv, Confinement(limits)
 
+    def adopted(self, pid: int, limits: Limits) -> Confinement | None:
+        """The confinement of a process a previous image of the daemon spawned."""
+        return Confinement(limits) if limits else None
+
     def exceeded(self, confinement: Confinement) -> str | None:
         """Why the spawn ended, when a limit ended it: ``exceeded PIKU_MEMORY_MAX 256M``."""
         return None
@@ -149,8 +153,13 @@ class Cgroups(Rlimits):
         if not app_dir.is_dir():
             app_dir.mkdir(exist_ok=True)
             _enable(app_dir)
-        cgroup = app_dir / f"{rest}.{next(self._sequence)}"
-        cgroup.mkdir()
+        while True:         # a re-exec starts the count again beside adopted processes
+            cgroup = app_dir / f"{rest}.{next(self._sequence)}"
+            try:
+                cgroup.mkdir()
+                break
+            except FileExistsError:
+                continue
         memory = "max" if limits.memory is None else str(limits.memory)
         _write(cgroup / "memory.max", memory)
         if limits.memory is not None:
@@ -163,6 +172,18 @@ class Cgroups(Rlimits):
         join = ["/bin/sh", "-c", 'echo $$ >"$0" && exec "$@"', str(cgroup / "cgroup.procs")]
         wrapped = join + self._rlimit_argv(limits, ["nofile"]) + argv
         return wrapped, Confinement(limits, cgroup, _oom_kills(cgroup))
+
+    def adopted(self, pid: int, limits: Limits) -> Confinement | None:
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                path = next(line[3:].strip() for line in f if line.startswith("0::"))
+        except (OSError, StopIteration):
+            return None
+        parts = path.split("/")
+        cgroup = self.apps.joinpath(*parts[-2:])
+        if len(parts) < 3 or parts[-3] != "apps" or not cgroup.is_dir():
+            return None             # spawned with no limits: in the daemon's cgroup
+        return Confinement(limits, cgroup, _oom_kills(cgroup))
 
     def exceeded(self, confinement: Confinement) -> str | None:
         if confinement.cgroup is None or confinement.limits.memory is None:

@@ -205,6 +205,7 @@ class ManagedProcess:
         if child is not None:
             # STOPPING is taken as RUNNING: a stop is an action, and none crosses a re-exec.
             self.child = child
+            self.confinement = current().adopted(child.pid, self.spec.limits)
             state = taken.state if taken.state in (S.STARTING, S.RUNNING) else S.RUNNING
         elif taken.state is S.IDLE and self.listener is not None:
             state = S.IDLE
