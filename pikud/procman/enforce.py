@@ -256,10 +256,10 @@ def delegated(proc: Path = Path("/proc/self")) -> Path:
     missing = [c for c in CONTROLLERS if c not in offered]
     if missing:
         raise NoCgroups(f"the cgroup v2 hierarchy at {mount} offers no {', '.join(missing)} "
-                        "controller here (bound to cgroup v1, or not delegated)")
+                        "controller here: bound to cgroup v1, or not delegated")
     if own[0] == "/" or not os.access(directory / "cgroup.subtree_control", os.W_OK):
-        raise NoCgroups(f"pikud's cgroup {own[0]} is not delegated to it (Delegate=yes in "
-                        "pikud.service)")
+        raise NoCgroups(f"pikud's cgroup {own[0]} is not delegated to it: Delegate=yes in "
+                        "pikud.service")
     return directory
 
 

@@ -108,8 +108,8 @@ def test_a_delegated_subtree_is_found(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("own", "controllers", "why"), [
-    ("/", "cpu memory pids", "pikud's cgroup / is not delegated to it (Delegate=yes in "
-                             "pikud.service)"),
+    ("/", "cpu memory pids", "pikud's cgroup / is not delegated to it: Delegate=yes in "
+                             "pikud.service"),
     ("/user.slice", "hugetlb", "offers no memory, cpu, pids controller here"),
     ("/user.slice", "memory pids", "offers no cpu controller here"),
 ])
