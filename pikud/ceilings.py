@@ -20,7 +20,7 @@ import resource
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pikud.appspec import AppSpec, is_cron, supervised_kinds
+from pikud.appspec import AppSpec, is_cron, process_kinds
 from pikud.deploy.servers import CHOICES, server_workers
 from pikud.errors import EnvError, TooManyProcesses
 
@@ -76,7 +76,7 @@ def check_limits(spec: AppSpec) -> None:
     server's main process and workers, more open files than pikud may give (its hard
     RLIMIT_NOFILE; root may raise it)."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    for kind in supervised_kinds(spec.procfile):
+    for kind in process_kinds(spec.procfile):
         limits = spec.settings.limits.for_kind(kind)
         least = 1 + server_workers(spec.env) if kind in CHOICES else 1
         if limits.tasks is not None and limits.tasks < least:

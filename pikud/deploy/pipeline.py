@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pikud.appsettings import AppSettings
-from pikud.appspec import AppSpec, live_env, load_spec, supervised_kinds
+from pikud.appspec import AppSpec, live_env, load_spec, process_kinds
 from pikud.cron import cron_entries, job_settings
 from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore
@@ -72,7 +72,7 @@ def spec_warnings(spec: AppSpec) -> tuple[str, ...]:
 def limit_lines(spec: AppSpec) -> list[str]:
     """One line per limit in force: which kinds, and how it is enforced here (or why not)."""
     return current().lines({kind: spec.settings.limits.for_kind(kind)
-                            for kind in supervised_kinds(spec.procfile)})
+                            for kind in process_kinds(spec.procfile)})
 
 
 def release_env(spec: AppSpec, paths: Paths, base_env: Mapping[str, str], source: Path,

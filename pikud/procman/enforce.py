@@ -107,6 +107,16 @@ class Rlimits:
         """Why the spawn ended, when a limit ended it: ``exceeded PIKU_MEMORY_MAX 256M``."""
         return None
 
+    def note(self, confinement: Confinement | None, code: int | None) -> str:
+        """What to add to a spawn's exit: ``; exceeded PIKU_MEMORY_MAX 256M`` when a cgroup
+        limit ended it; for a failure under rlimits, the ones it ran under."""
+        if confinement is None:
+            return ""
+        exceeded = self.exceeded(confinement)
+        if exceeded:
+            return f"; {exceeded}"
+        return self.under(confinement) if code != 0 else ""
+
     def under(self, confinement: Confinement) -> str:
         """What to add to a failed spawn's exit: the rlimits it ran under, whose
         breach the kernel does not report (the app's own error says it)."""

@@ -399,20 +399,9 @@ class ManagedProcess:
             self._set_state(final, f"{final.value.lower()}: {self.name} ({info}{stopped.note()})")
             return
         self.restarts += 1
-        self.last_exit = ended = f"{info}{self._limit_note(info.code)}"
+        self.last_exit = ended = f"{info}{current().note(self.confinement, info.code)}"
         self.log.write_line(f"pikud: {self.name} {ended} after {uptime:.1f}s")
         await self._retry_after(uptime, ended, child)
-
-    def _limit_note(self, code: int | None) -> str:
-        """``; exceeded PIKU_MEMORY_MAX 256M`` when a cgroup limit ended the spawn; for a
-        failure under rlimits, which the kernel does not report, the ones it ran under."""
-        if self.confinement is None:
-            return ""
-        enforcer = current()
-        exceeded = enforcer.exceeded(self.confinement)
-        if exceeded:
-            return f"; {exceeded}"
-        return enforcer.under(self.confinement) if code != 0 else ""
 
     async def _retry_after(self, uptime: float, info: str, child: Child | None = None) -> None:
         """Decide (policy.decide) and wait before the next spawn of an ended or failed try;

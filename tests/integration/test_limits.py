@@ -17,19 +17,20 @@ import pytest
 from pikud.limits import Limits
 from pikud.procman import enforce
 from pikud.procman.enforce import CONTROLLERS, Cgroups, Rlimits
-from tests.conftest import FAST, Pikud
+from tests.conftest import FAST, Pikud, wait_for
 from tests.integration.inprocess import Harness
 
 PY = sys.executable
 HOG = f'{PY} -c "import time; time.sleep(0.1); bytearray(200 * 2**20)"'
 OPENER = f"{PY} -c \"import os; [os.open('/dev/null', os.O_RDONLY) for _ in range(100)]\""
 LIMITS = ("PIKU_MEMORY_MAX=1G\nPIKU_MEMORY_MAX_HOG=64M\nPIKU_NOFILE_MAX=64\n"
-          "PIKU_NOFILE_MAX_OPENER=32\nPIKU_CPU_MAX=50%\n")
+          "PIKU_NOFILE_MAX_OPENER=32\nPIKU_NOFILE_MAX_CRON1=16\nPIKU_CPU_MAX=50%\n")
 
 
 def test_rlimits_stop_an_allocation_and_an_open_and_ps_and_logs_say_under_what(
         pikud: Pikud) -> None:
-    pikud.add_app("capped", f"hog: {HOG}\nopener: {OPENER}\ncalm: sleep 300\n",
+    pikud.add_app("capped", f"hog: {HOG}\nopener: {OPENER}\ncalm: sleep 300\n"
+                  f"cron1: @reboot {OPENER}\n",
                   FAST + LIMITS + "PIKU_START_RETRIES=1\nPIKU_FATAL_COOLOFF=600\n")
     pikud.api("POST", "/apps/capped/deploy")
     hog = pikud.wait_state("capped", "capped:hog.1", "FATAL")
@@ -41,6 +42,12 @@ def test_rlimits_stop_an_allocation_and_an_open_and_ps_and_logs_say_under_what(
     opener = pikud.wait_state("capped", "capped:opener.1", "FATAL")
     assert opener["last_exit"].endswith("ran under PIKU_MEMORY_MAX 1G, PIKU_NOFILE_MAX_OPENER 32")
     assert "[Errno 24] Too many open files" in pikud.log_text("capped", "opener.1")
+
+    cron = wait_for(lambda: "run ended:" in (log := pikud.log_text("capped", "cron1")) and log,
+                    10, "the cron run")
+    assert "[Errno 24] Too many open files" in cron
+    assert ("run ended: exit status 1; ran under PIKU_MEMORY_MAX 1G, PIKU_NOFILE_MAX_CRON1 16"
+            in cron), cron
 
     calm = pikud.wait_state("capped", "capped:calm.1", "RUNNING")
     assert calm["limits"] == {"PIKU_MEMORY_MAX": "1G", "PIKU_CPU_MAX": "50%",
