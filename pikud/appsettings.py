@@ -22,6 +22,7 @@ from pikud.convert import (
     url_path,
 )
 from pikud.errors import EnvError
+from pikud.limits import LimitSettings, limit_settings
 
 T = TypeVar("T")
 
@@ -45,6 +46,7 @@ class AppSettings:
     ready_timeout: float = 30.0     # PIKU_READY_TIMEOUT: how long a new web process may take
     listen_fds: bool = False        # PIKU_LISTEN_FDS: web processes get the daemon's socket
     idle_timeout: float = 0.0       # PIKU_IDLE_TIMEOUT (piku's UWSGI_IDLE): scale to zero; 0 = off
+    limits: LimitSettings = LimitSettings()     # PIKU_MEMORY_MAX, ... (pikud.limits)
 
 
 def _opt(env: Mapping[str, str], key: str, convert: Callable[[str, str], T], default: T) -> T:
@@ -76,6 +78,7 @@ def app_settings(env: Mapping[str, str], defaults: AppSettings = AppSettings()) 
         ready_timeout=_opt(env, "PIKU_READY_TIMEOUT", seconds, defaults.ready_timeout),
         listen_fds=_opt(env, "PIKU_LISTEN_FDS", boolean, defaults.listen_fds),
         idle_timeout=_opt(env, idle_key, seconds, defaults.idle_timeout),
+        limits=limit_settings(env, defaults.limits),
     )
     for key, ok, expected in ((log_key, settings.log_max_bytes >= 1024, "at least 1024 bytes"),
                               ("PIKU_LOG_BACKUPS", settings.log_backups <= 100, "1 to 100")):

@@ -94,6 +94,12 @@ def is_cron(kind: str) -> bool:
     return kind.startswith("cron")
 
 
+def process_kinds(procfile: Procfile) -> list[str]:
+    """The kinds whose processes an app's limits apply to: supervised and cron ones."""
+    return [kind for kind in procfile.entries
+            if kind not in RELEASE_KINDS and kind != STATIC_KIND]
+
+
 def supervised_kinds(procfile: Procfile) -> list[str]:
     """The kinds that run as long-lived processes, in file order."""
     return [kind for kind in procfile.entries

@@ -15,12 +15,14 @@ is refused before anything is written, built or started.
 
 from __future__ import annotations
 
+import os
+import resource
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pikud.appspec import AppSpec, is_cron
+from pikud.appspec import AppSpec, is_cron, process_kinds
 from pikud.deploy.servers import CHOICES, server_workers
-from pikud.errors import TooManyProcesses
+from pikud.errors import EnvError, TooManyProcesses
 
 SETTINGS_FILE = "pikud.toml"
 
@@ -54,6 +56,7 @@ def admit(spec: AppSpec, ceilings: Ceilings, others: int) -> int:
 
     ``others``: what the daemon's other apps run (or are starting).
     """
+    check_limits(spec)
     counts = process_counts(spec)
     total = sum(counts.values())
     asked = (f"{spec.name}: the Procfile and envs/{spec.name}/SCALING ask for {total} "
@@ -66,3 +69,24 @@ def admit(spec: AppSpec, ceilings: Ceilings, others: int) -> int:
                                f"in all; max_processes is {ceilings.total} ({SETTINGS_FILE})",
                                key="max_processes")
     return total
+
+
+def check_limits(spec: AppSpec) -> None:
+    """Refuse limits no process of the formation could run under: fewer tasks than a
+    server's main process and workers, more open files than pikud may give (its hard
+    RLIMIT_NOFILE; root may raise it)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    for kind in process_kinds(spec.procfile):
+        limits = spec.settings.limits.for_kind(kind)
+        least = 1 + server_workers(spec.env) if kind in CHOICES else 1
+        if limits.tasks is not None and limits.tasks < least:
+            key = limits.key("tasks")
+            raise EnvError(f"{key}: a {kind} process runs {least} processes (its server and "
+                           f"UWSGI_PROCESSES workers), more than {limits.named('tasks')}",
+                           key=key)
+        if (limits.nofile is not None and os.geteuid() != 0
+                and hard != resource.RLIM_INFINITY and limits.nofile > hard):
+            key = limits.key("nofile")
+            raise EnvError(f"{key}: {limits.nofile} open files is more than pikud's own hard "
+                           f"limit ({hard}); raise LimitNOFILE in pikud.service, or ask less",
+                           key=key)

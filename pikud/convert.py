@@ -14,6 +14,7 @@ from pikud.errors import EnvError
 
 MAX_NUMBER = 10 ** 18 - 1       # far above any count, size or time a setting holds
 LONGEST = 7 * 24 * 3600.0       # the longest duration a setting may give
+MOST_CPUS = 4096                # more CPUs than any machine pikud runs on has
 UNWRITABLE = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL byte"}
 """What no one-line value (an ENV line, a path list) can hold, with its name."""
 
@@ -112,3 +113,15 @@ def relative_paths(key: str, value: str) -> tuple[str, ...]:
                            "(relative, without '..')", key=key)
         paths.append(str(path))
     return tuple(paths)
+
+
+def cpus(key: str, value: str) -> float:
+    """A share of the CPUs, as CPUs: ``50%`` (of one CPU) is 0.5, ``2`` or ``200%`` is 2."""
+    text = value.strip()
+    percent = text.endswith("%")
+    match = re.fullmatch(r"[0-9]{1,6}(?:\.[0-9]{1,3})?", text.removesuffix("%").strip())
+    amount = float(match.group()) / (100 if percent else 1) if match else 0.0
+    if not 0.01 <= amount <= MOST_CPUS:
+        raise bad_value(key, f"a percentage of one CPU (50%, 200%) or a number of CPUs "
+                        f"(0.5, 2), from 1% to {MOST_CPUS} CPUs", value)
+    return amount

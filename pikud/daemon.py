@@ -32,6 +32,7 @@ from pikud.events import EventLog
 from pikud.fds import raise_open_files_limit
 from pikud.handover import HandoverError, Start, close_carried, receive
 from pikud.paths import Paths
+from pikud.procman import enforce
 from pikud.procman.children import become_subreaper, install_orphan_reaper
 from pikud.procman.keeper import Keeper
 from pikud.proxy.acme import Acme
@@ -164,6 +165,7 @@ class Daemon:
                         ", ".join(str(path.relative_to(self.paths.root)) for path in private))
         become_subreaper()
         install_orphan_reaper(loop)
+        enforce.use(enforce.detect())
         self.watcher = FileWatcher(self._on_file_change)
         self.registry.load()            # every app with its desired state, before any request
         adopted = None

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pikud.errors import PikudError
+from pikud.limits import Limits
 from pikud.procman.children import Child
 from pikud.procman.policy import RestartPolicy
 from pikud.procman.process import Adopted, ManagedProcess, ProcessSpec
@@ -254,10 +255,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _limits(data: dict[str, Any] | None) -> Limits:
+    """A spec's limits; an image from before limits sent none."""
+    if data is None:
+        return Limits()
+    return Limits(**dict(data, keys=tuple((str(k), str(v)) for k, v in data["keys"])))
+
+
 def _spec(data: dict[str, Any]) -> ProcessSpec:
     return ProcessSpec(**dict(
         data, env=tuple((str(k), str(v)) for k, v in data["env"]), cwd=Path(data["cwd"]),
-        log_path=Path(data["log_path"]), policy=RestartPolicy(**data["policy"])))
+        log_path=Path(data["log_path"]), policy=RestartPolicy(**data["policy"]),
+        limits=_limits(data.get("limits"))))
 
 
 def _record(data: dict[str, Any]) -> Record:

@@ -121,6 +121,26 @@ def _dash(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+_LIMITS = (("PIKU_MEMORY_MAX", "mem", "memory"), ("PIKU_CPU_MAX", "cpu", ""),
+           ("PIKU_TASKS_MAX", "tasks", "tasks"), ("PIKU_NOFILE_MAX", "files", "nofile"))
+
+
+def format_limits(limits: Mapping[str, str], usage: Mapping[str, int]) -> str:
+    """``mem 256M cpu 50% tasks 3/64 files 12/1024``: each limit, after what is used of it
+    where that is known (memory: only under a cgroup; RSS has its own column)."""
+    cells = []
+    for prefix, label, used in _LIMITS:
+        value = next((v for key, v in limits.items() if key.startswith(prefix)), None)
+        if value is None:
+            continue
+        amount = usage.get(used) if used else None
+        if amount is None:
+            cells.append(f"{label} {value}")
+        else:
+            cells.append(f"{label} {format_bytes(amount) if used == 'memory' else amount}/{value}")
+    return " ".join(cells) or "-"
+
+
 def format_ps(detail: Mapping[str, Any], color: bool) -> str:
     """A header (app state and formation) over the live process table."""
     state = detail["state"]
@@ -142,9 +162,12 @@ def format_ps(detail: Mapping[str, Any], color: bool) -> str:
             _dash(proc.get("restarts")),
             _dash(proc.get("last_exit")),
             "-" if rss is None else format_bytes(rss),
+            format_limits(proc.get("limits") or {}, proc.get("usage") or {}),
         ])
-    table = format_table(["PROCESS", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS"],
-                         rows, align="<<>>><>")
+    headers = ["PROCESS", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "RSS", "LIMITS"]
+    if all(row[-1] == "-" for row in rows):         # no limits set: no column for them
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
+    table = format_table(headers, rows, align="<<>>><><")
     return "\n".join([header, table, *problems])
 
 

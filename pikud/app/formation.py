@@ -55,7 +55,7 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
                 stop_timeout=s.stop_timeout, policy=policy,
                 log_max_bytes=s.log_max_bytes, log_backups=s.log_backups,
                 port=int(process_env["PORT"]) if kind in WEB_KINDS else None,
-                inherits=inherits, listen_backlog=backlog)
+                inherits=inherits, listen_backlog=backlog, limits=s.limits.for_kind(kind))
     return specs, ports
 
 
@@ -69,5 +69,6 @@ def cron_jobs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
     return [JobSpec(app=app, kind=kind, entry=entry, env=job_env, cwd=source,
                     log_path=paths.log_dir(app) / f"{kind}.log",
                     tz=tz, overlap=overlap, timeout=timeout, stop_timeout=s.stop_timeout,
-                    log_max_bytes=s.log_max_bytes, log_backups=s.log_backups)
+                    log_max_bytes=s.log_max_bytes, log_backups=s.log_backups,
+                    limits=s.limits.for_kind(kind))
             for kind, entry in entries.items()]

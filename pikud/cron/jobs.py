@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pikud.appspec import Procfile, is_cron
 from pikud.convert import seconds
 from pikud.cron.schedule import CronEntry, check_fires, parse_cron, zone
 from pikud.errors import CronError
+from pikud.limits import Limits
 from pikud.procman.children import MARKER, Child
+from pikud.procman.enforce import Confinement, current
 from pikud.procman.logs import LogFile, PipeReader
 from pikud.procman.oneshot import OneShotTimeout, finish_once, start_once
 
@@ -43,6 +45,7 @@ class JobSpec:
     stop_timeout: float = 10.0
     log_max_bytes: int = 1048576
     log_backups: int = 5
+    limits: Limits = field(default_factory=Limits)  # PIKU_MEMORY_MAX_CRON1, ... (enforce.py)
 
     @property
     def name(self) -> str:
@@ -67,12 +70,19 @@ def job_settings(env: Mapping[str, str]) -> tuple[str | None, str, float | None]
 Running = tuple[Child, PipeReader | None]     # a run's process and its output
 
 
-def start_job(spec: JobSpec, run_id: int, output: LogFile) -> Running:
-    """Spawn one run; OSError when it cannot start."""
+def start_job(spec: JobSpec, run_id: int, output: LogFile,
+              ) -> tuple[Running, Confinement | None]:
+    """Spawn one run under the kind's limits; OSError when it cannot start."""
     env = dict(spec.env)
     env[MARKER], env[RUN_ID] = spec.name, str(run_id)
-    return start_once([SHELL, "-c", spec.entry.command], env=env, cwd=spec.cwd,
-                      on_line=output.write_line)
+    argv, confinement = [SHELL, "-c", spec.entry.command], None
+    if spec.limits:
+        argv, confinement = current().confine(spec.name, argv, spec.limits)
+    try:
+        return start_once(argv, env=env, cwd=spec.cwd, on_line=output.write_line), confinement
+    except OSError:
+        current().release(confinement)
+        raise
 
 
 async def run_job(spec: JobSpec, run_id: int, output: LogFile,
@@ -85,17 +95,24 @@ async def run_job(spec: JobSpec, run_id: int, output: LogFile,
     ``str(ExitInfo)``, ``timed out (...)`` or ``failed to start: ...``. A
     cancellation stops the run's tree before it goes on.
     """
+    confinement = None
     try:
-        started = adopted or start_job(spec, run_id, output)
+        if adopted is not None:
+            started = adopted
+        else:
+            started, confinement = start_job(spec, run_id, output)
     except OSError as error:
         return f"failed to start: {error}", logging.ERROR
     running(started)
     timeout = None if spec.timeout is None else max(spec.timeout - elapsed, 0.0)
     try:
         info = await finish_once(*started, timeout=timeout, stop_timeout=spec.stop_timeout)
+        ended = f"{info}{current().note(confinement, info.code)}"   # before the release
     except OneShotTimeout as timed_out:
         return str(timed_out), logging.WARNING
-    return str(info), logging.INFO if info.code == 0 else logging.WARNING
+    finally:
+        current().release(confinement)
+    return ended, logging.INFO if info.code == 0 else logging.WARNING
 
 
 def cron_entries(procfile: Procfile, file: str = "Procfile", *,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pikud.appsettings import AppSettings
-from pikud.appspec import AppSpec, live_env, load_spec
+from pikud.appspec import AppSpec, live_env, load_spec, process_kinds
 from pikud.cron import cron_entries, job_settings
 from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore
@@ -27,6 +27,7 @@ from pikud.deploy.servers import ignored_settings, servers_to_install
 from pikud.errors import BuildError, DeployError, ReleaseError
 from pikud.paths import Paths
 from pikud.procman.children import MARKER
+from pikud.procman.enforce import current
 from pikud.procman.oneshot import run_once
 from pikud.proxy.site import unknown_key_warnings
 
@@ -64,7 +65,14 @@ def spec_warnings(spec: AppSpec) -> tuple[str, ...]:
     the parsers' warnings, uWSGI settings the chosen servers ignore, unknown NGINX_* keys."""
     return (*spec.warnings,
             *ignored_settings(spec.procfile.entries, spec.env, bool(spec.settings.idle_timeout)),
-            *unknown_key_warnings(spec.env))
+            *unknown_key_warnings(spec.env),
+            *spec.settings.limits.stray(spec.procfile.entries))
+
+
+def limit_lines(spec: AppSpec) -> list[str]:
+    """One line per limit in force: which kinds, and how it is enforced here (or why not)."""
+    return current().lines({kind: spec.settings.limits.for_kind(kind)
+                            for kind in process_kinds(spec.procfile)})
 
 
 def release_env(spec: AppSpec, paths: Paths, base_env: Mapping[str, str], source: Path,
@@ -116,6 +124,8 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
         on_demand = bool(spec.settings.idle_timeout)
         for warning in spec_warnings(spec):
             progress(f"-----> Warning: {warning}")
+        for line in limit_lines(spec):
+            progress(f"-----> {line}")
         env = release_env(spec, paths, base_env, source, None)
         await run_step("preflight", spec, env, source, progress, BuildError)
         runtime = detect(source, spec.procfile)

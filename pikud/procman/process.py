@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pikud.errors import InvalidTransition
+from pikud.limits import Limits
 from pikud.procman.children import (
     MARKER,
     Child,
@@ -37,6 +38,7 @@ from pikud.procman.children import (
     stop_child,
     terminate,
 )
+from pikud.procman.enforce import Confinement, current
 from pikud.procman.logs import LogFile, PipeReader
 from pikud.procman.policy import RestartPolicy, decide, floored
 from pikud.procman.shell import shell_argv
@@ -86,6 +88,7 @@ class ProcessSpec:
     port: int | None = None                     # the loopback port a web slot serves on
     inherits: bool = False                      # the daemon owns the port's socket (fd 3)
     listen_backlog: int = 128
+    limits: Limits = field(default_factory=Limits)  # PIKU_MEMORY_MAX, ... (procman/enforce.py)
 
     @property
     def listen_port(self) -> int | None:
@@ -151,6 +154,7 @@ class ManagedProcess:
         self.pipe: PipeReader | None = None     # the running process's output
         self.keeper = keeper
         self.listen_name: str | None = None     # the listener's name in systemd's store
+        self.confinement: Confinement | None = None     # the last spawn's limits (enforce.py)
 
     @property
     def name(self) -> str:
@@ -201,6 +205,7 @@ class ManagedProcess:
         if child is not None:
             # STOPPING is taken as RUNNING: a stop is an action, and none crosses a re-exec.
             self.child = child
+            self.confinement = current().adopted(child.pid, self.spec.limits)
             state = taken.state if taken.state in (S.STARTING, S.RUNNING) else S.RUNNING
         elif taken.state is S.IDLE and self.listener is not None:
             state = S.IDLE
@@ -263,6 +268,8 @@ class ManagedProcess:
             if self.keeper is not None and self.listen_name is not None:
                 self.keeper.drop(self.listen_name)
             self.listen_name = None
+            current().release(self.confinement)
+            self.confinement = None
             if self.state in (S.BACKOFF, S.FATAL, S.EXITED, S.IDLE):
                 # BACKOFF/FATAL/EXITED/IDLE -> STOPPED: stop requested while no process ran
                 self._set_state(S.STOPPED, f"stopped: {self.name} (was not running)")
@@ -320,6 +327,11 @@ class ManagedProcess:
                     self.listen_name = self.keeper.listening(self.name, self.listener)
             passed = (self.listener.fileno(),)
             argv = hand_over(self.spec.command, passed[0])
+        enforcer = current()
+        enforcer.release(self.confinement)      # the last spawn's tree is gone by now
+        self.confinement = None
+        if self.spec.limits:
+            argv, self.confinement = enforcer.confine(self.name, argv, self.spec.limits)
         read_end, write_end = os.pipe()
         env = dict(self.spec.env)
         env[MARKER] = self.name
@@ -387,8 +399,9 @@ class ManagedProcess:
             self._set_state(final, f"{final.value.lower()}: {self.name} ({info}{stopped.note()})")
             return
         self.restarts += 1
-        self.log.write_line(f"pikud: {self.name} {info} after {uptime:.1f}s")
-        await self._retry_after(uptime, str(info), child)
+        self.last_exit = ended = f"{info}{current().note(self.confinement, info.code)}"
+        self.log.write_line(f"pikud: {self.name} {ended} after {uptime:.1f}s")
+        await self._retry_after(uptime, ended, child)
 
     async def _retry_after(self, uptime: float, info: str, child: Child | None = None) -> None:
         """Decide (policy.decide) and wait before the next spawn of an ended or failed try;
@@ -465,4 +478,7 @@ class ManagedProcess:
             "last_exit": self.last_exit,
             "rss": read_rss(self.child.pid) if alive and self.child else None,
             "port": self.spec.port,
+            "limits": self.spec.limits.table(),
+            "usage": (current().usage(self.confinement, self.child.pid)
+                      if alive and self.child and self.spec.limits else {}),
         }

@@ -224,6 +224,31 @@ def test_an_unknown_nginx_key_is_reported_at_push_and_config_set(pikud: Pikud,
     pikud.cli("config:set", "typo", "NGINX_CACHE_TIMES=1h", check=True)
     log = pikud.log_text("typo", "pikud")
     assert log.count("NGINX_CACHE_TIMES is not an nginx setting pikud knows") == 1, log
+def test_a_push_says_how_each_limit_is_enforced(pikud: Pikud, tmp_path: Path) -> None:
+    """These machines have no delegated cgroup v2: memory and files are rlimits, a CPU share
+    cannot be enforced, and a per-kind key for no kind is a warning."""
+    work = tmp_path / "capped"
+    work.mkdir()
+    (work / "Procfile").write_text("worker: sleep 300\n")
+    (work / "ENV").write_text("PIKU_START_SECS=0.2\nPIKU_NOFILE_MAX=256\n"
+                              "PIKU_CPU_MAX_WORKER=25%\nPIKU_MEMORY_MAX_WROKER=1G\n")
+    git(work, "init", "--quiet", "--initial-branch=main")
+    git(work, "add", "-A")
+    git(work, "-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "--quiet",
+        "-m", "limits")
+    local_remote(work, "capped")
+    out = git(work, "push", "piku", "main", env=dict(pikud.env)).stderr
+    assert ("remote: -----> Limit PIKU_CPU_MAX_WORKER 25% on worker: cannot be enforced: "
+            "no rlimit limits a share of the CPU (") in out, out
+    assert ("remote: -----> Limit PIKU_NOFILE_MAX 256 on worker: enforced as RLIMIT_NOFILE "
+            "per process") in out
+    assert ("remote: -----> Warning: PIKU_MEMORY_MAX_WROKER: the Procfile has no kind "
+            "'wroker'; ignored") in out
+    assert "capped is live: release 1" in out
+    assert pikud.process("capped", "capped:worker.1")["limits"] == {
+        "PIKU_CPU_MAX_WORKER": "25%", "PIKU_NOFILE_MAX": "256"}
+
+
 WSGI_APP = '''\
 def application(environ, start_response):
     body = f"wsgi {open('VERSION').read().strip()} {environ['PATH_INFO']}".encode()

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pikud.convert import boolean, nonneg_int, positive_int, relative_paths, seconds, size
+from pikud.convert import (
+    boolean,
+    cpus,
+    nonneg_int,
+    positive_int,
+    relative_paths,
+    seconds,
+    size,
+)
 from pikud.errors import EnvError
 
 
@@ -23,6 +31,8 @@ from pikud.errors import EnvError
     (relative_paths, "", ()), (relative_paths, "  ", ()), (relative_paths, "app.py", ("app.py",)),
     (relative_paths, "a.py, conf/b.ini ,./c", ("a.py", "conf/b.ini", "c")),
     (relative_paths, "dir//x/", ("dir/x",)), (relative_paths, "a..b", ("a..b",)),
+    (cpus, "50%", 0.5), (cpus, "200%", 2.0), (cpus, "1%", 0.01), (cpus, "0.5", 0.5),
+    (cpus, " 2 ", 2.0), (cpus, "12.5 %", 0.125), (cpus, "4096", 4096.0),
 ])
 def test_converter_ok(convert: object, value: str, expected: object) -> None:
     assert callable(convert)
@@ -46,6 +56,9 @@ def test_converter_ok(convert: object, value: str, expected: object) -> None:
     (size, "-1", "a size in bytes"),
     (relative_paths, "a,,b", "without empty items"), (relative_paths, "a,", "without empty"),
     (relative_paths, "a\nb", "one line"), (relative_paths, "a\x00", "one line"),
+    (cpus, "0", "a percentage of one CPU"), (cpus, "0.5%", "from 1%"), (cpus, "4097", "4096 CPUs"),
+    (cpus, "-1", "a percentage"), (cpus, "50%%", "a percentage"), (cpus, "1e3", "a percentage"),
+    (cpus, "", "a percentage"), (cpus, "half", "a percentage"),
 ])
 def test_converter_bad(convert: object, value: str, expected: str) -> None:
     assert callable(convert)

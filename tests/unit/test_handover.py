@@ -18,6 +18,7 @@ from pikud.handover import (
     send,
     withdraw,
 )
+from pikud.limits import Limits
 from pikud.procman.policy import RestartPolicy
 from pikud.procman.process import ProcessSpec
 
@@ -25,7 +26,9 @@ from pikud.procman.process import ProcessSpec
 def record(pipe: int, listener: int, control: int) -> Record:
     spec = ProcessSpec("shop:web.1", "web", 1, "exec server", (("A", "1"), ("B", "x y")),
                        Path("/srv/shop"), Path("/srv/logs/web.1.log"), 3.0,
-                       RestartPolicy(0.3, 0.1, 0.5, 5, 300.0), port=5000, inherits=True)
+                       RestartPolicy(0.3, 0.1, 0.5, 5, 300.0), port=5000, inherits=True,
+                       limits=Limits(memory=2 ** 28, cpu=0.5,
+                                     keys=(("memory", "PIKU_MEMORY_MAX_WEB"),)))
     slot = SlotRecord(spec, "RUNNING", 4321, "1-ab.3", pipe, listener, 2, 0, 123.5, None)
     app = AppRecord("shop", "A=1\n", None, 7, (slot,))
     run = CronRecord("shop", "cron1", 3, 4322, "1-ab.4", None, "2026-12-06T05:00:00+00:00", 99.0)

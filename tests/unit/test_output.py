@@ -145,6 +145,27 @@ def test_format_ps_plain() -> None:
     ]
 
 
+def test_format_ps_shows_limits_and_their_usage_only_when_some_are_set() -> None:
+    limited = {**DETAIL, "processes": [
+        _proc("web", 1, "RUNNING", pid=123, uptime=5, rss=2048,
+              limits={"PIKU_MEMORY_MAX": "256M", "PIKU_CPU_MAX": "50%",
+                      "PIKU_TASKS_MAX_WEB": "64", "PIKU_NOFILE_MAX": "1024"},
+              usage={"tasks": 3, "nofile": 12, "memory": 3 * 1024 * 1024}),
+        _proc("worker", 1, "FATAL", limits={"PIKU_NOFILE_MAX": "32"},
+              last_exit="killed by SIGKILL; exceeded PIKU_MEMORY_MAX 256M"),
+        _proc("clock", 1, "RUNNING", pid=7, uptime=5),
+    ]}
+    exit = "killed by SIGKILL; exceeded PIKU_MEMORY_MAX 256M"
+    assert format_ps(limited, color=False).splitlines()[1:] == [
+        f"PROCESS   STATE    PID  UPTIME  RESTARTS  {'LAST EXIT':{len(exit)}}   RSS  LIMITS",
+        f"clock.1   RUNNING    7      5s         0  {'-':{len(exit)}}     -  -",
+        f"web.1     RUNNING  123      5s         0  {'-':{len(exit)}}  2.0K  "
+        "mem 3.0M/256M cpu 50% tasks 3/64 files 12/1024",
+        f"worker.1  FATAL      -       -         0  {exit}     -  files 32",
+    ]
+    assert "LIMITS" not in format_ps(DETAIL, color=False)
+
+
 @pytest.mark.parametrize(("state", "code"), [
     ("RUNNING", GREEN), ("STARTING", YELLOW), ("BACKOFF", YELLOW), ("STOPPING", YELLOW),
     ("FATAL", RED), ("EXITED", RED), ("STOPPED", DIM),
