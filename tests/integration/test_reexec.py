@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pikud as package
+from pikud.errors import PikudError
 
 from ..conftest import FAST, Pikud, app_processes, json_out, wait_for
 
@@ -269,10 +270,16 @@ def test_a_new_image_that_cannot_read_the_record_starts_afresh_instead_of_dying(
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGUSR2)
     wait_for(lambda: "starting afresh" in daemon.output(), 30, "the new image's refusal")
-    wait_for(lambda: {(p["name"], p["state"]) for p in daemon.processes("web")
-                      if p["pid"] not in before.values()}
-             == {("web:web.1", "RUNNING"), ("web:worker.1", "RUNNING")}, 15,
-             "the app started again")
+
+    def started_again() -> bool:
+        try:
+            processes = daemon.processes("web")
+        except PikudError:          # refused while the fresh start binds the socket again
+            return False
+        return {(p["name"], p["state"]) for p in processes if p["pid"] not in before.values()} \
+            == {("web:web.1", "RUNNING"), ("web:worker.1", "RUNNING")}
+
+    wait_for(started_again, 15, "the app started again")
     assert "broken on purpose" in daemon.output()
     status = daemon.api("GET", "/status")
     assert status["started"] == "boot" and status["errors"][-1]["event"] == "error"
