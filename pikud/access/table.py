@@ -49,7 +49,7 @@ RULES = (
     Rule("config", READ, APP, "GET", "/apps/{app}/config", ("config", "config:get")),
     Rule("config:live", READ, APP, "GET", "/apps/{app}/config/live"),
     Rule("logs", READ, APP, "GET", "/apps/{app}/logs"),
-    Rule("events", READ, QUERY, "GET", "/events"),
+    Rule("events", READ, QUERY, "GET", "/events", ()),
     Rule("git-upload-pack", READ, APP),
     Rule("start", DEPLOY, APP, "POST", "/apps/{app}/start"),
     Rule("stop", DEPLOY, APP, "POST", "/apps/{app}/stop"),

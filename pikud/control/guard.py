@@ -97,13 +97,17 @@ def target(request: web.Request, rule: Rule) -> str | None:
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     access = request.app[ACCESS]
     route = request.match_info.route.resource
-    rule = BY_ROUTE.get((request.method, route.canonical if route is not None else ""))
+    method = "GET" if request.method == "HEAD" else request.method     # aiohttp adds HEAD
+    rule = BY_ROUTE.get((method, route.canonical if route is not None else ""))
     request[NOTE] = {"command": rule.command if rule else f"{request.method} {request.path}",
                      "app": target(request, rule) if rule else None}
     try:
         caller = identify(request, access.book)
-        if rule is None:            # no such route: the handler answers 404 or 405
-            return await handler(request)
+        if rule is None:
+            if request.match_info.http_exception is None:       # a route without a rule
+                raise Forbidden(f"{method} {route.canonical if route else request.path} "
+                                "has no access rule (access/table.py)")
+            return await handler(request)       # no such route: the handler answers 404/405
         if rule.scope is not Scope.ASKED:
             caller.check(rule, target(request, rule))
         response = await handler(request)
