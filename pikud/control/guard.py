@@ -5,8 +5,9 @@ must not be a process pikud started (access/peer.py); the key it speaks for
 is the ``X-Piku-Key`` header the CLI sends from the forced command's NAME (no
 header: the console, admin). What it may do: the route's rule
 (access/table.py) checked against the rules file (access/gate.py). What is
-written down: every request that is not a GET, every refusal, and every
-``POST /access/check``, as one line of the audit log (access/audit.py).
+written down: every request that is not a GET (``POST /access/check`` too) and
+every refusal, as one line of the audit log (access/audit.py); a read that
+fails for another reason (an app name mistyped) is not.
 """
 
 from __future__ import annotations
@@ -103,27 +104,35 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                      "app": target(request, rule) if rule else None}
     try:
         caller = identify(request, access.book)
-        if rule is None:
-            if request.match_info.http_exception is None:       # a route without a rule
-                raise Forbidden(f"{method} {route.canonical if route else request.path} "
-                                "has no access rule (access/table.py)")
-            return await handler(request)       # no such route: the handler answers 404/405
-        if rule.scope is not Scope.ASKED:
+        if rule is None and request.match_info.http_exception is None:
+            raise Forbidden(f"{method} {route.canonical if route else request.path} "
+                            "has no access rule (access/table.py)")     # fail closed
+        if rule is not None and rule.scope is not Scope.ASKED:
             caller.check(rule, target(request, rule))
+    except PikudError as exc:
+        audit(access.audit, request, exc)
+        raise
+    if rule is None:
+        return await handler(request)       # no such route: the handler answers 404 or 405
+    try:
         response = await handler(request)
     except PikudError as exc:
-        request[NOTE].setdefault("outcome", exc.code)
-        request[NOTE].setdefault("message", str(exc))
-        audit(access.audit, request)
+        if rule.method != "GET" or isinstance(exc, Forbidden):
+            audit(access.audit, request, exc)       # not a read of a mistyped app's name
         raise
-    if rule.method != "GET" or "outcome" in request[NOTE]:
+    if rule.method != "GET":
         audit(access.audit, request)
     return response
 
 
-def audit(log: AuditLog, request: web.Request) -> None:
+def audit(log: AuditLog, request: web.Request, refused: PikudError | None = None) -> None:
+    """One line for this request: its caller, its note, and its outcome (``refused``'s
+    code and message, else what a stream noted, else "ok")."""
     caller = request.get(CALLER)
     noted: dict[str, Any] = request[NOTE]
+    if refused is not None:
+        noted.setdefault("outcome", refused.code)
+        noted.setdefault("message", str(refused))
     log.write({"key": caller.key if caller else None,
                "fingerprint": caller.fingerprint if caller else "",
                "pid": caller.pid if caller else None, "outcome": "ok", **noted})
