@@ -119,7 +119,8 @@ def name_in(entry: str) -> str | None:
 def add_authorized_key(path: Path, key: PublicKey, line: str, name: str,
                        replace: bool = False) -> bool:
     """Append ``line`` (the key ``name``) unless ``key`` is already in ``path``; False if
-    it was. Another key under ``name`` is NameTaken, or with ``replace`` removed.
+    it was. Another key under ``name`` is NameTaken. With ``replace``, ``line`` takes
+    the place of the key's own line (a new name) and of the lines under ``name``.
 
     Names are unique, so the pusher a release records and the key a grant names
     cannot be taken by a second key. The directory is created 0700 and the file
@@ -130,12 +131,13 @@ def add_authorized_key(path: Path, key: PublicKey, line: str, name: str,
         existing = path.read_text().splitlines()
     except FileNotFoundError:
         existing = []
-    if any(key.base64 in entry.split() for entry in existing):
+    mine = [entry for entry in existing if key.base64 in entry.split()]
+    if mine and not replace:
         return False
-    taken = [entry for entry in existing if name_in(entry) == name]
+    taken = [entry for entry in existing if name_in(entry) == name and entry not in mine]
     if taken and not replace:
         raise NameTaken(f"a key named {name!r} is already in {path}: give this one another "
                         "--name, or --replace to put it in that key's place")
-    kept = [entry for entry in existing if entry not in taken]
+    kept = [entry for entry in existing if entry not in taken and entry not in mine]
     write_atomic(path, "".join(f"{entry}\n" for entry in [*kept, line]), 0o600)
     return True

@@ -72,7 +72,8 @@ def setup(fix: bool, as_json: bool) -> None:
 @click.argument("keyfile", type=click.File("rb"))
 @click.option("--name", help="Who the key belongs to (default: the key's comment).")
 @click.option("--replace", is_flag=True,
-              help="Put the key in place of the one that has this name already.")
+              help="Put the key in place of the key that has this name, or rename a key "
+                   "that is already in.")
 @json_option
 def setup_ssh(keyfile: Any, name: str | None, replace: bool, as_json: bool) -> None:
     """Allow a public key (KEYFILE, - for stdin) to use piku.

@@ -165,6 +165,10 @@ def test_a_name_names_one_key_unless_replaced(tmp_path: Path) -> None:
     assert [name_in(line) for line in lines] == ["me2", "me"]
     assert third.base64 in lines[1] and first.base64 not in target.read_text()
     assert name_in("ssh-ed25519 AAAA plain@piku") is None
+    # A key that is in already gets a new name (keys from piku are all "default").
+    assert _add(target, third, "me3") is False
+    assert _add(target, third, "me3", replace=True)
+    assert [name_in(line) for line in target.read_text().splitlines()] == ["me2", "me3"]
 
 
 def _umask() -> int:
