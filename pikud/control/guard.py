@@ -61,10 +61,10 @@ def redeem(request: web.Request, ticket: Any, app: str) -> None:
     caller = caller_of(request)
     if caller.key is None:
         return
-    if not isinstance(ticket, str):
+    if ticket is not None and not isinstance(ticket, str):
         raise BadRequest(f'"ticket" must be a string, got {ticket!r}')
     lineage = {caller.pid, *ancestors(caller.pid)}
-    request.app[ACCESS].tickets.redeem(ticket, caller.key, app, lineage)
+    request.app[ACCESS].tickets.redeem(ticket or "", caller.key, app, lineage)
 
 
 def identify(request: web.Request, book: RuleBook) -> Caller:
@@ -80,6 +80,7 @@ def identify(request: web.Request, book: RuleBook) -> Caller:
     if uid not in (0, os.getuid()):
         raise Forbidden(f"uid {uid} may not use this socket")
     if key is not None and caller.key is None:
+        note(request, claimed=key[:80])
         raise BadRequest(f"{KEY_HEADER} {key[:80]!r} is not a key name")
     if started_by_pikud(pid):
         raise FromAppProcess(pid)

@@ -133,6 +133,10 @@ def test_a_key_sees_only_its_apps_and_every_refusal_is_audited(locked: Pikud) ->
     assert subprocess.run([*cli, "run", "a", "echo", "ran"], env=dict(env, NAME="ad"),
                           capture_output=True, text=True, timeout=30).stdout == "ran\n"
     locked.cli("restart", "a", check=True)                      # the console: admin
+    with pytest.raises(RemoteError, match="no push ticket"):   # a key pushes through git only
+        as_key(locked, "d").request("POST", "/apps/a/deploy", {"revision": "a" * 40})
+    with pytest.raises(RemoteError, match="'bad name' is not a key name"):
+        as_key(locked, "bad name").request("GET", "/apps")
 
     lines = json_out(locked.cli("audit", "a", "--json"))["lines"]
     by_command = {line["command"]: line for line in lines}
