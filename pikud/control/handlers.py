@@ -9,6 +9,7 @@ task of their own and stream their progress as NDJSON (``run_action``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -112,6 +113,10 @@ class Routes:
         if push is not None:
             redeem(request, ticket, request.match_info["app"])
             note(request, revision=push.revision, ref=push.ref)
+            caller = caller_of(request)
+            if caller.key is not None:          # "pushed by" is the key pikud knows
+                push = dataclasses.replace(push, pusher=caller.key,
+                                           fingerprint=caller.fingerprint)
         app = self.registry.get(request.match_info["app"], pushed=push is not None)
 
         async def action(progress: Progress) -> Any:
