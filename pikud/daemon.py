@@ -24,8 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pikud import __version__
+from pikud.access.audit import AuditLog
+from pikud.access.rules import RuleBook
+from pikud.access.tickets import PushTickets
 from pikud.app import App
 from pikud.appspec import AppSpec
+from pikud.control.guard import Access
 from pikud.control.server import ControlServer, daemon_status
 from pikud.errors import PikudError
 from pikud.events import EventLog
@@ -96,6 +100,9 @@ class Daemon:
                                     ceilings=settings.ceilings, keeper=self.keeper)
         self.cloudflare = CloudflareRefresh(self.registry, settings.cloudflare_urls,
                                             settings.cloudflare_refresh_days)
+        self.access = Access(RuleBook(paths.access_rules), PushTickets(),
+                             AuditLog(paths.audit_log, settings.app_defaults.log_max_bytes,
+                                      settings.app_defaults.log_backups))
 
     def _certificate_note(self, name: str, message: str, level: int) -> None:
         """acme.sh's outcome for an app: in its pikud.log and events, like its deploy's."""
@@ -179,7 +186,7 @@ class Daemon:
             self.how = Start.ADOPTION
         control = self.control = ControlServer(
             self.registry, self.status, self.paths.socket, self.cloudflare,
-            self.settings.control_idle_timeout)
+            self.settings.control_idle_timeout, self.access)
         stored = None if record else self._inherited("control", str(self.paths.socket))
         await control.start(socket.socket(fileno=record.control) if record else stored)
         self._stored("control", stored is not None or record is not None, control.fileno())

@@ -15,7 +15,9 @@ envelope with the error's ``code`` and HTTP ``status``::
     +-- BadRequest                  bad_request     400   malformed API request
     +-- AppNotFound                 app_not_found   404
     +-- NotFound                    not_found       404   unknown API route
-    +-- Forbidden                   forbidden       403   peer uid not allowed
+    +-- Forbidden                   forbidden       403   peer uid, or the key's role, not allowed
+    |   +-- FromAppProcess          app_process     403   the peer is a process pikud started
+    |   +-- PushRefused             push_refused    403   git-hook without a live push ticket
     +-- Starting                    starting        503   boot stops a killed pikud's processes
     +-- DeployError                 deploy_failed   409   nothing to run, new processes failed, ...
     |   +-- BuildError              build_failed    409   checkout, preflight or build step failed
@@ -27,6 +29,7 @@ envelope with the error's ``code`` and HTTP ``status``::
     |   +-- ProtocolError           protocol_error
     +-- InvalidTransition           invalid_transition 500  a bug in procman
     +-- sshkeys.InvalidKey          invalid_key     400   a malformed public key (setup:ssh)
+        +-- sshkeys.NameTaken       key_name_taken 409    another key has that name (--replace)
 
 Anything else that escapes a request is a bug: the server logs it with its
 traceback and answers ``internal_error`` (500) in the same envelope.
@@ -107,6 +110,23 @@ class NotFound(PikudError):
 class Forbidden(PikudError):
     code = "forbidden"
     status = 403
+
+
+class FromAppProcess(Forbidden):
+    """The request came from a process pikud started (an app, cron job, build or release
+    step, or one of their descendants): apps may not drive the daemon."""
+
+    code = "app_process"
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"pid {pid} is a process pikud started (an app, cron job, build or "
+                         "release step, or a child of one): it may not use pikud.sock")
+
+
+class PushRefused(Forbidden):
+    """A deploy of a pushed revision without the ticket of a receive-pack pikud allowed."""
+
+    code = "push_refused"
 
 
 class Starting(PikudError):

@@ -234,3 +234,31 @@ def format_status(status: Mapping[str, Any], color: bool) -> str:
 
 def _clock(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def format_access(data: dict[str, Any]) -> str:
+    """``GET /access``: the grants, or that the server is open to every key."""
+    lines = []
+    if data.get("problem"):
+        lines.append(f"-----> Warning: {data['problem']}; every key is locked out until "
+                     "granted again")
+    if data["mode"] == "open":
+        lines.append("No access rules: every key is admin on every app (piku's way). "
+                     "`piku access:grant NAME '*' admin` from the console locks the others out.")
+    elif not data["grants"]:
+        lines.append("No grants: no key may do anything (only the console can grant).")
+    else:
+        lines.append(format_table(["KEY", "APP", "ROLE"],
+                                  [[g["key"], g["app"], g["role"]] for g in data["grants"]]))
+    return "\n".join(lines)
+
+
+def format_audit(entries: Sequence[dict[str, Any]]) -> str:
+    """``GET /audit``: one row per entry, oldest first; a refusal shows its message."""
+    if not entries:
+        return "The audit log is empty"
+    rows = [[str(e.get("time", "")), str(e.get("key") or "(console)"),
+             str(e.get("command", "")), str(e.get("app") or "-"),
+             str(e.get("outcome", "")) + (f": {e['message']}" if e.get("message") else "")]
+            for e in entries]
+    return format_table(["TIME", "KEY", "COMMAND", "APP", "OUTCOME"], rows)

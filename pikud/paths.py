@@ -61,6 +61,16 @@ class Paths:
         return self.root / "run" / "processes.json"
 
     @property
+    def access_rules(self) -> Path:
+        """Which key may do what (access/rules.py); absent: every key is admin."""
+        return self.state_dir / "access.json"
+
+    @property
+    def audit_log(self) -> Path:
+        """Every change and every refusal, one JSON object per line (access/audit.py)."""
+        return self.root / "audit.log"
+
+    @property
     def cloudflare_ips(self) -> Path:
         """Cloudflare's ranges as last refreshed; the bundled list applies while it is absent."""
         return self.state_dir / "cloudflare_ips.txt"

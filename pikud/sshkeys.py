@@ -3,7 +3,8 @@
 A key is checked before it reaches ``authorized_keys``: a known type, base64
 that decodes, and a blob that names the same type. That is what sshd itself
 would reject later, silently, so we say it at once. The file is rewritten
-atomically (temp file + fsync + rename) and a key is never added twice.
+atomically (temp file + fsync + rename); a key is never added twice, and a
+name names one key only (access rules and the audit log go by name).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ KEY_TYPES = frozenset({
     "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
 })
 RESTRICTIONS = "no-agent-forwarding,no-user-rc,no-X11-forwarding,no-port-forwarding"
-_NAME = re.compile(r"[A-Za-z0-9@._-]+")
+KEY_NAME = re.compile(r"[A-Za-z0-9@._-]{1,64}")
+"""What a key name may be: it goes into the forced command unquoted, and into audit lines."""
+_FORCED_COMMAND = re.compile(r'command="((?:[^"\\]|\\.)*)"')
+_NAME_IN_COMMAND = re.compile(r"(?:^| )NAME=([A-Za-z0-9@._-]+)(?: |$)")
 
 
 class InvalidKey(PikudError):
@@ -34,6 +38,13 @@ class InvalidKey(PikudError):
 
     code = "invalid_key"
     status = 400
+
+
+class NameTaken(InvalidKey):
+    """Another key already has the name (names are unique: ``setup:ssh --replace``)."""
+
+    code = "key_name_taken"
+    status = 409
 
 
 @dataclass(frozen=True)
@@ -78,9 +89,9 @@ def parse_public_key(text: str) -> PublicKey:
 def key_name(name: str | None, key: PublicKey) -> str:
     """``--name``, else the key's comment, else ``key``; only [A-Za-z0-9@._-]."""
     chosen = name or key.comment or "key"
-    if not _NAME.fullmatch(chosen):
+    if not KEY_NAME.fullmatch(chosen):
         raise InvalidKey(f"key name {chosen!r} may only contain letters, digits "
-                         "and @._- (use --name)")
+                         "and @._-, at most 64 (use --name)")
     return chosen
 
 
@@ -98,20 +109,35 @@ def authorized_line(key: PublicKey, name: str, command: list[str], root: Path | 
     return f"{line} {key.comment}" if key.comment else line
 
 
-def add_authorized_key(path: Path, key: PublicKey, line: str) -> bool:
-    """Append ``line`` unless ``key`` is already in ``path``; False if it was.
+def name_in(entry: str) -> str | None:
+    """The NAME an ``authorized_keys`` line's forced command passes, if it passes one."""
+    command = _FORCED_COMMAND.match(entry.strip())
+    found = _NAME_IN_COMMAND.search(command.group(1)) if command else None
+    return found.group(1) if found else None
 
-    The directory is created 0700 and the file written 0600 with
-    ``write_atomic``, so a crash never leaves sshd a half-written file.
+
+def add_authorized_key(path: Path, key: PublicKey, line: str, name: str,
+                       replace: bool = False) -> bool:
+    """Append ``line`` (the key ``name``) unless ``key`` is already in ``path``; False if
+    it was. Another key under ``name`` is NameTaken. With ``replace``, ``line`` takes
+    the place of the key's own line (a new name) and of the lines under ``name``.
+
+    Names are unique, so the pusher a release records and the key a grant names
+    cannot be taken by a second key. The directory is created 0700 and the file
+    written 0600 with ``write_atomic``, so a crash never leaves sshd a half-written file.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        existing = path.read_text()
+        existing = path.read_text().splitlines()
     except FileNotFoundError:
-        existing = ""
-    if any(key.base64 in entry.split() for entry in existing.splitlines()):
+        existing = []
+    mine = [entry for entry in existing if key.base64 in entry.split()]
+    if mine and not replace:
         return False
-    if existing and not existing.endswith("\n"):
-        existing += "\n"
-    write_atomic(path, f"{existing}{line}\n", 0o600)
+    taken = [entry for entry in existing if name_in(entry) == name and entry not in mine]
+    if taken and not replace:
+        raise NameTaken(f"a key named {name!r} is already in {path}: give this one another "
+                        "--name, or --replace to put it in that key's place")
+    kept = [entry for entry in existing if entry not in taken and entry not in mine]
+    write_atomic(path, "".join(f"{entry}\n" for entry in [*kept, line]), 0o600)
     return True

@@ -6,7 +6,7 @@ words, calls the daemon through ``control.client``, renders with
 a PikudError becomes ``Error: ...`` and exit status 1.
 
 The commands live in one module per group (``processes``, ``env``, ``jobs``,
-``push``, ``host``) and share ``common``; this module registers every one of
+``push``, ``host``, ``access``) and share ``common``; this module registers every one of
 them on the group by name, so importing ``pikud.cli`` gives the whole command
 set and every import it needs. Every ssh command pays that import time, so
 the package imports click, the stdlib and pikud's stdlib-only modules,
@@ -20,6 +20,7 @@ import sys
 
 import click
 
+from pikud.cli.access import access, access_grant, access_revoke, audit
 from pikud.cli.env import config, config_get, config_live, config_set, config_unset
 from pikud.cli.host import cloudflare_refresh, scp, setup, setup_ssh, sftp, status, update
 from pikud.cli.jobs import cron, cron_run
@@ -64,6 +65,7 @@ for _command in (
     config, config_get, config_set, config_unset, config_live,
     deploy, releases, rollback, git_receive_pack, git_upload_pack, git_hook,
     cron, cron_run,
+    access, access_grant, access_revoke, audit,
     status, setup, setup_ssh, cloudflare_refresh, scp, sftp, update,
 ):
     piku.add_command(_command)

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import click
 
 from pikud.control.client import Client
+from pikud.control.protocol import FINGERPRINT_HEADER, KEY_HEADER
 from pikud.paths import Paths
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,9 +28,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 LONG_TIMEOUT = 600.0
 
 
+def caller() -> dict[str, str]:
+    """The headers naming the ssh key this command runs for: NAME and FINGERPRINT, which
+    the forced command sets (sshkeys.py). Without NAME, the console."""
+    name = os.environ.get("NAME")
+    if not name:
+        return {}
+    return {KEY_HEADER: name, FINGERPRINT_HEADER: os.environ.get("FINGERPRINT", "")}
+
+
 def client(timeout: float | None = 30) -> Client:
     """A client of the daemon's socket under PIKU_ROOT; ``None`` waits forever (streams)."""
-    return Client(Paths.from_env().socket, timeout=timeout)
+    return Client(Paths.from_env().socket, timeout=timeout, caller=caller())
+
+
+def allowed(command: str, app: str | None = None) -> None:
+    """Ask the daemon whether this key may run ``command`` (on ``app``), for the commands
+    that exec something instead of calling a route; the console needs no answer."""
+    if caller():
+        client().request("POST", "/access/check", {"command": command, "app": app})
 
 
 def app_path(app: str, *rest: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pikud.cli.common import LONG_TIMEOUT, client, color, emit, json_option, print_json
+from pikud.cli.common import LONG_TIMEOUT, allowed, client, color, emit, json_option, print_json
 from pikud.output import format_cloudflare, format_status
 from pikud.paths import LAYOUT, Paths, cli_argv
 
@@ -39,6 +39,7 @@ def setup(fix: bool, as_json: bool) -> None:
     # Imported here: only this command looks at nginx.
     from pikud.nginxaccess import blocked, distinct, fix_all, installed_worker_user, layout_targets
 
+    allowed("setup")
     paths = Paths.from_env()
     try:
         paths.create()
@@ -70,23 +71,28 @@ def setup(fix: bool, as_json: bool) -> None:
 @click.command("setup:ssh")
 @click.argument("keyfile", type=click.File("rb"))
 @click.option("--name", help="Who the key belongs to (default: the key's comment).")
+@click.option("--replace", is_flag=True,
+              help="Put the key in place of the key that has this name, or rename a key "
+                   "that is already in.")
 @json_option
-def setup_ssh(keyfile: Any, name: str | None, as_json: bool) -> None:
+def setup_ssh(keyfile: Any, name: str | None, replace: bool, as_json: bool) -> None:
     """Allow a public key (KEYFILE, - for stdin) to use piku.
 
     The key goes into ~/.ssh/authorized_keys with a forced command that runs
-    this piku, so its holder can only run piku commands.
+    this piku, so its holder can only run piku commands. Names are unique:
+    access rules and the audit log know keys by name.
     """
     # Imported here: only this command needs hashing and temp files.
     from pikud.sshkeys import add_authorized_key, authorized_line, key_name, parse_public_key
 
     key = parse_public_key(keyfile.read().decode("utf-8", "replace"))
     owner = key_name(name, key)
+    allowed("setup:ssh")
     target = Path.home() / ".ssh" / "authorized_keys"
     try:
         root = Path(os.environ["PIKU_ROOT"]) if os.environ.get("PIKU_ROOT") else None
         line = authorized_line(key, owner, cli_argv(), root)
-        added = add_authorized_key(target, key, line)
+        added = add_authorized_key(target, key, line, owner, replace)
     except OSError as exc:
         raise click.ClickException(f"cannot update {target}: {exc}") from None
     result = {"fingerprint": key.fingerprint, "name": owner, "file": str(target), "added": added}
@@ -121,6 +127,7 @@ def scp(args: tuple[str, ...]) -> None:
     command's shell expanded a leading ~/; no shell sees the words now, so
     that is done here.
     """
+    allowed("scp")
     home = os.path.expanduser("~")
     argv = ["scp", *(home + arg[1:] if arg.startswith("~/") else arg for arg in args)]
     try:
@@ -140,6 +147,7 @@ SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-serve
 def sftp(args: tuple[str, ...]) -> None:
     """OpenSSH's sftp-server, for scp's default protocol since OpenSSH 9 (the piku
     client's `download`); sshd's `Subsystem sftp` line arrives as this command."""
+    allowed("sftp")
     program = next((path for path in SFTP_SERVERS if os.access(path, os.X_OK)), None)
     if program is None:
         raise click.ClickException(f"no sftp-server here (looked in {', '.join(SFTP_SERVERS)}); "

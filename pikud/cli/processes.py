@@ -14,6 +14,7 @@ import click
 
 from pikud.cli.common import (
     LONG_TIMEOUT,
+    allowed,
     app_path,
     client,
     color,
@@ -164,6 +165,7 @@ def run(app: str, cmd: tuple[str, ...]) -> None:
         cmd = cmd[:at] + cmd[at + 1:]
     if not cmd:
         raise click.UsageError("no command given: piku run APP CMD...")
+    allowed("run", app)
     live = client().request("GET", app_path(app, "config", "live"))
     try:
         os.chdir(live["cwd"])

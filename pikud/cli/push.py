@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from pikud.cli.common import app_path, client, color, emit, json_option, print_json
+from pikud.cli.common import allowed, app_path, client, color, emit, json_option, print_json
 from pikud.deploy.receive import (
     app_from_git_path,
     ensure_repo,
@@ -22,6 +22,9 @@ from pikud.deploy.receive import (
 from pikud.errors import PikudError
 from pikud.output import format_ps, format_table
 from pikud.paths import Paths, cli_argv
+
+TICKET = "PIKU_PUSH_TICKET"
+"""How git-receive-pack hands its push ticket to the hook (git passes its environment)."""
 
 
 def _progress(path: str, body: dict[str, Any] | None, as_json: bool) -> Any:
@@ -82,10 +85,12 @@ def rollback(app: str, release: int | None, as_json: bool) -> None:
 @click.command("git-receive-pack", hidden=True)
 @click.argument("path")
 def git_receive_pack(path: str) -> None:
-    """sshd's `git push`: make the bare repo on first push, then hand over to git."""
+    """sshd's `git push`: ask pikud for a push ticket (the key needs deploy on APP), make
+    the bare repo on first push, then hand over to git; the hook spends the ticket."""
     app = app_from_git_path(path)
+    ticket = client().request("POST", app_path(app, "push"))["ticket"]
     repo = ensure_repo(Paths.from_env(), app, cli_argv())
-    os.execvp("git", ["git", "receive-pack", str(repo)])
+    os.execvpe("git", ["git", "receive-pack", str(repo)], {**os.environ, TICKET: ticket})
 
 
 @click.command("git-upload-pack", hidden=True)
@@ -93,6 +98,7 @@ def git_receive_pack(path: str) -> None:
 def git_upload_pack(path: str) -> None:
     """sshd's `git clone`/`fetch` of an app's repo."""
     app = app_from_git_path(path)
+    allowed("git-upload-pack", app)
     repo = Paths.from_env().repo(app)
     if not (repo / "HEAD").exists():
         raise PikudError(f"no repository for app {app!r}: push to it first")
@@ -108,7 +114,8 @@ def git_hook(app: str) -> None:
         return
     body = {"revision": push.new, "ref": push.ref, "old": push.old,
             "pusher": os.environ.get("NAME", ""),
-            "fingerprint": os.environ.get("FINGERPRINT", ""), "git_env": quarantine_env()}
+            "fingerprint": os.environ.get("FINGERPRINT", ""), "git_env": quarantine_env(),
+            "ticket": os.environ.get(TICKET, "")}
     detail = _progress(app_path(app, "deploy"), body, False)
     point_head_at(push.ref)
     click.echo(f"-----> {app} is live: release {detail['release']}")

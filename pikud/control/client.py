@@ -65,9 +65,12 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class Client:
     """Calls pikud's routes; ``timeout`` bounds each socket operation (None: wait)."""
 
-    def __init__(self, socket_path: Path, timeout: float | None = 30) -> None:
+    def __init__(self, socket_path: Path, timeout: float | None = 30,
+                 caller: Mapping[str, str] | None = None) -> None:
+        """``caller``: the headers that name the key the requests are made for."""
         self.socket_path = Path(socket_path)
         self.timeout = timeout
+        self.caller = dict(caller or {})
         where = self.socket_path
         # Order matters: the first matching class wins, OSError last.
         self._errors: ErrorMap = {
@@ -132,10 +135,9 @@ class Client:
                     if obj.get("end") is True:
                         return
 
-    @staticmethod
-    def _send(conn: UnixHTTPConnection, method: str, path: str,
+    def _send(self, conn: UnixHTTPConnection, method: str, path: str,
               body: dict[str, Any] | None) -> None:
-        headers = {"Accept": f"application/json, {NDJSON}"}
+        headers = {"Accept": f"application/json, {NDJSON}", **self.caller}
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()

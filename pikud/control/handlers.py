@@ -9,6 +9,7 @@ task of their own and stream their progress as NDJSON (``run_action``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from pikud.access.rules import EVERY_APP, Role
+from pikud.control.guard import caller_of, note, redeem
 from pikud.control.protocol import NDJSON, error, ndjson_line
 from pikud.convert import whole_number
 from pikud.deploy.checkout import validate_ref, validate_revision
@@ -73,9 +76,13 @@ class Routes:
         return self.status_of_daemon()
 
     async def list_apps(self, request: web.Request) -> Any:
-        """GET /apps -> {"apps": [summary, ...], "problems": [daemon-wide problem, ...]}"""
-        return {"apps": [self.registry.get(name).summary() for name in self.registry.names()],
-                "problems": self.registry.problems()}
+        """GET /apps -> {"apps": [summary, ...], "problems": [daemon-wide problem, ...]}:
+        the apps the caller has a grant on; the problems for a grant on `*`."""
+        caller = caller_of(request)
+        return {"apps": [self.registry.get(name).summary() for name in self.registry.names()
+                         if caller.may(name, Role.READ)],
+                "problems": self.registry.problems() if caller.may(EVERY_APP, Role.READ)
+                else []}
 
     async def show(self, request: web.Request) -> Any:
         """GET /apps/APP -> detail with live processes."""
@@ -98,10 +105,18 @@ class Routes:
 
     async def deploy(self, request: web.Request) -> Any:
         """POST /apps/APP/deploy[?progress=1] {"revision", "ref", "old", "pusher",
-        "fingerprint", "git_env"} (all optional: without a revision the current release
-        is rebuilt)."""
+        "fingerprint", "git_env", "ticket"} (all optional: without a revision the current
+        release is rebuilt; a key deploys a revision only with its push ticket)."""
         data = await body(request)
+        ticket = data.pop("ticket", None)
         push = push_info(data) if data else None
+        if push is not None:
+            redeem(request, ticket, request.match_info["app"])
+            note(request, revision=push.revision, ref=push.ref)
+            caller = caller_of(request)
+            if caller.key is not None:          # "pushed by" is the key pikud knows
+                push = dataclasses.replace(push, pusher=caller.key,
+                                           fingerprint=caller.fingerprint)
         app = self.registry.get(request.match_info["app"], pushed=push is not None)
 
         async def action(progress: Progress) -> Any:
@@ -272,9 +287,11 @@ async def run_action(request: web.Request, action: Callable[[Progress], Awaitabl
             result = {"end": True, "data": task.result()}
         except PikudError as exc:
             result = error(exc.code, str(exc))
+            note(request, outcome=exc.code, message=str(exc))
         except Exception as exc:
             log.exception("%s %s failed", request.method, request.path)
             result = error("internal_error", f"pikud failed: {exc.__class__.__name__}: {exc}")
+            note(request, outcome="internal_error", message=str(exc))
         await response.write(ndjson_line(result))
     except ConnectionResetError:
         pass        # the client left; the action goes on to its end

@@ -1,7 +1,14 @@
 """The wire contract between pikud and its clients (stdlib only).
 
 Transport: HTTP/1.1 over the unix socket ``$PIKU_ROOT/pikud.sock`` (mode
-0600; the peer's uid must be the daemon's or root). Bodies are JSON objects.
+0600; the peer's uid must be the daemon's or root, and the peer no process
+pikud started: ``app_process``, 403). Bodies are JSON objects.
+
+Who asks: ``X-Piku-Key: NAME`` and ``X-Piku-Fingerprint: SHA256:...`` name the
+ssh key a request is made for (the forced command's NAME and FINGERPRINT);
+without them the caller is the console, admin. Each route needs a role on an
+app (access/table.py): too low a role is ``forbidden`` (403), an app the key
+has no grant on is ``app_not_found`` (404) as if it did not exist.
 
 Every non-streaming answer is one envelope::
 
@@ -43,6 +50,17 @@ Routes (APP is a validated app name, KIND a Procfile kind):
                                        {"lines": [log line, ...]} or NDJSON of log lines
     DELETE /apps/APP                   destroy -> {"removed": [paths], "kept": [paths]}
     GET    /events?lines=N[&follow=1]  {"events": [event, ...]} or NDJSON of events
+    POST   /apps/APP/push              {"ticket"}: one push ticket for the hook of the git
+                                       receive-pack that asks (access/tickets.py)
+    GET    /access                     {"mode": "open"|"rules", "grants": [{"key", "app",
+                                       "role"}], "problem": str|null}
+    PUT    /access/KEY/APP             body {"role": "read"|"deploy"|"admin"} -> as GET /access
+                                       (APP may be *)
+    DELETE /access/KEY/APP             -> as GET /access
+    POST   /access/check               body {"command", "app"}: may the caller run a CLI-only
+                                       command (run, scp, sftp, setup, setup:ssh,
+                                       git-upload-pack) -> {"command", "app"}
+    GET    /audit?lines=N[&app=APP]    {"lines": [audit entry, ...]} oldest first
     POST   /cloudflare/refresh         download Cloudflare's lists (cloudflare_urls); when the
                                        ranges changed, write pikud/cloudflare_ips.txt and
                                        re-publish the running NGINX_CLOUDFLARE_ACL sites -> refresh
@@ -65,6 +83,8 @@ Shapes:
     refresh      {"changed": bool, "file", "ranges", "ipv4", "ipv6", "sources": [{"url",
                   "ranges"}], "nginx": bool, "apps": [{"name", "site": "updated"|"failed"|
                   "not running", "error": str|null}]}   (a bad list: cloudflare_failed, 502)
+    audit entry  {"time": ISO, "key": name|null, "fingerprint", "pid", "command", "app",
+                  "outcome": "ok"|error code, "message"?: str, ...}
     release      {"number", "revision", "ref", "time", "pusher", "fingerprint", "runtime",
                   "env_path", "env_vars", "path_prefix", "config", "current": bool}
 """
@@ -75,6 +95,8 @@ import json
 from typing import Any
 
 NDJSON = "application/x-ndjson"
+KEY_HEADER = "X-Piku-Key"
+FINGERPRINT_HEADER = "X-Piku-Fingerprint"
 MAX_BODY = 64 * 1024
 
 

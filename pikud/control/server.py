@@ -1,9 +1,11 @@
 """The control API behind ``$PIKU_ROOT/pikud.sock`` (routes: control/protocol.py).
 
-Handlers (control/handlers.py) parse the request, call the app and return plain data; one
-middleware checks the peer's uid (SO_PEERCRED: the daemon's own uid and root
-only), wraps results in the envelope and turns every ``PikudError`` into its
-named code. The socket is bound under umask 077, so it is born 0600.
+Handlers (control/handlers.py, control/access_routes.py) parse the request, call the app
+and return plain data. The outer middleware wraps results in the envelope and turns
+every ``PikudError`` into its named code; the guard (control/guard.py) checks the peer
+(SO_PEERCRED: the daemon's own uid and root only, and no process pikud started) and the
+caller's role, and writes the audit log. The socket is bound under umask 077, so it is
+born 0600.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,9 +23,11 @@ from typing import Any
 from aiohttp import web
 
 from pikud import __version__
+from pikud.control import access_routes
+from pikud.control.guard import ACCESS, Access, guard
 from pikud.control.handlers import Routes
 from pikud.control.protocol import MAX_BODY, error, ok
-from pikud.errors import Forbidden, PikudError
+from pikud.errors import PikudError
 from pikud.refresh import CloudflareRefresh
 from pikud.registry import AppRegistry
 
@@ -32,14 +35,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REGISTRY = web.AppKey("registry", AppRegistry)
 DRAIN_TIMEOUT = 2.0         # seconds a request may still take once the server stops
-
-
-def peer_uid(request: web.Request) -> int:
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is None:
-        raise Forbidden("cannot identify the peer")
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
 
 
 @web.middleware
@@ -53,9 +48,6 @@ async def settled(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        uid = peer_uid(request)
-        if uid not in (0, os.getuid()):
-            raise Forbidden(f"uid {uid} may not use this socket")
         result = await handler(request)
     except PikudError as exc:
         return web.json_response(error(exc.code, str(exc)), status=exc.status)
@@ -75,9 +67,11 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 def make_app(registry: AppRegistry, status: Callable[[], dict[str, Any]],
-             cloudflare: CloudflareRefresh) -> web.Application:
-    app = web.Application(middlewares=[envelope, settled], client_max_size=MAX_BODY)
+             cloudflare: CloudflareRefresh, access: Access) -> web.Application:
+    app = web.Application(middlewares=[envelope, guard, settled], client_max_size=MAX_BODY)
     app[REGISTRY] = registry
+    app[ACCESS] = access
+    app.add_routes(access_routes.ROUTES)
     r = Routes(registry, status, cloudflare)
     app.add_routes([
         web.get("/status", r.status),
@@ -128,7 +122,8 @@ def bind_socket(path: Path) -> socket.socket:
 
 class ControlServer:
     def __init__(self, registry: AppRegistry, status: Callable[[], dict[str, Any]],
-                 path: Path, cloudflare: CloudflareRefresh, idle_timeout: float) -> None:
+                 path: Path, cloudflare: CloudflareRefresh, idle_timeout: float,
+                 access: Access) -> None:
         """``idle_timeout``: a connection without a complete request for that long is closed.
 
         aiohttp's keep-alive timer (since 3.14.5) runs from the accept and after
@@ -136,9 +131,10 @@ class ControlServer:
         request head.
         """
         self.path = path
-        self.runner = web.AppRunner(make_app(registry, status, cloudflare), handle_signals=False,
-                                    access_log=None, handler_cancellation=True,
-                                    shutdown_timeout=DRAIN_TIMEOUT, keepalive_timeout=idle_timeout)
+        app = make_app(registry, status, cloudflare, access)
+        self.runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                                    handler_cancellation=True, shutdown_timeout=DRAIN_TIMEOUT,
+                                    keepalive_timeout=idle_timeout)
         self._sock: socket.socket | None = None     # the listener: kept while not accepting
         self._server: asyncio.AbstractServer | None = None
 

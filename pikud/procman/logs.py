@@ -81,18 +81,23 @@ class LogFile:
 
     def rotate(self) -> None:
         self.close()
-        for n in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
-        if self.path.exists():
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        rotate(self.path, self.backups)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
             self._size = 0
+
+
+def rotate(path: Path, backups: int) -> None:
+    """``path`` becomes ``.1``, older backups shift up, the one past ``backups`` is dropped."""
+    for n in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
+    if path.exists():
+        os.replace(path, path.with_name(f"{path.name}.1"))
 
 
 LineSink = Callable[[str], None]

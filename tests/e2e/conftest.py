@@ -1,7 +1,9 @@
 """A real OpenSSH server on 127.0.0.1 for pushes and commands over ssh.
 
 The server runs from its own config and host key in a temp folder, on a port
-the test picks; it is stopped at teardown. In the ``sshd`` fixture the test
+the test picks; it is stopped at teardown. It takes NAME and FINGERPRINT from a
+client's SendEnv (AcceptEnv), as a careless server might: the forced command
+must override them (test_access_ssh). In the ``sshd`` fixture the test
 account is the one running the tests, and ``piku setup:ssh`` writes its key
 into an authorized_keys of its own; test_install's server reads the piku
 user's own ``~/.ssh/authorized_keys``.
@@ -81,6 +83,7 @@ PermitRootLogin prohibit-password
 UsePAM no
 PrintMotd no
 LogLevel VERBOSE
+AcceptEnv NAME FINGERPRINT
 """ + (f"Subsystem sftp {SFTP_SERVER}\n" if os.path.exists(SFTP_SERVER) else ""))
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)   # sshd's privilege separation dir

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from pikud.output import (
+    format_access,
     format_apps,
+    format_audit,
     format_bytes,
     format_duration,
     format_env,
@@ -254,3 +256,25 @@ def test_format_status_lists_the_last_errors_with_pikud_for_its_own() -> None:
     assert lines[6] == "last errors:"
     assert lines[7].endswith(" shop: gave up: shop:web.1")
     assert lines[8].endswith(" pikud: re-exec refused: x")
+
+
+def test_format_access_says_the_mode() -> None:
+    assert format_access({"mode": "open", "grants": [], "problem": None}).startswith(
+        "No access rules: every key is admin")
+    assert format_access({"mode": "rules", "grants": [], "problem": "x was corrupt"}) == (
+        "-----> Warning: x was corrupt; every key is locked out until granted again\n"
+        "No grants: no key may do anything (only the console can grant).")
+    assert format_access({"mode": "rules", "problem": None, "grants": [
+        {"key": "alice", "app": "*", "role": "admin"}]}) == (
+        "KEY    APP  ROLE\nalice  *    admin")
+
+
+def test_format_audit() -> None:
+    assert format_audit([]) == "The audit log is empty"
+    assert format_audit([
+        {"time": "T1", "key": None, "command": "restart", "app": "a", "outcome": "ok"},
+        {"time": "T2", "key": "bob", "command": "status", "app": None,
+         "outcome": "forbidden", "message": "no"}]).splitlines() == [
+        "TIME  KEY        COMMAND  APP  OUTCOME",
+        "T1    (console)  restart  a    ok",
+        "T2    bob        status   -    forbidden: no"]

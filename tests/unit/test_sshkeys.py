@@ -14,10 +14,12 @@ import pytest
 from pikud.sshkeys import (
     RESTRICTIONS,
     InvalidKey,
+    NameTaken,
     PublicKey,
     add_authorized_key,
     authorized_line,
     key_name,
+    name_in,
     parse_public_key,
 )
 
@@ -117,8 +119,9 @@ def test_authorized_line() -> None:
         f'pikud.cli --ssh-command",{RESTRICTIONS} ssh-ed25519 {bare.base64}')
 
 
-def _add(path: Path, key: PublicKey) -> bool:
-    return add_authorized_key(path, key, authorized_line(key, "me", ["/bin/piku"]))
+def _add(path: Path, key: PublicKey, name: str = "me", replace: bool = False) -> bool:
+    return add_authorized_key(path, key, authorized_line(key, name, ["/bin/piku"]), name,
+                              replace)
 
 
 def test_add_creates_the_file_privately(tmp_path: Path) -> None:
@@ -141,8 +144,31 @@ def test_add_keeps_existing_lines_and_is_idempotent(tmp_path: Path) -> None:
     assert _add(target, key) is False
     assert target.read_bytes() == first
     other = parse_public_key(ed25519_line(seed=b"\x08" * 32))
-    assert _add(target, other)
+    assert _add(target, other, "other")
     assert len(target.read_text().splitlines()) == 3
+
+
+def test_a_name_names_one_key_unless_replaced(tmp_path: Path) -> None:
+    """So that "pushed by" and a grant cannot be taken over by adding a second key."""
+    target = tmp_path / "authorized_keys"
+    first = parse_public_key(ed25519_line())
+    second = parse_public_key(ed25519_line("NAME=me", seed=b"\x08" * 32))
+    assert _add(target, first)
+    assert name_in(target.read_text().splitlines()[0]) == "me"
+    with pytest.raises(NameTaken, match="a key named 'me' is already in"):
+        _add(target, second)
+    assert _add(target, second, "me2")          # a comment that says NAME= names nothing
+    assert [name_in(line) for line in target.read_text().splitlines()] == ["me", "me2"]
+    third = parse_public_key(ed25519_line(seed=b"\x09" * 32))
+    assert _add(target, third, "me", replace=True)
+    lines = target.read_text().splitlines()
+    assert [name_in(line) for line in lines] == ["me2", "me"]
+    assert third.base64 in lines[1] and first.base64 not in target.read_text()
+    assert name_in("ssh-ed25519 AAAA plain@piku") is None
+    # A key that is in already gets a new name (keys from piku are all "default").
+    assert _add(target, third, "me3") is False
+    assert _add(target, third, "me3", replace=True)
+    assert [name_in(line) for line in target.read_text().splitlines()] == ["me2", "me3"]
 
 
 def _umask() -> int:

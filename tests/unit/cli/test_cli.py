@@ -133,10 +133,11 @@ def test_bad_arguments_fail_before_connecting(root: Path, argv: list[str], named
     assert "not running" not in err
 
 
-COMMANDS = ["apps", "cloudflare:refresh", "config", "config:get", "config:live", "config:set",
-            "config:unset", "cron", "cron:run", "deploy", "destroy", "git-hook", "git-receive-pack",
-            "git-upload-pack", "help", "logs", "ps", "ps:scale", "releases", "restart", "rollback",
-            "run", "scp", "setup", "setup:ssh", "sftp", "start", "status", "stop", "update"]
+COMMANDS = ["access", "access:grant", "access:revoke", "apps", "audit", "cloudflare:refresh",
+            "config", "config:get", "config:live", "config:set", "config:unset", "cron",
+            "cron:run", "deploy", "destroy", "git-hook", "git-receive-pack", "git-upload-pack",
+            "help", "logs", "ps", "ps:scale", "releases", "restart", "rollback", "run", "scp",
+            "setup", "setup:ssh", "sftp", "start", "status", "stop", "update"]
 
 # Imports pikud.cli, then every module that any line under pikud/cli/ imports (a
 # command body's own imports too), and prints what got loaded and what the group holds.
