@@ -175,12 +175,8 @@ class Bridge:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         self.handled = 0
-        self.connections: set[asyncio.Task[None]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.connections.add(task)
         try:
             await self._relay(reader, writer)
         except (OSError, TimeoutError, asyncio.IncompleteReadError,
@@ -188,7 +184,6 @@ class Bridge:
             pass            # the client or the upstream went away, or sent no HTTP
         finally:
             writer.close()
-            self.connections.discard(task)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async with asyncio.timeout(HEAD_TIMEOUT):
@@ -252,9 +247,21 @@ async def serve(channel: socket.socket, listeners: Iterable[socket.socket]) -> N
         log.warning("re-exec bridge: still serving after %gs; stopping", LIFETIME)
     for server in servers:
         server.close()
-    if bridge.connections:
-        await asyncio.wait(bridge.connections, timeout=FINISH_TIMEOUT)
+    await finish()
     log.info("re-exec bridge: stopped after %d requests", bridge.handled)
+
+
+async def finish() -> None:
+    """Wait (at most FINISH_TIMEOUT) for every connection, also those accepted but not
+    handed to ``Bridge.handle`` yet: asyncio.run would cancel them, resetting the client."""
+    me = asyncio.current_task()
+    try:
+        async with asyncio.timeout(FINISH_TIMEOUT):
+            while others := asyncio.all_tasks() - {me}:
+                await asyncio.wait(others)
+    except TimeoutError:
+        log.warning("re-exec bridge: %d connections cut after %gs",
+                    len(asyncio.all_tasks()) - 1, FINISH_TIMEOUT)
 
 
 def main(argv: list[str]) -> int:
