@@ -25,6 +25,12 @@ Design notes
   ``Connection: close`` so that a keep-alive client opens its next request
   on a new connection (the new image's, by then). A WebSocket upgrade is
   relayed both ways until either side closes.
+* Stopping: the listeners' readers are removed first, then every task is
+  waited for, and only then are the servers closed. A connection that
+  asyncio has accepted but not yet wrapped in a transport would otherwise
+  meet a closed server (its ``_attach`` asserts) and be left unanswered,
+  to be reset when the bridge exits; and asyncio.run would cancel the
+  handlers not yet started.
 * What it cannot route as the router would (a static file, the ``/_/APP``
   redirect, an app with no upstream, no upstream answering, a malformed
   head), it answers 503 with Retry-After: 1.
@@ -245,15 +251,18 @@ async def serve(channel: socket.socket, listeners: Iterable[socket.socket]) -> N
                 pass
     except TimeoutError:
         log.warning("re-exec bridge: still serving after %gs; stopping", LIFETIME)
+    for server in servers:          # accept no more; the accepted ones become connections
+        for sock in server.sockets:
+            loop.remove_reader(sock.fileno())
+    await finish()
     for server in servers:
         server.close()
-    await finish()
     log.info("re-exec bridge: stopped after %d requests", bridge.handled)
 
 
 async def finish() -> None:
     """Wait (at most FINISH_TIMEOUT) for every connection, also those accepted but not
-    handed to ``Bridge.handle`` yet: asyncio.run would cancel them, resetting the client."""
+    handed to ``Bridge.handle`` yet (see the design notes)."""
     me = asyncio.current_task()
     try:
         async with asyncio.timeout(FINISH_TIMEOUT):
