@@ -108,6 +108,7 @@ def test_after_kill9_the_next_pikud_adopts_the_running_processes(
     stored = {"control", "router", f"log.keep.web.1.{web}", f"listen.keep.web.1.{port}",
               f"log.keep.worker.1.{worker}"}
     wait_for(lambda: set(systemd.names()) == stored, 5, "the descriptors in the store")
+    wait_for(lambda: ticks(daemon), 10, "the worker's first tick in its log")  # read below
     load = Load(port)
     try:
         daemon.kill9()
