@@ -43,7 +43,14 @@ from pikud.proxy.acme import Acme
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.router import Router
 from pikud.proxy.routing import parse_address
-from pikud.reexec import SIGNALS, Reexec, block_signals, release_signals, start_uv_threads
+from pikud.reexec import (
+    SIGNALS,
+    Reexec,
+    block_signals,
+    bridge_channel,
+    release_signals,
+    start_uv_threads,
+)
 from pikud.refresh import CloudflareRefresh
 from pikud.registry import AppRegistry
 from pikud.sdnotify import Notifier, listen_fds
@@ -163,6 +170,7 @@ class Daemon:
                       exc, close_carried())
             self.events.emit("", None, "error", f"re-exec: {exc}")
             record = None
+        bridge = bridge_channel(os.environ)     # its bridge serves until the router accepts
         raise_open_files_limit()
         self.paths.create()
         private = self.paths.make_private()
@@ -184,25 +192,30 @@ class Daemon:
                      __version__, self.registry.process_count(), len(adopted), record.version)
         elif self.keeper.restore(self.passed):      # after a crash, under systemd
             self.how = Start.ADOPTION
+        # A router listener from systemd's store holds requests made while no pikud ran:
+        # they wait in its backlog until boot has put the routes back. Otherwise the router
+        # accepts first of all (after a re-exec, the bridge serves its port until then).
+        held = None if record or self.router is None else self._inherited(
+            "router", self.router.address_wanted)
+        if self.router is not None and held is None:
+            await self.router.start([socket.socket(fileno=fd) for fd in record.router]
+                                    if record else None)
+            self._stored("router", record is not None, self.router.listeners()[0])
+            log.info("routing HTTP on %s:%d", *self.router.address)
+        if bridge is not None:
+            bridge.close()
+            log.info("re-exec: the router accepts again; the bridge finishes and exits")
         control = self.control = ControlServer(
             self.registry, self.status, self.paths.socket, self.cloudflare,
             self.settings.control_idle_timeout, self.access)
         stored = None if record else self._inherited("control", str(self.paths.socket))
-        await control.start(socket.socket(fileno=record.control) if record else stored)
+        try:
+            await control.start(socket.socket(fileno=record.control) if record else stored)
+        except BaseException:
+            if self.router is not None and held is None:
+                await self.router.stop()
+            raise
         self._stored("control", stored is not None or record is not None, control.fileno())
-        # A router listener from systemd's store holds requests made while no pikud ran:
-        # they wait in its backlog until boot has put the routes back.
-        held = None if record or self.router is None else self._inherited(
-            "router", self.router.address_wanted)
-        if self.router is not None and held is None:
-            try:
-                await self.router.start([socket.socket(fileno=fd) for fd in record.router]
-                                        if record else None)
-            except BaseException:
-                await control.stop()
-                raise
-            self._stored("router", record is not None, self.router.listeners()[0])
-            log.info("routing HTTP on %s:%d", *self.router.address)
         log.info("pikud %s listening on %s (loop: %s)", __version__, self.paths.socket,
                  self.loop_name)
         try:

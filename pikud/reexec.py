@@ -8,14 +8,18 @@ pipe, each cron run's pipe) is carried across the exec (handover.py).
 1. Preflight: the new code must import (and read this handover format), in
    a child with the daemon's environment, within PREFLIGHT_TIMEOUT; else the
    re-exec is refused before anything is touched.
+   Meanwhile the re-exec bridge starts (bridge.py), when the router serves.
 2. Quiesce: the control socket stops accepting (new requests wait in its
    backlog and are answered by the new image); every app's lock is taken,
    so the changes under way (a push, a restart, a scale) finish first,
    within QUIESCE_TIMEOUT; the control connections end once answered; the
-   router stops accepting and closes its connections at a request boundary
+   bridge gets the routes and accepts on the router's port; the router
+   stops accepting and closes its connections at a request boundary
    (proxy/connections.py).
 3. Capture and exec: the record is written with no await between it and
-   ``execve``, so it is one consistent instant.
+   ``execve``, so it is one consistent instant. The bridge's channel is
+   carried across (``$PIKUD_BRIDGE``); the new image closes it once its
+   router accepts, and the bridge finishes its connections and exits.
 
 Signals that come meanwhile are not lost with the old image: from the
 capture on, the daemon's signals are blocked (so one sent at the instant of
@@ -33,20 +37,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pikud import handover
 from pikud.errors import PikudError
+from pikud.procman.children import Child, spawn
 from pikud.procman.oneshot import OneShotTimeout, run_once
 
 if TYPE_CHECKING:
     from pikud.daemon import Daemon
+    from pikud.proxy.router import Router
 
 log = logging.getLogger("pikud")
 
@@ -56,6 +64,7 @@ ROUTER_DRAIN = 10.0         # seconds the router's requests in flight have to fi
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)    # the daemon's
 PREFLIGHT = ("import pikud, pikud.daemon, pikud.handover; "
              "print(pikud.__version__, pikud.handover.FORMAT)")
+BRIDGE_ENV = "PIKUD_BRIDGE"     # the number of the bridge's channel, for the new image
 
 
 class ReexecRefused(PikudError):
@@ -127,6 +136,66 @@ async def preflight() -> str:
     return words[0]
 
 
+class BridgeProcess:
+    """The daemon's side of the re-exec bridge (bridge.py): its process and channel."""
+
+    def __init__(self, child: Child, channel: socket.socket) -> None:
+        self.child = child
+        self.channel = channel
+
+    @classmethod
+    def start(cls, router: Router) -> BridgeProcess:
+        """Spawn it with the router's listeners; OSError if it cannot be."""
+        ours, theirs = socket.socketpair()
+        listeners = router.listeners()
+        try:
+            child = spawn([sys.executable, "-m", "pikud.bridge",
+                           *map(str, (theirs.fileno(), *listeners))], env=os.environ,
+                          cwd=Path.cwd(), pass_fds=(theirs.fileno(), *listeners))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return cls(child, ours)
+
+    async def serve(self, snapshot: dict[str, object]) -> None:
+        """Wait until it is started, then have it accept with ``snapshot``'s routes;
+        OSError or TimeoutError if it does not say it is ready in time."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(PREFLIGHT_TIMEOUT):
+            said = await loop.sock_recv(self.channel, 4096)
+        if not said.startswith(b'{"ready": true}'):
+            raise OSError(f"the bridge said {said[:80]!r}")
+        await loop.sock_sendall(self.channel, json.dumps(snapshot).encode() + b"\n")
+
+    def keep(self, environ: MutableMapping[str, str]) -> None:
+        """Carry the channel across the exec: the new image closes it (``bridge_channel``)."""
+        self.channel.set_inheritable(True)
+        environ[BRIDGE_ENV] = str(self.channel.fileno())
+
+    def close(self, environ: MutableMapping[str, str]) -> None:
+        """No exec: the bridge stops accepting, finishes its connections and exits."""
+        environ.pop(BRIDGE_ENV, None)
+        self.channel.close()
+
+
+def bridge_channel(environ: MutableMapping[str, str]) -> socket.socket | None:
+    """After a re-exec: the previous image's bridge channel, made private; closing it
+    once the router accepts tells the bridge to finish."""
+    value = environ.pop(BRIDGE_ENV, None)
+    if value is None:
+        return None
+    try:
+        channel = socket.socket(fileno=int(value))
+    except (ValueError, OSError) as exc:
+        log.warning("re-exec: $%s=%r names no bridge channel: %s", BRIDGE_ENV, value, exc)
+        return None
+    channel.set_inheritable(False)
+    return channel
+
+
 class Reexec:
     """One daemon's re-exec: ``run()`` on SIGUSR2."""
 
@@ -153,22 +222,51 @@ class Reexec:
         daemon = self.daemon
         if not daemon.registry.settled.is_set():
             raise ReexecRefused("pikud is still booting")
-        new = await preflight()
-        assert daemon.control is not None
-        daemon.control.pause()
+        bridge = self._bridge()
         try:
-            async with self._locked():
-                await daemon.control.drain()
-                if daemon.router is not None:
-                    await daemon.router.drain(ROUTER_DRAIN)
-                try:
-                    with held_signals(self.queued):
-                        self._exec(new)       # returns only if execve failed
-                finally:
+            new = await preflight()
+            assert daemon.control is not None
+            daemon.control.pause()
+            try:
+                async with self._locked():
+                    await daemon.control.drain()
                     if daemon.router is not None:
-                        daemon.router.resume()
+                        if bridge is not None:
+                            bridge = await self._hand_port(bridge, daemon.router)
+                        await daemon.router.drain(ROUTER_DRAIN)
+                    try:
+                        with held_signals(self.queued):
+                            self._exec(new, bridge)       # returns only if execve failed
+                    finally:
+                        if daemon.router is not None:
+                            daemon.router.resume()
+            finally:
+                await daemon.control.accept()
         finally:
-            await daemon.control.accept()
+            if bridge is not None:
+                bridge.close(os.environ)
+
+    def _bridge(self) -> BridgeProcess | None:
+        """The bridge, started while the preflight runs; None without a router or if it
+        cannot start (the router's port then waits in its backlog during the exec)."""
+        if self.daemon.router is None:
+            return None
+        try:
+            return BridgeProcess.start(self.daemon.router)
+        except OSError as exc:
+            log.warning("re-exec: no bridge, clients wait during the exec: %s", exc)
+            return None
+
+    @staticmethod
+    async def _hand_port(bridge: BridgeProcess, router: Router) -> BridgeProcess | None:
+        """Have the bridge accept on the router's port with its routes, or drop it."""
+        try:
+            await bridge.serve(router.snapshot())
+        except (OSError, TimeoutError) as exc:
+            log.warning("re-exec: no bridge, clients wait during the exec: %s", exc)
+            bridge.close(os.environ)
+            return None
+        return bridge
 
     @contextlib.asynccontextmanager
     async def _locked(self) -> AsyncIterator[None]:
@@ -194,11 +292,13 @@ class Reexec:
             for lock in held:
                 lock.release()
 
-    def _exec(self, new: str) -> None:
+    def _exec(self, new: str, bridge: BridgeProcess | None) -> None:
         """Capture, hand over, execve. Returns only if the exec failed (refusing it)."""
         daemon = self.daemon
         record = handover.capture(daemon)
         fd = handover.send(record, os.environ)
+        if bridge is not None:
+            bridge.keep(os.environ)
         log.info("re-exec: pikud %s -> %s (%d apps, %d processes, %d cron runs carried over)",
                  record.version, new, len(record.apps),
                  sum(len(app.slots) for app in record.apps), len(record.cron))

@@ -41,12 +41,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import croniter
 
 from pikud.convert import whole_number
 from pikud.errors import CronError
+
+if TYPE_CHECKING:
+    from croniter import croniter
 
 MACROS = {
     "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
@@ -256,6 +258,7 @@ def local_zone() -> ZoneInfo:
 @lru_cache(maxsize=4096)
 def _iterator(fields: str, day_or: bool) -> croniter:
     """One reusable croniter per expression (parsing costs 4x a step); callers set_current()."""
+    from croniter import croniter  # here: only a daemon with cron entries pays its import
     return croniter(fields, datetime(2000, 1, 1), day_or=day_or)
 
 

@@ -27,11 +27,12 @@ import hashlib
 import posixpath
 import re
 from functools import cache
-from typing import Literal
-
-import jinja2
+from typing import TYPE_CHECKING, Literal
 
 from pikud.proxy.site import NginxSite
+
+if TYPE_CHECKING:
+    import jinja2
 
 Http2Style = Literal["on", "listen", "off"]
 """``http2 on;`` (nginx >= 1.25.1), ``listen … ssl http2`` (older), or no HTTP/2."""
@@ -56,6 +57,7 @@ def quote(value: object) -> str:
 
 @cache
 def _templates() -> jinja2.Environment:
+    import jinja2  # here: only a daemon that writes nginx sites pays its import (issue #16)
     env = jinja2.Environment(loader=jinja2.PackageLoader("pikud.proxy", "templates"),
                              undefined=jinja2.StrictUndefined, autoescape=False,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)

@@ -59,10 +59,11 @@ from pikud.proxy.routing import (
     Target,
     host_name,
     host_table,
+    match_static,
     resolve,
     upstream_url,
 )
-from pikud.proxy.static import match_static, serve_static
+from pikud.proxy.static import serve_static
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,13 @@ class Router:
     def listeners(self) -> list[int]:
         """The listening sockets' descriptors, for the next image."""
         return self._connections.listeners()
+
+    def snapshot(self) -> dict[str, object]:
+        """The table as the re-exec bridge routes by it (``bridge.Snapshot``)."""
+        table = self._table
+        return {"hosts": dict(table.hosts), "port": self._bound_port,
+                "upstreams": {a: list(e.route.upstreams) for a, e in table.apps.items()},
+                "static": {a: [url for url, _ in e.route.static] for a, e in table.apps.items()}}
 
     @property
     def serving(self) -> bool:

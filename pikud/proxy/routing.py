@@ -8,7 +8,8 @@ A request goes to one app:
   redirects to ``/_/APP/``).
 
 Apart from ``router.py`` so the decisions are tested with tables, without a
-server: this module reads no socket and no file.
+server: this module reads no socket and no file. The re-exec bridge
+(``pikud/bridge.py``) routes with it too, without aiohttp.
 """
 
 from __future__ import annotations
@@ -104,6 +105,17 @@ def resolve(hosts: Mapping[str, str], apps: Iterable[str], host: str, raw_path: 
     if not slash:
         return Redirect(f"{PREFIX}{name}/{q}{query}")
     return Target(name, f"/{rest}{q}{query}", prefix=f"{PREFIX}{name}")
+
+
+def match_static(static: Iterable[tuple[str, Path]], path: str) -> tuple[Path, str] | None:
+    """The folder of the longest static prefix of ``path`` (decoded) and the rest of it."""
+    best: tuple[Path, str] | None = None
+    best_len = -1
+    for url, folder in static:
+        url = url.rstrip("/")
+        if (path == url or path.startswith(url + "/")) and len(url) > best_len:
+            best, best_len = (folder, path[len(url):]), len(url)
+    return best
 
 
 def upstream_url(upstream: str) -> tuple[str, str | None]:

@@ -1,28 +1,16 @@
 """An app's static folders as the router serves them, without nginx.
 
-The longest URL prefix wins, and nothing outside the folder is ever served:
-no "..", no symlink below the folder (as nginx's ``disable_symlinks on
+The longest URL prefix wins (``routing.match_static``), and nothing outside
+the folder is ever served: no "..", no symlink below the folder (as nginx's ``disable_symlinks on
 from=FOLDER``, which the nginx site uses). Apart from the router's proxying
 because it answers from the disk, not from an upstream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 from aiohttp import web
-
-
-def match_static(static: Iterable[tuple[str, Path]], path: str) -> tuple[Path, str] | None:
-    """The folder of the longest static prefix of ``path`` (decoded) and the rest of it."""
-    best: tuple[Path, str] | None = None
-    best_len = -1
-    for url, folder in static:
-        url = url.rstrip("/")
-        if (path == url or path.startswith(url + "/")) and len(url) > best_len:
-            best, best_len = (folder, path[len(url):]), len(url)
-    return best
 
 
 def safe_join(folder: Path, rest: str) -> Path | None:

@@ -13,11 +13,12 @@ from pikud.proxy.routing import (
     Target,
     host_name,
     host_table,
+    match_static,
     parse_address,
     resolve,
     upstream_url,
 )
-from pikud.proxy.static import match_static, safe_join
+from pikud.proxy.static import safe_join
 
 
 @pytest.mark.parametrize("text, expected", [
