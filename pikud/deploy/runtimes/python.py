@@ -42,6 +42,10 @@ environment is shared by every release with the same dependency files.
 #   milliseconds and ``uv pip install`` links from its cache. pip stays one
 #   setting away (PIKU_PYTHON_INSTALLER=pip) for an index or a package only
 #   pip handles.
+# - uv compiles the bytecode at install (--compile-bytecode), as pip does: the
+#   app's processes then never compile it at each start (granian + Flask:
+#   listening after 0.12-0.25 s against 0.31-0.52 s where PYTHONDONTWRITEBYTECODE
+#   is set or the venv is read-only), which every restart and respawn pays.
 
 from __future__ import annotations
 
@@ -239,7 +243,8 @@ class Python:
         if plan.method == "uv-sync":
             frozen = ["--frozen"] if (source / UV_LOCK).is_file() else []
             await run([tool, "sync", "--python", interpreter.path, "--python-preference",
-                       "only-system", "--no-dev", "--no-install-project", *frozen],
+                       "only-system", "--no-dev", "--no-install-project", "--compile-bytecode",
+                       *frozen],
                       cwd=source, env={**env, "UV_PROJECT_ENVIRONMENT": str(venv)})
             return
         if plan.uv:
@@ -264,8 +269,8 @@ class Python:
         """pip-install ``args`` into the venv (with uv when the plan uses uv)."""
         python = str(venv / "bin" / "python")
         if plan.uv or plan.method == "uv-sync":
-            await ctx.run([tool, "pip", "install", "--python", python, *args], cwd=ctx.source,
-                          env=env)
+            await ctx.run([tool, "pip", "install", "--python", python, "--compile-bytecode",
+                           *args], cwd=ctx.source, env=env)
         else:
             await ctx.run([python, *_PIP, *args], cwd=ctx.source, env=env)
 
