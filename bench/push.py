@@ -42,7 +42,6 @@ import argparse
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -65,12 +64,13 @@ from bench.wsgi import (  # noqa: E402  (the wsgi benchmark's setups)
     piku_vassal,
     pikud_root,
     run,
+    start_emperor,
     start_pikud,
+    stop_emperor,
     stop_nginx,
     stop_pikud,
     work_tree,
 )
-from tests.processes import stop_session  # noqa: E402
 
 DEADLINE = 300.0            # for one deploy to answer
 
@@ -242,17 +242,11 @@ def uwsgi_setup(args: argparse.Namespace) -> Deploys:
     emperor: subprocess.Popen[bytes] | None = None
     try:
         nginx.start()
-        emperor = subprocess.Popen(
-            [UWSGI, "--emperor", str(vassals), "--logto", str(base / "emperor.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            start_new_session=True)
+        emperor = start_emperor(vassals, base / "emperor.log")
         measure(fig, nginx.http_port, push, clean, push, restart, args)
     finally:
         try:
-            if emperor is not None:
-                killed = stop_session(emperor, signal.SIGINT, 10)
-                if killed:
-                    fig.notes.append(f"uWSGI processes killed after SIGINT: {killed}")
+            stop_emperor(fig.notes, emperor)
         finally:
             stop_nginx(fig.notes, nginx)
     done(base, args)

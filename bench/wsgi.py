@@ -551,10 +551,7 @@ def uwsgi_setup(args: argparse.Namespace, flask_venv: Path) -> Figures:
     emperor: subprocess.Popen[bytes] | None = None
     try:
         nginx.start()
-        emperor = subprocess.Popen(
-            [UWSGI, "--emperor", str(vassals), "--logto", str(base / "emperor.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            start_new_session=True)
+        emperor = start_emperor(vassals, base / "emperor.log")
 
         def restart() -> None:
             os.utime(ini)
@@ -574,13 +571,25 @@ def uwsgi_setup(args: argparse.Namespace, flask_venv: Path) -> Figures:
                              "(workers stuck at max-requests recycling)")
     finally:
         try:
-            if emperor is not None:
-                killed = stop_session(emperor, signal.SIGINT, 10)
-                if killed:
-                    fig.notes.append(f"uWSGI processes killed after SIGINT: {killed}")
+            stop_emperor(fig.notes, emperor)
         finally:
             stop_nginx(fig.notes, nginx)
     return finish(fig, nginx, base, args)
+
+
+def start_emperor(vassals: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``uwsgi --emperor`` on the folder of vassals, in its own session."""
+    return subprocess.Popen([UWSGI, "--emperor", str(vassals), "--logto", str(log)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_emperor(notes: list[str], emperor: subprocess.Popen[bytes] | None) -> None:
+    """SIGINT to the emperor (it stops its vassals), then SIGKILL of what is left."""
+    if emperor is not None:
+        killed = stop_session(emperor, signal.SIGINT, 10)
+        if killed:
+            notes.append(f"uWSGI processes killed after SIGINT: {killed}")
 
 
 def flask_virtualenv(base: Path) -> Path:
