@@ -181,13 +181,13 @@ HOOK = """#!/bin/sh
 # What piku's deploy does for a requirements.txt app (see bench/push.py).
 set -e
 unset GIT_DIR GIT_WORK_TREE
-while read -r old new ref; do :; done
+while read -r old new ref; do rev=$new; done
 app={app}
 env={env}
 [ -d "$app/.git" ] || git clone --quiet {repo} "$app"
 cd "$app"
 git fetch --quiet
-git reset --quiet --hard "$new"
+git reset --quiet --hard "$rev"
 if [ ! -d "$env" ]; then {virtualenv} "$env" >/dev/null; fresh=1; fi
 if [ -n "$fresh" ] || [ requirements.txt -nt "$env" ]; then
     "$env/bin/pip" install --quiet -r requirements.txt
