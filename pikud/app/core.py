@@ -406,7 +406,10 @@ class AppCore:
                 return ""
             # A daemon-owned socket accepts before the server runs: ask it over HTTP.
             path = settings.healthcheck or ("/" if process.listen_port else None)
-            return await wait_ready(process.port, path, settings.ready_timeout)
+            # Checked from the spawn on, with the budget it had when the check began
+            # after PIKU_START_SECS: an answer makes the process RUNNING sooner.
+            return await wait_ready(process.port, path,
+                                    settings.start_secs + settings.ready_timeout)
         return ready
 
     async def _stop_all(self, *, untracked: bool = True) -> None:
