@@ -1,108 +1,326 @@
-"""Push-to-running time of a small Python app: a first push against code-only redeploys.
+"""Deploy speed: pikud (granian, gunicorn) against the uWSGI emperor as piku sets it up.
 
-Run by ``bench/run push``. It starts its own pikud in a temp PIKU_ROOT and
-pushes over the local transport (``remote.piku.receivepack``, no ssh), timing
-each ``git push`` from its start until the new code answers HTTP on loopback.
-The app has a requirements.txt naming a local wheel, so pip really runs but
-nothing is downloaded.
+Run by ``bench/run push``. One hello-world Flask app (bench/wsgi.py's, flask from
+PyPI through requirements.txt), three setups one after the other in one run,
+each behind its own fresh nginx master (bench/wsgi.py's), with the same
+measuring code:
+
+* pikud with its default server (granian), then with ``PIKU_WSGI_SERVER=gunicorn``:
+  a ``pikud serve`` in a temp PIKU_ROOT, the app pushed over the local git
+  transport (``remote.piku.receivepack``, no ssh).
+* piku: a bare repo whose post-receive hook does what piku's deploy does for a
+  requirements.txt app: ``git fetch`` + ``git reset --hard`` into the live app
+  folder, ``virtualenv`` when there is none and ``pip install -r`` when
+  requirements.txt is newer than it, then the vassal written into the
+  emperor's folder (``uwsgi --emperor``; bench/wsgi.py's vassal and site).
+  piku's own CLI start-up (about 0.1 s) is not in these figures.
+
+Figures:
+
+* first deploy, cold cache: from the start of ``git push`` to the first 200
+  through nginx, with an empty package cache (pikud: UV_CACHE_DIR, or
+  PIP_CACHE_DIR with PIKU_PYTHON_INSTALLER=pip; piku: PIP_CACHE_DIR);
+* first deploy, warm cache: the same again after the app was destroyed (pikud)
+  or its virtualenv, vassal and checkout removed (piku), the cache kept;
+* code-only redeploy: median over ``--redeploys`` pushes of a changed app.py,
+  the ``git push`` wall time and the time until nginx first answers with the
+  new version;
+* restart: median wall time of ``piku restart bench`` over ``--restarts``
+  (piku: what its restart does, unlink and rewrite of the vassal; the emperor
+  reloads the vassal after the command has returned).
+
+The piku column needs Debian's ``uwsgi``, ``uwsgi-plugin-python3`` and
+``virtualenv`` (``apt-get install uwsgi uwsgi-plugin-python3 virtualenv``;
+``bench/run wsgi`` installs the first two when run as root); without uwsgi the
+table has the pikud columns only. Every process started is stopped in
+``finally`` blocks.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench.wsgi import (  # noqa: E402  (the wsgi benchmark's setups)
+    CLI,
+    UWSGI,
+    Nginx,
+    app_settings,
+    commit_app,
+    get,
+    piku_site,
+    piku_vassal,
+    pikud_root,
+    run,
+    start_emperor,
+    start_pikud,
+    stop_emperor,
+    stop_nginx,
+    stop_pikud,
+    work_tree,
+)
 
-from tests.e2e.apps import get, git, push, python_app  # noqa: E402  (the e2e tests' sample app)
-from tests.waiting import wait_for  # noqa: E402
-
-CLI = [sys.executable, "-m", "pikud.cli"]
+DEADLINE = 300.0            # for one deploy to answer
 
 
-def answered(probe):  # type: ignore[no-untyped-def]
-    """``probe`` as a predicate: a daemon or app still booting counts as "not yet"."""
-    def attempt():  # type: ignore[no-untyped-def]
+@dataclass
+class Deploys:
+    name: str
+    cold: float = float("nan")
+    warm: float = float("nan")
+    redeploy_push: list[float] = field(default_factory=list)
+    redeploy_new: list[float] = field(default_factory=list)
+    restart: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def answers(port: int, version: str, started: float) -> float:
+    """Seconds from ``started`` until nginx on ``port`` answers 200 with ``version``."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
         try:
-            return probe()
-        except (OSError, urllib.error.URLError, ValueError, KeyError, StopIteration):
-            return None
-    return attempt
+            status, body = get(port, timeout=5)
+        except (OSError, ValueError, IndexError):
+            status, body = 0, b""
+        if status == 200 and body.endswith(version.encode()):
+            return time.monotonic() - started
+        time.sleep(0.01)
+    raise RuntimeError(f"no 200 with {version} within {DEADLINE:g} s")
 
 
-def web_port(env: dict[str, str], app: str) -> int:
-    out = subprocess.run([*CLI, "ps", app, "--json"], env=env, capture_output=True, text=True)
-    procs = json.loads(out.stdout)["processes"]
-    return next(p["port"] for p in procs if p["kind"] == "web" and p["state"] == "RUNNING")
+def gone(port: int) -> None:
+    """Wait until nginx on ``port`` no longer answers 200 (the app was removed)."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        try:
+            if get(port, timeout=5)[0] != 200:
+                return
+        except (OSError, ValueError, IndexError):
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"the app still answers after {DEADLINE:g} s")
 
 
-def timed_push(work: Path, env: dict[str, str], app: str, version: str) -> float:
+def timed(action: Callable[[], object]) -> tuple[float, float]:
+    """(start, wall time) of ``action``."""
     started = time.monotonic()
-    push(work, env)
-    wait_for(answered(lambda: get(web_port(env, app), timeout=1).startswith(version)), 60,
-             "the new code", interval=0.01)
-    return time.monotonic() - started
+    action()
+    return started, time.monotonic() - started
+
+
+def measure(fig: Deploys, port: int, first: Callable[[str], None], clean: Callable[[], None],
+            redeploy: Callable[[str], None], restart: Callable[[], None],
+            args: argparse.Namespace) -> None:
+    """The common part: cold and warm first deploys, redeploys, restarts."""
+    started, _ = timed(lambda: first("v0"))
+    fig.cold = answers(port, "v0", started)
+    clean()
+    started, _ = timed(lambda: first("v1"))
+    fig.warm = answers(port, "v1", started)
+    for n in range(2, 2 + args.redeploys):
+        started, wall = timed(lambda n=n: redeploy(f"v{n}"))    # type: ignore[misc]
+        fig.redeploy_new.append(answers(port, f"v{n}", started))
+        fig.redeploy_push.append(wall)
+    for _ in range(args.restarts):
+        fig.restart.append(timed(restart)[1])
+        answers(port, f"v{1 + args.redeploys}", time.monotonic())
+
+
+def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Deploys:
+    fig = Deploys(name)
+    base = Path(tempfile.mkdtemp(prefix="pkp-", dir="/tmp"))
+    base.chmod(0o755)
+    nginx = Nginx(base, base / "root" / "nginx")
+    root, env = pikud_root(base, nginx)
+    env.update(UV_CACHE_DIR=str(base / "uv-cache"), PIP_CACHE_DIR=str(base / "pip-cache"))
+    app_env = app_settings(nginx, server) + (f"PIKU_PYTHON_INSTALLER={args.installer}\n")
+    work = base / "work"
+    work_tree(work, " ".join(CLI) + " git-receive-pack")
+
+    def push(version: str) -> None:
+        commit_app(work, version, app_env)
+        run(["git", "-C", str(work), "push", "--quiet", "piku", "main"], env=env, timeout=600)
+
+    def clean() -> None:
+        run([*CLI, "destroy", "bench"], env=env)
+
+    def restart() -> None:
+        run([*CLI, "restart", "bench"], env=env, timeout=120)
+
+    daemon: subprocess.Popen[bytes] | None = None
+    with open(base / "pikud.log", "wb") as log:
+        try:
+            nginx.start()
+            daemon = start_pikud(root, env, log)
+            measure(fig, nginx.http_port, push, clean, push, restart, args)
+        finally:
+            try:
+                stop_pikud(fig.notes, daemon, root)
+            finally:
+                stop_nginx(fig.notes, nginx)
+    done(base, args)
+    return fig
+
+
+HOOK = """#!/bin/sh
+# What piku's deploy does for a requirements.txt app (see bench/push.py).
+set -e
+unset GIT_DIR GIT_WORK_TREE
+while read -r old new ref; do rev=$new; done
+app={app}
+env={env}
+[ -d "$app/.git" ] || git clone --quiet {repo} "$app"
+cd "$app"
+git fetch --quiet
+git reset --quiet --hard "$rev"
+if [ ! -d "$env" ]; then {virtualenv} "$env" >/dev/null; fresh=1; fi
+if [ -n "$fresh" ] || [ requirements.txt -nt "$env" ]; then
+    "$env/bin/pip" install --quiet -r requirements.txt
+    touch "$env"
+fi
+cp {vassal} {enabled}
+"""
+
+
+def uwsgi_setup(args: argparse.Namespace) -> Deploys:
+    fig = Deploys("piku (uWSGI emperor)")
+    base = Path(tempfile.mkdtemp(prefix="pkp-", dir="/tmp"))
+    base.chmod(0o755)
+    sites, vassals, repo = base / "sites", base / "uwsgi-enabled", base / "repo.git"
+    app_dir, venv, sock = base / "app", base / "env", base / "bench.sock"
+    for folder in (sites, vassals):
+        folder.mkdir()
+    nginx = Nginx(base, sites)
+    (sites / "bench.conf").write_text(piku_site(sock, nginx.http_port))
+    vassal = base / "bench_wsgi.1.ini"
+    vassal.write_text(piku_vassal(app_dir, venv, sock, base))
+    enabled = vassals / vassal.name
+    run(["git", "init", "--quiet", "--bare", str(repo)])
+    python = "/usr/bin/python3" if UWSGI.startswith("/usr/bin") else sys.executable
+    virtualenv = shutil.which("virtualenv")
+    make_env = f"{virtualenv} --python={python}" if virtualenv else f"{python} -m venv"
+    if not virtualenv:
+        fig.notes.append("no virtualenv on PATH: `python3 -m venv` made the environments")
+    hook = repo / "hooks" / "post-receive"
+    hook.write_text(HOOK.format(app=app_dir, env=venv, repo=repo, virtualenv=make_env,
+                                vassal=vassal, enabled=enabled))
+    hook.chmod(0o755)
+    env = dict(os.environ, PIP_CACHE_DIR=str(base / "pip-cache"))
+    work = base / "work"
+    work_tree(work, "git-receive-pack")
+    run(["git", "-C", str(work), "remote", "set-url", "piku", str(repo)])
+
+    def push(version: str) -> None:
+        commit_app(work, version, "")
+        run(["git", "-C", str(work), "push", "--quiet", "piku", "main"], env=env, timeout=600)
+
+    def clean() -> None:
+        enabled.unlink()
+        gone(nginx.http_port)           # the emperor stopped the vassal
+        shutil.rmtree(venv)
+        shutil.rmtree(app_dir)
+
+    def restart() -> None:              # piku restart: the vassal removed and written again
+        enabled.unlink()
+        shutil.copy(vassal, enabled)
+
+    emperor: subprocess.Popen[bytes] | None = None
+    try:
+        nginx.start()
+        emperor = start_emperor(vassals, base / "emperor.log")
+        measure(fig, nginx.http_port, push, clean, push, restart, args)
+    finally:
+        try:
+            stop_emperor(fig.notes, emperor)
+        finally:
+            stop_nginx(fig.notes, nginx)
+    done(base, args)
+    return fig
+
+
+def done(base: Path, args: argparse.Namespace) -> None:
+    if args.keep:
+        print(f"kept {base}", file=sys.stderr)
+    else:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def report(figs: list[Deploys], args: argparse.Namespace, elapsed: float) -> None:
+    def median(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f}" if values else "-"
+
+    rows = [
+        ("first deploy, cold cache: push start -> first 200 (s)",
+         [f"{f.cold:.2f}" for f in figs]),
+        ("first deploy, warm cache: push start -> first 200 (s)",
+         [f"{f.warm:.2f}" for f in figs]),
+        (f"code-only redeploy: push start -> first 200 of the new version, median of "
+         f"{args.redeploys} (s)", [median(f.redeploy_new) for f in figs]),
+        ("code-only redeploy: `git push` wall time, median (s)",
+         [median(f.redeploy_push) for f in figs]),
+        (f"restart: command wall time, median of {args.restarts} (s)",
+         [median(f.restart) for f in figs]),
+    ]
+    names = [f.name for f in figs]
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    print(f"\n{platform.node()}: {os.cpu_count()} cores, Linux {platform.release()}, "
+          f"CPython {platform.python_version()}, pikud at {commit} (its Python apps built "
+          f"with {args.installer}); load average {os.getloadavg()[0]:.2f} after a "
+          f"{elapsed:.0f} s run\n")
+    width = max(len(label) for label, _ in rows)
+    cols = [max(len(n), *(len(v[i]) for _, v in rows)) for i, n in enumerate(names)]
+    print(" " * width + "  " + "  ".join(n.rjust(c) for n, c in zip(names, cols, strict=True)))
+    for label, values in rows:
+        print(label.ljust(width) + "  "
+              + "  ".join(v.rjust(c) for v, c in zip(values, cols, strict=True)))
+    print("\n|  | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for label, values in rows:
+        print(f"| {label} | " + " | ".join(values) + " |")
+    for f in figs:
+        for note in f.notes:
+            print(f"{f.name}: {note}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redeploys", type=int, default=5, help="code-only redeploys to time")
+    parser.add_argument("--restarts", type=int, default=5, help="restarts to time")
+    parser.add_argument("--only", action="append", choices=("granian", "gunicorn", "uwsgi"),
+                        help="run only these setups (repeatable)")
+    parser.add_argument("--installer", choices=("uv", "pip"), default="uv",
+                        help="PIKU_PYTHON_INSTALLER for pikud's builds")
+    parser.add_argument("--keep", action="store_true", help="keep the temp folders (logs)")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="pkb-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIKU")}
-    env["PIKU_ROOT"] = str(root)
-    log = open(root.parent / f"{root.name}.log", "wb")
-    daemon = subprocess.Popen([sys.executable, "-m", "pikud", "serve"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(answered(lambda: (root / "pikud.sock").exists() and subprocess.run(
-            [*CLI, "apps"], env=env, capture_output=True).returncode == 0), 20, "pikud")
-        work = python_app(root.parent / f"{root.name}-app", "v0")
-        git(work, "remote", "add", "piku", "bench")
-        git(work, "config", "remote.piku.receivepack", " ".join(CLI) + " git-receive-pack")
-        first = timed_push(work, env, "bench", "v0")
-        redeploys = []
-        for n in range(1, args.redeploys + 1):
-            python_app(work, f"v{n}")
-            redeploys.append(timed_push(work, env, "bench", f"v{n}"))
-        python_app(work, "deps", extra={"requirements.txt":
-                                        "./wheels/tinypkg-1.0-py3-none-any.whl\n# changed\n"})
-        deps = timed_push(work, env, "bench", "deps")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(60)
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(root.parent / f"{root.name}-app", ignore_errors=True)
-        (root.parent / f"{root.name}.log").unlink(missing_ok=True)
-    median = statistics.median(redeploys)
-    rows = [
-        ("first push (new virtualenv + pip)", f"{first:.2f} s"),
-        (f"code-only redeploy (median of {len(redeploys)})", f"{median:.2f} s"),
-        ("  fastest / slowest", f"{min(redeploys):.2f} s / {max(redeploys):.2f} s"),
-        ("dependency change (new virtualenv + pip)", f"{deps:.2f} s"),
-        ("first push / code-only redeploy", f"{first / median:.1f}x (target: >= 3x)"),
-    ]
-    print(f"pikud push-to-running on {platform.node()} ({os.cpu_count()} cores, "
-          f"Python {platform.python_version()})")
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    print("\n| measurement | time |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name.strip()} | {value} |")
+    only = args.only or ["granian", "gunicorn", "uwsgi"]
+    if "uwsgi" in only and not os.access(UWSGI, os.X_OK):
+        print(f"{UWSGI} is missing: no uWSGI column (bench/run push installs it as root)",
+              file=sys.stderr)
+        only.remove("uwsgi")
+    started = time.monotonic()
+    figs = []
+    for which in only:
+        print(f"-----> {which}", file=sys.stderr, flush=True)
+        if which == "uwsgi":
+            figs.append(uwsgi_setup(args))
+        else:
+            figs.append(pikud_setup(f"pikud ({which})", None if which == "granian" else which,
+                                    args))
+    report(figs, args, time.monotonic() - started)
 
 
 if __name__ == "__main__":

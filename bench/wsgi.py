@@ -360,45 +360,80 @@ def commit_app(work: Path, version: str, env: str) -> None:
     run(["git", "-C", str(work), "commit", "--quiet", "-m", f"version {version}"])
 
 
-def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Figures:
-    fig = Figures(name)
-    base = Path(tempfile.mkdtemp(prefix="pkw-", dir="/tmp"))
-    base.chmod(0o755)
+def pikud_root(base: Path, nginx: Nginx) -> tuple[Path, dict[str, str]]:
+    """PIKU_ROOT for a pikud behind ``nginx`` (pikud.toml points it there) and its environment."""
     root = base / "root"
-    (root / "nginx").mkdir(parents=True)
-    nginx = Nginx(base, root / "nginx")
+    (root / "nginx").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIKU")}
     env.update(PIKU_ROOT=str(root), PIKU_PROXY="nginx")
     (root / "pikud.toml").write_text(
         f"nginx_test = {json.dumps([NGINX])}\n"
         f"nginx_reload = {json.dumps(nginx.reload_command)}\n"
         f"nginx_preamble = {json.dumps(nginx.preamble)}\n")
-    app_env = (f"NGINX_SERVER_NAME={HOST}\nNGINX_IPV4_ADDRESS=127.0.0.1\nDISABLE_IPV6=yes\n"
-               f"NGINX_HTTP_PORT={nginx.http_port}\nNGINX_HTTPS_PORT={nginx.https_port}\n"
-               "UWSGI_PROCESSES=2\nUWSGI_THREADS=4\n"
-               + (f"PIKU_WSGI_SERVER={server}\n" if server else ""))
-    work = base / "work"
+    return root, env
+
+
+def app_settings(nginx: Nginx, server: str | None) -> str:
+    """The app's ENV: its site on ``nginx``'s loopback ports, 2 processes x 4 threads."""
+    return (f"NGINX_SERVER_NAME={HOST}\nNGINX_IPV4_ADDRESS=127.0.0.1\nDISABLE_IPV6=yes\n"
+            f"NGINX_HTTP_PORT={nginx.http_port}\nNGINX_HTTPS_PORT={nginx.https_port}\n"
+            "UWSGI_PROCESSES=2\nUWSGI_THREADS=4\n"
+            + (f"PIKU_WSGI_SERVER={server}\n" if server else ""))
+
+
+def work_tree(work: Path, receivepack: str) -> None:
+    """A git work tree whose remote ``piku`` pushes over the local transport."""
     work.mkdir()
     run(["git", "-C", str(work), "init", "--quiet", "--initial-branch=main"])
     run(["git", "-C", str(work), "config", "user.email", "bench@example.invalid"])
     run(["git", "-C", str(work), "config", "user.name", "Bench"])
     run(["git", "-C", str(work), "remote", "add", "piku", "bench"])
-    run(["git", "-C", str(work), "config", "remote.piku.receivepack",
-         " ".join(CLI) + " git-receive-pack"])
+    run(["git", "-C", str(work), "config", "remote.piku.receivepack", receivepack])
+
+
+def start_pikud(root: Path, env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
+    """``pikud serve`` in its own session, once its control socket answers."""
+    daemon = subprocess.Popen([sys.executable, "-m", "pikud", "serve"], env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def up() -> bool:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"pikud exited ({daemon.returncode}); see its log")
+        return (root / "pikud.sock").exists() and subprocess.run(
+            [*CLI, "apps"], env=env, capture_output=True).returncode == 0
+    wait(up, 30, "pikud")
+    return daemon
+
+
+def stop_pikud(notes: list[str], daemon: subprocess.Popen[bytes] | None, root: Path) -> None:
+    """SIGTERM to pikud, then SIGKILL of anything of PIKU_ROOT left; noted when there is."""
+    if daemon is not None:
+        killed = stop_session(daemon, signal.SIGTERM, 60)
+        if daemon.returncode not in (0, None):
+            notes.append(f"pikud exited with status {daemon.returncode}")
+        if killed:
+            notes.append(f"LEFT BEHIND in pikud's session, killed: {killed}")
+    left = with_environ(f"PIKU_ROOT={root}".encode())
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    if left:
+        notes.append(f"LEFT BEHIND by pikud, killed: {left}")
+
+
+def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Figures:
+    fig = Figures(name)
+    base = Path(tempfile.mkdtemp(prefix="pkw-", dir="/tmp"))
+    base.chmod(0o755)
+    nginx = Nginx(base, base / "root" / "nginx")
+    root, env = pikud_root(base, nginx)
+    app_env = app_settings(nginx, server)
+    work = base / "work"
+    work_tree(work, " ".join(CLI) + " git-receive-pack")
     log = open(base / "pikud.log", "wb")
     daemon: subprocess.Popen[bytes] | None = None
     try:
         nginx.start()
-        daemon = subprocess.Popen([sys.executable, "-m", "pikud", "serve"], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        proc = daemon
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError("pikud exited: " + (base / "pikud.log").read_text())
-            return (root / "pikud.sock").exists() and subprocess.run(
-                [*CLI, "apps"], env=env, capture_output=True).returncode == 0
-        wait(up, 30, "pikud")
+        daemon = start_pikud(root, env, log)
         commit_app(work, "v1", app_env)
         started = time.monotonic()
         run(["git", "-C", str(work), "push", "--quiet", "piku", "main"], env=env, timeout=600)
@@ -424,27 +459,17 @@ def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Figu
                 capture_output=True, text=True).stdout.strip() or "?"
     finally:
         try:
-            if daemon is not None:
-                killed = stop_session(daemon, signal.SIGTERM, 60)
-                if daemon.returncode not in (0, None):
-                    fig.notes.append(f"pikud exited with status {daemon.returncode}")
-                if killed:
-                    fig.notes.append(f"LEFT BEHIND in pikud's session, killed: {killed}")
-            left = with_environ(f"PIKU_ROOT={root}".encode())
-            for pid in left:
-                os.kill(pid, signal.SIGKILL)
-            if left:
-                fig.notes.append(f"LEFT BEHIND by pikud, killed: {left}")
+            stop_pikud(fig.notes, daemon, root)
         finally:
             log.close()
-            stop_nginx(fig, nginx)
+            stop_nginx(fig.notes, nginx)
     return finish(fig, nginx, base, args)
 
 
-def stop_nginx(fig: Figures, nginx: Nginx) -> None:
+def stop_nginx(notes: list[str], nginx: Nginx) -> None:
     leftovers = nginx.stop()
     if leftovers:
-        fig.notes.append(f"LEFT BEHIND by nginx, killed: {leftovers}")
+        notes.append(f"LEFT BEHIND by nginx, killed: {leftovers}")
 
 
 def finish(fig: Figures, nginx: Nginx, base: Path, args: argparse.Namespace) -> Figures:
@@ -457,25 +482,14 @@ def finish(fig: Figures, nginx: Nginx, base: Path, args: argparse.Namespace) -> 
     return fig
 
 
-def uwsgi_setup(args: argparse.Namespace, flask_venv: Path) -> Figures:
-    fig = Figures("uWSGI emperor")
-    base = Path(tempfile.mkdtemp(prefix="pkw-", dir="/tmp"))
-    base.chmod(0o755)
-    sites = base / "sites"
-    vassals = base / "uwsgi-enabled"
-    app_dir = base / "app"
-    for folder in (sites, vassals, app_dir):
-        folder.mkdir()
-    sock = base / "bench.sock"
-    nginx = Nginx(base, sites)
-    (app_dir / "app.py").write_text(APP.format(version="v1"))
-    # The site piku writes for a wsgi app: uwsgi_pass to the vassal's socket.
-    (sites / "bench.conf").write_text(f"""\
+def piku_site(sock: Path, port: int) -> str:
+    """The nginx site piku writes for a wsgi app: uwsgi_pass to the vassal's socket."""
+    return f"""\
 upstream bench {{
     server unix:{sock};
 }}
 server {{
-    listen 127.0.0.1:{nginx.http_port};
+    listen 127.0.0.1:{port};
     server_name {HOST};
     gzip on;
     gzip_vary on;
@@ -491,10 +505,12 @@ server {{
         uwsgi_param HTTP_X_FORWARDED_PROTO $scheme;
     }}
 }}
-""")
-    # The vassal piku writes for `wsgi: app:app` with its defaults.
-    ini = vassals / "bench_wsgi.1.ini"
-    ini.write_text(f"""\
+"""
+
+
+def piku_vassal(app_dir: Path, venv: Path, sock: Path, logs: Path) -> str:
+    """The vassal piku writes for `wsgi: app:app` with its defaults."""
+    return f"""\
 [uwsgi]
 chdir = {app_dir}
 master = true
@@ -506,22 +522,36 @@ procname-prefix = bench:wsgi:
 enable-threads = true
 log-x-forwarded-for = false
 log-maxsize = 1048576
-logto2 = {base}/bench.wsgi.1.log
-log-backupname = {base}/bench.wsgi.1.log.old
-virtualenv = {flask_venv}
+logto2 = {logs}/bench.wsgi.1.log
+log-backupname = {logs}/bench.wsgi.1.log.old
+virtualenv = {venv}
 module = app:app
 threads = 4
 plugin = python3
 socket = {sock}
 chmod-socket = 666
-""")
+"""
+
+
+def uwsgi_setup(args: argparse.Namespace, flask_venv: Path) -> Figures:
+    fig = Figures("uWSGI emperor")
+    base = Path(tempfile.mkdtemp(prefix="pkw-", dir="/tmp"))
+    base.chmod(0o755)
+    sites = base / "sites"
+    vassals = base / "uwsgi-enabled"
+    app_dir = base / "app"
+    for folder in (sites, vassals, app_dir):
+        folder.mkdir()
+    sock = base / "bench.sock"
+    nginx = Nginx(base, sites)
+    (app_dir / "app.py").write_text(APP.format(version="v1"))
+    (sites / "bench.conf").write_text(piku_site(sock, nginx.http_port))
+    ini = vassals / "bench_wsgi.1.ini"
+    ini.write_text(piku_vassal(app_dir, flask_venv, sock, base))
     emperor: subprocess.Popen[bytes] | None = None
     try:
         nginx.start()
-        emperor = subprocess.Popen(
-            [UWSGI, "--emperor", str(vassals), "--logto", str(base / "emperor.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            start_new_session=True)
+        emperor = start_emperor(vassals, base / "emperor.log")
 
         def restart() -> None:
             os.utime(ini)
@@ -541,13 +571,25 @@ chmod-socket = 666
                              "(workers stuck at max-requests recycling)")
     finally:
         try:
-            if emperor is not None:
-                killed = stop_session(emperor, signal.SIGINT, 10)
-                if killed:
-                    fig.notes.append(f"uWSGI processes killed after SIGINT: {killed}")
+            stop_emperor(fig.notes, emperor)
         finally:
-            stop_nginx(fig, nginx)
+            stop_nginx(fig.notes, nginx)
     return finish(fig, nginx, base, args)
+
+
+def start_emperor(vassals: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``uwsgi --emperor`` on the folder of vassals, in its own session."""
+    return subprocess.Popen([UWSGI, "--emperor", str(vassals), "--logto", str(log)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_emperor(notes: list[str], emperor: subprocess.Popen[bytes] | None) -> None:
+    """SIGINT to the emperor (it stops its vassals), then SIGKILL of what is left."""
+    if emperor is not None:
+        killed = stop_session(emperor, signal.SIGINT, 10)
+        if killed:
+            notes.append(f"uWSGI processes killed after SIGINT: {killed}")
 
 
 def flask_virtualenv(base: Path) -> Path:

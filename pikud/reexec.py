@@ -229,6 +229,9 @@ class Reexec:
             daemon.control.pause()
             try:
                 async with self._locked():
+                    # A generation a deploy left draining is no app's to hand over: let it stop.
+                    await asyncio.gather(*(app.group.retired()
+                                           for app in daemon.registry.apps.values()))
                     await daemon.control.drain()
                     if daemon.router is not None:
                         if bridge is not None:

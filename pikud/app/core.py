@@ -12,7 +12,8 @@ routes to put back (``_put_back``), never state.
 # - Two ways to apply, one decision: a new release, or web processes that
 #   would be replaced while the daemon picks their ports, start a whole new
 #   generation beside the running one (``_switch``): traffic moves once it is
-#   ready, so no request is lost. Anything else is reconciled in place
+#   ready, so no request is lost, and the action returns then: the old
+#   generation drains in the background. Anything else is reconciled in place
 #   (``_reconcile``): workers replaced one at a time, slots added or removed.
 # - After an in-place change, traffic is routed to the processes that now
 #   run once the change is committed: as before the restructure, a failure
@@ -323,7 +324,9 @@ class AppCore:
 
     async def _switch(self, spec: AppSpec, release: Release | None, source: Path,
                       desired: dict[str, ProcessSpec], progress: Progress) -> None:
-        """Start a new generation beside the running one, move traffic, stop the old one.
+        """Start a new generation beside the running one and move traffic to it once it is
+        ready; the old one drains and stops after this returns (ProcessGroup.switch), and
+        how that went goes to the app's log (``retired:``).
 
         ``release`` becomes the current release (a deploy or rollback), or is
         the current one again (a restart or config change of web processes).
@@ -403,7 +406,10 @@ class AppCore:
                 return ""
             # A daemon-owned socket accepts before the server runs: ask it over HTTP.
             path = settings.healthcheck or ("/" if process.listen_port else None)
-            return await wait_ready(process.port, path, settings.ready_timeout)
+            # Checked from the spawn on, with the budget it had when the check began
+            # after PIKU_START_SECS: an answer makes the process RUNNING sooner.
+            return await wait_ready(process.port, path,
+                                    settings.start_secs + settings.ready_timeout)
         return ready
 
     async def _stop_all(self, *, untracked: bool = True) -> None:

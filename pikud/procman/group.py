@@ -4,13 +4,26 @@
 longer wanted stop, and slots whose spec changed are replaced one at a time,
 each new process having to reach RUNNING before the next old one goes.
 ``switch()`` replaces a whole generation (a deploy): the new one starts
-beside the old, and the old one stops only once every new process is RUNNING.
+beside the old, traffic moves once every new process is ready, and the old
+one drains and stops in the background (``retiring``): the deploy that
+switched has returned by then, and the outcome goes to the app's log.
 """
+
+# Design notes:
+# - Ready is the proof the app gives: a process with a port is ready when the
+#   readiness check passes, and that makes it RUNNING at once (no further
+#   PIKU_START_SECS wait: an answer proves more than uptime). A process without
+#   a port has no other proof than staying up start_secs.
+# - A retiring generation is no longer the group's (``processes``): ps, plans
+#   and handovers see the new one. ``stop()`` of the whole group stops the
+#   retiring ones too, at once, and ``retired()`` awaits them.
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from pikud.errors import DeployError
@@ -19,6 +32,8 @@ from pikud.procman.keeper import Keeper
 from pikud.procman.logs import Follower, LogFile
 from pikud.procman.plan import Plan, plan
 from pikud.procman.process import Adopted, EventSink, ManagedProcess, ProcessSpec
+
+log = logging.getLogger(__name__)
 
 Readiness = Callable[[ProcessSpec], Awaitable[str]]            # "" when ready, else why not
 Routing = Callable[[Mapping[str, ProcessSpec]], Awaitable[None]]   # move traffic to these
@@ -60,6 +75,7 @@ class ProcessGroup:
         self._followers = followers
         self._logs: dict[str, LogFile] = {}
         self._keeper = keeper or Keeper()
+        self._retiring: dict[asyncio.Task[None], list[ManagedProcess]] = {}
 
     @property
     def specs(self) -> dict[str, ProcessSpec]:
@@ -145,11 +161,12 @@ class ProcessGroup:
                      grace: float = 0.0) -> None:
         """Start the generation ``desired``; once all of it is ready, stop the old one.
 
-        Ready means RUNNING and, for each process, ``ready(spec)`` returning ""
-        (else it says why not). Then ``route`` moves traffic to the new
-        generation, the old one gets ``grace`` seconds for requests in flight,
-        and it is stopped once its sockets are quiet (see ``drain``). Slots
-        in ``exclusive`` cannot run twice at once (a fixed port): their old
+        Ready means, for each process, ``ready(spec)`` returning "" (else it
+        says why not) and RUNNING (see ``_ready``). Then ``route`` moves
+        traffic to the new generation and it returns: the old one retires in
+        the background, with ``grace`` seconds for requests in flight, and
+        stops once its sockets are quiet (see ``drain``). Slots in
+        ``exclusive`` cannot run twice at once (a fixed port): their old
         process stops first and comes back on failure.
         On any failure the new generation is stopped, the old one keeps
         running, and DeployError says why.
@@ -167,29 +184,91 @@ class ProcessGroup:
             for spec in held.values():
                 self._new(spec)
             raise
-        old = self.processes
+        old = list(self.processes.values())
         self.processes, self.incoming = self.incoming, {}
-        await drain(list(old.values()), grace)
-        await asyncio.gather(*(proc.stop() for proc in old.values()))
-        self._close_logs_not_in(self.processes)
+        if old:
+            task = asyncio.create_task(self._retire(old, grace), name="retire")
+            self._retiring[task] = old
+            task.add_done_callback(self._retiring.pop)
+
+    async def _retire(self, procs: list[ManagedProcess], grace: float) -> None:
+        """Drain and stop a generation traffic has left; say how it went in the app's log."""
+        started = time.monotonic()
+        names = ", ".join(proc.name for proc in procs)
+        try:
+            await drain(procs, grace)
+            await asyncio.gather(*(proc.stop() for proc in procs))
+        except Exception as exc:
+            log.exception("retiring %s failed", names)
+            self._on_event(None, "error", f"retire failed: {names}: "
+                           f"{type(exc).__name__}: {exc}")
+        else:
+            self._on_event(None, "retired", f"retired: {names} (the previous generation, "
+                           f"drained and stopped in {time.monotonic() - started:.1f}s)")
+        finally:
+            self._close_logs_not_in(self.processes)
+
+    async def retired(self) -> None:
+        """Wait until every generation a switch left has drained and stopped."""
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def _stop_retiring(self) -> None:
+        """Stop the retiring generations now: their drain is cut short."""
+        procs = [proc for task, old in self._retiring.items() if task.cancel() for proc in old]
+        await asyncio.gather(*(proc.stop() for proc in procs))
+        await self.retired()
 
     async def _check(self, procs: list[ManagedProcess], ready: Readiness | None) -> None:
-        """Raise DeployError unless every one of ``procs`` reaches RUNNING and is ready."""
-        started = await asyncio.gather(*(proc.started(settle_time(proc.spec)) for proc in procs))
-        failed = [f"{proc.name} {proc.state} ({proc.last_exit or 'no exit'})"
-                  for proc, ok in zip(procs, started, strict=True) if not ok]
-        if not failed and ready is not None:
-            problems = await asyncio.gather(*(ready(proc.spec) for proc in procs))
-            failed = [f"{proc.name} {problem}"
-                      for proc, problem in zip(procs, problems, strict=True) if problem]
+        """Raise DeployError unless every one of ``procs`` is ready (``_ready``)."""
+        problems = await asyncio.gather(*(self._ready(proc, ready) for proc in procs))
+        failed = [f"{proc.name} {problem}"
+                  for proc, problem in zip(procs, problems, strict=True) if problem]
         if failed:
             raise DeployError("the new processes did not start: " + "; ".join(failed))
 
+    @staticmethod
+    async def _ready(proc: ManagedProcess, ready: Readiness | None) -> str:
+        """"" once ``proc`` is ready, else why not.
+
+        A process with a port is ready once ``ready`` says so, as long as it
+        has not exited meanwhile, and it is then RUNNING at once. One without
+        (or with no check) is ready once RUNNING, after PIKU_START_SECS.
+        """
+        def why() -> str:
+            return f"{proc.state} ({proc.last_exit or 'no exit'})"
+
+        if ready is None or proc.spec.port is None:
+            if not await proc.started(settle_time(proc.spec)):
+                return why()
+            return await ready(proc.spec) if ready is not None else ""
+
+        async def exited() -> str:
+            if await proc.started(settle_time(proc.spec)):
+                await asyncio.Event().wait()        # RUNNING: the check alone decides
+            return why()
+
+        probe = asyncio.ensure_future(ready(proc.spec))
+        ended = asyncio.ensure_future(exited())
+        try:
+            done, _ = await asyncio.wait({probe, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            probe.cancel()
+            ended.cancel()
+        if ended in done:
+            return ended.result()
+        problem = probe.result()
+        if not problem and not proc.proven("it answered its readiness check"):
+            return why()
+        return problem
+
     async def stop(self, names: list[str] | tuple[str, ...] | None = None) -> None:
-        """Stop the named slots (all when None) at the same time and forget them."""
+        """Stop the named slots (all when None, and the retiring ones) at the same time
+        and forget them."""
         chosen = list(self.processes) if names is None else list(names)
         procs = [self.processes[name] for name in chosen if name in self.processes]
-        await asyncio.gather(*(proc.stop() for proc in procs))      # seen as STOPPING meanwhile
+        retiring = [self._stop_retiring()] if names is None else []
+        await asyncio.gather(*retiring, *(proc.stop() for proc in procs))  # STOPPING meanwhile
         for proc in procs:
             if self.processes.get(proc.name) is proc:
                 del self.processes[proc.name]

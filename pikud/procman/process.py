@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 S = ProcessState
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
-EventSink = Callable[[str, str, str], None]      # (process name, event, message)
+EventSink = Callable[[str | None, str, str], None]   # (process name or None, event, message)
 
 
 @dataclass(frozen=True)
@@ -351,6 +351,18 @@ class ManagedProcess:
         self._set_state(S.STARTING, f"spawned: {self.name} with pid {child.pid}")
         return child
 
+    def proven(self, why: str) -> bool:
+        """A STARTING process gave its proof of readiness (``why``): RUNNING now, without
+        waiting out start_secs. False when it is not STARTING with a live process."""
+        if self.state is S.RUNNING:
+            return True
+        if self.state is not S.STARTING or self.child is None or self.child.exited:
+            return False
+        self.failures = 0
+        # STARTING -> RUNNING: proved ready
+        self._set_state(S.RUNNING, f"success: {self.name} entered RUNNING state, {why}")
+        return True
+
     def _promote(self) -> None:
         if self.state is S.STARTING and self.child and not self.child.exited:
             self.failures = 0
@@ -401,6 +413,8 @@ class ManagedProcess:
         self.restarts += 1
         self.last_exit = ended = f"{info}{current().note(self.confinement, info.code)}"
         self.log.write_line(f"pikud: {self.name} {ended} after {uptime:.1f}s")
+        if self.state is S.RUNNING:     # proved ready before start_secs: a stable run all the same
+            uptime = max(uptime, self.spec.policy.start_secs)
         await self._retry_after(uptime, ended, child)
 
     async def _retry_after(self, uptime: float, info: str, child: Child | None = None) -> None:

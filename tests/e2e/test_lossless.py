@@ -74,6 +74,10 @@ def test_restart_redeploy_config_scale_and_a_failed_deploy_lose_no_request(
     with steady(pikud, "steady") as load:
         push(work, pikud.env)
     assert load.ok[0] == "v1 tinypkg=42" and load.ok[-1] == "v2 tinypkg=42"
+    # The push returned once traffic moved; the old generation drained after it, and
+    # the app's log says so.
+    wait_for(lambda: "retired: steady:web.1 (the previous generation, drained and stopped in"
+             in pikud.log_text("steady", "pikud"), 30, "the old generation's retirement")
 
     with steady(pikud, "steady"):
         assert pikud.cli("config:set", "steady", "GREETING=hi").returncode == 0

@@ -309,7 +309,8 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
             "wsgi_app.py": WSGI_APP, "asgi_app.py": ASGI_APP, "fd_app.py": FD_APP,
             "ENV": "PIKU_START_SECS=0.5\nPIKU_STOP_TIMEOUT=3\n" + env})
         out = ssh_push(sshd, work, app).stderr
-        assert server == "python3" or "Adding the app servers for the Procfile" in out, out
+        assert server == "python3" or ("Installing Python dependencies from requirements.txt "
+                                       "and the app servers (") in out, out
         proc = wait_for(lambda app=app: next((p for p in pikud.processes(app)
                                               if p["state"] == "RUNNING"), None),
                         30, f"{app} to run")

@@ -27,7 +27,7 @@ DEADLINE = 10.0
 QUICK = RestartPolicy(start_secs=0.2, backoff_base=0.1, backoff_max=0.4, start_retries=3,
                       fatal_cooloff=600)
 
-Event = tuple[str, str, str]        # (process name, event, phrase)
+Event = tuple[str | None, str, str]     # (process name or None for the app, event, phrase)
 
 
 class Events:
@@ -38,7 +38,7 @@ class Events:
         self.lines: list[tuple[str, str]] = []      # (source kind.N, timestamped line)
         self._new = asyncio.Event()
 
-    def __call__(self, name: str, event: str, phrase: str) -> None:
+    def __call__(self, name: str | None, event: str, phrase: str) -> None:
         self.seen.append((name, event, phrase))
         self._new.set()
 
@@ -46,7 +46,7 @@ class Events:
         self.lines.append((source, line))
         self._new.set()
 
-    def of(self, name: str) -> list[tuple[str, str]]:
+    def of(self, name: str | None) -> list[tuple[str, str]]:
         """(event, phrase) of one slot, in order."""
         return [(event, phrase) for who, event, phrase in self.seen if who == name]
 
@@ -63,7 +63,7 @@ class Events:
             raise AssertionError(f"no {what} within {deadline:g}s; events: "
                                  f"{self.seen}") from None
 
-    async def nth(self, name: str, event: str, count: int = 1,
+    async def nth(self, name: str | None, event: str, count: int = 1,
                   deadline: float = DEADLINE) -> str:
         """The phrase of the ``count``-th ``event`` of ``name``, once it happened."""
         def phrases() -> list[str]:

@@ -3,7 +3,10 @@ including the switches that fail, with real children and no daemon."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import signal
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -14,7 +17,7 @@ from pikud.procman.group import ProcessGroup
 from pikud.procman.plan import Plan
 from pikud.procman.process import ProcessSpec
 from pikud.procman.state import ProcessState
-from tests.integration.inprocess import Harness, gone
+from tests.integration.inprocess import QUICK, Harness, gone
 
 S = ProcessState
 W1, W2 = "t:worker.1", "t:worker.2"
@@ -129,9 +132,72 @@ async def test_a_switch_routes_to_the_new_generation_then_stops_the_old(
     assert routed == [{W1: S.RUNNING, W2: S.RUNNING}]
     assert group.incoming == {} and group.specs == new and states(group) == {
         W1: S.RUNNING, W2: S.RUNNING}
+    await group.retired()
     assert all(proc.state is S.STOPPED for proc in old.values())
     assert all(gone(pid or 0) for pid in old_pids.values())
     assert set(pids(group).values()).isdisjoint(old_pids.values())
+
+
+async def test_a_switch_returns_once_routed_and_the_old_generation_retires_after(
+        harness: Harness) -> None:
+    """The deploy does not wait for the drain: the old generation still runs when the
+    switch returns, stops in the background (its outcome an event for the app's log),
+    and a stop of the whole group cuts its drain short."""
+    group = harness.group()
+    await group.apply(specs(harness.spec("sleep 300", W1)))
+    old = group.processes[W1]
+    await group.switch(specs(harness.spec("sleep 299", W1)), ready=always_ready, grace=0.0)
+    assert old.state is S.RUNNING and group.processes[W1] is not old
+    phrase = await harness.events.nth(None, "retired")
+    assert phrase.startswith(f"retired: {W1} (the previous generation, drained and stopped")
+    assert old.state is S.STOPPED
+
+    current = group.processes[W1]
+    await group.switch(specs(harness.spec("sleep 298", W1)), ready=always_ready, grace=600.0)
+    assert current.state is S.RUNNING           # draining for 600 s
+    async with asyncio.timeout(5):
+        await group.stop()
+    assert current.state is S.STOPPED and group.processes == {}
+    assert len([e for _, e, _ in harness.events.seen if e == "retired"]) == 1
+
+
+async def test_a_process_that_answers_its_readiness_check_is_running_at_once(
+        harness: Harness) -> None:
+    """A web process is proved ready by its check; it does not wait out a long
+    PIKU_START_SECS, and an early exit afterwards counts as after a stable run."""
+    slow = replace(QUICK, start_secs=600.0)
+    web = replace(harness.spec("sleep 300", "t:web.1", policy=slow), port=1)
+    checked: list[str] = []
+
+    async def ready(spec: ProcessSpec) -> str:
+        checked.append(spec.name)
+        return ""
+
+    group = harness.group()
+    async with asyncio.timeout(5):
+        await group.switch(specs(web), ready=ready)
+    proc = group.processes["t:web.1"]
+    assert checked == ["t:web.1"] and proc.state is S.RUNNING
+    assert harness.events.of("t:web.1")[-1] == (
+        "RUNNING", "success: t:web.1 entered RUNNING state, it answered its readiness check")
+    assert proc.child is not None
+    os.kill(proc.child.pid, signal.SIGKILL)
+    assert (await harness.events.nth("t:web.1", "EXITED")).startswith("exited: t:web.1")
+
+
+async def test_a_web_process_that_exits_before_its_check_passes_fails_the_switch(
+        harness: Harness) -> None:
+    web = replace(harness.spec("exit 3", "t:web.1"), port=1)
+
+    async def never(spec: ProcessSpec) -> str:
+        await asyncio.Event().wait()
+        return ""
+
+    group = harness.group()
+    with pytest.raises(DeployError, match=r"t:web.1 BACKOFF \(exit status 3\)"):
+        async with asyncio.timeout(5):
+            await group.switch(specs(web), ready=never)
+    assert group.processes == {} and group.incoming == {}
 
 
 @pytest.mark.parametrize("failure", ["dies", "never ready", "route fails"])

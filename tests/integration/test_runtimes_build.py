@@ -19,7 +19,7 @@ import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from subprocess import DEVNULL, PIPE, STDOUT
 
@@ -38,15 +38,19 @@ REQUIREMENTS = f"./{WHEEL}\n"
 IMPORT = "import tinypkg; print(tinypkg.VALUE)"
 
 
-def make_wheel(path: Path, value: int = 42) -> Path:
-    """A pure-Python wheel of ``tinypkg`` 1.0 whose ``VALUE`` is ``value``."""
-    dist = "tinypkg-1.0.dist-info"
+def make_wheel(path: Path, value: int = 42, name: str = "tinypkg",
+               script: bool = False) -> Path:
+    """A pure-Python wheel of ``name`` 1.0 whose ``VALUE`` is ``value``; with ``script``,
+    it installs a console script ``bin/NAME``, as an app server's wheel does."""
+    dist = f"{name}-1.0.dist-info"
     files = {
-        "tinypkg/__init__.py": f"VALUE = {value}\n",
-        f"{dist}/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n",
+        f"{name}/__init__.py": f"VALUE = {value}\ndef main():\n    print(VALUE)\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
         f"{dist}/WHEEL": ("Wheel-Version: 1.0\nGenerator: pikud-tests\n"
                           "Root-Is-Purelib: true\nTag: py3-none-any\n"),
     }
+    if script:
+        files[f"{dist}/entry_points.txt"] = f"[console_scripts]\n{name} = {name}:main\n"
     record = []
     for name, text in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
@@ -176,6 +180,7 @@ def env_python(result: BuildResult, code: str, cwd: Path) -> str:
 
 
 # --- Python: requirements.txt with pip ---------------------------------------------
+PIP = {"PIKU_PYTHON_INSTALLER": "pip"}       # uv is the default
 @dataclass
 class Built:
     builds: Builds
@@ -199,14 +204,15 @@ def python_app(tmp_path_factory: pytest.TempPathFactory) -> Built:
     root = tmp_path_factory.mktemp("python")
     files: dict[str, str | bytes] = {"requirements.txt": REQUIREMENTS,
                                      WHEEL: wheel_bytes(root), "Procfile": "web: ./serve\n"}
-    builds = Builds(root, dict(files))
-    changed = Builds(root, {**files, "requirements.txt": f"# pinned\n{REQUIREMENTS}"}, count=100)
+    builds = Builds(root, dict(files), env=dict(PIP))
+    changed = Builds(root, {**files, "requirements.txt": f"# pinned\n{REQUIREMENTS}"},
+                     env=dict(PIP), count=100)
     failing = Builds(root, {**files, "requirements.txt": "./wheels/missing-1.0-py3-none-any.whl\n"},
-                     count=200)
+                     env=dict(PIP), count=200)
     wheel = make_wheel(root / "dist" / "tinypkg-1.0-py3-none-any.whl", value=7)
     project = Builds(root / "project", {"pyproject.toml": (
         "[project]\nname = 'app'\nversion = '1.0'\n"
-        f"dependencies = ['tinypkg @ {wheel.as_uri()}']\n")}, env={"PATH": path_without_uv()})
+        f"dependencies = ['tinypkg @ {wheel.as_uri()}']\n")}, env=dict(PIP))
 
     async def build_all() -> list[BuildResult | BaseException]:
         return list(await asyncio.gather(builds.build(), changed.build(), failing.build(),
@@ -321,13 +327,40 @@ def test_pyproject_dependencies_are_installed_with_pip(python_app: Built, tmp_pa
                for line in python_app.project.output), python_app.project.output
 
 
-async def test_requirements_with_uv(tmp_path: Path) -> None:
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+async def test_requirements_and_the_app_servers_install_in_one_resolve(
+        tmp_path: Path, installer: str) -> None:
+    """uv by default, with no uv on PATH (pikud's own); pip when PIKU_PYTHON_INSTALLER
+    says so. The Procfile's servers go into the same install command as requirements.txt."""
+    links = tmp_path / "links"
+    make_wheel(links / "tinyserver-1.0-py3-none-any.whl", 5, "tinyserver", script=True)
+    offline = {"UV_FIND_LINKS": str(links), "UV_OFFLINE": "1", "PIP_FIND_LINKS": str(links),
+               "PIP_NO_INDEX": "1"}
+    env = {"PATH": path_without_uv(), **offline, "PIKU_PYTHON_INSTALLER": installer}
     builds = Builds(tmp_path, {"requirements.txt": REQUIREMENTS, WHEEL: wheel_bytes(tmp_path)},
-                    env={"PATH": tool_alone(tmp_path, "uv", UV)})
-    result = await builds.build()
+                    env=env)
+    source = builds.release()
+    context = replace(builds.context(source), servers=("tinyserver",))
+    async with asyncio.timeout(RUN_DEADLINE):
+        result = await detect(source, parse_procfile("web: ./serve\n")).build(context)
     assert env_python(result, IMPORT, tmp_path) == "42"
-    assert any(line.startswith("$ ") and " pip install --python " in line
-               for line in builds.output), builds.output
+    assert result.env_path is not None and (result.env_path / "bin" / "tinyserver").exists()
+    installs = [line for line in builds.output if line.startswith("$ ") and " install" in line]
+    assert len(installs) == 1 and installs[0].endswith(" -r requirements.txt tinyserver"), \
+        builds.output
+    assert (" pip install --python " in installs[0]) is (installer == "uv")
+    created = [line for line in builds.output if " venv " in line]
+    assert len(created) == 1 and (" -m venv " in created[0]) is (installer == "pip")
+    assert ("Installing Python dependencies from requirements.txt and the app servers "
+            f"(tinyserver) with {installer}") in builds.progress
+
+
+async def test_a_bad_python_installer_is_named(tmp_path: Path) -> None:
+    builds = Builds(tmp_path, {"requirements.txt": REQUIREMENTS}, env={
+        "PIKU_PYTHON_INSTALLER": "conda"})
+    with pytest.raises(EnvError, match="PIKU_PYTHON_INSTALLER: expected uv or pip, got 'conda'"):
+        await builds.build()
+    assert builds.env_dirs() == set()
 
 
 async def test_poetry_installs_the_main_dependencies(tmp_path: Path) -> None:
@@ -364,8 +397,6 @@ async def test_poetry_installs_the_main_dependencies(tmp_path: Path) -> None:
     ({"pyproject.toml": "[tool.poetry]\nname = 'app'\n"},
      "Python (pyproject.toml, poetry) needs poetry: install poetry on the server "
      "(e.g. apt-get install python3-poetry)"),
-    ({"pyproject.toml": "[project]\nname = 'app'\n", "uv.lock": ""},
-     "Python (pyproject.toml, uv) needs uv"),
 ])
 async def test_missing_toolchain_names_the_tool(tmp_path: Path, files: dict[str, str],
                                                 message: str) -> None:

@@ -1,4 +1,4 @@
-"""Python: a virtualenv per set of dependency files, installed by pip, uv or poetry.
+"""Python: a virtualenv per set of dependency files, installed by uv, pip or poetry.
 
 Detected by ``requirements.txt``, or by a ``pyproject.toml`` that describes a
 Python project. What installs the dependencies (``plan_python``, pure):
@@ -6,15 +6,22 @@ Python project. What installs the dependencies (``plan_python``, pure):
 ====================================  =========================================
 the app has                           the build runs
 ====================================  =========================================
-requirements.txt                      venv + ``pip install -r`` (uv when on PATH:
-                                      ``uv venv`` + ``uv pip install -r``)
-pyproject.toml + uv.lock/[tool.uv]    ``uv sync --frozen`` (uv is required)
+requirements.txt                      ``uv venv`` + ``uv pip install -r``; with
+                                      PIKU_PYTHON_INSTALLER=pip: ``python -m
+                                      venv`` + ``pip install -r``
+pyproject.toml + uv.lock/[tool.uv]    ``uv sync --frozen``
 pyproject.toml + poetry.lock/         venv + ``poetry install --no-root``
 [tool.poetry]                         (poetry is required)
-pyproject.toml, uv on PATH            ``uv sync``
-pyproject.toml, nothing else          venv + ``pip install`` of
+pyproject.toml, nothing else          ``uv sync``; with PIKU_PYTHON_INSTALLER=pip:
+                                      venv + ``pip install`` of
                                       ``[project].dependencies``
 ====================================  =========================================
+
+uv is a dependency of pikud, so it is always there (``uv_binary``). The app
+servers the Procfile needs (granian, gunicorn, uvicorn) go into the same
+install as requirements.txt or ``[project].dependencies``: one resolve, one
+run. A lock file (uv sync, poetry) is installed as it is, and the servers are
+added after it.
 
 The project's own code is never installed into the environment: it runs from
 the release directory (uv ``--no-install-project``, poetry ``--no-root``).
@@ -30,6 +37,15 @@ environment is shared by every release with the same dependency files.
 # - uv.lock is honoured with --frozen and never deleted (piku deletes it).
 # - dev dependencies are left out (uv --no-dev, poetry --only main): this is
 #   a production environment.
+# - uv by default: ``python -m venv`` bootstraps pip through ensurepip (about
+#   3 s) and pip resolves again on every build, cache or not; ``uv venv`` takes
+#   milliseconds and ``uv pip install`` links from its cache. pip stays one
+#   setting away (PIKU_PYTHON_INSTALLER=pip) for an index or a package only
+#   pip handles.
+# - uv compiles the bytecode at install (--compile-bytecode), as pip does: the
+#   app's processes then never compile it at each start (granian + Flask:
+#   listening after 0.12-0.25 s against 0.31-0.52 s where PYTHONDONTWRITEBYTECODE
+#   is set or the venv is read-only), which every restart and respawn pays.
 
 from __future__ import annotations
 
@@ -40,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from pikud.appspec import Procfile
+from pikud.convert import bad_value
 from pikud.deploy.runtimes.base import BuildContext, BuildResult
 from pikud.deploy.runtimes.envcache import build_once, content_key, shown
 from pikud.deploy.runtimes.interpreters import (
@@ -48,7 +65,7 @@ from pikud.deploy.runtimes.interpreters import (
     find_interpreter,
     requested_version,
 )
-from pikud.deploy.runtimes.tools import require, which
+from pikud.deploy.runtimes.tools import require, uv_binary
 from pikud.deploy.runtimes.uvpython import KEY as UV_INSTALL_KEY
 from pikud.deploy.runtimes.uvpython import allowed, uv_install
 from pikud.errors import BuildError
@@ -58,6 +75,8 @@ PYPROJECT = "pyproject.toml"
 UV_LOCK = "uv.lock"
 POETRY_LOCK = "poetry.lock"
 _PROJECT_TABLES = ("project", "build-system")
+INSTALLER_KEY = "PIKU_PYTHON_INSTALLER"
+INSTALLERS = ("uv", "pip")
 _PIP = ("-m", "pip", "install", "--disable-pip-version-check", "--no-input",
         "--progress-bar", "off")
 
@@ -100,18 +119,29 @@ def is_python_project(pyproject: Mapping[str, Any] | None, names: frozenset[str]
             or UV_LOCK in names or POETRY_LOCK in names)
 
 
+def installer(env: Mapping[str, str]) -> str:
+    """``PIKU_PYTHON_INSTALLER``: uv (the default) or pip; anything else is an EnvError."""
+    value = env.get(INSTALLER_KEY, "").strip().lower() or INSTALLERS[0]
+    if value not in INSTALLERS:
+        raise bad_value(INSTALLER_KEY, " or ".join(INSTALLERS), env[INSTALLER_KEY])
+    return value
+
+
 def plan_python(names: frozenset[str], pyproject: Mapping[str, Any] | None, *,
-                uv_on_path: bool) -> PythonPlan | None:
-    """How to install an app's dependencies, from its file names and pyproject; pure."""
+                uv: bool) -> PythonPlan | None:
+    """How to install an app's dependencies, from its file names and pyproject; pure.
+
+    ``uv``: uv installs a requirements.txt or a plain pyproject (else pip does).
+    """
     if REQUIREMENTS in names:
-        return PythonPlan("requirements", (REQUIREMENTS,), uv=uv_on_path)
+        return PythonPlan("requirements", (REQUIREMENTS,), uv=uv)
     if pyproject is None or not is_python_project(pyproject, names):
         return None
     if UV_LOCK in names or (_tool(pyproject, "uv") and POETRY_LOCK not in names):
         return PythonPlan("uv-sync", (PYPROJECT, UV_LOCK))
     if POETRY_LOCK in names or _tool(pyproject, "poetry"):
         return PythonPlan("poetry", (PYPROJECT, POETRY_LOCK))
-    if uv_on_path:
+    if uv:
         return PythonPlan("uv-sync", (PYPROJECT, UV_LOCK))
     return PythonPlan("project", (PYPROJECT,))
 
@@ -125,12 +155,12 @@ def project_dependencies(pyproject: Mapping[str, Any]) -> list[str]:
     return deps
 
 
-def _plan(source: Path, *, uv_on_path: bool) -> tuple[PythonPlan | None, dict[str, Any]]:
+def _plan(source: Path, *, uv: bool) -> tuple[PythonPlan | None, dict[str, Any]]:
     """The plan for the app in ``source`` and its pyproject (read only when it matters)."""
     names = frozenset(name for name in (REQUIREMENTS, PYPROJECT, UV_LOCK, POETRY_LOCK)
                       if (source / name).is_file())
     pyproject = None if REQUIREMENTS in names else read_pyproject(source)
-    return plan_python(names, pyproject, uv_on_path=uv_on_path), pyproject or {}
+    return plan_python(names, pyproject, uv=uv), pyproject or {}
 
 
 def build_env(ctx: BuildContext, venv: Path) -> dict[str, str]:
@@ -145,15 +175,17 @@ class Python:
     name = "python"
 
     def detect(self, source: Path, procfile: Procfile) -> bool:
-        return _plan(source, uv_on_path=False)[0] is not None
+        return _plan(source, uv=False)[0] is not None
 
     async def build(self, ctx: BuildContext) -> BuildResult:
         source = ctx.source
-        plan, pyproject = _plan(source, uv_on_path=which("uv", ctx.env) is not None)
+        plan, pyproject = _plan(source, uv=installer(ctx.env) == "uv")
         if plan is None:
             raise BuildError(f"no {REQUIREMENTS} and no Python {PYPROJECT}")
-        tools = require([plan.tool] if plan.tool != "pip" else [], ctx.env,
-                        needed_by=f"Python ({plan.files[0]}, {plan.tool})")
+        uv = uv_binary(ctx.env)
+        found = {"uv": uv} if uv is not None else {}
+        tools = found | require([plan.tool] if plan.tool not in ("pip", *found) else [],
+                                ctx.env, needed_by=f"Python ({plan.files[0]}, {plan.tool})")
         deps = project_dependencies(pyproject) if plan.method == "project" else []
         request = requested_version(ctx.env, source)
         try:
@@ -172,7 +204,9 @@ class Python:
 
         async def fill(venv: Path) -> None:
             ctx.progress(f"Python {interpreter.full} virtualenv: {label}")
-            ctx.progress(f"Installing Python dependencies from {plan.files[0]} with {plan.tool}")
+            servers = f" and the app servers ({', '.join(ctx.servers)})" if ctx.servers else ""
+            ctx.progress(f"Installing Python dependencies from {plan.files[0]}{servers} "
+                         f"with {plan.tool}")
             await self._install(ctx, plan, interpreter, venv, tools.get(plan.tool, plan.tool),
                                 env, deps)
             missing = [name for name in ctx.servers if not (venv / "bin" / name).exists()]
@@ -191,7 +225,7 @@ class Python:
                        request: tuple[str, str] | None, exc: BuildError) -> Interpreter:
         """No interpreter meets ``request``: uv installs one if the app allows it; else a
         .python-version of a pip app is a hint, as piku has it, and PYTHON_VERSION fails."""
-        uv = which("uv", ctx.env)
+        uv = uv_binary(ctx.env)
         if request is not None and uv is not None and allowed(ctx.env):
             ctx.progress(f"{exc}: installing it with uv ({UV_INSTALL_KEY} is set)")
             return await uv_install(request, ctx.env, ctx.run, ctx.source, uv)
@@ -209,7 +243,8 @@ class Python:
         if plan.method == "uv-sync":
             frozen = ["--frozen"] if (source / UV_LOCK).is_file() else []
             await run([tool, "sync", "--python", interpreter.path, "--python-preference",
-                       "only-system", "--no-dev", "--no-install-project", *frozen],
+                       "only-system", "--no-dev", "--no-install-project", "--compile-bytecode",
+                       *frozen],
                       cwd=source, env={**env, "UV_PROJECT_ENVIRONMENT": str(venv)})
             return
         if plan.uv:
@@ -221,7 +256,9 @@ class Python:
             await run([tool, "install", "--no-root", "--only", "main", "--no-interaction",
                        "--no-ansi"], cwd=source, env={**env, "POETRY_VIRTUALENVS_CREATE": "false"})
             return
-        args = ["-r", REQUIREMENTS] if plan.method == "requirements" else deps
+        # The app servers in the same resolve as the app's own dependencies.
+        args = [*(["-r", REQUIREMENTS] if plan.method == "requirements" else deps),
+                *ctx.servers]
         if not args:
             ctx.progress(f"{PYPROJECT} lists no dependencies")
             return
@@ -232,8 +269,8 @@ class Python:
         """pip-install ``args`` into the venv (with uv when the plan uses uv)."""
         python = str(venv / "bin" / "python")
         if plan.uv or plan.method == "uv-sync":
-            await ctx.run([tool, "pip", "install", "--python", python, *args], cwd=ctx.source,
-                          env=env)
+            await ctx.run([tool, "pip", "install", "--python", python, "--compile-bytecode",
+                           *args], cwd=ctx.source, env=env)
         else:
             await ctx.run([python, *_PIP, *args], cwd=ctx.source, env=env)
 

@@ -47,6 +47,19 @@ def which(tool: str, env: Mapping[str, str]) -> str | None:
     return shutil.which(tool, path=env.get("PATH", os.defpath))
 
 
+def uv_binary(env: Mapping[str, str]) -> str | None:
+    """pikud's own uv (a dependency of pikud, so always installed beside it), else one on
+    ``env``'s PATH; None when neither exists.
+
+    pikud's own comes first: every app builds with the uv pikud was released with.
+    """
+    try:
+        from uv import find_uv_bin  # imported here: only a Python build needs it
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        return which("uv", env)
+
+
 def missing_message(needed_by: str, missing: Sequence[str]) -> str:
     """``"Rust (Cargo.toml) needs cargo: install cargo on the server (e.g. ...)"``."""
     names = ", ".join(missing)

@@ -17,9 +17,9 @@ from pikud.deploy.runtimes.interpreters import (
     requested_version,
 )
 from pikud.deploy.runtimes.node import install_argv, node_request, package_manager
-from pikud.deploy.runtimes.python import PythonPlan, plan_python
+from pikud.deploy.runtimes.python import INSTALLER_KEY, PythonPlan, installer, plan_python
 from pikud.deploy.runtimes.tools import missing_message, parse_version, version_matches
-from pikud.errors import BuildError, DeployError
+from pikud.errors import BuildError, DeployError, EnvError
 
 WEB = "web: ./serve\n"
 PROJECT = "[project]\nname = 'app'\nversion = '1'\n"
@@ -110,7 +110,7 @@ def test_malformed_pyproject_is_an_error(tmp_path: Path) -> None:
 # --- how Python dependencies are installed ---------------------------------
 REQ, PYP, UVL, POL = "requirements.txt", "pyproject.toml", "uv.lock", "poetry.lock"
 PLANS = [
-    # (files, pyproject text, uv on PATH, expected (method, tool) or None)
+    # (files, pyproject text, uv installs plain requirements/pyproject, expected)
     ({REQ}, None, False, ("requirements", "pip")),
     ({REQ}, None, True, ("requirements", "uv")),
     ({REQ, PYP}, "[tool.poetry]\n", False, ("requirements", "pip")),
@@ -131,13 +131,24 @@ PLANS = [
 def test_plan_python(names: set[str], text: str | None, uv: bool,
                      expected: tuple[str, str] | None) -> None:
     pyproject = tomllib.loads(text) if text is not None else None
-    plan = plan_python(frozenset(names), pyproject, uv_on_path=uv)
+    plan = plan_python(frozenset(names), pyproject, uv=uv)
     assert ((plan.method, plan.tool) if plan else None) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, "uv"), ("", "uv"), ("uv", "uv"), ("pip", "pip"), (" PIP ", "pip")])
+def test_python_installer(value: str | None, expected: str) -> None:
+    assert installer({} if value is None else {INSTALLER_KEY: value}) == expected
+
+
+def test_a_bad_python_installer_names_the_key() -> None:
+    with pytest.raises(EnvError, match="PIKU_PYTHON_INSTALLER: expected uv or pip, got 'poetry'"):
+        installer({INSTALLER_KEY: "poetry"})
 
 
 def test_plan_files_key_the_environment() -> None:
     assert PythonPlan("uv-sync", (PYP, UVL)).files == ("pyproject.toml", "uv.lock")
-    plan = plan_python(frozenset({PYP, POL}), {"tool": {"poetry": {}}}, uv_on_path=False)
+    plan = plan_python(frozenset({PYP, POL}), {"tool": {"poetry": {}}}, uv=False)
     assert plan is not None and plan.files == (PYP, POL)
 
 
