@@ -65,7 +65,7 @@ from pikud.deploy.runtimes.interpreters import (
     find_interpreter,
     requested_version,
 )
-from pikud.deploy.runtimes.tools import require, uv_binary
+from pikud.deploy.runtimes.tools import require, uv_binary, with_system_certs
 from pikud.deploy.runtimes.uvpython import KEY as UV_INSTALL_KEY
 from pikud.deploy.runtimes.uvpython import allowed, uv_install
 from pikud.errors import BuildError
@@ -164,8 +164,10 @@ def _plan(source: Path, *, uv: bool) -> tuple[PythonPlan | None, dict[str, Any]]
 
 
 def build_env(ctx: BuildContext, venv: Path) -> dict[str, str]:
-    """The build's environment: the app's, with the venv active and output unbuffered."""
-    env = {key: value for key, value in ctx.env.items() if key != "PYTHONHOME"}
+    """The build's environment: the app's, with the venv active, output unbuffered, and
+    uv trusting the system's certificates."""
+    env = with_system_certs({key: value for key, value in ctx.env.items()
+                             if key != "PYTHONHOME"})
     env.update(PYTHONUNBUFFERED="1", VIRTUAL_ENV=str(venv),
                PATH=f"{venv / 'bin'}:{ctx.env.get('PATH', '')}", UV_PYTHON_DOWNLOADS="never")
     return env

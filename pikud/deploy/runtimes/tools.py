@@ -60,6 +60,18 @@ def uv_binary(env: Mapping[str, str]) -> str | None:
         return which("uv", env)
 
 
+UV_CERTS_KEYS = ("UV_SYSTEM_CERTS", "UV_NATIVE_TLS")     # uv >= 0.9's name, and the older one
+
+
+def with_system_certs(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for uv, which trusts the platform's certificate store as pip does (pip uses
+    it through truststore): uv's own bundled roots refuse a server behind a company's
+    TLS proxy whose CA is installed system-wide. Left alone if the app or pikud set it."""
+    if any(key in env for key in UV_CERTS_KEYS):
+        return dict(env)
+    return {**env, **dict.fromkeys(UV_CERTS_KEYS, "1")}
+
+
 def missing_message(needed_by: str, missing: Sequence[str]) -> str:
     """``"Rust (Cargo.toml) needs cargo: install cargo on the server (e.g. ...)"``."""
     names = ", ".join(missing)

@@ -22,7 +22,7 @@ from pikud.deploy.runtimes.interpreters import (
     find_pythons,
     parse_request,
 )
-from pikud.deploy.runtimes.tools import probe
+from pikud.deploy.runtimes.tools import probe, with_system_certs
 from pikud.errors import BuildError
 
 KEY = "PIKU_UV_PYTHON_INSTALL"
@@ -37,7 +37,7 @@ async def uv_install(request: tuple[str, str], env: Mapping[str, str], run: Runn
                      uv: str) -> Interpreter:
     """``uv python install`` the requested version; the interpreter it installed."""
     wanted = ".".join(map(str, parse_request(*request)))
-    uv_env = {**env, "UV_PYTHON_DOWNLOADS": "manual"}
+    uv_env = {**with_system_certs(env), "UV_PYTHON_DOWNLOADS": "manual"}
     try:
         await run([uv, "python", "install", wanted], cwd=cwd, env=uv_env)
     except BuildError as exc:

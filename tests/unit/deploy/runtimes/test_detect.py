@@ -18,7 +18,12 @@ from pikud.deploy.runtimes.interpreters import (
 )
 from pikud.deploy.runtimes.node import install_argv, node_request, package_manager
 from pikud.deploy.runtimes.python import INSTALLER_KEY, PythonPlan, installer, plan_python
-from pikud.deploy.runtimes.tools import missing_message, parse_version, version_matches
+from pikud.deploy.runtimes.tools import (
+    missing_message,
+    parse_version,
+    version_matches,
+    with_system_certs,
+)
 from pikud.errors import BuildError, DeployError, EnvError
 
 WEB = "web: ./serve\n"
@@ -295,3 +300,10 @@ def test_content_key(tmp_path: Path) -> None:
     req.unlink()
     assert content_key([], [req]) != empty
     assert content_key(["ab", "c"], []) != content_key(["a", "bc"], [])
+
+
+def test_uv_trusts_the_system_certificates_unless_told_otherwise() -> None:
+    assert with_system_certs({"PATH": "/bin"}) == {
+        "PATH": "/bin", "UV_SYSTEM_CERTS": "1", "UV_NATIVE_TLS": "1"}
+    assert with_system_certs({"UV_NATIVE_TLS": "0"}) == {"UV_NATIVE_TLS": "0"}
+    assert with_system_certs({"UV_SYSTEM_CERTS": "false"}) == {"UV_SYSTEM_CERTS": "false"}
