@@ -15,29 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST, Pikud, alive, wait_for
+from tests.integration.app_code import PID_SERVER
 from tests.integration.systemd_stand_in import SystemdStandIn
 
-# Serves the daemon's socket (fd 3) and says which process answered; logs nothing per
-# request, so a long load cannot fill its log pipe while no pikud reads it.
-WEB = """\
-import os, socket
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = str(os.getpid()).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-server = HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
-server.socket = socket.socket(fileno=3)
-server.serve_forever()
-"""
 TICK = """\
 import itertools, time
 for n in itertools.count():
@@ -92,7 +72,7 @@ def ticks(daemon: Pikud) -> list[int]:
 def deploy(daemon: Pikud) -> dict[str, dict[str, object]]:
     app = daemon.add_app("keep", "web: python3 web.py\nworker: python3 tick.py\n",
                          FAST + "PIKU_LISTEN_FDS=true\n")
-    (app / "web.py").write_text(WEB)
+    (app / "web.py").write_text(PID_SERVER)
     (app / "tick.py").write_text(TICK)
     daemon.api("POST", "/apps/keep/deploy")
     return {name: daemon.wait_state("keep", name, "RUNNING")

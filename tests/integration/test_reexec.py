@@ -21,31 +21,8 @@ import pikud as package
 from pikud.errors import PikudError
 
 from ..conftest import FAST, Pikud, app_processes, json_out, wait_for
+from .app_code import PID_SERVER
 
-PID_SERVER = """\
-import os, socket
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        body = str(os.getpid()).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
-server.socket = socket.socket(fileno=3)
-server.daemon_threads = True
-server.serve_forever()
-"""
 VERSION = package.__version__
 TICKER = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.2)\n"
 WORKER = "worker: exec python3 ticker.py\n"
