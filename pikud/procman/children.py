@@ -329,9 +329,10 @@ def descendants(pid: int) -> set[int]:
             continue
         found.add(current)
         try:
-            for task in os.scandir(f"/proc/{current}/task"):
-                with open(f"{task.path}/children", "rb") as f:
-                    todo += [int(child) for child in f.read().split()]
+            with os.scandir(f"/proc/{current}/task") as tasks:   # closed when a task is gone
+                for task in tasks:
+                    with open(f"{task.path}/children", "rb") as f:
+                        todo += [int(child) for child in f.read().split()]
         except OSError:
             continue
     return found
