@@ -19,6 +19,7 @@ envelope with the error's ``code`` and HTTP ``status``::
     |   +-- FromAppProcess          app_process     403   the peer is a process pikud started
     |   +-- PushRefused             push_refused    403   git-hook without a live push ticket
     +-- Starting                    starting        503   boot stops a killed pikud's processes
+    +-- ShuttingDown                shutting_down   503   an action after the shutdown's stop
     +-- DeployError                 deploy_failed   409   nothing to run, new processes failed, ...
     |   +-- BuildError              build_failed    409   checkout, preflight or build step failed
     |   +-- ReleaseError            release_failed  409   the Procfile's release command failed
@@ -138,6 +139,13 @@ class Starting(PikudError):
     def __init__(self, waited: float) -> None:
         super().__init__(f"pikud is starting: it is still stopping the processes a previous "
                          f"pikud left running (waited {waited:g}s); try again shortly")
+
+
+class ShuttingDown(PikudError):
+    """An action came after the daemon's shutdown had stopped the app: nothing starts."""
+
+    code = "shutting_down"
+    status = 503
 
 
 class DeployError(PikudError):

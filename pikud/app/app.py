@@ -169,6 +169,8 @@ class App(AppCore):
         the app called stopped while it runs.
         """
         async with self.lock:
+            if not persist:     # the daemon's shutdown: an action queued behind it starts nothing
+                self.group.close()
             if self.spec is not None:       # the router answers 503; nginx keeps its config
                 await self.publish(self.spec, self.source(self.release), {})
             self._watch_idle(0)

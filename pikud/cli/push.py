@@ -12,13 +12,6 @@ from typing import Any
 import click
 
 from pikud.cli.common import allowed, app_path, client, color, emit, json_option, print_json
-from pikud.deploy.receive import (
-    app_from_git_path,
-    ensure_repo,
-    point_head_at,
-    pushed_revision,
-    quarantine_env,
-)
 from pikud.errors import PikudError
 from pikud.output import format_ps, format_table
 from pikud.paths import Paths, cli_argv
@@ -87,6 +80,9 @@ def rollback(app: str, release: int | None, as_json: bool) -> None:
 def git_receive_pack(path: str) -> None:
     """sshd's `git push`: ask pikud for a push ticket (the key needs deploy on APP), make
     the bare repo on first push, then hand over to git; the hook spends the ticket."""
+    # Imported here, as in the other git commands: receive.py brings the app-spec
+    # parsers, which no other command needs and every ssh command would pay for.
+    from pikud.deploy.receive import app_from_git_path, ensure_repo
     app = app_from_git_path(path)
     ticket = client().request("POST", app_path(app, "push"))["ticket"]
     repo = ensure_repo(Paths.from_env(), app, cli_argv())
@@ -97,6 +93,7 @@ def git_receive_pack(path: str) -> None:
 @click.argument("path")
 def git_upload_pack(path: str) -> None:
     """sshd's `git clone`/`fetch` of an app's repo."""
+    from pikud.deploy.receive import app_from_git_path
     app = app_from_git_path(path)
     allowed("git-upload-pack", app)
     repo = Paths.from_env().repo(app)
@@ -109,6 +106,7 @@ def git_upload_pack(path: str) -> None:
 @click.argument("app")
 def git_hook(app: str) -> None:
     """The repo's pre-receive hook: deploy the pushed revision; a failure rejects the push."""
+    from pikud.deploy.receive import point_head_at, pushed_revision, quarantine_env
     push = pushed_revision(sys.stdin.read())
     if push is None:
         return

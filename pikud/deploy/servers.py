@@ -83,9 +83,15 @@ def server_command(kind: str, target: str, env: Mapping[str, str],
     if server == "granian":
         # A killed worker is replaced by granian's main (after 1 s) instead of taking the
         # main and the whole slot down with it: capacity drops by one worker, not to zero.
-        argv = ["granian", "--interface", kind, *bind, "--workers", str(workers),
+        single = kind == "wsgi" and "UWSGI_PROCESSES" not in env
+        argv = ["granian", "--interface", kind, *bind, "--workers", str(1 if single else workers),
                 "--backlog", str(max(backlog, 128)), "--no-ws" if kind == "wsgi" else "--ws",
                 "--respawn-failed-workers", "--respawn-interval", "1"]
+        if single:
+            # One worker with two runtime (I/O) threads served as much as uWSGI's 2 x 4 and
+            # weighed less than it once loaded, and 20 MiB less than two workers
+            # (bench/appmem.py, README "Benchmarks"). UWSGI_PROCESSES asks for more.
+            argv += ["--runtime-threads", "2"]
         if kind == "wsgi":
             argv += ["--blocking-threads", str(threads)]
         elif "UWSGI_THREADS" in env:

@@ -7,6 +7,12 @@ is a child subreaper, so grandchildren that daemonize are re-parented to it;
 a SIGCHLD handler (it only schedules a sweep on the loop) reaps those, and
 only those: pids we spawned ourselves are reaped by their own pidfd waiter,
 never by the sweep.
+
+Reading the daemon's children costs a pass over every one of them, so a
+stop reads them at most once per turn of the loop (the stops begun in one
+turn, hundreds in a full stop, share one snapshot of the orphans) and a
+sweep never does (it peeks at exited children with WNOWAIT). Before, each
+stop and each exit read them all: a stop of N processes was quadratic.
 """
 
 from __future__ import annotations
@@ -128,7 +134,7 @@ class Child:
             info = ExitInfo(None, None, adopted=True)
         os.close(self.pidfd)
         _spawned.discard(self.pid)
-        reap_orphans()      # orphans appear when a parent exits; SIGCHLD may belong to libuv
+        sweep_soon(loop)    # orphans appear when a parent exits; SIGCHLD may belong to libuv
         if self.popen is not None:
             self.popen.returncode = info.code if info.code is not None else -(info.signal or 0)
         if not self._exit.done():
@@ -193,7 +199,45 @@ def become_subreaper() -> None:
 
 def install_orphan_reaper(loop: asyncio.AbstractEventLoop) -> None:
     """On SIGCHLD, schedule a sweep that reaps exited children we did not spawn."""
-    signal.signal(signal.SIGCHLD, lambda signum, frame: loop.call_soon_threadsafe(reap_orphans))
+    signal.signal(signal.SIGCHLD,
+                  lambda signum, frame: loop.call_soon_threadsafe(sweep_soon, loop))
+
+
+_sweep_due = False              # a sweep is scheduled and has not run yet
+_orphans: set[int] | None = None     # this turn's snapshot of orphans(), if taken
+
+
+def sweep_soon(loop: asyncio.AbstractEventLoop) -> None:
+    """Reap orphans in a later callback of the loop, once for every request made before it
+    runs: it reads the children after the exits that asked for it."""
+    global _sweep_due
+    if not _sweep_due:
+        _sweep_due = True
+        loop.call_soon(_sweep)
+
+
+def _sweep() -> None:
+    global _sweep_due
+    _sweep_due = False
+    reap_orphans()
+
+
+def orphans() -> set[int]:
+    """Our children that no Child watches (re-parented to us), read once per turn of the loop.
+
+    Each stop looks here for its spawn's re-parented processes; a snapshot a
+    few callbacks old is as good as one read a moment before the signal.
+    """
+    global _orphans
+    if _orphans is None:
+        _orphans = own_children() - _spawned
+        asyncio.get_running_loop().call_soon(_forget_orphans)
+    return _orphans - _spawned
+
+
+def _forget_orphans() -> None:
+    global _orphans
+    _orphans = None
 
 
 def own_children() -> set[int]:
@@ -207,15 +251,24 @@ def own_children() -> set[int]:
 
 
 def reap_orphans() -> int:
-    """Reap every exited child that is not one of ours; returns how many."""
+    """Reap every exited child that is not one of ours; returns how many.
+
+    It peeks at the next exited child (WNOWAIT leaves it unreaped): an orphan
+    is reaped and the next one looked at; none ends the sweep. One we spawned
+    ends it too: its own waiter reaps it and asks for another sweep then. So a
+    sweep costs a syscall per orphan, never a read of every child.
+    """
     reaped = 0
-    for pid in own_children() - _spawned:
+    while True:
         try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                reaped += 1
-        except ChildProcessError:
-            continue
-    return reaped
+            found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:       # no children at all
+            return reaped
+        if found is None or found.si_pid in _spawned:
+            return reaped
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(found.si_pid, os.WNOHANG)
+        reaped += 1
 
 
 def find_processes(needles: Sequence[bytes], pgid: int | None = None) -> set[int]:
@@ -276,9 +329,10 @@ def descendants(pid: int) -> set[int]:
             continue
         found.add(current)
         try:
-            for task in os.scandir(f"/proc/{current}/task"):
-                with open(f"{task.path}/children", "rb") as f:
-                    todo += [int(child) for child in f.read().split()]
+            with os.scandir(f"/proc/{current}/task") as tasks:   # closed when a task is gone
+                for task in tasks:
+                    with open(f"{task.path}/children", "rb") as f:
+                        todo += [int(child) for child in f.read().split()]
         except OSError:
             continue
     return found
@@ -301,7 +355,7 @@ def spawn_tree(child: Child) -> set[int]:
     """
     needle = f"{SPAWN_ID}={child.spawn_id}".encode()
     members = descendants(child.pid) if not child.exited else set()
-    for orphan in own_children() - _spawned:
+    for orphan in orphans():
         if session_of(orphan) == child.pid or environ_has(orphan, needle):
             members |= descendants(orphan)
     return members

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
-from pikud.errors import DeployError
+from pikud.errors import DeployError, ShuttingDown
 from pikud.procman.idle import has_traffic
 from pikud.procman.keeper import Keeper
 from pikud.procman.logs import Follower, LogFile
@@ -76,6 +76,7 @@ class ProcessGroup:
         self._logs: dict[str, LogFile] = {}
         self._keeper = keeper or Keeper()
         self._retiring: dict[asyncio.Task[None], list[ManagedProcess]] = {}
+        self.closed = False             # stopped for the daemon's shutdown: nothing starts
 
     @property
     def specs(self) -> dict[str, ProcessSpec]:
@@ -93,7 +94,14 @@ class ProcessGroup:
         log.max_bytes, log.backups = spec.log_max_bytes, spec.log_backups
         return log
 
+    def close(self) -> None:
+        """Start no process from now on: the daemon is shutting down, and what an action
+        queued behind the shutdown's stop started would outlive the daemon."""
+        self.closed = True
+
     def _spawn(self, spec: ProcessSpec) -> ManagedProcess:
+        if self.closed:
+            raise ShuttingDown(f"pikud is shutting down: {spec.name} was not started")
         proc = ManagedProcess(spec, self._on_event, self._log(spec), self._keeper)
         if not self._keeper.adopt(proc):       # a process a killed pikud left (keeper.py)
             proc.start()

@@ -337,14 +337,16 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
     for app in ("wsgiapp", "gunapp"):
         assert pikud.cli("restart", app).returncode == 0
         assert "did not stop within" not in pikud.log_text(app, "pikud"), app
-    # kill -9 of one granian worker: granian's main replaces it; the slot is not restarted.
+    # kill -9 of granian's worker (one by default, with two runtime threads): granian's
+    # main replaces it; the slot is not restarted.
     slot = pikud.wait_state("wsgiapp", "wsgiapp:wsgi.1", "RUNNING")
     main = slot["pid"]
-    first = wait_for(lambda: len(descendants(main) - {main}) == 2 and descendants(main) - {main},
-                     10, "granian's two workers")
+    assert b"--runtime-threads" in Path(f"/proc/{main}/cmdline").read_bytes()
+    first = wait_for(lambda: len(descendants(main) - {main}) == 1 and descendants(main) - {main},
+                     10, "granian's worker")
     os.kill(min(first), 9)
     workers = wait_for(lambda: len((now := descendants(main) - {main}) - first) == 1
-                       and len(now) == 2 and now, 15, "granian's replacement worker")
+                       and len(now) == 1 and now, 15, "granian's replacement worker")
     assert pikud.process("wsgiapp", "wsgiapp:wsgi.1")["restarts"] == slot["restarts"]
     assert get(slot["port"]) == "wsgi w1 /"
     # kill -9 of granian's main: its workers (re-parented to pikud, still on the port)

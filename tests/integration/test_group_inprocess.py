@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 
 from pikud.errors import DeployError
+from pikud.procman import children
 from pikud.procman.group import ProcessGroup
 from pikud.procman.plan import Plan
 from pikud.procman.process import ProcessSpec
@@ -60,6 +61,28 @@ async def test_apply_starts_stops_and_replaces_only_what_changed(harness: Harnes
     assert list(group.processes) == [W1] and group.processes[W1].spec == changed
     assert states(group) == {W1: S.RUNNING}
     assert gone(first[W1] or 0) and gone(first[W2] or 0)
+
+
+async def test_a_stop_of_many_slots_reads_the_daemons_children_once(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stops begun together share one read of the daemon's children, and their exits
+    read none (a sweep peeks at exited children): stopping N slots is linear, not N reads
+    of N children for the stops and N more for the exits."""
+    group = harness.group()
+    # `; true` keeps the shell as each slot's main process: two processes per slot
+    slots = [harness.spec("sleep 300; true", f"t:worker.{n}") for n in range(1, 21)]
+    await group.apply(specs(*slots))
+    started = set(pids(group).values())
+    reads: list[int] = []
+    read = children.own_children
+
+    def counted() -> set[int]:
+        reads.append(1)
+        return read()
+    monkeypatch.setattr(children, "own_children", counted)
+    await group.stop()
+    assert len(reads) == 1
+    assert all(gone(pid or 0) for pid in started)
 
 
 async def test_a_rolling_replace_waits_for_each_new_process(harness: Harness) -> None:

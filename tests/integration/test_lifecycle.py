@@ -9,8 +9,12 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
+from pikud.control.client import RemoteError
 from tests.conftest import FAST, Pikud, alive, app_processes, wait_for
 
 
@@ -49,6 +53,31 @@ def test_sigterm_stops_every_app_and_exits_0(pikud_factory) -> None:
     assert daemon.stop() == 0
     assert not alive(pid)
     assert not (daemon.root / "pikud.sock").exists()
+
+
+def test_an_action_that_comes_during_the_shutdown_starts_nothing(pikud_factory) -> None:
+    """A restart asked for while the shutdown stops the app waits for the app's turn and
+    is then refused: what it started would outlive the daemon."""
+    daemon: Pikud = pikud_factory()
+    # TERM is ignored (sleep inherits that): every stop of this app takes its stop timeout
+    daemon.add_app("slow", "worker: trap '' TERM; sleep 300\n",
+                   FAST.replace("PIKU_STOP_TIMEOUT=3", "PIKU_STOP_TIMEOUT=2"))
+    daemon.api("POST", "/apps/slow/deploy")
+    daemon.wait_state("slow", "slow:worker.1", "RUNNING")
+    assert daemon.proc is not None
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(daemon.api, "POST", "/apps/slow/restart")    # holds the app
+        daemon.wait_state("slow", "slow:worker.1", "STOPPING")
+        daemon.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "shutting down" in daemon.output(), 10, "the shutdown to begin")
+        late = pool.submit(daemon.api, "POST", "/apps/slow/restart")     # queued behind it
+        assert daemon.stop() == 0
+        first.result()
+        with pytest.raises(RemoteError) as refused:
+            late.result()
+    assert refused.value.code == "shutting_down"
+    assert str(refused.value) == "pikud is shutting down: slow:worker.1 was not started"
+    assert app_processes(daemon.root) == set()
 
 
 def test_sighup_rereads_settings_without_touching_apps(pikud: Pikud) -> None:

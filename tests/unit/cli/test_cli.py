@@ -169,6 +169,18 @@ def test_the_cli_does_not_import_the_daemon_stack() -> None:
                                           "asyncinotify")]
 
 
+def test_the_cli_leaves_the_push_path_to_the_git_commands() -> None:
+    """Every ssh command pays for what `import pikud.cli` loads: the repository work
+    and the app-spec parsers it brings are imported by the git commands alone."""
+    listing = "import json, sys, pikud.cli; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True,
+                            cwd=REPO, timeout=DEADLINE, check=True)
+    imported = json.loads(result.stdout)
+    assert "pikud.cli.push" in imported
+    assert [name for name in ("pikud.deploy.receive", "pikud.appspec", "subprocess")
+            if name in imported] == []
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_its_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command, "--help"]) == 0

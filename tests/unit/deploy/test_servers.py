@@ -59,6 +59,20 @@ def test_uwsgi_settings_map_onto_each_server(kind: str, server: str, options: di
         for key in ignored]
 
 
+def options(kind: str, env: dict[str, str]) -> list[str]:
+    return shlex.split(server_command(kind, "app:app", env).command.replace("$PORT", "1"))
+
+
+def test_a_wsgi_app_gets_one_granian_worker_with_two_runtime_threads_unless_it_asks() -> None:
+    words = options("wsgi", {})
+    assert words[words.index("--workers") + 1] == "1"
+    assert words[words.index("--runtime-threads") + 1] == "2"
+    words = options("wsgi", {"UWSGI_PROCESSES": "2"})
+    assert words[words.index("--workers") + 1] == "2" and "--runtime-threads" not in words
+    words = options("asgi", {})             # not measured: as before, UWSGI_PROCESSES' 2
+    assert words[words.index("--workers") + 1] == "2" and "--runtime-threads" not in words
+
+
 def test_granian_replaces_a_failed_worker_itself() -> None:
     words = shlex.split(server_command("wsgi", "app:app", {}).command)
     assert "--respawn-failed-workers" in words
