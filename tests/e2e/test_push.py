@@ -41,7 +41,9 @@ def test_first_push_builds_and_runs_then_a_code_push_reuses_the_env(
     assert "unchanged" in second and "tinypkg-1.0" not in second.split("Building")[1]
     new = web(pikud, "hello")
     assert get(new["port"]) == "v2 tinypkg=42"
-    assert not alive(old["pid"])
+    # The old generation retires after the push has returned.
+    wait_for(lambda: not alive(old["pid"]), 20, "the old generation to retire")
+    assert "retired: hello:web.1" in pikud.log_text("hello", "pikud")
     assert [p["name"] for p in pikud.processes("hello")] == ["hello:web.1"]
     assert (pikud.root / "apps/hello").resolve() == pikud.root / "releases/hello/2"
 
