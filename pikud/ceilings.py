@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pikud.appspec import AppSpec, is_cron, process_kinds
-from pikud.deploy.servers import CHOICES, server_workers
+from pikud.deploy.servers import CHOICES, slot_processes
 from pikud.errors import EnvError, TooManyProcesses
 
 SETTINGS_FILE = "pikud.toml"
@@ -37,11 +37,16 @@ class Ceilings:
 
 def process_counts(spec: AppSpec) -> dict[str, int]:
     """Processes per kind that ``spec`` runs at most at once (cron: one run per entry)."""
-    counts = {}
-    for kind, count in spec.scaling.items():
-        counts[kind] = count * (1 + server_workers(spec.env)) if kind in CHOICES else count
+    counts = {kind: count * processes_per_slot(spec, kind)
+              for kind, count in spec.scaling.items()}
     counts.update((kind, 1) for kind in spec.procfile.entries if is_cron(kind))
     return counts
+
+
+def processes_per_slot(spec: AppSpec, kind: str) -> int:
+    """1, or for a wsgi/asgi slot its server's main process and workers (as started)."""
+    return slot_processes(kind, spec.env, bool(spec.settings.idle_timeout)) \
+        if kind in CHOICES else 1
 
 
 def describe(counts: Mapping[str, int], shown: int = 3) -> str:
@@ -78,11 +83,11 @@ def check_limits(spec: AppSpec) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     for kind in process_kinds(spec.procfile):
         limits = spec.settings.limits.for_kind(kind)
-        least = 1 + server_workers(spec.env) if kind in CHOICES else 1
+        least = processes_per_slot(spec, kind)
         if limits.tasks is not None and limits.tasks < least:
             key = limits.key("tasks")
-            raise EnvError(f"{key}: a {kind} process runs {least} processes (its server and "
-                           f"UWSGI_PROCESSES workers), more than {limits.named('tasks')}",
+            raise EnvError(f"{key}: a {kind} process runs {least} processes (its server's "
+                           f"main process and workers), more than {limits.named('tasks')}",
                            key=key)
         if (limits.nofile is not None and os.geteuid() != 0
                 and hard != resource.RLIM_INFINITY and limits.nofile > hard):

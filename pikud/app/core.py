@@ -44,7 +44,7 @@ from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.servers import check_installed, servers_chosen
 from pikud.errors import PikudError
 from pikud.procman.children import stop_leftovers
-from pikud.procman.group import ProcessGroup, Readiness, drain
+from pikud.procman.group import ProcessGroup, Readiness
 from pikud.procman.health import wait_ready
 from pikud.procman.idle import IdleWatch
 from pikud.procman.logs import Follower, LogFile
@@ -287,17 +287,20 @@ class AppCore:
     async def _reconcile(self, spec: AppSpec, source: Path, desired: dict[str, ProcessSpec],
                          changed: tuple[str, ...], starting: bool) -> None:
         """Worker slots replaced one at a time, slots added and removed; web traffic first
-        leaves the slots that go."""
+        leaves the slots that go, which drain and stop after the change has returned (the
+        ``retired:`` line in the app's log)."""
         self._make_dirs()
         staying = {n: s for n, s in self.group.specs.items() if n in desired}
-        leaving = [proc for name, proc in self.group.processes.items()
-                   if name not in desired and proc.spec.kind in WEB_KINDS]
+        leaving = {name: proc.spec for name, proc in self.group.processes.items()
+                   if name not in desired and proc.spec.kind in WEB_KINDS}
         try:
             await self.publish(spec, source, staying)       # scale down: first
-            await drain(leaving, DRAIN)
             await self.group.replace({n: desired[n] for n in changed})
             # Added web copies get traffic only once ready, unless nothing serves yet.
-            await self.group.apply(desired, ready=None if starting else self._ready_check(spec))
+            # The leaving ones stay until the change holds (a failure puts them back).
+            await self.group.apply(desired | leaving,
+                                   ready=None if starting else self._ready_check(spec))
+            self.group.retire(leaving, DRAIN)
             self.group.retry()
         except PikudError:
             await self._put_back(spec, source, starting)

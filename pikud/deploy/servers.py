@@ -61,9 +61,24 @@ def server_name(kind: str, env: Mapping[str, str], on_demand: bool = False) -> s
     return name
 
 
-def server_workers(env: Mapping[str, str]) -> int:
-    """UWSGI_PROCESSES: how many workers each wsgi/asgi server runs beside its main process."""
+def one_worker(kind: str, server: str, env: Mapping[str, str]) -> bool:
+    """granian serving wsgi runs one worker unless UWSGI_PROCESSES asks for more: it served
+    as much as uWSGI's 2 x 4 and weighed less (bench/appmem.py, README "Benchmarks")."""
+    return server == "granian" and kind == "wsgi" and "UWSGI_PROCESSES" not in env
+
+
+def server_workers(kind: str, server: str, env: Mapping[str, str]) -> int:
+    """How many workers ``server`` runs beside its main process for a ``kind`` slot:
+    UWSGI_PROCESSES, else two (one where ``one_worker``)."""
+    if one_worker(kind, server, env):
+        return 1
     return positive_int("UWSGI_PROCESSES", env.get("UWSGI_PROCESSES", "2"))
+
+
+def slot_processes(kind: str, env: Mapping[str, str], on_demand: bool = False) -> int:
+    """The processes one wsgi/asgi slot runs: its server's main process and its workers,
+    as ``server_command`` starts them."""
+    return 1 + server_workers(kind, server_name(kind, env, on_demand), env)
 
 
 def server_command(kind: str, target: str, env: Mapping[str, str],
@@ -74,7 +89,7 @@ def server_command(kind: str, target: str, env: Mapping[str, str],
         raise ProcfileError(f"{kind}: expected module:callable (like app:application), "
                             f"got {target!r}")
     server = server_name(kind, env, on_demand)
-    workers = server_workers(env)
+    workers = server_workers(kind, server, env)
     threads = positive_int("UWSGI_THREADS", env.get("UWSGI_THREADS", "4"))
     backlog = positive_int("UWSGI_LISTEN", env.get("UWSGI_LISTEN", "128"))
     max_requests = nonneg_int("UWSGI_MAX_REQUESTS", env.get("UWSGI_MAX_REQUESTS", "0"))
@@ -83,11 +98,10 @@ def server_command(kind: str, target: str, env: Mapping[str, str],
     if server == "granian":
         # A killed worker is replaced by granian's main (after 1 s) instead of taking the
         # main and the whole slot down with it: capacity drops by one worker, not to zero.
-        single = kind == "wsgi" and "UWSGI_PROCESSES" not in env
-        argv = ["granian", "--interface", kind, *bind, "--workers", str(1 if single else workers),
+        argv = ["granian", "--interface", kind, *bind, "--workers", str(workers),
                 "--backlog", str(max(backlog, 128)), "--no-ws" if kind == "wsgi" else "--ws",
                 "--respawn-failed-workers", "--respawn-interval", "1"]
-        if single:
+        if one_worker(kind, server, env):
             # One worker with two runtime (I/O) threads served as much as uWSGI's 2 x 4 and
             # weighed less than it once loaded, and 20 MiB less than two workers
             # (bench/appmem.py, README "Benchmarks"). UWSGI_PROCESSES asks for more.

@@ -7,6 +7,7 @@ each new process having to reach RUNNING before the next old one goes.
 beside the old, traffic moves once every new process is ready, and the old
 one drains and stops in the background (``retiring``): the deploy that
 switched has returned by then, and the outcome goes to the app's log.
+``retire()`` does the same for slots a scale-down took traffic from.
 """
 
 # Design notes:
@@ -17,6 +18,8 @@ switched has returned by then, and the outcome goes to the app's log.
 # - A retiring generation is no longer the group's (``processes``): ps, plans
 #   and handovers see the new one. ``stop()`` of the whole group stops the
 #   retiring ones too, at once, and ``retired()`` awaits them.
+# - A retiring slot keeps its port until it stops, and a listener cannot be
+#   bound twice: a slot started on that port (scaled up again) waits for it.
 
 from __future__ import annotations
 
@@ -129,6 +132,7 @@ class ProcessGroup:
         that could not be spawned at all fails it the same way.
         """
         todo = plan(self.specs, desired)
+        await self._vacated([desired[name] for name in todo.start])
         if ready is None:       # stop first: a renamed kind on a fixed PORT needs the port
             await self.stop(todo.stop)
             fresh = [self._new(desired[name]) for name in todo.start]
@@ -194,13 +198,22 @@ class ProcessGroup:
             raise
         old = list(self.processes.values())
         self.processes, self.incoming = self.incoming, {}
-        if old:
-            task = asyncio.create_task(self._retire(old, grace), name="retire")
-            self._retiring[task] = old
+        self._retire_later(old, grace, "the previous generation")
+
+    def retire(self, names: Collection[str], grace: float) -> None:
+        """Take the named slots out of the group; once traffic has left them (the caller
+        moved it), they drain and stop in the background, as a switch's old generation."""
+        procs = [self.processes.pop(name) for name in names if name in self.processes]
+        self._retire_later(procs, grace, "scaled away")
+
+    def _retire_later(self, procs: list[ManagedProcess], grace: float, what: str) -> None:
+        if procs:
+            task = asyncio.create_task(self._retire(procs, grace, what), name="retire")
+            self._retiring[task] = procs
             task.add_done_callback(self._retiring.pop)
 
-    async def _retire(self, procs: list[ManagedProcess], grace: float) -> None:
-        """Drain and stop a generation traffic has left; say how it went in the app's log."""
+    async def _retire(self, procs: list[ManagedProcess], grace: float, what: str) -> None:
+        """Drain and stop slots traffic has left; say how it went in the app's log."""
         started = time.monotonic()
         names = ", ".join(proc.name for proc in procs)
         try:
@@ -211,8 +224,8 @@ class ProcessGroup:
             self._on_event(None, "error", f"retire failed: {names}: "
                            f"{type(exc).__name__}: {exc}")
         else:
-            self._on_event(None, "retired", f"retired: {names} (the previous generation, "
-                           f"drained and stopped in {time.monotonic() - started:.1f}s)")
+            self._on_event(None, "retired", f"retired: {names} ({what}, drained and "
+                           f"stopped in {time.monotonic() - started:.1f}s)")
         finally:
             self._close_logs_not_in(self.processes)
 
@@ -220,6 +233,14 @@ class ProcessGroup:
         """Wait until every generation a switch left has drained and stopped."""
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def _vacated(self, specs: Collection[ProcessSpec]) -> None:
+        """Wait until no retiring slot holds a port one of ``specs`` needs."""
+        ports = {spec.port for spec in specs if spec.port is not None}
+        holding = [task for task, procs in self._retiring.items()
+                   if any(proc.spec.port in ports for proc in procs)]
+        if holding:
+            await asyncio.gather(*holding, return_exceptions=True)
 
     async def _stop_retiring(self) -> None:
         """Stop the retiring generations now: their drain is cut short."""

@@ -184,6 +184,23 @@ async def test_a_switch_returns_once_routed_and_the_old_generation_retires_after
     assert len([e for _, e, _ in harness.events.seen if e == "retired"]) == 1
 
 
+async def test_retired_slots_leave_the_group_at_once_and_free_their_port_for_a_new_one(
+        harness: Harness) -> None:
+    """A scale-down's slots drain and stop in the background; a slot started on the
+    same port (scaled up again meanwhile) waits for them: a listener binds once."""
+    group = harness.group()
+    web1, web2 = (replace(harness.spec("sleep 300", f"t:web.{n}"), port=n) for n in (1, 2))
+    await group.apply(specs(web1, web2))
+    leaving = group.processes["t:web.2"]
+    group.retire(["t:web.2"], grace=0.3)
+    assert list(group.processes) == ["t:web.1"] and leaving.state is S.RUNNING
+    async with asyncio.timeout(5):
+        await group.apply(specs(web1, web2))
+    assert leaving.state is S.STOPPED and group.processes["t:web.2"] is not leaving
+    phrase = await harness.events.nth(None, "retired")
+    assert phrase.startswith("retired: t:web.2 (scaled away, drained and stopped in")
+
+
 async def test_a_process_that_answers_its_readiness_check_is_running_at_once(
         harness: Harness) -> None:
     """A web process is proved ready by its check; it does not wait out a long

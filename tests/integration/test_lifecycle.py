@@ -53,6 +53,17 @@ def test_sigterm_stops_every_app_and_exits_0(pikud_factory) -> None:
     assert daemon.stop() == 0
     assert not alive(pid)
     assert not (daemon.root / "pikud.sock").exists()
+    # main() ends with os._exit: the log is flushed first, to its last line.
+    assert daemon.output().splitlines()[-1].endswith(" INFO stopped"), daemon.output()
+
+
+def test_a_second_pikud_on_the_same_root_exits_1_with_its_reason_logged(pikud: Pikud) -> None:
+    second = subprocess.run([sys.executable, "-m", "pikud", "serve"], env=pikud.env,
+                            capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1
+    assert second.stderr.splitlines()[-1].endswith(
+        f"ERROR another pikud is already serving {pikud.root / 'pikud.sock'}"), second.stderr
+    pikud.api("GET", "/status")                     # the first one serves on
 
 
 def test_an_action_that_comes_during_the_shutdown_starts_nothing(pikud_factory) -> None:

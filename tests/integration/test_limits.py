@@ -62,8 +62,8 @@ def test_rlimits_stop_an_allocation_and_an_open_and_ps_and_logs_say_under_what(
 
 
 def test_a_task_limit_below_what_a_server_runs_is_refused(pikud: Pikud) -> None:
-    pikud.add_app("few", "wsgi: app:application\n", "PIKU_TASKS_MAX_WSGI=2\n")
-    with pytest.raises(Exception, match="PIKU_TASKS_MAX_WSGI: a wsgi process runs 3 processes"):
+    pikud.add_app("few", "wsgi: app:application\n", "PIKU_TASKS_MAX_WSGI=1\n")
+    with pytest.raises(Exception, match="PIKU_TASKS_MAX_WSGI: a wsgi process runs 2 processes"):
         pikud.api("POST", "/apps/few/deploy")
 
 

@@ -19,6 +19,7 @@ from pikud.procman.policy import RestartPolicy
 from pikud.procman.process import ManagedProcess, ProcessSpec, read_rss
 from pikud.procman.state import ProcessState
 from tests.conftest import FAST, Pikud, alive, app_processes, proc_stat, wait_for
+from tests.integration.app_code import PID_SERVER
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
@@ -139,6 +140,20 @@ def test_web_processes_get_their_own_port_and_the_live_env(pikud: Pikud) -> None
     assert len(ports) == 2
     assert f"app=webby type=web data={pikud.root}/data/webby" in logs[0]
 
+
+
+def test_scale_down_returns_once_traffic_left_and_the_copy_retires_after(pikud: Pikud) -> None:
+    app = pikud.add_app("shrink", "web: python3 web.py\n", FAST + "PIKU_LISTEN_FDS=true\n")
+    (app / "web.py").write_text(PID_SERVER)
+    pikud.api("POST", "/apps/shrink/scale", {"scaling": {"web": 2}})
+    pikud.api("POST", "/apps/shrink/deploy")
+    second = pikud.wait_state("shrink", "shrink:web.2", "RUNNING")["pid"]
+    pikud.cli("ps:scale", "shrink", "web=1", check=True)
+    assert [p["name"] for p in pikud.processes("shrink")] == ["shrink:web.1"]
+    assert alive(second)                # still draining: the scale did not wait for it
+    wait_for(lambda: "retired: shrink:web.2 (scaled away, drained and stopped in"
+             in pikud.log_text("shrink", "pikud"), 15, "web.2's retirement")
+    assert not alive(second)
 
 
 def test_a_process_that_cannot_be_spawned_backs_off_and_recovers(pikud: Pikud) -> None:

@@ -11,6 +11,7 @@ import pytest
 from pikud.appsettings import AppSettings
 from pikud.appspec import AppSpec, parse_procfile
 from pikud.ceilings import Ceilings, admit, process_counts
+from pikud.deploy.servers import server_command
 from pikud.errors import SpecError, TooManyProcesses
 from pikud.fds import open_descriptors
 from pikud.procman.descriptors import RESERVE, check_headroom
@@ -27,6 +28,24 @@ def test_slots_server_workers_and_cron_entries_are_counted() -> None:
                {"wsgi": 2, "worker": 3}, UWSGI_PROCESSES="4")
     assert process_counts(app) == {"wsgi": 10, "worker": 3, "cron1": 1}
     assert admit(app, Ceilings(14, 100), others=86) == 14
+
+
+@pytest.mark.parametrize("kind, env, idle, per_slot", [
+    ("wsgi", {}, 0.0, 2),                                   # granian's one-worker default
+    ("wsgi", {"UWSGI_PROCESSES": "1"}, 0.0, 2),
+    ("wsgi", {"PIKU_WSGI_SERVER": "gunicorn"}, 0.0, 3),
+    ("wsgi", {}, 60.0, 3),                                  # on demand: gunicorn
+    ("asgi", {}, 0.0, 3),
+    ("asgi", {"UWSGI_PROCESSES": "3"}, 0.0, 4),
+])
+def test_a_server_slot_counts_the_processes_its_command_starts(
+        kind: str, env: dict[str, str], idle: float, per_slot: int) -> None:
+    """The count is the server command's: its main process and its --workers."""
+    app = AppSpec("app", parse_procfile(f"{kind}: app:application\n"), env, {kind: 2},
+                  AppSettings(idle_timeout=idle))
+    command = server_command(kind, "app:application", env, bool(idle)).command
+    assert 1 + int(command.split("--workers ")[1].split()[0]) == per_slot
+    assert process_counts(app) == {kind: 2 * per_slot}
 
 
 @pytest.mark.parametrize("ceilings, others, message", [
