@@ -1,10 +1,10 @@
 """The CLI's start-up: `piku apps` against a bare `python -c pass` of the same interpreter.
 
 Run by ``bench/run cli``. A ``pikud serve`` in a temp PIKU_ROOT with no apps;
-then, taking turns, ``--runs`` wall times of ``python -X importtime``-free
-``python -c pass`` and of ``python -m pikud.cli apps`` (what the `piku` script
-and sshd's forced command run), each a fresh process. The target (issue #16)
-is a ratio of at most 5. Every process started is stopped in ``finally``.
+then, taking turns, ``--runs`` wall times of ``python -c pass`` and of
+``python -m pikud.cli apps`` (what the `piku` script and sshd's forced command
+run), each a fresh process of the same interpreter; the medians and their ratio
+(issue #16's target: at most 5). The daemon is stopped in ``finally``.
 """
 
 from __future__ import annotations
