@@ -27,7 +27,14 @@ Figures:
   new version;
 * restart: median wall time of ``piku restart bench`` over ``--restarts``
   (piku: what its restart does, unlink and rewrite of the vassal; the emperor
-  reloads the vassal after the command has returned).
+  reloads the vassal after the command has returned);
+* PSS per app, 1 and ``--apps`` apps: the PSS (bench/wsgi.py's ``memory``)
+  of every process under the supervisor (pikud: the app servers and their
+  workers; piku: each vassal's master and workers) over the number of apps,
+  once the set of processes stayed the same for 2 s, every app having
+  answered through nginx; apps 2.. are the same app pushed under other names
+  (each with its own environment, from the warm cache). The supervisor's own
+  PSS (pikud, or the uWSGI emperor) is the row below.
 
 The piku column needs Debian's ``uwsgi``, ``uwsgi-plugin-python3`` and
 ``virtualenv`` (``apt-get install uwsgi uwsgi-plugin-python3 virtualenv``;
@@ -55,11 +62,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.wsgi import (  # noqa: E402  (the wsgi benchmark's setups)
     CLI,
+    HOST,
     UWSGI,
     Nginx,
     app_settings,
     commit_app,
+    descendants,
     get,
+    memory,
     piku_site,
     piku_vassal,
     pikud_root,
@@ -83,15 +93,19 @@ class Deploys:
     redeploy_push: list[float] = field(default_factory=list)
     redeploy_new: list[float] = field(default_factory=list)
     restart: list[float] = field(default_factory=list)
+    pss_per_app: dict[int, float] = field(default_factory=dict)     # apps -> MiB
+    processes: dict[int, int] = field(default_factory=dict)         # apps -> under supervisor
+    pss_supervisor: dict[int, float] = field(default_factory=dict)  # apps -> MiB
     notes: list[str] = field(default_factory=list)
 
 
-def answers(port: int, version: str, started: float) -> float:
-    """Seconds from ``started`` until nginx on ``port`` answers 200 with ``version``."""
+def answers(port: int, version: str, started: float, host: str = HOST) -> float:
+    """Seconds from ``started`` until nginx on ``port`` answers 200 with ``version`` for
+    the site of ``host``."""
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         try:
-            status, body = get(port, timeout=5)
+            status, body = get(port, timeout=5, host=host)
         except (OSError, ValueError, IndexError):
             status, body = 0, b""
         if status == 200 and body.endswith(version.encode()):
@@ -138,6 +152,37 @@ def measure(fig: Deploys, port: int, first: Callable[[str], None], clean: Callab
         answers(port, f"v{1 + args.redeploys}", time.monotonic())
 
 
+def settled(pids: Callable[[], list[int]]) -> list[int]:
+    """``pids()`` once it stayed the same for 2 s: an old generation drained, workers up."""
+    deadline = time.monotonic() + DEADLINE
+    last: list[int] = []
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        now = sorted(pids())
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= 2:
+            return now
+        time.sleep(0.1)
+    raise RuntimeError(f"the app processes still changed after {DEADLINE:g} s")
+
+
+def app_memory(fig: Deploys, port: int, add: Callable[[str], None], supervisor: int,
+               args: argparse.Namespace) -> None:
+    """PSS per app with the one app, then with ``args.apps`` (``add`` deploys one more
+    under the name it is given, answering ``Hello from <name>``)."""
+    def take(apps: int) -> None:
+        pids = settled(lambda: descendants(supervisor))
+        fig.pss_per_app[apps] = memory(pids)[1] / apps
+        fig.processes[apps] = len(pids)
+        fig.pss_supervisor[apps] = memory([supervisor])[1]
+    take(1)
+    for n in range(2, args.apps + 1):
+        add(f"bench{n}")
+        answers(port, f"bench{n}", time.monotonic(), host=f"bench{n}.example")
+    take(args.apps)
+
+
 def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Deploys:
     fig = Deploys(name)
     base = Path(tempfile.mkdtemp(prefix="pkp-", dir="/tmp"))
@@ -145,13 +190,19 @@ def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Depl
     nginx = Nginx(base, base / "root" / "nginx")
     root, env = pikud_root(base, nginx)
     env.update(UV_CACHE_DIR=str(base / "uv-cache"), PIP_CACHE_DIR=str(base / "pip-cache"))
-    app_env = app_settings(nginx, server) + (f"PIKU_PYTHON_INSTALLER={args.installer}\n")
     work = base / "work"
-    work_tree(work, " ".join(CLI) + " git-receive-pack")
+    receivepack = " ".join(CLI) + " git-receive-pack"
+    work_tree(work, receivepack)
 
-    def push(version: str) -> None:
-        commit_app(work, version, app_env)
-        run(["git", "-C", str(work), "push", "--quiet", "piku", "main"], env=env, timeout=600)
+    def push(version: str, remote: str = "piku", host: str = HOST) -> None:
+        commit_app(work, version, app_settings(nginx, server, host)
+                   + f"PIKU_PYTHON_INSTALLER={args.installer}\n")
+        run(["git", "-C", str(work), "push", "--quiet", remote, "main"], env=env, timeout=600)
+
+    def add(app: str) -> None:
+        run(["git", "-C", str(work), "remote", "add", app, app])
+        run(["git", "-C", str(work), "config", f"remote.{app}.receivepack", receivepack])
+        push(app, app, f"{app}.example")
 
     def clean() -> None:
         run([*CLI, "destroy", "bench"], env=env)
@@ -165,6 +216,7 @@ def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Depl
             nginx.start()
             daemon = start_pikud(root, env, log)
             measure(fig, nginx.http_port, push, clean, push, restart, args)
+            app_memory(fig, nginx.http_port, add, daemon.pid, args)
         finally:
             try:
                 stop_pikud(fig.notes, daemon, root)
@@ -194,53 +246,77 @@ cp {vassal} {enabled}
 """
 
 
+class PikuApp:
+    """One app laid out as piku lays it out, in ``base``/``name``: a bare repo whose hook
+    deploys (HOOK), the checkout, its virtualenv, its vassal and its nginx site; the
+    work tree ``work`` gets a remote ``name`` for it."""
+
+    def __init__(self, base: Path, name: str, nginx: Nginx, sites: Path, vassals: Path,
+                 make_env: str, work: Path) -> None:
+        home = base / name
+        home.mkdir()
+        self.name, self.work = name, work
+        self.app_dir, self.venv, repo = home / "app", home / "env", home / "repo.git"
+        sock = home / f"{name}.sock"
+        (sites / f"{name}.conf").write_text(piku_site(sock, nginx.http_port, name))
+        self.vassal = home / f"{name}_wsgi.1.ini"
+        self.vassal.write_text(piku_vassal(self.app_dir, self.venv, sock, home, name))
+        self.enabled = vassals / self.vassal.name
+        run(["git", "init", "--quiet", "--bare", str(repo)])
+        hook = repo / "hooks" / "post-receive"
+        hook.write_text(HOOK.format(app=self.app_dir, env=self.venv, repo=repo,
+                                    virtualenv=make_env, vassal=self.vassal,
+                                    enabled=self.enabled))
+        hook.chmod(0o755)
+        run(["git", "-C", str(work), "remote", "add", name, str(repo)])
+
+    def push(self, version: str, env: dict[str, str]) -> None:
+        commit_app(self.work, version, "")
+        run(["git", "-C", str(self.work), "push", "--quiet", self.name, "main"], env=env,
+            timeout=600)
+
+
 def uwsgi_setup(args: argparse.Namespace) -> Deploys:
     fig = Deploys("piku (uWSGI emperor)")
     base = Path(tempfile.mkdtemp(prefix="pkp-", dir="/tmp"))
     base.chmod(0o755)
-    sites, vassals, repo = base / "sites", base / "uwsgi-enabled", base / "repo.git"
-    app_dir, venv, sock = base / "app", base / "env", base / "bench.sock"
+    sites, vassals, work = base / "sites", base / "uwsgi-enabled", base / "work"
     for folder in (sites, vassals):
         folder.mkdir()
     nginx = Nginx(base, sites)
-    (sites / "bench.conf").write_text(piku_site(sock, nginx.http_port))
-    vassal = base / "bench_wsgi.1.ini"
-    vassal.write_text(piku_vassal(app_dir, venv, sock, base))
-    enabled = vassals / vassal.name
-    run(["git", "init", "--quiet", "--bare", str(repo)])
     python = "/usr/bin/python3" if UWSGI.startswith("/usr/bin") else sys.executable
     virtualenv = shutil.which("virtualenv")
     make_env = f"{virtualenv} --python={python}" if virtualenv else f"{python} -m venv"
     if not virtualenv:
         fig.notes.append("no virtualenv on PATH: `python3 -m venv` made the environments")
-    hook = repo / "hooks" / "post-receive"
-    hook.write_text(HOOK.format(app=app_dir, env=venv, repo=repo, virtualenv=make_env,
-                                vassal=vassal, enabled=enabled))
-    hook.chmod(0o755)
     env = dict(os.environ, PIP_CACHE_DIR=str(base / "pip-cache"))
-    work = base / "work"
     work_tree(work, "git-receive-pack")
-    run(["git", "-C", str(work), "remote", "set-url", "piku", str(repo)])
+    bench = PikuApp(base, "bench", nginx, sites, vassals, make_env, work)
 
     def push(version: str) -> None:
-        commit_app(work, version, "")
-        run(["git", "-C", str(work), "push", "--quiet", "piku", "main"], env=env, timeout=600)
+        bench.push(version, env)
 
     def clean() -> None:
-        enabled.unlink()
+        bench.enabled.unlink()
         gone(nginx.http_port)           # the emperor stopped the vassal
-        shutil.rmtree(venv)
-        shutil.rmtree(app_dir)
+        shutil.rmtree(bench.venv)
+        shutil.rmtree(bench.app_dir)
 
     def restart() -> None:              # piku restart: the vassal removed and written again
-        enabled.unlink()
-        shutil.copy(vassal, enabled)
+        bench.enabled.unlink()
+        shutil.copy(bench.vassal, bench.enabled)
+
+    def add(name: str) -> None:
+        app = PikuApp(base, name, nginx, sites, vassals, make_env, work)
+        run(nginx.reload_command)       # its site, as piku's deploy reloads nginx
+        app.push(name, env)
 
     emperor: subprocess.Popen[bytes] | None = None
     try:
         nginx.start()
         emperor = start_emperor(vassals, base / "emperor.log")
         measure(fig, nginx.http_port, push, clean, push, restart, args)
+        app_memory(fig, nginx.http_port, add, emperor.pid, args)
     finally:
         try:
             stop_emperor(fig.notes, emperor)
@@ -273,6 +349,14 @@ def report(figs: list[Deploys], args: argparse.Namespace, elapsed: float) -> Non
         (f"restart: command wall time, median of {args.restarts} (s)",
          [median(f.restart) for f in figs]),
     ]
+    for apps in sorted({1, args.apps}):
+        rows += [(f"PSS per app, {apps} app{'s' if apps > 1 else ''}: the app's processes (MiB)",
+                  [f"{f.pss_per_app[apps]:.1f}" if apps in f.pss_per_app else "-" for f in figs]),
+                 (f"processes under the supervisor with {apps} app{'s' if apps > 1 else ''}",
+                  [str(f.processes.get(apps, "-")) for f in figs]),
+                 (f"PSS of the supervisor (pikud, emperor) with {apps} app{'s' if apps > 1 else ''}"
+                  " (MiB)", [f"{f.pss_supervisor[apps]:.1f}" if apps in f.pss_supervisor else "-"
+                             for f in figs])]
     names = [f.name for f in figs]
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
@@ -300,6 +384,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redeploys", type=int, default=5, help="code-only redeploys to time")
     parser.add_argument("--restarts", type=int, default=5, help="restarts to time")
+    parser.add_argument("--apps", type=int, default=10,
+                        help="apps for the second PSS per app figure (the first is 1)")
     parser.add_argument("--only", action="append", choices=("granian", "gunicorn", "uwsgi"),
                         help="run only these setups (repeatable)")
     parser.add_argument("--installer", choices=("uv", "pip"), default="uv",

@@ -88,10 +88,10 @@ def run(argv: list[str], timeout: float = 300, **kwargs: Any) -> subprocess.Comp
     return result
 
 
-def get(port: int, timeout: float = 5) -> tuple[int, bytes]:
-    """One GET / through nginx: (status, body)."""
+def get(port: int, timeout: float = 5, host: str = HOST) -> tuple[int, bytes]:
+    """One GET / through nginx for the site of ``host``: (status, body)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(f"GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -373,9 +373,9 @@ def pikud_root(base: Path, nginx: Nginx) -> tuple[Path, dict[str, str]]:
     return root, env
 
 
-def app_settings(nginx: Nginx, server: str | None) -> str:
-    """The app's ENV: its site on ``nginx``'s loopback ports, 2 processes x 4 threads."""
-    return (f"NGINX_SERVER_NAME={HOST}\nNGINX_IPV4_ADDRESS=127.0.0.1\nDISABLE_IPV6=yes\n"
+def app_settings(nginx: Nginx, server: str | None, host: str = HOST) -> str:
+    """The app's ENV: its site ``host`` on ``nginx``'s loopback ports, 2 processes x 4 threads."""
+    return (f"NGINX_SERVER_NAME={host}\nNGINX_IPV4_ADDRESS=127.0.0.1\nDISABLE_IPV6=yes\n"
             f"NGINX_HTTP_PORT={nginx.http_port}\nNGINX_HTTPS_PORT={nginx.https_port}\n"
             "UWSGI_PROCESSES=2\nUWSGI_THREADS=4\n"
             + (f"PIKU_WSGI_SERVER={server}\n" if server else ""))
@@ -482,15 +482,16 @@ def finish(fig: Figures, nginx: Nginx, base: Path, args: argparse.Namespace) -> 
     return fig
 
 
-def piku_site(sock: Path, port: int) -> str:
-    """The nginx site piku writes for a wsgi app: uwsgi_pass to the vassal's socket."""
+def piku_site(sock: Path, port: int, app: str = "bench") -> str:
+    """The nginx site piku writes for a wsgi app: uwsgi_pass to the vassal's socket; its
+    server name is ``app``.example."""
     return f"""\
-upstream bench {{
+upstream {app} {{
     server unix:{sock};
 }}
 server {{
     listen 127.0.0.1:{port};
-    server_name {HOST};
+    server_name {app}.example;
     gzip on;
     gzip_vary on;
     gzip_proxied any;
@@ -498,7 +499,7 @@ server {{
     gzip_types text/plain text/css text/xml text/javascript application/javascript application/json application/xml application/rss+xml image/svg+xml;
     add_header X-Deployed-By Piku;
     location / {{
-        uwsgi_pass bench;
+        uwsgi_pass {app};
         include /etc/nginx/uwsgi_params;
         uwsgi_param HTTP_X_FORWARDED_FOR $proxy_add_x_forwarded_for;
         uwsgi_param HTTP_X_REAL_IP $remote_addr;
@@ -508,22 +509,22 @@ server {{
 """
 
 
-def piku_vassal(app_dir: Path, venv: Path, sock: Path, logs: Path) -> str:
-    """The vassal piku writes for `wsgi: app:app` with its defaults."""
+def piku_vassal(app_dir: Path, venv: Path, sock: Path, logs: Path, app: str = "bench") -> str:
+    """The vassal piku writes for `wsgi: app:app` of ``app`` with its defaults."""
     return f"""\
 [uwsgi]
 chdir = {app_dir}
 master = true
-project = bench
+project = {app}
 max-requests = 1024
 listen = 48
 processes = 2
-procname-prefix = bench:wsgi:
+procname-prefix = {app}:wsgi:
 enable-threads = true
 log-x-forwarded-for = false
 log-maxsize = 1048576
-logto2 = {logs}/bench.wsgi.1.log
-log-backupname = {logs}/bench.wsgi.1.log.old
+logto2 = {logs}/{app}.wsgi.1.log
+log-backupname = {logs}/{app}.wsgi.1.log.old
 virtualenv = {venv}
 module = app:app
 threads = 4

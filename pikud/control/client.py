@@ -1,6 +1,7 @@
 """A tiny client for pikud's control socket (stdlib only: the CLI imports it).
 
-``http.client`` over ``AF_UNIX``, one connection per call. ``request()``
+HTTP/1.1 over ``AF_UNIX`` (``wire``; not ``http.client``, whose imports would
+double the CLI's start-up), one connection per call. ``request()``
 returns the envelope's ``data``; ``stream()`` yields NDJSON objects as they
 arrive. Every failure leaves this module as a ``PikudError``: OS errors are
 translated by ``map_exceptions`` at the socket, error envelopes become
@@ -9,7 +10,6 @@ translated by ``map_exceptions`` at the socket, error envelopes become
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pikud.control.protocol import NDJSON
+from pikud.control.wire import Response, send_request
 from pikud.errors import ControlError, DaemonNotRunning, PikudError, ProtocolError
 
 ErrorMap = Mapping[type[Exception], Callable[[Exception], PikudError]]
@@ -44,24 +45,6 @@ def map_exceptions(mapping: ErrorMap) -> Iterator[None]:
         raise
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """An HTTPConnection whose transport is the unix socket at ``path``."""
-
-    def __init__(self, path: Path, timeout: float | None) -> None:
-        super().__init__("pikud", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(str(self.path))
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class Client:
     """Calls pikud's routes; ``timeout`` bounds each socket operation (None: wait)."""
 
@@ -81,18 +64,13 @@ class Client:
             PermissionError: lambda e: ControlError(
                 f"permission denied on {where}: run piku as the user pikud runs as"),
             TimeoutError: lambda e: ControlError(f"pikud did not answer within {self.timeout}s"),
-            http.client.RemoteDisconnected: lambda e: ProtocolError(
-                "pikud closed the connection without answering"),
-            http.client.HTTPException: lambda e: ProtocolError(f"malformed HTTP from pikud: {e!r}"),
             OSError: lambda e: ControlError(f"cannot talk to pikud at {where}: {e}"),
         }
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Send one request and return the ``data`` of its envelope."""
-        with (closing(UnixHTTPConnection(self.socket_path, self.timeout)) as conn,
-              map_exceptions(self._errors)):
-            self._send(conn, method, path, body)
-            response = conn.getresponse()
+        with (closing(self._connect()) as sock, map_exceptions(self._errors),
+              closing(self._send(sock, method, path, body)) as response):
             raw = response.read()
         return _unwrap(response.status, raw)
 
@@ -103,21 +81,18 @@ class Client:
         Once the headers are in, reads wait without a timeout: a followed log
         may stay quiet for hours. An ``{"error": ...}`` line raises RemoteError.
         """
-        with closing(UnixHTTPConnection(self.socket_path, self.timeout)) as conn:
+        with closing(self._connect()) as sock:
             with map_exceptions(self._errors):
-                self._send(conn, method, path, body)
-                sock = conn.sock
-                response = conn.getresponse()
+                response = self._send(sock, method, path, body)
             with closing(response):
-                content_type = (response.getheader("Content-Type") or "").partition(";")[0].strip()
+                content_type = response.header("Content-Type").partition(";")[0].strip()
                 if content_type != NDJSON:
                     with map_exceptions(self._errors):
                         raw = response.read()
                     _unwrap(response.status, raw)
                     raise ProtocolError(
                         f"{method} {path}: pikud answered {content_type!r}, not a stream")
-                if sock is not None:
-                    sock.settimeout(None)
+                sock.settimeout(None)
                 while True:
                     with map_exceptions(self._errors):
                         line = response.readline()
@@ -135,14 +110,28 @@ class Client:
                     if obj.get("end") is True:
                         return
 
-    def _send(self, conn: UnixHTTPConnection, method: str, path: str,
-              body: dict[str, Any] | None) -> None:
+    def _connect(self) -> socket.socket:
+        """A socket connected to pikud, with the timeout set."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with map_exceptions(self._errors):
+                sock.settimeout(self.timeout)
+                sock.connect(str(self.socket_path))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _send(self, sock: socket.socket, method: str, path: str,
+              body: dict[str, Any] | None) -> Response:
+        """Write the request; the response once its headers are in."""
         headers = {"Accept": f"application/json, {NDJSON}", **self.caller}
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        conn.request(method, path, body=payload, headers=headers)
+        send_request(sock, method, path, headers, payload)
+        return Response(sock)
 
 
 def _decode(raw: bytes) -> Any:
