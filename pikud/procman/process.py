@@ -111,8 +111,10 @@ class ProcessSpec:
 
     @property
     def digest(self) -> str:
-        """What a process started with this spec runs: an adopted one must match it."""
-        parts = (self.command, self.env, str(self.cwd), self.port, self.inherits)
+        """What a process started with this spec runs, and under which limits: an adopted
+        one must match it (limits from pikud.toml's [defaults] are not in its env)."""
+        parts = (self.command, self.env, str(self.cwd), self.port, self.inherits,
+                 self.limits.memory, self.limits.cpu, self.limits.tasks, self.limits.nofile)
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 

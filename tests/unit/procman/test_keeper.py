@@ -8,12 +8,14 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
+from pikud.limits import Limits
 from pikud.procman.keeper import Keeper, Kept, start_time
+from pikud.procman.process import ProcessSpec
 from pikud.sdnotify import Notifier
 
 
@@ -54,3 +56,10 @@ def test_only_the_same_live_process_with_its_pipe_back_can_be_adopted(
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_a_spec_under_other_limits_is_another_process_to_adopt(tmp_path: Path) -> None:
+    spec = ProcessSpec(name="a:web.1", kind="web", index=1, command="serve", env=(),
+                       cwd=tmp_path, log_path=tmp_path / "web.1.log")
+    assert spec.digest == replace(spec, stop_timeout=3.0).digest
+    assert spec.digest != replace(spec, limits=Limits(memory=256 * 1024 * 1024)).digest
