@@ -44,7 +44,6 @@ import json
 import logging
 import socket
 import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import count
@@ -52,7 +51,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from pikud.proxy.routing import Target, host_name, match_static, parse_address, resolve
+from pikud.proxy.routing import (
+    Target,
+    forwarded,
+    match_static,
+    parse_address,
+    prefixed_location,
+    resolve,
+)
 
 log = logging.getLogger("pikud")
 
@@ -120,11 +126,8 @@ class Head:
         """The head to send upstream: the routed path, the router's headers, no keep-alive."""
         out = [f"{self.method} {target.path} {self.version}"]
         out += [f"{k}: {v}" for k, v in self.headers if k.lower() not in DROPPED]
-        out += [f"X-Forwarded-For: {peer}", "X-Forwarded-Proto: http",
-                f"X-Forwarded-Host: {host_name(self.get('host'))}", f"X-Forwarded-Port: {port}",
-                f"X-Request-Start: {time.time():.3f}"]
-        if target.prefix:
-            out.append(f"X-Forwarded-Prefix: {target.prefix}")
+        out += [f"{k}: {v}" for k, v in forwarded(peer, "http", self.get("host"), port,
+                                                   target.prefix)]
         out.append("Connection: Upgrade" if self.get("upgrade") else "Connection: close")
         return ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
 
@@ -142,9 +145,8 @@ def response_head(head: bytes, prefix: str) -> bytes:
         name, value = key.strip().lower(), value.strip()
         if name in ("connection", "keep-alive") and not switching:
             continue
-        if (name == "location" and prefix and value.startswith("/")
-                and not value.startswith("//") and not value.startswith(prefix + "/")):
-            line = f"{key}: {prefix}{value}"
+        if name == "location" and (moved := prefixed_location(value, prefix)) != value:
+            line = f"{key}: {moved}"
         out.append(line)
     if not switching:
         out.append("Connection: close")

@@ -41,7 +41,6 @@ import collections
 import itertools
 import logging
 import socket
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -57,9 +56,11 @@ from pikud.proxy.routing import (
     Redirect,
     Route,
     Target,
+    forwarded,
     host_name,
     host_table,
     match_static,
+    prefixed_location,
     resolve,
     upstream_url,
 )
@@ -291,14 +292,11 @@ class Router:
     def _headers(self, request: web.Request, target: Target, drop: Iterable[str]
                  ) -> CIMultiDict[str]:
         headers = forward_headers(request.headers.items(), drop=drop)
-        headers["X-Forwarded-For"] = request.remote or ""
-        headers["X-Forwarded-Proto"] = request.scheme
-        headers["X-Forwarded-Host"] = host_name(request.headers.get("Host", ""))
-        headers["X-Forwarded-Port"] = str(self._bound_port)
-        headers["X-Request-Start"] = f"{time.time():.3f}"
         headers.popall("X-Forwarded-Prefix", None)
-        if target.prefix:
-            headers["X-Forwarded-Prefix"] = target.prefix
+        for name, value in forwarded(request.remote or "", request.scheme,
+                                     request.headers.get("Host", ""), self._bound_port,
+                                     target.prefix):
+            headers[name] = value
         return headers
 
     async def _http(self, request: web.Request, session: aiohttp.ClientSession, url: URL,
@@ -310,10 +308,9 @@ class Router:
             response.headers.extend(forward_headers(upstream.headers.items()))
             if self._connections.draining:
                 response.force_close()          # Connection: close
-            location = response.headers.get("Location", "")
-            if (target.prefix and location.startswith("/") and not location.startswith("//")
-                    and not location.startswith(target.prefix + "/")):
-                response.headers["Location"] = target.prefix + location
+            if "Location" in response.headers:
+                response.headers["Location"] = prefixed_location(response.headers["Location"],
+                                                                 target.prefix)
             await response.prepare(request)
             try:
                 async for chunk in upstream.content.iter_any():

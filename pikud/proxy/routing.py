@@ -14,6 +14,7 @@ server: this module reads no socket and no file. The re-exec bridge
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,3 +129,22 @@ def upstream_url(upstream: str) -> tuple[str, str | None]:
     host, port = parse_address(upstream)
     return f"http://{f'[{host}]' if ':' in host else host}:{port}", None
 
+
+
+def forwarded(peer: str, scheme: str, host: str, port: int, prefix: str
+              ) -> list[tuple[str, str]]:
+    """The headers a routed request gets upstream, as piku's nginx site sets them:
+    X-Forwarded-*, X-Request-Start, and X-Forwarded-Prefix when routed by prefix.
+    Whatever the client sent under these names must not reach the app."""
+    headers = [("X-Forwarded-For", peer), ("X-Forwarded-Proto", scheme),
+               ("X-Forwarded-Host", host_name(host)), ("X-Forwarded-Port", str(port)),
+               ("X-Request-Start", f"{time.time():.3f}")]
+    return headers + ([("X-Forwarded-Prefix", prefix)] if prefix else [])
+
+
+def prefixed_location(location: str, prefix: str) -> str:
+    """An absolute-path Location of an app routed by ``prefix``, with the prefix given back."""
+    if (prefix and location.startswith("/") and not location.startswith("//")
+            and not location.startswith(prefix + "/")):
+        return prefix + location
+    return location
