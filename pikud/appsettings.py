@@ -46,11 +46,23 @@ class AppSettings:
     ready_timeout: float = 30.0     # PIKU_READY_TIMEOUT: how long a new web process may take
     listen_fds: bool = False        # PIKU_LISTEN_FDS: web processes get the daemon's socket
     idle_timeout: float = 0.0       # PIKU_IDLE_TIMEOUT (piku's UWSGI_IDLE): scale to zero; 0 = off
+    upstream: str = "unix"          # PIKU_UPSTREAM: wsgi/asgi slots serve a unix socket, or tcp
     limits: LimitSettings = LimitSettings()     # PIKU_MEMORY_MAX, ... (pikud.limits)
 
 
 def _opt(env: Mapping[str, str], key: str, convert: Callable[[str, str], T], default: T) -> T:
     return convert(key, env[key]) if key in env else default
+
+
+UPSTREAMS = ("unix", "tcp")
+
+
+def upstream(key: str, value: str) -> str:
+    """PIKU_UPSTREAM: what wsgi and asgi slots serve on, a unix socket or a loopback port."""
+    word = value.strip().lower()
+    if word not in UPSTREAMS:
+        raise bad_value(key, " or ".join(UPSTREAMS), value)
+    return word
 
 
 def idle_setting(env: Mapping[str, str]) -> str:
@@ -78,6 +90,7 @@ def app_settings(env: Mapping[str, str], defaults: AppSettings = AppSettings()) 
         ready_timeout=_opt(env, "PIKU_READY_TIMEOUT", seconds, defaults.ready_timeout),
         listen_fds=_opt(env, "PIKU_LISTEN_FDS", boolean, defaults.listen_fds),
         idle_timeout=_opt(env, idle_key, seconds, defaults.idle_timeout),
+        upstream=_opt(env, "PIKU_UPSTREAM", upstream, defaults.upstream),
         limits=limit_settings(env, defaults.limits),
     )
     for key, ok, expected in ((log_key, settings.log_max_bytes >= 1024, "at least 1024 bytes"),

@@ -40,7 +40,10 @@ from pikud.procman.state import ALIVE, ProcessState
 if TYPE_CHECKING:
     from pikud.daemon import Daemon
 
-FORMAT = 1                      # the record's layout; a new image must read this one
+FORMAT = 2                      # the record's layout; a new image must read this one
+# 2: a slot's spec may have a unix socket (``socket``). A format-1 record (no socket)
+# reads as such; an image that reads only 1 refuses a 2 and starts afresh.
+READS = (1, 2)
 ENV = "PIKUD_HANDOVER"          # the number of the memfd that holds the record
 
 
@@ -270,8 +273,9 @@ def _spec(data: dict[str, Any]) -> ProcessSpec:
 
 
 def _record(data: dict[str, Any]) -> Record:
-    if data.get("format") != FORMAT:
-        raise ValueError(f"format {data.get('format')!r}, this pikud reads {FORMAT}")
+    if data.get("format") not in READS:
+        raise ValueError(f"format {data.get('format')!r}, this pikud reads "
+                         f"{' or '.join(map(str, READS))}")
     apps = tuple(AppRecord(**dict(
         app, slots=tuple(SlotRecord(**dict(slot, spec=_spec(slot["spec"])))
                          for slot in app["slots"]),

@@ -8,7 +8,8 @@ What holds config, environment or app output is for pikud's user alone:
 ``envs/``, ``logs/`` and ``pikud/`` are 0700, and the files in them that
 carry config are 0600. What nginx's workers read (``releases/``, ``acme/``,
 ``cache/``) and what its master reads (``nginx/``) lives elsewhere, so
-opening the home folder to nginx (``chmod o+x``) opens none of it.
+opening the home folder to nginx (``chmod o+x``) opens none of it. The
+apps' unix sockets (``nginx/sockets/``) are for nginx's group alone.
 """
 
 from __future__ import annotations
@@ -108,11 +109,18 @@ class Paths:
     def nginx(self) -> Path:
         return self.root / "nginx"
 
+    @property
+    def sockets(self) -> Path:
+        """The unix sockets of wsgi/asgi slots (procman/sockets.py), for nginx's workers:
+        0700 as the daemon makes it, 2750 with nginx's group after `piku setup --fix`."""
+        return self.nginx() / "sockets"
+
     def create(self) -> None:
         """Make the layout (idempotent), like `piku setup`; PRIVATE folders 0700."""
         for name in LAYOUT:
             (self.root / name).mkdir(mode=0o700 if name in PRIVATE else 0o777, parents=True,
                                      exist_ok=True)
+        self.sockets.mkdir(mode=0o700, exist_ok=True)
 
     def make_private(self) -> list[Path]:
         """Take group and other access off what holds config (installs made before

@@ -1,8 +1,9 @@
 """AppRegistry: every app the daemon knows, their persisted desired state, boot and shutdown.
 
 ``pikud/state.json`` (written atomically on every change) holds, per app,
-whether it should run and the ports its web processes were given, so a
-daemon killed at any instant brings every app back as it was.
+whether it should run and the addresses its web processes were given (a
+port, or a unix socket's path; under the key "ports", as before sockets), so
+a daemon killed at any instant brings every app back as it was.
 """
 
 # Design notes:
@@ -61,7 +62,8 @@ def parse_state(data: Any) -> dict[str, dict[str, Any]]:
         except ValueError:
             raise ValueError(f"app {name!r}: desired must be {Desired.RUNNING.value} or "
                              f"{Desired.STOPPED.value}, got {desired!r}") from None
-        ports = {str(k): int(v) for k, v in json_object(state.get("ports", {})).items()}
+        ports = {str(k): v if isinstance(v, str) else int(v)
+                 for k, v in json_object(state.get("ports", {})).items()}
         parsed[name] = {"desired": wanted, "ports": ports}
     return parsed
 
@@ -109,7 +111,7 @@ class AppRegistry:
             app = self.apps[name] = App(name, self.services)
             if name in self._unloaded:          # back since boot: as state.json had it
                 state = self._unloaded.pop(name)
-                app.ports, app.desired = state["ports"], state["desired"]
+                app.addresses, app.desired = state["ports"], state["desired"]
         return self.apps[name]
 
     def names(self) -> list[str]:
@@ -176,7 +178,7 @@ class AppRegistry:
                             name, exc)
                 self._unloaded[name] = state
                 continue
-            app.ports, app.desired = state["ports"], state["desired"]
+            app.addresses, app.desired = state["ports"], state["desired"]
         if loaded.problem is not None:
             self.save()
 

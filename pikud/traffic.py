@@ -28,10 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def upstreams(processes: Iterable[ProcessSpec]) -> tuple[str, ...]:
-    """``127.0.0.1:PORT`` of each web process, in slot order."""
-    return tuple(f"127.0.0.1:{spec.port}"
-                 for spec in sorted(processes, key=lambda s: (s.kind, s.index))
-                 if spec.port is not None)
+    """``unix:PATH`` or ``127.0.0.1:PORT`` of each web process, in slot order."""
+    return tuple(upstream for spec in sorted(processes, key=lambda s: (s.kind, s.index))
+                 if (upstream := spec.upstream) is not None)
 
 
 def route_for(app: str, spec: AppSpec, source: Path,

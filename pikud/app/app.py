@@ -142,7 +142,7 @@ class App(AppCore):
                 self.note("error", f"{self.name}: adopted its processes, but its files do not "
                           f"load: {exc}", logging.ERROR)
                 return
-            self._commit(spec, files, None, env, self.ports, jobs, starting=False)
+            self._commit(spec, files, None, env, self.addresses, jobs, starting=False)
             self._deferred = record.deferred
             await self.publish(spec, source, self.group.specs)
 
@@ -349,4 +349,4 @@ class App(AppCore):
         return [r.summary(self.releases.current) for r in reversed(self.releases.releases)]
 
     def state(self) -> dict[str, Any]:
-        return {"desired": self.desired.value, "ports": self.ports}
+        return {"desired": self.desired.value, "ports": self.addresses}

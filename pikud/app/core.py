@@ -10,7 +10,7 @@ routes to put back (``_put_back``), never state.
 
 # Design notes:
 # - Two ways to apply, one decision: a new release, or web processes that
-#   would be replaced while the daemon picks their ports, start a whole new
+#   would be replaced while the daemon picks their addresses, start a whole new
 #   generation beside the running one (``_switch``): traffic moves once it is
 #   ready, so no request is lost, and the action returns then: the old
 #   generation drains in the background. Anything else is reconciled in place
@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from pikud.app.desired import Desired
-from pikud.app.formation import cron_jobs, process_specs
+from pikud.app.formation import Allocate, cron_jobs, process_specs
 from pikud.app.services import AppServices
 from pikud.appspec import WEB_KINDS, AppSpec, format_env, load_spec
 from pikud.atomic import write_atomic
@@ -50,6 +50,7 @@ from pikud.procman.idle import IdleWatch
 from pikud.procman.logs import Follower, LogFile
 from pikud.procman.plan import plan
 from pikud.procman.process import ManagedProcess, ProcessSpec
+from pikud.procman.sockets import FOLDER_MODE, Address, socket_path
 from pikud.procman.state import ProcessState
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def allocator(folder: Path) -> Allocate:
+    """Where a new web slot serves: a new unix socket path in ``folder``, or a free port."""
+    return lambda slot, unix: socket_path(folder, slot) if unix else free_port()
 
 
 async def remove_tree(path: Path) -> None:
@@ -90,7 +96,7 @@ class AppCore:
         self.paths = services.paths
         self.lock = asyncio.Lock()
         self.desired = Desired.STOPPED
-        self.ports: dict[str, int] = {}
+        self.addresses: dict[str, Address] = {}     # web slot -> port or socket path
         self.spec: AppSpec | None = None            # the spec last applied
         self.releases = ReleaseStore(self.paths, name)
         self.followers: set[Follower] = set()
@@ -120,7 +126,7 @@ class AppCore:
     def web_slots(self) -> list[ManagedProcess]:
         """The web slots serving traffic now, with their daemon-owned sockets."""
         return [proc for proc in self.group.processes.values()
-                if proc.spec.listen_port is not None]
+                if proc.spec.listen_address is not None]
 
     async def _sleep(self) -> bool:
         """Suspend the web slots (IdleWatch); declined while another action holds the lock."""
@@ -236,10 +242,11 @@ class AppCore:
         return release_env(spec, self.paths, self.services.base_env, self.source(release),
                            release)
 
-    def _process_specs(self, spec: AppSpec, release: Release | None, ports: Mapping[str, int],
-                       ) -> tuple[dict[str, ProcessSpec], dict[str, int]]:
+    def _process_specs(self, spec: AppSpec, release: Release | None,
+                       addresses: Mapping[str, Address],
+                       ) -> tuple[dict[str, ProcessSpec], dict[str, Address]]:
         return process_specs(self.name, spec, self._env(spec, release), self.source(release),
-                             self.paths, ports, free_port)
+                             self.paths, addresses, allocator(self.paths.sockets))
 
     def _cron_jobs(self, spec: AppSpec, release: Release | None) -> list[JobSpec]:
         return cron_jobs(self.name, spec, self._env(spec, release), self.source(release),
@@ -265,8 +272,10 @@ class AppCore:
                 env = self._env(spec, release)
                 jobs = cron_jobs(self.name, spec, env, source, self.paths)
                 self.services.traffic.check(self.name, spec, source)
-                desired, ports = process_specs(self.name, spec, env, source, self.paths,
-                                               self.ports, free_port)
+                self._make_dirs()
+                allocate = allocator(self.paths.sockets)
+                desired, addresses = process_specs(self.name, spec, env, source, self.paths,
+                                                   self.addresses, allocate)
                 changed = plan(self.group.specs, desired).replace
                 if restart_all:
                     changed = tuple(n for n in desired if n in self.group.processes)
@@ -275,10 +284,10 @@ class AppCore:
                 if in_place:
                     await self._reconcile(spec, source, desired, changed, starting)
                 else:
-                    desired, ports = process_specs(self.name, spec, env, source, self.paths,
-                                                   {}, free_port)
+                    desired, addresses = process_specs(self.name, spec, env, source,
+                                                       self.paths, {}, allocate)
                     await self._switch(spec, release, source, desired, progress)
-                self._commit(spec, files, release, env, ports, jobs, starting)
+                self._commit(spec, files, release, env, addresses, jobs, starting)
         finally:
             self._applying = None
         if in_place:
@@ -289,7 +298,6 @@ class AppCore:
         """Worker slots replaced one at a time, slots added and removed; web traffic first
         leaves the slots that go, which drain and stop after the change has returned (the
         ``retired:`` line in the app's log)."""
-        self._make_dirs()
         staying = {n: s for n, s in self.group.specs.items() if n in desired}
         leaving = {name: proc.spec for name, proc in self.group.processes.items()
                    if name not in desired and proc.spec.kind in WEB_KINDS}
@@ -319,7 +327,7 @@ class AppCore:
             previous = None if starting else self.spec
             if previous is not None:
                 await self.group.apply(self._process_specs(previous, self.release,
-                                                           self.ports)[0])
+                                                           self.addresses)[0])
             await self.publish(previous or spec, source, self.group.specs)
         except PikudError as exc:
             self.note("error", f"{self.name}: could not put back what ran before the change: "
@@ -356,10 +364,10 @@ class AppCore:
             raise
 
     def _commit(self, spec: AppSpec, files: Files, release: Release | None,
-                env: dict[str, str], ports: dict[str, int], jobs: list[JobSpec],
+                env: dict[str, str], addresses: dict[str, Address], jobs: list[JobSpec],
                 starting: bool) -> None:
         """The change succeeded: make it the app's state, its cron jobs and its files."""
-        self.ports = ports
+        self.addresses = addresses
         if release is not None and release.number != self.releases.current:
             self.releases.activate(release)
         self._warn_once("spec", spec_warnings(spec))
@@ -382,6 +390,8 @@ class AppCore:
         for path in (self.paths.log_dir(self.name), self.paths.data(self.name),
                      self.paths.cache(self.name)):
             path.mkdir(parents=True, exist_ok=True)
+        # nginx's group only once `piku setup --fix` made it so (nginxaccess.py)
+        self.paths.sockets.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
         self.paths.env_dir(self.name).mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def publish(self, spec: AppSpec, source: Path, processes: Mapping[str, ProcessSpec],
@@ -405,13 +415,13 @@ class AppCore:
         settings = spec.settings
 
         async def ready(process: ProcessSpec) -> str:
-            if process.port is None:
+            if process.address is None:
                 return ""
             # A daemon-owned socket accepts before the server runs: ask it over HTTP.
-            path = settings.healthcheck or ("/" if process.listen_port else None)
+            path = settings.healthcheck or ("/" if process.listen_address else None)
             # Checked from the spawn on, with the budget it had when the check began
             # after PIKU_START_SECS: an answer makes the process RUNNING sooner.
-            return await wait_ready(process.port, path,
+            return await wait_ready(process.address, path,
                                     settings.start_secs + settings.ready_timeout)
         return ready
 

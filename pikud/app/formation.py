@@ -1,7 +1,8 @@
 """What an app should run: its AppSpec and release -> ProcessSpecs and cron JobSpecs.
 
 Pure: the environment (``release_env``, computed once per change by the
-caller) and the ports are given, and a port a new web slot needs comes from
+caller) and the web slots' addresses are given, and an address a new web
+slot needs (a unix socket's path or a loopback port) comes from
 ``allocate``, so a table of specs can be checked with no daemon and no
 processes (tests/unit/app/test_formation.py).
 """
@@ -17,46 +18,67 @@ from pikud.deploy.servers import server_command
 from pikud.paths import Paths
 from pikud.procman.policy import RestartPolicy
 from pikud.procman.process import ProcessSpec
+from pikud.procman.sockets import Address
 
 SERVED_KINDS = ("wsgi", "asgi")      # entries that name a Python object, served by an app server
 
+Allocate = Callable[[str, bool], Address]     # (slot, on a unix socket?) -> a new address
+
+
+def serves_unix(kind: str, spec: AppSpec) -> bool:
+    """Whether ``kind``'s slots serve on unix sockets: wsgi and asgi do, unless the app sets
+    PIKU_UPSTREAM=tcp or a fixed PORT. ``web`` binds $PORT itself (piku's contract)."""
+    return (kind in SERVED_KINDS and spec.settings.upstream == "unix"
+            and "PORT" not in spec.env)
+
 
 def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path, paths: Paths,
-                  ports: Mapping[str, int], allocate: Callable[[], int],
-                  ) -> tuple[dict[str, ProcessSpec], dict[str, int]]:
-    """The ProcessSpec of every slot (``app:kind.N``), and the web slots' ports.
+                  addresses: Mapping[str, Address], allocate: Allocate,
+                  ) -> tuple[dict[str, ProcessSpec], dict[str, Address]]:
+    """The ProcessSpec of every slot (``app:kind.N``), and the web slots' addresses.
 
-    A web slot keeps its port from ``ports``, or takes one from ``allocate``;
-    PORT set in ENV serves every web slot. The ports returned are ``ports``
-    with the new ones added (a slot scaled away keeps its entry).
+    A web slot keeps its address from ``addresses`` when it is of the kind it
+    needs, else takes one from ``allocate``; PORT set in ENV serves every web
+    slot. The addresses returned are ``addresses`` with the new ones added (a
+    slot scaled away keeps its entry). A slot on a unix socket finds its path
+    in $PIKU_SOCKET; one on a port, in $PORT.
     """
     s = spec.settings
     policy = RestartPolicy(s.start_secs, s.backoff_base, s.backoff_max,
                            s.start_retries, s.fatal_cooloff)
-    ports = dict(ports)
+    addresses = dict(addresses)
     specs: dict[str, ProcessSpec] = {}
     for kind in supervised_kinds(spec.procfile):
         command = spec.procfile.entries[kind]
+        unix = serves_unix(kind, spec)
         inherits, backlog = kind == "web" and s.listen_fds, 128
         if kind in SERVED_KINDS:
-            server = server_command(kind, command, spec.env, bool(s.idle_timeout))
+            server = server_command(kind, command, spec.env, bool(s.idle_timeout), unix)
             command, inherits, backlog = server.command, server.inherits, server.backlog
         for index in range(1, spec.scaling[kind] + 1):
             name = f"{app}:{kind}.{index}"
             process_env = dict(env, PROC_TYPE=kind, PIKU_ROOT=str(paths.root))
+            address: Address | None = None
             if kind in WEB_KINDS:
-                if "PORT" not in spec.env and name not in ports:
-                    ports[name] = allocate()
-                process_env["PORT"] = spec.env.get("PORT") or str(ports[name])
+                address = addresses.get(name)
+                if "PORT" in spec.env:
+                    address = int(spec.env["PORT"])
+                elif address is None or isinstance(address, str) != unix:
+                    address = addresses[name] = allocate(name, unix)
+                if isinstance(address, str):
+                    process_env["PIKU_SOCKET"] = address
+                else:
+                    process_env["PORT"] = str(address)
             specs[name] = ProcessSpec(
                 name=name, kind=kind, index=index, command=command,
                 env=tuple(sorted(process_env.items())), cwd=source,
                 log_path=paths.log_dir(app) / f"{kind}.{index}.log",
                 stop_timeout=s.stop_timeout, policy=policy,
                 log_max_bytes=s.log_max_bytes, log_backups=s.log_backups,
-                port=int(process_env["PORT"]) if kind in WEB_KINDS else None,
+                port=address if isinstance(address, int) else None,
+                socket=address if isinstance(address, str) else None,
                 inherits=inherits, listen_backlog=backlog, limits=s.limits.for_kind(kind))
-    return specs, ports
+    return specs, addresses
 
 
 def cron_jobs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,

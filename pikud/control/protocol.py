@@ -74,7 +74,8 @@ Shapes:
                   "problems": [str, ...]}    (state counts in /apps)
     process      {"name": "app:kind.N", "kind", "index", "pid", "state",
                   "uptime": seconds|null, "restarts", "last_exit": str|null, "rss": bytes|null,
-                  "port": the PORT a web process was given, else null}
+                  "port": the PORT a web process was given, else null,
+                  "socket": the unix socket a wsgi/asgi process serves on, else null}
     log line     {"source": "web.1", "line": "2026-... text"}
     event        {"time": epoch seconds, "app", "process": name|null, "event", "message"}
     job          {"kind", "schedule", "command", "tz", "next_run": ISO|null, "last_run":

@@ -8,9 +8,10 @@ throughput, FACTS.md); ``PIKU_WSGI_SERVER=gunicorn`` and
 ``PIKU_ASGI_SERVER=uvicorn`` choose the others. piku's uWSGI settings map
 onto the chosen server; the ones that mean nothing there are reported.
 gunicorn and uvicorn serve a listening socket the daemon owns (fd 3,
-LISTEN_FDS); granian cannot take one, so it binds the port it is given, and
-an app that scales to zero (PIKU_IDLE_TIMEOUT) gets gunicorn or uvicorn
-unless it chose a server.
+LISTEN_FDS: a unix socket, or a loopback port with PIKU_UPSTREAM=tcp);
+granian cannot take one, so it binds the unix socket (``--uds``) or the port
+it is given, and an app that scales to zero (PIKU_IDLE_TIMEOUT) gets
+gunicorn or uvicorn unless it chose a server.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def slot_processes(kind: str, env: Mapping[str, str], on_demand: bool = False) -
 
 
 def server_command(kind: str, target: str, env: Mapping[str, str],
-                   on_demand: bool = False) -> ServerCommand:
-    """The command serving ``target`` for a ``wsgi``/``asgi`` kind on 127.0.0.1:$PORT."""
+                   on_demand: bool = False, unix: bool = False) -> ServerCommand:
+    """The command serving ``target`` for a ``wsgi``/``asgi`` kind on 127.0.0.1:$PORT, or
+    (``unix``) on the unix socket $PIKU_SOCKET."""
     target = target.strip()
     if not TARGET.fullmatch(target):
         raise ProcfileError(f"{kind}: expected module:callable (like app:application), "
@@ -94,7 +96,10 @@ def server_command(kind: str, target: str, env: Mapping[str, str],
     backlog = positive_int("UWSGI_LISTEN", env.get("UWSGI_LISTEN", "128"))
     max_requests = nonneg_int("UWSGI_MAX_REQUESTS", env.get("UWSGI_MAX_REQUESTS", "0"))
     notes = [key for key in IGNORED if key in env]
-    bind = ["--host", "127.0.0.1", "--port", "$PORT"]
+    # granian leaves a stale file in place (and then cannot bind): the daemon removes it
+    # before each spawn. 0660 as an octal word: granian reads "660" as decimal.
+    bind = (["--uds", '"$PIKU_SOCKET"', "--uds-permissions", "0660"] if unix
+            else ["--host", "127.0.0.1", "--port", "$PORT"])
     if server == "granian":
         # A killed worker is replaced by granian's main (after 1 s) instead of taking the
         # main and the whole slot down with it: capacity drops by one worker, not to zero.
@@ -127,7 +132,7 @@ def server_command(kind: str, target: str, env: Mapping[str, str],
             argv += ["--limit-max-requests", str(max_requests)]
         if "UWSGI_THREADS" in env:
             notes.append("UWSGI_THREADS")
-    words = " ".join(w if "$PORT" in w else shlex.quote(w) for w in argv)
+    words = " ".join(w if w in bind and "$" in w else shlex.quote(w) for w in argv)
     return ServerCommand(f"exec {words} {shlex.quote(target)}", server, tuple(notes),
                          inherits=server != "granian", backlog=backlog)
 

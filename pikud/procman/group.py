@@ -11,15 +11,17 @@ switched has returned by then, and the outcome goes to the app's log.
 """
 
 # Design notes:
-# - Ready is the proof the app gives: a process with a port is ready when the
-#   readiness check passes, and that makes it RUNNING at once (no further
-#   PIKU_START_SECS wait: an answer proves more than uptime). A process without
-#   a port has no other proof than staying up start_secs.
+# - Ready is the proof the app gives: a process with an address (a port or a
+#   unix socket) is ready when the readiness check passes, and that makes it
+#   RUNNING at once (no further PIKU_START_SECS wait: an answer proves more
+#   than uptime). A process without one has no other proof than staying up
+#   start_secs.
 # - A retiring generation is no longer the group's (``processes``): ps, plans
 #   and handovers see the new one. ``stop()`` of the whole group stops the
 #   retiring ones too, at once, and ``retired()`` awaits them.
-# - A retiring slot keeps its port until it stops, and a listener cannot be
-#   bound twice: a slot started on that port (scaled up again) waits for it.
+# - A retiring slot keeps its address (port or unix socket) until it stops, and
+#   a listener cannot be bound twice: a slot started on that address (scaled up
+#   again) waits for it.
 
 from __future__ import annotations
 
@@ -58,14 +60,14 @@ async def drain(procs: Collection[ManagedProcess], grace: float) -> None:
     """
     if grace > 0 and procs:
         await asyncio.sleep(grace)
-    serving = [proc for proc in procs if proc.spec.port is not None]
+    serving = [proc for proc in procs if proc.spec.address is not None]
     if not serving:
         return
-    ports = {proc.spec.port for proc in serving if proc.spec.port is not None}
+    addresses = {address for proc in serving if (address := proc.spec.address) is not None}
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(max(settle_time(proc.spec) for proc in serving)):
             # The kernel's socket table has no event to wait on: poll it.
-            while await asyncio.to_thread(has_traffic, ports):  # noqa: ASYNC110
+            while await asyncio.to_thread(has_traffic, addresses):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
 
 
@@ -235,10 +237,10 @@ class ProcessGroup:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def _vacated(self, specs: Collection[ProcessSpec]) -> None:
-        """Wait until no retiring slot holds a port one of ``specs`` needs."""
-        ports = {spec.port for spec in specs if spec.port is not None}
+        """Wait until no retiring slot holds an address one of ``specs`` needs."""
+        addresses = {spec.address for spec in specs if spec.address is not None}
         holding = [task for task, procs in self._retiring.items()
-                   if any(proc.spec.port in ports for proc in procs)]
+                   if any(proc.spec.address in addresses for proc in procs)]
         if holding:
             await asyncio.gather(*holding, return_exceptions=True)
 
@@ -267,7 +269,7 @@ class ProcessGroup:
         def why() -> str:
             return f"{proc.state} ({proc.last_exit or 'no exit'})"
 
-        if ready is None or proc.spec.port is None:
+        if ready is None or proc.spec.address is None:
             if not await proc.started(settle_time(proc.spec)):
                 return why()
             return await ready(proc.spec) if ready is not None else ""

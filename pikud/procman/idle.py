@@ -4,7 +4,10 @@ Idle means that no connection to any of the app's daemon-owned sockets has
 been open, or waiting to be accepted, for the whole timeout. The kernel
 knows that better than any counter the daemon could keep, since the app's
 server accepts its connections itself: ``/proc/net/tcp`` lists every socket
-on those ports, with the accept queue of the listening one. Neither nginx's
+on those ports, with the accept queue of the listening one, and
+``/proc/net/unix`` every unix socket, where a connection waiting to be
+accepted (state 02) and an accepted one (03) carry the listener's path
+(measured on Linux 6.x; the listener itself is state 01). Neither nginx's
 sites nor the built-in router keep idle connections to an app open, so an
 app with no requests has none.
 
@@ -22,6 +25,7 @@ from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 
 from pikud.procman.process import ManagedProcess
+from pikud.procman.sockets import Address
 from pikud.procman.state import ALIVE, ProcessState
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,8 @@ CHANGING = frozenset({ProcessState.STARTING, ProcessState.STOPPING})
 
 TCP_TABLE = Path("/proc/net/tcp")       # the sockets listen on 127.0.0.1 (IPv4 only)
 LISTEN, TIME_WAIT, CLOSE = "0A", "06", "07"
+UNIX_TABLE = Path("/proc/net/unix")
+UNCONNECTED = "01"              # a unix socket's state: a listener, or nothing connected
 
 
 def busy_ports(table: str, ports: Collection[int]) -> set[int]:
@@ -55,10 +61,26 @@ def busy_ports(table: str, ports: Collection[int]) -> set[int]:
     return found
 
 
-def has_traffic(ports: Collection[int], table: Path = TCP_TABLE) -> bool:
-    """Whether any of ``ports`` has a connection open or waiting to be accepted."""
+def busy_sockets(table: str, paths: Collection[str]) -> set[str]:
+    """The unix socket ``paths`` with traffic in one /proc/net/unix text: any line that
+    names one in another state than unconnected (a connection queued or accepted)."""
+    found: set[str] = set()
+    for line in table.splitlines()[1:]:
+        fields = line.split(None, 7)            # the path, last, may hold spaces
+        if len(fields) == 8 and fields[7] in paths and fields[5] != UNCONNECTED:
+            found.add(fields[7])
+    return found
+
+
+def has_traffic(addresses: Collection[Address], tcp: Path = TCP_TABLE,
+                unix: Path = UNIX_TABLE) -> bool:
+    """Whether any of ``addresses`` (ports, socket paths) has a connection open or
+    waiting to be accepted."""
+    ports = {address for address in addresses if isinstance(address, int)}
+    paths = {address for address in addresses if isinstance(address, str)}
     try:
-        return bool(busy_ports(table.read_text(), ports))
+        return bool(ports and busy_ports(tcp.read_text(), ports)
+                    or paths and busy_sockets(unix.read_text(), paths))
     except OSError:
         return True                     # cannot tell: never put an app to sleep blindly
 
@@ -108,10 +130,12 @@ class IdleWatch:
                 await self._woken.wait()
                 quiet_since = time.monotonic()
                 continue
-            ports = {slot.spec.listen_port for slot in slots if slot.spec.listen_port}
+            addresses = {address for slot in slots
+                         if (address := slot.spec.listen_address) is not None}
             settling = any(slot.state in CHANGING for slot in slots)
-            # /proc/net/tcp holds every TCP socket of the machine: read it off the loop
-            if self._woken.is_set() or settling or await asyncio.to_thread(has_traffic, ports):
+            # /proc/net/tcp and unix hold every socket of the machine: read them off the loop
+            if self._woken.is_set() or settling or await asyncio.to_thread(has_traffic,
+                                                                            addresses):
                 self._woken.clear()
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= self.timeout and await self._suspend():

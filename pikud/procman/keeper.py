@@ -13,9 +13,11 @@ written, and the next pikud replaces the leftovers instead.
 
 # Design notes:
 # - Descriptor names (FDNAME): ``log.APP.KIND.N.PID`` and ``listen.APP.KIND.N.PORT``
-#   (app names and kinds have no ':' and are printable), ``control`` and
-#   ``router``. A pid or port in the name keeps two generations of one slot
-#   (a deploy under way) apart: FDSTOREREMOVE drops every descriptor of a name.
+#   or, for a unix socket, ``listen.APP.KIND.N.STEM`` (its file name without
+#   ``.sock``: procman/sockets.py ``label``; app names and kinds have no ':'
+#   and are printable), ``control`` and ``router``. A pid, port or socket in
+#   the name keeps two generations of one slot (a deploy under way) apart:
+#   FDSTOREREMOVE drops every descriptor of a name.
 # - A process is adopted only into a slot whose spec is the one it was
 #   started with (the same digest): ENV edited while pikud was down, or a
 #   deploy cut short, gets a fresh process instead. What is recorded but not
@@ -40,7 +42,7 @@ from typing import Any
 from pikud.atomic import write_atomic
 from pikud.procman.children import SPAWN_ID, Child, find_processes, stat_fields, terminate
 from pikud.procman.process import Adopted, ManagedProcess
-from pikud.procman.sockets import FIRST_FD
+from pikud.procman.sockets import FIRST_FD, label
 from pikud.procman.state import ProcessState
 from pikud.sdnotify import Notifier
 from pikud.statefile import json_object, load_json
@@ -88,8 +90,9 @@ def uptime(start: int) -> float:
     return max(time.clock_gettime(time.CLOCK_BOOTTIME) - start / CLOCK_TICKS, 0.0)
 
 
-def fd_name(kind: str, process: str, detail: int) -> str:
-    """``log.APP.KIND.N.PID`` or ``listen.APP.KIND.N.PORT`` for process ``APP:KIND.N``."""
+def fd_name(kind: str, process: str, detail: int | str) -> str:
+    """``log.APP.KIND.N.PID`` or ``listen.APP.KIND.N.PORT`` (``.STEM`` for a unix socket)
+    for process ``APP:KIND.N``."""
     return f"{kind}.{process.replace(':', '.')}.{detail}"
 
 
@@ -131,7 +134,7 @@ class Keeper:
 
     def listening(self, process: str, listener: socket.socket) -> str:
         """Store the listener a slot just bound; returns its name in the store."""
-        name = fd_name("listen", process, listener.getsockname()[1])
+        name = fd_name("listen", process, label(listener.getsockname()))
         self.keep(name, listener.fileno())
         return name
 
@@ -148,7 +151,7 @@ class Keeper:
         if not self.enabled or child is None or proc.pipe is None:
             return
         if proc.listener is not None and proc.listen_name is None:
-            proc.listen_name = fd_name("listen", proc.name, proc.listener.getsockname()[1])
+            proc.listen_name = fd_name("listen", proc.name, label(proc.listener.getsockname()))
         started = start_time(child.pid)
         if started is not None:         # None: gone already; its exit is on its way
             self._track(proc, Kept(proc.name, child.pid, started, child.spawn_id,
@@ -246,9 +249,10 @@ class Keeper:
         """A slot whose recorded process runs another spec (ENV edited while no pikud
         ran) still gets its listener back: the new process serves the same socket,
         nothing is refused on its port, and the old one is stopped by ``finish``."""
-        if proc.spec.listen_port is None:
+        address = proc.spec.listen_address
+        if address is None:
             return
-        name = fd_name("listen", proc.name, proc.spec.listen_port)
+        name = fd_name("listen", proc.name, label(address))
         fd = self._passed.pop(name, None)
         if fd is not None:
             proc.listener, proc.listen_name = socket.socket(fileno=fd), name

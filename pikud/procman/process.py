@@ -42,7 +42,7 @@ from pikud.procman.enforce import Confinement, current
 from pikud.procman.logs import LogFile, PipeReader
 from pikud.procman.policy import RestartPolicy, decide, floored
 from pikud.procman.shell import shell_argv
-from pikud.procman.sockets import hand_over, listen_tcp
+from pikud.procman.sockets import Address, hand_over, listen, remove_socket
 from pikud.procman.state import ALIVE, ProcessState, allowed
 from pikud.procman.waits import first_of
 
@@ -86,14 +86,27 @@ class ProcessSpec:
     log_max_bytes: int = 1024 * 1024
     log_backups: int = 5
     port: int | None = None                     # the loopback port a web slot serves on
-    inherits: bool = False                      # the daemon owns the port's socket (fd 3)
+    socket: str | None = None                   # or the path of its unix socket
+    inherits: bool = False                      # the daemon owns that socket (fd 3)
     listen_backlog: int = 128
     limits: Limits = field(default_factory=Limits)  # PIKU_MEMORY_MAX, ... (procman/enforce.py)
 
     @property
-    def listen_port(self) -> int | None:
-        """The port of the daemon-owned socket handed over at fd 3, if there is one."""
-        return self.port if self.inherits else None
+    def address(self) -> Address | None:
+        """Where a web slot serves: its unix socket's path, or its loopback port."""
+        return self.socket if self.socket is not None else self.port
+
+    @property
+    def upstream(self) -> str | None:
+        """That address as nginx and the router name it: ``unix:PATH`` or ``127.0.0.1:PORT``."""
+        if self.socket is not None:
+            return f"unix:{self.socket}"
+        return f"127.0.0.1:{self.port}" if self.port is not None else None
+
+    @property
+    def listen_address(self) -> Address | None:
+        """The address of the daemon-owned socket handed over at fd 3, if there is one."""
+        return self.address if self.inherits else None
 
     @property
     def argv(self) -> list[str]:
@@ -270,6 +283,8 @@ class ManagedProcess:
             if self.keeper is not None and self.listen_name is not None:
                 self.keeper.drop(self.listen_name)
             self.listen_name = None
+            if self.spec.socket is not None:    # the slot is gone, and so is its address
+                remove_socket(self.spec.socket)
             current().release(self.confinement)
             self.confinement = None
             if self.state in (S.BACKOFF, S.FATAL, S.EXITED, S.IDLE):
@@ -322,13 +337,16 @@ class ManagedProcess:
 
     def _spawn(self) -> Child:
         argv, passed = self.spec.argv, tuple[int, ...]()
-        if self.spec.listen_port is not None:
+        address = self.spec.listen_address
+        if address is not None:
             if self.listener is None:           # bound once, kept across respawns
-                self.listener = listen_tcp(self.spec.listen_port, self.spec.listen_backlog)
+                self.listener = listen(address, self.spec.listen_backlog)
                 if self.keeper is not None:
                     self.listen_name = self.keeper.listening(self.name, self.listener)
             passed = (self.listener.fileno(),)
             argv = hand_over(self.spec.command, passed[0])
+        elif self.spec.socket is not None:
+            remove_socket(self.spec.socket)     # its server binds it, and cannot over a stale one
         enforcer = current()
         enforcer.release(self.confinement)      # the last spawn's tree is gone by now
         self.confinement = None
@@ -494,6 +512,7 @@ class ManagedProcess:
             "last_exit": self.last_exit,
             "rss": read_rss(self.child.pid) if alive and self.child else None,
             "port": self.spec.port,
+            "socket": self.spec.socket,
             "limits": self.spec.limits.table(),
             "usage": (current().usage(self.confinement, self.child.pid)
                       if alive and self.child and self.spec.limits else {}),
