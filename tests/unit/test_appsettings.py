@@ -23,6 +23,8 @@ from pikud.errors import EnvError
     ({"PIKU_AUTO_RESTART": "no"}, {"auto_restart": False}),
     ({"UWSGI_IDLE": "300"}, {"idle_timeout": 300.0}),
     ({"UWSGI_IDLE": "300", "PIKU_IDLE_TIMEOUT": "2m"}, {"idle_timeout": 120.0}),
+    ({"PIKU_UPSTREAM": "tcp"}, {"upstream": "tcp"}),
+    ({"PIKU_UPSTREAM": " Unix "}, {"upstream": "unix"}),
 ])
 def test_app_settings(env: dict[str, str], changes: dict[str, object]) -> None:
     assert app_settings(env) == AppSettings(**changes)  # type: ignore[arg-type]
@@ -48,6 +50,8 @@ def test_app_settings_defaults_come_from_caller() -> None:
     ({"PIKU_LOG_BACKUPS": "101"}, "PIKU_LOG_BACKUPS", "1 to 100"),
     ({"PIKU_TOUCH_RELOAD": "/etc"}, "PIKU_TOUCH_RELOAD", "inside the app directory"),
     ({"PIKU_AUTO_RESTART": "sometimes"}, "PIKU_AUTO_RESTART", "true/false"),
+    ({"PIKU_UPSTREAM": "udp"}, "PIKU_UPSTREAM", "expected unix or tcp, got 'udp'"),
+    ({"PIKU_UPSTREAM": ""}, "PIKU_UPSTREAM", "expected unix or tcp"),
     ({"PIKU_BACKOFF_MAX": "0.5"}, "PIKU_BACKOFF_MAX", "less than PIKU_BACKOFF_BASE (1s)"),
     ({"PIKU_BACKOFF_BASE": "1m"}, "PIKU_BACKOFF_MAX",
      "PIKU_BACKOFF_MAX: 30s is less than PIKU_BACKOFF_BASE (60s)"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -70,3 +72,38 @@ def test_no_record_at_a_plain_start_and_an_error_naming_the_variable_for_a_bad_o
     assert receive({}) is None
     with pytest.raises(HandoverError, match=r"\$PIKUD_HANDOVER='nope'"):
         receive({ENV: "nope"})
+
+
+def sent_as(data: dict[str, object]) -> dict[str, str]:
+    """``data`` in a memfd as an older or newer image would send it."""
+    fd = os.memfd_create("old-image", 0)
+    os.write(fd, json.dumps(data).encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return {ENV: str(fd)}
+
+
+def test_a_slot_on_a_unix_socket_crosses_and_a_format_1_record_still_reads() -> None:
+    read, write = os.pipe()
+    try:
+        sent = record(read, write, read)
+        app = sent.apps[0]
+        unix = dataclasses.replace(app.slots[0].spec, port=None, socket="/srv/s/shop.sock")
+        sent = dataclasses.replace(sent, apps=(dataclasses.replace(app, slots=(
+            dataclasses.replace(app.slots[0], spec=unix),)),))
+        environ: dict[str, str] = {}
+        send(sent, environ)
+        assert receive(environ) == sent and sent.format == 2
+        tcp = record(read, write, read)
+        memfd = send(tcp, environ)
+        old = json.loads(os.pread(memfd, 1 << 20, 0))   # as pikud wrote it before sockets
+        withdraw(memfd, tcp, environ)
+        for slot in old["apps"][0]["slots"]:
+            del slot["spec"]["socket"]
+        got = receive(sent_as(dict(old, format=1)))
+        assert got is not None and got.apps[0].slots[0].spec.port == 5000
+        assert got.apps[0].slots[0].spec.socket is None
+        with pytest.raises(HandoverError, match="format 3, this pikud reads 1 or 2"):
+            receive(sent_as(dict(old, format=3)))
+    finally:
+        os.close(read)
+        os.close(write)

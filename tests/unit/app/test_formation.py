@@ -6,16 +6,16 @@ No daemon and no processes: ports come from a counter.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from pikud.app.formation import cron_jobs, process_specs
+from pikud.app.formation import Allocate, cron_jobs, process_specs
 from pikud.appsettings import AppSettings
 from pikud.appspec import AppSpec, parse_procfile
 from pikud.errors import CronError, ProcfileError
 from pikud.paths import Paths
+from pikud.procman.sockets import Address, socket_path
 
 PATHS = Paths(Path("/srv/piku"))
 SOURCE = Path("/srv/piku/releases/app/3")
@@ -28,8 +28,14 @@ def spec(procfile: str, scaling: dict[str, int], env: dict[str, str] | None = No
     return AppSpec("app", parse_procfile(procfile), dict(env or {}), scaling, settings)
 
 
-def counter(start: int = 9000) -> Callable[[], int]:
-    return itertools.count(start).__next__
+def counter(start: int = 9000) -> Allocate:
+    """Ports from ``start`` on; socket paths with the same numbers as tokens."""
+    numbers = itertools.count(start)
+
+    def allocate(slot: str, unix: bool) -> Address:
+        number = next(numbers)
+        return socket_path(PATHS.sockets, slot, f"t{number}") if unix else number
+    return allocate
 
 
 FORMATIONS = [
@@ -72,7 +78,7 @@ def test_a_slot_gets_the_release_env_its_kind_port_and_paths() -> None:
     assert (web.kind, web.index, web.command, web.cwd) == ("web", 1, "serve", SOURCE)
     assert web.log_path == Path("/srv/piku/logs/app/web.1.log")
     assert (worker.stop_timeout, worker.log_max_bytes, worker.log_backups) == (3.0, 4096, 2)
-    assert not web.inherits and web.listen_port is None
+    assert not web.inherits and web.listen_address is None
 
 
 LISTENING = [
@@ -93,12 +99,59 @@ def test_who_inherits_the_daemons_socket(procfile: str, env: dict[str, str],
     assert specs[f"app:{kind}.1"].inherits is inherits
 
 
-def test_a_wsgi_entry_is_served_by_an_app_server_on_its_port() -> None:
+UNIX = "/srv/piku/nginx/sockets/app.{kind}.1.t7100.sock"
+UPSTREAMS = [
+    # (Procfile, ENV, settings, the slot's port, its socket)
+    ("wsgi: app:application\n", {}, DEFAULTS, None, UNIX.format(kind="wsgi")),
+    ("asgi: app:app\n", {"PIKU_ASGI_SERVER": "uvicorn"}, DEFAULTS, None,
+     UNIX.format(kind="asgi")),
+    ("wsgi: app:application\n", {}, AppSettings(upstream="tcp"), 7100, None),
+    ("wsgi: app:application\n", {"PORT": "5000"}, DEFAULTS, 5000, None),     # fixed: TCP
+    ("web: serve\n", {}, DEFAULTS, 7100, None),           # binds $PORT itself
+    ("web: serve\n", {}, AppSettings(listen_fds=True), 7100, None),
+]
+
+
+@pytest.mark.parametrize(("procfile", "env", "settings", "port", "path"), UPSTREAMS)
+def test_wsgi_and_asgi_serve_on_a_unix_socket_unless_told_otherwise(
+        procfile: str, env: dict[str, str], settings: AppSettings, port: int | None,
+        path: str | None) -> None:
+    kind = procfile.split(":")[0]
+    specs, addresses = process_specs("app", spec(procfile, {kind: 1}, env, settings), ENV,
+                                     SOURCE, PATHS, {}, counter(7100))
+    slot = specs[f"app:{kind}.1"]
+    assert (slot.port, slot.socket) == (port, path)
+    assert slot.upstream == (f"unix:{path}" if path else f"127.0.0.1:{port}")
+    assert dict(slot.env).get("PIKU_SOCKET") == path
+    assert dict(slot.env).get("PORT") == (str(port) if port else None)
+    assert addresses == ({f"app:{kind}.1": path or port} if "PORT" not in env else {})
+
+
+def test_granian_binds_the_socket_itself_and_gunicorn_is_handed_it() -> None:
     specs, _ = process_specs("app", spec("wsgi: app:application\n", {"wsgi": 1}), ENV, SOURCE,
                              PATHS, {}, counter(7100))
-    wsgi = specs["app:wsgi.1"]
-    assert wsgi.port == 7100 and "app:application" in wsgi.command
-    assert wsgi.command != "app:application"
+    granian = specs["app:wsgi.1"]
+    assert '--uds "$PIKU_SOCKET" --uds-permissions 0660' in granian.command
+    assert "--port" not in granian.command and not granian.inherits
+    assert granian.listen_address is None
+    specs, _ = process_specs("app", spec("wsgi: app:application\n", {"wsgi": 1},
+                                         {"PIKU_WSGI_SERVER": "gunicorn"}), ENV, SOURCE,
+                             PATHS, {}, counter(7100))
+    gunicorn = specs["app:wsgi.1"]
+    assert gunicorn.inherits and gunicorn.listen_address == UNIX.format(kind="wsgi")
+    assert "--uds" not in gunicorn.command
+
+
+def test_a_slot_keeps_its_socket_until_the_upstream_setting_changes() -> None:
+    kept = {"app:wsgi.1": "/srv/piku/nginx/sockets/app.wsgi.1.old.sock"}
+    wsgi = spec("wsgi: app:application\n", {"wsgi": 1})
+    specs, addresses = process_specs("app", wsgi, ENV, SOURCE, PATHS, kept, counter(7100))
+    assert specs["app:wsgi.1"].socket == kept["app:wsgi.1"] and addresses == kept
+    tcp = spec("wsgi: app:application\n", {"wsgi": 1}, settings=AppSettings(upstream="tcp"))
+    specs, addresses = process_specs("app", tcp, ENV, SOURCE, PATHS, kept, counter(7100))
+    assert specs["app:wsgi.1"].port == 7100 and addresses == {"app:wsgi.1": 7100}
+    specs, addresses = process_specs("app", wsgi, ENV, SOURCE, PATHS, addresses, counter(7200))
+    assert specs["app:wsgi.1"].socket == UNIX.format(kind="wsgi").replace("7100", "7200")
 
 
 def test_a_bad_wsgi_target_is_refused() -> None:

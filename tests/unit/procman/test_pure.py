@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pikud.procman.idle import busy_ports, check_interval
+from pikud.procman.idle import busy_ports, busy_sockets, check_interval
 from pikud.procman.plan import Plan, plan
 from pikud.procman.policy import MIN_INTERVAL, Backoff, Decision, RestartPolicy, decide
 from pikud.procman.shell import shell_argv
@@ -232,6 +232,31 @@ TCP_TABLE = """\
 ])
 def test_busy_ports(ports: set[int], busy: set[int]) -> None:
     assert busy_ports(TCP_TABLE, ports) == busy
+
+
+# /proc/net/unix as Linux 6.x writes it: listeners are state 01 (flags 00010000); a
+# connection waiting to be accepted (02) or accepted (03) names the listener's path too.
+UNIX_TABLE = """\
+Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 101 /srv/s/quiet.sock
+0000000000000000: 00000002 00000000 00010000 0001 01 102 /srv/s/queued.sock
+0000000000000000: 00000003 00000000 00000000 0001 02     0 /srv/s/queued.sock
+0000000000000000: 00000002 00000000 00010000 0001 01 103 /srv/s/open one.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 104 /srv/s/open one.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 105
+0000000000000000: 00000002 00000000 00000000 0002 01 106 @abstract
+"""
+
+
+@pytest.mark.parametrize("paths, busy", [
+    ({"/srv/s/quiet.sock"}, set()),                         # listening, nothing else
+    ({"/srv/s/queued.sock"}, {"/srv/s/queued.sock"}),       # one waits to be accepted
+    ({"/srv/s/open one.sock"}, {"/srv/s/open one.sock"}),   # accepted; a space in the path
+    ({"/srv/s/quiet.sock", "/srv/s/queued.sock"}, {"/srv/s/queued.sock"}),
+    ({"/srv/s/gone.sock"}, set()),
+])
+def test_busy_sockets(paths: set[str], busy: set[str]) -> None:
+    assert busy_sockets(UNIX_TABLE, paths) == busy
 
 
 @pytest.mark.parametrize("timeout, interval", [(0.5, 0.25), (2, 0.5), (60, 5.0), (3600, 5.0)])
