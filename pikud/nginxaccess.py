@@ -4,6 +4,8 @@ nginx's workers run as the ``user`` of nginx's main config (www-data on
 Debian). They must pass through every folder above what they serve (x),
 list and read static folders (r+x) and write to unix sockets (w). Debian 12
 makes home folders 0700, so a site nginx accepts still answers 403 or 502.
+The apps' sockets (``nginx/sockets``) are for nginx alone: its workers get
+in through the folder's group, never through "others" (``sockets_blocked``).
 
 Stdlib only: the daemon checks each site it publishes (``proxy.nginx``), and
 ``piku setup`` checks the layout, without a daemon, as an installer calls it.
@@ -18,6 +20,11 @@ Stdlib only: the daemon checks each site it publishes (``proxy.nginx``), and
 # - The fix is the smallest mode bit: o+x on a folder on the way lets others
 #   enter it without listing it. Giving the worker's group access works too,
 #   and the advice says so, but only the chmod is applied (``Blocked.fix``).
+# - The sockets folder is the exception: o+x there would let every local user
+#   reach the apps past nginx's rules. It is made the worker's group's, 2750
+#   with setgid, so every socket made in it (0660) is that group's too. pikud's
+#   user cannot chgrp to a group it is not in: `piku setup --fix` as root does
+#   (scripts/install), with the sockets already there.
 
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ TRAVERSE, WRITE, READ, LIST = 0o1, 0o2, 0o4, 0o5
 _USER = re.compile(r"^\s*user\s+([^\s;]+)", re.MULTILINE)
 _CONF_PATH = re.compile(r"--conf-path=(\S+)")
 _NEED = {TRAVERSE: "o+x", WRITE: "o+w", READ: "o+r", LIST: "o+rx"}
+SOCKETS_MODE = 0o2750           # the sockets folder: owner rwx, nginx's group r-x, setgid
 
 
 @dataclass(frozen=True)
@@ -58,20 +66,34 @@ class Blocked:
     path: Path
     mode: int
     bits: int                   # what ``path`` lacks for others
+    group: str | None = None    # the sockets folder: to be this group's (``sockets_blocked``)
 
     @property
     def command(self) -> str:
+        if self.group is not None:
+            return f"chgrp -R {self.group} {self.path} && chmod {SOCKETS_MODE:o} {self.path}"
         return f"chmod {_NEED[self.bits]} {self.path}"
 
     def advice(self) -> str:
+        if self.group is not None:
+            return (f"nginx (user {self.user}) cannot connect to the apps' sockets in "
+                    f"{self.path}: it is mode {self.mode:04o}, group {_group_name(self.path)}; "
+                    f"as root, fix with `{self.command}` (`piku setup --fix` does)")
         where = "it" if self.path == self.target.path else str(self.path)
         return (f"nginx (user {self.user}) cannot {self.target.verb} {self.target.path}: "
                 f"{where} is mode {self.mode:04o}; fix with `{self.command}` "
                 f"(or give group {self.user} access)")
 
     def fix(self) -> None:
-        """Add the missing bits for others; OSError when pikud's user may not."""
-        os.chmod(self.path, stat.S_IMODE(self.path.stat().st_mode) | self.bits)
+        """Add the missing bits for others (or hand the sockets folder and the sockets in
+        it to the group); OSError when pikud's user may not."""
+        if self.group is None:
+            os.chmod(self.path, stat.S_IMODE(self.path.stat().st_mode) | self.bits)
+            return
+        gid = grp.getgrnam(self.group).gr_gid
+        for entry in (self.path, *self.path.iterdir()):
+            os.chown(entry, -1, gid, follow_symlinks=False)
+        os.chmod(self.path, SOCKETS_MODE)
 
 
 def user_from_conf(text: str) -> str | None:
@@ -121,18 +143,34 @@ def _can(st: os.stat_result, uid: int, gids: set[int], bits: int) -> bool:
     return mode & bits == bits
 
 
+def _group_name(path: Path) -> str:
+    gid = path.stat().st_gid
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _identity(user: str) -> tuple[int, set[int], int] | None:
+    """``user``'s uid, groups and primary group; None when there is no such user."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    gids = {entry.pw_gid} | {group.gr_gid for group in grp.getgrall() if user in group.gr_mem}
+    return entry.pw_uid, gids, entry.pw_gid
+
+
 def blocked(targets: Iterable[Target], user: str) -> list[Blocked]:
     """What keeps ``user`` from each target: the first folder on the way, or the target.
 
     Paths that do not exist yet are skipped; nothing is reported when ``user``
     does not exist. A folder shared by several targets is reported for each.
     """
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
+    identity = _identity(user)
+    if identity is None:
         return []
-    uid = entry.pw_uid
-    gids = {entry.pw_gid} | {group.gr_gid for group in grp.getgrall() if user in group.gr_mem}
+    uid, gids, _ = identity
     found: list[Blocked] = []
     for target in targets:
         for folder in (*reversed(target.path.parents), target.path):
@@ -145,6 +183,34 @@ def blocked(targets: Iterable[Target], user: str) -> list[Blocked]:
                 found.append(Blocked(user, target, folder, stat.S_IMODE(st.st_mode), bits))
                 break
     return found
+
+
+def sockets_blocked(folder: Path, user: str) -> list[Blocked]:
+    """What keeps ``user`` from the unix sockets made (0660) in ``folder``: a folder on the
+    way (o+x fixes it), or the folder itself, which must be a group's of ``user``'s, with
+    g+x and setgid (each socket then is that group's), and each socket already there.
+
+    Nothing when ``user`` runs as the folder's owner (or as root), or the folder
+    does not exist yet.
+    """
+    target = Target(folder, TRAVERSE, "connect to the apps' sockets in")
+    above = [item for item in blocked([target], user) if item.path != folder]
+    identity = _identity(user)
+    if above or identity is None:
+        return above
+    uid, gids, primary = identity
+    try:
+        st = folder.stat()
+        if uid in (0, st.st_uid):
+            return []
+        mode = stat.S_IMODE(st.st_mode)
+        grouped = st.st_gid in gids and mode & stat.S_ISGID and mode & 0o010
+        if grouped and all(_can(sock.stat(), uid, gids, WRITE) for sock in folder.iterdir()):
+            return []
+    except OSError:
+        return []
+    group = grp.getgrgid(primary).gr_name if st.st_gid not in gids else _group_name(folder)
+    return [Blocked(user, target, folder, mode, TRAVERSE, group=group)]
 
 
 def layout_targets(root: Path) -> list[Target]:

@@ -1,5 +1,5 @@
-"""Loopback helpers for the tests and the benchmarks (stdlib only): a free port, and
-a small HTTP server in a thread of the test's own process.
+"""Loopback helpers for the tests and the benchmarks (stdlib only): a free port, a
+small HTTP server in a thread of the test's own process, and a connection as another user.
 
 The apps' own servers (strings a test writes into an app's folder) stay apart:
 they are app code, run by pikud, not helpers.
@@ -7,9 +7,12 @@ they are app code, run by pikud, not helpers.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import socket
 import socketserver
+import subprocess
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,3 +80,18 @@ class HttpServer:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(10)
+
+
+def connects_as(user: str, path: Path | int) -> str:
+    """What ``user`` (as root can make it: its own groups only) gets connecting to a unix
+    socket's ``path`` or a loopback port: "ok" or the errno's name."""
+    code = ("import errno, socket, sys\nwhere = sys.argv[1]\n"
+            "s = socket.socket(socket.AF_INET if where.isdigit() else socket.AF_UNIX)\n"
+            "try:\n    s.connect(('127.0.0.1', int(where)) if where.isdigit() else where)\n"
+            "    print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n")
+    # the system's python: this one may live in a folder other users cannot enter
+    gid = pwd.getpwnam(user).pw_gid                 # its own groups, none of root's
+    done = subprocess.run(["/usr/bin/python3", "-c", code, str(path)], user=user, group=gid,
+                          extra_groups=[g.gr_gid for g in grp.getgrall() if user in g.gr_mem],
+                          cwd="/", capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout.strip()

@@ -26,18 +26,27 @@ def status(as_json: bool) -> None:
 
 @click.command("setup")
 @click.option("--fix", is_flag=True,
-              help="Let nginx's workers into PIKU_ROOT (chmod o+x where they are kept out).")
+              help="Let nginx's workers into PIKU_ROOT (chmod o+x where they are kept out) "
+                   "and give the apps' sockets folder to their group (as root).")
 @json_option
 def setup(fix: bool, as_json: bool) -> None:
     """Create the directory layout under PIKU_ROOT; check that nginx can serve from it.
 
     Needs no daemon; safe to run again. nginx's workers (its config's `user`)
     must pass through PIKU_ROOT and the folders above it (a 0700 home folder,
-    Debian 12's default, keeps them out): the fix is printed, and applied with
-    --fix or when confirmed on a terminal.
+    Debian 12's default, keeps them out), and connect to the apps' sockets in
+    nginx/sockets through its group (2750, setgid; only root can chgrp it):
+    the fix is printed, and applied with --fix or when confirmed on a terminal.
     """
     # Imported here: only this command looks at nginx.
-    from pikud.nginxaccess import blocked, distinct, fix_all, installed_worker_user, layout_targets
+    from pikud.nginxaccess import (
+        blocked,
+        distinct,
+        fix_all,
+        installed_worker_user,
+        layout_targets,
+        sockets_blocked,
+    )
 
     allowed("setup")
     paths = Paths.from_env()
@@ -46,13 +55,14 @@ def setup(fix: bool, as_json: bool) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot create the layout under {paths.root}: {exc}") from None
     user = installed_worker_user()
-    found = distinct(blocked(layout_targets(paths.root), user)) if user else []
+    found = distinct([*blocked(layout_targets(paths.root), user),
+                      *sockets_blocked(paths.sockets, user)]) if user else []
     lines = [f"-----> {paths.root / name}" for name in LAYOUT]
     lines += [f"-----> Warning: {item.advice()}" for item in found]
     if found and not fix and not as_json and sys.stdin.isatty():
         click.echo("\n".join(lines))
         lines = []
-        fix = click.confirm("Apply the chmod above?", default=False)
+        fix = click.confirm("Apply the fixes above?", default=False)
     fixed: list[str] = []
     if found and fix:
         try:

@@ -55,10 +55,10 @@ from pikud.nginxaccess import (
     DEFAULT_USER,
     LIST,
     READ,
-    WRITE,
     Target,
     blocked,
     conf_path,
+    sockets_blocked,
     worker_user,
 )
 from pikud.paths import Paths
@@ -248,6 +248,8 @@ def access_problems(site: NginxSite, user: str = DEFAULT_USER) -> list[str]:
     targets.append(Target(Path(site.acme_root), LIST, "serve ACME challenges from"))
     if site.catch_all is not None:
         targets.append(Target(Path(site.catch_all), READ, "read"))
-    targets += [Target(Path(server.removeprefix("unix:")), WRITE, "connect to")
-                for server in site.upstreams if server.startswith("unix:")]
-    return list(dict.fromkeys(item.advice() for item in blocked(targets, user)))
+    found = blocked(targets, user)
+    for folder in dict.fromkeys(Path(server.removeprefix("unix:")).parent
+                                for server in site.upstreams if server.startswith("unix:")):
+        found += sockets_blocked(folder, user)
+    return list(dict.fromkeys(item.advice() for item in found))

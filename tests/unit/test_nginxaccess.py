@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -15,9 +16,12 @@ from pikud.nginxaccess import (
     conf_path,
     distinct,
     fix_all,
+    sockets_blocked,
     user_from_conf,
     worker_user,
 )
+from pikud.procman.sockets import FOLDER_MODE, listen_unix
+from tests.net import connects_as
 
 
 @pytest.mark.parametrize(("text", "user"), [
@@ -59,3 +63,21 @@ def test_one_fix_per_folder_and_it_lets_the_workers_in(open_dir: Path, www_data:
                              f"fix with `chmod o+rx {static}` (or give group www-data access)")
     assert fix_all([left]) == [f"chmod o+rx {static}"]
     assert blocked(targets, www_data) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chgrp to nginx's group needs root, as setup --fix")
+def test_the_sockets_folder_is_given_to_nginxs_group_and_kept_from_others(
+        open_dir: Path, www_data: str) -> None:
+    sockets = open_dir / "sockets"
+    sockets.mkdir(mode=FOLDER_MODE)                 # as the daemon makes it
+    with listen_unix(str(sockets / "early.sock"), 8):
+        [found] = sockets_blocked(sockets, www_data)
+        assert found.command == f"chgrp -R www-data {sockets} && chmod 2750 {sockets}"
+        assert connects_as(www_data, sockets / "early.sock") == "EACCES"
+        assert fix_all([found]) == [found.command]
+        assert stat.S_IMODE(sockets.stat().st_mode) == 0o2750
+        assert sockets_blocked(sockets, www_data) == []
+        with listen_unix(str(sockets / "later.sock"), 8):  # made after: the group's by setgid
+            for name in ("early.sock", "later.sock"):
+                assert connects_as(www_data, sockets / name) == "ok"
+                assert connects_as("nobody", sockets / name) == "EACCES"

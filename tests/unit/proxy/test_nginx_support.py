@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import grp
+import shutil
 from pathlib import Path
 
 import pytest
@@ -93,34 +95,43 @@ def test_access_problems(open_dir: Path, www_data: str) -> None:
     home = open_dir / "home"
     (home / "static").mkdir(parents=True)
     (home / "static").chmod(0o755)
-    sock = home / "web.sock"
+    sockets = home / "sockets"
+    sockets.mkdir(mode=0o700)
+    sock = sockets / "web.sock"
     sock.write_text("")
-    sock.chmod(0o666)
+    sock.chmod(0o660)
     home.chmod(0o700)
     site = site_with(home / "static", sock)
     problems = access_problems(site, www_data)
     assert problems == [
         f"nginx (user www-data) cannot read {home}/static: {home} is mode 0700; "
         f"fix with `chmod o+x {home}` (or give group www-data access)",
-        f"nginx (user www-data) cannot connect to {sock}: {home} is mode 0700; "
-        f"fix with `chmod o+x {home}` (or give group www-data access)",
+        f"nginx (user www-data) cannot connect to the apps' sockets in {sockets}: {home} is "
+        f"mode 0700; fix with `chmod o+x {home}` (or give group www-data access)",
     ]
     home.chmod(0o711)
     (home / "static").chmod(0o700)
-    sock.chmod(0o600)
+    group = grp.getgrgid(sockets.stat().st_gid).gr_name
     assert access_problems(site, www_data) == [
         f"nginx (user www-data) cannot read {home}/static: it is mode 0700; "
         f"fix with `chmod o+rx {home}/static` (or give group www-data access)",
-        f"nginx (user www-data) cannot connect to {sock}: it is mode 0600; "
-        f"fix with `chmod o+w {sock}` (or give group www-data access)",
+        f"nginx (user www-data) cannot connect to the apps' sockets in {sockets}: it is mode "
+        f"0700, group {group}; as root, fix with `chgrp -R www-data {sockets} && chmod 2750 "
+        f"{sockets}` (`piku setup --fix` does)",
     ]
     (home / "static").chmod(0o755)
-    sock.chmod(0o666)
+    shutil.chown(sockets, group="www-data")
+    sockets.chmod(0o2750)                       # the folder is right, the socket is not yet
+    assert access_problems(site, www_data) == [
+        f"nginx (user www-data) cannot connect to the apps' sockets in {sockets}: it is mode "
+        f"2750, group www-data; as root, fix with `chgrp -R www-data {sockets} && chmod 2750 "
+        f"{sockets}` (`piku setup --fix` does)"]
+    shutil.chown(sock, group="www-data")
     assert access_problems(site, www_data) == []
 
 
 def test_access_problems_skip_missing_and_unknown_user(open_dir: Path) -> None:
-    site = site_with(open_dir / "missing" / "static", open_dir / "missing.sock")
+    site = site_with(open_dir / "missing" / "static", open_dir / "missing" / "web.sock")
     assert access_problems(site, "www-data") == []
     assert access_problems(site, "no-such-user-pikud") == []
 
