@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
 import subprocess
 import sys
 import urllib.request
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 WEB_APP = '''\
 import os
@@ -100,9 +102,24 @@ def python_app(work: Path, version: str = "v1", procfile: str | None = None,
     return work
 
 
-def get(port: int, timeout: float = 5) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout) as response:
-        return response.read().decode()
+def get(where: int | str, timeout: float = 5) -> str:
+    """The body of ``GET /`` from a loopback port, or a unix socket's path."""
+    if isinstance(where, int):
+        with urllib.request.urlopen(f"http://127.0.0.1:{where}/", timeout=timeout) as response:
+            return response.read().decode()
+    with socket.socket(socket.AF_UNIX) as sock:      # HTTP/1.0: the answer ends at close
+        sock.settimeout(timeout)
+        sock.connect(where)
+        sock.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"200", head
+    return body.decode()
+
+
+def address(process: dict[str, Any]) -> int | str:
+    """Where a process of ``GET /apps/APP`` serves: its unix socket, else its port."""
+    return process["socket"] or process["port"]
 
 
 def local_remote(work: Path, app: str) -> None:

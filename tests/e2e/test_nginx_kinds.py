@@ -15,6 +15,8 @@ from tests.e2e.apps import git, local_remote, push, python_app
 from tests.e2e.test_nginx_deploy import site_env
 from tests.e2e.test_push import ASGI_APP, FD_APP
 from tests.integration.nginx_server import NginxServer
+from tests.net import connects_as
+from tests.nginx_master import AS_ROOT
 
 FLASK_APP = '''\
 from flask import Flask
@@ -67,6 +69,19 @@ def test_every_serving_kind_answers_through_nginx(
                         lambda r, body=body: (r.status, r.body) == (200, body))
         assert server.request(f"{app}.example", https=True).body == body
     assert daemon.processes("static") == []              # nginx serves it alone
+
+    # wsgi and asgi serve nginx (its workers, as www-data when root) through unix sockets
+    # no other local user can reach; a `web` process binds a loopback port anyone can.
+    [web_proc] = daemon.processes("web")
+    for app in ("flask", "asgi"):
+        [proc] = daemon.processes(app)
+        assert proc["port"] is None and proc["socket"], proc
+        conf = (daemon.root / "nginx" / f"{app}.conf").read_text()
+        assert f"server unix:{proc['socket']}" in conf
+        if AS_ROOT:
+            assert connects_as("nobody", Path(proc["socket"])) == "EACCES"
+    if AS_ROOT:
+        assert connects_as("nobody", web_proc["port"]) == "ok"
 
 
 def test_the_first_request_after_a_sleep_succeeds_through_nginx(

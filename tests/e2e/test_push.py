@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pikud.procman.children import descendants
 from tests.conftest import Pikud, alive, wait_for
-from tests.e2e.apps import WEB_APP, get, git, local_remote, push, python_app
+from tests.e2e.apps import WEB_APP, address, get, git, local_remote, push, python_app
 from tests.e2e.conftest import SshServer
 
 
@@ -287,9 +287,14 @@ async def app(scope, receive, send):
 '''
 
 
-def listen_backlog(port: int) -> int:
-    """The backlog of the socket listening on 127.0.0.1:``port`` (ss shows it as Send-Q)."""
-    line = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
+def listen_backlog(where: int | str) -> int:
+    """The backlog of the socket listening on 127.0.0.1:``where`` or at the unix socket
+    ``where`` (ss shows it as Send-Q)."""
+    if isinstance(where, str):
+        line = subprocess.run(["ss", "-Hlx", "src", where], capture_output=True, text=True,
+                              check=True).stdout.split()
+        return int(line[3])
+    line = subprocess.run(["ss", "-Hltn", f"sport = :{where}"], capture_output=True, text=True,
                           check=True).stdout.split()
     return int(line[2])
 
@@ -316,14 +321,15 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
         proc = wait_for(lambda app=app: next((p for p in pikud.processes(app)
                                               if p["state"] == "RUNNING"), None),
                         30, f"{app} to run")
-        assert get(proc["port"]) == expect
+        assert get(address(proc)) == expect
+        assert (proc["socket"] is None) == (server == "python3"), proc   # wsgi/asgi: unix
         cmdline = Path(f"/proc/{proc['pid']}/cmdline").read_bytes().split(b"\0")
         assert any(server.encode() in word for word in cmdline[:2]), cmdline
         environ = Path(f"/proc/{proc['pid']}/environ").read_bytes().split(b"\0")
         inherited = f"LISTEN_PID={proc['pid']}".encode() in environ
         assert inherited == (server != "granian"), (app, environ)     # the daemon's socket
         if "UWSGI_LISTEN=77" in env:          # the server kept the backlog it was given
-            assert listen_backlog(proc["port"]) == 77, app
+            assert listen_backlog(address(proc)) == 77, app
         if server == "python3":
             continue
 
@@ -350,7 +356,7 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
     workers = wait_for(lambda: len((now := descendants(main) - {main}) - first) == 1
                        and len(now) == 1 and now, 15, "granian's replacement worker")
     assert pikud.process("wsgiapp", "wsgiapp:wsgi.1")["restarts"] == slot["restarts"]
-    assert get(slot["port"]) == "wsgi w1 /"
+    assert get(address(slot)) == "wsgi w1 /"
     # kill -9 of granian's main: its workers (re-parented to pikud, still on the port)
     # are stopped before the respawn, which then serves.
     os.kill(main, 9)
@@ -358,7 +364,7 @@ def test_wsgi_and_asgi_apps_are_served_by_an_app_server_in_their_env(
     again = wait_for(lambda: (p := pikud.process("wsgiapp", "wsgiapp:wsgi.1"))["state"]
                      == "RUNNING" and p["pid"] not in (None, main) and p, 30, "the respawn")
     assert [pid for pid in workers if alive(pid)] == []
-    assert get(again["port"]) == "wsgi w1 /"
+    assert get(address(again)) == "wsgi w1 /"
 
 
 def test_uwsgi_idle_set_on_a_pushed_wsgi_app_moves_it_to_gunicorn_and_zero(
@@ -386,7 +392,7 @@ def test_uwsgi_idle_set_on_a_pushed_wsgi_app_moves_it_to_gunicorn_and_zero(
     pikud.cli("config:set", "idler", "UWSGI_IDLE=1", check=True)
     asleep = pikud.wait_state("idler", "idler:wsgi.1", "IDLE", timeout=30)
     assert asleep["pid"] is None and not alive(serving["pid"])
-    assert get(asleep["port"]) == "wsgi w1 /"          # waited for gunicorn to boot
+    assert get(address(asleep)) == "wsgi w1 /"          # waited for gunicorn to boot
     pid = pikud.wait_state("idler", "idler:wsgi.1", "RUNNING")["pid"]
     assert b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
     pikud.wait_state("idler", "idler:wsgi.1", "IDLE", timeout=30)

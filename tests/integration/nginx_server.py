@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import shutil
 import ssl
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from pikud.paths import Paths
 from pikud.proxy import Nginx, NginxSite, site_from_env
 from tests.conftest import Pikud, app_processes
 from tests.net import Answer, HttpServer
-from tests.nginx_master import DEADLINE, NGINX, NginxMaster
+from tests.nginx_master import AS_ROOT, DEADLINE, NGINX, NginxMaster
 from tests.waiting import wait_for
 
 
@@ -165,6 +167,11 @@ def fronted_by_nginx(log_dir: Path, settings: Callable[[NginxServer], str] = lam
     base = Path(tempfile.mkdtemp(prefix="pkf-", dir="/tmp"))
     base.chmod(0o755)
     server = NginxServer(base)
+    if AS_ROOT:     # workers run as www-data: the installer's `piku setup --fix` lets them in
+        fixed = subprocess.run([sys.executable, "-m", "pikud.cli", "setup", "--fix"],
+                               env=dict(os.environ, PIKU_ROOT=str(server.root)),
+                               capture_output=True, text=True, timeout=60)
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     daemon = Pikud(server.root, log_dir / "pikud.log")
     (server.root / "pikud.toml").write_text(
         f"nginx_test = {json.dumps([NGINX])}\n"
