@@ -169,3 +169,29 @@ def test_a_process_whose_spec_changed_meanwhile_is_replaced_on_the_same_socket(
     assert not any(alive(pid) for pid in old)
     out = daemon.output()
     assert "not adopted: keep:web.1" in out and "not adopted: keep:worker.1" in out
+
+
+def test_a_slot_on_a_unix_socket_is_adopted_with_its_socket(
+        pikud_factory, systemd: SystemdStandIn, app_servers: Path) -> None:
+    servers = {"PATH": f"{app_servers}:{os.environ['PATH']}"}
+    daemon: Pikud = pikud_factory(extra_env={"NOTIFY_SOCKET": str(systemd.path), **servers})
+    app = daemon.add_app("uds", "wsgi: hello:application\n",
+                         FAST + "PIKU_WSGI_SERVER=gunicorn\nUWSGI_PROCESSES=1\n")
+    (app / "hello.py").write_text(
+        "import os\n\ndef application(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [str(os.getppid()).encode()]\n")        # the worker's parent: gunicorn's main
+    daemon.api("POST", "/apps/uds/deploy")
+    proc = daemon.wait_state("uds", "uds:wsgi.1", "RUNNING")
+    stem = Path(proc["socket"]).name.removesuffix(".sock")
+    wait_for(lambda: f"listen.uds.wsgi.1.{stem}" in systemd.names(), 5, "the socket stored")
+    assert daemon.get("uds") == (200, str(proc["pid"]))
+
+    daemon.kill9()
+    daemon.start(launch=systemd.launch, extra_env=servers)
+    wait_for(lambda: f"adopted: uds:wsgi.1 with pid {proc['pid']}" in daemon.output(), 10,
+             "the adoption")
+    again = daemon.process("uds", "uds:wsgi.1")
+    assert (again["pid"], again["socket"]) == (proc["pid"], proc["socket"])
+    assert daemon.get("uds") == (200, str(proc["pid"]))
+    assert f"listen.uds.wsgi.1.{stem}" in systemd.names()
