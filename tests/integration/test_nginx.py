@@ -33,6 +33,11 @@ from tests.nginx_master import AS_ROOT, DEADLINE, NGINX
 pytestmark = pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx is not installed")
 
 
+def site_files(server: NginxServer) -> list[str]:
+    """The files in nginx/ (the apps' sockets folder beside them is not a site's)."""
+    return sorted(p.name for p in server.paths.nginx().iterdir() if p.is_file())
+
+
 def has_ipv6_loopback() -> bool:
     try:
         free_port(socket.AF_INET6, "::1")
@@ -77,7 +82,7 @@ async def test_proxy_with_headers(server: NginxServer, backend: Callable[..., Ba
     crt = server.paths.nginx() / "hello.crt"
     key = server.paths.nginx() / "hello.key"
     assert crt.stat().st_mode & 0o777 == 0o644 and key.stat().st_mode & 0o777 == 0o600
-    assert sorted(p.name for p in server.paths.nginx().iterdir()) == [
+    assert site_files(server) == [
         "hello.conf", "hello.crt", "hello.key"]
 
 
@@ -210,7 +215,7 @@ async def test_broken_include_keeps_previous(server: NginxServer,
     server.wait_for("inc.test", "/", lambda r: r.headers.get("x-release") == "one")
     conf = server.paths.nginx() / "inc.conf"
     before = conf.read_bytes()
-    listing = sorted(p.name for p in server.paths.nginx().iterdir())
+    listing = site_files(server)
 
     release2 = server.base / "releases" / "2"
     app_files(release2, {"nginx.inc": "this is not nginx;\n"})
@@ -221,7 +226,7 @@ async def test_broken_include_keeps_previous(server: NginxServer,
     assert f"{release2}/nginx.inc (NGINX_INCLUDE_FILE):1" in message
     assert "the previous config stays" in message
     assert conf.read_bytes() == before
-    assert sorted(p.name for p in server.paths.nginx().iterdir()) == listing
+    assert site_files(server) == listing
     # still served by the previous config, also after another reload
     await asyncio.to_thread(subprocess.run, nginx.reload_command, check=True, timeout=DEADLINE,
                             capture_output=True)
@@ -234,7 +239,7 @@ async def test_first_deploy_refused_writes_nothing(server: NginxServer) -> None:
     site = server.site("bad", {"NGINX_SERVER_NAME": "bad.test", "NGINX_INCLUDE_FILE": "nginx.inc"})
     with pytest.raises(NginxError, match="no config was written"):
         await server.nginx().apply(site)
-    names = sorted(p.name for p in server.paths.nginx().iterdir())
+    names = site_files(server)
     assert names == ["bad.crt", "bad.key"]   # the certificate may stay; no config, no copy
 
 
@@ -265,7 +270,7 @@ async def test_apply_replaces_and_remove(server: NginxServer,
     server.wait_for("app.test", "/", lambda r: r.status == 200 and r.json()["name"] == "new")
     await nginx.apply(server.site("other", {"NGINX_SERVER_NAME": "other.test"}, (old.upstream,)))
     await nginx.remove("app")
-    assert sorted(p.name for p in server.paths.nginx().iterdir()) == [
+    assert site_files(server) == [
         "other.conf", "other.crt", "other.key"]
     # app.test now falls to the port's default server, which is other's
     server.wait_for("app.test", "/", lambda r: r.status == 200 and r.json()["name"] == "old")
@@ -289,7 +294,7 @@ async def test_injection_refused_before_anything_is_written(server: NginxServer)
         with pytest.raises(EnvError) as caught:
             server.site("inj", env)
         assert caught.value.key == key
-    assert list(server.paths.nginx().iterdir()) == []
+    assert site_files(server) == []
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="needs root to run the test as www-data")

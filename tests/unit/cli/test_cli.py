@@ -6,6 +6,7 @@ socket (tests.unit.control.stubdaemon); the rest need nothing but a temp dir.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import shlex
@@ -72,19 +73,24 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 
 def test_setup_creates_the_layout(root: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
-    root.chmod(0o755)                      # nginx's workers may enter: nothing to fix
+    root.chmod(0o755)                      # nginx's workers may enter: nothing to chmod
     target = root / "piku"
+    sockets = target / "nginx" / "sockets"
     monkeypatch.setenv("PIKU_ROOT", str(target))
     for _ in range(2):                     # safe to run again
         assert main(["setup"]) == 0
-        assert (capsys.readouterr().out.splitlines()
+        assert (capsys.readouterr().out.splitlines()[:len(LAYOUT)]
                 == [f"-----> {target / name}" for name in LAYOUT])
     assert sorted(p.name for p in target.iterdir()) == sorted(LAYOUT)
+    assert stat.S_IMODE(sockets.stat().st_mode) == 0o700
     assert main(["setup", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data.pop("nginx_user") in (None, "www-data")
+    user = data.pop("nginx_user")
+    assert user in (None, "www-data")
+    # only the sockets folder is left to give to nginx's group (as root, with --fix)
+    grant = [f"chgrp -R www-data {sockets} && chmod 2750 {sockets}"] if user else []
     assert data == {"root": str(target), "dirs": [str(target / name) for name in LAYOUT],
-                    "fixes": [], "fixed": []}
+                    "fixes": grant, "fixed": []}
 
 
 def test_setup_says_how_to_let_nginx_in_and_does_it_with_fix(root: Path, www_data: str) -> None:
@@ -102,6 +108,16 @@ def test_setup_says_how_to_let_nginx_in_and_does_it_with_fix(root: Path, www_dat
     fixed = piku("setup", "--fix", env={"PIKU_ROOT": str(target)})
     assert fixed.stdout.splitlines()[len(LAYOUT):] == [advice, f"-----> Fixed: chmod o+x {root}"]
     assert stat.S_IMODE(root.stat().st_mode) == 0o701
+    again = piku("setup", "--json", env={"PIKU_ROOT": str(target)})
+    sockets = target / "nginx" / "sockets"
+    grant = f"chgrp -R www-data {sockets} && chmod 2750 {sockets}"
+    assert json.loads(again.stdout)["fixes"] == [grant]     # what the root folder hid
+    if os.geteuid() != 0:
+        return                                  # only root may chgrp to www-data
+    granted = piku("setup", "--fix", "--json", env={"PIKU_ROOT": str(target)})
+    assert json.loads(granted.stdout)["fixed"] == [grant]
+    assert stat.S_IMODE(sockets.stat().st_mode) == 0o2750
+    assert sockets.stat().st_gid == grp.getgrnam("www-data").gr_gid
     again = piku("setup", "--json", env={"PIKU_ROOT": str(target)})
     assert json.loads(again.stdout)["fixes"] == []
 
