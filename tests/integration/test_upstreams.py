@@ -53,8 +53,9 @@ def test_granian_and_gunicorn_serve_on_unix_sockets_that_move_with_each_generati
         assert Path(path).name.startswith(f"{name}.wsgi.1.") and path.endswith(".sock")
         assert mode(path) == 0o660 and mode(str(sockets)) == 0o700
         assert served.get(name, "/x") == (200, "hello /x")
-        live = (served.root / "envs" / name / "LIVE_ENV").read_text()
-        assert "PORT=" not in live.replace("PIKU_", "")
+        environ = Path(f"/proc/{proc['pid']}/environ").read_bytes().split(b"\0")
+        assert f"PIKU_SOCKET={path}".encode() in environ
+        assert not any(word.startswith(b"PORT=") for word in environ)
 
         # A new generation serves on new paths; the old one's file goes once it retired.
         served.cli("config:set", name, "GREETING=again", check=True)
