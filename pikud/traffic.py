@@ -10,11 +10,13 @@ is live, acme.sh is asked for its certificate in the background.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pikud.appspec import STATIC_KIND, WEB_KINDS, AppSpec
 from pikud.errors import EnvError
+from pikud.nginxaccess import sockets_blocked
 from pikud.paths import Paths
 from pikud.procman.process import ProcessSpec
 from pikud.proxy.acme import Acme, root_ca
@@ -73,6 +75,22 @@ class Traffic:
             self._site(app, spec, source, ("127.0.0.1:1",))
         if self.nginx is not None:
             root_ca(spec.env)
+
+    async def sockets_blocked(self) -> str | None:
+        """Why nginx's workers cannot connect to the apps' unix sockets (advice), or None.
+
+        The router is pikud itself and always can. pikud running as root gives
+        the folder nginx's group itself, as `piku setup --fix` would.
+        """
+        if self.nginx is None or self.paths is None:
+            return None
+        user = await self.nginx.worker_user()
+        found = sockets_blocked(self.paths.sockets, user)
+        if found and os.geteuid() == 0:
+            for item in found:
+                item.fix()
+            found = sockets_blocked(self.paths.sockets, user)
+        return found[0].advice() if found else None
 
     async def publish(self, app: str, spec: AppSpec, source: Path,
                       processes: Mapping[str, ProcessSpec]) -> list[str] | None:

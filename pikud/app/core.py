@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from pikud.app.desired import Desired
-from pikud.app.formation import Allocate, cron_jobs, process_specs
+from pikud.app.formation import Allocate, cron_jobs, process_specs, unix_kinds
 from pikud.app.services import AppServices
 from pikud.appspec import WEB_KINDS, AppSpec, format_env, load_spec
 from pikud.atomic import write_atomic
@@ -107,6 +107,7 @@ class AppCore:
         self._applying: Files | None = None         # those of the change under way
         self._deferred: Files | None = None         # written with no restart (PIKU_AUTO_RESTART)
         self.claimed = 0        # processes it runs or is starting, against max_processes
+        self.on_ports = False   # its wsgi/asgi serve on ports: nginx cannot reach the sockets
         defaults = services.defaults
         self.log = LogFile(self.paths.log_dir(name) / "pikud.log", "pikud",
                            defaults.log_max_bytes, defaults.log_backups, self.followers)
@@ -246,7 +247,8 @@ class AppCore:
                        addresses: Mapping[str, Address],
                        ) -> tuple[dict[str, ProcessSpec], dict[str, Address]]:
         return process_specs(self.name, spec, self._env(spec, release), self.source(release),
-                             self.paths, addresses, allocator(self.paths.sockets))
+                             self.paths, addresses, allocator(self.paths.sockets),
+                             unix=not self.on_ports)
 
     def _cron_jobs(self, spec: AppSpec, release: Release | None) -> list[JobSpec]:
         return cron_jobs(self.name, spec, self._env(spec, release), self.source(release),
@@ -267,15 +269,16 @@ class AppCore:
             starting = not self.running
         self._applying = files
         try:
+            self._make_dirs()
+            blocked = await self.services.traffic.sockets_blocked() if unix_kinds(spec) else None
             with self._claim(spec):
                 source = self.source(release)
                 env = self._env(spec, release)
                 jobs = cron_jobs(self.name, spec, env, source, self.paths)
                 self.services.traffic.check(self.name, spec, source)
-                self._make_dirs()
                 allocate = allocator(self.paths.sockets)
                 desired, addresses = process_specs(self.name, spec, env, source, self.paths,
-                                                   self.addresses, allocate)
+                                                   self.addresses, allocate, blocked is None)
                 changed = plan(self.group.specs, desired).replace
                 if restart_all:
                     changed = tuple(n for n in desired if n in self.group.processes)
@@ -285,8 +288,9 @@ class AppCore:
                     await self._reconcile(spec, source, desired, changed, starting)
                 else:
                     desired, addresses = process_specs(self.name, spec, env, source,
-                                                       self.paths, {}, allocate)
+                                                       self.paths, {}, allocate, blocked is None)
                     await self._switch(spec, release, source, desired, progress)
+                self.on_ports = blocked is not None
                 self._commit(spec, files, release, env, addresses, jobs, starting)
         finally:
             self._applying = None
@@ -406,6 +410,12 @@ class AppCore:
         advice = await self.services.traffic.publish(self.name, spec, source, processes)
         if advice is None:                  # no site was put live
             return
+        kinds = unix_kinds(spec)
+        on_ports = sorted({p.kind for p in processes.values() if p.kind in kinds and p.port})
+        blocked = await self.services.traffic.sockets_blocked() if on_ports else None
+        if blocked is not None:
+            advice.append(f"{' and '.join(on_ports)} serve on loopback ports, which any local "
+                          f"user can reach, instead of unix sockets: {blocked}")
         for problem in advice:
             progress(f"-----> Warning: {problem}")
         self._warn_once("nginx", tuple(advice))

@@ -32,8 +32,13 @@ def serves_unix(kind: str, spec: AppSpec) -> bool:
             and "PORT" not in spec.env)
 
 
+def unix_kinds(spec: AppSpec) -> list[str]:
+    """The app's kinds that serve on unix sockets when the front can reach them."""
+    return [kind for kind in supervised_kinds(spec.procfile) if serves_unix(kind, spec)]
+
+
 def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path, paths: Paths,
-                  addresses: Mapping[str, Address], allocate: Allocate,
+                  addresses: Mapping[str, Address], allocate: Allocate, unix: bool = True,
                   ) -> tuple[dict[str, ProcessSpec], dict[str, Address]]:
     """The ProcessSpec of every slot (``app:kind.N``), and the web slots' addresses.
 
@@ -41,7 +46,8 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
     needs, else takes one from ``allocate``; PORT set in ENV serves every web
     slot. The addresses returned are ``addresses`` with the new ones added (a
     slot scaled away keeps its entry). A slot on a unix socket finds its path
-    in $PIKU_SOCKET; one on a port, in $PORT.
+    in $PIKU_SOCKET; one on a port, in $PORT. ``unix`` False: the front cannot
+    reach the sockets folder yet, and every slot serves on a port.
     """
     s = spec.settings
     policy = RestartPolicy(s.start_secs, s.backoff_base, s.backoff_max,
@@ -50,10 +56,10 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
     specs: dict[str, ProcessSpec] = {}
     for kind in supervised_kinds(spec.procfile):
         command = spec.procfile.entries[kind]
-        unix = serves_unix(kind, spec)
+        unix_slot = unix and serves_unix(kind, spec)
         inherits, backlog = kind == "web" and s.listen_fds, 128
         if kind in SERVED_KINDS:
-            server = server_command(kind, command, spec.env, bool(s.idle_timeout), unix)
+            server = server_command(kind, command, spec.env, bool(s.idle_timeout), unix_slot)
             command, inherits, backlog = server.command, server.inherits, server.backlog
         for index in range(1, spec.scaling[kind] + 1):
             name = f"{app}:{kind}.{index}"
@@ -63,8 +69,8 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
                 address = addresses.get(name)
                 if "PORT" in spec.env:
                     address = int(spec.env["PORT"])
-                elif address is None or isinstance(address, str) != unix:
-                    address = addresses[name] = allocate(name, unix)
+                elif address is None or isinstance(address, str) != unix_slot:
+                    address = addresses[name] = allocate(name, unix_slot)
                 if isinstance(address, str):
                     process_env["PIKU_SOCKET"] = address
                 else:

@@ -7,8 +7,13 @@ each has its own server name on the one nginx the fixture started.
 
 from __future__ import annotations
 
+import grp
+import os
+import stat
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import Pikud
 from tests.e2e.apps import git, local_remote, push, python_app
@@ -82,6 +87,28 @@ def test_every_serving_kind_answers_through_nginx(
             assert connects_as("nobody", Path(proc["socket"])) == "EACCES"
     if AS_ROOT:
         assert connects_as("nobody", web_proc["port"]) == "ok"
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="pikud gives nginx's group the folder only as root")
+def test_pikud_as_root_gives_nginx_the_sockets_folder_itself(
+        fronted: tuple[NginxServer, Pikud], tmp_path: Path) -> None:
+    """An install upgraded without `piku setup --fix`: the sockets folder is pikud's own,
+    0700. pikud, as root, hands it to nginx's group itself; the app serves on its socket."""
+    server, daemon = fronted
+    sockets = daemon.root / "nginx" / "sockets"
+    os.chown(sockets, 0, 0)
+    sockets.chmod(0o700)
+    asgi = python_app(tmp_path / "asgi", "a1", "asgi: asgi_app:app\n", extra={
+        "asgi_app.py": ASGI_APP, "ENV": named(server, "asgi")})
+    local_remote(asgi, "asgi")
+    pushed = push(asgi, daemon.env)
+    server.wait_for("asgi.example", "/", lambda r: (r.status, r.body) == (200, b"asgi a1"))
+    assert "Warning" not in pushed.stderr, pushed.stderr
+    folder = sockets.stat()
+    assert stat.S_IMODE(folder.st_mode) == 0o2750
+    assert grp.getgrgid(folder.st_gid).gr_name == "www-data"
+    [proc] = daemon.processes("asgi")
+    assert proc["socket"] and connects_as("nobody", Path(proc["socket"])) == "EACCES"
 
 
 def test_the_first_request_after_a_sleep_succeeds_through_nginx(

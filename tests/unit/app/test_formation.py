@@ -154,6 +154,19 @@ def test_a_slot_keeps_its_socket_until_the_upstream_setting_changes() -> None:
     assert specs["app:wsgi.1"].socket == UNIX.format(kind="wsgi").replace("7100", "7200")
 
 
+def test_while_nginx_cannot_reach_the_sockets_every_slot_serves_on_a_port() -> None:
+    """The sockets folder not yet nginx's group's (an upgrade before `piku setup --fix`):
+    ports, not a 502 for every request; the sockets come back with the next change."""
+    wsgi = spec("wsgi: app:application\n", {"wsgi": 1})
+    specs, addresses = process_specs("app", wsgi, ENV, SOURCE, PATHS, {}, counter(7100),
+                                     unix=False)
+    assert (specs["app:wsgi.1"].port, specs["app:wsgi.1"].socket) == (7100, None)
+    assert "--port $PORT" in specs["app:wsgi.1"].command
+    assert addresses == {"app:wsgi.1": 7100}
+    specs, _ = process_specs("app", wsgi, ENV, SOURCE, PATHS, addresses, counter(7200))
+    assert specs["app:wsgi.1"].socket == UNIX.format(kind="wsgi").replace("7100", "7200")
+
+
 def test_a_bad_wsgi_target_is_refused() -> None:
     with pytest.raises(ProcfileError, match="module:callable"):
         process_specs("app", spec("wsgi: not a target\n", {"wsgi": 1}), ENV, SOURCE, PATHS,
