@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pikud import identity
 from pikud.appspec import Procfile
 from pikud.deploy.runtimes.base import BuildContext, BuildResult
 from pikud.deploy.runtimes.envcache import build_once, content_key, shown
@@ -131,7 +132,8 @@ class Ruby:
 
         async def fill(directory: Path) -> None:
             ctx.progress(f"Ruby {version}: bundle install into {shown(ctx, directory)}")
-            directory.mkdir()
+            who = identity.current()
+            who.give(directory, who.deploy_owner(), 0o755)     # bundle runs as the deploy user
             await ctx.run([tools["bundle"], "install"], cwd=ctx.source, env=env)
 
         ctx.progress(f"Ruby {version} from {tools['ruby']}")
