@@ -220,3 +220,33 @@ def test_as_root_on_a_root_owned_root_apps_share_its_uid(pikud: Pikud) -> None:
     with pytest.raises(KeyError):
         pwd.getpwnam(user_name("solo"))
 
+
+
+def test_a_push_builds_as_the_deploy_user_and_releases_as_the_app(
+        as_root: Pikud, short_root: Path, deploy_user: pwd.struct_passwd, run_id: str,
+        python: tuple[str, dict[str, str]]) -> None:
+    """git push through the local transport, as the deploy user: the checkout is its own
+    (git refuses a repository of another owner), the release step runs as the app."""
+    app = f"pushed-{run_id}"
+    uid, gid = deploy_user.pw_uid, deploy_user.pw_gid
+    work = short_root / "work"          # the deploy user's, like a clone in its home
+    work.mkdir()
+    os.chown(work, uid, gid)
+    env = dict(as_root.env, HOME=str(short_root), PATH="/usr/bin:/bin", **python[1],
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
+    script = (f"git init --quiet --initial-branch=main {work} && cd {work} && "
+              "printf 'worker: sleep 1000\\nrelease: id -u >\"$DATA_ROOT/release-uid\"\\n' "
+              f">Procfile && printf {shlex.quote(FAST)} >ENV && git add -A && "
+              "git commit --quiet -m v1 && git remote add piku " + app + " && "
+              f"git config remote.piku.receivepack '{python[0]} -m pikud.cli git-receive-pack'"
+              " && git push --quiet piku main")
+    result = run_as(uid, gid, ["/bin/sh", "-c", script], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    account = pwd.getpwnam(user_name(app))
+    release = short_root / "releases" / app / "1"
+    assert owner_mode(release)[0] == deploy_user.pw_name
+    assert pwd.getpwuid((release / "Procfile").stat().st_uid).pw_name == deploy_user.pw_name
+    assert (short_root / "data" / app / "release-uid").read_text().strip() == str(account.pw_uid)
+    worker = as_root.wait_state(app, f"{app}:worker.1", "RUNNING")
+    assert status(worker["pid"], "Uid") == str(account.pw_uid)
