@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from pikud import identity
 from pikud.errors import BuildError
 from pikud.procman.oneshot import OneShotTimeout, run_once
 
@@ -108,11 +109,15 @@ async def probe(argv: Sequence[str], env: Mapping[str, str],
     """The stdout of a short query such as ``node --version``; None if it cannot run or fails.
 
     This is a question to a tool, not a build step, so its output is not
-    streamed to the pusher; a probe that hangs is stopped after ``timeout``.
+    streamed to the pusher; a probe that hangs is stopped after ``timeout``. It
+    runs as the deploy user, as builds do: the tool may come from the app's own
+    environment (identity.py).
     """
     lines: list[str] = []
+    who = identity.current()
     try:
-        info = await run_once(argv, env=env, cwd=Path("/"), on_line=lines.append,
+        info = await run_once(who.as_deploy(argv), env={**env, **who.deploy_env()},
+                              cwd=Path("/"), on_line=lines.append,
                               timeout=timeout, stop_timeout=1.0, stderr=False)
     except (OSError, OneShotTimeout):
         return None
