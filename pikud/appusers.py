@@ -5,7 +5,8 @@ change): it makes ``piku-APP`` if missing (useradd: a system user and its own
 group, no home made, no login shell, GECOS ``pikud app APP``) and sets the
 app's folders:
 
-- ``data/APP``, ``cache/APP``: the app user's, 0700 (no other app enters);
+- ``data/APP``, ``cache/APP`` and ``cache/APP/build`` (its builds' HOME):
+  the app user's, 0700 (no other app enters);
 - ``logs/APP``: the deploy user's, 0750 (pikud writes the logs through pipes;
   the app user needs no access);
 - ``envs/APP``: the deploy user's, 0711 (its runtime environments are reached, ENV and
@@ -86,7 +87,7 @@ async def provision(identity: Identity, paths: Paths, app: str) -> Account | Non
     if not identity.separate:
         return None
     account = await ensure(app, paths.data(app))
-    for folder in (paths.data(app), paths.cache(app)):
+    for folder in (paths.data(app), paths.cache(app), paths.build_home(app)):
         identity.give(folder, (account.uid, account.gid), 0o700)
     identity.give(paths.log_dir(app), identity.deploy_owner(), 0o750)
     identity.give(paths.env_dir(app), identity.deploy_owner(), 0o711)
@@ -101,12 +102,18 @@ async def retire(identity: Identity, paths: Paths, app: str) -> bool:
     assert owner is not None
     for folder in (paths.data(app), paths.cache(app)):
         if folder.is_dir():
-            await asyncio.to_thread(_chown_tree, folder, owner)
+            await give_tree(folder, owner)
     return await remove(app)
 
 
+async def give_tree(folder: Path, owner: tuple[int, int] | None) -> None:
+    """``folder`` and everything in it to ``owner`` (symlinks themselves, not their
+    targets); nothing when ``owner`` is None."""
+    if owner is not None:
+        await asyncio.to_thread(_chown_tree, folder, owner)
+
+
 def _chown_tree(folder: Path, owner: tuple[int, int]) -> None:
-    """``folder`` and everything in it (symlinks themselves, not their targets)."""
     os.chown(folder, *owner, follow_symlinks=False)
     for parent, dirs, files in os.walk(folder):
         for name in (*dirs, *files):

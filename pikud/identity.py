@@ -2,9 +2,11 @@
 
 As root, with a deploy user that is not root (pikud.toml's ``deploy_user``,
 default: the owner of PIKU_ROOT), app users are on: every process that runs
-an app's code at run time (its slots, cron runs, preflight and release steps)
-runs as the app's user ``piku-APP`` (appusers.py makes it), and builds (git,
-uv/pip, npm) run as the deploy user, never as root. Otherwise (pikud runs as
+an app's code (its slots, cron runs, preflight and release steps, and its
+build: uv/pip, npm, bundle, go, cargo, with their caches under
+``cache/APP/build``) runs as the app's user ``piku-APP`` (appusers.py makes
+it); git (the app's repository, the checkout) and acme.sh run as the deploy
+user; nothing an app or a push brings runs as root. Otherwise (pikud runs as
 the piku user; or as root on a root-owned PIKU_ROOT, as the quick start and
 the test suite do) everything runs as the daemon's uid, as it always did.
 
@@ -48,6 +50,7 @@ PREFIX = "piku-"
 PLAIN = re.compile(r"[a-z0-9_-]{1,27}")
 STEM = 18
 MARKER = "pikud app "
+NGINX_CACHE = ".nginx"      # cache/.nginx/APP: no app name starts with a dot
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,8 @@ class Identity:
         return self._as(self.app_account(app), argv) if self.separate else list(argv)
 
     def as_deploy(self, argv: Sequence[str]) -> list[str]:
-        """``argv`` run as the deploy user when app users are on (builds), else as it is."""
+        """``argv`` run as the deploy user when app users are on (git, acme.sh), else as
+        it is."""
         return self._as(self.deploy, argv) if self.deploy is not None else list(argv)
 
     def account_env(self, app: str, paths: Paths) -> dict[str, str]:
@@ -128,8 +132,34 @@ class Identity:
         name = user_name(app)
         return {"HOME": str(paths.data(app)), "USER": name, "LOGNAME": name}
 
+    def build_env(self, app: str, paths: Paths) -> dict[str, str]:
+        """HOME, USER and LOGNAME of ``app``'s build: its user, HOME ``cache/APP/build``,
+        where uv, pip, npm, go and cargo keep their caches: the app's alone, since a
+        cache another app could write would let it poison this app's next build."""
+        if not self.separate:
+            return {}
+        name = user_name(app)
+        return {"HOME": str(paths.build_home(app)), "USER": name, "LOGNAME": name}
+
+    def app_owner(self, app: str) -> tuple[int, int] | None:
+        """(uid, gid) of ``app``'s user, to give it what its build writes (the release, its
+        environments); None when nothing changes hands."""
+        if not self.separate:
+            return None
+        account = self.app_account(app)
+        return account.uid, account.gid
+
+    def home(self) -> Path:
+        """The deploy user's home (acme.sh's ~/.acme.sh), else the daemon's."""
+        return Path(self.deploy.home) if self.deploy is not None else Path.home()
+
+    def nginx_cache(self, paths: Paths, app: str) -> Path:
+        """Where nginx keeps ``app``'s proxy cache (NGINX_CACHE_*): ``cache/APP`` as ever,
+        or with app users ``cache/.nginx/APP``, out of the app's reach (proxy/nginx.py)."""
+        return paths.root / "cache" / NGINX_CACHE / app if self.separate else paths.cache(app)
+
     def deploy_env(self) -> dict[str, str]:
-        """HOME, USER and LOGNAME of a build: the deploy user's (its caches: uv, npm)."""
+        """HOME, USER and LOGNAME of git and acme.sh: the deploy user's."""
         if self.deploy is None:
             return {}
         name = self.deploy.name

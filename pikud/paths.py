@@ -105,6 +105,10 @@ class Paths:
     def cache(self, app: str) -> Path:
         return self.root / "cache" / app
 
+    def build_home(self, app: str) -> Path:
+        """HOME of the app's builds when it has its own user (identity.py): its tools' caches."""
+        return self.cache(app) / "build"
+
     def nginx(self) -> Path:
         return self.root / "nginx"
 

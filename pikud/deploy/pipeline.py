@@ -19,6 +19,7 @@ from pathlib import Path
 from pikud import identity
 from pikud.appsettings import AppSettings
 from pikud.appspec import AppSpec, live_env, load_spec, process_kinds
+from pikud.appusers import give_tree
 from pikud.cron import cron_entries, job_settings
 from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore
@@ -50,9 +51,9 @@ def runner(progress: Progress, error: type[DeployError] = BuildError,
            app: str | None = None) -> Runner:
     """A Runner that streams a command's output, indented, and raises ``error`` on failure.
 
-    Its commands run as ``app``'s user (a preflight or release step: the app's
-    code) or, without ``app``, as the deploy user (git, builds): never as root
-    (identity.py)."""
+    Its commands run as ``app``'s user (the build, the preflight and release
+    steps: code from the push or from package indexes) or, without ``app``, as
+    the deploy user (git): never as root (identity.py)."""
     async def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
                   on_line: Callable[[str], None] | None = None) -> None:
         def line(text: str) -> None:
@@ -132,6 +133,7 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
         who.give(source, who.deploy_owner(), 0o755)     # git runs as the deploy user
         await checkout(paths.repo(app), revision, source, push.git_env if push else {},
                        base_env, runner(progress))
+        await give_tree(source, who.app_owner(app))     # the rest runs as the app's user
         spec = load_spec(paths, app, base_env, defaults, source=source)
         cron_entries(spec.procfile, tz=job_settings(spec.env)[0])   # a bad schedule rejects it
         admit(spec)                                 # so does a formation over the ceilings
@@ -149,8 +151,9 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
                              f"pyproject.toml), but this one was detected as {runtime.name}")
         progress(f"-----> Building with the {runtime.name} runtime")
         who.give(paths.env_dir(app), who.deploy_owner(), 0o711 if who.separate else 0o700)
-        result = await runtime.build(BuildContext(app, source, env, paths.env_dir(app),
-                                                  progress, runner(progress), servers))
+        result = await runtime.build(BuildContext(
+            app, source, {**env, **who.build_env(app, paths)}, paths.env_dir(app), progress,
+            runner(progress, BuildError, app), servers, who.app_owner(app)))
         env = release_env(spec, paths, base_env, source, result)
         await run_step("release", spec, env, source, progress, ReleaseError)
     except BaseException:

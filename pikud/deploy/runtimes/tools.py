@@ -104,19 +104,18 @@ def version_matches(wanted: Sequence[int], actual: Sequence[int]) -> bool:
     return tuple(actual[:len(wanted)]) == tuple(wanted)
 
 
-async def probe(argv: Sequence[str], env: Mapping[str, str],
+async def probe(argv: Sequence[str], env: Mapping[str, str], app: str,
                 timeout: float = PROBE_TIMEOUT) -> str | None:
     """The stdout of a short query such as ``node --version``; None if it cannot run or fails.
 
     This is a question to a tool, not a build step, so its output is not
     streamed to the pusher; a probe that hangs is stopped after ``timeout``. It
-    runs as the deploy user, as builds do: the tool may come from the app's own
-    environment (identity.py).
+    runs as ``app``'s user, as its build does: the tool may come from the app's
+    own environment, which that user writes (identity.py).
     """
     lines: list[str] = []
-    who = identity.current()
     try:
-        info = await run_once(who.as_deploy(argv), env={**env, **who.deploy_env()},
+        info = await run_once(identity.current().as_app(app, argv), env=env,
                               cwd=Path("/"), on_line=lines.append,
                               timeout=timeout, stop_timeout=1.0, stderr=False)
     except (OSError, OneShotTimeout):
