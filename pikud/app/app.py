@@ -277,7 +277,8 @@ class App(AppCore):
             return self.config()
 
     async def destroy(self) -> dict[str, list[str]]:
-        """Stop and remove everything but data/APP and cache/APP."""
+        """Stop and remove everything but data/APP and cache/APP (with app users, nginx's
+        cache of the app goes: it is nginx's, not the app's)."""
         async with self.lock:
             await self._stop_all()
             self.services.scheduler.set_jobs(self.name, [], starting=False)   # forget history
@@ -285,11 +286,12 @@ class App(AppCore):
             self._watch_idle(0)
             self.log.close()
             self.services.unwatch(self.name)
-            nginx = self.paths.nginx()
+            nginx, who = self.paths.nginx(), identity.current()
             removed = []
             for path in (self.releases.root, self.releases.file, self.paths.app(self.name),
                          self.paths.repo(self.name), self.paths.env_dir(self.name),
                          self.paths.log_dir(self.name),
+                         *([who.nginx_cache(self.paths, self.name)] if who.separate else []),
                          *(nginx / f"{self.name}.{suffix}" for suffix in ("conf", "crt", "key")),
                          *nginx.glob(f"{self.name}.include-*")):
                 if path.is_symlink() or path.is_file():
@@ -300,7 +302,7 @@ class App(AppCore):
                     continue
                 removed.append(str(path))
             self.services.forget(self.name)
-            if await retire(identity.current(), self.paths, self.name):
+            if await retire(who, self.paths, self.name):
                 removed.append(f"user {user_name(self.name)}")
             kept = [str(p) for p in (self.paths.data(self.name), self.paths.cache(self.name))
                     if p.exists()]
