@@ -12,6 +12,7 @@ import json
 import os
 import pwd
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -221,13 +222,47 @@ def test_as_root_on_a_root_owned_root_apps_share_its_uid(pikud: Pikud) -> None:
         pwd.getpwnam(user_name("solo"))
 
 
+# The build's own step (npm runs the package's install script): what it is and reaches.
+PROBE = """id -u >"$DATA_ROOT/build-uid"
+printf '%s' "$HOME" >"$DATA_ROOT/build-home"
+for path in OTHER/envs/B/ENV OTHER/envs/B/LIVE_ENV OTHER/data/B/secret OTHER/logs/B/pikud.log \\
+            OTHER/pikud/access.json; do
+    cat "$path" >/dev/null 2>&1 && echo "read $path" >>"$DATA_ROOT/reached"
+done
+for path in OTHER/pikud/access.json OTHER/cache/B/build/poison OTHER/envs/B/ENV; do
+    (: >>"$path") 2>/dev/null && echo "wrote $path" >>"$DATA_ROOT/reached"
+done
+exit 0
+"""
 
-def test_a_push_builds_as_the_deploy_user_and_releases_as_the_app(
+
+def push(deploy_user: pwd.struct_passwd, work: Path, app: str, env: dict[str, str],
+         python: tuple[str, dict[str, str]], message: str) -> None:
+    """Commit ``work`` and git push it to ``app`` through the local transport, as the
+    deploy user (git refuses a repository of another owner)."""
+    script = (f"cd {work} && git add -A && git commit --quiet -m {message} && "
+              "{ git remote get-url piku >/dev/null 2>&1 || git remote add piku " + app + "; } && "
+              f"git config remote.piku.receivepack '{python[0]} -m pikud.cli git-receive-pack'"
+              " && git push --quiet piku HEAD:main")
+    result = run_as(deploy_user.pw_uid, deploy_user.pw_gid, ["/bin/sh", "-c", script], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_push_builds_and_releases_as_the_app_and_reaches_no_other_app(
         as_root: Pikud, short_root: Path, deploy_user: pwd.struct_passwd, run_id: str,
         python: tuple[str, dict[str, str]]) -> None:
-    """git push through the local transport, as the deploy user: the checkout is its own
-    (git refuses a repository of another owner), the release step runs as the app."""
-    app = f"pushed-{run_id}"
+    """A Node app whose npm install script probes what it can reach; then a redeploy and a
+    rollback, all as the app's user, while the checkout stays the deploy user's."""
+    if shutil.which("npm") is None:
+        pytest.skip("no npm here to run a package's install script")
+    app, other = f"built-{run_id}", f"other-{run_id}"
+    as_root.add_app(other, WORKER, FAST + "SECRET=b-only\n")
+    as_root.api("POST", f"/apps/{other}/start")
+    as_root.wait_state(other, f"{other}:worker.1", "RUNNING")
+    (short_root / "data" / other / "secret").write_text("b's data")
+    access = short_root / "pikud" / "access.json"
+    assert not access.exists()
+
     uid, gid = deploy_user.pw_uid, deploy_user.pw_gid
     work = short_root / "work"          # the deploy user's, like a clone in its home
     work.mkdir()
@@ -235,18 +270,46 @@ def test_a_push_builds_as_the_deploy_user_and_releases_as_the_app(
     env = dict(as_root.env, HOME=str(short_root), PATH="/usr/bin:/bin", **python[1],
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
-    script = (f"git init --quiet --initial-branch=main {work} && cd {work} && "
-              "printf 'worker: sleep 1000\\nrelease: id -u >\"$DATA_ROOT/release-uid\"\\n' "
-              f">Procfile && printf {shlex.quote(FAST)} >ENV && git add -A && "
-              "git commit --quiet -m v1 && git remote add piku " + app + " && "
-              f"git config remote.piku.receivepack '{python[0]} -m pikud.cli git-receive-pack'"
-              " && git push --quiet piku main")
-    result = run_as(uid, gid, ["/bin/sh", "-c", script], env)
-    assert result.returncode == 0, result.stdout + result.stderr
+    files = {
+        "Procfile": "web: exec python3 -m http.server --bind 127.0.0.1 \"$PORT\"\n"
+                    "release: id -u >\"$DATA_ROOT/release-uid\"\n",
+        "ENV": FAST,
+        "package.json": json.dumps({"name": "built", "version": "1.0.0", "private": True,
+                                    "scripts": {"install": "sh probe.sh"}}),
+        "probe.sh": PROBE.replace("OTHER", str(short_root)).replace("/B/", f"/{other}/"),
+    }
+    run_as(uid, gid, ["git", "init", "--quiet", "--initial-branch=main", str(work)], env)
+    for name, text in files.items():
+        (work / name).write_text(text)
+        os.chown(work / name, uid, gid)
+    push(deploy_user, work, app, env, python, "v1")
+
     account = pwd.getpwnam(user_name(app))
+    data = short_root / "data" / app
+    assert (data / "build-uid").read_text().strip() == str(account.pw_uid)
+    assert (data / "build-home").read_text() == str(short_root / "cache" / app / "build")
+    assert not (data / "reached").exists(), (data / "reached").read_text()
+    assert not access.exists()
+    assert (data / "release-uid").read_text().strip() == str(account.pw_uid)
+    assert owner_mode(short_root / "cache" / app / "build") == (account.pw_name, "0o700")
     release = short_root / "releases" / app / "1"
-    assert owner_mode(release)[0] == deploy_user.pw_name
-    assert pwd.getpwuid((release / "Procfile").stat().st_uid).pw_name == deploy_user.pw_name
-    assert (short_root / "data" / app / "release-uid").read_text().strip() == str(account.pw_uid)
-    worker = as_root.wait_state(app, f"{app}:worker.1", "RUNNING")
-    assert status(worker["pid"], "Uid") == str(account.pw_uid)
+    assert owner_mode(release)[0] == account.pw_name        # given to it after the checkout
+    modules = (release / "node_modules").resolve()
+    assert modules.parent.parent == short_root / "envs" / app
+    assert owner_mode(modules.parent)[0] == account.pw_name  # envs/APP/node-KEY, made for it
+    assert pwd.getpwuid((short_root / "repos" / app).stat().st_uid).pw_name \
+        == deploy_user.pw_name
+    web = as_root.wait_state(app, f"{app}:web.1", "RUNNING")
+    assert status(web["pid"], "Uid") == str(account.pw_uid)
+    assert wait_for(lambda: as_root.get(app)[0] == 200, 15, "the app to answer")
+
+    # A redeploy builds release 2 the same way; a rollback goes back to release 1.
+    (work / "v2").write_text("2")
+    os.chown(work / "v2", uid, gid)
+    push(deploy_user, work, app, env, python, "v2")
+    assert as_root.api("GET", f"/apps/{app}")["release"] == 2
+    assert owner_mode(short_root / "releases" / app / "2")[0] == account.pw_name
+    as_root.api("POST", f"/apps/{app}/rollback", {"release": 1})
+    assert as_root.api("GET", f"/apps/{app}")["release"] == 1
+    as_root.wait_state(app, f"{app}:web.1", "RUNNING")
+    assert wait_for(lambda: as_root.get(app)[0] == 200, 15, "the rolled-back app to answer")
