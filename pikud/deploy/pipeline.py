@@ -1,5 +1,10 @@
 """Building a release: checkout -> preflight -> runtime build -> release command.
 
+With app users (identity.py) the checkout is the deploy user's (git), the
+release is then the app user's while its preflight, build and release step
+write it, and the deploy user's again once built: the app's running code
+cannot change the Procfile and ENV that pikud reads from it.
+
 Every step runs in the new release directory with the app's environment and
 streams its output to ``progress``; the first failure raises and the new
 directory is removed, so nothing that is live has changed. Starting the new
@@ -133,7 +138,7 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
         who.give(source, who.deploy_owner(), 0o755)     # git runs as the deploy user
         await checkout(paths.repo(app), revision, source, push.git_env if push else {},
                        base_env, runner(progress))
-        await give_tree(source, who.app_owner(app))     # the rest runs as the app's user
+        await give_tree(source, who.app_owner(app))     # its build and steps write it
         spec = load_spec(paths, app, base_env, defaults, source=source)
         cron_entries(spec.procfile, tz=job_settings(spec.env)[0])   # a bad schedule rejects it
         admit(spec)                                 # so does a formation over the ceilings
@@ -156,6 +161,7 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
             runner(progress, BuildError, app), servers, who.app_owner(app)))
         env = release_env(spec, paths, base_env, source, result)
         await run_step("release", spec, env, source, progress, ReleaseError)
+        await give_tree(source, who.deploy_owner())     # read-only to its running code
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, source, True)
         raise

@@ -224,6 +224,7 @@ def test_as_root_on_a_root_owned_root_apps_share_its_uid(pikud: Pikud) -> None:
 
 # The build's own step (npm runs the package's install script): what it is and reaches.
 PROBE = """id -u >"$DATA_ROOT/build-uid"
+: >built-here
 printf '%s' "$HOME" >"$DATA_ROOT/build-home"
 for path in OTHER/envs/B/ENV OTHER/envs/B/LIVE_ENV OTHER/data/B/secret OTHER/logs/B/pikud.log \\
             OTHER/pikud/access.json; do
@@ -293,7 +294,9 @@ def test_a_push_builds_and_releases_as_the_app_and_reaches_no_other_app(
     assert (data / "release-uid").read_text().strip() == str(account.pw_uid)
     assert owner_mode(short_root / "cache" / app / "build") == (account.pw_name, "0o700")
     release = short_root / "releases" / app / "1"
-    assert owner_mode(release)[0] == account.pw_name        # given to it after the checkout
+    assert (release / "built-here").exists()                # the app's while it was built,
+    assert owner_mode(release)[0] == deploy_user.pw_name    # read-only to it once it runs
+    assert pwd.getpwuid((release / "Procfile").stat().st_uid).pw_name == deploy_user.pw_name
     modules = (release / "node_modules").resolve()
     assert modules.parent.parent == short_root / "envs" / app
     assert owner_mode(modules.parent)[0] == account.pw_name  # envs/APP/node-KEY, made for it
@@ -308,7 +311,7 @@ def test_a_push_builds_and_releases_as_the_app_and_reaches_no_other_app(
     os.chown(work / "v2", uid, gid)
     push(deploy_user, work, app, env, python, "v2")
     assert as_root.api("GET", f"/apps/{app}")["release"] == 2
-    assert owner_mode(short_root / "releases" / app / "2")[0] == account.pw_name
+    assert owner_mode(short_root / "releases" / app / "2")[0] == deploy_user.pw_name
     as_root.api("POST", f"/apps/{app}/rollback", {"release": 1})
     assert as_root.api("GET", f"/apps/{app}")["release"] == 1
     as_root.wait_state(app, f"{app}:web.1", "RUNNING")
