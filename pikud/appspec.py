@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pikud import identity
 from pikud.appsettings import AppSettings, app_settings, idle_setting
 from pikud.convert import UNWRITABLE, whole_number
 from pikud.errors import AppNameError, EnvError, ProcfileError, ScalingError, SpecError
@@ -336,6 +337,7 @@ def _worker_env(paths: Paths, app: str, base_env: Mapping[str, str]) -> dict[str
         PATH=f"{venv}/bin:{base_env.get('PATH', os.defpath)}",
         PYTHONUNBUFFERED="1",
     )
+    env.update(identity.current().account_env(app, paths))     # app users: its own HOME, USER
     env.setdefault("BIND_ADDRESS", "127.0.0.1")
     return env
 

@@ -13,8 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: str, mode: int = 0o644) -> None:
-    """Write ``path`` with ``mode``; a missing folder is made 0700 for a private file."""
+def write_atomic(path: Path, data: str, mode: int = 0o644,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Write ``path`` with ``mode`` (and ``owner``'s (uid, gid), given before it is in
+    place); a missing folder is made 0700 for a private file."""
     path.parent.mkdir(mode=0o777 if mode & 0o077 else 0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -22,6 +24,8 @@ def write_atomic(path: Path, data: str, mode: int = 0o644) -> None:
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -35,7 +39,8 @@ def write_atomic(path: Path, data: str, mode: int = 0o644) -> None:
 
 
 @contextmanager
-def written_unless_failed(path: Path, data: str, mode: int = 0o644) -> Iterator[None]:
+def written_unless_failed(path: Path, data: str, mode: int = 0o644,
+                          owner: tuple[int, int] | None = None) -> Iterator[None]:
     """Write ``path`` now; put back what it held (or nothing) if the block raises.
 
     For a setting that goes live in the block: one that fails to apply is
@@ -45,12 +50,12 @@ def written_unless_failed(path: Path, data: str, mode: int = 0o644) -> Iterator[
         old: str | None = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         old = None
-    write_atomic(path, data, mode)
+    write_atomic(path, data, mode, owner)
     try:
         yield
     except BaseException:
         if old is None:
             path.unlink(missing_ok=True)
         else:
-            write_atomic(path, old, mode)
+            write_atomic(path, old, mode, owner)
         raise

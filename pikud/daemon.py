@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pikud import __version__
+from pikud import __version__, identity
 from pikud.access.audit import AuditLog
 from pikud.access.rules import RuleBook
 from pikud.access.tickets import PushTickets
@@ -173,7 +173,8 @@ class Daemon:
         bridge = bridge_channel(os.environ)     # its bridge serves until the router accepts
         raise_open_files_limit()
         self.paths.create()
-        private = self.paths.make_private()
+        self._identity()
+        private = self.paths.make_private(traverse=identity.current().separate)
         if private:
             log.warning("permissions: took group and other access off %d files and folders "
                         "that hold config (now 0600 and 0700): %s", len(private),
@@ -254,6 +255,19 @@ class Daemon:
                 await self.router.stop()
             self.watcher.close()
         log.info("stopped")
+
+    def _identity(self) -> None:
+        """Say who runs what, once; give the deploy user the folders root made."""
+        who = identity.current()
+        if who.deploy is None:
+            log.info("app users: off (every app runs as uid %d)", os.geteuid())
+            return
+        log.info("app users: on (each app as piku-APP; builds and pikud.sock as %s)",
+                 who.deploy.name)
+        changed = who.own_layout(self.paths)
+        if changed:
+            log.info("app users: gave %s the folders root made: %s", who.deploy.name,
+                     ", ".join(str(path) for path in changed))
 
     def _inherited(self, name: str, where: object) -> socket.socket | None:
         """The listener ``name`` a previous pikud left in systemd's store, if it is bound
@@ -366,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = Paths.from_env()
     try:
         settings = load_settings(paths.settings)
+        identity.use(identity.resolve(settings.deploy_user, paths.root, str(paths.settings)))
         http = parse_address(args.http) if proxy_mode(os.environ) == "builtin" else None
     except (PikudError, ValueError) as exc:
         print(f"pikud: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ envelope with the error's ``code`` and HTTP ``status``::
     |   +-- ReleaseError            release_failed  409   the Procfile's release command failed
     |   +-- NginxError              nginx_failed    409   nginx -t refused a config, a reload failed
     +-- CloudflareError             cloudflare_failed 502  its IP lists unreachable or not networks
+    +-- AppUserError                app_user        409   piku-APP not made by pikud; useradd failed
     +-- ControlError                control_error   502   client side of the socket
     |   +-- DaemonNotRunning        daemon_not_running
     |   +-- ProtocolError           protocol_error
@@ -172,6 +173,14 @@ class CloudflareError(PikudError):
 
     code = "cloudflare_failed"
     status = 502
+
+
+class AppUserError(PikudError):
+    """An app's system user (appusers.py) cannot be used: it exists but pikud did not make
+    it for this app, or useradd/userdel failed. Nothing of the app was started."""
+
+    code = "app_user"
+    status = 409
 
 
 class ControlError(PikudError):

@@ -106,6 +106,10 @@ class Paths:
     def cache(self, app: str) -> Path:
         return self.root / "cache" / app
 
+    def build_home(self, app: str) -> Path:
+        """HOME of the app's builds when it has its own user (identity.py): its tools' caches."""
+        return self.cache(app) / "build"
+
     def nginx(self) -> Path:
         return self.root / "nginx"
 
@@ -122,18 +126,21 @@ class Paths:
                                      exist_ok=True)
         self.sockets.mkdir(mode=0o700, exist_ok=True)
 
-    def make_private(self) -> list[Path]:
+    def make_private(self, traverse: bool = False) -> list[Path]:
         """Take group and other access off what holds config (installs made before
         pikud wrote it 0600 in 0700 folders); returns what was changed.
 
         The PRIVATE folders, every file and folder under ``pikud/``, and each
         ``envs/APP`` with its ENV_FILES. Symlinks are left alone (chmod would
-        change their target).
+        change their target). ``traverse`` (app users: identity.py): ``envs/``
+        and each ``envs/APP`` are 0711, so an app's user reaches its runtime
+        environment in them, and lists nothing.
         """
+        envs = self.root / "envs"
+        passable = {envs, *(envs.iterdir() if traverse and envs.is_dir() else ())}
         targets = [self.root / name for name in PRIVATE]
         if self.state_dir.is_dir():
             targets += sorted(self.state_dir.rglob("*"))
-        envs = self.root / "envs"
         for folder in sorted(envs.iterdir()) if envs.is_dir() else ():
             targets += [folder, *(folder / name for name in ENV_FILES)]
         changed = []
@@ -142,8 +149,13 @@ class Paths:
                 mode = path.lstat().st_mode
             except FileNotFoundError:
                 continue
-            if not stat.S_ISLNK(mode) and mode & 0o077:
-                path.chmod(stat.S_IMODE(mode) & 0o700)
+            if stat.S_ISLNK(mode):
+                continue
+            wanted = stat.S_IMODE(mode) & 0o700
+            if traverse and path in passable and stat.S_ISDIR(mode):
+                wanted |= 0o011
+            if wanted != stat.S_IMODE(mode) & 0o777:
+                path.chmod(wanted)
                 changed.append(path)
         return changed
 

@@ -17,6 +17,8 @@
     control_idle_timeout = 10     # seconds a control-socket connection may wait without a request
     max_processes_per_app = 100   # processes one app may ask for (slots, server workers, cron)
     max_processes = 1000          # processes of all apps together
+    deploy_user = "piku"          # as root: the user of builds and the control socket
+                                  # (default: the owner of PIKU_ROOT); read at start only
 
     [defaults]                    # an app's ENV overrides each of these
     PIKU_STOP_TIMEOUT = 10
@@ -30,6 +32,7 @@ control_* settings are read at start only (they shape listening sockets).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +51,7 @@ KEYS = frozenset({"log_level", "shutdown_timeout", "events_kept", "defaults", "n
                   "nginx_reload", "nginx_preamble", "cloudflare_urls", "cloudflare_refresh_days",
                   "acme_sh", "router_header_timeout", "router_keepalive_timeout",
                   "router_max_connections", "router_fd_reserve", "control_idle_timeout",
-                  "max_processes_per_app", "max_processes"})
+                  "max_processes_per_app", "max_processes", "deploy_user"})
 DEFAULT_CONTROL_IDLE_TIMEOUT = 10.0
 MOST_PROCESSES = 100_000
 
@@ -68,6 +71,16 @@ class Settings:
     router: ConnectionLimits = field(default_factory=ConnectionLimits)
     control_idle_timeout: float = DEFAULT_CONTROL_IDLE_TIMEOUT
     ceilings: Ceilings = field(default_factory=Ceilings)
+    deploy_user: str | None = None
+
+
+def deploy_user(value: Any, label: str) -> str | None:
+    """deploy_user: a user name (pwd has the last word, at start: identity.resolve)."""
+    if value is not None and (not isinstance(value, str)
+                              or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}", value)):
+        raise SpecError(f"deploy_user must be a user name, got {value!r}", file=label,
+                        key="deploy_user")
+    return value
 
 
 def cloudflare_urls(value: Any, label: str) -> tuple[str, ...]:
@@ -184,4 +197,5 @@ def load_settings(path: Path) -> Settings:
                     router=router_limits(raw, label),
                     control_idle_timeout=seconds(raw, "control_idle_timeout",
                                                  DEFAULT_CONTROL_IDLE_TIMEOUT, label),
-                    ceilings=ceilings(raw, label))
+                    ceilings=ceilings(raw, label),
+                    deploy_user=deploy_user(raw.get("deploy_user"), label))

@@ -28,7 +28,9 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from pikud import identity
 from pikud.control.client import Client
+from pikud.identity import Account
 from pikud.procman.children import find_processes
 from tests.processes import alive, proc_stat  # noqa: F401 (the tests import them from here)
 from tests.waiting import wait_for
@@ -240,3 +242,21 @@ def pikud(pikud_factory: Callable[..., Pikud]) -> Pikud:
 def json_out(result: subprocess.CompletedProcess[str]) -> Any:
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout)
+
+
+@pytest.fixture
+def app_users(open_dir: Path) -> Iterator[Account]:
+    """This process's identity as a root pikud with app users (identity.py), whose deploy
+    user is ``nobody`` with a home of its own (``open_dir``/home, 0777); put back after."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("app users need root and setpriv")
+    nobody = pwd.getpwnam("nobody")
+    home = open_dir / "home"
+    home.mkdir(mode=0o777)
+    home.chmod(0o777)
+    deploy = Account(nobody.pw_name, nobody.pw_uid, nobody.pw_gid, str(home))
+    identity.use(identity.Identity(deploy, shutil.which("setpriv") or "setpriv"))
+    try:
+        yield deploy
+    finally:
+        identity.use(identity.Identity())

@@ -1,8 +1,9 @@
 """Who is on the other end of pikud.sock: the peer's pid and uid, and whether pikud
 started it.
 
-Apps run as the daemon's uid, so the uid check lets them in; the pid tells
-them apart. pikud is a child subreaper (procman/children.py), so every process
+As the piku user, apps run as the daemon's uid, so the uid check lets them
+in; the pid tells them apart. (As root with app users, their uids are refused
+first: control/guard.py.) pikud is a child subreaper (procman/children.py), so every process
 it started, and every descendant of one, even one that daemonized, has pikud
 among its ancestors while it lives. A process adopted after a crash of pikud
 is not a descendant any more, but still carries PIKU_SPAWN_ID.

@@ -14,9 +14,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pikud import identity
 from pikud.app.core import AppCore, Progress, quiet, remove_tree
 from pikud.app.desired import Desired
 from pikud.appspec import format_env, format_scaling, parse_env, parse_scale_args, supervised_kinds
+from pikud.appusers import provision, retire
 from pikud.atomic import written_unless_failed
 from pikud.deploy.checkout import ref_value, wait_for_ref
 from pikud.deploy.pipeline import PushInfo, build_release
@@ -24,6 +26,7 @@ from pikud.deploy.releases import Release
 from pikud.deploy.runtimes import BUILD_KEYS
 from pikud.errors import DeployError, EnvError, PikudError
 from pikud.handover import AppRecord, adopt_slot
+from pikud.identity import user_name
 from pikud.procman.logs import log_files, tail
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ class App(AppCore):
         """Build ``push`` (or the current revision again) with the ENV as it is, switch to
         it and prune; the lock is held."""
         files = self._files()
+        await provision(identity.current(), self.paths, self.name)   # its preflight, release
         release, spec = await build_release(
             self.paths, self.releases, push, self.release, self.services.base_env,
             self.services.defaults, self.config(), progress, self.admit)
@@ -197,7 +201,7 @@ class App(AppCore):
     @contextlib.contextmanager
     def _kept_if_applied(self, path: Path, text: str, mode: int) -> Iterator[None]:
         """Write a settings file for the block to apply; undo it, and say so, if that fails."""
-        with written_unless_failed(path, text, mode):
+        with written_unless_failed(path, text, mode, identity.current().deploy_owner()):
             try:
                 yield
             except PikudError as exc:
@@ -273,7 +277,8 @@ class App(AppCore):
             return self.config()
 
     async def destroy(self) -> dict[str, list[str]]:
-        """Stop and remove everything but data/APP and cache/APP."""
+        """Stop and remove everything but data/APP and cache/APP (with app users, nginx's
+        cache of the app goes: it is nginx's, not the app's)."""
         async with self.lock:
             await self._stop_all()
             self.services.scheduler.set_jobs(self.name, [], starting=False)   # forget history
@@ -281,11 +286,12 @@ class App(AppCore):
             self._watch_idle(0)
             self.log.close()
             self.services.unwatch(self.name)
-            nginx = self.paths.nginx()
+            nginx, who = self.paths.nginx(), identity.current()
             removed = []
             for path in (self.releases.root, self.releases.file, self.paths.app(self.name),
                          self.paths.repo(self.name), self.paths.env_dir(self.name),
                          self.paths.log_dir(self.name),
+                         *([who.nginx_cache(self.paths, self.name)] if who.separate else []),
                          *(nginx / f"{self.name}.{suffix}" for suffix in ("conf", "crt", "key")),
                          *nginx.glob(f"{self.name}.include-*")):
                 if path.is_symlink() or path.is_file():
@@ -296,6 +302,8 @@ class App(AppCore):
                     continue
                 removed.append(str(path))
             self.services.forget(self.name)
+            if await retire(who, self.paths, self.name):
+                removed.append(f"user {user_name(self.name)}")
             kept = [str(p) for p in (self.paths.data(self.name), self.paths.cache(self.name))
                     if p.exists()]
             log.info("%s: destroyed", self.name)

@@ -32,10 +32,12 @@ import socket
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from pikud import identity
 from pikud.app.desired import Desired
 from pikud.app.formation import Allocate, cron_jobs, process_specs, unix_kinds
 from pikud.app.services import AppServices
 from pikud.appspec import WEB_KINDS, AppSpec, format_env, load_spec
+from pikud.appusers import provision
 from pikud.atomic import write_atomic
 from pikud.ceilings import admit
 from pikud.cron import JobSpec
@@ -269,6 +271,7 @@ class AppCore:
             starting = not self.running
         self._applying = files
         try:
+            await provision(identity.current(), self.paths, self.name)   # app users: piku-APP
             self._make_dirs()
             blocked = await self.services.traffic.sockets_blocked() if unix_kinds(spec) else None
             with self._claim(spec):
@@ -378,7 +381,7 @@ class AppCore:
         self._make_dirs()
         live = self.paths.live_env_file(self.name)
         try:
-            write_atomic(live, format_env(env), 0o600)
+            write_atomic(live, format_env(env), 0o600, identity.current().deploy_owner())
         except OSError as exc:      # a full disk: the processes get their env all the same
             with contextlib.suppress(OSError):
                 live.unlink(missing_ok=True)        # gone rather than stale

@@ -1,6 +1,7 @@
 """The access check in front of every control route (middleware), and the audit of it.
 
-Who asks: the peer's uid must be the daemon's or root (SO_PEERCRED); its pid
+Who asks: the peer's uid must be the daemon's, root, or the deploy user's when
+pikud runs as root (identity.py; app users are refused) (SO_PEERCRED); its pid
 must not be a process pikud started (access/peer.py); the key it speaks for
 is the ``X-Piku-Key`` header the CLI sends from the forced command's NAME (no
 header: the console, admin). What it may do: the route's rule
@@ -19,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pikud import identity
 from pikud.access.audit import AuditLog
 from pikud.access.gate import Caller
 from pikud.access.peer import ancestors, peer_credentials, started_by_pikud
@@ -77,7 +79,7 @@ def identify(request: web.Request, book: RuleBook) -> Caller:
     caller = Caller(key if key is None or KEY_NAME.fullmatch(key) else None, fingerprint[:100],
                     pid, book.current())
     request[CALLER] = caller
-    if uid not in (0, os.getuid()):
+    if uid not in allowed_uids():
         raise Forbidden(f"uid {uid} may not use this socket")
     if key is not None and caller.key is None:
         note(request, claimed=key[:80])
@@ -85,6 +87,13 @@ def identify(request: web.Request, book: RuleBook) -> Caller:
     if started_by_pikud(pid):
         raise FromAppProcess(pid)
     return caller
+
+
+def allowed_uids() -> tuple[int, ...]:
+    """Root, the daemon's uid, and the deploy user's when pikud runs as root: never an
+    app's own user."""
+    owner = identity.current().deploy_owner()
+    return (0, os.getuid(), *(owner[:1] if owner is not None else ()))
 
 
 def target(request: web.Request, rule: Rule) -> str | None:

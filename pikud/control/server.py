@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pikud import __version__
+from pikud import __version__, identity
 from pikud.control import access_routes
 from pikud.control.guard import ACCESS, Access, guard
 from pikud.control.handlers import Routes
@@ -98,7 +98,8 @@ def make_app(registry: AppRegistry, status: Callable[[], dict[str, Any]],
 
 
 def bind_socket(path: Path) -> socket.socket:
-    """A listening unix socket at ``path``, mode 0600, replacing a stale one."""
+    """A listening unix socket at ``path``, mode 0600 (the deploy user's when pikud runs
+    as root), replacing a stale one."""
     if path.is_socket():
         probe = socket.socket(socket.AF_UNIX)
         try:
@@ -116,6 +117,9 @@ def bind_socket(path: Path) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
+    owner = identity.current().deploy_owner()
+    if owner is not None:               # pikud runs as root: the console and ssh are its user
+        os.chown(path, *owner)
     sock.listen(128)
     return sock
 

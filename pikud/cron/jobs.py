@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pikud import identity
 from pikud.appspec import Procfile, is_cron
 from pikud.convert import seconds
 from pikud.cron.schedule import CronEntry, check_fires, parse_cron, zone
-from pikud.errors import CronError
+from pikud.errors import AppUserError, CronError
 from pikud.limits import Limits
 from pikud.procman.children import MARKER, Child
 from pikud.procman.enforce import Confinement, current
@@ -72,10 +73,12 @@ Running = tuple[Child, PipeReader | None]     # a run's process and its output
 
 def start_job(spec: JobSpec, run_id: int, output: LogFile,
               ) -> tuple[Running, Confinement | None]:
-    """Spawn one run under the kind's limits; OSError when it cannot start."""
+    """Spawn one run under the kind's limits, as the app's user; OSError when it cannot
+    start (AppUserError without that user)."""
     env = dict(spec.env)
     env[MARKER], env[RUN_ID] = spec.name, str(run_id)
-    argv, confinement = [SHELL, "-c", spec.entry.command], None
+    argv = identity.current().as_app(spec.app, [SHELL, "-c", spec.entry.command])
+    confinement = None
     if spec.limits:
         argv, confinement = current().confine(spec.name, argv, spec.limits)
     try:
@@ -101,7 +104,7 @@ async def run_job(spec: JobSpec, run_id: int, output: LogFile,
             started = adopted
         else:
             started, confinement = start_job(spec, run_id, output)
-    except OSError as error:
+    except (OSError, AppUserError) as error:        # AppUserError: piku-APP removed by hand
         return f"failed to start: {error}", logging.ERROR
     running(started)
     timeout = None if spec.timeout is None else max(spec.timeout - elapsed, 0.0)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from pikud import identity
 from pikud.deploy.runtimes.base import Runner
 from pikud.errors import BadRequest
 from pikud.procman.oneshot import run_once
@@ -62,7 +63,7 @@ async def checkout(repo: Path, revision: str, dest: Path, git_env: Mapping[str, 
     """Make ``dest`` a work tree of ``revision`` (detached), submodules included."""
     validate_revision(revision)
     extra = quarantine_dirs(repo, git_env)
-    dest.mkdir(parents=True)
+    dest.mkdir(parents=True, exist_ok=True)         # made by the deploy user's, as root
     git_env_for_checkout = {k: v for k, v in env.items() if not k.startswith("GIT_")}
     await run(["git", "init", "--quiet", str(dest)], cwd=dest, env=git_env_for_checkout)
     alternates = dest / ".git" / "objects" / "info" / "alternates"
@@ -84,9 +85,9 @@ async def ref_value(repo: Path, ref: str) -> str:
     if not repo.is_dir():           # an app placed in apps/ by hand has no repo
         return ""
     found: list[str] = []
-    info = await run_once(["git", "--git-dir", str(repo), "rev-parse", "--verify", "--quiet",
-                           f"{ref}^{{commit}}"], env={"PATH": os.defpath}, cwd=repo,
-                          on_line=found.append)
+    argv = identity.current().as_deploy(["git", "--git-dir", str(repo), "rev-parse", "--verify",
+                                         "--quiet", f"{ref}^{{commit}}"])  # git: its owner
+    info = await run_once(argv, env={"PATH": os.defpath}, cwd=repo, on_line=found.append)
     return found[0].strip() if info.code == 0 and found else ""
 
 

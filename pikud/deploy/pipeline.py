@@ -1,5 +1,10 @@
 """Building a release: checkout -> preflight -> runtime build -> release command.
 
+With app users (identity.py) the checkout is the deploy user's (git), the
+release is then the app user's while its preflight, build and release step
+write it, and the deploy user's again once built: the app's running code
+cannot change the Procfile and ENV that pikud reads from it.
+
 Every step runs in the new release directory with the app's environment and
 streams its output to ``progress``; the first failure raises and the new
 directory is removed, so nothing that is live has changed. Starting the new
@@ -16,8 +21,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pikud import identity
 from pikud.appsettings import AppSettings
 from pikud.appspec import AppSpec, live_env, load_spec, process_kinds
+from pikud.appusers import give_tree
 from pikud.cron import cron_entries, job_settings
 from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore
@@ -45,8 +52,13 @@ class PushInfo:
     git_env: dict[str, str] = field(default_factory=dict)
 
 
-def runner(progress: Progress, error: type[DeployError] = BuildError) -> Runner:
-    """A Runner that streams a command's output, indented, and raises ``error`` on failure."""
+def runner(progress: Progress, error: type[DeployError] = BuildError,
+           app: str | None = None) -> Runner:
+    """A Runner that streams a command's output, indented, and raises ``error`` on failure.
+
+    Its commands run as ``app``'s user (the build, the preflight and release
+    steps: code from the push or from package indexes) or, without ``app``, as
+    the deploy user (git): never as root (identity.py)."""
     async def run(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
                   on_line: Callable[[str], None] | None = None) -> None:
         def line(text: str) -> None:
@@ -54,6 +66,11 @@ def runner(progress: Progress, error: type[DeployError] = BuildError) -> Runner:
             if on_line is not None:
                 on_line(text)
 
+        who = identity.current()
+        if app is None:
+            argv, env = who.as_deploy(argv), {**env, **who.deploy_env()}
+        else:
+            argv = who.as_app(app, argv)
         info = await run_once(argv, env=env, cwd=cwd, on_line=line)
         if info.code != 0:
             raise error(f"`{shlex.join(argv)}` failed ({info})")
@@ -95,7 +112,8 @@ async def run_step(kind: str, spec: AppSpec, env: dict[str, str], source: Path,
         return
     progress(f"-----> Running {kind}: {command}")
     step_env = dict(env, PROC_TYPE=kind, **{MARKER: f"{spec.name}:{kind}"})
-    await runner(progress, error)(["/bin/sh", "-c", command], cwd=source, env=step_env)
+    await runner(progress, error, spec.name)(["/bin/sh", "-c", command], cwd=source,
+                                             env=step_env)
 
 
 async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None,
@@ -116,8 +134,11 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
     started = time.monotonic()
     try:
         progress(f"-----> Checking out {revision[:12]} as release {number}")
+        who = identity.current()
+        who.give(source, who.deploy_owner(), 0o755)     # git runs as the deploy user
         await checkout(paths.repo(app), revision, source, push.git_env if push else {},
                        base_env, runner(progress))
+        await give_tree(source, who.app_owner(app))     # its build and steps write it
         spec = load_spec(paths, app, base_env, defaults, source=source)
         cron_entries(spec.procfile, tz=job_settings(spec.env)[0])   # a bad schedule rejects it
         admit(spec)                                 # so does a formation over the ceilings
@@ -134,11 +155,13 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
             raise BuildError("wsgi and asgi entries need a Python app (a requirements.txt or "
                              f"pyproject.toml), but this one was detected as {runtime.name}")
         progress(f"-----> Building with the {runtime.name} runtime")
-        paths.env_dir(app).mkdir(mode=0o700, parents=True, exist_ok=True)
-        result = await runtime.build(BuildContext(app, source, env, paths.env_dir(app),
-                                                  progress, runner(progress), servers))
+        who.give(paths.env_dir(app), who.deploy_owner(), 0o711 if who.separate else 0o700)
+        result = await runtime.build(BuildContext(
+            app, source, {**env, **who.build_env(app, paths)}, paths.env_dir(app), progress,
+            runner(progress, BuildError, app), servers, who.app_owner(app)))
         env = release_env(spec, paths, base_env, source, result)
         await run_step("release", spec, env, source, progress, ReleaseError)
+        await give_tree(source, who.deploy_owner())     # read-only to its running code
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, source, True)
         raise

@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pikud import identity
 from pikud.limits import Limits
 from pikud.procman.children import descendants
 
@@ -72,7 +73,11 @@ class Rlimits:
         return True, {
             "memory": "enforced as RLIMIT_AS per process: address space, larger than resident "
                       "memory; an allocation past it fails",
-            "tasks": f"enforced as RLIMIT_NPROC, which the kernel counts per user: every process "
+            "tasks": "enforced as RLIMIT_NPROC, which the kernel counts per user: every process "
+                     "and thread of the app's own user counts (app users: pikud runs as root), "
+                     "so a fork fails once the app's processes together reach it"
+                     if identity.current().separate else
+                     f"enforced as RLIMIT_NPROC, which the kernel counts per user: every process "
                      f"and thread of uid {os.getuid()} (every app of this daemon, and pikud) "
                      "counts, so a fork fails once they together reach it",
             "nofile": "enforced as RLIMIT_NOFILE per process",

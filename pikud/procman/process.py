@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pikud import identity
 from pikud.errors import InvalidTransition
 from pikud.limits import Limits
 from pikud.procman.children import (
@@ -347,6 +348,7 @@ class ManagedProcess:
             argv = hand_over(self.spec.command, passed[0])
         elif self.spec.socket is not None:
             remove_socket(self.spec.socket)     # its server binds it, and cannot over a stale one
+        argv = identity.current().as_app(self.name.partition(":")[0], argv)
         enforcer = current()
         enforcer.release(self.confinement)      # the last spawn's tree is gone by now
         self.confinement = None

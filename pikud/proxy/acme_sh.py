@@ -15,6 +15,11 @@ installed.
 #   why and can simply be pushed again.
 #   acme.sh overwrites the key file in place, so it keeps its mode (0600) and
 #   owner: pikud's user, who runs `nginx -t`.
+# - As root (app users, identity.py), acme.sh runs as the deploy user, with its
+#   HOME (~/.acme.sh): the program and its folder are that user's to write, so
+#   running it as root would hand root to that user. The files it writes (the
+#   webroot's tokens, nginx/APP.crt and .key) are then that user's too
+#   (tls.py makes the self-signed pair so); nginx's master reads them as root.
 # - --keylength ec-256 and --ecc: EC P-256 like the self-signed certificate,
 #   and the same key type whichever acme.sh version or default is installed.
 
@@ -28,6 +33,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pikud import identity
 from pikud.atomic import write_atomic
 from pikud.errors import NginxError
 from pikud.proxy.commands import run
@@ -44,13 +50,14 @@ Note = Callable[[str, str, int], None]
 
 
 def find_acme_sh(configured: str | None = None) -> Path | None:
-    """``configured`` (pikud.toml's acme_sh), else acme.sh on PATH, else ~/.acme.sh/acme.sh."""
+    """``configured`` (pikud.toml's acme_sh), else acme.sh on PATH, else ~/.acme.sh/acme.sh
+    (the deploy user's home with app users)."""
     if configured:
         return Path(configured) if os.access(configured, os.X_OK) else None
     found = shutil.which("acme.sh")
     if found is not None:
         return Path(found)
-    standard = Path.home() / ".acme.sh" / "acme.sh"
+    standard = identity.current().home() / ".acme.sh" / "acme.sh"
     return standard if os.access(standard, os.X_OK) else None
 
 
@@ -71,7 +78,10 @@ class AcmeSh:
             argv += ["--server", server]
         if force:
             argv.append("--force")
-        Path(site.acme_root).mkdir(parents=True, exist_ok=True)
+        webroot, owner = Path(site.acme_root), identity.current().deploy_owner()
+        webroot.mkdir(parents=True, exist_ok=True)
+        if owner is not None:           # acme.sh writes its tokens as the deploy user
+            os.chown(webroot, *owner)
         return await self._step(site.app, argv, self.issue_timeout, "could not issue",
                                 ok=(0, SKIPPED))
 
@@ -120,9 +130,12 @@ class AcmeSh:
 
     async def _step(self, app: str, argv: list[str], timeout: float, failed: str,
                     ok: tuple[int, ...] = (0,)) -> bool:
-        """Run one acme.sh command; a failure is a note with its output."""
+        """Run one acme.sh command (as the deploy user: design notes); a failure is a note
+        with its output."""
+        who = identity.current()
         try:
-            code, output = await run(argv, timeout=timeout)
+            code, output = await run(who.as_deploy(argv), timeout=timeout,
+                                     env={**os.environ, **who.deploy_env()})
         except NginxError as exc:       # could not start, or timed out and was stopped
             code, output = -1, str(exc)
         if code in ok:
@@ -150,5 +163,6 @@ def _pair_problem(crt: Path, key: Path) -> str | None:
 
 def _put_back(crt: Path, key: Path, previous: tuple[bytes, bytes]) -> None:
     """Restore the pair in place: key first, 0600, as tls.ensure_certificate leaves it."""
+    owner = identity.current().deploy_owner()          # acme.sh's next renewal writes them
     for path, data, mode in ((key, previous[1], 0o600), (crt, previous[0], 0o644)):
-        write_atomic(path, data.decode("ascii", errors="replace"), mode)
+        write_atomic(path, data.decode("ascii", errors="replace"), mode, owner)

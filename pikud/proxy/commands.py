@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pikud.errors import NginxError
 from pikud.procman.oneshot import OneShotTimeout, run_once
 
 
-async def run(argv: Sequence[str], *, timeout: float) -> tuple[int, str]:
-    """Exit status and combined output of ``argv``; NginxError if it cannot start or hangs.
+async def run(argv: Sequence[str], *, timeout: float,
+              env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Exit status and combined output of ``argv`` (in pikud's environment unless ``env``);
+    NginxError if it cannot start or hangs.
 
     A command still running at the deadline is stopped before the error.
     """
     lines: list[str] = []
     try:
-        info = await run_once(argv, env=os.environ, cwd=Path("/"), on_line=lines.append,
+        info = await run_once(argv, env=os.environ if env is None else env, cwd=Path("/"),
+                              on_line=lines.append,
                               timeout=timeout, stop_timeout=1.0)
     except OSError as exc:
         raise NginxError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc

@@ -42,12 +42,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pikud import identity
 from pikud.atomic import write_atomic
 from pikud.errors import NginxError
 from pikud.nginxaccess import (
@@ -167,7 +169,7 @@ class Nginx:
             await ensure_certificate(self.paths, site.app, site.server_names,
                                      timeout=self.timeout)
             if site.cache is not None and site.upstreams:
-                Path(site.cache.path).parent.mkdir(parents=True, exist_ok=True)
+                await self._cache_folder(site.app, Path(site.cache.path))
             text = render(site, http2_style=info.http2_style)
             conf = self.conf_path(site.app)
             include = Path(site.include.copy) if site.include else None
@@ -186,6 +188,24 @@ class Nginx:
                 if old != include:
                     old.unlink(missing_ok=True)
             await self._reload(f"{conf.name} is in place")
+
+    async def _cache_folder(self, app: str, path: Path) -> None:
+        """Make the parent of an app's cache folder: nginx's master makes the folder and
+        gives it to its workers' user. With app users it is under ``cache/.nginx/APP``,
+        made here for that user, 0700: no app reads it, and no app owns a folder above
+        it, where it could swap it for a link that the master (root) would follow."""
+        who = identity.current()
+        if who.separate:
+            base = who.nginx_cache(self.paths, app)
+            who.give(base.parent, who.deploy_owner(), 0o711)
+            try:
+                worker = pwd.getpwnam(await self.worker_user())
+            except KeyError:        # no such user: nginx's master gives it to the right one
+                owner = None
+            else:
+                owner = worker.pw_uid, worker.pw_gid
+            who.give(base, owner, 0o700)
+        path.parent.mkdir(parents=True, exist_ok=True)
 
     async def remove(self, app: str) -> None:
         """Remove the app's config, include copy, certificate, key and acme record; reload."""

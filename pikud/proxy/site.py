@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from pikud import identity
 from pikud.convert import boolean, nonneg_int, positive_int
 from pikud.errors import EnvError
 from pikud.paths import Paths
@@ -174,14 +175,15 @@ def _cache(env: Mapping[str, str], paths: Paths, app: str) -> CacheSettings | No
             raise fail("'/' would cache the whole site; list URL prefixes")
         if prefix not in prefixes:
             prefixes.append(prefix)
-    path = str(paths.cache(app))
+    base = identity.current().nginx_cache(paths, app)
+    path = str(base)
     if env.get("NGINX_CACHE_PATH", "").strip():
         path = env["NGINX_CACHE_PATH"].strip()
         if not path.startswith("/"):
             raise _refuse("NGINX_CACHE_PATH", "expected an absolute path", path)
         path = local_path(lambda reason: EnvError(f"NGINX_CACHE_PATH: {reason}",
                                                   key="NGINX_CACHE_PATH"),
-                          path, paths.cache(app), absolute=True)
+                          path, base, absolute=True)
 
     def number(key: str, default: int, convert: Callable[[str, str], int] = nonneg_int) -> int:
         return convert(key, env[key]) if env.get(key, "").strip() else default

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from pikud import identity
 from pikud.errors import NginxError
 from pikud.paths import Paths
 from pikud.proxy.commands import run
@@ -71,6 +72,10 @@ async def ensure_certificate(paths: Paths, app: str, server_names: Sequence[str]
                              f"{output.strip()}")
         os.chmod(new_key, 0o600)
         os.chmod(new_crt, 0o644)
+        owner = identity.current().deploy_owner()      # app users: acme.sh replaces them
+        if owner is not None:
+            os.chown(new_key, *owner)
+            os.chown(new_crt, *owner)
         os.replace(new_key, key)
         os.replace(new_crt, crt)
     log.info("certificate: self-signed for %s (%s)", app, alt_names or common_name)

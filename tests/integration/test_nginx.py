@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from pikud.errors import EnvError, NginxError
+from pikud.identity import Account
 from pikud.proxy import Nginx, ensure_certificate, site_from_env
 from tests.integration.nginx_server import Backend, NginxServer, Response
 from tests.net import free_port
@@ -284,6 +286,29 @@ async def test_reload_failure_reported(server: NginxServer,
     with pytest.raises(NginxError, match="reloading nginx failed .*status 3.*\n.*no sudo rule"):
         await nginx.apply(server.site("r", {"NGINX_SERVER_NAME": "r.test"}, (web.upstream,)))
     assert (server.paths.nginx() / "r.conf").exists()   # tested and in place; a reload will do
+
+
+async def test_with_app_users_the_cache_is_nginx_workers_alone(
+        server: NginxServer, backend: Callable[..., Backend], app_users: Account,
+        www_data: str) -> None:
+    """Not under cache/APP, which the app's user owns: it could swap the folder for a link
+    that nginx's master (root) follows when it gives the folder to its workers."""
+    web = backend("web-1")
+    env = {"NGINX_SERVER_NAME": "c.test", "NGINX_CACHE_PREFIXES": "cached"}
+    site = server.site("c", env, (web.upstream,))
+    cache = server.root / "cache" / ".nginx" / "c"
+    assert site.cache is not None and site.cache.path == str(cache)
+    await server.nginx().apply(site)
+    worker = pwd.getpwnam(www_data)
+    st = cache.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (worker.pw_uid, worker.pw_gid, 0o700)
+    st = cache.parent.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (app_users.uid, 0o711)
+    first = server.wait_for("c.test", "/cached/a", lambda r: r.status == 200)
+    assert (first.headers["x-cache"], server.request("c.test", "/cached/a").headers["x-cache"]) \
+        == ("MISS", "HIT")
+    with pytest.raises(EnvError, match="outside"):
+        server.site("c", {**env, "NGINX_CACHE_PATH": str(server.root / "cache" / "c" / "x")})
 
 
 async def test_injection_refused_before_anything_is_written(server: NginxServer) -> None:

@@ -37,6 +37,7 @@ class BuildContext:
     progress: Progress              # a line for the pusher ("-----> " is added by the caller)
     run: Runner
     servers: tuple[str, ...] = ()   # app servers (granian, ...) the environment must provide
+    owner: tuple[int, int] | None = None    # (uid, gid) the build runs as, if not pikud's
 
 
 @dataclass(frozen=True)

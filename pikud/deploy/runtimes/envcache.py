@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -81,18 +82,24 @@ async def remove(path: Path) -> None:
     await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
 
 
-async def build_once(path: Path, fill: Callable[[Path], Awaitable[None]]) -> bool:
+async def build_once(path: Path, fill: Callable[[Path], Awaitable[None]],
+                     owner: tuple[int, int] | None = None) -> bool:
     """Reuse the complete environment at ``path`` (True), or build it with ``fill`` (False).
 
-    ``fill`` receives ``path``, which does not exist yet. On any failure or
-    cancellation the directory is removed and the error propagates, so no
-    half-built environment is ever left to be mistaken for a complete one.
+    ``fill`` receives ``path``, which does not exist yet; given ``owner`` (the
+    build runs as the app's user, which may not write ``envs/APP``), an empty
+    folder of that owner. On any failure or cancellation the directory is
+    removed and the error propagates, so no half-built environment is ever
+    left to be mistaken for a complete one.
     """
     if is_complete(path):
         return True
     await remove(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if owner is not None:
+            path.mkdir(mode=0o755)
+            os.chown(path, *owner)
         await fill(path)
         path.mkdir(exist_ok=True)
         (path / MARKER).write_text("complete\n")

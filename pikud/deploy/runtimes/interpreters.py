@@ -112,9 +112,10 @@ def _own_interpreter() -> Interpreter:
                        (major, minor, micro), importlib.util.find_spec("ensurepip") is not None)
 
 
-async def find_pythons(env: Mapping[str, str],
+async def find_pythons(env: Mapping[str, str], app: str,
                        names: Collection[str] | None = None) -> list[Interpreter]:
-    """Every Python 3 on ``env``'s PATH that answers (only ``names`` if given), then ours.
+    """Every Python 3 on ``env``'s PATH that answers ``app``'s user (only ``names`` if
+    given), then ours.
 
     Each distinct path is asked once, all at the same time; a command that
     fails (a pyenv shim for a version that is not installed) is skipped.
@@ -122,7 +123,7 @@ async def find_pythons(env: Mapping[str, str],
     commands = [(name, path) for name, path in _commands_on_path(env.get("PATH", os.defpath))
                 if names is None or name in names]
     paths = list(dict.fromkeys(path for _, path in commands))
-    answers = await asyncio.gather(*(probe([path, "-c", _PROBE], env) for path in paths))
+    answers = await asyncio.gather(*(probe([path, "-c", _PROBE], env, app) for path in paths))
     versions: dict[str, tuple[tuple[int, int, int], bool]] = {}
     for path, answer in zip(paths, answers, strict=True):
         fields = answer.split() if answer else []
@@ -137,7 +138,8 @@ async def find_pythons(env: Mapping[str, str],
     return found
 
 
-async def find_interpreter(env: Mapping[str, str], request: tuple[str, str] | None) -> Interpreter:
+async def find_interpreter(env: Mapping[str, str], request: tuple[str, str] | None,
+                           app: str) -> Interpreter:
     """The interpreter for ``request``; only the commands that could match are asked first.
 
     A pyenv shim costs a shell start per question, so asking every python3.X
@@ -147,6 +149,6 @@ async def find_interpreter(env: Mapping[str, str], request: tuple[str, str] | No
     wanted = parse_request(*(request or (KEY, "3")))
     names = {"python3"} | ({f"python{wanted[0]}.{wanted[1]}"} if len(wanted) > 1 else set())
     try:
-        return choose_python(request, await find_pythons(env, names))
+        return choose_python(request, await find_pythons(env, app, names))
     except BuildError:
-        return choose_python(request, await find_pythons(env))
+        return choose_python(request, await find_pythons(env, app))

@@ -61,9 +61,9 @@ def node_request(wanted: str | None) -> tuple[int, ...] | None:
     return request
 
 
-async def node_version(node: str, env: Mapping[str, str]) -> tuple[int, ...]:
+async def node_version(node: str, env: Mapping[str, str], app: str) -> tuple[int, ...]:
     """What ``node --version`` says, as a version tuple; BuildError if it says no version."""
-    reported = await probe([node, "--version"], env) or ""
+    reported = await probe([node, "--version"], env, app) or ""
     actual = parse_version(reported)
     if actual is None:
         raise BuildError(f"{node} --version said {reported.strip()!r}, not a version")
@@ -84,7 +84,7 @@ async def choose_node(ctx: BuildContext, env: dict[str, str]) -> tuple[str, str 
     wanted = ctx.env.get(VERSION_KEY, "")
     request = node_request(wanted)
     node = which("node", env)
-    actual = await node_version(node, env) if node else None
+    actual = await node_version(node, env, ctx.app) if node else None
     if request is None or (actual is not None and version_matches(request, actual)):
         return (dotted(actual) if actual else ""), None
     setting = f"{VERSION_KEY}={wanted}"
@@ -97,7 +97,7 @@ async def choose_node(ctx: BuildContext, env: dict[str, str]) -> tuple[str, str 
     ctx.progress(f"{setting}: {found}; installing it with nodeenv")
     folder = await install_node(ctx, nodeenv, dotted(request), setting)
     env["PATH"] = f"{folder}:{env.get('PATH', os.defpath)}"
-    installed = await node_version(str(folder / "node"), env)
+    installed = await node_version(str(folder / "node"), env, ctx.app)
     if not version_matches(request, installed):
         raise BuildError(f"{setting}: nodeenv installed node {dotted(installed)}")
     return dotted(installed), str(folder)
@@ -140,13 +140,13 @@ class Node:
             ctx.progress(f"Installing Node dependencies with {manager} "
                          f"into {shown(ctx, directory)}")
             await ctx.run(argv, cwd=ctx.source, env=env)
-            directory.mkdir()
+            directory.mkdir(exist_ok=True)      # made already for an app's own user
             if link.is_dir() and not link.is_symlink():
                 await asyncio.to_thread(shutil.move, link, directory / MODULES)
             else:
                 (directory / MODULES).mkdir()
 
-        reused = await build_once(shared, fill)
+        reused = await build_once(shared, fill, ctx.owner)
         if reused:
             ctx.progress(f"Node dependencies unchanged: reusing {shown(ctx, shared)}")
         link.symlink_to(shared / MODULES, target_is_directory=True)

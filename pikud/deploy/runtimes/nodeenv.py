@@ -35,11 +35,14 @@ ERROR_LINES = 3         # how many of nodeenv's last error lines a failed instal
 _ERROR = re.compile(r"(?<![A-Za-z])Error: .*")     # also after its " * Install ... ." dots
 
 
-def nodeenv_argv(nodeenv: str, version: str, directory: Path, mirror: str) -> list[str]:
-    """``nodeenv --prebuilt --node=VERSION [--mirror=URL] DIR``."""
+def nodeenv_argv(nodeenv: str, version: str, directory: Path, mirror: str,
+                 made: bool = False) -> list[str]:
+    """``nodeenv --prebuilt --node=VERSION [--mirror=URL] [--force] DIR``; ``--force`` when
+    the (empty) ``directory`` is ``made`` already: nodeenv refuses one that exists."""
     mirror = mirror.strip().rstrip("/")
     return [nodeenv, "--prebuilt", f"--node={version}",
-            *([f"--mirror={mirror}"] if mirror else []), str(directory)]
+            *([f"--mirror={mirror}"] if mirror else []), *(["--force"] if made else []),
+            str(directory)]
 
 
 def error_lines(output: list[str]) -> str:
@@ -62,12 +65,13 @@ async def install_node(ctx: BuildContext, nodeenv: str, version: str, setting: s
         ctx.progress(f"Installing node {version} with nodeenv into {shown(ctx, directory)}")
         output: deque[str] = deque(maxlen=50)
         try:
-            await ctx.run(nodeenv_argv(nodeenv, version, directory, ctx.env.get(MIRROR_KEY, "")),
+            await ctx.run(nodeenv_argv(nodeenv, version, directory, ctx.env.get(MIRROR_KEY, ""),
+                                       directory.is_dir()),
                           cwd=ctx.envs_dir, env=ctx.env, on_line=output.append)
         except BuildError as exc:
             raise BuildError(f"{setting}: nodeenv could not install node {version}: "
                              f"{error_lines(list(output))}") from exc
 
-    if await build_once(home, fill):
+    if await build_once(home, fill, ctx.owner):
         ctx.progress(f"Node {version} from nodeenv: reusing {shown(ctx, home)}")
     return home / "bin"

@@ -191,7 +191,7 @@ class Python:
         deps = project_dependencies(pyproject) if plan.method == "project" else []
         request = requested_version(ctx.env, source)
         try:
-            interpreter = await find_interpreter(ctx.env, request)
+            interpreter = await find_interpreter(ctx.env, request, ctx.app)
         except BuildError as exc:
             interpreter = await self._missing(ctx, plan, request, exc)
         if plan.tool in ("pip", "poetry") and not interpreter.has_venv:
@@ -217,7 +217,7 @@ class Python:
                 await self._add(ctx, plan, venv, tools.get(plan.tool, plan.tool), env, missing)
 
         ctx.progress(f"Python {interpreter.full} from {interpreter.path}")
-        reused = await build_once(venv, fill)
+        reused = await build_once(venv, fill, ctx.owner)
         if reused:
             ctx.progress(f"Python dependencies unchanged: reusing {label}")
         return BuildResult(runtime=self.name, env_path=venv, env_vars={"VIRTUAL_ENV": str(venv)},
@@ -230,13 +230,13 @@ class Python:
         uv = uv_binary(ctx.env)
         if request is not None and uv is not None and allowed(ctx.env):
             ctx.progress(f"{exc}: installing it with uv ({UV_INSTALL_KEY} is set)")
-            return await uv_install(request, ctx.env, ctx.run, ctx.source, uv)
+            return await uv_install(request, ctx.env, ctx.run, ctx.source, uv, ctx.app)
         if request is None or request[0] != VERSION_FILE or plan.method != "requirements":
             hint = f"; set {UV_INSTALL_KEY}=true to let uv install it" if request and uv else ""
             raise BuildError(f"{exc}{hint}") from exc
         ctx.progress(f"Warning: {exc}; {VERSION_FILE} is a hint for a {REQUIREMENTS} "
                      "app: building with the default python3 (set PYTHON_VERSION to insist)")
-        return await find_interpreter(ctx.env, None)
+        return await find_interpreter(ctx.env, None, ctx.app)
 
     async def _install(self, ctx: BuildContext, plan: PythonPlan, interpreter: Interpreter,
                        venv: Path, tool: str, env: dict[str, str], deps: list[str]) -> None:

@@ -124,18 +124,19 @@ class Ruby:
 
     async def build(self, ctx: BuildContext) -> BuildResult:
         tools = require(["ruby", "bundle"], ctx.env, needed_by=self.label)
-        version = (await probe([tools["ruby"], "-e", "print RUBY_VERSION"], ctx.env) or "").strip()
+        version = (await probe([tools["ruby"], "-e", "print RUBY_VERSION"], ctx.env,
+                                ctx.app) or "").strip()
         key = content_key(["ruby", version], [ctx.source / "Gemfile", ctx.source / "Gemfile.lock"])
         gems = ctx.envs_dir / f"ruby-{version or 'unknown'}-{key}"
         env = {**ctx.env, "BUNDLE_PATH": str(gems)}
 
         async def fill(directory: Path) -> None:
             ctx.progress(f"Ruby {version}: bundle install into {shown(ctx, directory)}")
-            directory.mkdir()
+            directory.mkdir(exist_ok=True)      # made already for an app's own user
             await ctx.run([tools["bundle"], "install"], cwd=ctx.source, env=env)
 
         ctx.progress(f"Ruby {version} from {tools['ruby']}")
-        reused = await build_once(gems, fill)
+        reused = await build_once(gems, fill, ctx.owner)
         if reused:
             ctx.progress(f"Ruby gems unchanged: reusing {shown(ctx, gems)}")
         return BuildResult(runtime=self.name, env_path=gems, env_vars={"BUNDLE_PATH": str(gems)},

@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from pikud import identity
 from pikud.errors import BuildError
 from pikud.procman.oneshot import OneShotTimeout, run_once
 
@@ -103,16 +104,19 @@ def version_matches(wanted: Sequence[int], actual: Sequence[int]) -> bool:
     return tuple(actual[:len(wanted)]) == tuple(wanted)
 
 
-async def probe(argv: Sequence[str], env: Mapping[str, str],
+async def probe(argv: Sequence[str], env: Mapping[str, str], app: str,
                 timeout: float = PROBE_TIMEOUT) -> str | None:
     """The stdout of a short query such as ``node --version``; None if it cannot run or fails.
 
     This is a question to a tool, not a build step, so its output is not
-    streamed to the pusher; a probe that hangs is stopped after ``timeout``.
+    streamed to the pusher; a probe that hangs is stopped after ``timeout``. It
+    runs as ``app``'s user, as its build does: the tool may come from the app's
+    own environment, which that user writes (identity.py).
     """
     lines: list[str] = []
     try:
-        info = await run_once(argv, env=env, cwd=Path("/"), on_line=lines.append,
+        info = await run_once(identity.current().as_app(app, argv), env=env,
+                              cwd=Path("/"), on_line=lines.append,
                               timeout=timeout, stop_timeout=1.0, stderr=False)
     except (OSError, OneShotTimeout):
         return None

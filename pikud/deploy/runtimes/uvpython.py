@@ -34,7 +34,7 @@ def allowed(env: Mapping[str, str]) -> bool:
 
 
 async def uv_install(request: tuple[str, str], env: Mapping[str, str], run: Runner, cwd: Path,
-                     uv: str) -> Interpreter:
+                     uv: str, app: str) -> Interpreter:
     """``uv python install`` the requested version; the interpreter it installed."""
     wanted = ".".join(map(str, parse_request(*request)))
     uv_env = {**with_system_certs(env), "UV_PYTHON_DOWNLOADS": "manual"}
@@ -42,9 +42,9 @@ async def uv_install(request: tuple[str, str], env: Mapping[str, str], run: Runn
         await run([uv, "python", "install", wanted], cwd=cwd, env=uv_env)
     except BuildError as exc:
         raise BuildError(f"{KEY}: uv could not install Python {wanted}: {exc}") from exc
-    found = await probe([uv, "python", "find", "--managed-python", wanted], uv_env)
+    found = await probe([uv, "python", "find", "--managed-python", wanted], uv_env, app)
     if not found or not os.path.isabs(found.strip()):
         raise BuildError(f"{KEY}: uv installed Python {wanted}, but `uv python find` "
                          "does not report it")
     folder = os.path.dirname(found.strip())
-    return choose_python(request, await find_pythons({**env, "PATH": folder}))
+    return choose_python(request, await find_pythons({**env, "PATH": folder}, app))

@@ -1,0 +1,318 @@
+"""pikud as root: each app as its own system user, builds and pikud.sock as the deploy user.
+
+A real daemon as root, a throwaway deploy user owning PIKU_ROOT, and the
+piku-APP users the daemon makes. Every user and group made here or by the
+daemon is removed at teardown, even after a failure. Skipped when not root.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pikud.identity import MARKER, user_name
+from tests.conftest import FAST, Pikud
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="app users need pikud to run as root")
+
+WORKER = "worker: sleep 1000\ncron1: 0 0 1 1 * id -u >\"$DATA_ROOT/cron-uid\"\n"
+
+
+def remove_user(name: str) -> None:
+    subprocess.run(["userdel", name], capture_output=True)
+    subprocess.run(["groupdel", name], capture_output=True)     # if userdel left it
+
+
+@pytest.fixture
+def run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="module")
+def python() -> tuple[str, dict[str, str]]:
+    """An interpreter other users may run, and the PYTHONPATH that gives it pikud's CLI
+    (this checkout, click): the tests' own may sit in root's 0700 home (pyenv)."""
+    path = os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                            sysconfig.get_paths()["purelib"]])
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        probe = as_user(65534, 65534, [candidate, "-c", "import pikud.cli"],
+                        {"PYTHONPATH": path}, check=False)
+        if probe is not None and probe.returncode == 0:
+            return candidate, {"PYTHONPATH": path}
+    pytest.skip("no Python that user nobody can run with pikud's CLI")
+
+
+@pytest.fixture
+def deploy_user(run_id: str, short_root: Path) -> Iterator[pwd.struct_passwd]:
+    """A system user that owns PIKU_ROOT, as piku does; every piku-APP user of this run's
+    apps (GECOS ``pikud app <name with run_id>``) is removed after it."""
+    name = f"pkt-{run_id}"
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+                    str(short_root), "--shell", "/usr/sbin/nologin", name], check=True)
+    try:
+        os.chown(short_root, pwd.getpwnam(name).pw_uid, pwd.getpwnam(name).pw_gid)
+        short_root.chmod(0o755)
+        yield pwd.getpwnam(name)
+    finally:
+        for entry in pwd.getpwall():
+            if entry.pw_gecos.startswith(MARKER) and run_id in entry.pw_gecos:
+                remove_user(entry.pw_name)
+        remove_user(name)
+    assert not [e.pw_name for e in pwd.getpwall() if run_id in e.pw_name + e.pw_gecos]
+    assert not [g.gr_name for g in grp.getgrall() if run_id in g.gr_name]
+
+
+def as_user(uid: int, gid: int, argv: list[str], env: dict[str, str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str] | None:
+    """``argv`` run as ``uid``; None (when not ``check``) if it cannot even start."""
+    try:
+        return subprocess.run(argv, user=uid, group=gid, extra_groups=[], env=env,
+                              capture_output=True, text=True, timeout=30, cwd="/")
+    except PermissionError:
+        if check:
+            raise
+        return None
+
+
+def run_as(uid: int, gid: int, argv: list[str], env: dict[str, str] | None = None,
+           ) -> subprocess.CompletedProcess[str]:
+    result = as_user(uid, gid, argv, env)
+    assert result is not None
+    return result
+
+
+def readable_by(uid: int, gid: int, path: Path) -> str:
+    """What a process of ``uid`` gets opening ``path``: "ok" or the error's name."""
+    probe = ("try:\n    open(PATH, 'rb').close(); print('ok')\n"
+             "except OSError as e:\n    print(type(e).__name__)").replace("PATH", repr(str(path)))
+    return run_as(uid, gid, ["/bin/sh", "-c", f"exec python3 -c {shlex.quote(probe)}"],
+                  {"PATH": "/usr/bin:/bin"}).stdout.strip()
+
+
+def status(pid: int, field: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return line.partition(":")[2].split()[0] if line.split()[1:] else ""
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def owner_mode(path: Path) -> tuple[str, str]:
+    st = path.stat()
+    return pwd.getpwuid(st.st_uid).pw_name, oct(stat.S_IMODE(st.st_mode))
+
+
+@pytest.fixture
+def as_root(deploy_user: pwd.struct_passwd, pikud_factory: Callable[..., Pikud]) -> Pikud:
+    """pikud as root on a PIKU_ROOT the deploy user owns; stopped before the users go."""
+    return pikud_factory()
+
+
+def test_each_app_runs_as_its_own_user(as_root: Pikud, short_root: Path,
+                                       deploy_user: pwd.struct_passwd, run_id: str,
+                                       python: tuple[str, dict[str, str]]) -> None:
+    alpha, beta = f"alpha-{run_id}", f"beta-{run_id}"
+    deployer = deploy_user.pw_name
+    pikud = as_root
+    assert "app users: on (each app as piku-APP; builds and pikud.sock as " + deployer \
+        in pikud.output()
+    assert owner_mode(short_root / "pikud.sock") == (deployer, "0o600")
+    for app in (alpha, beta):
+        pikud.add_app(app, WORKER, FAST)
+        pikud.api("POST", f"/apps/{app}/start")
+    users = {app: pwd.getpwnam(user_name(app)) for app in (alpha, beta)}
+    a, b = users[alpha], users[beta]
+    assert a.pw_gecos == f"pikud app {alpha}" and a.pw_shell == "/usr/sbin/nologin"
+    assert a.pw_uid != b.pw_uid
+
+    # Its processes and a cron run have the app's uid (and no supplementary groups).
+    worker = pikud.wait_state(alpha, f"{alpha}:worker.1", "RUNNING")
+    assert status(worker["pid"], "Uid") == str(a.pw_uid)
+    assert status(worker["pid"], "Gid") == str(a.pw_gid)
+    assert status(worker["pid"], "Groups") == ""
+    environ = Path(f"/proc/{worker['pid']}/environ").read_bytes().split(b"\0")
+    assert f"HOME={short_root}/data/{alpha}".encode() in environ
+    assert f"USER={a.pw_name}".encode() in environ
+    pikud.api("POST", f"/apps/{alpha}/cron/cron1/run")
+    ran = short_root / "data" / alpha / "cron-uid"
+    assert wait_for(lambda: ran.exists() and ran.read_text().strip(), 10, "the cron run") \
+        == str(a.pw_uid)
+
+    # Folders: data/ and cache/ the app's alone; logs/ and envs/ the deploy user's.
+    assert owner_mode(short_root / "data" / alpha) == (a.pw_name, "0o700")
+    assert owner_mode(short_root / "cache" / alpha) == (a.pw_name, "0o700")
+    assert owner_mode(short_root / "logs" / alpha) == (deployer, "0o750")
+    assert owner_mode(short_root / "envs" / alpha) == (deployer, "0o711")
+
+    # The deploy user's CLI works through the socket (the console: admin).
+    env = dict(pikud.env, HOME=str(short_root), **python[1])
+    cli = [python[0], "-m", "pikud.cli"]
+    result = run_as(deploy_user.pw_uid, deploy_user.pw_gid,
+                     [*cli, "config:set", alpha, "SECRET=s3"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert owner_mode(short_root / "envs" / alpha / "ENV") == (deployer, "0o600")
+    assert owner_mode(short_root / "envs" / alpha / "LIVE_ENV") == (deployer, "0o600")
+    worker = pikud.wait_state(alpha, f"{alpha}:worker.1", "RUNNING")
+    assert b"SECRET=s3" in Path(f"/proc/{worker['pid']}/environ").read_bytes()
+
+    # Another app's user reads none of this app's config, logs or data.
+    log = short_root / "logs" / alpha / "pikud.log"     # what pikud did to the app
+    assert log.exists()
+    for path in (short_root / "envs" / alpha / "ENV", short_root / "envs" / alpha / "LIVE_ENV",
+                 log, ran):
+        assert readable_by(b.pw_uid, b.pw_gid, path) == "PermissionError", path
+    assert readable_by(a.pw_uid, a.pw_gid, ran) == "ok"
+
+    # An app's user cannot reach pikud.sock: the file refuses it, and so does pikud.
+    result = run_as(b.pw_uid, b.pw_gid, [*cli, "apps"], env)
+    assert result.returncode != 0 and "ermission denied" in result.stdout + result.stderr
+    (short_root / "pikud.sock").chmod(0o666)        # past the file's mode: pikud's own check
+    result = run_as(b.pw_uid, b.pw_gid, [*cli, "apps"], env)
+    assert result.returncode != 0
+    assert f"uid {b.pw_uid} may not use this socket" in result.stdout + result.stderr
+    audit = [json.loads(line) for line in (short_root / "audit.log").read_text().splitlines()]
+    assert any(entry["outcome"] == "forbidden" and str(b.pw_uid) in entry["message"]
+               for entry in audit)
+    (short_root / "pikud.sock").chmod(0o600)
+
+    # destroy removes the user; what it keeps goes to the deploy user.
+    result = run_as(deploy_user.pw_uid, deploy_user.pw_gid, [*cli, "destroy", alpha],
+                     env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with pytest.raises(KeyError):
+        pwd.getpwnam(a.pw_name)
+    with pytest.raises(KeyError):
+        grp.getgrnam(a.pw_name)
+    assert owner_mode(short_root / "data" / alpha)[0] == deployer
+    assert pwd.getpwuid(ran.stat().st_uid).pw_name == deployer
+
+
+def test_a_deploy_user_that_does_not_exist_stops_the_start(short_root: Path,
+                                                             tmp_path: Path) -> None:
+    (short_root / "pikud.toml").write_text('deploy_user = "no-such-user-pk"\n')
+    daemon = Pikud(short_root, tmp_path / "pikud.log")
+    result = subprocess.run([sys.executable, "-m", "pikud", "serve"], env=daemon.env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "deploy_user 'no-such-user-pk' is not a user here" in result.stderr
+    assert not (short_root / "pikud.sock").exists()
+
+
+def test_as_root_on_a_root_owned_root_apps_share_its_uid(pikud: Pikud) -> None:
+    """The quick start as root, and the test suite: nothing changes hands."""
+    assert "app users: off (every app runs as uid 0)" in pikud.output()
+    pikud.add_app("solo", "worker: sleep 1000\n", FAST)
+    pikud.api("POST", "/apps/solo/start")
+    worker = pikud.wait_state("solo", "solo:worker.1", "RUNNING")
+    assert status(worker["pid"], "Uid") == "0"
+    with pytest.raises(KeyError):
+        pwd.getpwnam(user_name("solo"))
+
+
+# The build's own step (npm runs the package's install script): what it is and reaches.
+PROBE = """id -u >"$DATA_ROOT/build-uid"
+: >built-here
+printf '%s' "$HOME" >"$DATA_ROOT/build-home"
+for path in OTHER/envs/B/ENV OTHER/envs/B/LIVE_ENV OTHER/data/B/secret OTHER/logs/B/pikud.log \\
+            OTHER/pikud/access.json; do
+    cat "$path" >/dev/null 2>&1 && echo "read $path" >>"$DATA_ROOT/reached"
+done
+for path in OTHER/pikud/access.json OTHER/cache/B/build/poison OTHER/envs/B/ENV; do
+    (: >>"$path") 2>/dev/null && echo "wrote $path" >>"$DATA_ROOT/reached"
+done
+exit 0
+"""
+
+
+def push(deploy_user: pwd.struct_passwd, work: Path, app: str, env: dict[str, str],
+         python: tuple[str, dict[str, str]], message: str) -> None:
+    """Commit ``work`` and git push it to ``app`` through the local transport, as the
+    deploy user (git refuses a repository of another owner)."""
+    script = (f"cd {work} && git add -A && git commit --quiet -m {message} && "
+              "{ git remote get-url piku >/dev/null 2>&1 || git remote add piku " + app + "; } && "
+              f"git config remote.piku.receivepack '{python[0]} -m pikud.cli git-receive-pack'"
+              " && git push --quiet piku HEAD:main")
+    result = run_as(deploy_user.pw_uid, deploy_user.pw_gid, ["/bin/sh", "-c", script], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_push_builds_and_releases_as_the_app_and_reaches_no_other_app(
+        as_root: Pikud, short_root: Path, deploy_user: pwd.struct_passwd, run_id: str,
+        python: tuple[str, dict[str, str]]) -> None:
+    """A Node app whose npm install script probes what it can reach; then a redeploy and a
+    rollback, all as the app's user, while the checkout stays the deploy user's."""
+    if shutil.which("npm") is None:
+        pytest.skip("no npm here to run a package's install script")
+    app, other = f"built-{run_id}", f"other-{run_id}"
+    as_root.add_app(other, WORKER, FAST + "SECRET=b-only\n")
+    as_root.api("POST", f"/apps/{other}/start")
+    as_root.wait_state(other, f"{other}:worker.1", "RUNNING")
+    (short_root / "data" / other / "secret").write_text("b's data")
+    access = short_root / "pikud" / "access.json"
+    assert not access.exists()
+
+    uid, gid = deploy_user.pw_uid, deploy_user.pw_gid
+    work = short_root / "work"          # the deploy user's, like a clone in its home
+    work.mkdir()
+    os.chown(work, uid, gid)
+    env = dict(as_root.env, HOME=str(short_root), PATH="/usr/bin:/bin", **python[1],
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
+    files = {
+        "Procfile": "web: exec python3 -m http.server --bind 127.0.0.1 \"$PORT\"\n"
+                    "release: id -u >\"$DATA_ROOT/release-uid\"\n",
+        "ENV": FAST,
+        "package.json": json.dumps({"name": "built", "version": "1.0.0", "private": True,
+                                    "scripts": {"install": "sh probe.sh"}}),
+        "probe.sh": PROBE.replace("OTHER", str(short_root)).replace("/B/", f"/{other}/"),
+    }
+    run_as(uid, gid, ["git", "init", "--quiet", "--initial-branch=main", str(work)], env)
+    for name, text in files.items():
+        (work / name).write_text(text)
+        os.chown(work / name, uid, gid)
+    push(deploy_user, work, app, env, python, "v1")
+
+    account = pwd.getpwnam(user_name(app))
+    data = short_root / "data" / app
+    assert (data / "build-uid").read_text().strip() == str(account.pw_uid)
+    assert (data / "build-home").read_text() == str(short_root / "cache" / app / "build")
+    assert not (data / "reached").exists(), (data / "reached").read_text()
+    assert not access.exists()
+    assert (data / "release-uid").read_text().strip() == str(account.pw_uid)
+    assert owner_mode(short_root / "cache" / app / "build") == (account.pw_name, "0o700")
+    release = short_root / "releases" / app / "1"
+    assert (release / "built-here").exists()                # the app's while it was built,
+    assert owner_mode(release)[0] == deploy_user.pw_name    # read-only to it once it runs
+    assert pwd.getpwuid((release / "Procfile").stat().st_uid).pw_name == deploy_user.pw_name
+    modules = (release / "node_modules").resolve()
+    assert modules.parent.parent == short_root / "envs" / app
+    assert owner_mode(modules.parent)[0] == account.pw_name  # envs/APP/node-KEY, made for it
+    assert pwd.getpwuid((short_root / "repos" / app).stat().st_uid).pw_name \
+        == deploy_user.pw_name
+    web = as_root.wait_state(app, f"{app}:web.1", "RUNNING")
+    assert status(web["pid"], "Uid") == str(account.pw_uid)
+    assert wait_for(lambda: as_root.get(app)[0] == 200, 15, "the app to answer")
+
+    # A redeploy builds release 2 the same way; a rollback goes back to release 1.
+    (work / "v2").write_text("2")
+    os.chown(work / "v2", uid, gid)
+    push(deploy_user, work, app, env, python, "v2")
+    assert as_root.api("GET", f"/apps/{app}")["release"] == 2
+    assert owner_mode(short_root / "releases" / app / "2")[0] == deploy_user.pw_name
+    as_root.api("POST", f"/apps/{app}/rollback", {"release": 1})
+    assert as_root.api("GET", f"/apps/{app}")["release"] == 1
+    as_root.wait_state(app, f"{app}:web.1", "RUNNING")
+    assert wait_for(lambda: as_root.get(app)[0] == 200, 15, "the rolled-back app to answer")

@@ -1,0 +1,108 @@
+"""App users' names, and the refusal of a user pikud did not make (identity.py, appusers.py).
+
+The refusal is checked against a real /etc/passwd entry (useradd as root, removed
+at teardown); it skips when the tests do not run as root.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pikud import appusers
+from pikud.errors import AppUserError
+from pikud.identity import Identity, lookup, marker, user_name
+from pikud.paths import Paths
+
+NAME = re.compile(r"[a-z0-9_-]{1,32}")      # what every useradd takes (Ubuntu 22.04's too)
+
+
+@pytest.mark.parametrize(("app", "user"), [
+    ("web", "piku-web"),
+    ("my_app-2", "piku-my_app-2"),
+    ("a" * 27, "piku-" + "a" * 27),          # 32 characters: the longest plain name
+])
+def test_a_plain_short_name_is_the_user_name(app: str, user: str) -> None:
+    assert user_name(app) == user
+
+
+@pytest.mark.parametrize("app", ["a" * 28, "A" * 64, "My.App", "web.example.com", "X-1",
+                                 "z" + "9" * 63])
+def test_other_names_are_truncated_with_a_hash(app: str) -> None:
+    user = user_name(app)
+    assert NAME.fullmatch(user) and user.startswith("piku-") and len(user) <= 32
+    assert user == user_name(app)                       # the same every time
+    assert re.fullmatch(r"piku-[a-z0-9_-]{1,18}-[0-9a-f]{8}", user)
+
+
+def test_names_that_differ_in_case_or_past_the_cut_get_different_users() -> None:
+    assert user_name("Web") != user_name("web") != user_name("WEB")
+    assert user_name("Web") != user_name("WEB")
+    assert user_name("b" * 40 + "1") != user_name("b" * 40 + "2")
+
+
+def test_one_uid_for_everything_wraps_nothing(tmp_path: Path) -> None:
+    """Not root (or a root-owned PIKU_ROOT): commands run as they are, no HOME change."""
+    nobody = Identity()
+    assert nobody.as_app("web", ["true"]) == ["true"]
+    assert nobody.as_deploy(["git", "init"]) == ["git", "init"]
+    assert nobody.deploy_owner() is None and nobody.account_env("web", Paths(tmp_path)) == {}
+
+
+@pytest.fixture
+def foreign_user() -> Iterator[tuple[str, str]]:
+    """(app, user): a real system user with the app's user name that pikud did not make."""
+    if os.geteuid() != 0:
+        pytest.skip("useradd needs root")
+    app = f"t{uuid.uuid4().hex[:10]}"
+    user = user_name(app)
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell",
+                    "/usr/sbin/nologin", "--comment", "made by hand", user], check=True)
+    try:
+        yield app, user
+    finally:
+        subprocess.run(["userdel", user], check=True)
+        subprocess.run(["groupdel", user], capture_output=True)     # if userdel left it
+
+
+async def test_a_user_pikud_did_not_make_is_refused_not_adopted(
+        foreign_user: tuple[str, str], tmp_path: Path) -> None:
+    app, user = foreign_user
+    with pytest.raises(AppUserError, match=f"user {user} exists but pikud did not make it"):
+        lookup(app)
+    with pytest.raises(AppUserError, match="GECOS"):
+        await appusers.ensure(app, tmp_path)
+    with pytest.raises(AppUserError):
+        await appusers.remove(app)                  # nor removed
+    assert pwd.getpwnam(user).pw_gecos == "made by hand"
+
+
+def comment(user: str, gecos: str) -> None:
+    subprocess.run(["usermod", "--comment", gecos, user], check=True)
+
+
+async def test_a_user_made_for_another_app_is_refused(tmp_path: Path) -> None:
+    """Two app names can meet after the truncation: the GECOS names the app it is for."""
+    if os.geteuid() != 0:
+        pytest.skip("useradd needs root")
+    app = f"t{uuid.uuid4().hex[:10]}"
+    made = await appusers.ensure(app, tmp_path)
+    try:
+        assert pwd.getpwnam(made.name).pw_gecos == marker(app)
+        assert lookup(app) == made and await appusers.ensure(app, tmp_path) == made
+        comment(made.name, marker("other"))
+        with pytest.raises(AppUserError, match=f"not {marker(app)!r}"):
+            lookup(app)
+        comment(made.name, marker(app))
+    finally:
+        assert await appusers.remove(app)
+    assert lookup(app) is None
+    with pytest.raises(KeyError):
+        pwd.getpwnam(made.name)
