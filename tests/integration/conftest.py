@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -52,7 +51,7 @@ def server(open_dir: Path) -> Iterator[NginxServer]:
 @pytest.fixture(scope="session")
 def app_servers() -> Iterator[Path]:
     """A virtualenv's bin/ with granian, gunicorn and uvicorn, as a build adds them (uv,
-    offline from its cache, as the e2e pushes install them); removed at the end."""
+    from its cache when the e2e pushes ran first, else from PyPI); removed at the end."""
     uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
     assert uv is not None, "uv is a test dependency: pip install -e '.[test]'"
     base = Path(tempfile.mkdtemp(prefix="pks-", dir="/tmp"))
@@ -60,8 +59,7 @@ def app_servers() -> Iterator[Path]:
     try:
         subprocess.run([uv, "venv", "-q", str(base / "venv")], check=True, timeout=120)
         subprocess.run([uv, "pip", "install", "-q", "--python", str(bin_dir / "python"),
-                        "granian", "gunicorn", "uvicorn"], check=True, timeout=300,
-                       env=dict(os.environ, UV_OFFLINE="1"))
+                        "granian", "gunicorn", "uvicorn"], check=True, timeout=300)
         yield bin_dir
     finally:
         shutil.rmtree(base, ignore_errors=True)
