@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ..conftest import FAST, Pikud, wait_for
+from .test_reexec import Load, reexec
 
 WSGI = '''\
 import os
@@ -92,3 +93,21 @@ def test_an_app_on_a_unix_socket_sleeps_and_a_request_wakes_it(served: Pikud) ->
     assert served.get("nap", "/up") == (200, "hello /up")        # waited in the backlog
     served.wait_state("nap", "nap:wsgi.1", "RUNNING")
     served.wait_state("nap", "nap:wsgi.1", "IDLE", timeout=15)
+
+
+def test_apps_on_unix_sockets_lose_no_request_across_a_reexec(served: Pikud) -> None:
+    """While the new image loads, the re-exec bridge routes to the same sockets, which the
+    slots keep serving; the new image adopts them with their sockets."""
+    before = {name: deploy(served, name, env)["pid"]
+              for name, env in (("gran", ""), ("gun", "PIKU_WSGI_SERVER=gunicorn\n"))}
+    sockets = {name: served.process(name, f"{name}:wsgi.1")["socket"] for name in before}
+    gran, gun = (Load(served.http_port, f"{name}.localhost") for name in before)
+    with gran.running(), gun.running():
+        wait_for(lambda: gran.answered() > 20 and gun.answered() > 20, 15, "the load to start")
+        reexec(served, lambda: min(gran.answered(), gun.answered()))
+    assert (gran.failed, gun.failed) == (0, 0), gran.errors[:3] + gun.errors[:3]
+    after = {name: served.process(name, f"{name}:wsgi.1") for name in before}
+    assert {name: proc["pid"] for name, proc in after.items()} == before
+    assert {name: proc["socket"] for name, proc in after.items()} == sockets
+    assert served.get("gun", "/after") == (200, "hello /after")
+    assert "re-exec bridge: stopped after" in served.output()
