@@ -44,7 +44,7 @@ from pikud.cron import JobSpec
 from pikud.deploy.pipeline import release_env, spec_warnings
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.servers import check_installed, servers_chosen
-from pikud.errors import PikudError
+from pikud.errors import Forbidden, PikudError
 from pikud.procman.children import stop_leftovers
 from pikud.procman.group import ProcessGroup, Readiness
 from pikud.procman.health import wait_ready
@@ -240,6 +240,27 @@ class AppCore:
         except BaseException:
             self.claimed = before
             raise
+
+    def _vet_include(self, spec: AppSpec, source: Path, admin: bool) -> None:
+        """Refuse NGINX_INCLUDE_FILE text a restart would not put live (the current release
+        with the current ENV) unless the caller has admin on the app: nginx's master reads
+        it as root, so it could write any file, or echo another app's ENV through
+        ``nginx -t``. Forbidden, before anything changed."""
+        if admin:
+            return
+        include = self.services.traffic.include(self.name, spec, source)
+        if include is None:
+            return
+        try:
+            accepted = self.services.traffic.include(self.name, self.load()[0],
+                                                     self.source(self.release))
+        except PikudError:
+            accepted = None         # what is there does not load: nothing accepted to keep
+        if accepted is None or accepted.text != include.text:
+            raise Forbidden(f"NGINX_INCLUDE_FILE ({spec.env['NGINX_INCLUDE_FILE'].strip()}) "
+                            f"would put new nginx config live, which nginx's master reads as "
+                            f"root: that needs the admin role on app {self.name!r}; nothing "
+                            "was changed")
 
     def _env(self, spec: AppSpec, release: Release | None) -> dict[str, str]:
         return release_env(spec, self.paths, self.services.base_env, self.source(release),
