@@ -13,6 +13,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -209,6 +210,46 @@ def test_a_deploy_user_that_does_not_exist_stops_the_start(short_root: Path,
     assert result.returncode == 1
     assert "deploy_user 'no-such-user-pk' is not a user here" in result.stderr
     assert not (short_root / "pikud.sock").exists()
+
+
+def test_pikud_toml_the_deploy_user_could_write_stops_the_start_and_a_sighup(
+        deploy_user: pwd.struct_passwd, short_root: Path, tmp_path: Path,
+        pikud_factory: Callable[..., Pikud]) -> None:
+    """As root, pikud runs the commands pikud.toml names: a file the deploy user owns or
+    could write (or a link to one) is refused with the fix; a root-owned 0644 one is read."""
+    settings = short_root / "pikud.toml"
+    serve = [sys.executable, "-m", "pikud", "serve"]
+    env = Pikud(short_root, tmp_path / "pikud.log").env
+    settings.write_text('nginx_test = ["/bin/sh", "-c", "id >/tmp/pwned"]\n')
+    os.chown(settings, deploy_user.pw_uid, deploy_user.pw_gid)
+    refused = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1
+    assert (f"{settings}: owned by {deploy_user.pw_name} with mode -rw-r--r-- (0644), 1 "
+            f"link(s): pikud runs as root and runs the commands it names, so only root may "
+            f"write it: chown root:root {settings} && chmod 644 {settings}") in refused.stderr
+    os.chown(settings, 0, 0)
+    settings.chmod(0o664)
+    refused = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "mode -rw-rw-r-- (0664)" in refused.stderr
+    settings.rename(short_root / "real.toml")
+    settings.symlink_to(short_root / "real.toml")
+    (short_root / "real.toml").chmod(0o644)
+    refused = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "without following a link" in refused.stderr
+    assert not (short_root / "pikud.sock").exists()
+
+    settings.unlink()
+    (short_root / "real.toml").rename(settings)
+    settings.write_text("events_kept = 7\n")
+    daemon = pikud_factory()
+    assert "app users: on" in daemon.output()
+    settings.write_text("events_kept = 9\n")        # the deploy user's again, then a SIGHUP
+    os.chown(settings, deploy_user.pw_uid, deploy_user.pw_gid)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: kept the settings in force" in daemon.output(), 10,
+             "the SIGHUP's refusal")
+    assert f"only root may write it: chown root:root {settings}" in daemon.output()
 
 
 def test_as_root_on_a_root_owned_root_apps_share_its_uid(pikud: Pikud) -> None:
