@@ -158,6 +158,11 @@ class Identity:
         or with app users ``cache/.nginx/APP``, out of the app's reach (proxy/nginx.py)."""
         return paths.root / "cache" / NGINX_CACHE / app if self.separate else paths.cache(app)
 
+    def socket_folder(self, paths: Paths, app: str) -> Path:
+        """Where ``app``'s unix sockets are: ``nginx/sockets`` as ever, or with app users
+        ``nginx/sockets/piku-APP``, the app user's (granian binds there as it; appusers.py)."""
+        return paths.sockets / user_name(app) if self.separate else paths.sockets
+
     def deploy_env(self) -> dict[str, str]:
         """HOME, USER and LOGNAME of git and acme.sh: the deploy user's."""
         if self.deploy is None:

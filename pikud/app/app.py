@@ -305,7 +305,8 @@ class App(AppCore):
             for path in (self.releases.root, self.releases.file, self.paths.app(self.name),
                          self.paths.repo(self.name), self.paths.env_dir(self.name),
                          self.paths.log_dir(self.name),
-                         *([who.nginx_cache(self.paths, self.name)] if who.separate else []),
+                         *([who.nginx_cache(self.paths, self.name),
+                            who.socket_folder(self.paths, self.name)] if who.separate else []),
                          *(nginx / f"{self.name}.{suffix}" for suffix in ("conf", "crt", "key")),
                          *nginx.glob(f"{self.name}.include-*")):
                 if path.is_symlink() or path.is_file():

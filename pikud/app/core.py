@@ -266,12 +266,24 @@ class AppCore:
         return release_env(spec, self.paths, self.services.base_env, self.source(release),
                            release)
 
+    def _socket_folder(self) -> Path:
+        return identity.current().socket_folder(self.paths, self.name)
+
+    def _kept(self, addresses: Mapping[str, Address]) -> dict[str, Address]:
+        """The addresses slots may keep: ports, and sockets in the app's own folder. Not a
+        path elsewhere: one from before app users (another folder), or one written into
+        state.json (the deploy user's file), which pikud as root would unlink and bind."""
+        folder = self._socket_folder()
+        return {name: address for name, address in addresses.items()
+                if not isinstance(address, str) or (Path(address).parent == folder
+                                                    and address.endswith(".sock"))}
+
     def _process_specs(self, spec: AppSpec, release: Release | None,
                        addresses: Mapping[str, Address],
                        ) -> tuple[dict[str, ProcessSpec], dict[str, Address]]:
         return process_specs(self.name, spec, self._env(spec, release), self.source(release),
-                             self.paths, addresses, allocator(self.paths.sockets),
-                             unix=not self.on_ports)
+                             self.paths, self._kept(addresses),
+                             allocator(self._socket_folder()), unix=not self.on_ports)
 
     def _cron_jobs(self, spec: AppSpec, release: Release | None) -> list[JobSpec]:
         return cron_jobs(self.name, spec, self._env(spec, release), self.source(release),
@@ -300,9 +312,10 @@ class AppCore:
                 env = self._env(spec, release)
                 jobs = cron_jobs(self.name, spec, env, source, self.paths)
                 self.services.traffic.check(self.name, spec, source)
-                allocate = allocator(self.paths.sockets)
+                allocate = allocator(self._socket_folder())
                 desired, addresses = process_specs(self.name, spec, env, source, self.paths,
-                                                   self.addresses, allocate, blocked is None)
+                                                   self._kept(self.addresses), allocate,
+                                                   blocked is None)
                 changed = plan(self.group.specs, desired).replace
                 if restart_all:
                     changed = tuple(n for n in desired if n in self.group.processes)

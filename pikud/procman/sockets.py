@@ -96,12 +96,16 @@ def listen_tcp(port: int, backlog: int) -> socket.socket:
 
 def listen_unix(path: str, backlog: int) -> socket.socket:
     """A listening unix socket at ``path``, mode 0660; a stale file there is replaced
-    (its folder is the daemon's, and each slot's path is its own)."""
+    (each slot's path is its own). Made 0660 by the umask, not chmod after: with app users
+    the folder is the app's, which could swap the path for a link before a chmod."""
     remove_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
-        os.chmod(path, SOCKET_MODE)
+        old = os.umask(0o777 & ~SOCKET_MODE)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
         sock.listen(backlog)
     except OSError:
         sock.close()

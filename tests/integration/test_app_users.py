@@ -357,3 +357,71 @@ def test_a_push_builds_and_releases_as_the_app_and_reaches_no_other_app(
     assert as_root.api("GET", f"/apps/{app}")["release"] == 1
     as_root.wait_state(app, f"{app}:web.1", "RUNNING")
     assert wait_for(lambda: as_root.get(app)[0] == 200, 15, "the rolled-back app to answer")
+
+
+HELLO = '''\
+def application(environ, start_response):
+    body = b"hello " + environ["PATH_INFO"].encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+@pytest.fixture
+def shared_servers(open_dir: Path) -> Path:
+    """granian and gunicorn in a virtualenv every user may run (uv, offline from its cache):
+    the tests' own Python may sit in root's 0700 home."""
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs uv and /usr/bin/python3 for a virtualenv other users may run")
+    venv = open_dir / "venv"
+    subprocess.run([uv, "venv", "-q", "--python", "/usr/bin/python3", str(venv)], check=True,
+                   timeout=120)
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                    "granian", "gunicorn"], check=True, timeout=300,
+                   env=dict(os.environ, UV_OFFLINE="1"))
+    return venv / "bin"
+
+
+def connect_as(uid: int, gid: int, path: str) -> str:
+    """What a process of ``uid`` gets connecting to unix socket ``path``: "ok" or the
+    error's name."""
+    probe = ("import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n"
+             "    s.connect(PATH); print('ok')\nexcept OSError as e:\n"
+             "    print(type(e).__name__)").replace("PATH", repr(path))
+    return run_as(uid, gid, ["/usr/bin/python3", "-c", probe], {"PATH": "/usr/bin:/bin"}
+                  ).stdout.strip()
+
+
+def test_granian_and_gunicorn_serve_from_each_apps_own_socket_folder(
+        deploy_user: pwd.struct_passwd, short_root: Path, run_id: str, shared_servers: Path,
+        pikud_factory: Callable[..., Pikud]) -> None:
+    """granian binds its socket as the app's user: in nginx/sockets/piku-APP, the app
+    user's (2750, setgid), which no other app enters; gunicorn is handed the daemon's."""
+    pikud = pikud_factory(extra_env={"PATH": f"{shared_servers}:{os.environ['PATH']}"})
+    sockets = short_root / "nginx" / "sockets"
+    names = {f"gran-{run_id}": "", f"gun-{run_id}": "PIKU_WSGI_SERVER=gunicorn\n"}
+    paths = {}
+    for name, env in names.items():
+        app = pikud.add_app(name, "wsgi: hello:application\n",
+                            FAST + "UWSGI_PROCESSES=1\n" + env)
+        (app / "hello.py").write_text(HELLO)
+        pikud.api("POST", f"/apps/{name}/deploy")
+        proc = pikud.wait_state(name, f"{name}:wsgi.1", "RUNNING")
+        folder = sockets / user_name(name)
+        assert Path(proc["socket"]).parent == folder
+        assert owner_mode(folder) == (user_name(name), "0o2750")
+        assert folder.stat().st_gid == sockets.stat().st_gid
+        assert stat.S_IMODE(os.stat(proc["socket"]).st_mode) == 0o660
+        assert pikud.get(name, "/x") == (200, "hello /x")
+        paths[name] = proc["socket"]
+    assert stat.S_IMODE(sockets.stat().st_mode) & 0o001      # the apps' users pass it
+
+    gran, gun = (pwd.getpwnam(user_name(name)) for name in names)
+    assert connect_as(gun.pw_uid, gun.pw_gid, paths[f"gran-{run_id}"]) == "PermissionError"
+    assert connect_as(gran.pw_uid, gran.pw_gid, paths[f"gun-{run_id}"]) == "PermissionError"
+    assert connect_as(65534, 65534, paths[f"gun-{run_id}"]) == "PermissionError"
+
+    for name in names:
+        pikud.cli("destroy", name, check=True)
+        assert not (sockets / user_name(name)).exists()
