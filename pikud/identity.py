@@ -184,10 +184,11 @@ class Identity:
 
     def own_layout(self, paths: Paths) -> list[Path]:
         """Give the deploy user the layout's folders root made (pikud started as root on a
-        new PIKU_ROOT); returns what changed hands."""
+        new PIKU_ROOT), but nginx/, which stays root's (sealing.py); returns what changed
+        hands."""
         owner = self.deploy_owner()
         changed = []
-        for path in [paths.root, *(paths.root / name for name in LAYOUT)]:
+        for path in [paths.root, *(paths.root / name for name in LAYOUT if name != "nginx")]:
             if owner is not None and path.stat().st_uid == 0:
                 os.chown(path, *owner)
                 changed.append(path)

@@ -425,3 +425,34 @@ def test_granian_and_gunicorn_serve_from_each_apps_own_socket_folder(
     for name in names:
         pikud.cli("destroy", name, check=True)
         assert not (sockets / user_name(name)).exists()
+
+
+def test_nginx_folder_and_site_configs_are_roots_but_certificates_the_deploy_users(
+        deploy_user: pwd.struct_passwd, short_root: Path,
+        pikud_factory: Callable[..., Pikud]) -> None:
+    """nginx's master (root) includes nginx/*.conf: with app users the deploy user may not
+    write there. A pair acme.sh (the deploy user) overwrites in place stays its own."""
+    uid, gid = deploy_user.pw_uid, deploy_user.pw_gid
+    nginx = short_root / "nginx"
+    nginx.mkdir(mode=0o755)
+    planted = {"old.conf": 0o664, "old.crt": 0o644, "old.key": 0o600}
+    for name, mode in planted.items():
+        (nginx / name).write_text("# made by the deploy user\n")
+        (nginx / name).chmod(mode)
+        os.chown(nginx / name, uid, gid)
+    (nginx / "linked.conf").symlink_to(short_root / "elsewhere.conf")
+    os.chown(nginx, uid, gid)
+    pikud = pikud_factory()
+    assert owner_mode(nginx) == ("root", "0o755")
+    assert owner_mode(nginx / "old.conf") == ("root", "0o644")
+    assert not (nginx / "linked.conf").is_symlink()
+    assert owner_mode(nginx / "old.crt") == (deploy_user.pw_name, "0o644")
+    assert owner_mode(nginx / "old.key") == (deploy_user.pw_name, "0o600")
+    assert pwd.getpwuid((nginx / "sockets").stat().st_uid).pw_name == "root"
+    assert f"app users: {short_root} is not root's alone" in pikud.output()
+    script = f"echo 'load_module /tmp/x.so;' >{nginx}/evil.conf || echo refused; " \
+             f"echo 'events {{}}' >>{nginx}/old.conf || echo refused; " \
+             f"echo renewed >{nginx}/old.crt && echo renewed"
+    result = run_as(uid, gid, ["/bin/sh", "-c", script], {"PATH": "/usr/bin:/bin"})
+    assert result.stdout.split() == ["refused", "refused", "renewed"], result.stderr
+    assert not (nginx / "evil.conf").exists()
