@@ -456,3 +456,39 @@ def test_nginx_folder_and_site_configs_are_roots_but_certificates_the_deploy_use
     result = run_as(uid, gid, ["/bin/sh", "-c", script], {"PATH": "/usr/bin:/bin"})
     assert result.stdout.split() == ["refused", "refused", "renewed"], result.stderr
     assert not (nginx / "evil.conf").exists()
+
+
+PRELOAD = r'''
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void loaded(void) {
+    FILE *out = fopen(OUT, "a");
+    if (out) { fprintf(out, "%d\n", (int)getuid()); fclose(out); }
+}
+'''
+
+
+def test_an_apps_ld_preload_is_loaded_as_its_user_never_as_root(
+        as_root: Pikud, open_dir: Path, run_id: str) -> None:
+    """The app's ENV reaches its processes whole, but the loader's variables do not reach
+    the wrappers that run as root before the uid changes (setpriv, prlimit)."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.skip("no C compiler to build a preloaded library")
+    seen = open_dir / "seen"
+    seen.mkdir(mode=0o777)
+    seen.chmod(0o777)
+    source, library = open_dir / "preload.c", open_dir / "preload.so"
+    source.write_text(PRELOAD.replace("OUT", json.dumps(str(seen / "uids"))))
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(library), str(source)], check=True,
+                   timeout=60)
+    library.chmod(0o755)
+    app = f"pre-{run_id}"
+    as_root.add_app(app, "worker: sleep 1000\n",
+                    FAST + f"LD_PRELOAD={library}\nPIKU_NOFILE_MAX=512\n")
+    as_root.api("POST", f"/apps/{app}/start")
+    worker = as_root.wait_state(app, f"{app}:worker.1", "RUNNING")
+    assert f"LD_PRELOAD={library}".encode() in \
+        Path(f"/proc/{worker['pid']}/environ").read_bytes().split(b"\0")
+    uids = set((seen / "uids").read_text().split())
+    assert uids == {str(pwd.getpwnam(user_name(app)).pw_uid)}, uids
