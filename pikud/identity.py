@@ -199,11 +199,22 @@ class Identity:
         return (self.deploy.uid, self.deploy.gid) if self.deploy is not None else None
 
     def give(self, path: Path, owner: tuple[int, int] | None, mode: int) -> None:
-        """Make ``path`` (a folder, made if missing) ``owner``'s with ``mode``."""
+        """Make ``path`` (a folder, made if missing) ``owner``'s with ``mode``. Changed through
+        a descriptor of the folder itself: a link there (an app can put one in its own
+        cache/APP) is refused, never followed to a folder root would hand over."""
         path.mkdir(mode=mode, parents=True, exist_ok=True)
-        if owner is not None:
-            os.chown(path, *owner)
-        path.chmod(mode)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise AppUserError(f"{path} is not a folder ({exc.strerror}): pikud changes the "
+                               "owner of folders, never of what a link points to; remove it"
+                               ) from None
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
     def own_layout(self, paths: Paths) -> list[Path]:
         """Give the deploy user the layout's folders root made (pikud started as root on a

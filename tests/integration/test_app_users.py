@@ -492,3 +492,24 @@ def test_an_apps_ld_preload_is_loaded_as_its_user_never_as_root(
         Path(f"/proc/{worker['pid']}/environ").read_bytes().split(b"\0")
     uids = set((seen / "uids").read_text().split())
     assert uids == {str(pwd.getpwnam(user_name(app)).pw_uid)}, uids
+
+
+def test_a_link_an_app_puts_where_pikud_gives_folders_is_refused_not_followed(
+        as_root: Pikud, short_root: Path, open_dir: Path, run_id: str) -> None:
+    """cache/APP is the app's: a link it leaves at cache/APP/build must not make root give
+    the folder it points to (/etc, say) to the app's user at the next change."""
+    app = f"link-{run_id}"
+    as_root.add_app(app, "worker: sleep 1000\n", FAST)
+    as_root.api("POST", f"/apps/{app}/start")
+    as_root.wait_state(app, f"{app}:worker.1", "RUNNING")
+    account = pwd.getpwnam(user_name(app))
+    target = open_dir / "roots"
+    target.mkdir(mode=0o755)
+    build = short_root / "cache" / app / "build"
+    result = run_as(account.pw_uid, account.pw_gid,
+                    ["/bin/sh", "-c", f"rm -rf {build} && ln -s {target} {build}"])
+    assert result.returncode == 0, result.stderr
+    refused = as_root.cli("restart", app)
+    assert refused.returncode != 0
+    assert f"{build} is not a folder" in refused.stderr, refused.stderr
+    assert owner_mode(target) == ("root", "0o755")
