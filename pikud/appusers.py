@@ -11,7 +11,11 @@ app's folders:
   the app user needs no access);
 - ``envs/APP``: the deploy user's, 0711 (its runtime environments are reached, ENV and
   LIVE_ENV in it are 0600 and the folder cannot be listed: the
-  app gets its environment from pikud, not from the file).
+  app gets its environment from pikud, not from the file);
+- ``nginx/sockets/piku-APP``: its unix sockets, the app user's with the group of
+  ``nginx/sockets`` (nginx's workers', ``piku setup --fix``), 2750 with setgid: granian
+  binds there as the app's user, nginx's workers connect, other apps cannot enter.
+  ``nginx/sockets`` gets o+x so the app's user can pass it (it still cannot list it).
 
 ``retire`` (destroy) gives the kept ``data/APP`` and ``cache/APP`` to the
 deploy user, so a later user that gets the same uid owns nothing of them,
@@ -25,11 +29,13 @@ import grp
 import logging
 import os
 import shlex
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 from pikud.errors import AppUserError
 from pikud.identity import Account, Identity, lookup, marker, user_name
+from pikud.nginxaccess import SOCKETS_MODE
 from pikud.paths import Paths
 from pikud.procman.oneshot import run_once
 
@@ -91,6 +97,11 @@ async def provision(identity: Identity, paths: Paths, app: str) -> Account | Non
         identity.give(folder, (account.uid, account.gid), 0o700)
     identity.give(paths.log_dir(app), identity.deploy_owner(), 0o750)
     identity.give(paths.env_dir(app), identity.deploy_owner(), 0o711)
+    parent = paths.sockets
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    parent.chmod(stat.S_IMODE(parent.stat().st_mode) | 0o001)
+    identity.give(identity.socket_folder(paths, app), (account.uid, parent.stat().st_gid),
+                  SOCKETS_MODE)
     return account
 
 

@@ -54,6 +54,7 @@ from pikud.reexec import (
 from pikud.refresh import CloudflareRefresh
 from pikud.registry import AppRegistry
 from pikud.sdnotify import Notifier, listen_fds
+from pikud.sealing import open_above, seal_nginx
 from pikud.settings import Settings, load_settings
 from pikud.traffic import Traffic
 from pikud.watch import FileWatcher
@@ -268,6 +269,16 @@ class Daemon:
         if changed:
             log.info("app users: gave %s the folders root made: %s", who.deploy.name,
                      ", ".join(str(path) for path in changed))
+        sealed = seal_nginx(self.paths)
+        if sealed:
+            log.info("app users: made root's what nginx's master reads: %s",
+                     ", ".join(str(path) for path in sealed))
+        above = open_above(self.paths.nginx())
+        if above is not None:
+            log.warning("app users: %s is not root's alone: its owner can swap %s for a "
+                        "folder of its own, whose configs nginx's master (root) would read; "
+                        "make every folder above it root's and not writable by others",
+                        above, self.paths.nginx())
 
     def _inherited(self, name: str, where: object) -> socket.socket | None:
         """The listener ``name`` a previous pikud left in systemd's store, if it is bound

@@ -39,13 +39,19 @@ import os
 import pwd
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pikud.errors import AppUserError, SpecError
 from pikud.paths import LAYOUT, Paths
 
+LOADER_VARS = frozenset({
+    "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH",
+    "MALLOC_TRACE", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR",
+})
+"""With every ``LD_*``: glibc's unsecure variables (those it ignores in a set-user-ID
+program), which make a program load code or files they name (``past_root``)."""
 PREFIX = "piku-"
 PLAIN = re.compile(r"[a-z0-9_-]{1,27}")
 STEM = 18
@@ -100,6 +106,7 @@ class Identity:
 
     deploy: Account | None = None
     setpriv: str = "setpriv"
+    env_program: str = "/usr/bin/env"
 
     @property
     def separate(self) -> bool:
@@ -115,6 +122,22 @@ class Identity:
     def _as(self, account: Account, argv: Sequence[str]) -> list[str]:
         return [self.setpriv, f"--reuid={account.uid}", f"--regid={account.gid}",
                 "--clear-groups", "--", *argv]
+
+    def past_root(self, argv: Sequence[str], env: Mapping[str, str],
+                  ) -> tuple[list[str], dict[str, str]]:
+        """``argv`` and ``env`` to spawn, with the LOADER_VARS of ``env`` kept from what runs
+        as root (the limits' wrappers, setpriv) and set again by env(1) once the uid has
+        changed: an app's ENV (``LD_PRELOAD=./x.so``) must not load code into root."""
+        argv, env = list(argv), dict(env)
+        switch = next((i + 5 for i, word in enumerate(argv) if word == self.setpriv
+                       and argv[i + 4:i + 5] == ["--"]), None)
+        if not self.separate or switch is None:
+            return argv, env
+        moved = [f"{key}={env.pop(key)}" for key in sorted(env)
+                 if key.startswith("LD_") or key in LOADER_VARS]
+        if moved:
+            argv[switch:switch] = [self.env_program, *moved]
+        return argv, env
 
     def as_app(self, app: str, argv: Sequence[str]) -> list[str]:
         """``argv`` run as ``app``'s user when app users are on, else as it is."""
@@ -158,6 +181,11 @@ class Identity:
         or with app users ``cache/.nginx/APP``, out of the app's reach (proxy/nginx.py)."""
         return paths.root / "cache" / NGINX_CACHE / app if self.separate else paths.cache(app)
 
+    def socket_folder(self, paths: Paths, app: str) -> Path:
+        """Where ``app``'s unix sockets are: ``nginx/sockets`` as ever, or with app users
+        ``nginx/sockets/piku-APP``, the app user's (granian binds there as it; appusers.py)."""
+        return paths.sockets / user_name(app) if self.separate else paths.sockets
+
     def deploy_env(self) -> dict[str, str]:
         """HOME, USER and LOGNAME of git and acme.sh: the deploy user's."""
         if self.deploy is None:
@@ -171,18 +199,30 @@ class Identity:
         return (self.deploy.uid, self.deploy.gid) if self.deploy is not None else None
 
     def give(self, path: Path, owner: tuple[int, int] | None, mode: int) -> None:
-        """Make ``path`` (a folder, made if missing) ``owner``'s with ``mode``."""
+        """Make ``path`` (a folder, made if missing) ``owner``'s with ``mode``. Changed through
+        a descriptor of the folder itself: a link there (an app can put one in its own
+        cache/APP) is refused, never followed to a folder root would hand over."""
         path.mkdir(mode=mode, parents=True, exist_ok=True)
-        if owner is not None:
-            os.chown(path, *owner)
-        path.chmod(mode)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise AppUserError(f"{path} is not a folder ({exc.strerror}): pikud changes the "
+                               "owner of folders, never of what a link points to; remove it"
+                               ) from None
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
     def own_layout(self, paths: Paths) -> list[Path]:
         """Give the deploy user the layout's folders root made (pikud started as root on a
-        new PIKU_ROOT); returns what changed hands."""
+        new PIKU_ROOT), but nginx/, which stays root's (sealing.py); returns what changed
+        hands."""
         owner = self.deploy_owner()
         changed = []
-        for path in [paths.root, *(paths.root / name for name in LAYOUT)]:
+        for path in [paths.root, *(paths.root / name for name in LAYOUT if name != "nginx")]:
             if owner is not None and path.stat().st_uid == 0:
                 os.chown(path, *owner)
                 changed.append(path)
@@ -210,7 +250,7 @@ def resolve(deploy_user: str | None, root: Path, settings_file: str) -> Identity
     if setpriv is None:
         raise SpecError("setpriv (util-linux) is not on PATH: pikud runs as root and needs it "
                         "to run apps as their own users", file=settings_file, key="deploy_user")
-    return Identity(Account.of(entry), setpriv)
+    return Identity(Account.of(entry), setpriv, shutil.which("env") or "/usr/bin/env")
 
 
 _current: list[Identity] = []

@@ -93,7 +93,12 @@ class Blocked:
         gid = grp.getgrnam(self.group).gr_gid
         for entry in (self.path, *self.path.iterdir()):
             os.chown(entry, -1, gid, follow_symlinks=False)
-        os.chmod(self.path, SOCKETS_MODE)
+            if entry != self.path and entry.is_dir() and not entry.is_symlink():
+                for inner in entry.iterdir():   # an app's own folder (app users): its sockets
+                    if inner.is_socket():
+                        os.chown(inner, -1, gid, follow_symlinks=False)
+        # app users: o+x stays, for the apps' users to reach their own folders in it
+        os.chmod(self.path, SOCKETS_MODE | stat.S_IMODE(self.path.stat().st_mode) & 0o001)
 
 
 def user_from_conf(text: str) -> str | None:
@@ -205,12 +210,22 @@ def sockets_blocked(folder: Path, user: str) -> list[Blocked]:
             return []
         mode = stat.S_IMODE(st.st_mode)
         grouped = st.st_gid in gids and mode & stat.S_ISGID and mode & 0o010
-        if grouped and all(_can(sock.stat(), uid, gids, WRITE) for sock in folder.iterdir()):
+        if grouped and all(_reaches(entry, uid, gids) for entry in folder.iterdir()):
             return []
     except OSError:
         return []
     group = grp.getgrgid(primary).gr_name if st.st_gid not in gids else _group_name(folder)
     return [Blocked(user, target, folder, mode, TRAVERSE, group=group)]
+
+
+def _reaches(entry: Path, uid: int, gids: set[int]) -> bool:
+    """Whether ``uid`` can connect to socket ``entry``, or, an app's own folder (app users),
+    enter it and connect to each socket in it."""
+    st = entry.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        return _can(st, uid, gids, WRITE)
+    return _can(st, uid, gids, TRAVERSE) and all(
+        _can(inner.lstat(), uid, gids, WRITE) for inner in entry.iterdir() if inner.is_socket())
 
 
 def layout_targets(root: Path) -> list[Target]:

@@ -28,11 +28,27 @@
 A missing file means every default; a bad file is an error naming the key,
 and on SIGHUP the settings in force stay as they were. The router_* and
 control_* settings are read at start only (they shape listening sockets).
+
+As root, pikud runs the commands the file names (nginx_test, nginx_reload,
+acme_sh, ...), so it reads the file only if root owns it, no one else may
+write it, and it is no link (``read_trusted``); otherwise it refuses to start,
+and a SIGHUP keeps the settings in force.
 """
+
+# Design notes: the folder the file sits in is the deploy user's, who may
+# rename, replace or link it at any moment. So the checks are made on the
+# descriptor that is then read (O_NOFOLLOW: no symlink; fstat: owner, mode,
+# one link, a regular file), never on the path before opening it. A hard link
+# to a root-owned file elsewhere (which protected_hardlinks already forbids)
+# is refused by its link count. Every root daemon checks, not only one with
+# app users: which mode it is in is itself read from this file (deploy_user).
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,10 +170,44 @@ def ceilings(raw: dict[str, Any], label: str) -> Ceilings:
     return Ceilings(per_app, total)
 
 
+def read_trusted(path: Path) -> str:
+    """The text of ``path``; as root, only of a regular file that root owns and nobody else
+    may write, opened without following a link (Design notes). FileNotFoundError when
+    there is none; SpecError naming its owner, mode and the fix otherwise."""
+    if os.geteuid() != 0:
+        return path.read_text(encoding="utf-8")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise SpecError(f"cannot open it without following a link ({exc.strerror}): pikud "
+                        "runs as root and runs the commands it names, so it must be a "
+                        "regular file root owns", file=str(path)) from None
+    with os.fdopen(fd, "rb") as file:
+        st = os.fstat(file.fileno())
+        if st.st_uid != 0 or st.st_mode & 0o022 or st.st_nlink != 1 \
+                or not stat.S_ISREG(st.st_mode):
+            try:
+                owner = pwd.getpwuid(st.st_uid).pw_name
+            except KeyError:
+                owner = f"uid {st.st_uid}"
+            raise SpecError(
+                f"owned by {owner} with mode {stat.filemode(st.st_mode)} "
+                f"({st.st_mode & 0o7777:04o}), {st.st_nlink} link(s): pikud runs as root and "
+                "runs the commands it names, so only root may write it: "
+                f"chown root:root {path} && chmod 644 {path}", file=str(path))
+        data = file.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not valid TOML: {exc}", file=str(path)) from exc
+
+
 def load_settings(path: Path) -> Settings:
     label = str(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(read_trusted(path))
     except FileNotFoundError:
         return Settings()
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -24,7 +24,7 @@ from pikud.proxy.locations import StaticPath, procfile_static, static_paths
 from pikud.proxy.nginx import Nginx, access_problems
 from pikud.proxy.router import Router
 from pikud.proxy.routing import Route
-from pikud.proxy.site import NginxSite, server_names, site_from_env
+from pikud.proxy.site import Include, NginxSite, server_names, site_from_env
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,14 @@ class Traffic:
             self._site(app, spec, source, ("127.0.0.1:1",))
         if self.nginx is not None:
             root_ca(spec.env)
+
+    def include(self, app: str, spec: AppSpec, source: Path) -> Include | None:
+        """The NGINX_INCLUDE_FILE ``spec`` puts live with a server name (whichever front
+        serves now: an include must not go live unasked once nginx does)."""
+        if self.paths is None:
+            return None
+        site = self._site(app, spec, source, ("127.0.0.1:1",))
+        return site.include if site is not None else None
 
     async def sockets_blocked(self) -> str | None:
         """Why nginx's workers cannot connect to the apps' unix sockets (advice), or None.

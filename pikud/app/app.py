@@ -40,32 +40,40 @@ class App(AppCore):
             progress(f"-----> Waiting for another action on {self.name} to finish")
         await self.lock.acquire()
 
-    async def deploy(self, push: PushInfo | None = None, progress: Progress = quiet) -> None:
+    async def deploy(self, push: PushInfo | None = None, progress: Progress = quiet, *,
+                     admin: bool = True) -> None:
         """Build and switch to a new release (a push, or a rebuild of the current one).
 
         An app without releases (code placed in apps/APP) is re-read and applied.
+        ``admin``: the caller has admin on the app (a new NGINX_INCLUDE_FILE needs it).
         """
         await self._locked(progress)
         try:
             self.note("deploy", f"{self.name}: deploying" + (
                 f" {push.revision[:12]} pushed by {push.pusher or 'unknown'}" if push else ""))
             if push is None and self.release is None:
-                await self._change(*self.load())
+                await self._change(*self.load())      # files placed by hand: accepted
                 return
             if push is not None:
                 await self._check_ref(push)
-            await self._build(push, progress)
+            await self._build(push, progress, admin)
         finally:
             self.lock.release()
 
-    async def _build(self, push: PushInfo | None, progress: Progress) -> None:
+    async def _build(self, push: PushInfo | None, progress: Progress, admin: bool) -> None:
         """Build ``push`` (or the current revision again) with the ENV as it is, switch to
-        it and prune; the lock is held."""
+        it and prune; the lock is held. The include is vetted as built: a build step may
+        have written it."""
         files = self._files()
         await provision(identity.current(), self.paths, self.name)   # its preflight, release
         release, spec = await build_release(
             self.paths, self.releases, push, self.release, self.services.base_env,
             self.services.defaults, self.config(), progress, self.admit)
+        try:
+            self._vet_include(spec, self.releases.directory(release.number), admin)
+        except PikudError:
+            await remove_tree(self.releases.directory(release.number))   # never went live
+            raise
         await self._change(spec, files, to=release, progress=progress)
         if push is not None:
             self._accepted = (push.ref, push.revision)
@@ -87,12 +95,14 @@ class App(AppCore):
             raise DeployError(f"{push.ref} moved to {current[:12] or 'nothing'} while this "
                               "push waited: fetch, merge and push again")
 
-    async def rollback(self, number: int | None, progress: Progress = quiet) -> Release:
+    async def rollback(self, number: int | None, progress: Progress = quiet, *,
+                       admin: bool = True) -> Release:
         """Switch back to release ``number`` (default: the one before the current) unbuilt."""
         await self._locked(progress)
         try:
             target = self.releases.get(number) if number is not None else self.releases.previous()
             spec, files = self.load(target)
+            self._vet_include(spec, self.source(target), admin)
             progress(f"-----> Rolling {self.name} back to release {target.number}")
             await self._change(spec, files, to=target, progress=progress)
             self.note("rollback", f"{self.name}: rolled back to release {target.number}")
@@ -244,8 +254,11 @@ class App(AppCore):
             return {}
         return parse_env(text, f"envs/{self.name}/ENV", {})
 
-    async def configure(self, updates: Mapping[str, str], removals: list[str]) -> dict[str, str]:
-        """Change the overrides in envs/APP/ENV, then restart what changed (as restart does)."""
+    async def configure(self, updates: Mapping[str, str], removals: list[str], *,
+                        admin: bool = True) -> dict[str, str]:
+        """Change the overrides in envs/APP/ENV, then restart what changed (as restart does).
+
+        Vetted even when nothing restarts now: a later start or restart needs no role."""
         async with self.lock:
             current = self.config()
             unknown = [key for key in removals if key not in current]
@@ -256,6 +269,7 @@ class App(AppCore):
             spec, files = self.load(overrides=text)     # the whole result, before any write
             self.admit(spec)
             self.services.traffic.check(self.name, spec, self.source(self.release))
+            self._vet_include(spec, self.source(self.release), admin)
             self._cron_jobs(spec, self.release)     # TZ, PIKU_CRON_*: even with no restart now
             changed = sorted(set(updates) | set(removals))
             build_keys = [key for key in changed if key in BUILD_KEYS]
@@ -271,7 +285,7 @@ class App(AppCore):
                     # The environment is built for them: build again, or undo as a push fails.
                     self.note("config", f"{self.name}: {', '.join(build_keys)} changed, "
                               "rebuilding")
-                    await self._build(None, quiet)
+                    await self._build(None, quiet, admin)
                 else:
                     await self._change(spec, files)
             return self.config()
@@ -291,7 +305,8 @@ class App(AppCore):
             for path in (self.releases.root, self.releases.file, self.paths.app(self.name),
                          self.paths.repo(self.name), self.paths.env_dir(self.name),
                          self.paths.log_dir(self.name),
-                         *([who.nginx_cache(self.paths, self.name)] if who.separate else []),
+                         *([who.nginx_cache(self.paths, self.name),
+                            who.socket_folder(self.paths, self.name)] if who.separate else []),
                          *(nginx / f"{self.name}.{suffix}" for suffix in ("conf", "crt", "key")),
                          *nginx.glob(f"{self.name}.include-*")):
                 if path.is_symlink() or path.is_file():

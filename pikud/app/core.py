@@ -44,7 +44,7 @@ from pikud.cron import JobSpec
 from pikud.deploy.pipeline import release_env, spec_warnings
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.servers import check_installed, servers_chosen
-from pikud.errors import PikudError
+from pikud.errors import Forbidden, PikudError
 from pikud.procman.children import stop_leftovers
 from pikud.procman.group import ProcessGroup, Readiness
 from pikud.procman.health import wait_ready
@@ -241,16 +241,49 @@ class AppCore:
             self.claimed = before
             raise
 
+    def _vet_include(self, spec: AppSpec, source: Path, admin: bool) -> None:
+        """Refuse NGINX_INCLUDE_FILE text a restart would not put live (the current release
+        with the current ENV) unless the caller has admin on the app: nginx's master reads
+        it as root, so it could write any file, or echo another app's ENV through
+        ``nginx -t``. Forbidden, before anything changed."""
+        if admin:
+            return
+        include = self.services.traffic.include(self.name, spec, source)
+        if include is None:
+            return
+        try:
+            accepted = self.services.traffic.include(self.name, self.load()[0],
+                                                     self.source(self.release))
+        except PikudError:
+            accepted = None         # what is there does not load: nothing accepted to keep
+        if accepted is None or accepted.text != include.text:
+            raise Forbidden(f"NGINX_INCLUDE_FILE ({spec.env['NGINX_INCLUDE_FILE'].strip()}) "
+                            f"would put new nginx config live, which nginx's master reads as "
+                            f"root: that needs the admin role on app {self.name!r}; nothing "
+                            "was changed")
+
     def _env(self, spec: AppSpec, release: Release | None) -> dict[str, str]:
         return release_env(spec, self.paths, self.services.base_env, self.source(release),
                            release)
+
+    def _socket_folder(self) -> Path:
+        return identity.current().socket_folder(self.paths, self.name)
+
+    def _kept(self, addresses: Mapping[str, Address]) -> dict[str, Address]:
+        """The addresses slots may keep: ports, and sockets in the app's own folder. Not a
+        path elsewhere: one from before app users (another folder), or one written into
+        state.json (the deploy user's file), which pikud as root would unlink and bind."""
+        folder = self._socket_folder()
+        return {name: address for name, address in addresses.items()
+                if not isinstance(address, str) or (Path(address).parent == folder
+                                                    and address.endswith(".sock"))}
 
     def _process_specs(self, spec: AppSpec, release: Release | None,
                        addresses: Mapping[str, Address],
                        ) -> tuple[dict[str, ProcessSpec], dict[str, Address]]:
         return process_specs(self.name, spec, self._env(spec, release), self.source(release),
-                             self.paths, addresses, allocator(self.paths.sockets),
-                             unix=not self.on_ports)
+                             self.paths, self._kept(addresses),
+                             allocator(self._socket_folder()), unix=not self.on_ports)
 
     def _cron_jobs(self, spec: AppSpec, release: Release | None) -> list[JobSpec]:
         return cron_jobs(self.name, spec, self._env(spec, release), self.source(release),
@@ -279,9 +312,10 @@ class AppCore:
                 env = self._env(spec, release)
                 jobs = cron_jobs(self.name, spec, env, source, self.paths)
                 self.services.traffic.check(self.name, spec, source)
-                allocate = allocator(self.paths.sockets)
+                allocate = allocator(self._socket_folder())
                 desired, addresses = process_specs(self.name, spec, env, source, self.paths,
-                                                   self.addresses, allocate, blocked is None)
+                                                   self._kept(self.addresses), allocate,
+                                                   blocked is None)
                 changed = plan(self.group.specs, desired).replace
                 if restart_all:
                     changed = tuple(n for n in desired if n in self.group.processes)

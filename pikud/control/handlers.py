@@ -118,9 +118,10 @@ class Routes:
                 push = dataclasses.replace(push, pusher=caller.key,
                                            fingerprint=caller.fingerprint)
         app = self.registry.get(request.match_info["app"], pushed=push is not None)
+        admin = caller_of(request).may(app.name, Role.ADMIN)
 
         async def action(progress: Progress) -> Any:
-            await app.deploy(push, progress)
+            await app.deploy(push, progress, admin=admin)
             return app.detail()
         return await run_action(request, action)
 
@@ -143,9 +144,10 @@ class Routes:
         if number is not None and (not isinstance(number, int) or isinstance(number, bool)
                                    or number < 1):
             raise BadRequest(f'"release" must be a release number, got {number!r}')
+        admin = caller_of(request).may(app.name, Role.ADMIN)
 
         async def action(progress: Progress) -> Any:
-            await app.rollback(number, progress)
+            await app.rollback(number, progress, admin=admin)
             return app.detail()
         return await run_action(request, action)
 
@@ -174,7 +176,8 @@ class Routes:
             raise BadRequest('"unset" must be a list of strings')
         if not updates and not removals:
             raise BadRequest('nothing to change: give "set" or "unset"')
-        return {"config": await finish(app.configure(updates, removals))}
+        admin = caller_of(request).may(app.name, Role.ADMIN)
+        return {"config": await finish(app.configure(updates, removals, admin=admin))}
 
     async def live(self, request: web.Request) -> Any:
         """GET /apps/APP/config/live -> {"env": {...}, "cwd": path}"""

@@ -4,7 +4,7 @@ Handlers (control/handlers.py, control/access_routes.py) parse the request, call
 and return plain data. The outer middleware wraps results in the envelope and turns
 every ``PikudError`` into its named code; the guard (control/guard.py) checks the peer
 (SO_PEERCRED: the daemon's own uid and root only, and no process pikud started) and the
-caller's role, and writes the audit log. The socket is bound under umask 077, so it is
+caller's role, and writes the audit log. The socket is bound under umask 177, so it is
 born 0600.
 """
 
@@ -111,15 +111,14 @@ def bind_socket(path: Path) -> socket.socket:
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o077)
+    old = os.umask(0o177)
     try:
         sock.bind(str(path))
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
     owner = identity.current().deploy_owner()
     if owner is not None:               # pikud runs as root: the console and ssh are its user
-        os.chown(path, *owner)
+        os.chown(path, *owner, follow_symlinks=False)   # its folder: a link there stays one
     sock.listen(128)
     return sock
 

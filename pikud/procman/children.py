@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pikud import identity
 from pikud.procman.descriptors import check_headroom, kept
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,9 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: int
     """
     check_headroom(len(_spawned))
     spawn_id = f"{_IMAGE}.{next(_spawn_count)}"
+    argv, env = identity.current().past_root(argv, env)     # app users: not into root
     popen = subprocess.Popen(
-        list(argv), env={**env, SPAWN_ID: spawn_id}, cwd=cwd, stdin=stdin,
+        argv, env={**env, SPAWN_ID: spawn_id}, cwd=cwd, stdin=stdin,
         stdout=output, stderr=errors if output is not None else None,
         pass_fds=tuple(pass_fds), start_new_session=True, close_fds=True,
     )

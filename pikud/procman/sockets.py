@@ -30,6 +30,7 @@ import fcntl
 import os
 import secrets
 import socket
+import stat
 from pathlib import Path
 
 from pikud.errors import EnvError
@@ -96,18 +97,31 @@ def listen_tcp(port: int, backlog: int) -> socket.socket:
 
 def listen_unix(path: str, backlog: int) -> socket.socket:
     """A listening unix socket at ``path``, mode 0660; a stale file there is replaced
-    (its folder is the daemon's, and each slot's path is its own)."""
+    (each slot's path is its own). The mode is set on the file itself, never through a
+    link: with app users the folder is the app's, which could swap the path for one."""
     remove_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        os.chmod(path, SOCKET_MODE)
+        _chmod_socket(path, SOCKET_MODE)
         sock.listen(backlog)
     except OSError:
         sock.close()
         remove_socket(path)
         raise
     return _off_fd3(sock)
+
+
+def _chmod_socket(path: str, mode: int) -> None:
+    """chmod the socket file at ``path`` itself (O_PATH, no link followed; the umask is
+    the whole process's, so it is not changed while threads may create files)."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is no longer the socket just bound")
+        os.chmod(f"/proc/self/fd/{fd}", mode)     # how glibc's lchmod does it
+    finally:
+        os.close(fd)
 
 
 def listen(address: Address, backlog: int) -> socket.socket:

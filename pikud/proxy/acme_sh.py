@@ -78,10 +78,11 @@ class AcmeSh:
             argv += ["--server", server]
         if force:
             argv.append("--force")
-        webroot, owner = Path(site.acme_root), identity.current().deploy_owner()
-        webroot.mkdir(parents=True, exist_ok=True)
-        if owner is not None:           # acme.sh writes its tokens as the deploy user
-            os.chown(webroot, *owner)
+        webroot, who = Path(site.acme_root), identity.current()
+        if who.separate:                # acme.sh writes its tokens as the deploy user
+            who.give(webroot, who.deploy_owner(), 0o755)
+        else:
+            webroot.mkdir(parents=True, exist_ok=True)
         return await self._step(site.app, argv, self.issue_timeout, "could not issue",
                                 ok=(0, SKIPPED))
 

@@ -19,6 +19,7 @@ from pikud.access.table import CLI_ONLY, RULES, Rule, Scope
 from pikud.control.client import Client, RemoteError
 from pikud.control.protocol import FINGERPRINT_HEADER, KEY_HEADER
 from tests.conftest import FAST, Pikud, json_out
+from tests.e2e.apps import git, local_remote
 from tests.waiting import wait_for
 
 R, D, A = Role.READ, Role.DEPLOY, Role.ADMIN
@@ -170,3 +171,64 @@ def test_an_app_process_cannot_drive_pikud(pikud: Pikud) -> None:
     entries = pikud.api("GET", "/audit?app=victim")["lines"]
     assert [(e["command"], e["outcome"], e["key"]) for e in entries] == [
         ("start", "ok", None), ("stop", "app_process", None)]
+
+
+def test_new_nginx_include_text_needs_admin_on_the_app(locked: Pikud, tmp_path: Path) -> None:
+    """NGINX_INCLUDE_FILE is config nginx's master reads as root: a deploy key cannot put
+    new text live by push, config:set or rollback (nothing changes); an admin key can,
+    and a deploy key then pushes and configures with the text accepted."""
+    work = tmp_path / "work"
+    work.mkdir()
+    git(work, "init", "--quiet", "--initial-branch=main")
+    (work / "Procfile").write_text("worker: sleep 300\n")
+    (work / "ENV").write_text(FAST + "NGINX_SERVER_NAME=a.example.com\n"
+                              "NGINX_INCLUDE_FILE=extra.conf\n")
+    (work / "extra.conf").write_text("add_header X-Extra one;\n")
+    (work / "other.conf").write_text("access_log /tmp/pikud-never.log;\n")
+    local_remote(work, "a")
+
+    def push(key: str, message: str) -> subprocess.CompletedProcess[str]:
+        git(work, "add", "-A")
+        git(work, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit",
+            "--quiet", "--allow-empty", "-m", message)
+        return git(work, "push", "piku", "main", check=False,
+                   env=dict(locked.env, NAME=key, FINGERPRINT=f"SHA256:{key}"))
+
+    def releases() -> list[int]:
+        return [r["number"] for r in locked.api("GET", "/apps/a/releases")["releases"]]
+
+    refusal = ("NGINX_INCLUDE_FILE (extra.conf) would put new nginx config live, which "
+               "nginx's master reads as root: that needs the admin role on app 'a'")
+    refused = push("d", "v1")
+    assert refused.returncode != 0 and refusal in refused.stderr, refused.stderr
+    assert releases() == [] and not (locked.root / "releases/a/1").exists()
+    assert push("ad", "v1 again").returncode == 0
+    assert releases() == [1]
+
+    deployer = as_key(locked, "d")
+    deployer.request("POST", "/apps/a/config", {"set": {"COLOR": "blue"}})   # as accepted
+    env_file = locked.root / "envs/a/ENV"
+    before = env_file.read_text()
+    for change in ({"set": {"NGINX_INCLUDE_FILE": "other.conf"}},
+                   {"unset": ["COLOR"], "set": {"NGINX_INCLUDE_FILE": "other.conf"}}):
+        with pytest.raises(RemoteError, match="NGINX_INCLUDE_FILE \\(other.conf\\) would put"):
+            deployer.request("POST", "/apps/a/config", change)
+    assert env_file.read_text() == before
+
+    (work / "extra.conf").write_text("add_header X-Extra two;\n")
+    refused = push("d", "v2")
+    assert refused.returncode != 0 and refusal in refused.stderr, refused.stderr
+    assert push("ad", "v2 again").returncode == 0
+    assert releases() == [2, 1]
+    with pytest.raises(RemoteError, match="NGINX_INCLUDE_FILE \\(extra.conf\\) would put"):
+        deployer.request("POST", "/apps/a/rollback", {"release": 1})
+    assert locked.api("GET", "/apps/a")["release"] == 2
+    as_key(locked, "ad").request("POST", "/apps/a/rollback", {"release": 1})
+    (work / "extra.conf").write_text("add_header X-Extra one;\n")
+    assert push("d", "v3: the include of the live release").returncode == 0
+    assert [(e["command"], e["key"], e["outcome"])
+            for e in locked.api("GET", "/audit?app=a&lines=100")["lines"]
+            if e["key"] == "d" and e["outcome"] == "forbidden"] == [
+        ("deploy", "d", "forbidden"), ("config:set", "d", "forbidden"),
+        ("config:set", "d", "forbidden"), ("deploy", "d", "forbidden"),
+        ("rollback", "d", "forbidden")]

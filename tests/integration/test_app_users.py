@@ -13,6 +13,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -211,6 +212,46 @@ def test_a_deploy_user_that_does_not_exist_stops_the_start(short_root: Path,
     assert not (short_root / "pikud.sock").exists()
 
 
+def test_pikud_toml_the_deploy_user_could_write_stops_the_start_and_a_sighup(
+        deploy_user: pwd.struct_passwd, short_root: Path, tmp_path: Path,
+        pikud_factory: Callable[..., Pikud]) -> None:
+    """As root, pikud runs the commands pikud.toml names: a file the deploy user owns or
+    could write (or a link to one) is refused with the fix; a root-owned 0644 one is read."""
+    settings = short_root / "pikud.toml"
+    serve = [sys.executable, "-m", "pikud", "serve"]
+    env = Pikud(short_root, tmp_path / "pikud.log").env
+    settings.write_text('nginx_test = ["/bin/sh", "-c", "id >/tmp/pwned"]\n')
+    os.chown(settings, deploy_user.pw_uid, deploy_user.pw_gid)
+    refused = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1
+    assert (f"{settings}: owned by {deploy_user.pw_name} with mode -rw-r--r-- (0644), 1 "
+            f"link(s): pikud runs as root and runs the commands it names, so only root may "
+            f"write it: chown root:root {settings} && chmod 644 {settings}") in refused.stderr
+    os.chown(settings, 0, 0)
+    settings.chmod(0o664)
+    refused = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "mode -rw-rw-r-- (0664)" in refused.stderr
+    settings.rename(short_root / "real.toml")
+    settings.symlink_to(short_root / "real.toml")
+    (short_root / "real.toml").chmod(0o644)
+    refused = subprocess.run(serve, env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "without following a link" in refused.stderr
+    assert not (short_root / "pikud.sock").exists()
+
+    settings.unlink()
+    (short_root / "real.toml").rename(settings)
+    settings.write_text("events_kept = 7\n")
+    daemon = pikud_factory()
+    assert "app users: on" in daemon.output()
+    settings.write_text("events_kept = 9\n")        # the deploy user's again, then a SIGHUP
+    os.chown(settings, deploy_user.pw_uid, deploy_user.pw_gid)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: kept the settings in force" in daemon.output(), 10,
+             "the SIGHUP's refusal")
+    assert f"only root may write it: chown root:root {settings}" in daemon.output()
+
+
 def test_as_root_on_a_root_owned_root_apps_share_its_uid(pikud: Pikud) -> None:
     """The quick start as root, and the test suite: nothing changes hands."""
     assert "app users: off (every app runs as uid 0)" in pikud.output()
@@ -316,3 +357,159 @@ def test_a_push_builds_and_releases_as_the_app_and_reaches_no_other_app(
     assert as_root.api("GET", f"/apps/{app}")["release"] == 1
     as_root.wait_state(app, f"{app}:web.1", "RUNNING")
     assert wait_for(lambda: as_root.get(app)[0] == 200, 15, "the rolled-back app to answer")
+
+
+HELLO = '''\
+def application(environ, start_response):
+    body = b"hello " + environ["PATH_INFO"].encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+@pytest.fixture
+def shared_servers(open_dir: Path) -> Path:
+    """granian and gunicorn in a virtualenv every user may run (uv, offline from its cache):
+    the tests' own Python may sit in root's 0700 home."""
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs uv and /usr/bin/python3 for a virtualenv other users may run")
+    venv = open_dir / "venv"
+    subprocess.run([uv, "venv", "-q", "--python", "/usr/bin/python3", str(venv)], check=True,
+                   timeout=120)
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                    "granian", "gunicorn"], check=True, timeout=300,
+                   env=dict(os.environ, UV_OFFLINE="1"))
+    return venv / "bin"
+
+
+def connect_as(uid: int, gid: int, path: str) -> str:
+    """What a process of ``uid`` gets connecting to unix socket ``path``: "ok" or the
+    error's name."""
+    probe = ("import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n"
+             "    s.connect(PATH); print('ok')\nexcept OSError as e:\n"
+             "    print(type(e).__name__)").replace("PATH", repr(path))
+    return run_as(uid, gid, ["/usr/bin/python3", "-c", probe], {"PATH": "/usr/bin:/bin"}
+                  ).stdout.strip()
+
+
+def test_granian_and_gunicorn_serve_from_each_apps_own_socket_folder(
+        deploy_user: pwd.struct_passwd, short_root: Path, run_id: str, shared_servers: Path,
+        pikud_factory: Callable[..., Pikud]) -> None:
+    """granian binds its socket as the app's user: in nginx/sockets/piku-APP, the app
+    user's (2750, setgid), which no other app enters; gunicorn is handed the daemon's."""
+    pikud = pikud_factory(extra_env={"PATH": f"{shared_servers}:{os.environ['PATH']}"})
+    sockets = short_root / "nginx" / "sockets"
+    names = {f"gran-{run_id}": "", f"gun-{run_id}": "PIKU_WSGI_SERVER=gunicorn\n"}
+    paths = {}
+    for name, env in names.items():
+        app = pikud.add_app(name, "wsgi: hello:application\n",
+                            FAST + "UWSGI_PROCESSES=1\n" + env)
+        (app / "hello.py").write_text(HELLO)
+        pikud.api("POST", f"/apps/{name}/deploy")
+        proc = pikud.wait_state(name, f"{name}:wsgi.1", "RUNNING")
+        folder = sockets / user_name(name)
+        assert Path(proc["socket"]).parent == folder
+        assert owner_mode(folder) == (user_name(name), "0o2750")
+        assert folder.stat().st_gid == sockets.stat().st_gid
+        assert stat.S_IMODE(os.stat(proc["socket"]).st_mode) == 0o660
+        assert pikud.get(name, "/x") == (200, "hello /x")
+        paths[name] = proc["socket"]
+    assert stat.S_IMODE(sockets.stat().st_mode) & 0o001      # the apps' users pass it
+
+    gran, gun = (pwd.getpwnam(user_name(name)) for name in names)
+    assert connect_as(gun.pw_uid, gun.pw_gid, paths[f"gran-{run_id}"]) == "PermissionError"
+    assert connect_as(gran.pw_uid, gran.pw_gid, paths[f"gun-{run_id}"]) == "PermissionError"
+    assert connect_as(65534, 65534, paths[f"gun-{run_id}"]) == "PermissionError"
+
+    for name in names:
+        pikud.cli("destroy", name, check=True)
+        assert not (sockets / user_name(name)).exists()
+
+
+def test_nginx_folder_and_site_configs_are_roots_but_certificates_the_deploy_users(
+        deploy_user: pwd.struct_passwd, short_root: Path,
+        pikud_factory: Callable[..., Pikud]) -> None:
+    """nginx's master (root) includes nginx/*.conf: with app users the deploy user may not
+    write there. A pair acme.sh (the deploy user) overwrites in place stays its own."""
+    uid, gid = deploy_user.pw_uid, deploy_user.pw_gid
+    nginx = short_root / "nginx"
+    nginx.mkdir(mode=0o755)
+    planted = {"old.conf": 0o664, "old.crt": 0o644, "old.key": 0o600}
+    for name, mode in planted.items():
+        (nginx / name).write_text("# made by the deploy user\n")
+        (nginx / name).chmod(mode)
+        os.chown(nginx / name, uid, gid)
+    (nginx / "linked.conf").symlink_to(short_root / "elsewhere.conf")
+    os.chown(nginx, uid, gid)
+    pikud = pikud_factory()
+    assert owner_mode(nginx) == ("root", "0o755")
+    assert owner_mode(nginx / "old.conf") == ("root", "0o644")
+    assert not (nginx / "linked.conf").is_symlink()
+    assert owner_mode(nginx / "old.crt") == (deploy_user.pw_name, "0o644")
+    assert owner_mode(nginx / "old.key") == (deploy_user.pw_name, "0o600")
+    assert pwd.getpwuid((nginx / "sockets").stat().st_uid).pw_name == "root"
+    assert f"app users: {short_root} is not root's alone" in pikud.output()
+    script = f"echo 'load_module /tmp/x.so;' >{nginx}/evil.conf || echo refused; " \
+             f"echo 'events {{}}' >>{nginx}/old.conf || echo refused; " \
+             f"echo renewed >{nginx}/old.crt && echo renewed"
+    result = run_as(uid, gid, ["/bin/sh", "-c", script], {"PATH": "/usr/bin:/bin"})
+    assert result.stdout.split() == ["refused", "refused", "renewed"], result.stderr
+    assert not (nginx / "evil.conf").exists()
+
+
+PRELOAD = r'''
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void loaded(void) {
+    FILE *out = fopen(OUT, "a");
+    if (out) { fprintf(out, "%d\n", (int)getuid()); fclose(out); }
+}
+'''
+
+
+def test_an_apps_ld_preload_is_loaded_as_its_user_never_as_root(
+        as_root: Pikud, open_dir: Path, run_id: str) -> None:
+    """The app's ENV reaches its processes whole, but the loader's variables do not reach
+    the wrappers that run as root before the uid changes (setpriv, prlimit)."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.skip("no C compiler to build a preloaded library")
+    seen = open_dir / "seen"
+    seen.mkdir(mode=0o777)
+    seen.chmod(0o777)
+    source, library = open_dir / "preload.c", open_dir / "preload.so"
+    source.write_text(PRELOAD.replace("OUT", json.dumps(str(seen / "uids"))))
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(library), str(source)], check=True,
+                   timeout=60)
+    library.chmod(0o755)
+    app = f"pre-{run_id}"
+    as_root.add_app(app, "worker: sleep 1000\n",
+                    FAST + f"LD_PRELOAD={library}\nPIKU_NOFILE_MAX=512\n")
+    as_root.api("POST", f"/apps/{app}/start")
+    worker = as_root.wait_state(app, f"{app}:worker.1", "RUNNING")
+    assert f"LD_PRELOAD={library}".encode() in \
+        Path(f"/proc/{worker['pid']}/environ").read_bytes().split(b"\0")
+    uids = set((seen / "uids").read_text().split())
+    assert uids == {str(pwd.getpwnam(user_name(app)).pw_uid)}, uids
+
+
+def test_a_link_an_app_puts_where_pikud_gives_folders_is_refused_not_followed(
+        as_root: Pikud, short_root: Path, open_dir: Path, run_id: str) -> None:
+    """cache/APP is the app's: a link it leaves at cache/APP/build must not make root give
+    the folder it points to (/etc, say) to the app's user at the next change."""
+    app = f"link-{run_id}"
+    as_root.add_app(app, "worker: sleep 1000\n", FAST)
+    as_root.api("POST", f"/apps/{app}/start")
+    as_root.wait_state(app, f"{app}:worker.1", "RUNNING")
+    account = pwd.getpwnam(user_name(app))
+    target = open_dir / "roots"
+    target.mkdir(mode=0o755)
+    build = short_root / "cache" / app / "build"
+    result = run_as(account.pw_uid, account.pw_gid,
+                    ["/bin/sh", "-c", f"rm -rf {build} && ln -s {target} {build}"])
+    assert result.returncode == 0, result.stderr
+    refused = as_root.cli("restart", app)
+    assert refused.returncode != 0
+    assert f"{build} is not a folder" in refused.stderr, refused.stderr
+    assert owner_mode(target) == ("root", "0o755")

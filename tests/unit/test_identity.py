@@ -18,7 +18,7 @@ import pytest
 
 from pikud import appusers
 from pikud.errors import AppUserError
-from pikud.identity import Identity, lookup, marker, user_name
+from pikud.identity import Account, Identity, lookup, marker, user_name
 from pikud.paths import Paths
 
 NAME = re.compile(r"[a-z0-9_-]{1,32}")      # what every useradd takes (Ubuntu 22.04's too)
@@ -106,3 +106,17 @@ async def test_a_user_made_for_another_app_is_refused(tmp_path: Path) -> None:
     assert lookup(app) is None
     with pytest.raises(KeyError):
         pwd.getpwnam(made.name)
+
+
+def test_loader_variables_cross_the_uid_switch_through_env() -> None:
+    """What runs as root (prlimit, setpriv) gets no LD_* or glibc-unsecure variable; env(1)
+    sets them again after the switch. One uid for everything: nothing moves."""
+    who = Identity(Account("piku", 1000, 1000, "/home/piku"), "/usr/bin/setpriv", "/bin/env")
+    switch = ["/usr/bin/setpriv", "--reuid=5", "--regid=5", "--clear-groups", "--"]
+    argv = ["/usr/bin/prlimit", "--nofile=512", "--", *switch, "sh", "-c", "x"]
+    env = {"LD_PRELOAD": "/x.so", "PATH": "/bin", "TMPDIR": "/t", "LD_BIND_NOW": "1"}
+    assert who.past_root(argv, env) == (
+        ["/usr/bin/prlimit", "--nofile=512", "--", *switch, "/bin/env", "LD_BIND_NOW=1",
+         "LD_PRELOAD=/x.so", "TMPDIR=/t", "sh", "-c", "x"], {"PATH": "/bin"})
+    assert who.past_root(["sh", "-c", "x"], env) == (["sh", "-c", "x"], env)
+    assert Identity().past_root(argv, env) == (argv, env)

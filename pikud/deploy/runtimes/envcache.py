@@ -99,7 +99,7 @@ async def build_once(path: Path, fill: Callable[[Path], Awaitable[None]],
     try:
         if owner is not None:
             path.mkdir(mode=0o755)
-            os.chown(path, *owner)
+            os.chown(path, *owner, follow_symlinks=False)     # envs/APP is the deploy user's
         await fill(path)
         path.mkdir(exist_ok=True)
         (path / MARKER).write_text("complete\n")
