@@ -102,6 +102,9 @@ def fresh_machine() -> Iterator[None]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         subprocess.run(["userdel", "--remove", "piku"], capture_output=True)
+        for user in pwd.getpwall():         # the apps' own users, under --as-root
+            if user.pw_gecos.startswith("pikud app "):
+                subprocess.run(["userdel", user.pw_name], capture_output=True)
         if default_site is not None and not DEFAULT_SITE.is_symlink():
             DEFAULT_SITE.symlink_to(default_site)
         assert not left, f"processes of piku left running: {left}"
@@ -150,35 +153,9 @@ def test_install_push_upgrade_uninstall(fresh_machine: None, tmp_path: Path) -> 
             assert (verify.returncode, verify.stderr) == (0, ""), verify.stderr
         if not os.path.isdir("/run/systemd/system"):
             assert "systemd is not PID 1 here" in said
-        start = next(line.strip() for line in said.splitlines() if "pikud serve" in line)
-        remote = re.search(r"git remote add piku (piku@127\.0\.0\.1:)APP", said)
-        assert remote, said
-
         # nginx and pikud, as the installer says; pikud reloads this test's nginx.
-        server.start()
-        settings = HOME / ".piku" / "pikud.toml"
-        settings.write_text(f"nginx_reload = {json.dumps(server.master.reload_command)}\n")
-        shutil.chown(settings, "piku", "piku")
-        with open(base / "pikud.log", "wb") as log:
-            daemon = subprocess.Popen(shlex.split(start), stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        wait_for(lambda: daemon_answers(daemon, base), DEADLINE, "pikud's control socket")
-
-        with sshd_on_loopback(base, "%h/.ssh/authorized_keys") as port:
-            work = python_app(tmp_path / "hello", "i1", "wsgi: flask_app:app\n", extra={
-                "requirements.txt": "flask\n", "flask_app.py": FLASK_APP,
-                "ENV": ("NGINX_SERVER_NAME=hello.example\nNGINX_IPV4_ADDRESS=127.0.0.1\n"
-                        f"DISABLE_IPV6=yes\nNGINX_HTTP_PORT={server.http_port}\n"
-                        f"NGINX_HTTPS_PORT={server.https_port}\n")})
-            git(work, "remote", "add", "piku", remote.group(1) + "hello")
-            ssh = (f"ssh -i {base / 'client'} -p {port} -o IdentitiesOnly=yes -o BatchMode=yes "
-                   "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
-            pushed = git(work, "push", "piku", "main", env=dict(os.environ, GIT_SSH_COMMAND=ssh),
-                         check=False)
-            assert pushed.returncode == 0, pushed.stderr + (base / "pikud.log").read_text()
-
-        answer = server.wait_for("hello.example", "/", lambda r: r.status == 200)
-        assert answer.body == b"flask i1", answer
+        daemon = start_as_said(said, base, server)
+        push_hello(said, base, server, tmp_path)
         # The reload is asynchronous: an old worker may take this connection and refuse it.
         def over_https() -> bool:
             with contextlib.suppress(ssl.SSLError):
@@ -215,6 +192,92 @@ def test_install_push_upgrade_uninstall(fresh_machine: None, tmp_path: Path) -> 
         assert (HOME / ".ssh" / "authorized_keys").exists()
         assert DEFAULT_SITE.is_symlink() == debian_site
         assert not app_processes(HOME / ".piku")
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            stop_session(daemon, signal.SIGTERM, DEADLINE)
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def start_as_said(said: str, base: Path, server: NginxServer) -> subprocess.Popen[bytes]:
+    """This test's nginx, then pikud started with the command the installer printed, set
+    to reload that nginx (pikud.toml keeps the owner the installer gave it)."""
+    start = next(line.strip() for line in said.splitlines() if "pikud serve" in line)
+    server.start()
+    settings = HOME / ".piku" / "pikud.toml"
+    if not settings.exists():
+        settings.touch(mode=0o644)
+        shutil.chown(settings, "piku", "piku")
+    settings.write_text(f"nginx_reload = {json.dumps(server.master.reload_command)}\n")
+    with open(base / "pikud.log", "wb") as log:
+        daemon = subprocess.Popen(shlex.split(start), stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    wait_for(lambda: daemon_answers(daemon, base), DEADLINE, "pikud's control socket")
+    return daemon
+
+
+def push_hello(said: str, base: Path, server: NginxServer, tmp_path: Path) -> None:
+    """`git push` of a Flask app over a real sshd as piku@127.0.0.1, the remote as the
+    installer printed it; it answers through nginx."""
+    remote = re.search(r"git remote add piku (piku@127\.0\.0\.1:)APP", said)
+    assert remote, said
+    with sshd_on_loopback(base, "%h/.ssh/authorized_keys") as port:
+        work = python_app(tmp_path / "hello", "i1", "wsgi: flask_app:app\n", extra={
+            "requirements.txt": "flask\n", "flask_app.py": FLASK_APP,
+            "ENV": ("NGINX_SERVER_NAME=hello.example\nNGINX_IPV4_ADDRESS=127.0.0.1\n"
+                    f"DISABLE_IPV6=yes\nNGINX_HTTP_PORT={server.http_port}\n"
+                    f"NGINX_HTTPS_PORT={server.https_port}\n")})
+        git(work, "remote", "add", "piku", remote.group(1) + "hello")
+        ssh = (f"ssh -i {base / 'client'} -p {port} -o IdentitiesOnly=yes -o BatchMode=yes "
+               "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+        pushed = git(work, "push", "piku", "main", env=dict(os.environ, GIT_SSH_COMMAND=ssh),
+                     check=False)
+        assert pushed.returncode == 0, pushed.stderr + (base / "pikud.log").read_text()
+    answer = server.wait_for("hello.example", "/", lambda r: r.status == 200)
+    assert answer.body == b"flask i1", answer
+
+
+def test_install_as_root_runs_each_app_as_its_own_user(fresh_machine: None,
+                                                        tmp_path: Path) -> None:
+    """--as-root: pikud as root (nginx's master too, its workers www-data, as on a real
+    server); a push over ssh as piku builds and runs the app as piku-hello, served by nginx
+    through the app's own socket folder. Running the installer again without --as-root
+    gives piku its files back."""
+    base = Path(tempfile.mkdtemp(prefix="pki-", dir="/tmp"))
+    base.chmod(0o755)
+    (base / "include").mkdir()
+    (base / "include" / "pikud.conf").symlink_to(SNIPPET)
+    keygen(base / "client", "tester@laptop")
+    server = NginxServer(base, root=HOME / ".piku", include=base / "include")
+    ports = ["--http-port", str(server.http_port), "--https-port", str(server.https_port),
+             "--listen", "127.0.0.1"]
+    daemon: subprocess.Popen[bytes] | None = None
+    try:
+        said = install(*ports, "--key", str(base / "client.pub"), "--host", "127.0.0.1",
+                       "--as-root")
+        assert "User=root" in UNIT.read_text() and "pikud runs as root" in said, said
+        settings = (HOME / ".piku" / "pikud.toml").stat()
+        assert (settings.st_uid, settings.st_mode & 0o777) == (0, 0o644)
+        daemon = start_as_said(said, base, server)
+        assert proc_stat(daemon.pid) is not None and os.stat(f"/proc/{daemon.pid}").st_uid == 0
+        push_hello(said, base, server, tmp_path)
+
+        app_user = pwd.getpwnam("piku-hello")
+        uids = {os.stat(f"/proc/{pid}").st_uid for pid in app_processes(HOME / ".piku")}
+        assert uids == {app_user.pw_uid}, "the app's processes run as piku-hello"
+        env_file = (HOME / ".piku" / "envs" / "hello" / "LIVE_ENV").stat()
+        assert (env_file.st_uid, env_file.st_mode & 0o777) == (pwd.getpwnam("piku").pw_uid,
+                                                                0o600)
+        folder = HOME / ".piku" / "nginx" / "sockets" / "piku-hello"
+        assert folder.stat().st_uid == app_user.pw_uid and any(folder.iterdir())
+
+        stop_session(daemon, signal.SIGTERM, DEADLINE)
+        back = install(*ports, "--host", "127.0.0.1")
+        assert "User=piku" in UNIT.read_text() and "runs as piku again" in back, back
+        assert "piku-hello" in back                         # the users to remove by hand
+        data = (HOME / ".piku" / "data" / "hello").stat()
+        assert data.st_uid == pwd.getpwnam("piku").pw_uid
+        assert (HOME / ".piku" / "pikud.toml").stat().st_uid == pwd.getpwnam("piku").pw_uid
     finally:
         if daemon is not None and daemon.poll() is None:
             stop_session(daemon, signal.SIGTERM, DEADLINE)
