@@ -237,7 +237,7 @@ async def stream(request: Request, first: list[Any], queue: asyncio.Queue[Any]
         while True:
             await response.write(ndjson_line(await queue.get()))
     except ConnectionResetError:
-        pass        # the client left; with handler_cancellation a silent one is cancelled
+        pass        # the client left; one that leaves while all is quiet cancels us (http.py)
     return response
 
 
