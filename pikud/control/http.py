@@ -112,12 +112,12 @@ class Link:
         try:
             await asyncio.wait((handler, watch), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            watch.cancel()
-            if not handler.done():
-                handler.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await handler
-        if not handler.done() or handler.cancelled():
+            for task in (watch, handler):       # the watch's read must end before the next
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if handler.cancelled():
             raise ConnectionResetError("the client left")
         result = handler.result()
         if isinstance(result, Reply):

@@ -117,6 +117,21 @@ async def test_two_requests_on_one_connection_then_close(served: Any) -> None:
     assert answer.count(b"HTTP/1.1 200 OK") == 2
 
 
+async def test_a_connection_waits_for_the_next_request_after_an_answer(served: Any) -> None:
+    path, _, _ = served
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        async with asyncio.timeout(DEADLINE):
+            for name in ("a", "b"):
+                writer.write(get(f"/echo/{name}"))
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                body = json.loads(await reader.readexactly(length))
+                assert body["data"]["match"] == {"name": name}
+    finally:
+        writer.close()
+
+
 async def test_head_is_answered_without_a_body(served: Any) -> None:
     path, _, _ = served
     answer = await exchange(path, b"HEAD /echo/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -143,7 +158,7 @@ async def test_a_client_that_expects_100_continue_gets_it(served: Any) -> None:
 async def test_a_body_over_the_limit_is_413_and_the_answer_arrives_whole(served: Any) -> None:
     path, _, _ = served
     size = MAX_BODY * 3
-    answer = await exchange(path, b"POST /echo/a HTTP/1.1\r\nHost: x\r\n"
+    answer = await exchange(path, b"POST /echo/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                             b"Content-Length: %d\r\n\r\n" % size + b"x" * size)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert bodies(answer)[0]["error"]["code"] == "body_too_large"
@@ -151,7 +166,7 @@ async def test_a_body_over_the_limit_is_413_and_the_answer_arrives_whole(served:
 
 @pytest.mark.parametrize("request_bytes, status", [
     (b"\x00\xff garbage \r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nX: " + b"y" * 20_000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 20_000, 431),      # a head without end
     (get("/nowhere", "Connection: close"), 404),
     (get("/echo/", "Connection: close"), 404),
     (b"DELETE /echo/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405),
