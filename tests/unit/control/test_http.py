@@ -186,14 +186,20 @@ async def test_a_stream_is_chunked(served: Any) -> None:
     assert answer.count(b'{"n": ') == 3 and answer.endswith(b"0\r\n\r\n")
 
 
-async def test_a_client_that_leaves_cancels_its_handler(served: Any) -> None:
-    path, _, handlers = served
+@pytest.mark.parametrize("end", ["the client leaves", "drain's time is up"])
+async def test_a_handler_still_going_is_cancelled_when(served: Any, end: str) -> None:
+    path, server, handlers = served
     reader, writer = await asyncio.open_unix_connection(str(path))
     writer.write(get("/forever"))
     async with asyncio.timeout(DEADLINE):
         await handlers.entered.wait()
-        writer.close()
+        if end == "the client leaves":
+            writer.close()
+        else:
+            await server.drain(0.1)
+            assert await reader.read(-1) == b""
         await handlers.cancelled.wait()
+    writer.close()
 
 
 async def test_drain_closes_idle_connections_and_answers_busy_ones(served: Any) -> None:
@@ -212,14 +218,3 @@ async def test_drain_closes_idle_connections_and_answers_busy_ones(served: Any) 
     for writer in (idle_writer, busy_writer):
         writer.close()
 
-
-async def test_drain_cuts_what_goes_on_past_its_timeout(served: Any) -> None:
-    path, server, handlers = served
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    writer.write(get("/forever"))
-    async with asyncio.timeout(DEADLINE):
-        await handlers.entered.wait()
-        await server.drain(0.1)
-        assert await reader.read(-1) == b""
-    assert handlers.cancelled.is_set()
-    writer.close()
