@@ -1,5 +1,11 @@
 #!/usr/bin/env python3
-"""pikud (uvloop), pikud (--loop asyncio) and supervisord, side by side in one run.
+"""pikud (uvloop, nginx fronting), pikud (uvloop, router), pikud (--loop asyncio, router)
+and supervisord, side by side in one run.
+
+"nginx fronting" is pikud as installed with nginx (PIKU_PROXY=nginx: no built-in
+router, so no aiohttp in the daemon); "router" is pikud serving HTTP itself
+(PIKU_PROXY=builtin). The apps here have no web process, so nginx itself is not
+involved: the rows differ by what the daemon loads and runs.
 
 Each configuration runs alone (never two daemons at once), in its own temp dir,
 in sessions with a fresh daemon each:
@@ -248,15 +254,18 @@ class Daemon:
 
 class Pikud(Daemon):
     def __init__(self, root: Path, groups: int, per_group: int, sizes: Sizes, loop: str,
-                 command: str) -> None:
+                 command: str, proxy: str) -> None:
         super().__init__(root, groups, per_group, sizes)
         self.loop = loop
         self.command = command
-        self.label = f"pikud ({loop})"
+        self.proxy = proxy
+        self.label = f"pikud ({loop}, {'router' if proxy == 'builtin' else proxy})"
         self.client = Client(root / "pikud.sock", timeout=300)
 
     def env(self) -> dict[str, str]:
-        return dict(super().env(), PIKU_ROOT=str(self.root))
+        """PIKU_PROXY: nginx (no router) or builtin (the router, on a free port)."""
+        return dict(super().env(), PIKU_ROOT=str(self.root), PIKU_HTTP_ADDRESS="127.0.0.1:0",
+                    PIKU_PROXY=self.proxy)
 
     def setup(self) -> None:
         for name in self.names:
@@ -659,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="small sizes for a smoke run (50 processes, 20 kills, 5 s idle)")
-    parser.add_argument("--only", action="append", choices=("uvloop", "asyncio", "supervisord"),
+    parser.add_argument("--only", action="append",
+                        choices=("nginx", "uvloop", "asyncio", "supervisord"),
                         help="run only these configurations (repeatable)")
     parser.add_argument("--pikud-command", default="sleep 3600",
                         help="the Procfile command of pikud's apps (default: sleep 3600; "
@@ -670,12 +680,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     pcmd, scmd = args.pikud_command, args.supervisord_command
     configs = [
-        Config("pikud (uvloop)", lambda root, g, n, s: Pikud(root, g, n, s, "uvloop", pcmd)),
-        Config("pikud (--loop asyncio)",
-               lambda root, g, n, s: Pikud(root, g, n, s, "asyncio", pcmd)),
+        Config("pikud (uvloop, nginx)",
+               lambda root, g, n, s: Pikud(root, g, n, s, "uvloop", pcmd, "nginx")),
+        Config("pikud (uvloop, router)",
+               lambda root, g, n, s: Pikud(root, g, n, s, "uvloop", pcmd, "builtin")),
+        Config("pikud (--loop asyncio, router)",
+               lambda root, g, n, s: Pikud(root, g, n, s, "asyncio", pcmd, "builtin")),
         Config("supervisord", lambda root, g, n, s: Supervisord(root, g, n, s, scmd)),
     ]
-    keys = {"uvloop": 0, "asyncio": 1, "supervisord": 2}
+    keys = {"nginx": 0, "uvloop": 1, "asyncio": 2, "supervisord": 3}
     if args.only:
         configs = [configs[keys[k]] for k in dict.fromkeys(args.only)]
 

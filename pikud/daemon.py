@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pikud import __version__, identity
 from pikud.access.audit import AuditLog
@@ -41,7 +42,6 @@ from pikud.procman.children import become_subreaper, install_orphan_reaper
 from pikud.procman.keeper import Keeper
 from pikud.proxy.acme import Acme
 from pikud.proxy.nginx import Nginx
-from pikud.proxy.router import Router
 from pikud.proxy.routing import parse_address
 from pikud.reexec import (
     SIGNALS,
@@ -58,6 +58,9 @@ from pikud.sealing import open_above, seal_nginx
 from pikud.settings import Settings, load_settings
 from pikud.traffic import Traffic
 from pikud.watch import FileWatcher
+
+if TYPE_CHECKING:
+    from pikud.proxy.router import Router
 
 log = logging.getLogger("pikud")
 
@@ -84,7 +87,10 @@ class Daemon:
                  http: tuple[str, int] | None = None) -> None:
         """``http`` set: the built-in router serves there; None: nginx fronts the apps."""
         self.paths = paths
-        self.router = Router(*http, settings.router) if http is not None else None
+        self.router: Router | None = None
+        if http is not None:    # aiohttp is imported by a daemon that routes, only
+            from pikud.proxy.router import Router
+            self.router = Router(*http, settings.router)
         self.nginx = None if http is not None else Nginx(
             paths, settings.nginx_test, settings.nginx_reload, preamble=settings.nginx_preamble)
         self.acme = None if self.nginx is None else Acme(self.nginx, settings.acme_sh,

@@ -13,6 +13,8 @@ envelope with the error's ``code`` and HTTP ``status``::
     |   +-- CronError                                     (kind and field, or TZ/PIKU_CRON_* key)
     |   +-- TooManyProcesses        too_many_processes 400  over a pikud.toml ceiling (the key)
     +-- BadRequest                  bad_request     400   malformed API request
+    |   +-- MethodNotAllowed        bad_request     405   a route's path with another method
+    |   +-- BodyTooLarge            body_too_large  413   a request body over MAX_BODY
     +-- AppNotFound                 app_not_found   404
     +-- NotFound                    not_found       404   unknown API route
     +-- Forbidden                   forbidden       403   peer uid, or the key's role, not allowed
@@ -93,6 +95,15 @@ class TooManyProcesses(SpecError):
 class BadRequest(PikudError):
     code = "bad_request"
     status = 400
+
+
+class MethodNotAllowed(BadRequest):
+    status = 405
+
+
+class BodyTooLarge(BadRequest):
+    code = "body_too_large"
+    status = 413
 
 
 class AppNotFound(PikudError):

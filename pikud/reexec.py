@@ -62,7 +62,8 @@ PREFLIGHT_TIMEOUT = 30.0    # seconds the new code has to import
 QUIESCE_TIMEOUT = 60.0      # seconds the changes under way have to finish
 ROUTER_DRAIN = 10.0         # seconds the router's requests in flight have to finish
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)    # the daemon's
-PREFLIGHT = ("import pikud, pikud.daemon, pikud.handover; "
+# The router too: pikud.daemon imports it only when it runs one (no aiohttp behind nginx).
+PREFLIGHT = ("import pikud, pikud.daemon, pikud.handover, pikud.proxy.router; "
              "print(pikud.__version__, pikud.handover.FORMAT)")
 BRIDGE_ENV = "PIKUD_BRIDGE"     # the number of the bridge's channel, for the new image
 

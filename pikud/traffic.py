@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pikud.appspec import STATIC_KIND, WEB_KINDS, AppSpec
 from pikud.errors import EnvError
@@ -22,9 +23,11 @@ from pikud.procman.process import ProcessSpec
 from pikud.proxy.acme import Acme, root_ca
 from pikud.proxy.locations import StaticPath, procfile_static, static_paths
 from pikud.proxy.nginx import Nginx, access_problems
-from pikud.proxy.router import Router
 from pikud.proxy.routing import Route
 from pikud.proxy.site import Include, NginxSite, server_names, site_from_env
+
+if TYPE_CHECKING:       # the router (and aiohttp) is imported only by a daemon that runs it
+    from pikud.proxy.router import Router
 
 log = logging.getLogger(__name__)
 

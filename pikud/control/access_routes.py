@@ -6,21 +6,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
-
 from pikud.access.rules import EVERY_APP, Role
 from pikud.access.table import CLI_ONLY
 from pikud.appspec import validate_app_name
 from pikud.control.guard import ACCESS, Access, caller_of, note
 from pikud.control.handlers import body, int_query
+from pikud.control.request import Request, Route
 from pikud.errors import BadRequest
 
 
-def access_of(request: web.Request) -> Access:
+def access_of(request: Request) -> Access:
     return request.app[ACCESS]
 
 
-async def rules(request: web.Request) -> Any:
+async def rules(request: Request) -> Any:
     """GET /access -> {"mode": "open"|"rules", "grants": [{"key", "app", "role"}],
     "problem": str|null}: the grants on the apps the caller is admin of (all for `*`)."""
     access, caller = access_of(request), caller_of(request)
@@ -32,7 +31,7 @@ async def rules(request: web.Request) -> Any:
             "problem": access.book.problem}
 
 
-async def grant(request: web.Request) -> Any:
+async def grant(request: Request) -> Any:
     """PUT /access/KEY/APP {"role": "read"|"deploy"|"admin"} -> GET /access's answer.
     APP may be `*` (every app); the first grant ends the open mode."""
     role = (await body(request)).get("role")
@@ -44,14 +43,14 @@ async def grant(request: web.Request) -> Any:
     return await rules(request)
 
 
-async def revoke(request: web.Request) -> Any:
+async def revoke(request: Request) -> Any:
     """DELETE /access/KEY/APP -> GET /access's answer."""
     access_of(request).book.revoke(request.match_info["key"], request.match_info["app"])
     note(request, grantee=request.match_info["key"])
     return await rules(request)
 
 
-async def check(request: web.Request) -> Any:
+async def check(request: Request) -> Any:
     """POST /access/check {"command", "app"} -> {"command", "app"}: may the caller run a
     command that reaches no route (run, scp, sftp, setup, setup:ssh, git-upload-pack)?
     The CLI asks before it execs; refused as any route is."""
@@ -70,13 +69,13 @@ async def check(request: web.Request) -> Any:
     return {"command": rule.command, "app": app}
 
 
-async def audit(request: web.Request) -> Any:
+async def audit(request: Request) -> Any:
     """GET /audit?lines=N[&app=APP] -> {"lines": [entry, ...]} oldest first."""
     app = request.query.get("app") or None
     return {"lines": access_of(request).audit.last(int_query(request, "lines", 50), app)}
 
 
-async def push_ticket(request: web.Request) -> Any:
+async def push_ticket(request: Request) -> Any:
     """POST /apps/APP/push -> {"ticket"}: for the pre-receive hook of the git receive-pack
     that asks (its pid); good once, for this key and app (access/tickets.py)."""
     app = validate_app_name(request.match_info["app"])
@@ -85,10 +84,10 @@ async def push_ticket(request: web.Request) -> Any:
 
 
 ROUTES = [
-    web.get("/access", rules),
-    web.put("/access/{key}/{app}", grant),
-    web.delete("/access/{key}/{app}", revoke),
-    web.post("/access/check", check),
-    web.get("/audit", audit),
-    web.post("/apps/{app}/push", push_ticket),
+    Route("GET", "/access", rules),
+    Route("PUT", "/access/{key}/{app}", grant),
+    Route("DELETE", "/access/{key}/{app}", revoke),
+    Route("POST", "/access/check", check),
+    Route("GET", "/audit", audit),
+    Route("POST", "/apps/{app}/push", push_ticket),
 ]

@@ -14,11 +14,8 @@ fails for another reason (an app name mistyped) is not.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-
-from aiohttp import web
 
 from pikud import identity
 from pikud.access.audit import AuditLog
@@ -28,10 +25,9 @@ from pikud.access.rules import RuleBook
 from pikud.access.table import BY_ROUTE, Rule, Scope
 from pikud.access.tickets import PushTickets
 from pikud.control.protocol import FINGERPRINT_HEADER, KEY_HEADER
+from pikud.control.request import Handler, Key, Request
 from pikud.errors import BadRequest, Forbidden, FromAppProcess, PikudError
 from pikud.sshkeys import KEY_NAME
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -43,22 +39,22 @@ class Access:
     audit: AuditLog
 
 
-ACCESS = web.AppKey("access", Access)
-CALLER = web.RequestKey("caller", Caller)
-NOTE = web.RequestKey("note", dict[str, Any])
+ACCESS: Key[Access] = Key("access")
+CALLER: Key[Caller] = Key("caller")
+NOTE: Key[dict[str, Any]] = Key("note")
 
 
-def caller_of(request: web.Request) -> Caller:
+def caller_of(request: Request) -> Caller:
     return request[CALLER]
 
 
-def note(request: web.Request, **fields: Any) -> None:
+def note(request: Request, **fields: Any) -> None:
     """Add to (or correct) the audit line of this request: the outcome of a stream, the
     command a check asks about, a pushed revision."""
     request[NOTE].update(fields)
 
 
-def redeem(request: web.Request, ticket: Any, app: str) -> None:
+def redeem(request: Request, ticket: Any, app: str) -> None:
     """Spend the push ticket of a deploy of a pushed revision; the console needs none."""
     caller = caller_of(request)
     if caller.key is None:
@@ -69,7 +65,7 @@ def redeem(request: web.Request, ticket: Any, app: str) -> None:
     request.app[ACCESS].tickets.redeem(ticket or "", caller.key, app, lineage)
 
 
-def identify(request: web.Request, book: RuleBook) -> Caller:
+def identify(request: Request, book: RuleBook) -> Caller:
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is None:
         raise Forbidden("cannot identify the peer")
@@ -96,7 +92,7 @@ def allowed_uids() -> tuple[int, ...]:
     return (0, os.getuid(), *(owner[:1] if owner is not None else ()))
 
 
-def target(request: web.Request, rule: Rule) -> str | None:
+def target(request: Request, rule: Rule) -> str | None:
     if rule.scope is Scope.APP:
         return request.match_info.get("app")
     if rule.scope is Scope.QUERY:
@@ -104,19 +100,17 @@ def target(request: web.Request, rule: Rule) -> str | None:
     return None
 
 
-@web.middleware
-async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def guard(request: Request, handler: Handler) -> Any:
     access = request.app[ACCESS]
-    route = request.match_info.route.resource
-    method = "GET" if request.method == "HEAD" else request.method     # aiohttp adds HEAD
-    rule = BY_ROUTE.get((method, route.canonical if route is not None else ""))
+    route = request.route
+    method = "GET" if request.method == "HEAD" else request.method     # GET routes answer HEAD
+    rule = BY_ROUTE.get((method, route or ""))
     request[NOTE] = {"command": rule.command if rule else f"{request.method} {request.path}",
                      "app": target(request, rule) if rule else None}
     try:
         caller = identify(request, access.book)
-        if rule is None and request.match_info.http_exception is None:
-            raise Forbidden(f"{method} {route.canonical if route else request.path} "
-                            "has no access rule (access/table.py)")     # fail closed
+        if rule is None and route is not None:
+            raise Forbidden(f"{method} {route} has no access rule (access/table.py)")  # closed
         if rule is not None and rule.scope is not Scope.ASKED:
             caller.check(rule, target(request, rule))
     except PikudError as exc:
@@ -135,7 +129,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-def audit(log: AuditLog, request: web.Request, refused: PikudError | None = None) -> None:
+def audit(log: AuditLog, request: Request, refused: PikudError | None = None) -> None:
     """One line for this request: its caller, its note, and its outcome (``refused``'s
     code and message, else what a stream noted, else "ok")."""
     caller = request.get(CALLER)

@@ -15,11 +15,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aiohttp import web
-
 from pikud.access.rules import EVERY_APP, Role
 from pikud.control.guard import caller_of, note, redeem
 from pikud.control.protocol import NDJSON, error, ndjson_line
+from pikud.control.request import Request, Stream
 from pikud.convert import whole_number
 from pikud.deploy.checkout import validate_ref, validate_revision
 from pikud.deploy.pipeline import PushInfo
@@ -32,7 +31,7 @@ T = TypeVar("T")
 Progress = Callable[[str], None]
 
 
-async def body(request: web.Request) -> dict[str, Any]:
+async def body(request: Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
@@ -46,7 +45,7 @@ async def body(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def int_query(request: web.Request, key: str, default: int, maximum: int = 100_000) -> int:
+def int_query(request: Request, key: str, default: int, maximum: int = 100_000) -> int:
     raw = request.query.get(key, str(default))
     number = whole_number(raw, maximum)     # not int(): "²" is a digit, 4,301 digits too many
     if number is None:
@@ -54,7 +53,7 @@ def int_query(request: web.Request, key: str, default: int, maximum: int = 100_0
     return number
 
 
-def flag(request: web.Request, key: str) -> bool:
+def flag(request: Request, key: str) -> bool:
     return request.query.get(key, "0").lower() in ("1", "true", "yes")
 
 
@@ -67,15 +66,15 @@ class Routes:
         self.status_of_daemon = status
         self.cloudflare = cloudflare
 
-    def app(self, request: web.Request):  # type: ignore[no-untyped-def]
+    def app(self, request: Request):  # type: ignore[no-untyped-def]
         return self.registry.get(request.match_info["app"])
 
-    async def status(self, request: web.Request) -> Any:
+    async def status(self, request: Request) -> Any:
         """GET /status -> version, pid, uptime, image_uptime, started, loop, root, http, apps,
         processes, apps_by_state, processes_by_state, errors (control/protocol.py)."""
         return self.status_of_daemon()
 
-    async def list_apps(self, request: web.Request) -> Any:
+    async def list_apps(self, request: Request) -> Any:
         """GET /apps -> {"apps": [summary, ...], "problems": [daemon-wide problem, ...]}:
         the apps the caller has a grant on; the problems for a grant on `*`."""
         caller = caller_of(request)
@@ -84,26 +83,26 @@ class Routes:
                 "problems": self.registry.problems() if caller.may(EVERY_APP, Role.READ)
                 else []}
 
-    async def show(self, request: web.Request) -> Any:
+    async def show(self, request: Request) -> Any:
         """GET /apps/APP -> detail with live processes."""
         return self.app(request).detail()
 
-    async def start(self, request: web.Request) -> Any:
+    async def start(self, request: Request) -> Any:
         app = self.app(request)
         await finish(app.start())
         return app.detail()
 
-    async def stop(self, request: web.Request) -> Any:
+    async def stop(self, request: Request) -> Any:
         app = self.app(request)
         await finish(app.stop())
         return app.detail()
 
-    async def restart(self, request: web.Request) -> Any:
+    async def restart(self, request: Request) -> Any:
         app = self.app(request)
         await finish(app.restart())
         return app.detail()
 
-    async def deploy(self, request: web.Request) -> Any:
+    async def deploy(self, request: Request) -> Any:
         """POST /apps/APP/deploy[?progress=1] {"revision", "ref", "old", "pusher",
         "fingerprint", "git_env", "ticket"} (all optional: without a revision the current
         release is rebuilt; a key deploys a revision only with its push ticket)."""
@@ -125,19 +124,19 @@ class Routes:
             return app.detail()
         return await run_action(request, action)
 
-    async def cron(self, request: web.Request) -> Any:
+    async def cron(self, request: Request) -> Any:
         """GET /apps/APP/cron -> {"jobs": [job, ...]}"""
         return {"jobs": self.app(request).cron()}
 
-    async def cron_run(self, request: web.Request) -> Any:
+    async def cron_run(self, request: Request) -> Any:
         """POST /apps/APP/cron/KIND/run -> {"kind", "started", "queued"}"""
         return await finish(self.app(request).cron_run(request.match_info["kind"]))
 
-    async def releases(self, request: web.Request) -> Any:
+    async def releases(self, request: Request) -> Any:
         """GET /apps/APP/releases -> {"releases": [newest first]}"""
         return {"releases": self.app(request).releases_list()}
 
-    async def rollback(self, request: web.Request) -> Any:
+    async def rollback(self, request: Request) -> Any:
         """POST /apps/APP/rollback[?progress=1] {"release": N} (default: the previous one)"""
         app = self.app(request)
         number = (await body(request)).get("release")
@@ -151,7 +150,7 @@ class Routes:
             return app.detail()
         return await run_action(request, action)
 
-    async def scale(self, request: web.Request) -> Any:
+    async def scale(self, request: Request) -> Any:
         """POST /apps/APP/scale {"scaling": {"KIND": N}}"""
         app = self.app(request)
         scaling = (await body(request)).get("scaling")
@@ -160,11 +159,11 @@ class Routes:
         await finish(app.scale(scaling))
         return app.detail()
 
-    async def config(self, request: web.Request) -> Any:
+    async def config(self, request: Request) -> Any:
         """GET /apps/APP/config -> {"config": {K: V}}"""
         return {"config": self.app(request).config()}
 
-    async def configure(self, request: web.Request) -> Any:
+    async def configure(self, request: Request) -> Any:
         """POST /apps/APP/config {"set": {K: V}, "unset": [K]} -> {"config": {...}}"""
         app = self.app(request)
         data = await body(request)
@@ -179,11 +178,11 @@ class Routes:
         admin = caller_of(request).may(app.name, Role.ADMIN)
         return {"config": await finish(app.configure(updates, removals, admin=admin))}
 
-    async def live(self, request: web.Request) -> Any:
+    async def live(self, request: Request) -> Any:
         """GET /apps/APP/config/live -> {"env": {...}, "cwd": path}"""
         return self.app(request).live()
 
-    async def logs(self, request: web.Request) -> Any:
+    async def logs(self, request: Request) -> Any:
         """GET /apps/APP/logs?lines=N&kind=K[&follow=1]"""
         app = self.app(request)
         kind = request.query.get("kind") or None
@@ -203,11 +202,11 @@ class Routes:
         finally:
             app.followers.discard(follower)
 
-    async def destroy(self, request: web.Request) -> Any:
+    async def destroy(self, request: Request) -> Any:
         """DELETE /apps/APP -> {"removed": [...], "kept": [...]}"""
         return await finish(self.app(request).destroy())
 
-    async def cloudflare_refresh(self, request: web.Request) -> Any:
+    async def cloudflare_refresh(self, request: Request) -> Any:
         """POST /cloudflare/refresh -> {"changed", "file", "ranges", "ipv4", "ipv6",
         "sources": [{"url", "ranges"}], "nginx", "apps": [{"name", "site", "error"}]}
 
@@ -217,7 +216,7 @@ class Routes:
         """
         return await finish(self.cloudflare.refresh())
 
-    async def events(self, request: web.Request) -> Any:
+    async def events(self, request: Request) -> Any:
         """GET /events?lines=N[&app=APP][&follow=1]"""
         app = request.query.get("app") or None
         recent = self.registry.events.last(int_query(request, "lines", 100), app)
@@ -230,10 +229,10 @@ class Routes:
             self.registry.events.unsubscribe(queue)
 
 
-async def stream(request: web.Request, first: list[Any], queue: asyncio.Queue[Any]
-                 ) -> web.StreamResponse:
+async def stream(request: Request, first: list[Any], queue: asyncio.Queue[Any]
+                 ) -> Stream:
     """Send ``first`` then whatever arrives on ``queue`` as NDJSON until the client leaves."""
-    response = web.StreamResponse(headers={"Content-Type": NDJSON})
+    response = Stream(NDJSON)
     await response.prepare(request)
     try:
         for item in first:
@@ -241,7 +240,7 @@ async def stream(request: web.Request, first: list[Any], queue: asyncio.Queue[An
         while True:
             await response.write(ndjson_line(await queue.get()))
     except ConnectionResetError:
-        pass        # the client left; with handler_cancellation a silent one is cancelled
+        pass        # the client left; one that leaves while all is quiet cancels us (http.py)
     return response
 
 
@@ -270,7 +269,7 @@ def push_info(data: dict[str, Any]) -> PushInfo:
                     texts["pusher"], texts["fingerprint"], git_env)
 
 
-async def run_action(request: web.Request, action: Callable[[Progress], Awaitable[Any]]) -> Any:
+async def run_action(request: Request, action: Callable[[Progress], Awaitable[Any]]) -> Any:
     """Run a long action; with ``?progress=1`` stream its progress lines as NDJSON.
 
     The action runs in a task of its own: a client that leaves (an interrupted
@@ -281,7 +280,7 @@ async def run_action(request: web.Request, action: Callable[[Progress], Awaitabl
     queue: asyncio.Queue[str | None] = asyncio.Queue()
     task = asyncio.ensure_future(action(queue.put_nowait))
     task.add_done_callback(lambda _: queue.put_nowait(None))    # after the action's last line
-    response = web.StreamResponse(headers={"Content-Type": NDJSON})
+    response = Stream(NDJSON)
     await response.prepare(request)
     try:
         while (line := await queue.get()) is not None:

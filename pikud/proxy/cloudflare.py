@@ -15,6 +15,9 @@ it came from; ``site.cloudflare_ranges()`` reads it back.
 #   a wrong list would turn visitors away, not let others in.
 # - Blank lines are allowed (a trailing newline, or none, are both seen in the
 #   wild); comments are not, since Cloudflare's lists have none.
+# - aiohttp is imported by the functions that download, not by the module:
+#   pikud.toml's defaults (DEFAULT_URLS) come from here, and a daemon that
+#   never refreshes must not carry aiohttp's client (about 15 MiB of RSS).
 
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from pikud.errors import CloudflareError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 DEFAULT_URLS = ("https://www.cloudflare.com/ips-v4", "https://www.cloudflare.com/ips-v6")
 TIMEOUT = 10.0              # seconds for each list, connect to last byte
@@ -82,6 +87,8 @@ def format_file(lists: Sequence[RangeList], when: datetime) -> str:
 
 async def _fetch(session: aiohttp.ClientSession, url: str, timeout: float,
                  max_bytes: int) -> str:
+    import aiohttp
+
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             if response.status != 200:
@@ -104,6 +111,8 @@ async def _fetch(session: aiohttp.ClientSession, url: str, timeout: float,
 async def download(urls: Sequence[str], *, timeout: float = TIMEOUT,
                    max_bytes: int = MAX_BYTES) -> list[RangeList]:
     """Each URL's list, checked; CloudflareError on the first that fails, before any write."""
+    import aiohttp
+
     lists = []
     async with aiohttp.ClientSession(trust_env=False) as session:
         for url in urls:

@@ -58,12 +58,13 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import cast
-
-from aiohttp import web
+from typing import TYPE_CHECKING, cast
 
 from pikud.fds import open_descriptors, open_files_limit
 from pikud.procman.children import spawn_reserve
+
+if TYPE_CHECKING:       # ConnectionLimits is pikud.toml's (settings.py): no aiohttp for it
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,14 @@ before its router accepts again (issue #13), and every pikud holds it in memory 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from pikud.reexec import ReexecRefused, preflight
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 60.0
@@ -21,3 +26,17 @@ def test_the_daemon_imports_jinja2_and_croniter_only_when_the_work_needs_them() 
     assert "pikud.daemon" in imported
     assert not [name for name in imported
                 if name.split(".")[0] in ("jinja2", "croniter", "dateutil")]
+
+
+async def test_a_reexec_preflight_imports_the_router_the_daemon_imports_only_to_route(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pikud.daemon leaves the router (and aiohttp) to a daemon that routes; the preflight
+    of a re-exec still imports it, so new code that cannot route is refused beforehand."""
+    shutil.copytree(REPO / "pikud", tmp_path / "pikud",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    router = tmp_path / "pikud" / "proxy" / "router.py"
+    router.write_text(router.read_text() + "raise ImportError('broken on purpose')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ReexecRefused, match="broken on purpose"):
+        await preflight()

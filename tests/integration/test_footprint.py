@@ -1,0 +1,45 @@
+"""What a real daemon loads: behind nginx, none of aiohttp (its client and server are
+the router's alone; the control socket speaks HTTP with h11)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import FAST, Pikud
+
+# aiohttp and the compiled packages it brings: any of them mapped means it was imported.
+AIOHTTP = ("/aiohttp/", "/multidict/", "/yarl/", "/frozenlist/", "/propcache/")
+
+
+def mapped(pid: int) -> set[str]:
+    """The files mapped into ``pid``: its interpreter, and every compiled module it imported."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {line.split(None, 5)[5] for line in lines if len(line.split(None, 5)) == 6}
+
+
+def exercise(daemon: Pikud) -> None:
+    """Deploy with a progress stream, read the logs, the status and the events."""
+    daemon.add_app("small", "worker: echo up; sleep 300\n", FAST)
+    lines = list(daemon.client.stream("POST", "/apps/small/deploy?progress=1"))
+    assert lines[-1]["end"] is True
+    daemon.wait_state("small", "small:worker.1", "RUNNING")
+    assert daemon.api("GET", "/apps/small/logs?lines=5")["lines"]
+    assert daemon.api("GET", "/status")["apps"] == 1
+
+
+def test_a_daemon_behind_nginx_does_not_import_aiohttp(
+        pikud_factory: Callable[..., Pikud]) -> None:
+    daemon = pikud_factory(extra_env={"PIKU_PROXY": "nginx"})
+    exercise(daemon)
+    assert daemon.proc is not None and daemon.api("GET", "/status")["http"] is None
+    files = mapped(daemon.proc.pid)
+    assert any("/uvloop/" in name for name in files), "the probe sees compiled modules"
+    assert not [name for name in files if any(part in name for part in AIOHTTP)]
+
+
+def test_a_daemon_that_routes_imports_aiohttp(pikud: Pikud) -> None:
+    """The counterpart: the router's daemon has aiohttp mapped, so the probe above sees it."""
+    exercise(pikud)
+    assert pikud.proc is not None
+    assert [name for name in mapped(pikud.proc.pid) if "/aiohttp/" in name]
