@@ -153,6 +153,9 @@ class RouteTable:
     def __init__(self, routes: Iterable[Route]) -> None:
         self._routes = [(route, route.pattern.split("/")) for route in routes]
 
+    def routes(self) -> list[Route]:
+        return [route for route, _ in self._routes]
+
     def resolve(self, method: str, segments: list[str]
                 ) -> tuple[Route | None, dict[str, str], Handler]:
         """The route, the names it matched and the handler; with no route, a handler that
