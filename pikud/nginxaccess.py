@@ -24,7 +24,12 @@ Stdlib only: the daemon checks each site it publishes (``proxy.nginx``), and
 #   reach the apps past nginx's rules. It is made the worker's group's, 2750
 #   with setgid, so every socket made in it (0660) is that group's too. pikud's
 #   user cannot chgrp to a group it is not in: `piku setup --fix` as root does
-#   (scripts/install), with the sockets already there.
+#   (scripts/install), with the sockets already there. Under app users it
+#   keeps o+x (2751: each app's user passes it to its own folder, which it
+#   cannot list), so the chmod is symbolic: `u=rwx,g=rxs,o-rw` is right both ways.
+# - Only folders decide, each app's alone: a socket is briefly 0755 between
+#   granian's bind and its chmod, and an app user may chmod its own folder;
+#   neither may move every other app's web processes to loopback ports.
 
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ _USER = re.compile(r"^\s*user\s+([^\s;]+)", re.MULTILINE)
 _CONF_PATH = re.compile(r"--conf-path=(\S+)")
 _NEED = {TRAVERSE: "o+x", WRITE: "o+w", READ: "o+r", LIST: "o+rx"}
 SOCKETS_MODE = 0o2750           # the sockets folder: owner rwx, nginx's group r-x, setgid
+SOCKETS_CHMOD = "u=rwx,g=rxs,o-rw"  # SOCKETS_MODE, keeping the o+x app users need
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ class Blocked:
     @property
     def command(self) -> str:
         if self.group is not None:
-            return f"chgrp -R {self.group} {self.path} && chmod {SOCKETS_MODE:o} {self.path}"
+            return f"chgrp -R {self.group} {self.path} && chmod {SOCKETS_CHMOD} {self.path}"
         return f"chmod {_NEED[self.bits]} {self.path}"
 
     def advice(self) -> str:
@@ -193,10 +199,13 @@ def blocked(targets: Iterable[Target], user: str) -> list[Blocked]:
 def sockets_blocked(folder: Path, user: str) -> list[Blocked]:
     """What keeps ``user`` from the unix sockets made (0660) in ``folder``: a folder on the
     way (o+x fixes it), or the folder itself, which must be a group's of ``user``'s, with
-    g+x and setgid (each socket then is that group's), and each socket already there.
+    g+x and setgid (each socket made in it then is that group's).
 
-    Nothing when ``user`` runs as the folder's owner (or as root), or the folder
-    does not exist yet.
+    About folders only: the sockets' own modes are pikud's and granian's (0660,
+    set just after the bind), and an app user's folder inside ``folder`` is
+    checked for that app alone (``Traffic.sockets_blocked``). Nothing when
+    ``user`` runs as the folder's owner (or as root), or the folder does not
+    exist yet.
     """
     target = Target(folder, TRAVERSE, "connect to the apps' sockets in")
     above = [item for item in blocked([target], user) if item.path != folder]
@@ -206,26 +215,13 @@ def sockets_blocked(folder: Path, user: str) -> list[Blocked]:
     uid, gids, primary = identity
     try:
         st = folder.stat()
-        if uid in (0, st.st_uid):
-            return []
-        mode = stat.S_IMODE(st.st_mode)
-        grouped = st.st_gid in gids and mode & stat.S_ISGID and mode & 0o010
-        if grouped and all(_reaches(entry, uid, gids) for entry in folder.iterdir()):
-            return []
     except OSError:
+        return []
+    mode = stat.S_IMODE(st.st_mode)
+    if uid in (0, st.st_uid) or st.st_gid in gids and mode & stat.S_ISGID and mode & 0o010:
         return []
     group = grp.getgrgid(primary).gr_name if st.st_gid not in gids else _group_name(folder)
     return [Blocked(user, target, folder, mode, TRAVERSE, group=group)]
-
-
-def _reaches(entry: Path, uid: int, gids: set[int]) -> bool:
-    """Whether ``uid`` can connect to socket ``entry``, or, an app's own folder (app users),
-    enter it and connect to each socket in it."""
-    st = entry.lstat()
-    if not stat.S_ISDIR(st.st_mode):
-        return _can(st, uid, gids, WRITE)
-    return _can(st, uid, gids, TRAVERSE) and all(
-        _can(inner.lstat(), uid, gids, WRITE) for inner in entry.iterdir() if inner.is_socket())
 
 
 def layout_targets(root: Path) -> list[Target]:

@@ -15,9 +15,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pikud import identity
 from pikud.appspec import STATIC_KIND, WEB_KINDS, AppSpec
 from pikud.errors import EnvError
-from pikud.nginxaccess import sockets_blocked
+from pikud.nginxaccess import Blocked, sockets_blocked
 from pikud.paths import Paths
 from pikud.procman.process import ProcessSpec
 from pikud.proxy.acme import Acme, root_ca
@@ -87,21 +88,29 @@ class Traffic:
         site = self._site(app, spec, source, ("127.0.0.1:1",))
         return site.include if site is not None else None
 
-    async def sockets_blocked(self) -> str | None:
-        """Why nginx's workers cannot connect to the apps' unix sockets (advice), or None.
+    async def sockets_blocked(self, app: str) -> str | None:
+        """Why nginx's workers cannot connect to ``app``'s unix sockets (advice), or None:
+        the common sockets folder, and under app users the app's own folder in it.
 
         The router is pikud itself and always can. pikud running as root gives
-        the folder nginx's group itself, as `piku setup --fix` would.
+        the folders nginx's group itself, as `piku setup --fix` would.
         """
         if self.nginx is None or self.paths is None:
             return None
         user = await self.nginx.worker_user()
-        found = sockets_blocked(self.paths.sockets, user)
+        found = self._sockets_blocked(app, user)
         if found and os.geteuid() == 0:
             for item in found:
                 item.fix()
-            found = sockets_blocked(self.paths.sockets, user)
+            found = self._sockets_blocked(app, user)
         return found[0].advice() if found else None
+
+    def _sockets_blocked(self, app: str, user: str) -> list[Blocked]:
+        assert self.paths is not None
+        common = self.paths.sockets
+        own = identity.current().socket_folder(self.paths, app)
+        return sockets_blocked(common, user) or (
+            sockets_blocked(own, user) if own != common else [])
 
     async def publish(self, app: str, spec: AppSpec, source: Path,
                       processes: Mapping[str, ProcessSpec]) -> list[str] | None:

@@ -306,7 +306,8 @@ class AppCore:
         try:
             await provision(identity.current(), self.paths, self.name)   # app users: piku-APP
             self._make_dirs()
-            blocked = await self.services.traffic.sockets_blocked() if unix_kinds(spec) else None
+            blocked = (await self.services.traffic.sockets_blocked(self.name)
+                       if unix_kinds(spec) else None)
             with self._claim(spec):
                 source = self.source(release)
                 env = self._env(spec, release)
@@ -449,7 +450,7 @@ class AppCore:
             return
         kinds = unix_kinds(spec)
         on_ports = sorted({p.kind for p in processes.values() if p.kind in kinds and p.port})
-        blocked = await self.services.traffic.sockets_blocked() if on_ports else None
+        blocked = await self.services.traffic.sockets_blocked(self.name) if on_ports else None
         if blocked is not None:
             advice.append(f"{' and '.join(on_ports)} serve on loopback ports, which any local "
                           f"user can reach, instead of unix sockets: {blocked}")
