@@ -88,7 +88,7 @@ def test_setup_creates_the_layout(root: Path, monkeypatch: pytest.MonkeyPatch,
     user = data.pop("nginx_user")
     assert user in (None, "www-data")
     # only the sockets folder is left to give to nginx's group (as root, with --fix)
-    grant = [f"chgrp -R www-data {sockets} && chmod 2750 {sockets}"] if user else []
+    grant = [f"chgrp -R www-data {sockets} && chmod u=rwx,g=rxs,o-rw {sockets}"] if user else []
     assert data == {"root": str(target), "dirs": [str(target / name) for name in LAYOUT],
                     "fixes": grant, "fixed": []}
 
@@ -110,7 +110,7 @@ def test_setup_says_how_to_let_nginx_in_and_does_it_with_fix(root: Path, www_dat
     assert stat.S_IMODE(root.stat().st_mode) == 0o701
     again = piku("setup", "--json", env={"PIKU_ROOT": str(target)})
     sockets = target / "nginx" / "sockets"
-    grant = f"chgrp -R www-data {sockets} && chmod 2750 {sockets}"
+    grant = f"chgrp -R www-data {sockets} && chmod u=rwx,g=rxs,o-rw {sockets}"
     assert json.loads(again.stdout)["fixes"] == [grant]     # what the root folder hid
     if os.geteuid() != 0:
         return                                  # only root may chgrp to www-data
