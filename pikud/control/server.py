@@ -5,8 +5,8 @@ and return plain data (control/request.py); the HTTP is control/http.py's. The o
 layer (``envelope``) wraps results in the envelope and turns
 every ``PikudError`` into its named code; the guard (control/guard.py) checks the peer
 (SO_PEERCRED: the daemon's own uid and root only, and no process pikud started) and the
-caller's role, and writes the audit log. The socket is bound under umask 177, so it is
-born 0600.
+caller's role, and writes the audit log. The socket is made 0600 between its bind and
+its listen (on the file itself, not through the umask: that is the whole process's).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pikud.control.http import HttpServer
 from pikud.control.protocol import error, ok
 from pikud.control.request import Handler, Key, Reply, Request, Route, RouteTable, Stream, Values
 from pikud.errors import PikudError
+from pikud.procman.sockets import chmod_socket
 from pikud.refresh import CloudflareRefresh
 from pikud.registry import AppRegistry
 
@@ -105,11 +106,12 @@ def bind_socket(path: Path) -> socket.socket:
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
     try:
         sock.bind(str(path))
-    finally:
-        os.umask(old)
+        chmod_socket(str(path), 0o600)      # before listen(): nobody connects meanwhile
+    except OSError:
+        sock.close()
+        raise
     owner = identity.current().deploy_owner()
     if owner is not None:               # pikud runs as root: the console and ssh are its user
         os.chown(path, *owner, follow_symlinks=False)   # its folder: a link there stays one

@@ -103,7 +103,7 @@ def listen_unix(path: str, backlog: int) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        _chmod_socket(path, SOCKET_MODE)
+        chmod_socket(path, SOCKET_MODE)
         sock.listen(backlog)
     except OSError:
         sock.close()
@@ -112,7 +112,7 @@ def listen_unix(path: str, backlog: int) -> socket.socket:
     return _off_fd3(sock)
 
 
-def _chmod_socket(path: str, mode: int) -> None:
+def chmod_socket(path: str, mode: int) -> None:
     """chmod the socket file at ``path`` itself (O_PATH, no link followed; the umask is
     the whole process's, so it is not changed while threads may create files)."""
     fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
