@@ -7,12 +7,14 @@ is the ``X-Piku-Key`` header the CLI sends from the forced command's NAME (no
 header: the console, admin). What it may do: the route's rule
 (access/table.py) checked against the rules file (access/gate.py). What is
 written down: every request that is not a GET (``POST /access/check`` too) and
-every refusal, as one line of the audit log (access/audit.py); a read that
-fails for another reason (an app name mistyped) is not.
+every refusal, as one line of the audit log (access/audit.py), also when the
+client leaves before the answer (outcome ``client_left``: the action may go
+on, shielded); a read that fails for another reason (an app name mistyped) is not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -120,6 +122,11 @@ async def guard(request: Request, handler: Handler) -> Any:
         return await handler(request)       # no such route: the handler answers 404 or 405
     try:
         response = await handler(request)
+    except asyncio.CancelledError:      # the client left (control/http.py); a shielded
+        if rule.method != "GET":        # action goes on without it, and is written down
+            request[NOTE].setdefault("outcome", "client_left")
+            audit(access.audit, request)
+        raise
     except PikudError as exc:
         if rule.method != "GET" or isinstance(exc, Forbidden):
             audit(access.audit, request, exc)       # not a read of a mistyped app's name
