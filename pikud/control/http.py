@@ -21,6 +21,11 @@ action that must not be cut in half shields itself (handlers.finish).
 # - A body larger than MAX_BODY is read and dropped up to DRAIN_BODY more,
 #   so the answer (413 when the handler reads it) is not lost to a reset
 #   (closing a unix socket with unread data resets the peer).
+# - Bounded against a flood (an app process can reach the socket before its
+#   pid is checked, and holds a connection for the idle timeout): at most
+#   MAX_LINKS connections, so pikud keeps descriptors to spawn with; and
+#   while a request is answered at most a head's worth of what follows is
+#   read (the stream reader then pauses the transport).
 
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ JSON = "application/json; charset=utf-8"
 READ_SIZE = 65536
 MAX_HEAD = 16384            # bytes of request line and headers
 DRAIN_BODY = 1 << 20        # bytes of an over-large body read and dropped before closing
+MAX_LINKS = 256             # open connections; one more is closed at once
 
 
 class Link:
@@ -132,10 +138,17 @@ class Link:
         self.busy = False
 
     async def _watch(self) -> None:
-        """Return when the client leaves; what it sends meanwhile waits for the next cycle."""
+        """Return when the client leaves; what it sends meanwhile waits for the next cycle,
+        up to a head's worth: past that nothing more is read until the answer is out."""
+        size = 0
         with contextlib.suppress(OSError):
-            while data := await self.reader.read(READ_SIZE):
+            while size <= MAX_HEAD:
+                data = await self.reader.read(MAX_HEAD + 1 - size)
+                if not data:
+                    return
                 self.h11.receive_data(data)
+                size += len(data)
+            await asyncio.get_running_loop().create_future()    # cancelled by ``answer``
 
     def reusable(self) -> bool:
         """Whether another request may follow on this connection (h11 starts its cycle)."""
@@ -182,9 +195,10 @@ class HttpServer:
     """Accepts on a listening socket; ``drain`` ends the connections gracefully."""
 
     def __init__(self, routes: RouteTable, app: Values, respond: Respond,
-                 idle_timeout: float) -> None:
+                 idle_timeout: float, max_links: int = MAX_LINKS) -> None:
         self.routes, self.app, self.respond = routes, app, respond
-        self.idle_timeout = idle_timeout
+        self.idle_timeout, self.max_links = idle_timeout, max_links
+        self._refusing = False      # connections are being refused: said once per burst
         self._links: dict[asyncio.Task[None], Link] = {}
         self._server: asyncio.AbstractServer | None = None
         self._draining = False
@@ -203,6 +217,14 @@ class HttpServer:
                           writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._links) >= self.max_links:
+            if not self._refusing:
+                log.warning("control connections: %d open, closing new ones until one ends",
+                            len(self._links))
+            self._refusing = True
+            writer.close()
+            return
+        self._refusing = False
         link = self._links[task] = Link(reader, writer)
         try:
             while not self._draining:

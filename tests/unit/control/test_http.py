@@ -4,7 +4,9 @@ route table: keep-alive, HEAD, 100-continue, limits, a client that leaves, drain
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pikud.control.http import HttpServer
+from pikud.control.http import MAX_HEAD, MAX_LINKS, HttpServer
 from pikud.control.protocol import MAX_BODY, error, ok
 from pikud.control.request import Reply, Request, Route, RouteTable, Stream, Values
 from pikud.errors import PikudError
@@ -62,13 +64,20 @@ async def respond(request: Request) -> Reply | Stream:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[Path, HttpServer, Handlers]]:
+    async with serving(tmp_path) as ready:
+        yield ready
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, max_links: int = MAX_LINKS,
+                  ) -> AsyncIterator[tuple[Path, HttpServer, Handlers]]:
     handlers = Handlers()
     table = RouteTable([Route("GET", "/echo/{name}", handlers.echo),
                         Route("POST", "/echo/{name}", handlers.echo),
                         Route("GET", "/forever", handlers.forever),
                         Route("GET", "/held", handlers.held),
                         Route("GET", "/lines", handlers.lines)])
-    server = HttpServer(table, Values(), respond, idle_timeout=DEADLINE)
+    server = HttpServer(table, Values(), respond, idle_timeout=DEADLINE, max_links=max_links)
     path = tmp_path / "s.sock"
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(path))
@@ -218,3 +227,53 @@ async def test_drain_closes_idle_connections_and_answers_busy_ones(served: Any) 
     for writer in (idle_writer, busy_writer):
         writer.close()
 
+
+
+async def test_connections_over_the_cap_are_closed_at_once_and_said_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An app process opening connections by the thousand must not take pikud's
+    descriptors: past the cap a new one is closed, and the warning is not repeated."""
+    async with serving(tmp_path, max_links=2) as (path, _, _):
+        held = [await asyncio.open_unix_connection(str(path)) for _ in range(2)]
+        async with asyncio.timeout(DEADLINE):
+            for reader, writer in held:             # both open and served
+                writer.write(get("/echo/x"))
+                assert bodies(await reader.readuntil(b"}}"))[0]["data"]["match"] == {
+                    "name": "x"}
+            with caplog.at_level(logging.WARNING, "pikud.control.http"):
+                for _ in range(3):          # closed at once, not after the idle timeout
+                    reader, writer = await asyncio.open_unix_connection(str(path))
+                    assert await reader.read(-1) == b""
+                    writer.close()
+            reader, writer = held.pop()
+            writer.write(get("/echo/z", "Connection: close"))
+            assert b'"z"' in await reader.read(-1)  # answered and closed: one place is free
+            writer.close()
+            assert bodies(await exchange(path, get("/echo/w", "Connection: close")))[0]["ok"]
+        [warning] = [r.getMessage() for r in caplog.records if "connections" in r.getMessage()]
+        assert warning == "control connections: 2 open, closing new ones until one ends"
+        for _, writer in held:
+            writer.close()
+
+
+async def test_what_follows_a_request_being_answered_is_read_up_to_a_head(
+        served: Any) -> None:
+    """A client that sends without end while its request is answered fills its socket, not
+    pikud's memory."""
+    path, server, handlers = served
+    sock = socket.socket(socket.AF_UNIX)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, str(path))
+        await loop.sock_sendall(sock, get("/held"))
+        async with asyncio.timeout(DEADLINE):
+            await handlers.entered.wait()
+        with contextlib.suppress(TimeoutError):     # it never ends: nobody reads the rest
+            async with asyncio.timeout(1.0):
+                await loop.sock_sendall(sock, b"x" * (8 << 20))
+        [link] = server._links.values()
+        assert len(link.h11.trailing_data[0]) <= MAX_HEAD + 1
+    finally:
+        handlers.release.set()
+        sock.close()
