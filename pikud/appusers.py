@@ -112,20 +112,65 @@ async def retire(identity: Identity, paths: Paths, app: str) -> bool:
     owner = identity.deploy_owner()
     assert owner is not None
     for folder in (paths.data(app), paths.cache(app)):
-        if folder.is_dir():
+        if folder.is_dir() and not folder.is_symlink():
             await give_tree(folder, owner)
     return await remove(app)
 
 
-async def give_tree(folder: Path, owner: tuple[int, int] | None) -> None:
-    """``folder`` and everything in it to ``owner`` (symlinks themselves, not their
-    targets); nothing when ``owner`` is None."""
+async def give_tree(folder: Path, owner: tuple[int, int] | None, seal: bool = False) -> None:
+    """``folder`` and everything in it to ``owner``; nothing when ``owner`` is None. With
+    ``seal``, group/other write and setuid/setgid go too (a release given back to the deploy
+    user: a step's ``chmod -R a+w`` must not let the app's code rewrite ENV or
+    NGINX_INCLUDE_FILE). AppUserError when ``folder`` is not a folder (a link)."""
     if owner is not None:
-        await asyncio.to_thread(_chown_tree, folder, owner)
+        await asyncio.to_thread(_give_tree, folder, owner, seal)
 
 
-def _chown_tree(folder: Path, owner: tuple[int, int]) -> None:
-    os.chown(folder, *owner, follow_symlinks=False)
-    for parent, dirs, files in os.walk(folder):
-        for name in (*dirs, *files):
-            os.chown(os.path.join(parent, name), *owner, follow_symlinks=False)
+_SEALED = ~(stat.S_ISUID | stat.S_ISGID | stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _give_tree(folder: Path, owner: tuple[int, int], seal: bool) -> None:
+    """Walk by descriptors (fwalk, names relative to their folder's descriptor, no link
+    followed): the app's user may still run and swap a folder for a link mid-walk, and a
+    path re-resolved from the top would let it make root give away what the link names."""
+    try:
+        top = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise AppUserError(f"{folder} is not a folder ({exc.strerror}): pikud changes the "
+                           "owner of folders, never of what a link points to") from None
+    try:
+        _give(top, owner, seal)
+        for _, dirs, files, dir_fd in os.fwalk(dir_fd=top, follow_symlinks=False):
+            for name in (*dirs, *files):
+                os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
+                if seal:
+                    _seal_entry(name, dir_fd)
+    finally:
+        os.close(top)
+
+
+def _give(fd: int, owner: tuple[int, int], seal: bool) -> None:
+    os.fchown(fd, *owner)
+    if seal:
+        _seal(fd, os.fstat(fd).st_mode)
+
+
+def _seal(fd: int, mode: int) -> None:
+    if stat.S_IMODE(mode) & ~_SEALED:
+        os.fchmod(fd, stat.S_IMODE(mode) & _SEALED)
+
+
+def _seal_entry(name: str, dir_fd: int) -> None:
+    """Clear the bits of a file or folder; links, sockets and fifos are left (O_NONBLOCK:
+    a fifo swapped in does not block the open)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError:
+        return          # a link (ELOOP), or gone since the walk listed it
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            _seal(fd, mode)
+    finally:
+        os.close(fd)
