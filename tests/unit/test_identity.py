@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pikud import appusers
+from pikud import appusers, crondeny
 from pikud.errors import AppUserError
 from pikud.identity import Account, Identity, lookup, marker, user_name
 from pikud.paths import LAYOUT, Paths
@@ -89,12 +89,18 @@ def comment(user: str, gecos: str) -> None:
     subprocess.run(["usermod", "--comment", gecos, user], check=True)
 
 
-async def test_a_user_made_for_another_app_is_refused(tmp_path: Path) -> None:
-    """Two app names can meet after the truncation: the GECOS names the app it is for."""
+async def test_a_user_made_for_another_app_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two app names can meet after the truncation: the GECOS names the app it is for. The
+    user is refused cron while it exists (the deny file in a temp folder)."""
     if os.geteuid() != 0:
         pytest.skip("useradd needs root")
+    cron_deny = tmp_path / "cron.deny"
+    monkeypatch.setattr(crondeny, "DENY_FILES", (
+        crondeny.DenyFile(cron_deny, tmp_path / "cron.allow", True),))
     app = f"t{uuid.uuid4().hex[:10]}"
     made = await appusers.ensure(app, tmp_path)
+    assert cron_deny.read_text() == f"{made.name}\n"
     try:
         assert pwd.getpwnam(made.name).pw_gecos == marker(app)
         assert lookup(app) == made and await appusers.ensure(app, tmp_path) == made
@@ -107,6 +113,7 @@ async def test_a_user_made_for_another_app_is_refused(tmp_path: Path) -> None:
     assert lookup(app) is None
     with pytest.raises(KeyError):
         pwd.getpwnam(made.name)
+    assert cron_deny.read_text() == ""
 
 
 def test_loader_variables_cross_the_uid_switch_through_env() -> None:
