@@ -81,7 +81,7 @@ def piku_processes() -> dict[int, str]:
 
 
 @pytest.fixture
-def fresh_machine() -> Iterator[None]:
+def fresh_machine(deny_files_restored: None) -> Iterator[None]:
     """This machine without a piku install; afterwards, the same again (the test
     uninstalls; this removes the piku user and its home, and whatever it ran)."""
     for path in (VENV, SNIPPET, UNIT, SUDOERS):

@@ -58,7 +58,8 @@ def python() -> tuple[str, dict[str, str]]:
 
 
 @pytest.fixture
-def deploy_user(run_id: str, short_root: Path) -> Iterator[pwd.struct_passwd]:
+def deploy_user(run_id: str, short_root: Path, deny_files_restored: None,
+                ) -> Iterator[pwd.struct_passwd]:
     """A system user that owns PIKU_ROOT, as piku does; every piku-APP user of this run's
     apps (GECOS ``pikud app <name with run_id>``) is removed after it."""
     name = f"pkt-{run_id}"
