@@ -2,8 +2,8 @@
 
 ``provision`` runs before an app's processes start (start, deploy, any
 change): it makes ``piku-APP`` if missing (useradd: a system user and its own
-group, no home made, no login shell, GECOS ``pikud app APP``) and sets the
-app's folders:
+group, no home made, no login shell, GECOS ``pikud app APP``), refuses it
+cron and at (crondeny.py) and sets the app's folders:
 
 - ``data/APP``, ``cache/APP`` and ``cache/APP/build`` (its builds' HOME):
   the app user's, 0700 (no other app enters);
@@ -19,7 +19,7 @@ app's folders:
 
 ``retire`` (destroy) gives the kept ``data/APP`` and ``cache/APP`` to the
 deploy user, so a later user that gets the same uid owns nothing of them,
-then removes the user and its group.
+then removes its crontab, the user and its group, and its lines in the deny files.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ import grp
 import logging
 import os
 import shlex
+import shutil
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from pikud import crondeny
 from pikud.errors import AppUserError
 from pikud.identity import Account, Identity, lookup, marker, user_name
 from pikud.nginxaccess import SOCKETS_MODE
@@ -56,18 +58,26 @@ async def _run(argv: Sequence[str]) -> None:
 
 
 async def ensure(app: str, home: Path) -> Account:
-    """``app``'s user, made if missing; AppUserError for a user pikud did not make."""
+    """``app``'s user, made if missing and refused cron and at (crondeny.py); AppUserError
+    for a user pikud did not make."""
     async with _changing:
         account = lookup(app)
-        if account is not None:
-            return account
-        name = user_name(app)
-        await _run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
-                    str(home), "--shell", NOLOGIN, "--comment", marker(app), name])
-        account = lookup(app)
         if account is None:
-            raise AppUserError(f"useradd {name} succeeded but the user cannot be found")
-        log.info("app user: made %s (uid %d) for %s", name, account.uid, app)
+            name = user_name(app)
+            await _run(["useradd", "--system", "--user-group", "--no-create-home",
+                        "--home-dir", str(home), "--shell", NOLOGIN, "--comment", marker(app),
+                        name])
+            account = lookup(app)
+            if account is None:
+                raise AppUserError(f"useradd {name} succeeded but the user cannot be found")
+            log.info("app user: made %s (uid %d) for %s", name, account.uid, app)
+        try:
+            changed = await asyncio.to_thread(crondeny.deny, account.name)
+        except OSError as exc:
+            raise AppUserError(f"cannot add {account.name} to {exc.filename} ({exc.strerror}):"
+                               " app users may not schedule code outside pikud") from None
+        for path in changed:
+            log.info("app user: %s refused in %s", account.name, path)
         return account
 
 
@@ -77,6 +87,7 @@ async def remove(app: str) -> bool:
         account = lookup(app)
         if account is None:
             return False
+        await _forget_crontab(account.name)
         await _run(["userdel", account.name])
         try:
             group = grp.getgrnam(account.name)
@@ -85,7 +96,24 @@ async def remove(app: str) -> bool:
         if group is not None and group.gr_gid == account.gid:
             await _run(["groupdel", account.name])
         log.info("app user: removed %s (uid %d) of %s", account.name, account.uid, app)
+        try:
+            await asyncio.to_thread(crondeny.undeny, account.name)
+        except OSError as exc:
+            log.warning("app user: %s left in %s (%s)", account.name, exc.filename, exc.strerror)
         return True
+
+
+async def _forget_crontab(name: str) -> None:
+    """Remove the crontab ``name`` may have made before it was denied; none is no error."""
+    crontab = shutil.which("crontab", path=TOOLS_PATH)
+    if crontab is None:
+        return
+    lines: list[str] = []
+    info = await run_once([crontab, "-r", "-u", name], env={"PATH": TOOLS_PATH},
+                          cwd=Path("/"), on_line=lines.append, timeout=60)
+    if info.code != 0 and not any("no crontab" in line for line in lines):
+        log.warning("app user: crontab -r -u %s failed (%s): %s", name, info,
+                    " ".join(lines)[-300:])
 
 
 async def provision(identity: Identity, paths: Paths, app: str) -> Account | None:
@@ -112,20 +140,65 @@ async def retire(identity: Identity, paths: Paths, app: str) -> bool:
     owner = identity.deploy_owner()
     assert owner is not None
     for folder in (paths.data(app), paths.cache(app)):
-        if folder.is_dir():
+        if folder.is_dir() and not folder.is_symlink():
             await give_tree(folder, owner)
     return await remove(app)
 
 
-async def give_tree(folder: Path, owner: tuple[int, int] | None) -> None:
-    """``folder`` and everything in it to ``owner`` (symlinks themselves, not their
-    targets); nothing when ``owner`` is None."""
+async def give_tree(folder: Path, owner: tuple[int, int] | None, seal: bool = False) -> None:
+    """``folder`` and everything in it to ``owner``; nothing when ``owner`` is None. With
+    ``seal``, group/other write and setuid/setgid go too (a release given back to the deploy
+    user: a step's ``chmod -R a+w`` must not let the app's code rewrite ENV or
+    NGINX_INCLUDE_FILE). AppUserError when ``folder`` is not a folder (a link)."""
     if owner is not None:
-        await asyncio.to_thread(_chown_tree, folder, owner)
+        await asyncio.to_thread(_give_tree, folder, owner, seal)
 
 
-def _chown_tree(folder: Path, owner: tuple[int, int]) -> None:
-    os.chown(folder, *owner, follow_symlinks=False)
-    for parent, dirs, files in os.walk(folder):
-        for name in (*dirs, *files):
-            os.chown(os.path.join(parent, name), *owner, follow_symlinks=False)
+_SEALED = ~(stat.S_ISUID | stat.S_ISGID | stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _give_tree(folder: Path, owner: tuple[int, int], seal: bool) -> None:
+    """Walk by descriptors (fwalk, names relative to their folder's descriptor, no link
+    followed): the app's user may still run and swap a folder for a link mid-walk, and a
+    path re-resolved from the top would let it make root give away what the link names."""
+    try:
+        top = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise AppUserError(f"{folder} is not a folder ({exc.strerror}): pikud changes the "
+                           "owner of folders, never of what a link points to") from None
+    try:
+        _give(top, owner, seal)
+        for _, dirs, files, dir_fd in os.fwalk(dir_fd=top, follow_symlinks=False):
+            for name in (*dirs, *files):
+                os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
+                if seal:
+                    _seal_entry(name, dir_fd)
+    finally:
+        os.close(top)
+
+
+def _give(fd: int, owner: tuple[int, int], seal: bool) -> None:
+    os.fchown(fd, *owner)
+    if seal:
+        _seal(fd, os.fstat(fd).st_mode)
+
+
+def _seal(fd: int, mode: int) -> None:
+    if stat.S_IMODE(mode) & ~_SEALED:
+        os.fchmod(fd, stat.S_IMODE(mode) & _SEALED)
+
+
+def _seal_entry(name: str, dir_fd: int) -> None:
+    """Clear the bits of a file or folder; links, sockets and fifos are left (O_NONBLOCK:
+    a fifo swapped in does not block the open)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError:
+        return          # a link (ELOOP), or gone since the walk listed it
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            _seal(fd, mode)
+    finally:
+        os.close(fd)

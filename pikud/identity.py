@@ -35,16 +35,20 @@ Stdlib only: appspec.py asks it for the HOME and USER of an app's processes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pwd
 import re
 import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pikud.errors import AppUserError, SpecError
 from pikud.paths import LAYOUT, Paths
+
+log = logging.getLogger(__name__)
 
 LOADER_VARS = frozenset({
     "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH",
@@ -219,12 +223,17 @@ class Identity:
     def own_layout(self, paths: Paths) -> list[Path]:
         """Give the deploy user the layout's folders root made (pikud started as root on a
         new PIKU_ROOT), but nginx/, which stays root's (sealing.py); returns what changed
-        hands."""
+        hands. A link there is left (the deploy user can put PIKU_ROOT/logs -> /etc)."""
         owner = self.deploy_owner()
         changed = []
         for path in [paths.root, *(paths.root / name for name in LAYOUT if name != "nginx")]:
-            if owner is not None and path.stat().st_uid == 0:
-                os.chown(path, *owner)
+            if owner is None:
+                break
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):      # the deploy user's link to /etc, say
+                log.warning("app users: not given to the deploy user, a link: %s", path)
+            elif info.st_uid == 0:
+                os.chown(path, *owner, follow_symlinks=False)
                 changed.append(path)
         return changed
 

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from pikud import identity
+from pikud import crondeny, identity
 from pikud.control.client import Client
 from pikud.identity import Account
 from pikud.procman.children import find_processes
@@ -188,6 +188,23 @@ def short_root() -> Iterator[Path]:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def deny_files_restored() -> Iterator[None]:
+    """/etc/cron.deny and /etc/at.deny as they were before a test whose daemon runs as root
+    (it adds each app user it makes, crondeny.py): the users go at teardown, so do their
+    lines, and a file that was missing."""
+    before = {entry.deny: entry.deny.read_bytes() if entry.deny.exists() else None
+              for entry in crondeny.DENY_FILES}
+    try:
+        yield
+    finally:
+        for path, text in before.items():
+            if text is not None:
+                path.write_bytes(text)
+            else:
+                path.unlink(missing_ok=True)
 
 
 @pytest.fixture

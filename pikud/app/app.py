@@ -24,7 +24,7 @@ from pikud.deploy.checkout import ref_value, wait_for_ref
 from pikud.deploy.pipeline import PushInfo, build_release
 from pikud.deploy.releases import Release
 from pikud.deploy.runtimes import BUILD_KEYS
-from pikud.errors import DeployError, EnvError, PikudError
+from pikud.errors import AppUserError, DeployError, EnvError, PikudError
 from pikud.handover import AppRecord, adopt_slot
 from pikud.identity import user_name
 from pikud.procman.logs import log_files, tail
@@ -317,10 +317,15 @@ class App(AppCore):
                     continue
                 removed.append(str(path))
             self.services.forget(self.name)
-            if await retire(who, self.paths, self.name):
-                removed.append(f"user {user_name(self.name)}")
             kept = [str(p) for p in (self.paths.data(self.name), self.paths.cache(self.name))
                     if p.exists()]
+            try:
+                if await retire(who, self.paths, self.name):
+                    removed.append(f"user {user_name(self.name)}")
+            except AppUserError as exc:     # the app is gone already: say so, never fail here
+                log.warning("%s: app user kept: %s", self.name, exc)
+                kept.append(f"user {user_name(self.name)} ({exc}; remove it with userdel "
+                            "once nothing runs as it)")
             log.info("%s: destroyed", self.name)
             self.services.events.emit(self.name, None, "destroy", f"{self.name}: destroyed")
             return {"removed": removed, "kept": kept}

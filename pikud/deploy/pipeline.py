@@ -161,7 +161,7 @@ async def build_release(paths: Paths, store: ReleaseStore, push: PushInfo | None
             runner(progress, BuildError, app), servers, who.app_owner(app)))
         env = release_env(spec, paths, base_env, source, result)
         await run_step("release", spec, env, source, progress, ReleaseError)
-        await give_tree(source, who.deploy_owner())     # read-only to its running code
+        await give_tree(source, who.deploy_owner(), seal=True)   # read-only to its code
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, source, True)
         raise

@@ -15,6 +15,7 @@ at the end with its home.
 from __future__ import annotations
 
 import contextlib
+import grp
 import http.client
 import json
 import os
@@ -81,7 +82,7 @@ def piku_processes() -> dict[int, str]:
 
 
 @pytest.fixture
-def fresh_machine() -> Iterator[None]:
+def fresh_machine(deny_files_restored: None) -> Iterator[None]:
     """This machine without a piku install; afterwards, the same again (the test
     uninstalls; this removes the piku user and its home, and whatever it ran)."""
     for path in (VENV, SNIPPET, UNIT, SUDOERS):
@@ -242,7 +243,7 @@ def test_install_as_root_runs_each_app_as_its_own_user(fresh_machine: None,
     """--as-root: pikud as root (nginx's master too, its workers www-data, as on a real
     server); a push over ssh as piku builds and runs the app as piku-hello, served by nginx
     through the app's own socket folder. Running the installer again without --as-root
-    gives piku its files back."""
+    stops it and gives piku all its files back: pikud as piku then finds hello."""
     base = Path(tempfile.mkdtemp(prefix="pki-", dir="/tmp"))
     base.chmod(0o755)
     (base / "include").mkdir()
@@ -271,13 +272,26 @@ def test_install_as_root_runs_each_app_as_its_own_user(fresh_machine: None,
         folder = HOME / ".piku" / "nginx" / "sockets" / "piku-hello"
         assert folder.stat().st_uid == app_user.pw_uid and any(folder.iterdir())
 
-        stop_session(daemon, signal.SIGTERM, DEADLINE)
-        back = install(*ports, "--host", "127.0.0.1")
+        back = install(*ports, "--host", "127.0.0.1")      # stops the root pikud first
         assert "User=piku" in UNIT.read_text() and "runs as piku again" in back, back
+        assert f"stopping pikud (pid {daemon.pid})" in back and daemon.wait(DEADLINE) == 0
         assert "piku-hello" in back                         # the users to remove by hand
-        data = (HOME / ".piku" / "data" / "hello").stat()
-        assert data.st_uid == pwd.getpwnam("piku").pw_uid
-        assert (HOME / ".piku" / "pikud.toml").stat().st_uid == pwd.getpwnam("piku").pw_uid
+        piku = pwd.getpwnam("piku").pw_uid
+        for path in ("data/hello", "pikud.toml", "pikud/state.json", "audit.log",
+                     *(str(log.relative_to(HOME / ".piku"))
+                       for log in (HOME / ".piku" / "logs" / "hello").glob("*.log"))):
+            assert (HOME / ".piku" / path).stat().st_uid == piku, path
+        assert (HOME / ".piku" / "nginx" / "sockets").stat().st_gid \
+            == grp.getgrnam("www-data").gr_gid
+        # pikud as piku, started as printed, reads what root wrote: hello is there.
+        start = next(line.strip() for line in back.splitlines() if "pikud serve" in line)
+        with open(base / "pikud.log", "ab") as log:
+            daemon = subprocess.Popen(shlex.split(start), stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        wait_for(lambda: daemon_answers(daemon, base), DEADLINE, "pikud's control socket")
+        apps = subprocess.run(shlex.split(start.replace("pikud serve", "piku apps")),
+                              capture_output=True, text=True, timeout=DEADLINE)
+        assert apps.returncode == 0 and "hello" in apps.stdout, apps.stdout + apps.stderr
     finally:
         if daemon is not None and daemon.poll() is None:
             stop_session(daemon, signal.SIGTERM, DEADLINE)

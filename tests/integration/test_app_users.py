@@ -58,7 +58,8 @@ def python() -> tuple[str, dict[str, str]]:
 
 
 @pytest.fixture
-def deploy_user(run_id: str, short_root: Path) -> Iterator[pwd.struct_passwd]:
+def deploy_user(run_id: str, short_root: Path, deny_files_restored: None,
+                ) -> Iterator[pwd.struct_passwd]:
     """A system user that owns PIKU_ROOT, as piku does; every piku-APP user of this run's
     apps (GECOS ``pikud app <name with run_id>``) is removed after it."""
     name = f"pkt-{run_id}"
@@ -199,6 +200,21 @@ def test_each_app_runs_as_its_own_user(as_root: Pikud, short_root: Path,
         grp.getgrnam(a.pw_name)
     assert owner_mode(short_root / "data" / alpha)[0] == deployer
     assert pwd.getpwuid(ran.stat().st_uid).pw_name == deployer
+
+    # A process of the app's user that pikud did not start (userdel refuses): destroy still
+    # finishes, and says the user was kept and why.
+    stray = subprocess.Popen(["sleep", "1000"], user=b.pw_uid, group=b.pw_gid,
+                             extra_groups=[], start_new_session=True)
+    try:
+        answer = pikud.api("DELETE", f"/apps/{beta}")
+    finally:
+        stray.kill()
+        stray.wait(10)
+    assert f"user {b.pw_name}" not in answer["removed"]
+    assert [line for line in answer["kept"] if line.startswith(f"user {b.pw_name} (")], answer
+    assert pwd.getpwnam(b.pw_name).pw_uid == b.pw_uid
+    assert f"{beta}: app user kept:" in pikud.output()
+    assert beta not in [app["name"] for app in pikud.api("GET", "/apps")["apps"]]
 
 
 def test_a_deploy_user_that_does_not_exist_stops_the_start(short_root: Path,

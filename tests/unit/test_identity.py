@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from pikud import appusers
+from pikud import appusers, crondeny
 from pikud.errors import AppUserError
 from pikud.identity import Account, Identity, lookup, marker, user_name
-from pikud.paths import Paths
+from pikud.paths import LAYOUT, Paths
 
 NAME = re.compile(r"[a-z0-9_-]{1,32}")      # what every useradd takes (Ubuntu 22.04's too)
 
@@ -88,12 +89,18 @@ def comment(user: str, gecos: str) -> None:
     subprocess.run(["usermod", "--comment", gecos, user], check=True)
 
 
-async def test_a_user_made_for_another_app_is_refused(tmp_path: Path) -> None:
-    """Two app names can meet after the truncation: the GECOS names the app it is for."""
+async def test_a_user_made_for_another_app_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two app names can meet after the truncation: the GECOS names the app it is for. The
+    user is refused cron while it exists (the deny file in a temp folder)."""
     if os.geteuid() != 0:
         pytest.skip("useradd needs root")
+    cron_deny = tmp_path / "cron.deny"
+    monkeypatch.setattr(crondeny, "DENY_FILES", (
+        crondeny.DenyFile(cron_deny, tmp_path / "cron.allow", True),))
     app = f"t{uuid.uuid4().hex[:10]}"
     made = await appusers.ensure(app, tmp_path)
+    assert cron_deny.read_text() == f"{made.name}\n"
     try:
         assert pwd.getpwnam(made.name).pw_gecos == marker(app)
         assert lookup(app) == made and await appusers.ensure(app, tmp_path) == made
@@ -106,6 +113,7 @@ async def test_a_user_made_for_another_app_is_refused(tmp_path: Path) -> None:
     assert lookup(app) is None
     with pytest.raises(KeyError):
         pwd.getpwnam(made.name)
+    assert cron_deny.read_text() == ""
 
 
 def test_loader_variables_cross_the_uid_switch_through_env() -> None:
@@ -120,3 +128,70 @@ def test_loader_variables_cross_the_uid_switch_through_env() -> None:
          "LD_PRELOAD=/x.so", "TMPDIR=/t", "sh", "-c", "x"], {"PATH": "/bin"})
     assert who.past_root(["sh", "-c", "x"], env) == (["sh", "-c", "x"], env)
     assert Identity().past_root(argv, env) == (argv, env)
+
+
+@pytest.fixture
+def nobody() -> tuple[int, int]:
+    """(uid, gid) to give trees to; chown needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    entry = pwd.getpwnam("nobody")
+    return entry.pw_uid, entry.pw_gid
+
+
+async def test_a_release_given_back_loses_group_and_other_write_and_set_id_bits(
+        tmp_path: Path, nobody: tuple[int, int]) -> None:
+    """A release step's `chmod -R a+w .` must not leave the release writable by the app's
+    code; links are given as links, what they name is not touched."""
+    release, outside = tmp_path / "release", tmp_path / "outside"
+    (release / "sub").mkdir(parents=True)
+    outside.write_text("x")
+    os.chmod(outside, 0o666)
+    (release / "ENV").write_text("A=1\n")
+    (release / "tool").write_text("#!/bin/sh\n")
+    (release / "link").symlink_to(outside)
+    os.mkfifo(release / "sub" / "fifo")
+    for path, mode in ((release / "ENV", 0o666), (release / "tool", 0o6777),
+                       (release / "sub", 0o3777), (release, 0o777),
+                       (release / "sub" / "fifo", 0o666)):
+        os.chmod(path, mode)
+    await appusers.give_tree(release, nobody, seal=True)
+    modes = {path.name: stat.S_IMODE(path.lstat().st_mode)
+             for path in (release, *release.rglob("*"))}
+    assert modes == {"release": 0o755, "sub": 0o1755, "ENV": 0o644, "tool": 0o755,
+                     "link": 0o777, "fifo": 0o666}, modes
+    assert {(p.lstat().st_uid, p.lstat().st_gid) for p in (release, *release.rglob("*"))} \
+        == {nobody}
+    assert (outside.stat().st_uid, stat.S_IMODE(outside.stat().st_mode)) == (0, 0o666)
+
+
+async def test_a_tree_given_through_a_link_is_refused_and_its_target_kept(
+        tmp_path: Path, nobody: tuple[int, int]) -> None:
+    """An app can swap its own folder for a link to /etc: root must not follow it."""
+    target = tmp_path / "etc"
+    target.mkdir()
+    (target / "shadow").write_text("root:x\n")
+    link = tmp_path / "data"
+    link.symlink_to(target)
+    with pytest.raises(AppUserError, match=f"{link} is not a folder"):
+        await appusers.give_tree(link, nobody)
+    assert (target / "shadow").stat().st_uid == 0 and target.stat().st_uid == 0
+
+
+def test_a_link_in_the_layout_is_not_followed_when_root_gives_it_away(
+        tmp_path: Path, nobody: tuple[int, int]) -> None:
+    """The deploy user can make PIKU_ROOT/logs a link to /etc: pikud's start must not give
+    /etc away; the folders root made are given."""
+    paths = Paths(tmp_path / "piku")
+    for name in LAYOUT:
+        if name != "logs":
+            (paths.root / name).mkdir(parents=True)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (paths.root / "logs").symlink_to(etc)
+    who = Identity(Account("piku", *nobody, str(tmp_path)), "/usr/bin/setpriv", "/bin/env")
+    changed = who.own_layout(paths)
+    assert etc.stat().st_uid == 0
+    assert set(changed) == {paths.root, *(paths.root / name for name in LAYOUT
+                                          if name not in ("logs", "nginx"))}
+    assert (paths.root / "apps").stat().st_uid == nobody[0]
