@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,8 @@ from pikud.control.guard import ACCESS, Access, guard
 from pikud.control.http import HttpServer
 from pikud.control.protocol import ok
 from pikud.control.request import Reply, Request, Route, RouteTable, Stream, Values
+
+from .test_http import accepting
 
 DEADLINE = 5.0
 
@@ -41,11 +42,7 @@ async def test_a_change_whose_client_leaves_is_audited(tmp_path: Path) -> None:
     shared[ACCESS] = Access(RuleBook(tmp_path / "access.json"), PushTickets(), audit)
     server = HttpServer(RouteTable([Route("POST", "/apps/{app}/config", forever)]), shared,
                         respond, idle_timeout=DEADLINE)
-    path = tmp_path / "s.sock"
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(path))
-    sock.listen()
-    await server.accept(sock)
+    path = await accepting(server, tmp_path)
     try:
         _, writer = await asyncio.open_unix_connection(str(path))
         writer.write(b"POST /apps/a/config HTTP/1.1\r\nHost: pikud\r\nContent-Length: 2\r\n\r\n{}")

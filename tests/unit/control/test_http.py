@@ -68,6 +68,16 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Path, HttpServer, Handle
         yield ready
 
 
+async def accepting(server: HttpServer, tmp_path: Path) -> Path:
+    """``server`` accepting on a real unix socket in ``tmp_path``; its path."""
+    path = tmp_path / "s.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.listen()
+    await server.accept(sock)
+    return path
+
+
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, max_links: int = MAX_LINKS,
                   ) -> AsyncIterator[tuple[Path, HttpServer, Handlers]]:
@@ -78,11 +88,7 @@ async def serving(tmp_path: Path, max_links: int = MAX_LINKS,
                         Route("GET", "/held", handlers.held),
                         Route("GET", "/lines", handlers.lines)])
     server = HttpServer(table, Values(), respond, idle_timeout=DEADLINE, max_links=max_links)
-    path = tmp_path / "s.sock"
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(path))
-    sock.listen()
-    await server.accept(sock)
+    path = await accepting(server, tmp_path)
     try:
         yield path, server, handlers
     finally:
