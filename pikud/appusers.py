@@ -87,8 +87,15 @@ async def remove(app: str) -> bool:
         account = lookup(app)
         if account is None:
             return False
-        await _forget_crontab(account.name)
-        await _run(["userdel", account.name])
+        # crontab refuses a user in cron.deny, even for root: let it out for the removal,
+        # and back in if the user stays (userdel refuses while a process runs as it)
+        await _allow_cron(account.name, True)
+        try:
+            await _forget_crontab(account.name)
+            await _run(["userdel", account.name])
+        except BaseException:
+            await _allow_cron(account.name, False)
+            raise
         try:
             group = grp.getgrnam(account.name)
         except KeyError:
@@ -96,11 +103,16 @@ async def remove(app: str) -> bool:
         if group is not None and group.gr_gid == account.gid:
             await _run(["groupdel", account.name])
         log.info("app user: removed %s (uid %d) of %s", account.name, account.uid, app)
-        try:
-            await asyncio.to_thread(crondeny.undeny, account.name)
-        except OSError as exc:
-            log.warning("app user: %s left in %s (%s)", account.name, exc.filename, exc.strerror)
         return True
+
+
+async def _allow_cron(name: str, allowed: bool) -> None:
+    """Take ``name`` out of the deny files, or put it back; a failure is logged."""
+    try:
+        await asyncio.to_thread(crondeny.undeny if allowed else crondeny.deny, name)
+    except OSError as exc:
+        log.warning("app user: %s not %s %s (%s)", name, "taken out of" if allowed else
+                    "put back in", exc.filename, exc.strerror)
 
 
 async def _forget_crontab(name: str) -> None:

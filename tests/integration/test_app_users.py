@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from pikud import crondeny
 from pikud.identity import MARKER, user_name
 from tests.conftest import FAST, Pikud
 from tests.waiting import wait_for
@@ -190,10 +191,24 @@ def test_each_app_runs_as_its_own_user(as_root: Pikud, short_root: Path,
                for entry in audit)
     (short_root / "pikud.sock").chmod(0o600)
 
+    # The app's user may not use cron (scripts/test-deps installs it); a crontab root gave
+    # it anyway goes with destroy.
+    crontab = shutil.which("crontab")
+    assert crontab, "cron is a test dependency (scripts/test-deps)"
+    assert a.pw_name in Path("/etc/cron.deny").read_text().split()
+    crondeny.undeny(a.pw_name)                  # crontab refuses a denied user, even root
+    subprocess.run([crontab, "-u", a.pw_name, "-"], input="* * * * * true\n", text=True,
+                   check=True, timeout=30)
+    crondeny.deny(a.pw_name)
+    spooled = Path("/var/spool/cron/crontabs", a.pw_name)
+    assert spooled.exists()
+
     # destroy removes the user; what it keeps goes to the deploy user.
     result = run_as(deploy_user.pw_uid, deploy_user.pw_gid, [*cli, "destroy", alpha],
                      env)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert not spooled.exists()
+    assert a.pw_name not in Path("/etc/cron.deny").read_text().split()
     with pytest.raises(KeyError):
         pwd.getpwnam(a.pw_name)
     with pytest.raises(KeyError):
