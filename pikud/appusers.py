@@ -36,7 +36,7 @@ from pathlib import Path
 
 from pikud import crondeny
 from pikud.errors import AppUserError
-from pikud.identity import Account, Identity, lookup, marker, user_name
+from pikud.identity import Account, Identity, lookup, marker, open_folder, user_name
 from pikud.nginxaccess import SOCKETS_MODE
 from pikud.paths import Paths
 from pikud.procman.oneshot import run_once
@@ -173,11 +173,7 @@ def _give_tree(folder: Path, owner: tuple[int, int], seal: bool) -> None:
     """Walk by descriptors (fwalk, names relative to their folder's descriptor, no link
     followed): the app's user may still run and swap a folder for a link mid-walk, and a
     path re-resolved from the top would let it make root give away what the link names."""
-    try:
-        top = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise AppUserError(f"{folder} is not a folder ({exc.strerror}): pikud changes the "
-                           "owner of folders, never of what a link points to") from None
+    top = open_folder(folder)
     try:
         _give(top, owner, seal)
         for _, dirs, files, dir_fd in os.fwalk(dir_fd=top, follow_symlinks=False):

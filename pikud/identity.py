@@ -207,12 +207,7 @@ class Identity:
         a descriptor of the folder itself: a link there (an app can put one in its own
         cache/APP) is refused, never followed to a folder root would hand over."""
         path.mkdir(mode=mode, parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise AppUserError(f"{path} is not a folder ({exc.strerror}): pikud changes the "
-                               "owner of folders, never of what a link points to; remove it"
-                               ) from None
+        fd = open_folder(path)
         try:
             if owner is not None:
                 os.fchown(fd, *owner)
@@ -236,6 +231,17 @@ class Identity:
                 os.chown(path, *owner, follow_symlinks=False)
                 changed.append(path)
         return changed
+
+
+def open_folder(path: Path) -> int:
+    """A descriptor of the folder ``path`` itself; AppUserError when it is a link (or not a
+    folder), which root must never follow to hand over what it points to."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise AppUserError(f"{path} is not a folder ({exc.strerror}): pikud changes the "
+                           "owner of folders, never of what a link points to; remove it"
+                           ) from None
 
 
 def resolve(deploy_user: str | None, root: Path, settings_file: str) -> Identity:
