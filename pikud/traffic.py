@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from pikud import identity
 from pikud.appspec import STATIC_KIND, WEB_KINDS, AppSpec
 from pikud.errors import EnvError
-from pikud.nginxaccess import Blocked, sockets_blocked
+from pikud.nginxaccess import Blocked, fix_all, sockets_blocked
 from pikud.paths import Paths
 from pikud.procman.process import ProcessSpec
 from pikud.proxy.acme import Acme, root_ca
@@ -100,8 +100,7 @@ class Traffic:
         user = await self.nginx.worker_user()
         found = self._sockets_blocked(app, user)
         if found and os.geteuid() == 0:
-            for item in found:
-                item.fix()
+            fix_all(found)
             found = self._sockets_blocked(app, user)
         return found[0].advice() if found else None
 
