@@ -77,29 +77,34 @@ def push(work: Path, env: Mapping[str, str], check: bool = True
     return git(work, "push", "piku", "main", env=dict(env), check=check)
 
 
-def python_app(work: Path, version: str = "v1", procfile: str | None = None,
-               extra: dict[str, str] | None = None) -> Path:
-    """A web app with a requirements.txt naming a local wheel; committed on main."""
+def committed(work: Path, files: Mapping[str, str], message: str) -> Path:
+    """``work`` with ``files`` written (a repository on main, made if missing) and
+    everything in it committed."""
     work.mkdir(parents=True, exist_ok=True)
     if not (work / ".git").exists():
         git(work, "init", "--quiet", "--initial-branch=main")
         git(work, "config", "user.email", "tester@example.invalid")
         git(work, "config", "user.name", "Tester")
+    for name, text in files.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(text)
+    git(work, "add", "-A")
+    git(work, "commit", "--quiet", "--allow-empty", "-m", message)
+    return work
+
+
+def python_app(work: Path, version: str = "v1", procfile: str | None = None,
+               extra: dict[str, str] | None = None) -> Path:
+    """A web app with a requirements.txt naming a local wheel; committed on main."""
     make_wheel(work / "wheels")
-    files = {
+    return committed(work, {
         "requirements.txt": "./wheels/tinypkg-1.0-py3-none-any.whl\n",
         "server.py": WEB_APP,
         "VERSION": version + "\n",
         "Procfile": procfile or "web: python3 server.py\n",
         "ENV": "PIKU_START_SECS=0.5\nPIKU_STOP_TIMEOUT=3\n",
         **(extra or {}),
-    }
-    for name, text in files.items():
-        (work / name).parent.mkdir(parents=True, exist_ok=True)
-        (work / name).write_text(text)
-    git(work, "add", "-A")
-    git(work, "commit", "--quiet", "--allow-empty", "-m", f"version {version}")
-    return work
+    }, f"version {version}")
 
 
 def get(where: int | str, timeout: float = 5) -> str:

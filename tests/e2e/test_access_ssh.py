@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import FAST, Pikud
-from tests.e2e.apps import git
+from tests.e2e.apps import committed, git
 from tests.e2e.conftest import SshServer
 
 KEY = "tester@laptop"           # the sshd fixture's key, named by its comment
@@ -20,15 +20,7 @@ def grant(pikud: Pikud, key: str, app: str, role: str) -> None:
 
 def procfile_app(work: Path) -> Path:
     """A work tree that needs no build (the generic runtime): quick to push."""
-    work.mkdir(parents=True)
-    git(work, "init", "--quiet", "--initial-branch=main")
-    git(work, "config", "user.email", "tester@example.invalid")
-    git(work, "config", "user.name", "Tester")
-    (work / "Procfile").write_text("worker: sleep 300\n")
-    (work / "ENV").write_text(FAST)
-    git(work, "add", "-A")
-    git(work, "commit", "--quiet", "-m", "one")
-    return work
+    return committed(work, {"Procfile": "worker: sleep 300\n", "ENV": FAST}, "one")
 
 
 def test_the_key_name_cannot_be_forged(pikud: Pikud, sshd: SshServer) -> None:

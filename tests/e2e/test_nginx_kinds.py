@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Pikud
-from tests.e2e.apps import git, local_remote, push, python_app
+from tests.e2e.apps import committed, local_remote, push, python_app
 from tests.e2e.test_nginx_deploy import site_env
 from tests.e2e.test_push import ASGI_APP, FD_APP
 from tests.integration.nginx_server import NginxServer
@@ -41,15 +41,8 @@ def named(server: NginxServer, app: str, extra: str = "") -> str:
 
 def static_site(work: Path, env: str) -> Path:
     """A repository with only a `static:` entry and its files: no runtime, no process."""
-    (work / "public").mkdir(parents=True)
-    (work / "public" / "index.html").write_text("<h1>static s1</h1>\n")
-    (work / "Procfile").write_text("static: /:public\n")
-    (work / "ENV").write_text(env)
-    git(work, "init", "--quiet", "--initial-branch=main")
-    git(work, "-c", "user.email=t@example.invalid", "-c", "user.name=T", "add", "-A")
-    git(work, "-c", "user.email=t@example.invalid", "-c", "user.name=T",
-        "commit", "--quiet", "-m", "static")
-    return work
+    return committed(work, {"public/index.html": "<h1>static s1</h1>\n",
+                            "Procfile": "static: /:public\n", "ENV": env}, "static")
 
 
 def test_every_serving_kind_answers_through_nginx(

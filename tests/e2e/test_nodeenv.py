@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Pikud, wait_for
-from tests.e2e.apps import get, git, local_remote, push
+from tests.e2e.apps import committed, get, local_remote, push
 from tests.node_mirror import node_mirror, nodeenv_alone
 
 SERVER_JS = """\
@@ -21,24 +21,16 @@ require("http").createServer((request, response) => {
 @pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None,
                     reason="node and npm are not installed")
 def test_a_push_runs_on_the_node_nodeenv_installed(pikud: Pikud, tmp_path: Path) -> None:
-    work = tmp_path / "nodeapp"
-    work.mkdir()
     with node_mirror() as mirror:
         major = mirror.version.split(".")[0]
-        files = {
+        work = committed(tmp_path / "nodeapp", {
             "package.json": '{"name": "nodeapp", "version": "1.0.0"}\n',
             "server.js": SERVER_JS,
             "Procfile": "web: node server.js\n",
             # PATH: a server with nodeenv and no node, for the build and the processes
             "ENV": (f"PIKU_START_SECS=0.3\nNODE_VERSION={major}\nNODEENV_MIRROR={mirror.url}\n"
                     f"PATH={nodeenv_alone(tmp_path / 'server-bin')}\n"),
-        }
-        for name, text in files.items():
-            (work / name).write_text(text)
-        git(work, "init", "--quiet", "--initial-branch=main")
-        git(work, "add", "-A")
-        git(work, "-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit",
-            "--quiet", "-m", "node app")
+        }, "node app")
         local_remote(work, "nodeapp")
         out = push(work, pikud.env).stderr
     assert "there is no node on this server's PATH; installing it with nodeenv" in out, out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pikud.procman.children import descendants
 from tests.conftest import Pikud, alive, wait_for
-from tests.e2e.apps import WEB_APP, address, get, git, local_remote, push, python_app
+from tests.e2e.apps import WEB_APP, address, committed, get, git, local_remote, push, python_app
 from tests.e2e.conftest import SshServer
 
 
@@ -208,14 +208,9 @@ def test_local_remote_without_ssh_and_old_releases_are_pruned(pikud: Pikud,
 def test_an_unknown_nginx_key_is_reported_at_push_and_config_set(pikud: Pikud,
                                                                 tmp_path: Path) -> None:
     """A mistyped NGINX_* key is a warning in the push and once in the app's log, not silence."""
-    work = tmp_path / "typo"
-    work.mkdir()
-    (work / "Procfile").write_text("worker: sleep 300\n")
-    (work / "ENV").write_text("PIKU_START_SECS=0.2\nNGINX_HTTPS_ONY=true\n")
-    git(work, "init", "--quiet", "--initial-branch=main")
-    git(work, "add", "-A")
-    git(work, "-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "--quiet",
-        "-m", "a typo")
+    work = committed(tmp_path / "typo", {"Procfile": "worker: sleep 300\n",
+                                         "ENV": "PIKU_START_SECS=0.2\nNGINX_HTTPS_ONY=true\n"},
+                     "a typo")
     local_remote(work, "typo")
     out = git(work, "push", "piku", "main", env=dict(pikud.env)).stderr
     warning = ("NGINX_HTTPS_ONY is not an nginx setting pikud knows; it is ignored "
@@ -229,15 +224,10 @@ def test_an_unknown_nginx_key_is_reported_at_push_and_config_set(pikud: Pikud,
 def test_a_push_says_how_each_limit_is_enforced(pikud: Pikud, tmp_path: Path) -> None:
     """These machines have no delegated cgroup v2: memory and files are rlimits, a CPU share
     cannot be enforced, and a per-kind key for no kind is a warning."""
-    work = tmp_path / "capped"
-    work.mkdir()
-    (work / "Procfile").write_text("worker: sleep 300\n")
-    (work / "ENV").write_text("PIKU_START_SECS=0.2\nPIKU_NOFILE_MAX=256\n"
-                              "PIKU_CPU_MAX_WORKER=25%\nPIKU_MEMORY_MAX_WROKER=1G\n")
-    git(work, "init", "--quiet", "--initial-branch=main")
-    git(work, "add", "-A")
-    git(work, "-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "--quiet",
-        "-m", "limits")
+    work = committed(tmp_path / "capped", {
+        "Procfile": "worker: sleep 300\n",
+        "ENV": ("PIKU_START_SECS=0.2\nPIKU_NOFILE_MAX=256\n"
+                "PIKU_CPU_MAX_WORKER=25%\nPIKU_MEMORY_MAX_WROKER=1G\n")}, "limits")
     local_remote(work, "capped")
     out = git(work, "push", "piku", "main", env=dict(pikud.env)).stderr
     assert ("remote: -----> Limit PIKU_CPU_MAX_WORKER 25% on worker: cannot be enforced: "

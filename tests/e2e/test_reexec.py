@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Pikud, wait_for
-from tests.e2e.apps import git, local_remote, push
+from tests.e2e.apps import committed, local_remote, push
 from tests.e2e.test_nginx_deploy import site_env, statuses_of
 from tests.integration.nginx_server import NginxServer
 from tests.integration.test_reexec import PID_SERVER, Load, pids, reexec
@@ -17,19 +17,11 @@ from tests.integration.test_reexec import PID_SERVER, Load, pids, reexec
 
 def plain_app(work: Path, version: str, env: str = "") -> Path:
     """A web app with no runtime to build (a push takes seconds): it answers its version."""
-    work.mkdir(parents=True, exist_ok=True)
-    if not (work / ".git").exists():
-        git(work, "init", "--quiet", "--initial-branch=main")
-        git(work, "config", "user.email", "tester@example.invalid")
-        git(work, "config", "user.name", "Tester")
     server = PID_SERVER.replace("str(os.getpid()).encode()", f"b{version!r}")
-    files = {"Procfile": "web: exec python3 server.py\n", "server.py": server,
-             "ENV": "PIKU_START_SECS=0.3\nPIKU_STOP_TIMEOUT=3\nPIKU_LISTEN_FDS=true\n" + env}
-    for name, text in files.items():
-        (work / name).write_text(text)
-    git(work, "add", "-A")
-    git(work, "commit", "--quiet", "-m", f"version {version}")
-    return work
+    return committed(work, {
+        "Procfile": "web: exec python3 server.py\n", "server.py": server,
+        "ENV": "PIKU_START_SECS=0.3\nPIKU_STOP_TIMEOUT=3\nPIKU_LISTEN_FDS=true\n" + env,
+    }, f"version {version}")
 
 
 def test_a_push_during_a_reexec_finishes_and_the_new_image_serves_it(
