@@ -33,14 +33,20 @@ Figures:
   workers; piku: each vassal's master and workers) over the number of apps,
   once the set of processes stayed the same for 2 s, every app having
   answered through nginx; apps 2.. are the same app pushed under other names
-  (each with its own environment, from the warm cache). The supervisor's own
-  PSS (pikud, or the uWSGI emperor) is the row below.
+  (each with its own environment, from the warm cache). Taken idle, then again
+  after ``--load`` seconds of ``wrk -t2 -c8`` through nginx at each app in turn
+  (serving is what makes uWSGI's forked workers stop sharing their pages). The
+  supervisor's own PSS (pikud, or the uWSGI emperor) is the row below.
+
+Each setup runs with its own defaults, as a user gets them: granian 1 worker
+with 4 threads and 2 runtime threads, gunicorn (like piku's vassal) 2 processes
+x 4 threads. ``--piku-tuning`` gives pikud's apps piku's ``UWSGI_PROCESSES=2``
+and ``UWSGI_THREADS=4``.
 
 The piku column needs Debian's ``uwsgi``, ``uwsgi-plugin-python3`` and
-``virtualenv`` (``apt-get install uwsgi uwsgi-plugin-python3 virtualenv``;
-``bench/run wsgi`` installs the first two when run as root); without uwsgi the
-table has the pikud columns only. Every process started is stopped in
-``finally`` blocks.
+``virtualenv``, and the load needs ``wrk``: ``bench/run push`` installs them
+when run as root. Without uwsgi the table has the pikud columns only; without
+wrk, no PSS after load. Every process started is stopped in ``finally`` blocks.
 """
 
 from __future__ import annotations
@@ -93,9 +99,10 @@ class Deploys:
     redeploy_push: list[float] = field(default_factory=list)
     redeploy_new: list[float] = field(default_factory=list)
     restart: list[float] = field(default_factory=list)
-    pss_per_app: dict[int, float] = field(default_factory=dict)     # apps -> MiB
-    processes: dict[int, int] = field(default_factory=dict)         # apps -> under supervisor
-    pss_supervisor: dict[int, float] = field(default_factory=dict)  # apps -> MiB
+    # keyed by (apps, after load): MiB, processes under the supervisor, the supervisor's MiB
+    pss_per_app: dict[tuple[int, bool], float] = field(default_factory=dict)
+    processes: dict[tuple[int, bool], int] = field(default_factory=dict)
+    pss_supervisor: dict[tuple[int, bool], float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -167,20 +174,40 @@ def settled(pids: Callable[[], list[int]]) -> list[int]:
     raise RuntimeError(f"the app processes still changed after {DEADLINE:g} s")
 
 
+def load(fig: Deploys, port: int, hosts: list[str], seconds: float) -> bool:
+    """``wrk -t2 -c8`` through nginx for ``seconds`` at each site of ``hosts`` in turn;
+    False (and a note) when wrk is missing."""
+    if not shutil.which("wrk"):
+        fig.notes.append("no wrk on PATH: no PSS after load (apt-get install wrk)")
+        return False
+    for host in hosts:
+        run(["wrk", "-t2", "-c8", f"-d{seconds:g}s", "-H", f"Host: {host}",
+             f"http://127.0.0.1:{port}/"], timeout=seconds + 60)
+    return True
+
+
 def app_memory(fig: Deploys, port: int, add: Callable[[str], None], supervisor: int,
                args: argparse.Namespace) -> None:
     """PSS per app with the one app, then with ``args.apps`` (``add`` deploys one more
-    under the name it is given, answering ``Hello from <name>``)."""
-    def take(apps: int) -> None:
+    under the name it is given, answering ``Hello from <name>``); each idle, then after
+    ``args.load`` seconds of load at each app."""
+    def take(apps: int, loaded: bool) -> None:
         pids = settled(lambda: descendants(supervisor))
-        fig.pss_per_app[apps] = memory(pids)[1] / apps
-        fig.processes[apps] = len(pids)
-        fig.pss_supervisor[apps] = memory([supervisor])[1]
-    take(1)
+        fig.pss_per_app[apps, loaded] = memory(pids)[1] / apps
+        fig.processes[apps, loaded] = len(pids)
+        fig.pss_supervisor[apps, loaded] = memory([supervisor])[1]
+
+    hosts = [HOST]
+    take(1, False)
+    if load(fig, port, hosts, args.load):
+        take(1, True)
     for n in range(2, args.apps + 1):
         add(f"bench{n}")
         answers(port, f"bench{n}", time.monotonic(), host=f"bench{n}.example")
-    take(args.apps)
+        hosts.append(f"bench{n}.example")
+    take(args.apps, False)
+    if load(fig, port, hosts, args.load):
+        take(args.apps, True)
 
 
 def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Deploys:
@@ -195,7 +222,7 @@ def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Depl
     work_tree(work, receivepack)
 
     def push(version: str, remote: str = "piku", host: str = HOST) -> None:
-        commit_app(work, version, app_settings(nginx, server, host)
+        commit_app(work, version, app_settings(nginx, server, host, args.piku_tuning)
                    + f"PIKU_PYTHON_INSTALLER={args.installer}\n")
         run(["git", "-C", str(work), "push", "--quiet", remote, "main"], env=env, timeout=600)
 
@@ -349,20 +376,26 @@ def report(figs: list[Deploys], args: argparse.Namespace, elapsed: float) -> Non
         (f"restart: command wall time, median of {args.restarts} (s)",
          [median(f.restart) for f in figs]),
     ]
+    def mib(values: dict[tuple[int, bool], float], key: tuple[int, bool]) -> str:
+        return f"{values[key]:.1f}" if key in values else "-"
+
     for apps in sorted({1, args.apps}):
-        rows += [(f"PSS per app, {apps} app{'s' if apps > 1 else ''}: the app's processes (MiB)",
-                  [f"{f.pss_per_app[apps]:.1f}" if apps in f.pss_per_app else "-" for f in figs]),
-                 (f"processes under the supervisor with {apps} app{'s' if apps > 1 else ''}",
-                  [str(f.processes.get(apps, "-")) for f in figs]),
-                 (f"PSS of the supervisor (pikud, emperor) with {apps} app{'s' if apps > 1 else ''}"
-                  " (MiB)", [f"{f.pss_supervisor[apps]:.1f}" if apps in f.pss_supervisor else "-"
-                             for f in figs])]
+        for loaded in (False, True):
+            key, when = (apps, loaded), f"after {args.load:g} s of load" if loaded else "idle"
+            n = f"{apps} app{'s' if apps > 1 else ''}"
+            rows += [(f"PSS per app, {n}, {when}: the app's processes (MiB)",
+                      [mib(f.pss_per_app, key) for f in figs]),
+                     (f"processes under the supervisor, {n}, {when}",
+                      [str(f.processes.get(key, "-")) for f in figs]),
+                     (f"PSS of the supervisor (pikud, emperor), {n}, {when} (MiB)",
+                      [mib(f.pss_supervisor, key) for f in figs])]
     names = [f.name for f in figs]
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     print(f"\n{platform.node()}: {os.cpu_count()} cores, Linux {platform.release()}, "
           f"CPython {platform.python_version()}, pikud at {commit} (its Python apps built "
-          f"with {args.installer}); load average {os.getloadavg()[0]:.2f} after a "
+          f"with {args.installer}, {'piku' if args.piku_tuning else 'its own'} process "
+          f"defaults); load average {os.getloadavg()[0]:.2f} after a "
           f"{elapsed:.0f} s run\n")
     width = max(len(label) for label, _ in rows)
     cols = [max(len(n), *(len(v[i]) for _, v in rows)) for i, n in enumerate(names)]
@@ -386,6 +419,11 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=5, help="restarts to time")
     parser.add_argument("--apps", type=int, default=10,
                         help="apps for the second PSS per app figure (the first is 1)")
+    parser.add_argument("--load", type=float, default=5,
+                        help="seconds of wrk at each app before the PSS after load")
+    parser.add_argument("--piku-tuning", action="store_true",
+                        help="pikud's apps get piku's 2 processes x 4 threads, not pikud's "
+                             "defaults")
     parser.add_argument("--only", action="append", choices=("granian", "gunicorn", "uwsgi"),
                         help="run only these setups (repeatable)")
     parser.add_argument("--installer", choices=("uv", "pip"), default="uv",

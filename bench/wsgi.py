@@ -373,11 +373,13 @@ def pikud_root(base: Path, nginx: Nginx) -> tuple[Path, dict[str, str]]:
     return root, env
 
 
-def app_settings(nginx: Nginx, server: str | None, host: str = HOST) -> str:
-    """The app's ENV: its site ``host`` on ``nginx``'s loopback ports, 2 processes x 4 threads."""
+def app_settings(nginx: Nginx, server: str | None, host: str = HOST,
+                 piku_tuning: bool = True) -> str:
+    """The app's ENV: its site ``host`` on ``nginx``'s loopback ports; with ``piku_tuning``
+    piku's 2 processes x 4 threads, else pikud's own defaults."""
     return (f"NGINX_SERVER_NAME={host}\nNGINX_IPV4_ADDRESS=127.0.0.1\nDISABLE_IPV6=yes\n"
             f"NGINX_HTTP_PORT={nginx.http_port}\nNGINX_HTTPS_PORT={nginx.https_port}\n"
-            "UWSGI_PROCESSES=2\nUWSGI_THREADS=4\n"
+            + ("UWSGI_PROCESSES=2\nUWSGI_THREADS=4\n" if piku_tuning else "")
             + (f"PIKU_WSGI_SERVER={server}\n" if server else ""))
 
 
