@@ -100,11 +100,12 @@ def held_signals(queued: asyncio.Queue[signal.Signals]) -> Iterator[None]:
 async def start_uv_threads(loop: asyncio.AbstractEventLoop) -> None:
     """Start libuv's worker threads (uvloop's name resolution) with the daemon's signals
     blocked, which they keep: they are made once, at the first use, by the thread that
-    asks (and inherit its mask)."""
+    asks (and inherit its mask). The host is bytes: a str one would be IDNA-encoded,
+    which imports unicodedata and stringprep (about 450 KiB) for nothing."""
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
         with contextlib.suppress(OSError):
-            await loop.getaddrinfo("localhost", None)
+            await loop.getaddrinfo(b"localhost", None)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
