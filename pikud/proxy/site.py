@@ -10,7 +10,6 @@ the app) is an ``EnvError`` naming the key. The static folders are checked by
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from pikud import identity
 from pikud.convert import boolean, nonneg_int, positive_int
+from pikud.digest import sha256
 from pikud.errors import EnvError
 from pikud.paths import Paths
 from pikud.proxy.locations import (
@@ -214,7 +214,7 @@ def _include(value: str, app_dir: Path, prefix: Path) -> Include:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise _refuse(key, "not UTF-8 text", value) from None
-    digest = hashlib.sha256(data).hexdigest()[:12]
+    digest = sha256(data).hex()[:12]
     return Include(source, text, f"{prefix}.include-{digest}")
 
 
