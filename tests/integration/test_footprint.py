@@ -15,9 +15,10 @@ AIOHTTP = ("/aiohttp/", "/multidict/", "/yarl/", "/frozenlist/", "/propcache/")
 
 # What a daemon with no apps (and no pikud.toml) must not have imported, and what brings it:
 # a build, cron, a watched file (asyncinotify loads libc through ctypes.util), a site
-# rendered, pikud.toml, a str host resolved (IDNA).
+# rendered, pikud.toml, a str host resolved (IDNA), a digest or a token (hashlib).
 RESTING_WITHOUT = ("pikud.deploy.pipeline", "pikud.deploy.runtimes", "croniter", "zoneinfo",
-                   "asyncinotify", "ctypes.util", "jinja2", "tomllib", "unicodedata")
+                   "asyncinotify", "ctypes.util", "jinja2", "tomllib", "unicodedata",
+                   "hashlib")
 
 
 def imported(output: str) -> set[str]:
@@ -70,5 +71,5 @@ def test_a_resting_daemon_imports_only_what_its_work_needs(
     daemon.api("POST", "/apps/timed/deploy")
     wait_for(lambda: "booted" in daemon.log_text("timed", "cron2"), 10, "the @reboot job")
     working = imported(daemon.output())
-    assert {"croniter", "zoneinfo", "asyncinotify"} <= working
+    assert {"croniter", "zoneinfo", "asyncinotify", "hashlib"} <= working
     assert daemon.api("GET", "/apps/timed/cron")["jobs"][0]["next_run"][11:16] == "03:00"
