@@ -62,8 +62,10 @@ PREFLIGHT_TIMEOUT = 30.0    # seconds the new code has to import
 QUIESCE_TIMEOUT = 60.0      # seconds the changes under way have to finish
 ROUTER_DRAIN = 10.0         # seconds the router's requests in flight have to finish
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)    # the daemon's
-# The router too: pikud.daemon imports it only when it runs one (no aiohttp behind nginx).
-PREFLIGHT = ("import pikud, pikud.daemon, pikud.handover, pikud.proxy.router; "
+# And what pikud.daemon imports only at first use (README): the router (a daemon behind
+# nginx runs none), the build pipeline with its runtimes, and the file watcher's inotify.
+PREFLIGHT = ("import pikud, pikud.daemon, pikud.handover, pikud.proxy.router, "
+             "pikud.deploy.pipeline, asyncinotify; "
              "print(pikud.__version__, pikud.handover.FORMAT)")
 BRIDGE_ENV = "PIKUD_BRIDGE"     # the number of the bridge's channel, for the new image
 
