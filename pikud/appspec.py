@@ -17,7 +17,6 @@ pikud.convert, the PIKU_* supervision settings in pikud.appsettings. Stdlib only
 
 from __future__ import annotations
 
-import getpass
 import os
 import pwd
 import re
@@ -323,6 +322,7 @@ def _read(paths: Paths, path: Path, error: type[SpecError]) -> str | None:
 
 def _worker_env(paths: Paths, app: str, base_env: Mapping[str, str]) -> dict[str, str]:
     """What piku gives every worker before the app's ENV (without PORT/PROC_TYPE)."""
+    import getpass  # imported on first use (it brings termios): see README
     env = {key: value for key, value in base_env.items() if key not in SYSTEMD_VARS}
     venv = paths.virtualenv(app)
     env.update(

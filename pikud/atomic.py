@@ -7,7 +7,6 @@ one, never a torn mix.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ def write_atomic(path: Path, data: str, mode: int = 0o644,
                  owner: tuple[int, int] | None = None) -> None:
     """Write ``path`` with ``mode`` (and ``owner``'s (uid, gid), given before it is in
     place); a missing folder is made 0700 for a private file."""
+    import tempfile  # imported on first use: the resting daemon stays light; see README
     path.parent.mkdir(mode=0o777 if mode & 0o077 else 0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -34,7 +34,6 @@ Stdlib only: appspec.py asks it for the HOME and USER of an app's processes.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pwd
@@ -45,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pikud.digest import sha256
 from pikud.errors import AppUserError, SpecError
 from pikud.paths import LAYOUT, Paths
 
@@ -80,7 +80,7 @@ def user_name(app: str) -> str:
     if PLAIN.fullmatch(app):
         return PREFIX + app
     stem = re.sub(r"[^a-z0-9_-]", "_", app.lower())[:STEM]
-    return f"{PREFIX}{stem}-{hashlib.sha256(app.encode()).hexdigest()[:8]}"
+    return f"{PREFIX}{stem}-{sha256(app.encode()).hex()[:8]}"
 
 
 def marker(app: str) -> str:

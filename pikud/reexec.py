@@ -62,8 +62,10 @@ PREFLIGHT_TIMEOUT = 30.0    # seconds the new code has to import
 QUIESCE_TIMEOUT = 60.0      # seconds the changes under way have to finish
 ROUTER_DRAIN = 10.0         # seconds the router's requests in flight have to finish
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)    # the daemon's
-# The router too: pikud.daemon imports it only when it runs one (no aiohttp behind nginx).
-PREFLIGHT = ("import pikud, pikud.daemon, pikud.handover, pikud.proxy.router; "
+# And what pikud.daemon imports only at first use (README): the router (a daemon behind
+# nginx runs none), the build pipeline with its runtimes, and the file watcher's inotify.
+PREFLIGHT = ("import pikud, pikud.daemon, pikud.handover, pikud.proxy.router, "
+             "pikud.deploy.pipeline, asyncinotify; "
              "print(pikud.__version__, pikud.handover.FORMAT)")
 BRIDGE_ENV = "PIKUD_BRIDGE"     # the number of the bridge's channel, for the new image
 
@@ -100,11 +102,12 @@ def held_signals(queued: asyncio.Queue[signal.Signals]) -> Iterator[None]:
 async def start_uv_threads(loop: asyncio.AbstractEventLoop) -> None:
     """Start libuv's worker threads (uvloop's name resolution) with the daemon's signals
     blocked, which they keep: they are made once, at the first use, by the thread that
-    asks (and inherit its mask)."""
+    asks (and inherit its mask). The host is bytes: a str one would be IDNA-encoded,
+    which imports unicodedata and stringprep (about 450 KiB) for nothing."""
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
         with contextlib.suppress(OSError):
-            await loop.getaddrinfo("localhost", None)
+            await loop.getaddrinfo(b"localhost", None)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 

@@ -49,7 +49,6 @@ import os
 import pwd
 import re
 import stat
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,8 +173,15 @@ def read_trusted(path: Path) -> str:
     """The text of ``path``; as root, only of a regular file that root owns and nobody else
     may write, opened without following a link (Design notes). FileNotFoundError when
     there is none; SpecError naming its owner, mode and the fix otherwise."""
-    if os.geteuid() != 0:
-        return path.read_text(encoding="utf-8")
+    data = path.read_bytes() if os.geteuid() != 0 else root_owned(path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not valid TOML: {exc}", file=str(path)) from exc
+
+
+def root_owned(path: Path) -> bytes:
+    """The bytes of ``path``, a regular file that root owns and nobody else may write."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -197,20 +203,20 @@ def read_trusted(path: Path) -> str:
                 f"({st.st_mode & 0o7777:04o}), {st.st_nlink} link(s): pikud runs as root and "
                 "runs the commands it names, so only root may write it: "
                 f"chown root:root {path} && chmod 644 {path}", file=str(path))
-        data = file.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"not valid TOML: {exc}", file=str(path)) from exc
+        return file.read()
 
 
 def load_settings(path: Path) -> Settings:
     label = str(path)
     try:
-        raw = tomllib.loads(read_trusted(path))
+        text = read_trusted(path)
     except FileNotFoundError:
         return Settings()
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    # imported on first use (here: when pikud.toml exists): the resting daemon stays light
+    import tomllib
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"not valid TOML: {exc}", file=label) from exc
     unknown = set(raw) - KEYS
     if unknown:

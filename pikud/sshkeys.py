@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from pikud.atomic import write_atomic
+from pikud.digest import sha256
 from pikud.errors import PikudError
 from pikud.sshcommand import FLAG
 
@@ -60,7 +60,7 @@ class PublicKey:
     @property
     def fingerprint(self) -> str:
         """What ``ssh-keygen -lf`` prints: SHA256 of the blob, base64 without padding."""
-        digest = base64.b64encode(hashlib.sha256(self.blob).digest()).decode()
+        digest = base64.b64encode(sha256(self.blob)).decode()
         return "SHA256:" + digest.rstrip("=")
 
 

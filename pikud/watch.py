@@ -3,6 +3,10 @@
 Each app's ``envs/APP/ENV`` and ``SCALING`` are watched, and so are the files
 named in ``PIKU_TOUCH_RELOAD``. A change is reported once per app after a short
 quiet time (an editor's save or a ``touch`` is several inotify events).
+
+The inotify instance is made at the first watch: asyncinotify loads libc through
+ctypes.util.find_library, which runs ldconfig and maps about 1.2 MiB into the
+daemon; a daemon with no apps needs none of it.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from asyncinotify import Inotify, Mask, Watch
+if TYPE_CHECKING:
+    from asyncinotify import Inotify, Watch
 
 log = logging.getLogger(__name__)
 
 SETTLE = 0.2            # seconds of quiet before a change is acted on
-MASK = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.CREATE | Mask.ATTRIB | Mask.DELETE
 
 Reaction = Callable[[str, str], None]       # (app, "config" | "touch")
 
@@ -26,7 +31,8 @@ Reaction = Callable[[str, str], None]       # (app, "config" | "touch")
 class FileWatcher:
     def __init__(self, react: Reaction) -> None:
         self._react = react
-        self._inotify = Inotify()
+        self._inotify: Inotify | None = None
+        self._made = asyncio.Event()        # set once there is an inotify instance to read
         self._dirs: dict[Path, Watch] = {}
         self._targets: dict[Path, dict[str, tuple[str, str]]] = {}   # dir -> name -> (app, why)
         self._pending: dict[tuple[str, str], asyncio.TimerHandle] = {}
@@ -42,7 +48,7 @@ class FileWatcher:
                 log.warning("%s: cannot watch %s: its folder does not exist", app, path)
                 continue
             if directory not in self._dirs:
-                self._dirs[directory] = self._inotify.add_watch(directory, MASK)
+                self._dirs[directory] = self._add_watch(directory)
             self._targets.setdefault(directory, {})[path.name] = (app, why)
 
     def unwatch(self, app: str) -> None:
@@ -54,9 +60,21 @@ class FileWatcher:
                 del self._targets[directory]
                 watch = self._dirs.pop(directory)
                 with contextlib.suppress(OSError):  # the folder is gone, and its watch with it
+                    assert self._inotify is not None
                     self._inotify.rm_watch(watch)
 
+    def _add_watch(self, directory: Path) -> Watch:
+        # imported on first use: the resting daemon stays light; see README
+        from asyncinotify import Inotify, Mask
+        if self._inotify is None:
+            self._inotify = Inotify()
+            self._made.set()
+        mask = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.CREATE | Mask.ATTRIB | Mask.DELETE
+        return self._inotify.add_watch(directory, mask)
+
     async def run(self) -> None:
+        await self._made.wait()
+        assert self._inotify is not None
         async for event in self._inotify:
             if event.path is None or event.name is None:
                 continue
@@ -78,4 +96,5 @@ class FileWatcher:
     def close(self) -> None:
         for handle in self._pending.values():
             handle.cancel()
-        self._inotify.close()
+        if self._inotify is not None:
+            self._inotify.close()

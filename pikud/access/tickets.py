@@ -10,7 +10,6 @@ to switch revisions, even with a ticket it read somewhere.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -41,6 +40,7 @@ class PushTickets:
             del self._live[token]
         while len(self._live) >= MAX_LIVE:
             self._live.popitem(last=False)
+        import secrets  # imported on first use (secrets brings hashlib): see README
         token = secrets.token_urlsafe(24)
         self._live[token] = Ticket(key, app, pid, now + self.ttl)
         return token

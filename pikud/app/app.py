@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pikud import identity
 from pikud.app.core import AppCore, Progress, quiet, remove_tree
@@ -21,15 +21,23 @@ from pikud.appspec import format_env, format_scaling, parse_env, parse_scale_arg
 from pikud.appusers import provision, retire
 from pikud.atomic import written_unless_failed
 from pikud.deploy.checkout import ref_value, wait_for_ref
-from pikud.deploy.pipeline import PushInfo, build_release
 from pikud.deploy.releases import Release
-from pikud.deploy.runtimes import BUILD_KEYS
 from pikud.errors import AppUserError, DeployError, EnvError, PikudError
 from pikud.handover import AppRecord, adopt_slot
 from pikud.identity import user_name
 from pikud.procman.logs import log_files, tail
 
+if TYPE_CHECKING:
+    from pikud.deploy.pipeline import PushInfo
+
 log = logging.getLogger(__name__)
+
+
+def build_settings() -> frozenset[str]:
+    """The ENV keys a build reads (every runtime's), imported on first use: the resting
+    daemon stays light; see README."""
+    from pikud.deploy.runtimes import BUILD_KEYS
+    return BUILD_KEYS
 
 
 class App(AppCore):
@@ -64,6 +72,8 @@ class App(AppCore):
         """Build ``push`` (or the current revision again) with the ENV as it is, switch to
         it and prune; the lock is held. The include is vetted as built: a build step may
         have written it."""
+        # imported on first use: the resting daemon stays light; see README
+        from pikud.deploy.pipeline import build_release
         files = self._files()
         await provision(identity.current(), self.paths, self.name)   # its preflight, release
         release, spec = await build_release(
@@ -272,7 +282,7 @@ class App(AppCore):
             self._vet_include(spec, self.source(self.release), admin)
             self._cron_jobs(spec, self.release)     # TZ, PIKU_CRON_*: even with no restart now
             changed = sorted(set(updates) | set(removals))
-            build_keys = [key for key in changed if key in BUILD_KEYS]
+            build_keys = [key for key in changed if key in build_settings()]
             with self._kept_if_applied(self.paths.env_file(self.name), text, 0o600):
                 self.note("config", f"{self.name}: config changed ({', '.join(changed)})")
                 if not (self.running and spec.settings.auto_restart):

@@ -41,9 +41,9 @@ from pikud.appusers import provision
 from pikud.atomic import write_atomic
 from pikud.ceilings import admit
 from pikud.cron import JobSpec
-from pikud.deploy.pipeline import release_env, spec_warnings
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.servers import check_installed, servers_chosen
+from pikud.deploy.spec import release_env, spec_warnings
 from pikud.errors import Forbidden, PikudError
 from pikud.procman.children import stop_leftovers
 from pikud.procman.group import ProcessGroup, Readiness

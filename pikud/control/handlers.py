@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pikud.access.rules import EVERY_APP, Role
 from pikud.control.guard import caller_of, note, redeem
@@ -21,10 +21,12 @@ from pikud.control.protocol import NDJSON, error, ndjson_line
 from pikud.control.request import Request, Stream
 from pikud.convert import whole_number
 from pikud.deploy.checkout import validate_ref, validate_revision
-from pikud.deploy.pipeline import PushInfo
 from pikud.errors import BadRequest, PikudError
 from pikud.refresh import CloudflareRefresh
 from pikud.registry import AppRegistry
+
+if TYPE_CHECKING:
+    from pikud.deploy.pipeline import PushInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -254,6 +256,8 @@ async def finish(action: Awaitable[T]) -> T:
 
 
 def push_info(data: dict[str, Any]) -> PushInfo:
+    # imported on first use (a push): the resting daemon stays light; see README
+    from pikud.deploy.pipeline import PushInfo
     fields = {"revision", "ref", "old", "pusher", "fingerprint", "git_env"}
     unknown = set(data) - fields
     if unknown:

@@ -42,12 +42,13 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pikud.convert import whole_number
 from pikud.errors import CronError
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from croniter import croniter
 
 MACROS = {
@@ -219,14 +220,22 @@ def _impossible_days(days: frozenset[int], months: frozenset[int]) -> str | None
 
 
 # --- time zones -----------------------------------------------------------
+# A missing zone raises ZoneInfoNotFoundError, a KeyError, which is what is caught here.
+def zone_type() -> type[ZoneInfo]:
+    """zoneinfo's ZoneInfo, imported on first use (an app with cron entries): zoneinfo
+    brings sysconfig, and the resting daemon stays light; see README."""
+    from zoneinfo import ZoneInfo
+    return ZoneInfo
+
+
 def zone(name: str | None) -> ZoneInfo:
     """The IANA zone ``name`` (an app's TZ), or the server's zone when None."""
     if name is None:
         return local_zone()
     key = name.removeprefix(":")
     try:
-        return ZoneInfo(key)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return zone_type()(key)
+    except (KeyError, ValueError, OSError):
         raise CronError(f"TZ: unknown time zone {name!r} (expected an IANA name such as "
                         "Europe/Berlin or UTC)", key="TZ") from None
 
@@ -234,24 +243,25 @@ def zone(name: str | None) -> ZoneInfo:
 @lru_cache(maxsize=1)
 def local_zone() -> ZoneInfo:
     """The server's zone: the daemon's TZ, else /etc/localtime, else UTC (read once)."""
+    zone_info = zone_type()
     name = os.environ.get("TZ", "").removeprefix(":")
     if name:
         try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
+            return zone_info(name)
+        except (KeyError, ValueError, OSError):
             pass
     localtime = Path("/etc/localtime")
     try:
         target = str(localtime.resolve(strict=True))
         if "/zoneinfo/" in target:
-            return ZoneInfo(target.split("/zoneinfo/", 1)[1])
-    except (OSError, ValueError, ZoneInfoNotFoundError):
+            return zone_info(target.split("/zoneinfo/", 1)[1])
+    except (OSError, ValueError, KeyError):
         pass
     try:
         with open(localtime, "rb") as f:
-            return ZoneInfo.from_file(f, key="localtime")
+            return zone_info.from_file(f, key="localtime")
     except (OSError, ValueError):
-        return ZoneInfo("UTC")
+        return zone_info("UTC")
 
 
 # --- next fire time -------------------------------------------------------

@@ -31,8 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any
 
 from pikud.cron.jobs import JobSpec, Running, job_settings, run_job
 from pikud.cron.schedule import next_run, zone
@@ -43,6 +42,9 @@ from pikud.handover import CronRecord
 from pikud.procman.children import Child
 from pikud.procman.logs import Follower, LogFile, PipeReader
 from pikud.procman.oneshot import OneShotTimeout, finish_once
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
 
 __all__ = ["JobSpec", "Scheduler", "job_settings", "utc_now"]
 

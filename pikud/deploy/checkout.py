@@ -13,11 +13,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pikud import identity
-from pikud.deploy.runtimes.base import Runner
 from pikud.errors import BadRequest
 from pikud.procman.oneshot import run_once
+
+if TYPE_CHECKING:    # not the runtimes themselves: handlers validate refs at rest
+    from pikud.deploy.runtimes.base import Runner
 
 REVISION = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 # Besides control characters and ".." (git-check-ref-format).

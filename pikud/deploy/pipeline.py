@@ -23,20 +23,20 @@ from pathlib import Path
 
 from pikud import identity
 from pikud.appsettings import AppSettings
-from pikud.appspec import AppSpec, live_env, load_spec, process_kinds
+from pikud.appspec import AppSpec, load_spec, process_kinds
 from pikud.appusers import give_tree
 from pikud.cron import cron_entries, job_settings
 from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.runtimes import detect
-from pikud.deploy.runtimes.base import BuildContext, BuildResult, Runner
-from pikud.deploy.servers import ignored_settings, servers_to_install
+from pikud.deploy.runtimes.base import BuildContext, Runner
+from pikud.deploy.servers import servers_to_install
+from pikud.deploy.spec import release_env, spec_warnings
 from pikud.errors import BuildError, DeployError, ReleaseError
 from pikud.paths import Paths
 from pikud.procman.children import MARKER
 from pikud.procman.enforce import current
 from pikud.procman.oneshot import run_once
-from pikud.proxy.site import unknown_key_warnings
 
 Progress = Callable[[str], None]
 INDENT = "       "
@@ -77,31 +77,10 @@ def runner(progress: Progress, error: type[DeployError] = BuildError,
     return run
 
 
-def spec_warnings(spec: AppSpec) -> tuple[str, ...]:
-    """What is wrong but used anyway, for the push's output and (once) the app's log:
-    the parsers' warnings, uWSGI settings the chosen servers ignore, unknown NGINX_* keys."""
-    return (*spec.warnings,
-            *ignored_settings(spec.procfile.entries, spec.env, bool(spec.settings.idle_timeout)),
-            *unknown_key_warnings(spec.env),
-            *spec.settings.limits.stray(spec.procfile.entries))
-
-
 def limit_lines(spec: AppSpec) -> list[str]:
     """One line per limit in force: which kinds, and how it is enforced here (or why not)."""
     return current().lines({kind: spec.settings.limits.for_kind(kind)
                             for kind in process_kinds(spec.procfile)})
-
-
-def release_env(spec: AppSpec, paths: Paths, base_env: Mapping[str, str], source: Path,
-                build: BuildResult | Release | None) -> dict[str, str]:
-    """The environment of the release's processes and steps: live env + the build's."""
-    env = live_env(spec, paths, base_env)
-    env["PWD"] = str(source)
-    if build is not None:
-        env.update(build.env_vars)
-        if build.path_prefix:
-            env["PATH"] = ":".join([*build.path_prefix, env.get("PATH", "")])
-    return env
 
 
 async def run_step(kind: str, spec: AppSpec, env: dict[str, str], source: Path,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import socket
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pikud import identity
+from pikud.digest import sha256
 from pikud.errors import InvalidTransition
 from pikud.limits import Limits
 from pikud.procman.children import (
@@ -129,7 +129,7 @@ class ProcessSpec:
         one must match it (limits from pikud.toml's [defaults] are not in its env)."""
         parts = (self.command, self.env, str(self.cwd), self.port, self.inherits,
                  self.limits.memory, self.limits.cpu, self.limits.tasks, self.limits.nofile)
-        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+        return sha256(repr(parts).encode()).hex()[:16]
 
 
 def read_rss(pid: int) -> int | None:

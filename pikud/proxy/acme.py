@@ -46,7 +46,6 @@ what was installed (``nginx/APP.acme``); ``acme_sh.py`` runs the commands.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import json
 import logging
@@ -59,6 +58,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pikud.atomic import write_atomic
+from pikud.digest import sha256
 from pikud.errors import EnvError
 from pikud.proxy.acme_sh import AcmeSh, Note, find_acme_sh
 from pikud.proxy.nginx import Nginx
@@ -133,7 +133,7 @@ def fingerprint(crt: Path) -> str | None:
         der = ssl.PEM_cert_to_DER_cert(text[start:stop + len(end)] + "\n")
     except ValueError:
         return None
-    return hashlib.sha256(der).hexdigest()
+    return sha256(der).hex()
 
 
 @dataclass(frozen=True)

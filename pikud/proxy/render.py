@@ -23,12 +23,12 @@ settings by tables, the text by golden files.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import re
 from functools import cache
 from typing import TYPE_CHECKING, Literal
 
+from pikud.digest import sha256
 from pikud.proxy.site import NginxSite
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def nginx_name(app: str) -> str:
     """``pikud_<app>`` made of [a-z0-9_], unique per app name (see the design notes)."""
     name = re.sub(r"[^a-z0-9_]", "_", app.lower())
     if name != app:
-        name += "_" + hashlib.sha256(app.encode()).hexdigest()[:8]
+        name += "_" + sha256(app.encode()).hex()[:8]
     return f"pikud_{name}"
 
 

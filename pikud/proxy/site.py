@@ -10,17 +10,15 @@ the app) is an ``EnvError`` naming the key. The static folders are checked by
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from pikud import identity
 from pikud.convert import boolean, nonneg_int, positive_int
+from pikud.digest import sha256
 from pikud.errors import EnvError
 from pikud.paths import Paths
 from pikud.proxy.locations import (
@@ -156,6 +154,8 @@ def cloudflare_ranges(override: Path | None = None) -> tuple[str, ...]:
     if override is not None and override.is_file():
         text = override.read_text(encoding="utf-8")
     else:
+        # imported on first use (an app behind Cloudflare): the resting daemon stays light
+        from importlib import resources
         text = resources.files("pikud.proxy").joinpath("cloudflare_ips.txt").read_text("utf-8")
     lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
     return tuple(str(ipaddress.ip_network(line)) for line in lines if line)
@@ -214,7 +214,7 @@ def _include(value: str, app_dir: Path, prefix: Path) -> Include:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise _refuse(key, "not UTF-8 text", value) from None
-    digest = hashlib.sha256(data).hexdigest()[:12]
+    digest = sha256(data).hex()[:12]
     return Include(source, text, f"{prefix}.include-{digest}")
 
 
@@ -309,6 +309,7 @@ def unknown_key_warnings(env: Mapping[str, str]) -> list[str]:
     """
     warnings = []
     for key in unknown_keys(env):
+        import difflib  # imported on first use: the resting daemon stays light; see README
         near = difflib.get_close_matches(key, sorted(KEYS), n=1, cutoff=0.8)
         hint = f" (did you mean {near[0]}?)" if near else ""
         warnings.append(f"{key} is not an nginx setting pikud knows; it is ignored{hint}")

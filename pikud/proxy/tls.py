@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,6 +57,7 @@ async def ensure_certificate(paths: Paths, app: str, server_names: Sequence[str]
         return False
     folder.mkdir(parents=True, exist_ok=True)
     common_name, alt_names = subject_names(app, server_names)
+    import tempfile  # imported on first use: the resting daemon stays light; see README
     with tempfile.TemporaryDirectory(dir=folder, prefix=f".{app}.tls.") as tmp:
         new_crt, new_key = Path(tmp) / "crt", Path(tmp) / "key"
         argv = [openssl, "req", "-x509", "-newkey", "ec",

@@ -1,15 +1,30 @@
 """What a real daemon loads: behind nginx, none of aiohttp (its client and server are
-the router's alone; the control socket speaks HTTP with h11)."""
+the router's alone; the control socket speaks HTTP with h11); at rest, nothing that only
+a build, cron, a file watch, a site or pikud.toml needs (each is imported at first use)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import FAST, Pikud
+from tests.conftest import FAST, Pikud, wait_for
 
 # aiohttp and the compiled packages it brings: any of them mapped means it was imported.
 AIOHTTP = ("/aiohttp/", "/multidict/", "/yarl/", "/frozenlist/", "/propcache/")
+
+
+# What a daemon with no apps (and no pikud.toml) must not have imported, and what brings it:
+# a build, cron, a watched file (asyncinotify loads libc through ctypes.util), a site
+# rendered, pikud.toml, a str host resolved (IDNA), a digest or a token (hashlib).
+RESTING_WITHOUT = ("pikud.deploy.pipeline", "pikud.deploy.runtimes", "croniter", "zoneinfo",
+                   "asyncinotify", "ctypes.util", "jinja2", "tomllib", "unicodedata",
+                   "hashlib")
+
+
+def imported(output: str) -> set[str]:
+    """The modules a daemon run with PYTHONPROFILEIMPORTTIME=1 imported (its stderr)."""
+    return {line.rsplit("|", 1)[1].strip() for line in output.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
 
 
 def mapped(pid: int) -> set[str]:
@@ -43,3 +58,18 @@ def test_a_daemon_that_routes_imports_aiohttp(pikud: Pikud) -> None:
     exercise(pikud)
     assert pikud.proc is not None
     assert [name for name in mapped(pikud.proc.pid) if "/aiohttp/" in name]
+
+
+def test_a_resting_daemon_imports_only_what_its_work_needs(
+        pikud_factory: Callable[..., Pikud]) -> None:
+    daemon = pikud_factory(extra_env={"PIKU_PROXY": "nginx", "PYTHONPROFILEIMPORTTIME": "1"})
+    resting = imported(daemon.output())
+    assert "pikud.control.server" in resting, "the probe sees the daemon's imports"
+    assert not [name for name in RESTING_WITHOUT if name in resting]
+    daemon.add_app("timed", "worker: sleep 300\ncron1: 0 3 * * * echo nightly\n"
+                   "cron2: @reboot echo booted\n", FAST + "TZ=Europe/Berlin\n")
+    daemon.api("POST", "/apps/timed/deploy")
+    wait_for(lambda: "booted" in daemon.log_text("timed", "cron2"), 10, "the @reboot job")
+    working = imported(daemon.output())
+    assert {"croniter", "zoneinfo", "asyncinotify", "hashlib"} <= working
+    assert daemon.api("GET", "/apps/timed/cron")["jobs"][0]["next_run"][11:16] == "03:00"

@@ -28,14 +28,16 @@ def test_the_daemon_imports_jinja2_and_croniter_only_when_the_work_needs_them() 
                 if name.split(".")[0] in ("jinja2", "croniter", "dateutil")]
 
 
-async def test_a_reexec_preflight_imports_the_router_the_daemon_imports_only_to_route(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pikud.daemon leaves the router (and aiohttp) to a daemon that routes; the preflight
-    of a re-exec still imports it, so new code that cannot route is refused beforehand."""
+@pytest.mark.parametrize("module", ["proxy/router.py", "deploy/pipeline.py"])
+async def test_a_reexec_preflight_imports_what_the_daemon_imports_only_at_first_use(
+        module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pikud.daemon leaves the router (and aiohttp) to a daemon that routes, and the build
+    to the first deploy; the preflight of a re-exec still imports them, so new code that
+    cannot route or build is refused beforehand."""
     shutil.copytree(REPO / "pikud", tmp_path / "pikud",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    router = tmp_path / "pikud" / "proxy" / "router.py"
-    router.write_text(router.read_text() + "raise ImportError('broken on purpose')\n")
+    broken = tmp_path / "pikud" / module
+    broken.write_text(broken.read_text() + "raise ImportError('broken on purpose')\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ReexecRefused, match="broken on purpose"):

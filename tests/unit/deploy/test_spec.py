@@ -1,10 +1,10 @@
-"""pikud.deploy.pipeline's pure part: the warnings a push reports about a spec it uses."""
+"""pikud.deploy.spec: the warnings a push reports about a spec it uses."""
 
 from __future__ import annotations
 
 from pikud.appsettings import AppSettings
 from pikud.appspec import AppSpec, Procfile
-from pikud.deploy.pipeline import spec_warnings
+from pikud.deploy.spec import spec_warnings
 
 
 def test_spec_warnings_gather_the_parsers_the_servers_and_nginx() -> None:
