@@ -145,6 +145,11 @@ class Child:
     def exited(self) -> bool:
         return self._exit.done()
 
+    @property
+    def ended(self) -> asyncio.Future[ExitInfo]:
+        """Done once the process has exited: to watch, never to cancel (``wait`` shields it)."""
+        return self._exit
+
     async def wait(self) -> ExitInfo:
         return await asyncio.shield(self._exit)
 

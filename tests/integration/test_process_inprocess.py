@@ -97,6 +97,19 @@ async def test_a_child_ignoring_sigterm_gets_sigkill_after_the_stop_timeout(
     ]
 
 
+async def test_a_running_slot_waits_on_one_task(harness: Harness) -> None:
+    """A running slot parks its supervision task on its child's exit and its stop and
+    suspend flags, and nothing more: no task per wait (hundreds of slots park so)."""
+    proc = harness.process(harness.spec("sleep 300"))
+    proc.start()
+    await harness.events.nth(NAME, "RUNNING")
+    assert asyncio.all_tasks() - {asyncio.current_task()} == {proc._task}
+    proc.suspend()                  # without a listener: ignored, nothing new waits
+    async with asyncio.timeout(2):
+        await proc.stop()
+    assert proc.state is S.STOPPED
+
+
 async def test_a_child_that_honours_sigterm_stops_without_sigkill(harness: Harness) -> None:
     proc = harness.process(harness.spec("sleep 300", stop_timeout=5))
     proc.start()
