@@ -23,6 +23,7 @@ from pikud.procman.sockets import Address
 SERVED_KINDS = ("wsgi", "asgi")      # entries that name a Python object, served by an app server
 
 Allocate = Callable[[str, bool], Address]     # (slot, on a unix socket?) -> a new address
+Env = tuple[tuple[str, str], ...]
 
 
 def serves_unix(kind: str, spec: AppSpec) -> bool:
@@ -35,6 +36,18 @@ def serves_unix(kind: str, spec: AppSpec) -> bool:
 def unix_kinds(spec: AppSpec) -> list[str]:
     """The app's kinds that serve on unix sockets when the front can reach them."""
     return [kind for kind in supervised_kinds(spec.procfile) if serves_unix(kind, spec)]
+
+
+def slot_env(kind_env: Env, own: Mapping[str, str]) -> Env:
+    """A slot's environment: its kind's, with the slot's ``own`` entries (its address).
+
+    The daemon holds every running slot's spec, and an app's environment is
+    often 50 entries (the daemon's own included): the slots of a kind share the
+    kind's tuple and its pairs instead of a copy each (3 KiB per process).
+    """
+    if not own:
+        return kind_env
+    return tuple(sorted([*(pair for pair in kind_env if pair[0] not in own), *own.items()]))
 
 
 def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path, paths: Paths,
@@ -61,9 +74,11 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
         if kind in SERVED_KINDS:
             server = server_command(kind, command, spec.env, bool(s.idle_timeout), unix_slot)
             command, inherits, backlog = server.command, server.inherits, server.backlog
+        kind_env = tuple(sorted(dict(env, PROC_TYPE=kind, PIKU_ROOT=str(paths.root)).items()))
+        limits = s.limits.for_kind(kind)
         for index in range(1, spec.scaling[kind] + 1):
             name = f"{app}:{kind}.{index}"
-            process_env = dict(env, PROC_TYPE=kind, PIKU_ROOT=str(paths.root))
+            own: dict[str, str] = {}
             address: Address | None = None
             if kind in WEB_KINDS:
                 address = addresses.get(name)
@@ -72,18 +87,18 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
                 elif address is None or isinstance(address, str) != unix_slot:
                     address = addresses[name] = allocate(name, unix_slot)
                 if isinstance(address, str):
-                    process_env["PIKU_SOCKET"] = address
+                    own["PIKU_SOCKET"] = address
                 else:
-                    process_env["PORT"] = str(address)
+                    own["PORT"] = str(address)
             specs[name] = ProcessSpec(
                 name=name, kind=kind, index=index, command=command,
-                env=tuple(sorted(process_env.items())), cwd=source,
+                env=slot_env(kind_env, own), cwd=source,
                 log_path=paths.log_dir(app) / f"{kind}.{index}.log",
                 stop_timeout=s.stop_timeout, policy=policy,
                 log_max_bytes=s.log_max_bytes, log_backups=s.log_backups,
                 port=address if isinstance(address, int) else None,
                 socket=address if isinstance(address, str) else None,
-                inherits=inherits, listen_backlog=backlog, limits=s.limits.for_kind(kind))
+                inherits=inherits, listen_backlog=backlog, limits=limits)
     return specs, addresses
 
 

@@ -75,10 +75,19 @@ async def first_of(*waits: Waitable) -> Waitable:
     A time limit is one more awaitable: ``first_of(stop, asyncio.sleep(delay))``.
     """
     futures = [w.waiter() if isinstance(w, Flag) else asyncio.ensure_future(w) for w in waits]
+    first = asyncio.get_running_loop().create_future()
+
+    def finished(future: asyncio.Future[Any]) -> None:
+        if not first.done():
+            first.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(finished)
     try:
-        done, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+        await first
+        return next(wait for wait, future in zip(waits, futures, strict=True) if future.done())
     finally:
         for wait, future in zip(waits, futures, strict=True):
+            future.remove_done_callback(finished)
             if future is not wait:
                 future.cancel()
-    return next(wait for wait, future in zip(waits, futures, strict=True) if future in done)
