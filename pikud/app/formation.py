@@ -38,16 +38,18 @@ def unix_kinds(spec: AppSpec) -> list[str]:
     return [kind for kind in supervised_kinds(spec.procfile) if serves_unix(kind, spec)]
 
 
-def slot_env(kind_env: Env, own: Mapping[str, str]) -> Env:
-    """A slot's environment: its kind's, with the slot's ``own`` entries (its address).
+def slot_env(shared: Env, own: Mapping[str, str]) -> Env:
+    """``shared`` (the app's or a kind's environment) with the ``own`` entries of a kind
+    (PROC_TYPE) or a slot (its address), which win.
 
     The daemon holds every running slot's spec, and an app's environment is
-    often 50 entries (the daemon's own included): the slots of a kind share the
-    kind's tuple and its pairs instead of a copy each (3 KiB per process).
+    often 50 entries (the daemon's own included): the slots of a kind share one
+    tuple, and all of an app's share its pairs, instead of a copy each (3 KiB
+    per process).
     """
     if not own:
-        return kind_env
-    return tuple(sorted([*(pair for pair in kind_env if pair[0] not in own), *own.items()]))
+        return shared
+    return tuple(sorted([*(pair for pair in shared if pair[0] not in own), *own.items()]))
 
 
 def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path, paths: Paths,
@@ -67,6 +69,7 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
                            s.start_retries, s.fatal_cooloff)
     addresses = dict(addresses)
     specs: dict[str, ProcessSpec] = {}
+    app_env = tuple(sorted(dict(env, PIKU_ROOT=str(paths.root)).items()))
     for kind in supervised_kinds(spec.procfile):
         command = spec.procfile.entries[kind]
         unix_slot = unix and serves_unix(kind, spec)
@@ -74,7 +77,7 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
         if kind in SERVED_KINDS:
             server = server_command(kind, command, spec.env, bool(s.idle_timeout), unix_slot)
             command, inherits, backlog = server.command, server.inherits, server.backlog
-        kind_env = tuple(sorted(dict(env, PROC_TYPE=kind, PIKU_ROOT=str(paths.root)).items()))
+        kind_env = slot_env(app_env, {"PROC_TYPE": kind})
         limits = s.limits.for_kind(kind)
         for index in range(1, spec.scaling[kind] + 1):
             name = f"{app}:{kind}.{index}"
