@@ -23,6 +23,7 @@ from pikud.procman.sockets import Address
 SERVED_KINDS = ("wsgi", "asgi")      # entries that name a Python object, served by an app server
 
 Allocate = Callable[[str, bool], Address]     # (slot, on a unix socket?) -> a new address
+Env = tuple[tuple[str, str], ...]
 
 
 def serves_unix(kind: str, spec: AppSpec) -> bool:
@@ -35,6 +36,20 @@ def serves_unix(kind: str, spec: AppSpec) -> bool:
 def unix_kinds(spec: AppSpec) -> list[str]:
     """The app's kinds that serve on unix sockets when the front can reach them."""
     return [kind for kind in supervised_kinds(spec.procfile) if serves_unix(kind, spec)]
+
+
+def slot_env(shared: Env, own: Mapping[str, str]) -> Env:
+    """``shared`` (the app's or a kind's environment) with the ``own`` entries of a kind
+    (PROC_TYPE) or a slot (its address), which win.
+
+    The daemon holds every running slot's spec, and an app's environment is
+    often 50 entries (the daemon's own included): the slots of a kind share one
+    tuple, and all of an app's share its pairs, instead of a copy each (3 KiB
+    per process).
+    """
+    if not own:
+        return shared
+    return tuple(sorted([*(pair for pair in shared if pair[0] not in own), *own.items()]))
 
 
 def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path, paths: Paths,
@@ -54,6 +69,7 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
                            s.start_retries, s.fatal_cooloff)
     addresses = dict(addresses)
     specs: dict[str, ProcessSpec] = {}
+    app_env = tuple(sorted(dict(env, PIKU_ROOT=str(paths.root)).items()))
     for kind in supervised_kinds(spec.procfile):
         command = spec.procfile.entries[kind]
         unix_slot = unix and serves_unix(kind, spec)
@@ -61,9 +77,11 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
         if kind in SERVED_KINDS:
             server = server_command(kind, command, spec.env, bool(s.idle_timeout), unix_slot)
             command, inherits, backlog = server.command, server.inherits, server.backlog
+        kind_env = slot_env(app_env, {"PROC_TYPE": kind})
+        limits = s.limits.for_kind(kind)
         for index in range(1, spec.scaling[kind] + 1):
             name = f"{app}:{kind}.{index}"
-            process_env = dict(env, PROC_TYPE=kind, PIKU_ROOT=str(paths.root))
+            own: dict[str, str] = {}
             address: Address | None = None
             if kind in WEB_KINDS:
                 address = addresses.get(name)
@@ -72,18 +90,18 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
                 elif address is None or isinstance(address, str) != unix_slot:
                     address = addresses[name] = allocate(name, unix_slot)
                 if isinstance(address, str):
-                    process_env["PIKU_SOCKET"] = address
+                    own["PIKU_SOCKET"] = address
                 else:
-                    process_env["PORT"] = str(address)
+                    own["PORT"] = str(address)
             specs[name] = ProcessSpec(
                 name=name, kind=kind, index=index, command=command,
-                env=tuple(sorted(process_env.items())), cwd=source,
+                env=slot_env(kind_env, own), cwd=source,
                 log_path=paths.log_dir(app) / f"{kind}.{index}.log",
                 stop_timeout=s.stop_timeout, policy=policy,
                 log_max_bytes=s.log_max_bytes, log_backups=s.log_backups,
                 port=address if isinstance(address, int) else None,
                 socket=address if isinstance(address, str) else None,
-                inherits=inherits, listen_backlog=backlog, limits=s.limits.for_kind(kind))
+                inherits=inherits, listen_backlog=backlog, limits=limits)
     return specs, addresses
 
 

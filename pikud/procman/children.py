@@ -1,12 +1,12 @@
 """Spawning children and learning of their exit without a thread or a poll.
 
 Design notes: ``subprocess.Popen`` takes the vfork fast path and works under
-uvloop and asyncio alike; each child's exit is seen through a pidfd watched by
-``loop.add_reader`` and read with ``waitid(P_PIDFD)`` (FACTS.md). The daemon
-is a child subreaper, so grandchildren that daemonize are re-parented to it;
-a SIGCHLD handler (it only schedules a sweep on the loop) reaps those, and
-only those: pids we spawned ourselves are reaped by their own pidfd waiter,
-never by the sweep.
+uvloop and asyncio alike; each child's exit is seen through a pidfd watched on
+the loop (one epoll set for all of them: readers.py) and read with
+``waitid(P_PIDFD)`` (FACTS.md). The daemon is a child subreaper, so
+grandchildren that daemonize are re-parented to it; a SIGCHLD handler (it only
+schedules a sweep on the loop) reaps those, and only those: pids we spawned
+ourselves are reaped by their own pidfd waiter, never by the sweep.
 
 Reading the daemon's children costs a pass over every one of them, so a
 stop reads them at most once per turn of the loop (the stops begun in one
@@ -32,6 +32,7 @@ from pathlib import Path
 
 from pikud import identity
 from pikud.procman.descriptors import check_headroom, kept
+from pikud.procman.readers import readers
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Child:
             self.pidfd = -1
             self._exit.set_result(ExitInfo(None, None))
             return
-        loop.add_reader(self.pidfd, self._on_exit)
+        readers().add(self.pidfd, self._on_exit)
 
     @classmethod
     def adopt(cls, pid: int, spawn_id: str) -> Child:
@@ -127,7 +128,7 @@ class Child:
 
     def _on_exit(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.remove_reader(self.pidfd)
+        readers().remove(self.pidfd)
         try:
             result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
             info = ExitInfo.from_waitid(result) if result else ExitInfo(None, None)
@@ -144,6 +145,11 @@ class Child:
     @property
     def exited(self) -> bool:
         return self._exit.done()
+
+    @property
+    def ended(self) -> asyncio.Future[ExitInfo]:
+        """Done once the process has exited: to watch, never to cancel (``wait`` shields it)."""
+        return self._exit
 
     async def wait(self) -> ExitInfo:
         return await asyncio.shield(self._exit)

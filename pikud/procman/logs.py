@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from pikud.procman.readers import readers
+
 log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024            # a longer line is cut into pieces of this size
 RETRY_WRITE = 1.0               # seconds a failing log (a full disk) drops lines before a retry
@@ -111,7 +113,7 @@ class PipeReader:
         self._buffer = b""
         os.set_blocking(fd, False)
         self.closed = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().add_reader(fd, self._readable)
+        readers().add(fd, self._readable)
 
     def _readable(self) -> None:
         try:
@@ -135,7 +137,7 @@ class PipeReader:
         self.sink(raw.rstrip(b"\r").decode(errors="replace"))
 
     def _finish(self) -> None:
-        asyncio.get_running_loop().remove_reader(self.fd)
+        readers().remove(self.fd)
         os.close(self.fd)
         if self._buffer:
             self._emit(self._buffer)

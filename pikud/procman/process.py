@@ -45,7 +45,7 @@ from pikud.procman.policy import RestartPolicy, decide, floored
 from pikud.procman.shell import shell_argv
 from pikud.procman.sockets import Address, hand_over, listen, remove_socket
 from pikud.procman.state import ALIVE, ProcessState, allowed
-from pikud.procman.waits import first_of
+from pikud.procman.waits import Flag, first_of
 
 if TYPE_CHECKING:
     from pikud.procman.keeper import Keeper
@@ -161,11 +161,11 @@ class ManagedProcess:
         self.log = log                          # shared by every generation of the slot
         self._on_event = on_event
         self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
-        self._kick = asyncio.Event()
-        self._suspend = asyncio.Event()         # stop the process, keep the socket
-        self._resumed = asyncio.Event()
-        self.settled = asyncio.Event()          # set unless STARTING or STOPPING
+        self._stop = Flag()
+        self._kick = Flag()
+        self._suspend = Flag()                  # stop the process, keep the socket
+        self._resumed = Flag()
+        self.settled = Flag()                   # set unless STARTING or STOPPING
         self.listener: socket.socket | None = None
         self.pipe: PipeReader | None = None     # the running process's output
         self.keeper = keeper
@@ -392,9 +392,9 @@ class ManagedProcess:
             self._set_state(S.RUNNING, f"success: {self.name} entered RUNNING state, "
                             f"process has stayed up for > {self.spec.policy.start_secs:g}s")
 
-    async def _wait_exit_or_request(self, child: Child) -> asyncio.Event | None:
-        """The stop or suspend event asked for while the child still runs; None once it exited."""
-        await first_of(child.wait(), self._stop, self._suspend)
+    async def _wait_exit_or_request(self, child: Child) -> Flag | None:
+        """The stop or suspend flag raised while the child still runs; None once it exited."""
+        await first_of(child.ended, self._stop, self._suspend)
         if child.exited:
             return None
         return self._stop if self._stop.is_set() else self._suspend

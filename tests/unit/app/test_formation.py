@@ -81,6 +81,20 @@ def test_a_slot_gets_the_release_env_its_kind_port_and_paths() -> None:
     assert not web.inherits and web.listen_address is None
 
 
+def test_the_slots_of_a_kind_share_one_env_and_a_web_slot_adds_its_own_port() -> None:
+    """The daemon holds every slot's spec: no copy of the app's env per slot or kind."""
+    specs, _ = process_specs("app", spec("web: serve\nworker: work\n", {"web": 2, "worker": 2},
+                                         {"PORT": "5000"}),
+                             dict(ENV, PORT="5000"), SOURCE, PATHS, {}, counter())
+    assert specs["app:worker.1"].env is specs["app:worker.2"].env
+    one, two = specs["app:web.1"].env, specs["app:web.2"].env
+    assert one == tuple(sorted(dict(ENV, PROC_TYPE="web", PIKU_ROOT="/srv/piku",
+                                    PORT="5000").items()))
+    assert all(a is b for a, b in zip(one, two, strict=True) if a[0] != "PORT")
+    worker = dict((pair[0], pair) for pair in specs["app:worker.1"].env)
+    assert all(worker[pair[0]] is pair for pair in one if pair[0] not in ("PORT", "PROC_TYPE"))
+
+
 LISTENING = [
     # (Procfile, ENV, the web slot inherits the daemon's socket)
     ("web: serve\n", {}, False),

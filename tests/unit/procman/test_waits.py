@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from pikud.procman.waits import first_of
+from pikud.procman.waits import Flag, first_of
 
 DEADLINE = 5.0
 
@@ -19,7 +19,7 @@ async def no_other_task() -> None:
 
 
 async def test_the_event_set_first_wins_and_the_other_waits_are_cancelled() -> None:
-    stop, kick = asyncio.Event(), asyncio.Event()
+    stop, kick = Flag(), Flag()
     asyncio.get_running_loop().call_later(0.01, kick.set)
     async with asyncio.timeout(DEADLINE):
         assert await first_of(stop, kick) is kick
@@ -27,7 +27,7 @@ async def test_the_event_set_first_wins_and_the_other_waits_are_cancelled() -> N
 
 
 async def test_an_awaitable_can_win() -> None:
-    stop = asyncio.Event()
+    stop = Flag()
     finished = asyncio.sleep(0.01)
     async with asyncio.timeout(DEADLINE):
         assert await first_of(finished, stop) is finished
@@ -37,24 +37,24 @@ async def test_an_awaitable_can_win() -> None:
 async def test_a_sleep_is_a_time_limit() -> None:
     limit = asyncio.sleep(0.01)
     async with asyncio.timeout(DEADLINE):
-        assert await first_of(asyncio.Event(), limit) is limit
+        assert await first_of(Flag(), limit) is limit
     await no_other_task()
 
 
 async def test_a_task_passed_in_is_watched_not_cancelled() -> None:
-    gate = asyncio.Event()
+    gate = Flag()
     task = asyncio.create_task(gate.wait())
-    stop = asyncio.Event()
+    stop = Flag()
     stop.set()
     async with asyncio.timeout(DEADLINE):
         assert await first_of(task, stop) is stop
         assert not task.cancelled()
         gate.set()
-        assert await task is True
+        await task
 
 
 async def test_of_several_done_the_first_argument_wins() -> None:
-    one, two = asyncio.Event(), asyncio.Event()
+    one, two = Flag(), Flag()
     one.set()
     two.set()
     async with asyncio.timeout(DEADLINE):
@@ -62,7 +62,7 @@ async def test_of_several_done_the_first_argument_wins() -> None:
 
 
 async def test_cancelling_the_waiter_cancels_its_waits() -> None:
-    waiter = asyncio.create_task(first_of(asyncio.Event(), asyncio.sleep(3600)))
+    waiter = asyncio.create_task(first_of(Flag(), asyncio.sleep(3600)))
     await asyncio.sleep(0)
     waiter.cancel()
     async with asyncio.timeout(DEADLINE):
