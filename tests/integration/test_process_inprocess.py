@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import sys
 import time
-import tracemalloc
 from dataclasses import replace
 
 import pytest
@@ -110,28 +108,6 @@ async def test_a_running_slot_waits_on_one_task(harness: Harness) -> None:
     async with asyncio.timeout(2):
         await proc.stop()
     assert proc.state is S.STOPPED
-
-
-async def test_a_running_slot_costs_the_daemon_a_few_kib(harness: Harness) -> None:
-    """What the daemon holds for each running process: its slot, log, pidfd and pipe
-    watches and the waits it parks on (15 KiB here with asyncio.Events, a Task per wait and
-    a loop reader per descriptor)."""
-    count = 20
-    specs = [harness.spec("sleep 300", f"t:worker.{n}") for n in range(1, count + 1)]
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        procs = [harness.process(spec) for spec in specs]
-        for proc in procs:
-            proc.start()
-        for spec in specs:
-            await harness.events.nth(spec.name, "RUNNING")
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    assert grown / count < 8 * 1024, f"{grown / count / 1024:.1f} KiB per running slot"
 
 
 async def test_a_child_that_honours_sigterm_stops_without_sigkill(harness: Harness) -> None:
