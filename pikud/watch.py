@@ -48,7 +48,14 @@ class FileWatcher:
                 log.warning("%s: cannot watch %s: its folder does not exist", app, path)
                 continue
             if directory not in self._dirs:
-                self._dirs[directory] = self._add_watch(directory)
+                try:
+                    self._dirs[directory] = self._add_watch(directory)
+                except (ImportError, RuntimeError, OSError) as exc:
+                    # Watching is a convenience, and this runs inside an app's commit, after
+                    # its switch: a failure (no inotify instance left, EMFILE, ENOSPC for
+                    # watches, asyncinotify unusable) is said and the rest goes on.
+                    log.warning("%s: cannot watch %s: %s", app, path, exc)
+                    continue
             self._targets.setdefault(directory, {})[path.name] = (app, why)
 
     def unwatch(self, app: str) -> None:
