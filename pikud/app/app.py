@@ -20,6 +20,7 @@ from pikud.app.desired import Desired
 from pikud.appspec import format_env, format_scaling, parse_env, parse_scale_args, supervised_kinds
 from pikud.appusers import provision, retire
 from pikud.atomic import written_unless_failed
+from pikud.deploy.buildkeys import BUILD_KEYS
 from pikud.deploy.checkout import ref_value, wait_for_ref
 from pikud.deploy.releases import Release
 from pikud.errors import AppUserError, DeployError, EnvError, PikudError
@@ -31,13 +32,6 @@ if TYPE_CHECKING:
     from pikud.deploy.pipeline import PushInfo
 
 log = logging.getLogger(__name__)
-
-
-def build_settings() -> frozenset[str]:
-    """The ENV keys a build reads (every runtime's), imported on first use: the resting
-    daemon stays light; see README."""
-    from pikud.deploy.runtimes import BUILD_KEYS
-    return BUILD_KEYS
 
 
 class App(AppCore):
@@ -282,7 +276,7 @@ class App(AppCore):
             self._vet_include(spec, self.source(self.release), admin)
             self._cron_jobs(spec, self.release)     # TZ, PIKU_CRON_*: even with no restart now
             changed = sorted(set(updates) | set(removals))
-            build_keys = [key for key in changed if key in build_settings()]
+            build_keys = [key for key in changed if key in BUILD_KEYS]
             with self._kept_if_applied(self.paths.env_file(self.name), text, 0o600):
                 self.note("config", f"{self.name}: config changed ({', '.join(changed)})")
                 if not (self.running and spec.settings.auto_restart):

@@ -70,6 +70,8 @@ def test_a_resting_daemon_imports_only_what_its_work_needs(
                    "cron2: @reboot echo booted\n", FAST + "TZ=Europe/Berlin\n")
     daemon.api("POST", "/apps/timed/deploy")
     wait_for(lambda: "booted" in daemon.log_text("timed", "cron2"), 10, "the @reboot job")
+    daemon.api("POST", "/apps/timed/config", {"set": {"COLOR": "blue"}})   # no build key
     working = imported(daemon.output())
     assert {"croniter", "zoneinfo", "asyncinotify", "hashlib"} <= working
+    assert not {"pikud.deploy.pipeline", "pikud.deploy.runtimes"} & working
     assert daemon.api("GET", "/apps/timed/cron")["jobs"][0]["next_run"][11:16] == "03:00"

@@ -22,22 +22,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from pikud.appspec import Procfile
+from pikud.deploy.buildkeys import BUILD_KEYS
 from pikud.deploy.runtimes.base import BuildContext, BuildResult, Runner, Runtime
 from pikud.deploy.runtimes.generic import GENERIC
 from pikud.deploy.runtimes.go import GO
-from pikud.deploy.runtimes.interpreters import KEY as PYTHON_VERSION_KEY
-from pikud.deploy.runtimes.node import MANAGER_KEY, NODE, VERSION_KEY
-from pikud.deploy.runtimes.python import INSTALLER_KEY, PYTHON
+from pikud.deploy.runtimes.node import NODE
+from pikud.deploy.runtimes.python import PYTHON
 from pikud.deploy.runtimes.static import STATIC
 from pikud.deploy.runtimes.toolchains import CLOJURE, GRADLE, LEININGEN, MAVEN, RUBY, RUST
-from pikud.deploy.runtimes.uvpython import KEY as UV_INSTALL_KEY
 from pikud.errors import BuildError
 
 __all__ = ["BUILD_KEYS", "RUNTIMES", "BuildContext", "BuildResult", "Runner", "Runtime", "detect"]
-
-BUILD_KEYS = frozenset({PYTHON_VERSION_KEY, UV_INSTALL_KEY, INSTALLER_KEY, VERSION_KEY,
-                        MANAGER_KEY})
-"""ENV keys the build reads: changing one with config:set rebuilds the release."""
 
 RUNTIMES: tuple[Runtime, ...] = (PYTHON, RUBY, NODE, MAVEN, GRADLE, GO, CLOJURE, LEININGEN,
                                  RUST, GENERIC, STATIC)

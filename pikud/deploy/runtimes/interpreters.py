@@ -18,10 +18,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pikud.deploy import buildkeys
 from pikud.deploy.runtimes.tools import parse_version, probe, version_matches
 from pikud.errors import BuildError
 
-KEY = "PYTHON_VERSION"
+KEY = buildkeys.PYTHON_VERSION
 VERSION_FILE = ".python-version"
 _NAME = re.compile(r"python3(?:\.[0-9]+)?")
 _REQUEST = re.compile(r"(?:cpython-|python)?(3(?:\.[0-9]+){0,2})")

@@ -28,14 +28,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pikud.appspec import Procfile
+from pikud.deploy import buildkeys
 from pikud.deploy.runtimes.base import BuildContext, BuildResult
 from pikud.deploy.runtimes.envcache import build_once, content_key, shown
 from pikud.deploy.runtimes.nodeenv import install_node
 from pikud.deploy.runtimes.tools import parse_version, probe, require, version_matches, which
 from pikud.errors import BuildError
 
-MANAGER_KEY = "NODE_PACKAGE_MANAGER"
-VERSION_KEY = "NODE_VERSION"
+MANAGER_KEY = buildkeys.NODE_PACKAGE_MANAGER
+VERSION_KEY = buildkeys.NODE_VERSION
 MANAGERS = ("npm", "yarn", "pnpm")
 LOCKS = {"npm": ("package-lock.json", "npm-shrinkwrap.json"),
          "yarn": ("yarn.lock",), "pnpm": ("pnpm-lock.yaml",)}

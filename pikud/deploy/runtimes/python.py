@@ -57,6 +57,7 @@ from typing import Any
 
 from pikud.appspec import Procfile
 from pikud.convert import bad_value
+from pikud.deploy import buildkeys
 from pikud.deploy.runtimes.base import BuildContext, BuildResult
 from pikud.deploy.runtimes.envcache import build_once, content_key, shown
 from pikud.deploy.runtimes.interpreters import (
@@ -75,7 +76,7 @@ PYPROJECT = "pyproject.toml"
 UV_LOCK = "uv.lock"
 POETRY_LOCK = "poetry.lock"
 _PROJECT_TABLES = ("project", "build-system")
-INSTALLER_KEY = "PIKU_PYTHON_INSTALLER"
+INSTALLER_KEY = buildkeys.PYTHON_INSTALLER
 INSTALLERS = ("uv", "pip")
 _PIP = ("-m", "pip", "install", "--disable-pip-version-check", "--no-input",
         "--progress-bar", "off")

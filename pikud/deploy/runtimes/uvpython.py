@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pikud.convert import boolean
+from pikud.deploy import buildkeys
 from pikud.deploy.runtimes.base import Runner
 from pikud.deploy.runtimes.interpreters import (
     Interpreter,
@@ -25,7 +26,7 @@ from pikud.deploy.runtimes.interpreters import (
 from pikud.deploy.runtimes.tools import probe, with_system_certs
 from pikud.errors import BuildError
 
-KEY = "PIKU_UV_PYTHON_INSTALL"
+KEY = buildkeys.UV_PYTHON_INSTALL
 
 
 def allowed(env: Mapping[str, str]) -> bool:
