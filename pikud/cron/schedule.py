@@ -220,7 +220,6 @@ def _impossible_days(days: frozenset[int], months: frozenset[int]) -> str | None
 
 
 # --- time zones -----------------------------------------------------------
-# A missing zone raises ZoneInfoNotFoundError, a KeyError, which is what is caught here.
 def zone_type() -> type[ZoneInfo]:
     """zoneinfo's ZoneInfo, imported on first use (an app with cron entries): zoneinfo
     brings sysconfig, and the resting daemon stays light; see README."""
@@ -235,7 +234,7 @@ def zone(name: str | None) -> ZoneInfo:
     key = name.removeprefix(":")
     try:
         return zone_type()(key)
-    except (KeyError, ValueError, OSError):
+    except (KeyError, ValueError, OSError):     # a missing zone: ZoneInfoNotFoundError, a KeyError
         raise CronError(f"TZ: unknown time zone {name!r} (expected an IANA name such as "
                         "Europe/Berlin or UTC)", key="TZ") from None
 

@@ -75,6 +75,8 @@ async def first_of(*waits: Waitable) -> Waitable:
     When several are done at once, the first in argument order is returned.
     A time limit is one more awaitable: ``first_of(stop, asyncio.sleep(delay))``.
     """
+    if not waits:
+        raise ValueError("first_of() needs something to wait for")
     futures = [w.waiter() if isinstance(w, Flag) else asyncio.ensure_future(w) for w in waits]
     first = asyncio.get_running_loop().create_future()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from pikud.procman.waits import Flag, first_of
 
 DEADLINE = 5.0
@@ -69,3 +71,19 @@ async def test_cancelling_the_waiter_cancels_its_waits() -> None:
         await asyncio.gather(waiter, return_exceptions=True)
     assert waiter.cancelled()
     await no_other_task()
+
+
+async def test_nothing_to_wait_for_is_an_error() -> None:
+    with pytest.raises(ValueError, match="needs something to wait for"):
+        await first_of()
+
+
+async def test_a_flag_keeps_no_cancelled_waiter() -> None:
+    """A running slot waits on the same flags round after round (a suspend, a stop): each
+    round's waiter is dropped once cancelled, so a flag holds at most the current one."""
+    flag, other = Flag(), Flag()
+    for _ in range(50):
+        other.set()
+        assert await first_of(flag, other) is other
+        other.clear()
+    assert len(flag._waiters) <= 1
