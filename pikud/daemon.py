@@ -364,16 +364,21 @@ async def run(daemon: Daemon) -> None:
     reexec = Reexec(daemon, signals)
 
     async def handle_signals() -> None:
+        """One signal's action failing is logged; the next signals are still acted on."""
         while True:
             sig = await signals.get()
-            if sig == signal.SIGHUP:
-                daemon.reload_settings()
-            elif sig == signal.SIGUSR2:
-                log.info("received SIGUSR2: re-executing pikud")
-                await reexec.run()
-            else:
-                log.info("received %s", sig.name)
-                stop.set()
+            try:
+                if sig == signal.SIGHUP:
+                    daemon.reload_settings()
+                elif sig == signal.SIGUSR2:
+                    log.info("received SIGUSR2: re-executing pikud")
+                    await reexec.run()
+                else:
+                    log.info("received %s", sig.name)
+                    stop.set()
+            except Exception:
+                log.exception("%s: its action failed; pikud goes on handling signals",
+                              sig.name)
 
     handler = asyncio.create_task(handle_signals())
     try:

@@ -26,7 +26,8 @@
     ...                           # any key that appsettings.app_settings reads
 
 A missing file means every default; a bad file is an error naming the key,
-and on SIGHUP the settings in force stay as they were. The router_* and
+one that cannot be read (a folder, no read permission) an error naming the
+reason, and on SIGHUP the settings in force stay as they were. The router_* and
 control_* settings are read at start only (they shape listening sockets).
 
 As root, pikud runs the commands the file names (nginx_test, nginx_reload,
@@ -45,6 +46,7 @@ and a SIGHUP keeps the settings in force.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import re
@@ -170,40 +172,56 @@ def ceilings(raw: dict[str, Any], label: str) -> Ceilings:
 
 
 def read_trusted(path: Path) -> str:
-    """The text of ``path``; as root, only of a regular file that root owns and nobody else
-    may write, opened without following a link (Design notes). FileNotFoundError when
-    there is none; SpecError naming its owner, mode and the fix otherwise."""
-    data = path.read_bytes() if os.geteuid() != 0 else root_owned(path)
+    """The text of ``path``, a regular file; as root, only one that root owns and nobody
+    else may write, opened without following a link (Design notes). FileNotFoundError when
+    there is none; SpecError naming the reason otherwise (its owner, mode and the fix, or
+    why it cannot be read), with every descriptor it opened closed."""
+    root = os.geteuid() == 0
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC      # O_NONBLOCK: a FIFO never blocks
+    try:
+        fd = os.open(path, flags | (os.O_NOFOLLOW if root else 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if root and exc.errno == errno.ELOOP:
+            raise SpecError(f"cannot open it without following a link ({exc.strerror}): "
+                            "pikud runs as root and runs the commands it names, so it must be "
+                            "a regular file root owns", file=str(path)) from None
+        raise SpecError(f"cannot read it: {exc.strerror}", file=str(path)) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise SpecError(f"cannot read it: {os.strerror(errno.EISDIR)}", file=str(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecError(f"cannot read it: not a regular file (mode "
+                            f"{stat.filemode(st.st_mode)})", file=str(path))
+        if root:
+            check_root_owned(path, st)
+        with open(fd, "rb", closefd=False) as file:
+            data = file.read()
+    except OSError as exc:
+        raise SpecError(f"cannot read it: {exc.strerror}", file=str(path)) from None
+    finally:
+        os.close(fd)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"not valid TOML: {exc}", file=str(path)) from exc
 
 
-def root_owned(path: Path) -> bytes:
-    """The bytes of ``path``, a regular file that root owns and nobody else may write."""
+def check_root_owned(path: Path, st: os.stat_result) -> None:
+    """SpecError unless ``st`` (of ``path``) is root's, writable by root alone, one link."""
+    if st.st_uid == 0 and not st.st_mode & 0o022 and st.st_nlink == 1:
+        return
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise SpecError(f"cannot open it without following a link ({exc.strerror}): pikud "
-                        "runs as root and runs the commands it names, so it must be a "
-                        "regular file root owns", file=str(path)) from None
-    with os.fdopen(fd, "rb") as file:
-        st = os.fstat(file.fileno())
-        if st.st_uid != 0 or st.st_mode & 0o022 or st.st_nlink != 1 \
-                or not stat.S_ISREG(st.st_mode):
-            try:
-                owner = pwd.getpwuid(st.st_uid).pw_name
-            except KeyError:
-                owner = f"uid {st.st_uid}"
-            raise SpecError(
-                f"owned by {owner} with mode {stat.filemode(st.st_mode)} "
-                f"({st.st_mode & 0o7777:04o}), {st.st_nlink} link(s): pikud runs as root and "
-                "runs the commands it names, so only root may write it: "
-                f"chown root:root {path} && chmod 644 {path}", file=str(path))
-        return file.read()
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = f"uid {st.st_uid}"
+    raise SpecError(
+        f"owned by {owner} with mode {stat.filemode(st.st_mode)} "
+        f"({st.st_mode & 0o7777:04o}), {st.st_nlink} link(s): pikud runs as root and "
+        "runs the commands it names, so only root may write it: "
+        f"chown root:root {path} && chmod 644 {path}", file=str(path))
 
 
 def load_settings(path: Path) -> Settings:

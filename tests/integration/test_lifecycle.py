@@ -106,6 +106,51 @@ def test_sighup_rereads_settings_without_touching_apps(pikud: Pikud) -> None:
     assert pids(pikud, "steady") == before
 
 
+def test_an_unreadable_pikud_toml_on_sighup_keeps_the_settings_and_the_signals(
+        short_root: Path, pikud_factory) -> None:
+    """A pikud.toml that cannot be read, or whose reading fails unforeseen, is logged and
+    the settings in force stay; the signals after it are still acted on (SIGTERM stops)."""
+    settings = short_root / "pikud.toml"
+    settings.write_text("events_kept = 3\n")
+    daemon: Pikud = pikud_factory()
+    assert daemon.proc is not None
+    settings.unlink()
+    settings.mkdir()
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: f"SIGHUP: kept the settings in force: {settings}: cannot read it: "
+             "Is a directory" in daemon.output(), 5, "the refusal of a folder")
+    settings.rmdir()
+    if os.geteuid() != 0:                   # root reads a mode 000 file all the same
+        settings.write_text("events_kept = 50\n")
+        settings.chmod(0)
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: f"{settings}: cannot read it: Permission denied" in daemon.output(),
+                 5, "the refusal of a file pikud may not read")
+        settings.unlink()
+    # nested past the parser's recursion limit: an error no check foresaw
+    settings.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: its action failed; pikud goes on handling signals"
+             in daemon.output(), 5, "the failure, logged")
+    assert "RecursionError" in daemon.output()
+    daemon.add_app("kept", "worker: sleep 300\n", FAST)
+    daemon.api("POST", "/apps/kept/deploy")
+    assert len(daemon.api("GET", "/events?lines=50")["events"]) == 3      # events_kept = 3
+    assert daemon.stop(timeout=15) == 0
+
+
+def test_an_unreadable_pikud_toml_stops_the_start_in_one_line(short_root: Path,
+                                                               tmp_path: Path) -> None:
+    settings = short_root / "pikud.toml"
+    settings.mkdir()
+    result = subprocess.run([sys.executable, "-m", "pikud", "serve"],
+                            env=Pikud(short_root, tmp_path / "pikud.log").env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr == f"pikud: {settings}: cannot read it: Is a directory\n"
+    assert not (short_root / "pikud.sock").exists()
+
+
 def test_systemd_notify_ready_and_stopping(pikud_factory, short_root: Path) -> None:
     path = short_root / "notify"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

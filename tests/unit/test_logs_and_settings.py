@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,32 @@ def test_bad_settings_name_the_problem(tmp_path: Path, text: str, names: str) ->
     with pytest.raises(SpecError) as info:
         load_settings(path)
     assert names in str(info.value) and str(path) in str(info.value)
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_settings_file_that_cannot_be_read_names_the_reason_and_leaks_nothing(
+        tmp_path: Path) -> None:
+    path = tmp_path / "pikud.toml"
+    before = open_fds()
+    path.mkdir()
+    with pytest.raises(SpecError, match=f"^{path}: cannot read it: Is a directory$"):
+        load_settings(path)
+    path.rmdir()
+    os.mkfifo(path)                     # never read: it would block the daemon's loop
+    with pytest.raises(SpecError, match=r"cannot read it: not a regular file \(mode prw"):
+        load_settings(path)
+    path.unlink()
+    path.write_text("events_kept = 5\n")
+    path.chmod(0)
+    if os.geteuid() != 0:
+        with pytest.raises(SpecError, match=f"^{path}: cannot read it: Permission denied$"):
+            load_settings(path)
+    else:                               # root reads it: root owns it, nobody else may write
+        assert load_settings(path).events_kept == 5
+        os.chown(path, 65534, 65534)
+        with pytest.raises(SpecError, match="owned by .* only root may write it"):
+            load_settings(path)
+    assert open_fds() == before
