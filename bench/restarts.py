@@ -58,7 +58,8 @@ def main() -> int:
         (root / "envs" / name).mkdir(parents=True)
         (root / "envs" / name / "SCALING").write_text("worker: 2\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIKU")}
-    env["PIKU_ROOT"] = str(root)
+    # As installed: nginx in front, so no built-in router (and no aiohttp) in the daemon.
+    env.update(PIKU_ROOT=str(root), PIKU_PROXY="nginx")
     load_before, started = measure.load_average(), time.monotonic()
     with open(root / "daemon.log", "wb") as log:
         daemon = subprocess.Popen([sys.executable, "-m", "pikud", "serve"], env=env, cwd=root,
