@@ -236,6 +236,8 @@ def load_settings(path: Path) -> Settings:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"not valid TOML: {exc}", file=label) from exc
+    except RecursionError:      # tomllib recurses once per nested array or table
+        raise SpecError("not valid TOML here: nested too deeply", file=label) from None
     unknown = set(raw) - KEYS
     if unknown:
         raise SpecError(f"unknown setting(s): {', '.join(sorted(unknown))}", file=label)
