@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pikud.procman.logs import rotate, tail
+from pikud.procman.logs import APPENDING, open_log, rotate, tail
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class AuditLog:
                 size = 0
             if size and size + len(line) > self.max_bytes:
                 rotate(self.path, self.backups)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = open_log(self.path, APPENDING, 0o600)
             try:
                 os.write(fd, line)
             finally:

@@ -9,8 +9,10 @@ writer in the daemon, so following survives a rotation without reading files.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -24,6 +26,29 @@ MAX_LINE = 64 * 1024            # a longer line is cut into pieces of this size
 RETRY_WRITE = 1.0               # seconds a failing log (a full disk) drops lines before a retry
 
 Follower = Callable[[str, str], None]
+
+
+def open_log(path: Path, flags: int, mode: int = 0o666) -> int:
+    """A descriptor on the log file ``path`` (``flags``: os.O_RDONLY, or appending), which
+    must be a regular file with one link: never opened through a link at its last part,
+    never blocking on a FIFO. Log folders are the deploy user's, and pikud may read and
+    write them as root."""
+    flags |= os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link, which pikud does not follow") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"not a regular file with one link (mode "
+                                    f"{stat.filemode(info.st_mode)}, {info.st_nlink} links)")
+    return fd
+
+
+APPENDING = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 
 
 def timestamp() -> str:
@@ -47,7 +72,7 @@ class LogFile:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Kept open across writes (rotation and close() close it), so no `with`.
-            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
+            self._file = os.fdopen(open_log(self.path, APPENDING), "ab", buffering=0)
             self._size = self._file.tell()
         return self._file
 
@@ -160,7 +185,7 @@ def _tail_one(path: Path, lines: int) -> list[str]:
     if lines <= 0:
         return []
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_log(path, os.O_RDONLY), "rb") as f:
             f.seek(0, os.SEEK_END)
             end = f.tell()
             block, data = 8192, b""
@@ -170,6 +195,9 @@ def _tail_one(path: Path, lines: int) -> list[str]:
                 data = f.read(end - start) + data
                 end = start
     except FileNotFoundError:
+        return []
+    except OSError as exc:      # a link or FIFO put in place of a log: said, and left out
+        log.warning("log left out: cannot read %s: %s", path, exc)
         return []
     return [line.decode(errors="replace") for line in data.splitlines()[-lines:]]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pikud.access.audit import AuditLog
 from pikud.errors import SpecError
 from pikud.procman.logs import LogFile, log_files, tail
 from pikud.proxy.connections import ConnectionLimits
@@ -33,6 +34,33 @@ def test_tail_reaches_into_the_previous_file(tmp_path: Path) -> None:
     assert tail(tmp_path / "w.1.log", 4) == ["old 3", "old 4", "new 0", "new 1"]
     assert tail(tmp_path / "w.1.log", 0) == []
     assert tail(tmp_path / "missing.log", 3) == []
+
+
+def test_a_log_planted_as_a_link_a_fifo_or_a_hard_link_is_neither_written_nor_read(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Log folders are the deploy user's, and pikud may write them as root: a link there
+    must not make it append to (or show) another file, and a FIFO must not block it."""
+    target = tmp_path / "target"
+    target.write_text("secret\n")
+    target.chmod(0o644)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "web.1.log").symlink_to(target)
+    os.mkfifo(logs / "web.2.log")
+    os.link(target, logs / "web.3.log")
+    audit = AuditLog(logs / "audit.log", max_bytes=1 << 20, backups=1)
+    (logs / "audit.log").symlink_to(target)
+    for name in ("web.1", "web.2", "web.3"):
+        log = LogFile(logs / f"{name}.log", name, max_bytes=1 << 20, backups=1, followers=set())
+        log.write_line("planted")             # returns: a FIFO without a reader never blocks
+        log.close()
+        assert tail(logs / f"{name}.log", 5) == []
+    audit.write({"event": "planted"})
+    assert target.read_text() == "secret\n"
+    messages = caplog.text
+    assert "a symbolic link, which pikud does not follow" in messages
+    assert "not a regular file with one link (mode -rw-r--r--, 2 links)" in messages
+    assert "audit line lost" in messages
 
 
 def test_log_files_filters_by_kind(tmp_path: Path) -> None:
