@@ -171,13 +171,16 @@ def ceilings(raw: dict[str, Any], label: str) -> Ceilings:
     return Ceilings(per_app, total)
 
 
+MOST_BYTES = 64 * 1024      # pikud.toml is a few lines; read on the loop at every SIGHUP
+
+
 def read_trusted(path: Path) -> str:
     """The text of ``path``, a regular file; as root, only one that root owns and nobody
     else may write, opened without following a link (Design notes). FileNotFoundError when
     there is none; SpecError naming the reason otherwise (its owner, mode and the fix, or
     why it cannot be read), with every descriptor it opened closed."""
     root = os.geteuid() == 0
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC      # O_NONBLOCK: a FIFO never blocks
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC    # a FIFO never blocks
     try:
         fd = os.open(path, flags | (os.O_NOFOLLOW if root else 0))
     except FileNotFoundError:
@@ -198,7 +201,10 @@ def read_trusted(path: Path) -> str:
         if root:
             check_root_owned(path, st)
         with open(fd, "rb", closefd=False) as file:
-            data = file.read()
+            data = file.read(MOST_BYTES + 1)        # at most: the file may grow meanwhile
+        if len(data) > MOST_BYTES:
+            raise SpecError(f"more than {MOST_BYTES // 1024} KiB: a settings file is a few "
+                            "lines", file=str(path))
     except OSError as exc:
         raise SpecError(f"cannot read it: {exc.strerror}", file=str(path)) from None
     finally:
@@ -237,7 +243,7 @@ def load_settings(path: Path) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"not valid TOML: {exc}", file=label) from exc
     except RecursionError:      # tomllib recurses once per nested array or table
-        raise SpecError("not valid TOML here: nested too deeply", file=label) from None
+        raise SpecError("not valid TOML: nested too deeply", file=label) from None
     unknown = set(raw) - KEYS
     if unknown:
         raise SpecError(f"unknown setting(s): {', '.join(sorted(unknown))}", file=label)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SETTLE = 0.2            # seconds of quiet before a change is acted on
+# What an inotify error means on a server, and which limit to raise.
+LIMITS = {errno.EMFILE: "no inotify instance or descriptor left: raise "
+                        "fs.inotify.max_user_instances or pikud's LimitNOFILE",
+          errno.ENOSPC: "no inotify watch left: raise fs.inotify.max_user_watches"}
 
 Reaction = Callable[[str, str], None]       # (app, "config" | "touch")
 
@@ -50,11 +55,12 @@ class FileWatcher:
             if directory not in self._dirs:
                 try:
                     self._dirs[directory] = self._add_watch(directory)
-                except (ImportError, RuntimeError, OSError) as exc:
+                except OSError as exc:
                     # Watching is a convenience, and this runs inside an app's commit, after
-                    # its switch: a failure (no inotify instance left, EMFILE, ENOSPC for
-                    # watches, asyncinotify unusable) is said and the rest goes on.
-                    log.warning("%s: cannot watch %s: %s", app, path, exc)
+                    # its switch: a failure is said and the rest goes on.
+                    reason = LIMITS.get(exc.errno or 0, exc.strerror or str(exc))
+                    log.warning("%s: cannot watch %s (%s): a change to it is acted on at the "
+                                "app's next deploy or restart", app, path, reason)
                     continue
             self._targets.setdefault(directory, {})[path.name] = (app, why)
 
@@ -71,8 +77,10 @@ class FileWatcher:
                     self._inotify.rm_watch(watch)
 
     def _add_watch(self, directory: Path) -> Watch:
-        # imported on first use: the resting daemon stays light; see README
-        from asyncinotify import Inotify, Mask
+        try:    # imported on first use: the resting daemon stays light; see README
+            from asyncinotify import Inotify, Mask
+        except (ImportError, RuntimeError) as exc:  # RuntimeError: no inotify in this libc
+            raise OSError(errno.ENOSYS, f"asyncinotify cannot load: {exc}") from None
         if self._inotify is None:
             self._inotify = Inotify()
             self._made.set()

@@ -157,4 +157,8 @@ def test_a_settings_file_that_cannot_be_read_names_the_reason_and_leaks_nothing(
         os.chown(path, 65534, 65534)
         with pytest.raises(SpecError, match="owned by .* only root may write it"):
             load_settings(path)
+    path.unlink()
+    path.write_text("# " + "x" * (64 * 1024) + "\n")    # a comment: valid TOML, but too big
+    with pytest.raises(SpecError, match=f"^{path}: more than 64 KiB: a settings file is"):
+        load_settings(path)
     assert open_fds() == before

@@ -38,4 +38,5 @@ def test_a_watch_that_cannot_be_made_is_logged_and_the_watch_call_returns(tmp_pa
     assert lines[-1] == "returned"
     warnings = [line for line in lines if line.startswith("WARNING hello: cannot watch")]
     assert len(warnings) == 4, lines        # ENV and SCALING, twice
-    assert "Too many open files" in warnings[0]
+    assert "no inotify instance or descriptor left: raise fs.inotify.max_user_instances" \
+        in warnings[0]
