@@ -18,10 +18,12 @@ from tests.conftest import FAST, Pikud, alive, wait_for
 from tests.integration.app_code import PID_SERVER
 from tests.integration.systemd_stand_in import SystemdStandIn
 
+# Each line in one write: print() under PYTHONUNBUFFERED writes "tick", " ", "4" and the
+# newline apart, and the part a killed pikud had read is lost with it (README).
 TICK = """\
-import itertools, time
+import itertools, os, time
 for n in itertools.count():
-    print("tick", n, flush=True)
+    os.write(1, f"tick {n}\\n".encode())
     time.sleep(0.05)
 """
 
