@@ -47,8 +47,10 @@ async def test_a_readable_descriptor_calls_its_callback_until_removed(
     assert os.read(read, 10) == b"xy"
 
 
-async def test_a_callback_is_called_again_while_data_is_left() -> None:
-    read, write = os.pipe()
+async def test_a_callback_is_called_again_while_data_is_left(
+        pipes: list[tuple[int, int]]) -> None:
+    pipes.append(os.pipe())
+    read, write = pipes[0]
     chunks: list[bytes] = []
     done = asyncio.Event()
 
@@ -58,14 +60,10 @@ async def test_a_callback_is_called_again_while_data_is_left() -> None:
             readers().remove(read)
             done.set()
 
-    try:
-        readers().add(read, one_byte)
-        os.write(write, b"abc")
-        async with asyncio.timeout(DEADLINE):
-            await done.wait()
-    finally:
-        os.close(read)
-        os.close(write)
+    readers().add(read, one_byte)
+    os.write(write, b"abc")
+    async with asyncio.timeout(DEADLINE):
+        await done.wait()
     assert chunks == [b"a", b"b", b"c"]
 
 
