@@ -174,40 +174,41 @@ def settled(pids: Callable[[], list[int]]) -> list[int]:
     raise RuntimeError(f"the app processes still changed after {DEADLINE:g} s")
 
 
-def load(fig: Deploys, port: int, hosts: list[str], seconds: float) -> bool:
-    """``wrk -t2 -c8`` through nginx for ``seconds`` at each site of ``hosts`` in turn;
-    False (and a note) when wrk is missing."""
-    if not shutil.which("wrk"):
-        fig.notes.append("no wrk on PATH: no PSS after load (apt-get install wrk)")
-        return False
+def load(port: int, hosts: list[str], seconds: float) -> None:
+    """``wrk -t2 -c8`` through nginx for ``seconds`` at each site of ``hosts`` in turn."""
     for host in hosts:
         run(["wrk", "-t2", "-c8", f"-d{seconds:g}s", "-H", f"Host: {host}",
              f"http://127.0.0.1:{port}/"], timeout=seconds + 60)
-    return True
 
 
 def app_memory(fig: Deploys, port: int, add: Callable[[str], None], supervisor: int,
                args: argparse.Namespace) -> None:
     """PSS per app with the one app, then with ``args.apps`` (``add`` deploys one more
     under the name it is given, answering ``Hello from <name>``); each idle, then after
-    ``args.load`` seconds of load at each app."""
+    ``args.load`` seconds of load at each app (without wrk, idle only, and a note)."""
+    wrk = shutil.which("wrk") is not None
+    if not wrk:
+        fig.notes.append("no wrk on PATH: no PSS after load (apt-get install wrk)")
+
     def take(apps: int, loaded: bool) -> None:
         pids = settled(lambda: descendants(supervisor))
         fig.pss_per_app[apps, loaded] = memory(pids)[1] / apps
         fig.processes[apps, loaded] = len(pids)
         fig.pss_supervisor[apps, loaded] = memory([supervisor])[1]
 
+    def idle_then_loaded(apps: int) -> None:
+        take(apps, False)
+        if wrk:
+            load(port, hosts, args.load)
+            take(apps, True)
+
     hosts = [HOST]
-    take(1, False)
-    if load(fig, port, hosts, args.load):
-        take(1, True)
+    idle_then_loaded(1)
     for n in range(2, args.apps + 1):
         add(f"bench{n}")
         answers(port, f"bench{n}", time.monotonic(), host=f"bench{n}.example")
         hosts.append(f"bench{n}.example")
-    take(args.apps, False)
-    if load(fig, port, hosts, args.load):
-        take(args.apps, True)
+    idle_then_loaded(args.apps)
 
 
 def pikud_setup(name: str, server: str | None, args: argparse.Namespace) -> Deploys:
