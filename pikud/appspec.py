@@ -322,13 +322,12 @@ def _read(paths: Paths, path: Path, error: type[SpecError]) -> str | None:
 
 def _worker_env(paths: Paths, app: str, base_env: Mapping[str, str]) -> dict[str, str]:
     """What piku gives every worker before the app's ENV (without PORT/PROC_TYPE)."""
-    import getpass  # imported on first use (it brings termios): see README
     env = {key: value for key, value in base_env.items() if key not in SYSTEMD_VARS}
     venv = paths.virtualenv(app)
     env.update(
         APP=app,
         HOME=base_env.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir,
-        USER=base_env.get("USER") or getpass.getuser(),
+        USER=base_env.get("USER") or pwd.getpwuid(os.getuid()).pw_name,
         LOG_ROOT=str(paths.log_dir(app)),
         DATA_ROOT=str(paths.data(app)),
         CACHE_ROOT=str(paths.cache(app)),

@@ -10,7 +10,6 @@ re-executes pikud in place (reexec.py).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -24,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pikud import __version__, identity
+from pikud import __version__, daemonargs, identity
 from pikud.access.audit import AuditLog
 from pikud.access.rules import RuleBook
 from pikud.access.tickets import PushTickets
@@ -388,17 +387,14 @@ async def run(daemon: Daemon) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pikud", description="The pikud daemon.")
-    parser.add_argument("--version", action="version", version=f"pikud {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the daemon in the foreground")
-    serve.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
-                       help="event loop (default: uvloop)")
-    serve.add_argument("--http", metavar="HOST:PORT",
-                       default=os.environ.get("PIKU_HTTP_ADDRESS", "127.0.0.1:8080"),
-                       help="where the built-in router serves HTTP when there is no nginx "
-                            "(default: $PIKU_HTTP_ADDRESS or 127.0.0.1:8080)")
-    args = parser.parse_args(argv)
+    try:
+        args = daemonargs.parse(sys.argv[1:] if argv is None else argv, __version__)
+    except daemonargs.UsageError as exc:
+        print(f"{daemonargs.USAGE}\npikud: error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(args, daemonargs.Exit):
+        print(args.text, end="")
+        return 0
     paths = Paths.from_env()
     try:
         settings = load_settings(paths.settings)

@@ -15,7 +15,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,7 +51,15 @@ APPENDING = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 
 
 def timestamp() -> str:
-    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+    """Now in local time, ISO 8601 to the millisecond with the UTC offset
+    (2026-12-06T13:05:09.042+01:00). Made with time, not datetime: datetime's module
+    would stay in the daemon's memory (about 450 KiB of RSS) for this one line."""
+    now = time.time()
+    local = time.localtime(now)
+    sign = "-" if local.tm_gmtoff < 0 else "+"
+    hours, minutes = divmod(abs(local.tm_gmtoff) // 60, 60)
+    return (f"{time.strftime('%Y-%m-%dT%H:%M:%S', local)}.{int(now % 1 * 1000):03d}"
+            f"{sign}{hours:02d}:{minutes:02d}")
 
 
 class LogFile:

@@ -45,8 +45,7 @@ Address = int | str             # a loopback port, or a unix socket's path
 def socket_path(folder: Path, slot: str, token: str | None = None) -> str:
     """A new path for slot ``APP:KIND.N``'s unix socket in ``folder``; EnvError naming
     PIKU_ROOT when even the short name does not fit in a socket address."""
-    import secrets  # imported on first use (secrets brings hashlib): see README
-    token = token or secrets.token_hex(4)
+    token = token or os.urandom(4).hex()    # as secrets.token_hex(4), without its hashlib
     for name in (f"{slot.replace(':', '.')}.{token}.sock", f"{token}.sock"):
         path = os.path.join(folder, name)
         if len(os.fsencode(path)) <= SUN_PATH_MAX:

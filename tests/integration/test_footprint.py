@@ -15,10 +15,11 @@ AIOHTTP = ("/aiohttp/", "/multidict/", "/yarl/", "/frozenlist/", "/propcache/")
 
 # What a daemon with no apps (and no pikud.toml) must not have imported, and what brings it:
 # a build, cron, a watched file (asyncinotify loads libc through ctypes.util), a site
-# rendered, pikud.toml, a str host resolved (IDNA), a digest or a token (hashlib).
+# rendered, pikud.toml, a str host resolved (IDNA). Never: argparse (the command line is
+# parsed by hand), getpass.
 RESTING_WITHOUT = ("pikud.deploy.pipeline", "pikud.deploy.runtimes", "croniter", "zoneinfo",
                    "asyncinotify", "ctypes.util", "jinja2", "tomllib", "unicodedata",
-                   "hashlib")
+                   "argparse", "gettext", "getpass")
 
 
 def imported(output: str) -> set[str]:
@@ -72,6 +73,8 @@ def test_a_resting_daemon_imports_only_what_its_work_needs(
     wait_for(lambda: "booted" in daemon.log_text("timed", "cron2"), 10, "the @reboot job")
     daemon.api("POST", "/apps/timed/config", {"set": {"COLOR": "blue"}})   # no build key
     working = imported(daemon.output())
-    assert {"croniter", "zoneinfo", "asyncinotify", "hashlib"} <= working
-    assert not {"pikud.deploy.pipeline", "pikud.deploy.runtimes"} & working
+    assert {"croniter", "zoneinfo", "asyncinotify"} <= working
+    # Digests and tokens come without OpenSSL's (CPython's own SHA-256, os.urandom).
+    assert not {"pikud.deploy.pipeline", "pikud.deploy.runtimes", "hashlib", "secrets",
+                "getpass"} & working
     assert daemon.api("GET", "/apps/timed/cron")["jobs"][0]["next_run"][11:16] == "03:00"
