@@ -29,7 +29,6 @@ import grp
 import logging
 import os
 import shlex
-import shutil
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from pikud.identity import Account, Identity, lookup, marker, open_folder, user_
 from pikud.nginxaccess import SOCKETS_MODE
 from pikud.paths import Paths
 from pikud.procman.oneshot import run_once
+from pikud.programs import which
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ async def _allow_cron(name: str, allowed: bool) -> None:
 
 async def _forget_crontab(name: str) -> None:
     """Remove the crontab ``name`` may have made before it was denied; none is no error."""
-    crontab = shutil.which("crontab", path=TOOLS_PATH)
+    crontab = which("crontab", path=TOOLS_PATH)
     if crontab is None:
         return
     lines: list[str] = []

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -39,6 +38,7 @@ from pikud.paths import Paths
 from pikud.procman import enforce
 from pikud.procman.children import become_subreaper, install_orphan_reaper
 from pikud.procman.keeper import Keeper
+from pikud.programs import which
 from pikud.proxy.acme import Acme
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.routing import parse_address
@@ -77,7 +77,7 @@ def proxy_mode(environ: Mapping[str, str]) -> str:
     if mode not in ("auto", "builtin", "nginx"):
         raise PikudError(f"PIKU_PROXY must be builtin, nginx or auto, got {mode!r}")
     if mode == "auto":
-        return "nginx" if shutil.which("nginx") and NGINX_SNIPPET.exists() else "builtin"
+        return "nginx" if which("nginx") and NGINX_SNIPPET.exists() else "builtin"
     return mode
 
 

@@ -38,7 +38,6 @@ import logging
 import os
 import pwd
 import re
-import shutil
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from pathlib import Path
 from pikud.digest import sha256
 from pikud.errors import AppUserError, SpecError
 from pikud.paths import LAYOUT, Paths
+from pikud.programs import which
 
 log = logging.getLogger(__name__)
 
@@ -261,11 +261,11 @@ def resolve(deploy_user: str | None, root: Path, settings_file: str) -> Identity
                         key="deploy_user") from None
     if entry.pw_uid == 0:
         return Identity()
-    setpriv = shutil.which("setpriv")
+    setpriv = which("setpriv")
     if setpriv is None:
         raise SpecError("setpriv (util-linux) is not on PATH: pikud runs as root and needs it "
                         "to run apps as their own users", file=settings_file, key="deploy_user")
-    return Identity(Account.of(entry), setpriv, shutil.which("env") or "/usr/bin/env")
+    return Identity(Account.of(entry), setpriv, which("env") or "/usr/bin/env")
 
 
 _current: list[Identity] = []

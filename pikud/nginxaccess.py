@@ -37,12 +37,13 @@ import grp
 import os
 import pwd
 import re
-import shutil
 import stat
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from pikud.programs import which
 
 DEFAULT_USER = "www-data"
 DEFAULT_CONF = Path("/etc/nginx/nginx.conf")
@@ -131,7 +132,7 @@ def worker_user(conf: Path = DEFAULT_CONF) -> str:
 def installed_worker_user(nginx: str = "nginx") -> str | None:
     """``worker_user`` of the nginx on PATH (or in /usr/sbin), for callers without a
     daemon; None when nginx is not installed."""
-    program = shutil.which(nginx) or shutil.which(nginx, path="/usr/sbin")
+    program = which(nginx) or which(nginx, path="/usr/sbin")
     if program is None:
         return None
     try:

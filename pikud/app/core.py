@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -75,6 +74,7 @@ def allocator(folder: Path) -> Allocate:
 
 async def remove_tree(path: Path) -> None:
     """rmtree off the event loop: a large release must not stall every app's traffic."""
+    import shutil  # imported on first use (it brings bz2 and lzma): see README
     await asyncio.to_thread(shutil.rmtree, path, True)
 
 

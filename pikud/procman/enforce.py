@@ -31,7 +31,6 @@ import contextlib
 import itertools
 import logging
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from pathlib import Path
 from pikud import identity
 from pikud.limits import Limits
 from pikud.procman.children import descendants
+from pikud.programs import which
 
 log = logging.getLogger(__name__)
 
@@ -283,12 +283,12 @@ def take(root: Path) -> Cgroups:
     to its children) and set up ROOT/apps."""
     (root / "daemon").mkdir(exist_ok=True)
     _write(root / "daemon" / "cgroup.procs", str(os.getpid()))
-    return Cgroups(root, shutil.which("prlimit"))
+    return Cgroups(root, which("prlimit"))
 
 
 def detect() -> Rlimits:
     """The way limits are enforced on this machine, logged once."""
-    prlimit = shutil.which("prlimit")
+    prlimit = which("prlimit")
     try:
         enforcer: Rlimits = take(delegated())
     except NoCgroups as exc:
@@ -313,5 +313,5 @@ def use(enforcer: Rlimits) -> None:
 def current() -> Rlimits:
     """The way set by ``use``; rlimits where no daemon looked for cgroup v2 (a test)."""
     if not _current:
-        _current.append(Rlimits(shutil.which("prlimit"), "pikud did not look for cgroup v2"))
+        _current.append(Rlimits(which("prlimit"), "pikud did not look for cgroup v2"))
     return _current[0]

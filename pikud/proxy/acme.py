@@ -50,7 +50,6 @@ import ipaddress
 import json
 import logging
 import re
-import shutil
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -324,6 +323,7 @@ class Acme:
         self._said = {said for said in self._said if said[0] != app}
         webroot = self.nginx.paths.root / "acme" / app
         if webroot.is_dir() and not webroot.is_symlink():
+            import shutil  # imported on first use (it brings bz2 and lzma): see README
             await asyncio.to_thread(shutil.rmtree, webroot, True)
 
 

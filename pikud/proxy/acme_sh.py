@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import shutil
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 from pikud import identity
 from pikud.atomic import write_atomic
 from pikud.errors import NginxError
+from pikud.programs import which
 from pikud.proxy.commands import run
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.site import NginxSite
@@ -54,7 +54,7 @@ def find_acme_sh(configured: str | None = None) -> Path | None:
     (the deploy user's home with app users)."""
     if configured:
         return Path(configured) if os.access(configured, os.X_OK) else None
-    found = shutil.which("acme.sh")
+    found = which("acme.sh")
     if found is not None:
         return Path(found)
     standard = identity.current().home() / ".acme.sh" / "acme.sh"

@@ -44,7 +44,6 @@ import logging
 import os
 import pwd
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +63,7 @@ from pikud.nginxaccess import (
     worker_user,
 )
 from pikud.paths import Paths
+from pikud.programs import which
 from pikud.proxy.commands import run
 from pikud.proxy.render import Http2Style, quote, render
 from pikud.proxy.site import NginxSite
@@ -127,7 +127,7 @@ class Nginx:
                  reload_command: Sequence[str] = DEFAULT_RELOAD_COMMAND, *,
                  preamble: Sequence[str] | None = None, timeout: float = 30.0) -> None:
         self.paths = paths
-        if tuple(test_command) == DEFAULT_TEST_COMMAND and shutil.which("nginx") is None:
+        if tuple(test_command) == DEFAULT_TEST_COMMAND and which("nginx") is None:
             test_command = ("/usr/sbin/nginx",)     # a login PATH without sbin
         self.test_command = tuple(test_command)
         self.reload_command = tuple(reload_command)

@@ -16,10 +16,10 @@ AIOHTTP = ("/aiohttp/", "/multidict/", "/yarl/", "/frozenlist/", "/propcache/")
 # What a daemon with no apps (and no pikud.toml) must not have imported, and what brings it:
 # a build, cron, a watched file (asyncinotify loads libc through ctypes.util), a site
 # rendered, pikud.toml, a str host resolved (IDNA). Never: argparse (the command line is
-# parsed by hand), getpass.
+# parsed by hand), getpass, shutil (pikud finds programs itself).
 RESTING_WITHOUT = ("pikud.deploy.pipeline", "pikud.deploy.runtimes", "croniter", "zoneinfo",
                    "asyncinotify", "ctypes.util", "jinja2", "tomllib", "unicodedata",
-                   "argparse", "gettext", "getpass")
+                   "argparse", "gettext", "getpass", "shutil")
 
 
 def imported(output: str) -> set[str]:

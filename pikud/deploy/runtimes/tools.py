@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from pikud import identity
+from pikud import identity, programs
 from pikud.errors import BuildError
 from pikud.procman.oneshot import OneShotTimeout, run_once
 
@@ -45,7 +44,7 @@ PROBE_TIMEOUT = 20.0
 
 def which(tool: str, env: Mapping[str, str]) -> str | None:
     """The tool's path on ``env``'s PATH, or None."""
-    return shutil.which(tool, path=env.get("PATH", os.defpath))
+    return programs.which(tool, path=env.get("PATH", os.defpath))
 
 
 def uv_binary(env: Mapping[str, str]) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -29,9 +29,9 @@ def test_a_timestamp_is_local_time_with_its_offset(
         tz: str, offsets: set[str], zone: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", tz)
     time.tzset()
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     stamp = timestamp()
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert len(stamp) == len("2026-12-06T13:05:09.042+01:00")
     assert stamp[-6:] in offsets
     parsed = datetime.fromisoformat(stamp)
