@@ -227,7 +227,6 @@ class Daemon:
                  self.loop_name)
         try:
             async with asyncio.TaskGroup() as tasks:
-                watching = tasks.create_task(self.watcher.run())
                 pulse = tasks.create_task(self._watchdog())
                 await self.registry.boot(adopted)
                 if self.router is not None and held is not None:
@@ -240,7 +239,6 @@ class Daemon:
                 await shutdown_trigger()
                 log.info("shutting down: stopping %d processes", self.registry.process_count())
                 self.notifier.stopping()
-                watching.cancel()
                 refreshing.cancel()
                 for reload in list(self._reloads):
                     reload.cancel()

@@ -4,9 +4,8 @@ Each app's ``envs/APP/ENV`` and ``SCALING`` are watched, and so are the files
 named in ``PIKU_TOUCH_RELOAD``. A change is reported once per app after a short
 quiet time (an editor's save or a ``touch`` is several inotify events).
 
-The inotify instance is made at the first watch: asyncinotify loads libc through
-ctypes.util.find_library, which runs ldconfig and maps about 1.2 MiB into the
-daemon; a daemon with no apps needs none of it.
+The inotify instance (pikud/inotify.py) is made at the first watch, and the loop
+reads it from then on; a daemon with no apps has none.
 """
 
 from __future__ import annotations
@@ -17,10 +16,8 @@ import errno
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from asyncinotify import Inotify, Watch
+from pikud import inotify
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +26,7 @@ SETTLE = 0.2            # seconds of quiet before a change is acted on
 LIMITS = {errno.EMFILE: "no inotify instance or descriptor left: raise "
                         "fs.inotify.max_user_instances or pikud's LimitNOFILE",
           errno.ENOSPC: "no inotify watch left: raise fs.inotify.max_user_watches"}
+MASK = inotify.CLOSE_WRITE | inotify.MOVED_TO | inotify.CREATE | inotify.ATTRIB | inotify.DELETE
 
 Reaction = Callable[[str, str], None]       # (app, "config" | "touch")
 
@@ -36,9 +34,9 @@ Reaction = Callable[[str, str], None]       # (app, "config" | "touch")
 class FileWatcher:
     def __init__(self, react: Reaction) -> None:
         self._react = react
-        self._inotify: Inotify | None = None
-        self._made = asyncio.Event()        # set once there is an inotify instance to read
-        self._dirs: dict[Path, Watch] = {}
+        self._inotify: inotify.Inotify | None = None
+        self._dirs: dict[Path, int] = {}                    # dir -> its watch descriptor
+        self._watched: dict[int, Path] = {}                 # and back
         self._targets: dict[Path, dict[str, tuple[str, str]]] = {}   # dir -> name -> (app, why)
         self._pending: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
@@ -71,29 +69,33 @@ class FileWatcher:
                     del names[name]
             if not names:
                 del self._targets[directory]
-                watch = self._dirs.pop(directory)
+                wd = self._dirs.pop(directory)
+                del self._watched[wd]
                 with contextlib.suppress(OSError):  # the folder is gone, and its watch with it
                     assert self._inotify is not None
-                    self._inotify.rm_watch(watch)
+                    self._inotify.rm_watch(wd)
 
-    def _add_watch(self, directory: Path) -> Watch:
-        try:    # imported on first use: the resting daemon stays light; see README
-            from asyncinotify import Inotify, Mask
-        except (ImportError, RuntimeError) as exc:  # RuntimeError: no inotify in this libc
-            raise OSError(errno.ENOSYS, f"asyncinotify cannot load: {exc}") from None
+    def _add_watch(self, directory: Path) -> int:
+        """Watch ``directory``; the inotify instance is made, and read by the loop, at the
+        first watch (an app's commit, on the loop)."""
         if self._inotify is None:
-            self._inotify = Inotify()
-            self._made.set()
-        mask = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.CREATE | Mask.ATTRIB | Mask.DELETE
-        return self._inotify.add_watch(directory, mask)
+            self._inotify = inotify.Inotify()
+            asyncio.get_running_loop().add_reader(self._inotify.fd, self._read)
+        wd = self._inotify.add_watch(directory, MASK)
+        self._watched[wd] = directory
+        return wd
 
-    async def run(self) -> None:
-        await self._made.wait()
+    def _read(self) -> None:
         assert self._inotify is not None
-        async for event in self._inotify:
-            if event.path is None or event.name is None:
+        for event in self._inotify.read():
+            if event.mask & inotify.Q_OVERFLOW:
+                log.warning("file watch: inotify's queue overflowed and changes were lost "
+                            "(raise fs.inotify.max_queued_events); a lost change to ENV, "
+                            "SCALING or a touch-reload file is acted on at the app's next "
+                            "deploy or restart")
                 continue
-            target = self._targets.get(event.path.parent, {}).get(event.name.name)
+            directory = self._watched.get(event.wd)
+            target = self._targets.get(directory, {}).get(event.name) if directory else None
             if target is not None:
                 self._schedule(*target)
 
@@ -112,4 +114,7 @@ class FileWatcher:
         for handle in self._pending.values():
             handle.cancel()
         if self._inotify is not None:
+            with contextlib.suppress(RuntimeError):     # the loop is already closed
+                asyncio.get_running_loop().remove_reader(self._inotify.fd)
             self._inotify.close()
+            self._inotify = None

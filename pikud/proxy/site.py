@@ -307,9 +307,12 @@ def unknown_key_warnings(env: Mapping[str, str]) -> list[str]:
     A warning, not a refusal: piku ignores keys it does not read, and an ENV
     written for a later piku (or for the app itself) must still deploy.
     """
-    import difflib  # imported on first use: the resting daemon stays light; see README
+    unknown = unknown_keys(env)
+    if not unknown:
+        return []
+    import difflib  # imported on first use (an unknown key): the daemon stays light; see README
     warnings = []
-    for key in unknown_keys(env):
+    for key in unknown:
         near = difflib.get_close_matches(key, sorted(KEYS), n=1, cutoff=0.8)
         hint = f" (did you mean {near[0]}?)" if near else ""
         warnings.append(f"{key} is not an nginx setting pikud knows; it is ignored{hint}")

@@ -183,8 +183,7 @@ def test_the_cli_does_not_import_the_daemon_stack() -> None:
     assert "pikud.cli" in imported
     assert loaded["commands"] == COMMANDS
     assert not [name for name in imported
-                if name.split(".")[0] in ("aiohttp", "uvloop", "jinja2", "croniter",
-                                          "asyncinotify")]
+                if name.split(".")[0] in ("aiohttp", "uvloop", "jinja2", "croniter")]
     assert not [name for name in imported if name.split(".")[0] in ("http", "email", "ssl")]
 
 
