@@ -156,7 +156,7 @@ def capture(daemon: Daemon) -> Record:
     router = daemon.router.listeners() if daemon.router is not None else ()
     return Record(version=daemon.version, started=daemon.started,
                   control=daemon.control_fd(), router=tuple(router), apps=tuple(apps),
-                  cron=tuple(daemon.registry.scheduler.capture()),
+                  cron=tuple(daemon.registry.cron.capture()),
                   events=tuple(daemon.events.recent))
 
 

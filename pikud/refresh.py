@@ -31,7 +31,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +118,7 @@ class CloudflareRefresh:
             if not result["changed"]:
                 log.info("cloudflare: %d ranges, unchanged; nothing touched", len(ranges))
                 return result
+            from datetime import datetime  # imported on first use: see README
             write_atomic(path, format_file(lists, datetime.now()), 0o600)
             log.info("cloudflare: %d ranges written to %s", len(ranges), path)
             result["apps"] = [await self._republish(app) for app in self._users()]

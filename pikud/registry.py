@@ -32,7 +32,7 @@ from pikud.appsettings import AppSettings
 from pikud.appspec import AppSpec, validate_app_name
 from pikud.atomic import write_atomic
 from pikud.ceilings import Ceilings
-from pikud.cron import Scheduler
+from pikud.cron import Cron
 from pikud.deploy.releases import ReleaseStore
 from pikud.errors import AppNameError, AppNotFound, PikudError, Starting
 from pikud.events import EventLog
@@ -76,12 +76,12 @@ class AppRegistry:
                  keeper: Keeper | None = None) -> None:
         self.paths = paths
         self.traffic = traffic or Traffic(None)
-        self.scheduler = Scheduler(paths.state_dir / "cron.json", self._cron_event,
-                                   lambda app: self.apps[app].followers)
+        self.cron = Cron(paths.state_dir / "cron.json", self._cron_event,
+                         lambda app: self.apps[app].followers)
         self.events = events
         # Shared by every App: a SIGHUP's new defaults and ceilings reach them all.
         self.services = AppServices(
-            paths, dict(base_env), app_defaults, events, self.traffic, self.scheduler,
+            paths, dict(base_env), app_defaults, events, self.traffic, self.cron,
             ceilings or Ceilings(), save=self.save, claimed=self.claimed, problems=self.problems,
             forget=self.forget, watch=watch, unwatch=unwatch, keeper=keeper or Keeper())
         self.apps: dict[str, App] = {}
@@ -130,7 +130,7 @@ class AppRegistry:
         unsaved = [f"pikud/state.json could not be saved ({self._unsaved}); pikud retries, "
                    "and a restart of pikud before it succeeds brings back older desired "
                    "states"] if self._unsaved else []
-        cron = [self.scheduler.problem] if self.scheduler.problem else []
+        cron = [self.cron.problem] if self.cron.problem else []
         return self._noted + cron + unsaved
 
     def save(self) -> None:
@@ -228,7 +228,7 @@ class AppRegistry:
                 log.error("re-exec: %s not adopted: %s", app_record.name, exc)
                 continue
             adopted.add(app.name)
-        self.scheduler.adopt(record.cron)
+        self.cron.adopt(record.cron)
         return adopted
 
     async def _prune_unrecorded(self) -> None:
@@ -283,7 +283,7 @@ class AppRegistry:
     async def shutdown(self) -> None:
         for retry in list(self._boot_retries):
             retry.cancel()
-        await asyncio.gather(self.scheduler.close(),
+        await asyncio.gather(self.cron.close(),
                              *(app.stop(persist=False) for app in self.apps.values()))
 
     def claimed(self, besides: str) -> int:

@@ -299,7 +299,7 @@ class App(AppCore):
         cache of the app goes: it is nginx's, not the app's)."""
         async with self.lock:
             await self._stop_all()
-            self.services.scheduler.set_jobs(self.name, [], starting=False)   # forget history
+            self.services.cron.set_jobs(self.name, [], starting=False)   # forget history
             await self.services.traffic.withdraw(self.name)
             self._watch_idle(0)
             self.log.close()
@@ -372,10 +372,10 @@ class App(AppCore):
                     problems=self.services.problems() + summary["problems"])
 
     def cron(self) -> list[dict[str, Any]]:
-        return self.services.scheduler.describe(self.name)
+        return self.services.cron.describe(self.name)
 
     async def cron_run(self, kind: str) -> dict[str, Any]:
-        return await self.services.scheduler.run_now(self.name, kind)
+        return await self.services.cron.run_now(self.name, kind)
 
     def releases_list(self) -> list[dict[str, Any]]:
         return [r.summary(self.releases.current) for r in reversed(self.releases.releases)]

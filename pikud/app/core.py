@@ -30,6 +30,7 @@ import logging
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pikud import identity
 from pikud.app.desired import Desired
@@ -39,7 +40,6 @@ from pikud.appspec import WEB_KINDS, AppSpec, format_env, load_spec
 from pikud.appusers import provision
 from pikud.atomic import write_atomic
 from pikud.ceilings import admit
-from pikud.cron import JobSpec
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.servers import check_installed, servers_chosen
 from pikud.deploy.spec import release_env, spec_warnings
@@ -53,6 +53,9 @@ from pikud.procman.plan import plan
 from pikud.procman.process import ManagedProcess, ProcessSpec
 from pikud.procman.sockets import FOLDER_MODE, Address, socket_path
 from pikud.procman.state import ProcessState
+
+if TYPE_CHECKING:
+    from pikud.cron.jobs import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +429,7 @@ class AppCore:
         self._watch_idle(spec.settings.idle_timeout)
         self.desired = Desired.RUNNING
         self.services.save()
-        self.services.scheduler.set_jobs(self.name, jobs, starting=starting)
+        self.services.cron.set_jobs(self.name, jobs, starting=starting)
 
     def _make_dirs(self) -> None:
         for path in (self.paths.log_dir(self.name), self.paths.data(self.name),
@@ -477,7 +480,7 @@ class AppCore:
         """Stop every process of the app: its slots, its cron runs and (``untracked``) any
         it does not track, found in /proc: left by a start that failed, or escaped from
         its slot. A daemon shutdown skips that scan; the next boot's covers every app."""
-        await asyncio.gather(self.group.stop(), self.services.scheduler.remove_app(self.name))
+        await asyncio.gather(self.group.stop(), self.services.cron.remove_app(self.name))
         self.claimed = 0
         if not untracked:
             return

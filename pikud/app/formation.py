@@ -11,17 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pikud.appspec import WEB_KINDS, AppSpec, supervised_kinds
-from pikud.cron import JobSpec, cron_entries, job_settings
+from pikud.appspec import WEB_KINDS, AppSpec, is_cron, supervised_kinds
 from pikud.deploy.servers import server_command
 from pikud.paths import Paths
 from pikud.procman.policy import RestartPolicy
 from pikud.procman.process import ProcessSpec
 from pikud.procman.sockets import Address
 
+if TYPE_CHECKING:
+    from pikud.cron.jobs import JobSpec
+
 SERVED_KINDS = ("wsgi", "asgi")      # entries that name a Python object, served by an app server
 
+JOB_KEYS = {"TZ", "PIKU_CRON_OVERLAP", "PIKU_CRON_TIMEOUT"}    # what job_settings reads
 Allocate = Callable[[str, bool], Address]     # (slot, on a unix socket?) -> a new address
 Env = tuple[tuple[str, str], ...]
 
@@ -107,7 +111,13 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
 
 def cron_jobs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
               paths: Paths) -> list[JobSpec]:
-    """The app's cron entries as jobs; raises CronError on a bad schedule or TZ."""
+    """The app's cron entries as jobs; raises CronError on a bad schedule or TZ.
+
+    An app with no cron entry and none of the keys jobs read has none, and cron's
+    modules stay unimported (the daemon stays light: see README)."""
+    if not any(map(is_cron, spec.procfile.entries)) and not JOB_KEYS & spec.env.keys():
+        return []
+    from pikud.cron.jobs import JobSpec, cron_entries, job_settings
     tz, overlap, timeout = job_settings(spec.env)
     entries = cron_entries(spec.procfile, tz=tz)
     job_env = tuple(sorted(dict(env, PIKU_ROOT=str(paths.root)).items()))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pikud.appsettings import AppSettings
 from pikud.appspec import AppSpec
 from pikud.ceilings import Ceilings
-from pikud.cron import Scheduler
+from pikud.cron import Cron
 from pikud.events import EventLog
 from pikud.paths import Paths
 from pikud.procman.keeper import Keeper
@@ -39,7 +39,7 @@ class AppServices:
     defaults: AppSettings                   # pikud.toml [defaults]
     events: EventLog
     traffic: Traffic
-    scheduler: Scheduler
+    cron: Cron
     ceilings: Ceilings = field(default_factory=Ceilings)
     save: Callable[[], None] = _nothing                     # persist every desired state
     claimed: Callable[[str], int] = _none_claimed           # processes of every other app

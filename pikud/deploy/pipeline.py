@@ -25,7 +25,7 @@ from pikud import identity
 from pikud.appsettings import AppSettings
 from pikud.appspec import AppSpec, load_spec, process_kinds
 from pikud.appusers import give_tree
-from pikud.cron import cron_entries, job_settings
+from pikud.cron.jobs import cron_entries, job_settings
 from pikud.deploy.checkout import checkout
 from pikud.deploy.releases import Release, ReleaseStore
 from pikud.deploy.runtimes import detect

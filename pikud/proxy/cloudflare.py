@@ -24,12 +24,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from pikud.errors import CloudflareError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import aiohttp
 
 DEFAULT_URLS = ("https://www.cloudflare.com/ips-v4", "https://www.cloudflare.com/ips-v6")

@@ -15,7 +15,7 @@ import pytest
 
 from pikud.app import App, AppServices, Desired
 from pikud.appsettings import AppSettings
-from pikud.cron import Scheduler
+from pikud.cron import Cron
 from pikud.errors import PikudError
 from pikud.events import EventLog
 from pikud.paths import Paths
@@ -44,9 +44,9 @@ def saves() -> Saves:
 
 @pytest.fixture
 async def make(tmp_path: Path, saves: Saves) -> AsyncIterator[Make]:
-    scheduler = Scheduler(tmp_path / "cron.json", lambda *event: None, lambda app: set())
+    cron = Cron(tmp_path / "cron.json", lambda *event: None, lambda app: set())
     services = AppServices(Paths(tmp_path), {"PATH": os.environ["PATH"]}, FAST, EventLog(),
-                           Traffic(None), scheduler, save=saves)
+                           Traffic(None), cron, save=saves)
     made: list[App] = []
 
     def app(name: str, procfile: str) -> App:
@@ -59,7 +59,7 @@ async def make(tmp_path: Path, saves: Saves) -> AsyncIterator[Make]:
     for each in made:
         await each.stop(persist=False)
         each.log.close()
-    await scheduler.close()
+    await cron.close()
     assert not any(each.group.processes for each in made)
 
 

@@ -17,6 +17,8 @@ AIOHTTP = ("/aiohttp/", "/multidict/", "/yarl/", "/frozenlist/", "/propcache/")
 # a build, cron, a site rendered, pikud.toml, a str host resolved (IDNA).
 RESTING_WITHOUT = ("pikud.deploy.pipeline", "pikud.deploy.runtimes", "croniter", "zoneinfo",
                    "jinja2", "tomllib", "unicodedata")
+# What an app without cron entries does not bring either: cron's scheduler and datetime.
+CRON = ("pikud.cron.scheduler", "pikud.cron.jobs", "datetime")
 # What not even an app without cron entries brings (croniter's dateutil brings shutil
 # and tempfile): the command line is parsed by hand (argparse),
 # programs found and atomic files made by pikud (shutil, tempfile), inotify called through
@@ -71,19 +73,19 @@ def test_a_resting_daemon_imports_only_what_its_work_needs(
     daemon = pikud_factory(extra_env={"PIKU_PROXY": "nginx", "PYTHONPROFILEIMPORTTIME": "1"})
     resting = imported(daemon.output())
     assert "pikud.control.server" in resting, "the probe sees the daemon's imports"
-    assert not [name for name in RESTING_WITHOUT + PLAIN_WITHOUT if name in resting]
+    assert not [name for name in RESTING_WITHOUT + PLAIN_WITHOUT + CRON if name in resting]
     daemon.add_app("plain", "worker: echo up; sleep 300\n", FAST + "TOUCH=1\n")
     daemon.api("POST", "/apps/plain/deploy")                # its ENV and SCALING watched
     wait_for(lambda: "up" in daemon.log_text("plain", "worker.1"), 10, "the worker's output")
     daemon.api("POST", "/apps/plain/config", {"set": {"COLOR": "blue"}})   # an atomic write
     plain = imported(daemon.output())
-    assert not [name for name in PLAIN_WITHOUT if name in plain]
+    assert not [name for name in PLAIN_WITHOUT + CRON if name in plain]
     daemon.add_app("timed", "worker: sleep 300\ncron1: 0 3 * * * echo nightly\n"
                    "cron2: @reboot echo booted\n", FAST + "TZ=Europe/Berlin\n")
     daemon.api("POST", "/apps/timed/deploy")
     wait_for(lambda: "booted" in daemon.log_text("timed", "cron2"), 10, "the @reboot job")
     daemon.api("POST", "/apps/timed/config", {"set": {"COLOR": "blue"}})   # no build key
     working = imported(daemon.output())
-    assert {"croniter", "zoneinfo"} <= working
+    assert {"croniter", "zoneinfo", *CRON} <= working
     assert not {"pikud.deploy.pipeline", "pikud.deploy.runtimes"} & working
     assert daemon.api("GET", "/apps/timed/cron")["jobs"][0]["next_run"][11:16] == "03:00"

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pikud.cron import CronEntry, local_zone, next_run, parse_cron, zone
+from pikud.cron.schedule import CronEntry, local_zone, next_run, parse_cron, zone
 from pikud.errors import CronError, SpecError
 
 UTC = ZoneInfo("UTC")

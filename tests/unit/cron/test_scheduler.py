@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
-from pikud.cron import JobSpec, Scheduler, job_settings, parse_cron
+from pikud.cron.jobs import JobSpec, job_settings
+from pikud.cron.schedule import parse_cron
+from pikud.cron.scheduler import Scheduler
 from pikud.errors import BadRequest, CronError, EnvError, NotFound
 from pikud.procman.children import find_processes
 from pikud.procman.logs import Follower
