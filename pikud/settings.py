@@ -60,7 +60,6 @@ from pikud.appsettings import AppSettings, app_settings
 from pikud.ceilings import Ceilings
 from pikud.errors import EnvError, SpecError
 from pikud.proxy.cloudflare import DEFAULT_URLS
-from pikud.proxy.connections import ConnectionLimits
 from pikud.proxy.nginx import DEFAULT_RELOAD_COMMAND, DEFAULT_TEST_COMMAND
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -71,6 +70,16 @@ KEYS = frozenset({"log_level", "shutdown_timeout", "events_kept", "defaults", "n
                   "max_processes_per_app", "max_processes", "deploy_user"})
 DEFAULT_CONTROL_IDLE_TIMEOUT = 10.0
 MOST_PROCESSES = 100_000
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The router's (proxy/connections.py), kept here: a daemon behind nginx runs no router
+    and does not import it."""
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 4096
+    fd_reserve: int = 256
 
 
 @dataclass(frozen=True)

@@ -57,13 +57,13 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from pikud.fds import open_descriptors, open_files_limit
 from pikud.procman.children import spawn_reserve
+from pikud.settings import ConnectionLimits
 
-if TYPE_CHECKING:       # ConnectionLimits is pikud.toml's (settings.py): no aiohttp for it
+if TYPE_CHECKING:
     from aiohttp import web
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,6 @@ BACKLOG = 128
 RECOUNT_INTERVAL = 1.0      # seconds between two listings of /proc/self/fd
 REUSE_BATCH = 32            # idle connections closed at once when short (as nginx)
 IDLE_GRACE = 0.1            # seconds an idle keep-alive connection has to send one more request
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    header_timeout: float = 10.0
-    keepalive_timeout: float = 75.0
-    max_connections: int = 4096
-    fd_reserve: int = 256
 
 
 class _Connection(asyncio.Protocol):

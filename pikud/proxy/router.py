@@ -51,7 +51,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from pikud.errors import PikudError
-from pikud.proxy.connections import ConnectionLimits, Connections
+from pikud.proxy.connections import Connections
 from pikud.proxy.routing import (
     Redirect,
     Route,
@@ -65,6 +65,7 @@ from pikud.proxy.routing import (
     upstream_url,
 )
 from pikud.proxy.static import serve_static
+from pikud.settings import ConnectionLimits
 
 log = logging.getLogger(__name__)
 

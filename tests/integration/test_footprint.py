@@ -16,7 +16,7 @@ AIOHTTP = ("/aiohttp/", "/multidict/", "/yarl/", "/frozenlist/", "/propcache/")
 # What a daemon with no apps (and no pikud.toml) must not have imported, and what brings it:
 # a build, cron, a site rendered, pikud.toml, a str host resolved (IDNA).
 RESTING_WITHOUT = ("pikud.deploy.pipeline", "pikud.deploy.runtimes", "croniter", "zoneinfo",
-                   "jinja2", "tomllib", "unicodedata")
+                   "jinja2", "tomllib", "unicodedata", "pikud.proxy.connections")
 # What an app without cron entries does not bring either: cron's scheduler and datetime.
 CRON = ("pikud.cron.scheduler", "pikud.cron.jobs", "datetime")
 # What not even an app without cron entries brings (croniter's dateutil brings shutil

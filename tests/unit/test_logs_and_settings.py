@@ -10,8 +10,7 @@ import pytest
 from pikud.access.audit import AuditLog
 from pikud.errors import SpecError
 from pikud.procman.logs import LogFile, log_files, tail
-from pikud.proxy.connections import ConnectionLimits
-from pikud.settings import Settings, load_settings
+from pikud.settings import ConnectionLimits, Settings, load_settings
 
 
 def test_log_file_rotates_into_numbered_backups(tmp_path: Path) -> None:
