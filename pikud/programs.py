@@ -13,12 +13,14 @@ import os
 def which(name: str, path: str | None = None) -> str | None:
     """The executable file ``name`` would run as, searched on ``path`` (default: $PATH,
     else the system's default path); a name with a slash is taken as it is. None if
-    there is no such file."""
+    there is no such file. An empty PATH names no folder, as for shutil.which: not the
+    current one (an empty entry among others does)."""
     if os.sep in name:
         folders = [""]
-    elif path is None:
-        folders = os.get_exec_path()
     else:
+        path = os.environ.get("PATH", os.defpath) if path is None else path
+        if not path:
+            return None
         folders = path.split(os.pathsep)
     for folder in folders:
         candidate = os.path.join(folder, name)

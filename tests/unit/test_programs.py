@@ -40,3 +40,15 @@ def test_the_default_is_path_and_a_name_with_a_slash_is_taken_as_it_is(
     assert which("other") == str(second / "other")
     assert which(str(second / "tool")) == str(second / "tool")
     assert which(str(first / "tool")) is None
+
+
+def test_an_empty_path_finds_nothing_not_even_in_the_current_folder(
+        path_dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app's ENV with PATH= (tools.which) or a daemon started with PATH="": shutil.which
+    finds nothing there, and neither may an executable file of that name in the cwd."""
+    _, second = path_dirs
+    monkeypatch.chdir(second)
+    assert which("tool", path="") is None and shutil.which("tool", path="") is None
+    monkeypatch.setenv("PATH", "")
+    assert which("tool") is None and shutil.which("tool") is None
+    assert which("tool", path=os.pathsep) == shutil.which("tool", path=os.pathsep) == "tool"
