@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pikud.errors import NotFound
+
 if TYPE_CHECKING:
     from pikud.cron.jobs import JobSpec
     from pikud.cron.scheduler import EventSink, Scheduler
@@ -49,7 +51,9 @@ class Cron:
             await self._made.remove_app(app)
 
     async def run_now(self, app: str, kind: str) -> dict[str, Any]:
-        return await self.scheduler().run_now(app, kind)
+        if self._made is None:      # no app has a cron job: no scheduler is made to say so
+            raise no_job(app, kind)
+        return await self._made.run_now(app, kind)
 
     def describe(self, app: str) -> list[dict[str, Any]]:
         return self._made.describe(app) if self._made is not None else []
@@ -65,3 +69,8 @@ class Cron:
     async def close(self) -> None:
         if self._made is not None:
             await self._made.close()
+
+
+def no_job(app: str, kind: str) -> NotFound:
+    """What ``cron:run`` of a kind the app has no job for answers."""
+    return NotFound(f"app {app!r} has no cron job {kind!r}")

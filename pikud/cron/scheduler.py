@@ -33,11 +33,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pikud.cron import no_job
 from pikud.cron.jobs import JobSpec, Running, job_settings, run_job
 from pikud.cron.schedule import next_run, zone
 from pikud.cron.state import CronState, parse_time
 from pikud.cron.timer import DueTimes
-from pikud.errors import BadRequest, NotFound
+from pikud.errors import BadRequest
 from pikud.handover import CronRecord
 from pikud.procman.children import Child
 from pikud.procman.logs import Follower, LogFile, PipeReader
@@ -175,7 +176,7 @@ class Scheduler:
         """
         job = self._jobs.get(app, {}).get(kind)
         if job is None:
-            raise NotFound(f"app {app!r} has no cron job {kind!r}")
+            raise no_job(app, kind)
         if job.runs and job.spec.overlap != "allow":
             if job.spec.overlap == "queue" and not job.queued:
                 self._queue(job, "cron:run")

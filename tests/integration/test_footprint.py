@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from pikud.errors import PikudError
 from tests.conftest import FAST, Pikud, wait_for
 
 # aiohttp and the compiled packages it brings: any of them mapped means it was imported.
@@ -78,6 +81,9 @@ def test_a_resting_daemon_imports_only_what_its_work_needs(
     daemon.api("POST", "/apps/plain/deploy")                # its ENV and SCALING watched
     wait_for(lambda: "up" in daemon.log_text("plain", "worker.1"), 10, "the worker's output")
     daemon.api("POST", "/apps/plain/config", {"set": {"COLOR": "blue"}})   # an atomic write
+    assert daemon.api("GET", "/apps/plain/cron") == {"jobs": []}
+    with pytest.raises(PikudError, match="app 'plain' has no cron job 'cron1'"):
+        daemon.api("POST", "/apps/plain/cron/cron1/run")  # a cron:run typed for the wrong app
     plain = imported(daemon.output())
     assert not [name for name in PLAIN_WITHOUT + CRON if name in plain]
     daemon.add_app("timed", "worker: sleep 300\ncron1: 0 3 * * * echo nightly\n"
