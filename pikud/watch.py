@@ -79,8 +79,13 @@ class FileWatcher:
         """Watch ``directory``; the inotify instance is made, and read by the loop, at the
         first watch (an app's commit, on the loop)."""
         if self._inotify is None:
-            self._inotify = inotify.Inotify()
-            asyncio.get_running_loop().add_reader(self._inotify.fd, self._read)
+            made = inotify.Inotify()
+            try:
+                asyncio.get_running_loop().add_reader(made.fd, self._read)
+            except BaseException:
+                made.close()
+                raise
+            self._inotify = made
         wd = self._inotify.add_watch(directory, MASK)
         self._watched[wd] = directory
         return wd
@@ -113,8 +118,12 @@ class FileWatcher:
     def close(self) -> None:
         for handle in self._pending.values():
             handle.cancel()
+        self._pending.clear()
         if self._inotify is not None:
             with contextlib.suppress(RuntimeError):     # the loop is already closed
                 asyncio.get_running_loop().remove_reader(self._inotify.fd)
             self._inotify.close()
             self._inotify = None
+        self._dirs.clear()
+        self._watched.clear()
+        self._targets.clear()

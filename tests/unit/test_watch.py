@@ -108,3 +108,23 @@ def test_an_edit_to_a_watched_file_is_reported_once_after_the_quiet_time(tmp_pat
         return reported
 
     assert asyncio.run(main()) == [("hello", "config"), ("hello", "touch")]
+
+
+def test_a_watcher_closed_forgets_its_watches_and_can_watch_again(tmp_path: Path) -> None:
+    async def main() -> list[tuple[str, str]]:
+        reported: list[tuple[str, str]] = []
+        done = asyncio.Event()
+        watcher = FileWatcher(lambda app, why: (reported.append((app, why)), done.set()))
+        watcher.watch("old", tmp_path, [])
+        watcher.close()
+        watcher.unwatch("old")                  # after a close: nothing left to remove
+        watcher.watch("new", tmp_path, [])
+        try:
+            (tmp_path / "SCALING").write_text("web: 2\n")
+            async with asyncio.timeout(DEADLINE):
+                await done.wait()
+        finally:
+            watcher.close()
+        return reported
+
+    assert asyncio.run(main()) == [("new", "config")]
