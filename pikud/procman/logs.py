@@ -57,9 +57,10 @@ def timestamp() -> str:
     now = time.time()
     local = time.localtime(now)
     sign = "-" if local.tm_gmtoff < 0 else "+"
-    hours, minutes = divmod(abs(local.tm_gmtoff) // 60, 60)
-    return (f"{time.strftime('%Y-%m-%dT%H:%M:%S', local)}.{int(now % 1 * 1000):03d}"
-            f"{sign}{hours:02d}:{minutes:02d}")
+    minutes, seconds = divmod(abs(local.tm_gmtoff), 60)
+    hours, minutes = divmod(minutes, 60)
+    offset = f"{sign}{hours:02d}:{minutes:02d}" + (f":{seconds:02d}" if seconds else "")
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', local)}.{int(now % 1 * 1000):03d}{offset}"
 
 
 class LogFile:
