@@ -58,6 +58,9 @@ def timestamp() -> str:
 class LogFile:
     """One rotating, timestamped log file with live followers."""
 
+    __slots__ = ("path", "source", "max_bytes", "backups", "followers", "_file", "_size",
+                 "_failed_at", "_dropped")      # one per process slot
+
     def __init__(self, path: Path, source: str, max_bytes: int, backups: int,
                  followers: set[Follower]) -> None:
         self.path, self.source = path, source
@@ -132,6 +135,8 @@ LineSink = Callable[[str], None]
 
 class PipeReader:
     """Reads a child's output pipe on the loop and hands whole lines to ``sink``."""
+
+    __slots__ = ("fd", "sink", "_buffer", "closed")     # one per running process
 
     def __init__(self, fd: int, sink: LineSink) -> None:
         self.fd, self.sink = fd, sink

@@ -45,7 +45,7 @@ from pikud.procman.policy import RestartPolicy, decide, floored
 from pikud.procman.shell import shell_argv
 from pikud.procman.sockets import Address, hand_over, listen, remove_socket
 from pikud.procman.state import ALIVE, ProcessState, allowed
-from pikud.procman.waits import Flag, first_of
+from pikud.procman.waits import Flag, any_of, first_of
 
 if TYPE_CHECKING:
     from pikud.procman.keeper import Keeper
@@ -71,7 +71,7 @@ class Adopted:
     last_exit: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)      # slots: the daemon holds one per process
 class ProcessSpec:
     """Everything one process is started with; two equal specs need no restart."""
 
@@ -147,6 +147,12 @@ def read_rss(pid: int) -> int | None:
 
 
 class ManagedProcess:
+    # Slots: the daemon holds one per supervised process, and a dict of 20 would cost more.
+    __slots__ = ("spec", "state", "child", "restarts", "failures", "last_exit", "spawn_error",
+                 "started_at", "log", "_on_event", "_task", "_stop", "_kick", "_suspend",
+                 "_resumed", "settled", "listener", "pipe", "keeper", "listen_name",
+                 "confinement", "_promotion")
+
     def __init__(self, spec: ProcessSpec, on_event: EventSink, log: LogFile,
                  keeper: Keeper | None = None) -> None:
         """``keeper``: systemd's descriptor store and the process record (keeper.py)."""
@@ -171,6 +177,7 @@ class ManagedProcess:
         self.keeper = keeper
         self.listen_name: str | None = None     # the listener's name in systemd's store
         self.confinement: Confinement | None = None     # the last spawn's limits (enforce.py)
+        self._promotion: asyncio.TimerHandle | None = None   # RUNNING after start_secs
 
     @property
     def name(self) -> str:
@@ -307,19 +314,22 @@ class ManagedProcess:
             await self._retry_after(0.0, self.last_exit)
             return
         up = time.monotonic() - (self.started_at or time.monotonic())
-        promote = asyncio.get_running_loop().call_later(
+        self._promotion = asyncio.get_running_loop().call_later(
             max(self.spec.policy.start_secs - up, 0.0), self._promote)
         try:
-            asked = await self._wait_exit_or_request(child)
+            # The slot waits here for as long as its process runs: in this frame, no other.
+            await any_of(child.ended, self._stop, self._suspend)
         finally:
-            promote.cancel()
-        if asked is self._stop:
+            if self._promotion is not None:
+                self._promotion.cancel()
+                self._promotion = None
+        if child.exited:
+            await self._after_exit(child)
+        elif self._stop.is_set():
             await self._terminate(child)
-        elif asked is self._suspend:
+        else:
             # STOPPING -> IDLE: no traffic for the app's idle timeout
             await self._terminate(child, S.IDLE, "idle")
-        else:
-            await self._after_exit(child)
 
     async def _fault(self, exc: Exception) -> None:
         """Supervision met an error it did not expect: stop what the slot ran, go FATAL
@@ -386,18 +396,12 @@ class ManagedProcess:
         return True
 
     def _promote(self) -> None:
+        self._promotion = None
         if self.state is S.STARTING and self.child and not self.child.exited:
             self.failures = 0
             # STARTING -> RUNNING: stayed up start_secs
             self._set_state(S.RUNNING, f"success: {self.name} entered RUNNING state, "
                             f"process has stayed up for > {self.spec.policy.start_secs:g}s")
-
-    async def _wait_exit_or_request(self, child: Child) -> Flag | None:
-        """The stop or suspend flag raised while the child still runs; None once it exited."""
-        await first_of(child.ended, self._stop, self._suspend)
-        if child.exited:
-            return None
-        return self._stop if self._stop.is_set() else self._suspend
 
     async def _sleep_until_connection(self) -> None:
         """IDLE: wait for a connection in the socket's backlog (or a resume, or a stop).
@@ -415,7 +419,7 @@ class ManagedProcess:
 
         loop.add_reader(fd, connection_waiting)
         try:
-            await first_of(self._stop, self._resumed)
+            await any_of(self._stop, self._resumed)
         finally:
             loop.remove_reader(fd)
 
