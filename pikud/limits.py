@@ -44,7 +44,7 @@ def shown(base: str, value: Value) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)      # slots: one per kind of each app
 class Limits:
     """The limits of one kind's processes, and the key each came from (for messages)."""
 
@@ -87,7 +87,7 @@ def _convert(base: str, key: str, value: str) -> Value:
     return positive_int(key, value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)      # slots: one per app
 class LimitSettings:
     """Every limit key of an app's ENV (and pikud.toml's [defaults]), read and checked."""
 

@@ -276,7 +276,17 @@ class ManagedProcess:
         try:
             while not self._stop.is_set():
                 try:
-                    await self._turn(adopted)
+                    child = await self._launch(adopted)
+                    if child is not None:
+                        try:
+                            # The slot waits here for as long as its process runs, in this
+                            # frame alone (one per process: no coroutine of its own for it).
+                            await any_of(child.ended, self._stop, self._suspend)
+                        finally:
+                            if self._promotion is not None:
+                                self._promotion.cancel()
+                                self._promotion = None
+                        await self._ended(child)
                     adopted = None
                 except Exception as exc:
                     log.exception("supervision of %s failed", self.name)
@@ -299,11 +309,12 @@ class ManagedProcess:
                 # BACKOFF/FATAL/EXITED/IDLE -> STOPPED: stop requested while no process ran
                 self._set_state(S.STOPPED, f"stopped: {self.name} (was not running)")
 
-    async def _turn(self, adopted: Child | None = None) -> None:
-        """One spawn (or an adopted process) and its end (or one sleep while suspended)."""
+    async def _launch(self, adopted: Child | None = None) -> Child | None:
+        """The process of this turn, spawned (or adopted) with its promotion to RUNNING
+        set; None when the turn is over already (a sleep while suspended, a failed spawn)."""
         if self._suspend.is_set() and adopted is None:
             await self._sleep_until_connection()
-            return
+            return None
         try:
             child = adopted or self._spawn()
         except OSError as exc:
@@ -312,17 +323,14 @@ class ManagedProcess:
             self.last_exit = f"could not start: {exc}"
             self._set_state(S.STARTING, f"spawn failed: {self.name}: {exc}", logging.ERROR)
             await self._retry_after(0.0, self.last_exit)
-            return
+            return None
         up = time.monotonic() - (self.started_at or time.monotonic())
         self._promotion = asyncio.get_running_loop().call_later(
             max(self.spec.policy.start_secs - up, 0.0), self._promote)
-        try:
-            # The slot waits here for as long as its process runs: in this frame, no other.
-            await any_of(child.ended, self._stop, self._suspend)
-        finally:
-            if self._promotion is not None:
-                self._promotion.cancel()
-                self._promotion = None
+        return child
+
+    async def _ended(self, child: Child) -> None:
+        """The end of a turn: the process exited, or a stop or a suspend came first."""
         if child.exited:
             await self._after_exit(child)
         elif self._stop.is_set():

@@ -1,10 +1,12 @@
-"""``Flag``, a small event, and ``first_of``: wait for the first of several. Stdlib only.
+"""``Flag``, a small event, and ``any_of``/``first_of``: wait for the first of several.
+Stdlib only.
 
 ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` takes futures only, leaves
 the others pending and does not say which one it was. A process slot waits
 like this in three places (its child's exit or a stop or a suspend; a
 connection or a stop while asleep; a back-off cut short), so the pattern is
-written once here.
+written once here: ``any_of`` for Flags and futures, ``first_of`` on top of it
+for any awaitable (a sleep as a time limit).
 """
 
 # Design notes:
@@ -21,7 +23,7 @@ written once here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from functools import partial
 from typing import Any
 
@@ -66,10 +68,6 @@ class Flag:
             self._waiters = [w for w in self._waiters or () if not w.done()]
             self._waiters.append(waiter)
 
-    def _forget(self, waiter: asyncio.Future[Any]) -> None:
-        if self._waiters is not None and waiter in self._waiters:
-            self._waiters.remove(waiter)
-
     async def wait(self) -> None:
         """Until the flag is set."""
         await self.waiter()
@@ -80,11 +78,13 @@ Waitable = Flag | Awaitable[Any]
 
 def any_of(*waits: Flag | asyncio.Future[Any]) -> asyncio.Future[Any]:
     """A future done once one of ``waits`` is: a Flag set (its result is that Flag) or a
-    future done (None). Cancel it to stop waiting. Once it is done or cancelled nothing
-    of it is left in ``waits``; a future among them is only watched, never cancelled.
+    future done (None). Cancel it to stop waiting; a future among ``waits`` is only
+    watched, never cancelled.
 
     A function, not a coroutine: a running slot waits on it for as long as its
-    process runs, and a coroutine would hold a frame per process meanwhile.
+    process runs, and a coroutine would hold a frame per process meanwhile. Once
+    it is done, a Flag drops it at its next waiter or set, and a future's
+    callback into it does nothing.
     """
     if not waits:
         raise ValueError("any_of() needs something to wait for")
@@ -95,22 +95,12 @@ def any_of(*waits: Flag | asyncio.Future[Any]) -> asyncio.Future[Any]:
             wait._wake(first)       # no future or callback of its own per Flag
         else:
             wait.add_done_callback(settle)
-    first.add_done_callback(partial(_forget, waits, settle))
     return first
 
 
 def _settle(first: asyncio.Future[Any], done: asyncio.Future[Any]) -> None:
     if not first.done():
         first.set_result(None)
-
-
-def _forget(waits: tuple[Flag | asyncio.Future[Any], ...], settle: Callable[..., None],
-            first: asyncio.Future[Any]) -> None:
-    for wait in waits:
-        if isinstance(wait, Flag):
-            wait._forget(first)
-        else:
-            wait.remove_done_callback(settle)
 
 
 async def first_of(*waits: Waitable) -> Waitable:

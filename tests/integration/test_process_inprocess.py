@@ -112,10 +112,10 @@ async def test_a_running_slot_waits_on_one_task(harness: Harness) -> None:
     assert proc.state is S.STOPPED
 
 
-async def test_a_running_slot_holds_two_frames_and_no_popen(harness: Harness) -> None:
-    """What a running slot holds for as long as its process runs: its task's two frames
-    (the supervision loop and its turn) parked on one future, and no Popen (the Child
-    reads the exit through its pidfd)."""
+async def test_a_running_slot_holds_one_frame_and_no_popen(harness: Harness) -> None:
+    """What a running slot holds for as long as its process runs: its task's one frame
+    (the supervision loop) parked on one future, and no Popen (the Child reads the exit
+    through its pidfd)."""
     proc = harness.process(harness.spec("sleep 300"))
     proc.start()
     await harness.events.nth(NAME, "RUNNING")
@@ -123,7 +123,7 @@ async def test_a_running_slot_holds_two_frames_and_no_popen(harness: Harness) ->
     awaited, frames = proc._task.get_coro().cr_await, 1
     while asyncio.iscoroutine(awaited):
         frames, awaited = frames + 1, awaited.cr_await
-    assert frames == 2
+    assert frames == 1
     gc.collect()
     pid = proc.child.pid
     assert not [o for o in gc.get_objects() if isinstance(o, subprocess.Popen) and o.pid == pid]
