@@ -27,7 +27,7 @@ from pikud.limits import LimitSettings, limit_settings
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)      # slots: one per app
 class AppSettings:
     """Per-app supervision settings, read from the app's ENV (see app_settings)."""
 

@@ -81,7 +81,7 @@ def validate_app_name(name: str) -> str:
 
 
 # --- Procfile -------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)      # slots: one per app
 class Procfile:
     """Kind -> command in file order (read-only by convention); warnings go to the deploy log."""
 
@@ -288,7 +288,7 @@ def format_scaling(scaling: Mapping[str, int]) -> str:
 
 
 # --- the whole app --------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)      # slots: one per app
 class AppSpec:
     """One app's parsed and validated files; the dicts are read-only by convention."""
 

@@ -44,7 +44,7 @@ def shown(base: str, value: Value) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)      # slots: one per kind of each app
 class Limits:
     """The limits of one kind's processes, and the key each came from (for messages)."""
 
@@ -87,7 +87,10 @@ def _convert(base: str, key: str, value: str) -> Value:
     return positive_int(key, value)
 
 
-@dataclass(frozen=True)
+NO_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)      # slots: one per app
 class LimitSettings:
     """Every limit key of an app's ENV (and pikud.toml's [defaults]), read and checked."""
 
@@ -104,6 +107,8 @@ class LimitSettings:
             found[name] = values.get(key)
             if key == own:
                 keys.append((name, own))
+        if not keys and all(value is None for value in found.values()):
+            return NO_LIMITS        # most kinds of most apps: one instance for all of them
         return Limits(**found, keys=tuple(keys))
 
     def stray(self, kinds: Iterable[str]) -> list[str]:

@@ -42,6 +42,29 @@ def unix_kinds(spec: AppSpec) -> list[str]:
     return [kind for kind in supervised_kinds(spec.procfile) if serves_unix(kind, spec)]
 
 
+_pairs: dict[str, tuple[str, str]] = {}     # variable -> the last (name, value) pair made
+MAX_PAIRS = 4096                            # names kept; past that the table starts again
+
+
+def env_pairs(env: Mapping[str, str]) -> Env:
+    """``env`` as a sorted tuple of (name, value) pairs, each taken from a table of pairs
+    when an equal one was made before.
+
+    Most of every app's environment is the daemon's own, so apps share those
+    pairs instead of a copy each (56 bytes a pair, 2.5 KiB per app). The table
+    keeps one pair per variable name, so it does not grow with changing values.
+    """
+    pairs = []
+    for item in sorted(env.items()):
+        pair = _pairs.get(item[0])
+        if pair != item:
+            if len(_pairs) >= MAX_PAIRS:
+                _pairs.clear()
+            pair = _pairs[item[0]] = item
+        pairs.append(pair)
+    return tuple(pairs)
+
+
 def slot_env(shared: Env, own: Mapping[str, str]) -> Env:
     """``shared`` (the app's or a kind's environment) with the ``own`` entries of a kind
     (PROC_TYPE) or a slot (its address), which win.
@@ -73,7 +96,7 @@ def process_specs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
                            s.start_retries, s.fatal_cooloff)
     addresses = dict(addresses)
     specs: dict[str, ProcessSpec] = {}
-    app_env = tuple(sorted(dict(env, PIKU_ROOT=str(paths.root)).items()))
+    app_env = env_pairs(dict(env, PIKU_ROOT=str(paths.root)))
     for kind in supervised_kinds(spec.procfile):
         command = spec.procfile.entries[kind]
         unix_slot = unix and serves_unix(kind, spec)
@@ -120,7 +143,7 @@ def cron_jobs(app: str, spec: AppSpec, env: Mapping[str, str], source: Path,
     from pikud.cron.jobs import JobSpec, cron_entries, job_settings
     tz, overlap, timeout = job_settings(spec.env)
     entries = cron_entries(spec.procfile, tz=tz)
-    job_env = tuple(sorted(dict(env, PIKU_ROOT=str(paths.root)).items()))
+    job_env = env_pairs(dict(env, PIKU_ROOT=str(paths.root)))
     s = spec.settings
     return [JobSpec(app=app, kind=kind, entry=entry, env=job_env, cwd=source,
                     log_path=paths.log_dir(app) / f"{kind}.log",

@@ -57,12 +57,19 @@ class ReleaseStore:
 
     def __init__(self, paths: Paths, app: str) -> None:
         self.paths, self.app = paths, app
-        self.root = paths.root / "releases" / app
-        self.file = paths.state_dir / "releases" / f"{app}.json"
         self.releases: list[Release] = []
         self.current: int | None = None
         self.problem: str | None = None         # the records were lost and rebuilt
         self._load()
+
+    # Properties, not attributes: the daemon holds a store per app, and paths are its heaviest.
+    @property
+    def root(self) -> Path:
+        return self.paths.root / "releases" / self.app
+
+    @property
+    def file(self) -> Path:
+        return self.paths.state_dir / "releases" / f"{self.app}.json"
 
     def _load(self) -> None:
         loaded = load_json(self.file, parse_records, f"pikud/releases/{self.app}.json")

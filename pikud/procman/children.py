@@ -102,9 +102,9 @@ class Child:
     unknown (``ExitInfo(None, None)``).
     """
 
-    def __init__(self, pid: int, spawn_id: str,
-                 popen: subprocess.Popen[bytes] | None = None) -> None:
-        self.popen = popen
+    __slots__ = ("pid", "spawn_id", "_exit", "pidfd")     # one per running process
+
+    def __init__(self, pid: int, spawn_id: str) -> None:
         self.pid = pid
         self.spawn_id = spawn_id
         loop = asyncio.get_running_loop()
@@ -137,8 +137,6 @@ class Child:
         os.close(self.pidfd)
         _spawned.discard(self.pid)
         sweep_soon(loop)    # orphans appear when a parent exits; SIGCHLD may belong to libuv
-        if self.popen is not None:
-            self.popen.returncode = info.code if info.code is not None else -(info.signal or 0)
         if not self._exit.done():
             self._exit.set_result(info)
 
@@ -184,12 +182,16 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: int
         pass_fds=tuple(pass_fds), start_new_session=True, close_fds=True,
     )
     try:
-        child = Child(popen.pid, spawn_id, popen)
+        child = Child(popen.pid, spawn_id)
     except OSError:
         os.killpg(popen.pid, signal.SIGKILL)        # its own session: nothing else is in it
         popen.wait()
         raise
     _spawned.add(popen.pid)
+    # The Child reads the exit through its pidfd, and the Popen (half a KiB with its
+    # argv) is let go. A returncode keeps its finalizer from reaping the pid (its
+    # status is the Child's) or warning that the process still runs.
+    popen.returncode = 0
     return child
 
 

@@ -66,6 +66,9 @@ def timestamp() -> str:
 class LogFile:
     """One rotating, timestamped log file with live followers."""
 
+    __slots__ = ("path", "source", "max_bytes", "backups", "followers", "_file", "_size",
+                 "_failed_at", "_dropped")      # one per process slot
+
     def __init__(self, path: Path, source: str, max_bytes: int, backups: int,
                  followers: set[Follower]) -> None:
         self.path, self.source = path, source
@@ -141,12 +144,26 @@ LineSink = Callable[[str], None]
 class PipeReader:
     """Reads a child's output pipe on the loop and hands whole lines to ``sink``."""
 
+    __slots__ = ("fd", "sink", "_buffer", "_loop", "_open", "_closed")   # one per process
+
     def __init__(self, fd: int, sink: LineSink) -> None:
         self.fd, self.sink = fd, sink
         self._buffer = b""
         os.set_blocking(fd, False)
-        self.closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._open = True
+        self._closed: asyncio.Future[None] | None = None
         readers().add(fd, self._readable)
+
+    @property
+    def closed(self) -> asyncio.Future[None]:
+        """Done once the pipe is closed. Made when first asked for: most readers never
+        are, and a future is the largest part of one."""
+        if self._closed is None:
+            self._closed = self._loop.create_future()
+            if not self._open:
+                self._closed.set_result(None)
+        return self._closed
 
     def _readable(self) -> None:
         try:
@@ -175,8 +192,9 @@ class PipeReader:
         if self._buffer:
             self._emit(self._buffer)
             self._buffer = b""
-        if not self.closed.done():
-            self.closed.set_result(None)
+        self._open = False
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
 
 
 def tail(path: Path, lines: int) -> list[str]:

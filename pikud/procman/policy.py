@@ -24,7 +24,7 @@ from pikud.procman.state import ProcessState
 MIN_INTERVAL = 0.1      # seconds from one spawn of a slot to its next, at least
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)      # slots: one per app
 class RestartPolicy:
     start_secs: float = 1.0
     backoff_base: float = 1.0

@@ -45,7 +45,7 @@ from pikud.procman.policy import RestartPolicy, decide, floored
 from pikud.procman.shell import shell_argv
 from pikud.procman.sockets import Address, hand_over, listen, remove_socket
 from pikud.procman.state import ALIVE, ProcessState, allowed
-from pikud.procman.waits import Flag, first_of
+from pikud.procman.waits import Flag, any_of, first_of
 
 if TYPE_CHECKING:
     from pikud.procman.keeper import Keeper
@@ -71,7 +71,7 @@ class Adopted:
     last_exit: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)      # slots: the daemon holds one per process
 class ProcessSpec:
     """Everything one process is started with; two equal specs need no restart."""
 
@@ -147,6 +147,12 @@ def read_rss(pid: int) -> int | None:
 
 
 class ManagedProcess:
+    # Slots: the daemon holds one per supervised process, and a dict of 20 would cost more.
+    __slots__ = ("spec", "state", "child", "restarts", "failures", "last_exit", "spawn_error",
+                 "started_at", "log", "_on_event", "_task", "_stop", "_kick", "_suspend",
+                 "_resumed", "settled", "listener", "pipe", "keeper", "listen_name",
+                 "confinement", "_promotion")
+
     def __init__(self, spec: ProcessSpec, on_event: EventSink, log: LogFile,
                  keeper: Keeper | None = None) -> None:
         """``keeper``: systemd's descriptor store and the process record (keeper.py)."""
@@ -171,6 +177,7 @@ class ManagedProcess:
         self.keeper = keeper
         self.listen_name: str | None = None     # the listener's name in systemd's store
         self.confinement: Confinement | None = None     # the last spawn's limits (enforce.py)
+        self._promotion: asyncio.TimerHandle | None = None   # RUNNING after start_secs
 
     @property
     def name(self) -> str:
@@ -269,7 +276,17 @@ class ManagedProcess:
         try:
             while not self._stop.is_set():
                 try:
-                    await self._turn(adopted)
+                    child = await self._launch(adopted)
+                    if child is not None:
+                        try:
+                            # The slot waits here for as long as its process runs, in this
+                            # frame alone (one per process: no coroutine of its own for it).
+                            await any_of(child.ended, self._stop, self._suspend)
+                        finally:
+                            if self._promotion is not None:
+                                self._promotion.cancel()
+                                self._promotion = None
+                        await self._ended(child)
                     adopted = None
                 except Exception as exc:
                     log.exception("supervision of %s failed", self.name)
@@ -292,11 +309,12 @@ class ManagedProcess:
                 # BACKOFF/FATAL/EXITED/IDLE -> STOPPED: stop requested while no process ran
                 self._set_state(S.STOPPED, f"stopped: {self.name} (was not running)")
 
-    async def _turn(self, adopted: Child | None = None) -> None:
-        """One spawn (or an adopted process) and its end (or one sleep while suspended)."""
+    async def _launch(self, adopted: Child | None = None) -> Child | None:
+        """The process of this turn, spawned (or adopted) with its promotion to RUNNING
+        set; None when the turn is over already (a sleep while suspended, a failed spawn)."""
         if self._suspend.is_set() and adopted is None:
             await self._sleep_until_connection()
-            return
+            return None
         try:
             child = adopted or self._spawn()
         except OSError as exc:
@@ -305,21 +323,21 @@ class ManagedProcess:
             self.last_exit = f"could not start: {exc}"
             self._set_state(S.STARTING, f"spawn failed: {self.name}: {exc}", logging.ERROR)
             await self._retry_after(0.0, self.last_exit)
-            return
+            return None
         up = time.monotonic() - (self.started_at or time.monotonic())
-        promote = asyncio.get_running_loop().call_later(
+        self._promotion = asyncio.get_running_loop().call_later(
             max(self.spec.policy.start_secs - up, 0.0), self._promote)
-        try:
-            asked = await self._wait_exit_or_request(child)
-        finally:
-            promote.cancel()
-        if asked is self._stop:
+        return child
+
+    async def _ended(self, child: Child) -> None:
+        """The end of a turn: the process exited, or a stop or a suspend came first."""
+        if child.exited:
+            await self._after_exit(child)
+        elif self._stop.is_set():
             await self._terminate(child)
-        elif asked is self._suspend:
+        else:
             # STOPPING -> IDLE: no traffic for the app's idle timeout
             await self._terminate(child, S.IDLE, "idle")
-        else:
-            await self._after_exit(child)
 
     async def _fault(self, exc: Exception) -> None:
         """Supervision met an error it did not expect: stop what the slot ran, go FATAL
@@ -386,18 +404,12 @@ class ManagedProcess:
         return True
 
     def _promote(self) -> None:
+        self._promotion = None
         if self.state is S.STARTING and self.child and not self.child.exited:
             self.failures = 0
             # STARTING -> RUNNING: stayed up start_secs
             self._set_state(S.RUNNING, f"success: {self.name} entered RUNNING state, "
                             f"process has stayed up for > {self.spec.policy.start_secs:g}s")
-
-    async def _wait_exit_or_request(self, child: Child) -> Flag | None:
-        """The stop or suspend flag raised while the child still runs; None once it exited."""
-        await first_of(child.ended, self._stop, self._suspend)
-        if child.exited:
-            return None
-        return self._stop if self._stop.is_set() else self._suspend
 
     async def _sleep_until_connection(self) -> None:
         """IDLE: wait for a connection in the socket's backlog (or a resume, or a stop).
@@ -415,7 +427,7 @@ class ManagedProcess:
 
         loop.add_reader(fd, connection_waiting)
         try:
-            await first_of(self._stop, self._resumed)
+            await any_of(self._stop, self._resumed)
         finally:
             loop.remove_reader(fd)
 

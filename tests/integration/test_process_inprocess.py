@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -108,6 +110,26 @@ async def test_a_running_slot_waits_on_one_task(harness: Harness) -> None:
     async with asyncio.timeout(2):
         await proc.stop()
     assert proc.state is S.STOPPED
+
+
+async def test_a_running_slot_holds_one_frame_and_no_popen(harness: Harness) -> None:
+    """What a running slot holds for as long as its process runs: its task's one frame
+    (the supervision loop) parked on one future, and no Popen (the Child reads the exit
+    through its pidfd)."""
+    proc = harness.process(harness.spec("sleep 300"))
+    proc.start()
+    await harness.events.nth(NAME, "RUNNING")
+    assert proc._task is not None and proc.child is not None
+    awaited, frames = proc._task.get_coro().cr_await, 1
+    while asyncio.iscoroutine(awaited):
+        frames, awaited = frames + 1, awaited.cr_await
+    assert frames == 1
+    gc.collect()
+    pid = proc.child.pid
+    assert not [o for o in gc.get_objects() if isinstance(o, subprocess.Popen) and o.pid == pid]
+    async with asyncio.timeout(5):
+        await proc.stop()
+    assert proc.state is S.STOPPED and proc.last_exit == "killed by SIGTERM"
 
 
 async def test_a_child_that_honours_sigterm_stops_without_sigkill(harness: Harness) -> None:

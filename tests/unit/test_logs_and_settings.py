@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from pikud.access.audit import AuditLog
 from pikud.errors import SpecError
-from pikud.procman.logs import LogFile, log_files, tail
+from pikud.procman.logs import LogFile, PipeReader, log_files, tail
 from pikud.settings import ConnectionLimits, Settings, load_settings
 
 
@@ -60,6 +61,26 @@ def test_a_log_planted_as_a_link_a_fifo_or_a_hard_link_is_neither_written_nor_re
     assert "a symbolic link, which pikud does not follow" in messages
     assert "not a regular file with one link (mode -rw-r--r--, 2 links)" in messages
     assert "audit line lost" in messages
+
+
+async def test_a_pipe_reader_hands_over_its_lines_and_says_when_the_pipe_closed() -> None:
+    """Its ``closed`` future is made only when asked for: most readers never are, and a
+    future is the largest part of one."""
+    read, write = os.pipe()
+    lines: list[str] = []
+    reader = PipeReader(read, lines.append)
+    waiting = reader.closed
+    os.write(write, b"one\r\ntwo\nthree")
+    os.close(write)
+    async with asyncio.timeout(5):
+        await waiting
+    assert lines == ["one", "two", "three"]
+    read, write = os.pipe()
+    later = PipeReader(read, lines.append)
+    os.close(write)
+    assert later._closed is None            # nothing made for a reader nobody asked about
+    async with asyncio.timeout(5):
+        await later.closed
 
 
 def test_log_files_filters_by_kind(tmp_path: Path) -> None:

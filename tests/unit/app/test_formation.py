@@ -95,6 +95,19 @@ def test_the_slots_of_a_kind_share_one_env_and_a_web_slot_adds_its_own_port() ->
     assert all(worker[pair[0]] is pair for pair in one if pair[0] not in ("PORT", "PROC_TYPE"))
 
 
+def test_apps_share_the_pairs_of_the_daemons_env() -> None:
+    """Most of every app's env is the daemon's own: one pair for all apps, not a copy each."""
+    one, _ = process_specs("one", spec("worker: work\n", {"worker": 1}), dict(ENV, APP="one"),
+                           SOURCE, PATHS, {}, counter())
+    two, _ = process_specs("two", spec("worker: work\n", {"worker": 1}), dict(ENV, APP="two"),
+                           SOURCE, PATHS, {}, counter())
+    first, second = dict(one["one:worker.1"].env), dict(two["two:worker.1"].env)
+    assert (first["APP"], second["APP"]) == ("one", "two")
+    pairs = {pair[0]: pair for pair in one["one:worker.1"].env}
+    assert all(pairs[pair[0]] is pair for pair in two["two:worker.1"].env
+               if pair[0] in ENV)
+
+
 LISTENING = [
     # (Procfile, ENV, the web slot inherits the daemon's socket)
     ("web: serve\n", {}, False),

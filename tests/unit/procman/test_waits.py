@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pikud.procman.waits import Flag, first_of
+from pikud.procman.waits import Flag, any_of, first_of
 
 DEADLINE = 5.0
 
@@ -87,3 +87,31 @@ async def test_a_flag_keeps_no_cancelled_waiter() -> None:
         assert await first_of(flag, other) is other
         other.clear()
     assert len(flag._waiters) <= 1
+
+
+async def test_any_of_is_the_flag_that_was_set_or_none_for_a_future() -> None:
+    stop, suspend = Flag(), Flag()
+    exited = asyncio.get_running_loop().create_future()
+    waiting = any_of(exited, stop, suspend)
+    suspend.set()
+    async with asyncio.timeout(DEADLINE):
+        assert await waiting is suspend
+        later = any_of(exited, stop)
+        exited.set_result(3)
+        assert await later is None
+    assert exited.result() == 3                 # watched, not changed
+
+
+async def test_any_of_cancelled_leaves_the_future_it_watched_alone() -> None:
+    stop, exited = Flag(), asyncio.get_running_loop().create_future()
+    waiting = any_of(exited, stop)
+    waiting.cancel()
+    stop.set()                  # wakes nothing, and raises nothing, once cancelled
+    exited.set_result(None)
+    await asyncio.sleep(0)
+    assert waiting.cancelled() and exited.result() is None
+
+
+def test_a_flag_makes_its_list_of_waiters_only_for_a_waiter() -> None:
+    """A slot holds five flags all its life, and most are never waited on."""
+    assert Flag()._waiters is None
