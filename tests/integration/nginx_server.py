@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from pikud.paths import Paths
-from pikud.proxy import Nginx, NginxSite, site_from_env
+from pikud.proxy.nginx import Nginx
+from pikud.proxy.site import NginxSite, site_from_env
 from tests.conftest import Pikud, app_processes
 from tests.net import Answer, HttpServer
 from tests.nginx_master import AS_ROOT, DEADLINE, NGINX, NginxMaster

@@ -27,7 +27,9 @@ import pytest
 
 from pikud.errors import EnvError, NginxError
 from pikud.identity import Account
-from pikud.proxy import Nginx, ensure_certificate, site_from_env
+from pikud.proxy.nginx import Nginx
+from pikud.proxy.site import site_from_env
+from pikud.proxy.tls import ensure_certificate
 from tests.integration.nginx_server import Backend, NginxServer, Response
 from tests.net import free_port
 from tests.nginx_master import AS_ROOT, DEADLINE, NGINX
