@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""pikud (uvloop, nginx fronting), pikud (uvloop, router), pikud (--loop asyncio, router)
-and supervisord, side by side in one run.
+"""pikud (uvloop, nginx fronting), pikud (--loop asyncio, nginx fronting), pikud (uvloop,
+router), pikud (--loop asyncio, router) and supervisord, side by side in one run.
 
 "nginx fronting" is pikud as installed with nginx (PIKU_PROXY=nginx: no built-in
-router, so no aiohttp in the daemon); "router" is pikud serving HTTP itself
+router, so no aiohttp in the daemon); its asyncio column shows what uvloop costs a
+daemon that only supervises. "router" is pikud serving HTTP itself
 (PIKU_PROXY=builtin). The apps here have no web process, so nginx itself is not
 involved: the rows differ by what the daemon loads and runs.
 
@@ -669,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="small sizes for a smoke run (50 processes, 20 kills, 5 s idle)")
     parser.add_argument("--only", action="append",
-                        choices=("nginx", "uvloop", "asyncio", "supervisord"),
+                        choices=("nginx", "asyncio-nginx", "uvloop", "asyncio", "supervisord"),
                         help="run only these configurations (repeatable)")
     parser.add_argument("--pikud-command", default="sleep 3600",
                         help="the Procfile command of pikud's apps (default: sleep 3600; "
@@ -682,13 +683,15 @@ def main(argv: list[str] | None = None) -> int:
     configs = [
         Config("pikud (uvloop, nginx)",
                lambda root, g, n, s: Pikud(root, g, n, s, "uvloop", pcmd, "nginx")),
+        Config("pikud (--loop asyncio, nginx)",
+               lambda root, g, n, s: Pikud(root, g, n, s, "asyncio", pcmd, "nginx")),
         Config("pikud (uvloop, router)",
                lambda root, g, n, s: Pikud(root, g, n, s, "uvloop", pcmd, "builtin")),
         Config("pikud (--loop asyncio, router)",
                lambda root, g, n, s: Pikud(root, g, n, s, "asyncio", pcmd, "builtin")),
         Config("supervisord", lambda root, g, n, s: Supervisord(root, g, n, s, scmd)),
     ]
-    keys = {"nginx": 0, "uvloop": 1, "asyncio": 2, "supervisord": 3}
+    keys = {"nginx": 0, "asyncio-nginx": 1, "uvloop": 2, "asyncio": 3, "supervisord": 4}
     if args.only:
         configs = [configs[keys[k]] for k in dict.fromkeys(args.only)]
 
