@@ -7,7 +7,10 @@ for as long as it runs. Here they are kept in one epoll set that the loop
 watches as a single descriptor: an entry in a dict each. The set is level
 triggered, so a reader that takes part of what is waiting is called again.
 A descriptor closed and reused while its readiness was being dispatched is not
-handed to the new owner's callback for the old one's event (see ``_ready``).
+handed to the new owner's callback for the old one's event (see ``_ready``). A
+callback that raises is reported through the loop's exception handler, as a
+reader of the loop's own would be, and the others in the same batch still run:
+one that raised at every pass would otherwise starve the descriptors after it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class Readers:
     """Descriptors watched for reading through one epoll set, on one loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self._epoll = select.epoll()
         self._callbacks: dict[int, Callback] = {}
         loop.add_reader(self._epoll.fileno(), self._ready)
@@ -44,7 +48,12 @@ class Readers:
         ready = [(fd, self._callbacks.get(fd)) for fd, _ in self._epoll.poll(0)]
         for fd, callback in ready:
             if callback is not None and self._callbacks.get(fd) is callback:
-                callback()
+                try:
+                    callback()
+                except Exception as exc:    # reported as the loop reports a reader's,
+                    self._loop.call_exception_handler({     # and the others still run
+                        "message": f"exception in the reader of descriptor {fd}",
+                        "exception": exc})
 
 
 _loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Readers] = (

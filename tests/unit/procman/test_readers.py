@@ -104,3 +104,29 @@ async def test_a_descriptor_reused_during_dispatch_gets_no_stale_event(
         await called.wait()
     readers().remove(pipes[-1][0])
     assert seen == [b"new"]
+
+
+async def test_a_callback_that_raises_is_reported_and_does_not_starve_the_others(
+        pipes: list[tuple[int, int]]) -> None:
+    pipes += [os.pipe(), os.pipe()]
+    (first, first_write), (second, second_write) = pipes
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    served = asyncio.Event()
+
+    def broken() -> None:
+        raise RuntimeError("broken reader")
+    readers().add(first, broken)                # stays readable: it raises at every pass
+    readers().add(second, served.set)
+    try:
+        os.write(first_write, b"x")
+        os.write(second_write, b"y")
+        async with asyncio.timeout(DEADLINE):
+            await served.wait()
+    finally:
+        readers().remove(first)
+        readers().remove(second)
+        loop.set_exception_handler(None)
+    assert reported and isinstance(reported[0]["exception"], RuntimeError)
+    assert f"descriptor {first}" in str(reported[0]["message"])
