@@ -193,7 +193,7 @@ class Daemon:
         adopted = None
         if record is not None:          # routes set before the router accepts again
             self.how, self.started = Start.REEXEC, record.started
-            self.events.recent.extend(record.events)
+            self.events.restore(record.events)
             adopted = await self.registry.adopt(record)
             log.info("re-exec: pikud %s adopted %d processes of %d apps from pikud %s",
                      __version__, self.registry.process_count(), len(adopted), record.version)
@@ -338,8 +338,7 @@ class Daemon:
         self.cloudflare.configure(settings.cloudflare_urls, settings.cloudflare_refresh_days)
         if self.acme is not None:
             self.acme.program = settings.acme_sh
-        self.events.recent = type(self.events.recent)(self.events.recent,
-                                                      maxlen=settings.events_kept)
+        self.events.keep(settings.events_kept)
         logging.getLogger().setLevel(settings.log_level.upper())
         log.info("SIGHUP: settings re-read from %s", self.paths.settings)
 

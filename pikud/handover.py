@@ -157,7 +157,7 @@ def capture(daemon: Daemon) -> Record:
     return Record(version=daemon.version, started=daemon.started,
                   control=daemon.control_fd(), router=tuple(router), apps=tuple(apps),
                   cron=tuple(daemon.registry.cron.capture()),
-                  events=tuple(daemon.events.recent))
+                  events=tuple(daemon.events.last(len(daemon.events.recent))))
 
 
 # -- transport: a memfd named in the environment ---------------------------------

@@ -185,10 +185,10 @@ def daemon_status(started: float, loop_name: str, registry: AppRegistry, *,
     for app in registry.apps.values():
         for proc in app.group.all():
             processes[proc.state.value] = processes.get(proc.state.value, 0) + 1
-    errors = [event for event in registry.events.recent if event["event"] in ERROR_EVENTS]
+    errors = registry.events.last(ERRORS_SHOWN, kinds=ERROR_EVENTS)
     return {"version": __version__, "pid": os.getpid(), "uptime": now - started,
             "image_uptime": now - (started if image_started is None else image_started),
             "started": how, "loop": loop_name, "root": str(registry.paths.root),
             "apps": len(registry.names()), "processes": registry.process_count(),
             "apps_by_state": apps, "processes_by_state": processes,
-            "errors": errors[-ERRORS_SHOWN:]}
+            "errors": errors}
