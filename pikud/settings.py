@@ -61,6 +61,7 @@ from pikud.ceilings import Ceilings
 from pikud.errors import EnvError, SpecError
 from pikud.proxy.cloudflare import DEFAULT_URLS
 from pikud.proxy.nginx import DEFAULT_RELOAD_COMMAND, DEFAULT_TEST_COMMAND
+from pikud.regularfiles import open_regular
 
 LEVELS = ("debug", "info", "warning", "error")
 KEYS = frozenset({"log_level", "shutdown_timeout", "events_kept", "defaults", "nginx_test",
@@ -189,24 +190,17 @@ def read_trusted(path: Path) -> str:
     there is none; SpecError naming the reason otherwise (its owner, mode and the fix, or
     why it cannot be read), with every descriptor it opened closed."""
     root = os.geteuid() == 0
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC    # a FIFO never blocks
     try:
-        fd = os.open(path, flags | (os.O_NOFOLLOW if root else 0))
+        fd, st = open_regular(path, os.O_RDONLY, follow=not root)
     except FileNotFoundError:
         raise
     except OSError as exc:
         if root and exc.errno == errno.ELOOP:
-            raise SpecError(f"cannot open it without following a link ({exc.strerror}): "
+            raise SpecError(f"cannot open it without following a link ({os.strerror(exc.errno)}): "
                             "pikud runs as root and runs the commands it names, so it must be "
                             "a regular file root owns", file=str(path)) from None
         raise SpecError(f"cannot read it: {exc.strerror}", file=str(path)) from None
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise SpecError(f"cannot read it: {os.strerror(errno.EISDIR)}", file=str(path))
-        if not stat.S_ISREG(st.st_mode):
-            raise SpecError(f"cannot read it: not a regular file (mode "
-                            f"{stat.filemode(st.st_mode)})", file=str(path))
         if root:
             check_root_owned(path, st)
         with open(fd, "rb", closefd=False) as file:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pikud.procman.readers import readers
+from pikud.regularfiles import open_regular
 
 log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024            # a longer line is cut into pieces of this size
@@ -29,18 +30,10 @@ Follower = Callable[[str, str], None]
 
 def open_log(path: Path, flags: int, mode: int = 0o666) -> int:
     """A descriptor on the log file ``path`` (``flags``: os.O_RDONLY, or appending), which
-    must be a regular file with one link: never opened through a link at its last part,
-    never blocking on a FIFO. Log folders are the deploy user's, and pikud may read and
-    write them as root."""
-    flags |= os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OSError(errno.ELOOP, "a symbolic link, which pikud does not follow") from None
-        raise
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+    must be a regular file with one link (regularfiles.py). Log folders are the deploy
+    user's, and pikud may read and write them as root."""
+    fd, info = open_regular(path, flags, mode)
+    if info.st_nlink != 1:
         os.close(fd)
         raise OSError(errno.EINVAL, f"not a regular file with one link (mode "
                                     f"{stat.filemode(info.st_mode)}, {info.st_nlink} links)")
