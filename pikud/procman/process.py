@@ -281,12 +281,12 @@ class ManagedProcess:
                         try:
                             # The slot waits here for as long as its process runs, in this
                             # frame alone (one per process: no coroutine of its own for it).
-                            await any_of(child.ended, self._stop, self._suspend)
+                            asked = await any_of(child.ended, self._stop, self._suspend)
                         finally:
                             if self._promotion is not None:
                                 self._promotion.cancel()
                                 self._promotion = None
-                        await self._ended(child)
+                        await self._ended(child, asked)
                     adopted = None
                 except Exception as exc:
                     log.exception("supervision of %s failed", self.name)
@@ -329,15 +329,17 @@ class ManagedProcess:
             max(self.spec.policy.start_secs - up, 0.0), self._promote)
         return child
 
-    async def _ended(self, child: Child) -> None:
-        """The end of a turn: the process exited, or a stop or a suspend came first."""
+    async def _ended(self, child: Child, asked: Flag | None) -> None:
+        """The end of a turn: the process exited, or the stop or suspend ``asked`` came
+        first. A request withdrawn since (a start right behind a stop) is still a stop:
+        the flags alone would take it for a suspend, and a slot without a socket to IDLE."""
         if child.exited:
             await self._after_exit(child)
-        elif self._stop.is_set():
-            await self._terminate(child)
-        else:
+        elif asked is self._suspend and not self._stop.is_set():
             # STOPPING -> IDLE: no traffic for the app's idle timeout
             await self._terminate(child, S.IDLE, "idle")
+        else:
+            await self._terminate(child)
 
     async def _fault(self, exc: Exception) -> None:
         """Supervision met an error it did not expect: stop what the slot ran, go FATAL
