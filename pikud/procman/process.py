@@ -346,6 +346,7 @@ class ManagedProcess:
         with the reason, and retry after the cool-off (or at ``start``), as a crash loop
         would. Never left STARTING with nothing running and nothing to wake it."""
         why = f"supervision failed ({type(exc).__name__}: {exc})"
+        self._kick.clear()      # as in _retry_after
         if self.child is not None:
             await stop_child(self.child, self.spec.stop_timeout, self._killed,
                              leader_first=self.spec.execs)
@@ -456,6 +457,7 @@ class ManagedProcess:
     async def _retry_after(self, uptime: float, info: str, child: Child | None = None) -> None:
         """Decide (policy.decide) and wait before the next spawn of an ended or failed try;
         meanwhile stop what the ended ``child`` left running."""
+        self._kick.clear()      # a start from now on ends the wait, even one made meanwhile
         decision = decide(uptime, self.failures, self.spec.policy)
         self.failures = decision.failures
         if decision.state is S.EXITED:
@@ -478,10 +480,11 @@ class ManagedProcess:
         await self._pause(decision.delay - (loop.time() - decided))
 
     async def _pause(self, delay: float) -> None:
-        """Sleep before a respawn; a stop or a start request ends it early."""
+        """Sleep before a respawn; a stop, or a start made since the slot's process ended
+        (the kick is cleared then: one while it ran is no reason to skip a back-off),
+        ends it early."""
         if delay <= 0:
             return
-        self._kick.clear()
         await first_of(self._stop, self._kick, asyncio.sleep(delay))
 
     async def _stop_tree(self, child: Child) -> Stopped:
