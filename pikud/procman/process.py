@@ -281,12 +281,12 @@ class ManagedProcess:
                         try:
                             # The slot waits here for as long as its process runs, in this
                             # frame alone (one per process: no coroutine of its own for it).
-                            await any_of(child.ended, self._stop, self._suspend)
+                            asked = await any_of(child.ended, self._stop, self._suspend)
                         finally:
                             if self._promotion is not None:
                                 self._promotion.cancel()
                                 self._promotion = None
-                        await self._ended(child)
+                        await self._ended(child, asked)
                     adopted = None
                 except Exception as exc:
                     log.exception("supervision of %s failed", self.name)
@@ -329,21 +329,24 @@ class ManagedProcess:
             max(self.spec.policy.start_secs - up, 0.0), self._promote)
         return child
 
-    async def _ended(self, child: Child) -> None:
-        """The end of a turn: the process exited, or a stop or a suspend came first."""
+    async def _ended(self, child: Child, asked: Flag | None) -> None:
+        """The end of a turn: the process exited, or the stop or suspend ``asked`` came
+        first. A request withdrawn since (a start right behind a stop) is still a stop:
+        the flags alone would take it for a suspend, and a slot without a socket to IDLE."""
         if child.exited:
             await self._after_exit(child)
-        elif self._stop.is_set():
-            await self._terminate(child)
-        else:
+        elif asked is self._suspend and not self._stop.is_set():
             # STOPPING -> IDLE: no traffic for the app's idle timeout
             await self._terminate(child, S.IDLE, "idle")
+        else:
+            await self._terminate(child)
 
     async def _fault(self, exc: Exception) -> None:
         """Supervision met an error it did not expect: stop what the slot ran, go FATAL
         with the reason, and retry after the cool-off (or at ``start``), as a crash loop
         would. Never left STARTING with nothing running and nothing to wake it."""
         why = f"supervision failed ({type(exc).__name__}: {exc})"
+        self._kick.clear()      # as in _retry_after
         if self.child is not None:
             await stop_child(self.child, self.spec.stop_timeout, self._killed,
                              leader_first=self.spec.execs)
@@ -454,6 +457,7 @@ class ManagedProcess:
     async def _retry_after(self, uptime: float, info: str, child: Child | None = None) -> None:
         """Decide (policy.decide) and wait before the next spawn of an ended or failed try;
         meanwhile stop what the ended ``child`` left running."""
+        self._kick.clear()      # a start from now on ends the wait, even one made meanwhile
         decision = decide(uptime, self.failures, self.spec.policy)
         self.failures = decision.failures
         if decision.state is S.EXITED:
@@ -476,10 +480,11 @@ class ManagedProcess:
         await self._pause(decision.delay - (loop.time() - decided))
 
     async def _pause(self, delay: float) -> None:
-        """Sleep before a respawn; a stop or a start request ends it early."""
+        """Sleep before a respawn; a stop, or a start made since the slot's process ended
+        (the kick is cleared then: one while it ran is no reason to skip a back-off),
+        ends it early."""
         if delay <= 0:
             return
-        self._kick.clear()
         await first_of(self._stop, self._kick, asyncio.sleep(delay))
 
     async def _stop_tree(self, child: Child) -> Stopped:

@@ -107,13 +107,17 @@ async def first_of(*waits: Waitable) -> Waitable:
     """Wait until one of ``waits`` is done (a Flag set, an awaitable finished); return it.
 
     What this function wraps (a coroutine) is cancelled before it returns; a
-    Future or Task passed in is only watched, never cancelled. When several
+    Future or Task passed in is only watched, never cancelled, through a shield
+    whose cancelling takes its callback off again (any_of's would stay on it
+    until it is done: one per call on a future that lives long). When several
     are done at once, the first in argument order is returned. A time limit
     is one more awaitable: ``first_of(stop, asyncio.sleep(delay))``.
     """
     if not waits:
         raise ValueError("first_of() needs something to wait for")
-    watched = [w if isinstance(w, Flag) else asyncio.ensure_future(w) for w in waits]
+    watched = [w if isinstance(w, Flag) else
+               asyncio.shield(w) if asyncio.isfuture(w) else asyncio.ensure_future(w)
+               for w in waits]
     try:
         fired = await any_of(*watched)      # the Flag that did it (None: a future did)
         return next((wait for wait, future in zip(waits, watched, strict=True)

@@ -142,3 +142,28 @@ async def test_a_child_that_honours_sigterm_stops_without_sigkill(harness: Harne
     assert gone(pid)
     assert harness.events.of(NAME)[-1] == ("STOPPED", f"stopped: {NAME} (killed by SIGTERM)")
     assert "killed" not in [event for event, _ in harness.events.of(NAME)]
+
+
+async def test_a_start_that_withdraws_a_stop_before_the_slot_wakes_restarts_it(
+        harness: Harness) -> None:
+    """A start right behind a stop (a retry while a stop is under way), before the slot
+    has woken for the stop: the process is stopped as asked and the next one spawned.
+    The withdrawn stop is never taken for a suspend (``idle``, IDLE), which a slot
+    without a socket cannot even be in."""
+    proc = harness.process(harness.spec("sleep 300"))
+    proc.start()
+    await harness.events.nth(NAME, "RUNNING")
+    pid = proc.child.pid if proc.child else 0
+    stopping = asyncio.ensure_future(proc.stop())
+    await asyncio.sleep(0)      # one turn: the stop is asked, the slot not woken yet
+    assert proc.state is S.RUNNING
+    proc.start()
+    await harness.events.nth(NAME, "STARTING", 2)
+    assert harness.events.of(NAME)[2:4] == [
+        ("STOPPING", f"stopping: {NAME} (pid {pid}, stop requested)"),
+        ("STOPPED", f"stopped: {NAME} (killed by SIGTERM)"),
+    ]
+    async with asyncio.timeout(5):
+        await proc.stop()
+        await stopping
+    assert proc.state is S.STOPPED and gone(pid)

@@ -391,3 +391,15 @@ def test_compound_commands_stop_whole_on_restart_and_stop(pikud: Pikud, command:
     pikud.cli("stop", "piped", check=True)
     assert [pid for pid in second | third if alive(pid)] == []
     assert app_processes(pikud.root) == set()
+
+
+def test_a_start_while_a_fatal_slot_stops_its_leftovers_is_not_lost(pikud: Pikud) -> None:
+    """A start (or a deploy's retry) that lands while a slot that just went FATAL still
+    stops what its process left: the slot respawns then, not after the cool-off."""
+    pikud.add_app("lost", "worker: sh -c \"trap '' TERM; sleep 300\" & sleep 0.1; exit 1\n",
+                  FAST.replace("PIKU_STOP_TIMEOUT=3", "PIKU_STOP_TIMEOUT=1.5")
+                  + "PIKU_START_RETRIES=0\nPIKU_FATAL_COOLOFF=600\n")
+    pikud.api("POST", "/apps/lost/deploy")
+    wait_for(lambda: "leftovers: lost:worker.1" in pikud.output(), 10, "the leftovers' stop")
+    pikud.api("POST", "/apps/lost/start")       # within its PIKU_STOP_TIMEOUT
+    wait_for(lambda: pikud.output().count("spawned: lost:worker.1") >= 2, 10, "a retry")

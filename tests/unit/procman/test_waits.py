@@ -115,3 +115,16 @@ async def test_any_of_cancelled_leaves_the_future_it_watched_alone() -> None:
 def test_a_flag_makes_its_list_of_waiters_only_for_a_waiter() -> None:
     """A slot holds five flags all its life, and most are never waited on."""
     assert Flag()._waiters is None
+
+
+async def test_a_future_passed_in_collects_no_callback_per_wait() -> None:
+    """A long-lived future (a connection's task, say) waited on round after round, with a
+    flag that wins each time, keeps no callback of a wait that is over."""
+    running = asyncio.get_running_loop().create_future()
+    stop = Flag()
+    stop.set()
+    for _ in range(50):
+        assert await first_of(running, stop) is stop
+    await asyncio.sleep(0)          # the last round's cancellation lands
+    assert not running._callbacks
+    assert not running.done()
