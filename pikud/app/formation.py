@@ -44,6 +44,7 @@ def unix_kinds(spec: AppSpec) -> list[str]:
 
 _pairs: dict[str, tuple[str, str]] = {}     # variable -> the last (name, value) pair made
 MAX_PAIRS = 4096                            # names kept; past that the table starts again
+MAX_SHARED_VALUE = 256                      # longer values (a key, a certificate) are not kept
 
 
 def env_pairs(env: Mapping[str, str]) -> Env:
@@ -52,10 +53,14 @@ def env_pairs(env: Mapping[str, str]) -> Env:
 
     Most of every app's environment is the daemon's own, so apps share those
     pairs instead of a copy each (56 bytes a pair, 2.5 KiB per app). The table
-    keeps one pair per variable name, so it does not grow with changing values.
+    keeps one pair per variable name, so it does not grow with changing values,
+    and only short values, so a destroyed app's long ones are not kept alive.
     """
     pairs = []
     for item in sorted(env.items()):
+        if len(item[1]) > MAX_SHARED_VALUE:     # the table would hold it after the app is gone
+            pairs.append(item)
+            continue
         pair = _pairs.get(item[0])
         if pair != item:
             if len(_pairs) >= MAX_PAIRS:

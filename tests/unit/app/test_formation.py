@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pikud.app.formation import Allocate, cron_jobs, process_specs
+from pikud.app.formation import MAX_SHARED_VALUE, Allocate, cron_jobs, env_pairs, process_specs
 from pikud.appsettings import AppSettings
 from pikud.appspec import AppSpec, parse_procfile
 from pikud.errors import CronError, ProcfileError
@@ -106,6 +106,15 @@ def test_apps_share_the_pairs_of_the_daemons_env() -> None:
     pairs = {pair[0]: pair for pair in one["one:worker.1"].env}
     assert all(pairs[pair[0]] is pair for pair in two["two:worker.1"].env
                if pair[0] in ENV)
+
+
+def test_a_long_value_is_not_kept_in_the_shared_table() -> None:
+    """A certificate in one app's ENV is not held for other apps, nor after it is gone."""
+    long = "x" * (MAX_SHARED_VALUE + 1)
+    first = env_pairs({"CERT": long, "SHORT": "v"})
+    second = env_pairs({"CERT": long, "SHORT": "v"})
+    assert first == second == (("CERT", long), ("SHORT", "v"))
+    assert first[0] is not second[0] and first[1] is second[1]
 
 
 LISTENING = [
