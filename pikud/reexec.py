@@ -63,10 +63,10 @@ QUIESCE_TIMEOUT = 60.0      # seconds the changes under way have to finish
 ROUTER_DRAIN = 10.0         # seconds the router's requests in flight have to finish
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)    # the daemon's
 # And what pikud.daemon imports only at first use (README): the router (a daemon behind
-# nginx runs none), the build pipeline with its runtimes, cron's croniter and the sites'
-# jinja2.
+# nginx runs none), the build pipeline with its runtimes, cron's scheduler and croniter,
+# and the sites' jinja2.
 PREFLIGHT = ("import pikud, pikud.daemon, pikud.handover, pikud.proxy.router, "
-             "pikud.deploy.pipeline, croniter, jinja2; "
+             "pikud.deploy.pipeline, pikud.cron.scheduler, croniter, jinja2; "
              "print(pikud.__version__, pikud.handover.FORMAT)")
 BRIDGE_ENV = "PIKUD_BRIDGE"     # the number of the bridge's channel, for the new image
 

@@ -28,12 +28,14 @@ def test_the_daemon_imports_jinja2_and_croniter_only_when_the_work_needs_them() 
                 if name.split(".")[0] in ("jinja2", "croniter", "dateutil")]
 
 
-@pytest.mark.parametrize("module", ["proxy/router.py", "deploy/pipeline.py"])
+@pytest.mark.parametrize("module", ["proxy/router.py", "deploy/pipeline.py", "cron/scheduler.py",
+                                    "cron/jobs.py"])
 async def test_a_reexec_preflight_imports_what_the_daemon_imports_only_at_first_use(
         module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pikud.daemon leaves the router (and aiohttp) to a daemon that routes, and the build
-    to the first deploy; the preflight of a re-exec still imports them, so new code that
-    cannot route or build is refused beforehand."""
+    """pikud.daemon leaves the router (and aiohttp) to a daemon that routes, the build to
+    the first deploy and cron's scheduler to the first app with cron entries; the
+    preflight of a re-exec still imports them, so new code that cannot route, build or
+    schedule is refused beforehand."""
     shutil.copytree(REPO / "pikud", tmp_path / "pikud",
                     ignore=shutil.ignore_patterns("__pycache__"))
     broken = tmp_path / "pikud" / module
