@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pikud.appspec import Procfile
-from pikud.deploy.buildkeys import BUILD_KEYS
 from pikud.deploy.runtimes.base import BuildContext, BuildResult, Runner, Runtime
 from pikud.deploy.runtimes.generic import GENERIC
 from pikud.deploy.runtimes.go import GO
@@ -32,7 +31,7 @@ from pikud.deploy.runtimes.static import STATIC
 from pikud.deploy.runtimes.toolchains import CLOJURE, GRADLE, LEININGEN, MAVEN, RUBY, RUST
 from pikud.errors import BuildError
 
-__all__ = ["BUILD_KEYS", "RUNTIMES", "BuildContext", "BuildResult", "Runner", "Runtime", "detect"]
+__all__ = ["RUNTIMES", "BuildContext", "BuildResult", "Runner", "Runtime", "detect"]
 
 RUNTIMES: tuple[Runtime, ...] = (PYTHON, RUBY, NODE, MAVEN, GRADLE, GO, CLOJURE, LEININGEN,
                                  RUST, GENERIC, STATIC)
