@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""pikud (uvloop, nginx fronting), pikud (--loop asyncio, nginx fronting), pikud (uvloop,
-router), pikud (--loop asyncio, router) and supervisord, side by side in one run.
+"""pikud (nginx), pikud (nginx, --loop uvloop), pikud (router), pikud (router, --loop
+asyncio) and supervisord, side by side in one run.
 
-"nginx fronting" is pikud as installed with nginx (PIKU_PROXY=nginx: no built-in
-router, so no aiohttp in the daemon); its asyncio column shows what uvloop costs a
-daemon that only supervises. "router" is pikud serving HTTP itself
-(PIKU_PROXY=builtin). The apps here have no web process, so nginx itself is not
-involved: the rows differ by what the daemon loads and runs.
+"nginx" is pikud as installed with nginx (PIKU_PROXY=nginx: no built-in router, so
+no aiohttp in the daemon), on the loop it picks there, stock asyncio without ssl;
+its `--loop uvloop` column shows what uvloop would cost a daemon that only
+supervises. "router" is pikud serving HTTP itself (PIKU_PROXY=builtin), on the
+loop it picks there, uvloop. The apps here have no web process, so nginx itself
+is not involved: the rows differ by what the daemon loads and runs.
 
 Each configuration runs alone (never two daemons at once), in its own temp dir,
 in sessions with a fresh daemon each:
@@ -260,7 +261,8 @@ class Pikud(Daemon):
         self.loop = loop
         self.command = command
         self.proxy = proxy
-        self.label = f"pikud ({loop}, {'router' if proxy == 'builtin' else proxy})"
+        front = "router" if proxy == "builtin" else proxy
+        self.label = f"pikud ({front})" if loop == "auto" else f"pikud ({front}, --loop {loop})"
         self.client = Client(root / "pikud.sock", timeout=300)
 
     def env(self) -> dict[str, str]:
@@ -670,7 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="small sizes for a smoke run (50 processes, 20 kills, 5 s idle)")
     parser.add_argument("--only", action="append",
-                        choices=("nginx", "asyncio-nginx", "uvloop", "asyncio", "supervisord"),
+                        choices=("nginx", "uvloop-nginx", "router", "asyncio-router",
+                                 "supervisord"),
                         help="run only these configurations (repeatable)")
     parser.add_argument("--pikud-command", default="sleep 3600",
                         help="the Procfile command of pikud's apps (default: sleep 3600; "
@@ -681,17 +684,17 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     pcmd, scmd = args.pikud_command, args.supervisord_command
     configs = [
-        Config("pikud (uvloop, nginx)",
+        Config("pikud (nginx)",
+               lambda root, g, n, s: Pikud(root, g, n, s, "auto", pcmd, "nginx")),
+        Config("pikud (nginx, --loop uvloop)",
                lambda root, g, n, s: Pikud(root, g, n, s, "uvloop", pcmd, "nginx")),
-        Config("pikud (--loop asyncio, nginx)",
-               lambda root, g, n, s: Pikud(root, g, n, s, "asyncio", pcmd, "nginx")),
-        Config("pikud (uvloop, router)",
-               lambda root, g, n, s: Pikud(root, g, n, s, "uvloop", pcmd, "builtin")),
-        Config("pikud (--loop asyncio, router)",
+        Config("pikud (router)",
+               lambda root, g, n, s: Pikud(root, g, n, s, "auto", pcmd, "builtin")),
+        Config("pikud (router, --loop asyncio)",
                lambda root, g, n, s: Pikud(root, g, n, s, "asyncio", pcmd, "builtin")),
         Config("supervisord", lambda root, g, n, s: Supervisord(root, g, n, s, scmd)),
     ]
-    keys = {"nginx": 0, "asyncio-nginx": 1, "uvloop": 2, "asyncio": 3, "supervisord": 4}
+    keys = {"nginx": 0, "uvloop-nginx": 1, "router": 2, "asyncio-router": 3, "supervisord": 4}
     if args.only:
         configs = [configs[keys[k]] for k in dict.fromkeys(args.only)]
 

@@ -1,5 +1,5 @@
 """`python -m pikud` runs the daemon's command line."""
 
-from pikud.daemon import main
+from pikud.launch import main
 
 raise SystemExit(main())

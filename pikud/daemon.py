@@ -17,9 +17,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pikud import __version__, daemonargs, identity
@@ -38,7 +37,6 @@ from pikud.paths import Paths
 from pikud.procman import enforce
 from pikud.procman.children import become_subreaper, install_orphan_reaper
 from pikud.procman.keeper import Keeper
-from pikud.programs import which
 from pikud.proxy.acme import Acme
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.routing import parse_address
@@ -62,23 +60,6 @@ if TYPE_CHECKING:
     from pikud.proxy.router import Router
 
 log = logging.getLogger("pikud")
-
-
-NGINX_SNIPPET = Path("/etc/nginx/conf.d/pikud.conf")     # contrib/nginx-pikud.conf, installed
-
-
-def proxy_mode(environ: Mapping[str, str]) -> str:
-    """PIKU_PROXY: builtin (pikud routes HTTP itself) or nginx.
-
-    By default nginx is used when it is installed and set up for pikud (its
-    snippet in conf.d), else the built-in router.
-    """
-    mode = environ.get("PIKU_PROXY", "auto")
-    if mode not in ("auto", "builtin", "nginx"):
-        raise PikudError(f"PIKU_PROXY must be builtin, nginx or auto, got {mode!r}")
-    if mode == "auto":
-        return "nginx" if which("nginx") and NGINX_SNIPPET.exists() else "builtin"
-    return mode
 
 
 class Daemon:
@@ -354,7 +335,8 @@ async def run(daemon: Daemon) -> None:
     loop.set_default_executor(ThreadPoolExecutor(initializer=block_signals))
     for sig in SIGNALS:
         loop.add_signal_handler(sig, signals.put_nowait, sig)
-    await start_uv_threads(loop)
+    if daemon.loop_name == "uvloop":
+        await start_uv_threads(loop)
     release_signals()       # those a previous image left pending come now
     stop = asyncio.Event()
     reexec = Reexec(daemon, signals)
@@ -383,29 +365,22 @@ async def run(daemon: Daemon) -> None:
         handler.cancel()
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = daemonargs.parse(sys.argv[1:] if argv is None else argv, __version__)
-    except daemonargs.UsageError as exc:
-        print(f"{daemonargs.USAGE}\npikud: error: {exc}", file=sys.stderr)
-        return 2
-    if isinstance(args, daemonargs.Exit):
-        print(args.text, end="")
-        return 0
+def serve(args: daemonargs.Serve, loop: str, proxy: str) -> int:
+    """Run the daemon on ``loop`` behind ``proxy`` (launch.py chose them) until it stops."""
     paths = Paths.from_env()
     try:
         settings = load_settings(paths.settings)
         identity.use(identity.resolve(settings.deploy_user, paths.root, str(paths.settings)))
-        http = parse_address(args.http) if proxy_mode(os.environ) == "builtin" else None
+        http = parse_address(args.http) if proxy == "builtin" else None
     except (PikudError, ValueError) as exc:
         print(f"pikud: {exc}", file=sys.stderr)
         return 1
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
-    daemon = Daemon(paths, settings, args.loop, http)
+    daemon = Daemon(paths, settings, loop, http)
     code = 0
     try:
-        if args.loop == "uvloop":
+        if loop == "uvloop":
             import uvloop
             uvloop.run(run(daemon))
         else:
@@ -421,6 +396,3 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr.flush()
     os._exit(code)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,9 +11,10 @@ import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
-LOOPS = ("uvloop", "asyncio")
+LOOPS = ("auto", "uvloop", "asyncio")
 
-USAGE = "usage: pikud [-h] [--version] serve [-h] [--loop {uvloop,asyncio}] [--http HOST:PORT]"
+USAGE = ("usage: pikud [-h] [--version] serve [-h] [--loop {auto,uvloop,asyncio}] "
+         "[--http HOST:PORT]")
 
 HELP = f"""{USAGE}
 
@@ -23,7 +24,9 @@ commands:
   serve                     run the daemon in the foreground
 
 options of serve:
-  --loop {{uvloop,asyncio}}   event loop (default: uvloop)
+  --loop {{auto,uvloop,asyncio}}
+                            event loop (default: auto, which is uvloop when the built-in
+                            router serves HTTP, stock asyncio behind nginx)
   --http HOST:PORT          where the built-in router serves HTTP when there is no nginx
                             (default: $PIKU_HTTP_ADDRESS or 127.0.0.1:8080)
 
@@ -59,7 +62,7 @@ def parse(argv: Sequence[str], version: str) -> Serve | Exit:
         return Exit(f"pikud {version}\n")
     if first != "serve":
         raise UsageError(f"unknown command or option {first!r} (the command is serve)")
-    values = {"--loop": "uvloop",
+    values = {"--loop": "auto",
               "--http": os.environ.get("PIKU_HTTP_ADDRESS", "127.0.0.1:8080")}
     while args:
         arg = args.pop(0)

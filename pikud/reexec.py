@@ -65,7 +65,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)    # th
 # And what pikud.daemon imports only at first use (README): the router (a daemon behind
 # nginx runs none), the build pipeline with its runtimes, cron's scheduler and croniter,
 # and the sites' jinja2.
-PREFLIGHT = ("import pikud, pikud.daemon, pikud.handover, pikud.proxy.router, "
+PREFLIGHT = ("import pikud, pikud.launch, pikud.daemon, pikud.handover, pikud.proxy.router, "
              "pikud.deploy.pipeline, pikud.cron.scheduler, croniter, jinja2; "
              "print(pikud.__version__, pikud.handover.FORMAT)")
 BRIDGE_ENV = "PIKUD_BRIDGE"     # the number of the bridge's channel, for the new image

@@ -39,7 +39,7 @@ from pikud.appspec import AppSpec
 from pikud.atomic import write_atomic
 from pikud.convert import boolean
 from pikud.errors import PikudError, SpecError
-from pikud.proxy.cloudflare import download, format_file, merged
+from pikud.proxy.cloudflare import fetch, format_file, merged
 from pikud.proxy.site import cloudflare_ranges
 from pikud.registry import AppRegistry
 
@@ -108,7 +108,7 @@ class CloudflareRefresh:
             self._checked = time.time()
             self._wake.set()                # the timer counts from this check
             path = self.registry.paths.cloudflare_ips
-            lists = await download(self.urls)
+            lists = await fetch(self.urls)
             ranges = merged(lists)
             result: dict[str, Any] = {
                 "changed": ranges != _in_use(path), "file": str(path),

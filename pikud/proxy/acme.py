@@ -46,11 +46,11 @@ what was installed (``nginx/APP.acme``); ``acme_sh.py`` runs the commands.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import ipaddress
 import json
 import logging
 import re
-import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +129,7 @@ def fingerprint(crt: Path) -> str | None:
     if start < 0 or stop < 0:
         return None
     try:
-        der = ssl.PEM_cert_to_DER_cert(text[start:stop + len(end)] + "\n")
+        der = binascii.a2b_base64(text[start + len(begin):stop])  # what ssl's would do
     except ValueError:
         return None
     return sha256(der).hex()

@@ -8,8 +8,9 @@ installed.
 
 # Design notes:
 # - The install runs under the Nginx lock, so no `nginx -t` of another app reads
-#   a half-copied pair. The pair is then loaded like a TLS server would; a
-#   failed or mismatched install puts the previous pair back and reloads.
+#   a half-copied pair. The pair is then loaded like a TLS server would (in a
+#   child: keypair.py); a failed or mismatched install puts the previous pair
+#   back and reloads.
 #   acme.sh's own renewals write without the lock: for those few milliseconds,
 #   every 60 days or so, another app's `nginx -t` could fail; its deploy says
 #   why and can simply be pushed again.
@@ -28,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from pikud.atomic import write_atomic
 from pikud.errors import NginxError
 from pikud.programs import which
 from pikud.proxy.commands import run
+from pikud.proxy.keypair import pair_problem
 from pikud.proxy.nginx import Nginx
 from pikud.proxy.site import NginxSite
 
@@ -105,7 +106,7 @@ class AcmeSh:
                 if previous is not None:
                     _put_back(crt, key, previous)
                 raise
-            problem = None if not done else _pair_problem(crt, key)
+            problem = None if not done else await pair_problem(crt, key)
             if done and problem is None:
                 if key.stat().st_mode & 0o777 != 0o600:
                     key.chmod(0o600)
@@ -150,16 +151,6 @@ class AcmeSh:
 def _tail(output: str) -> str:
     lines = output.strip().splitlines()
     return "\n".join(lines[-OUTPUT_LINES:])
-
-
-def _pair_problem(crt: Path, key: Path) -> str | None:
-    """Why nginx could not serve ``crt`` with ``key``, or None."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(crt, key)
-    except (OSError, ssl.SSLError) as exc:
-        return str(exc)
-    return None
 
 
 def _put_back(crt: Path, key: Path, previous: tuple[bytes, bytes]) -> None:

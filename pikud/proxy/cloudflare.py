@@ -1,11 +1,12 @@
 """Cloudflare's published address ranges, for NGINX_CLOUDFLARE_ACL: download, check, write.
 
-``download(urls)`` fetches each list with aiohttp (bounded in time and size)
-and ``parse_list()`` checks it strictly: every line one IP network, no list
-empty. Anything wrong is a ``CloudflareError`` naming the URL (and the line),
-raised before anything is written. ``format_file()`` is the text of
-``$PIKU_ROOT/pikud/cloudflare_ips.txt``, with a header saying where and when
-it came from; ``site.cloudflare_ranges()`` reads it back.
+``fetch(urls)`` has a child (``python -m pikud.proxy.cloudflare URL...``)
+download each list with aiohttp (bounded in time and size) and check it with
+``parse_list()``: every line one IP network, no list empty. Anything wrong is a
+``CloudflareError`` naming the URL (and the line), raised before anything is
+written. ``format_file()`` is the text of ``$PIKU_ROOT/pikud/cloudflare_ips.txt``,
+with a header saying where and when it came from; ``site.cloudflare_ranges()``
+reads it back.
 """
 
 # Design notes:
@@ -15,18 +16,24 @@ it came from; ``site.cloudflare_ranges()`` reads it back.
 #   a wrong list would turn visitors away, not let others in.
 # - Blank lines are allowed (a trailing newline, or none, are both seen in the
 #   wild); comments are not, since Cloudflare's lists have none.
-# - aiohttp is imported by the functions that download, not by the module:
-#   pikud.toml's defaults (DEFAULT_URLS) come from here, and a daemon that
-#   never refreshes must not carry aiohttp's client (about 15 MiB of RSS).
+# - The download runs in a child, which answers with the checked lists in JSON
+#   (one range a line, so no line nears the pipe reader's 64 KiB cut) or with
+#   the error. The daemon thus never carries aiohttp's client (about 15 MiB of
+#   RSS) nor ssl (launch.py), not even after a refresh, and the lists are
+#   parsed outside it. pikud.toml's defaults (DEFAULT_URLS) come from here, so
+#   the module itself imports neither.
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pikud.errors import CloudflareError
+from pikud.errors import CloudflareError, NginxError
+from pikud.proxy.commands import run
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
 DEFAULT_URLS = ("https://www.cloudflare.com/ips-v4", "https://www.cloudflare.com/ips-v6")
 TIMEOUT = 10.0              # seconds for each list, connect to last byte
 MAX_BYTES = 64 * 1024       # Cloudflare's lists are a few hundred bytes
+CHILD_START = 10.0          # seconds for the child's interpreter and aiohttp to start
 _SHOWN = 80                 # characters of a bad line quoted in an error
 
 
@@ -109,9 +117,8 @@ async def _fetch(session: aiohttp.ClientSession, url: str, timeout: float,
         raise _refuse(url, "not UTF-8 text") from None
 
 
-async def download(urls: Sequence[str], *, timeout: float = TIMEOUT,
-                   max_bytes: int = MAX_BYTES) -> list[RangeList]:
-    """Each URL's list, checked; CloudflareError on the first that fails, before any write."""
+async def download(urls: Sequence[str], timeout: float, max_bytes: int) -> list[RangeList]:
+    """Each URL's list, checked; CloudflareError on the first that fails. Run by the child."""
     import aiohttp
 
     lists = []
@@ -119,3 +126,48 @@ async def download(urls: Sequence[str], *, timeout: float = TIMEOUT,
         for url in urls:
             lists.append(parse_list(url, await _fetch(session, url, timeout, max_bytes)))
     return lists
+
+
+async def fetch(urls: Sequence[str], *, timeout: float = TIMEOUT,
+                max_bytes: int = MAX_BYTES) -> list[RangeList]:
+    """Each URL's list, downloaded and checked by a child; CloudflareError on the first
+    that fails, before any write."""
+    argv = [sys.executable, "-m", "pikud.proxy.cloudflare", repr(timeout), str(max_bytes),
+            *urls]
+    try:
+        code, output = await run(argv, timeout=timeout * len(urls) + CHILD_START,
+                                 stderr=False)
+    except NginxError as exc:
+        raise _refuse("the download of Cloudflare's lists", str(exc)) from None
+    try:
+        answer = json.loads(output)
+        if code == 1:
+            raise CloudflareError(answer["error"])
+        if code == 0:
+            return [RangeList(item["url"], tuple(item["ranges"])) for item in answer["lists"]]
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise _refuse("the download of Cloudflare's lists", f"its process failed (exit status "
+                  f"{code}) and gave no answer")
+
+
+def main(argv: list[str]) -> int:
+    """The child: ``TIMEOUT MAX_BYTES URL...`` -> the checked lists, or the error, in JSON."""
+    import asyncio
+
+    timeout, max_bytes, urls = float(argv[0]), int(argv[1]), argv[2:]
+    try:
+        lists = asyncio.run(download(urls, timeout, max_bytes))
+    except CloudflareError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 1
+    except Exception as exc:        # the daemon drops this process's error output
+        print(json.dumps({"error": f"the download failed: {exc.__class__.__name__}: {exc}"}))
+        return 1
+    print(json.dumps({"lists": [{"url": item.url, "ranges": item.ranges} for item in lists]},
+                     indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

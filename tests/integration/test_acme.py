@@ -300,6 +300,16 @@ async def test_an_install_that_fails_or_is_cancelled_puts_the_pair_back(
     assert "Reload error" in notes.text(logging.ERROR)
     pair_is_back()
 
+    # A key that is not the certificate's, and a reload that does not check (`nginx -s
+    # reload` exits 0 when the master then refuses the files): caught by loading the pair.
+    mismatched, notes = acme_sh(), Notes()
+    (mismatched.home / "install-wrong-key").touch()
+    unchecked = server.nginx(reload_command=["true"])
+    assert not await Acme(unchecked, str(mismatched.program), note=notes).certify(site, None)
+    assert "acme.sh installed an unusable pair (" in notes.text(logging.ERROR)
+    assert "KEY_VALUES_MISMATCH" in notes.text(logging.ERROR)      # what ssl said, in a child
+    pair_is_back()
+
     hanging = server.nginx(reload_command=["sleep", "30"])     # acme.sh copies, then reloads
     task = asyncio.create_task(Acme(hanging, str(acme_sh().program), note=Notes())
                                .certify(site, None))

@@ -13,6 +13,7 @@ import contextlib
 import json
 import shutil
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from pikud.control.client import RemoteError
+from pikud.errors import CloudflareError
+from pikud.proxy import cloudflare
 from pikud.proxy.site import cloudflare_ranges
 from tests.conftest import FAST, Pikud, json_out
 from tests.integration.nginx_server import NginxServer, fronted_by_nginx
@@ -122,6 +125,24 @@ def test_refresh_writes_the_list_once_and_refuses_bad_ones(
     wait_for(lambda: "SIGHUP: settings re-read" in daemon.output(), 10, "the SIGHUP")
     refused(daemon, dead, "cannot download it")
     assert (target.read_bytes(), target.stat().st_mtime_ns) == (before, stamp)
+
+
+async def test_the_download_child_is_bounded_in_size_and_time(
+        lists: Lists, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [item.ranges for item in await cloudflare.fetch([lists.url("/ips-v6")])] == \
+        [("2001:db8::/32",)]
+    lists.files["/big"] = "198.51.100.0/24\n" * 100
+    with pytest.raises(CloudflareError, match="larger than 1 KiB"):
+        await cloudflare.fetch([lists.url("/big")], max_bytes=1024)
+    with socket.socket() as silent:     # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/ips-v4"
+        with pytest.raises(CloudflareError, match=r"no complete answer within 0\.5s"):
+            await cloudflare.fetch([url], timeout=0.5)
+        monkeypatch.setattr(cloudflare, "CHILD_START", 0.0)     # the child itself overruns
+        with pytest.raises(CloudflareError, match=r"did not finish within 0\.5s"):
+            await cloudflare.fetch([url], timeout=0.5)
 
 
 # --- through a real nginx --------------------------------------------------------

@@ -1,6 +1,7 @@
-"""What a real daemon loads: behind nginx, none of aiohttp (its client and server are
-the router's alone; the control socket speaks HTTP with h11); at rest, nothing that only
-a build, cron, a file watch, a site or pikud.toml needs (each is imported at first use)."""
+"""What a real daemon loads: behind nginx, stock asyncio and none of aiohttp (its client
+and server are the router's alone; the control socket speaks HTTP with h11) nor ssl
+(launch.py); at rest, nothing that only a build, cron, a file watch, a site or pikud.toml
+needs (each is imported at first use)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from tests.conftest import FAST, Pikud, wait_for
 
 # aiohttp and the compiled packages it brings: any of them mapped means it was imported.
 AIOHTTP = ("/aiohttp/", "/multidict/", "/yarl/", "/frozenlist/", "/propcache/")
+# ssl's compiled module and the OpenSSL libraries it links: held off on stock asyncio.
+SSL = ("/_ssl.", "/libssl.so", "/libcrypto.so")
 
 
 # What a daemon with no apps (and no pikud.toml) must not have imported, and what brings it:
@@ -54,21 +57,39 @@ def exercise(daemon: Pikud) -> None:
     assert daemon.api("GET", "/status")["apps"] == 1
 
 
-def test_a_daemon_behind_nginx_does_not_import_aiohttp(
+def test_a_daemon_behind_nginx_runs_stock_asyncio_without_aiohttp_or_ssl(
         pikud_factory: Callable[..., Pikud]) -> None:
     daemon = pikud_factory(extra_env={"PIKU_PROXY": "nginx"})
     exercise(daemon)
-    assert daemon.proc is not None and daemon.api("GET", "/status")["http"] is None
+    status = daemon.api("GET", "/status")
+    assert (status["http"], status["loop"]) == (None, "asyncio")
+    assert daemon.proc is not None
     files = mapped(daemon.proc.pid)
-    assert any("/uvloop/" in name for name in files), "the probe sees compiled modules"
-    assert not [name for name in files if any(part in name for part in AIOHTTP)]
+    assert any("/_ctypes." in name for name in files), "the probe sees compiled modules"
+    assert not [name for name in files if any(part in name for part in AIOHTTP + SSL)]
+    assert not [name for name in files if "/uvloop/" in name]
 
 
-def test_a_daemon_that_routes_imports_aiohttp(pikud: Pikud) -> None:
-    """The counterpart: the router's daemon has aiohttp mapped, so the probe above sees it."""
+def test_a_daemon_that_routes_runs_uvloop_with_aiohttp(pikud: Pikud) -> None:
+    """The counterpart: the router's daemon has uvloop, aiohttp and ssl (which uvloop
+    cannot do without) mapped, so the probe above sees them."""
     exercise(pikud)
-    assert pikud.proc is not None
-    assert [name for name in mapped(pikud.proc.pid) if "/aiohttp/" in name]
+    assert pikud.proc is not None and pikud.api("GET", "/status")["loop"] == "uvloop"
+    files = mapped(pikud.proc.pid)
+    for part in ("/uvloop/", "/aiohttp/", *SSL):
+        assert [name for name in files if part in name], part
+
+
+def test_the_loop_given_is_the_loop_run(pikud_factory: Callable[..., Pikud]) -> None:
+    behind_nginx = pikud_factory("--loop", "uvloop", extra_env={"PIKU_PROXY": "nginx"})
+    assert behind_nginx.api("GET", "/status")["loop"] == "uvloop"
+    behind_nginx.stop()
+    routing = pikud_factory("--loop", "asyncio")
+    exercise(routing)
+    assert routing.api("GET", "/status")["loop"] == "asyncio"
+    assert routing.proc is not None
+    files = mapped(routing.proc.pid)        # aiohttp's hashlib maps libcrypto, not ssl
+    assert not [name for name in files if "/_ssl." in name or "/libssl.so" in name]
 
 
 def test_a_resting_daemon_imports_only_what_its_work_needs(
