@@ -220,6 +220,7 @@ class Daemon:
                 await shutdown_trigger()
                 log.info("shutting down: stopping %d processes", self.registry.process_count())
                 self.notifier.stopping()
+                tasks.create_task(self.watcher.aclose())    # no file change acted on now
                 refreshing.cancel()
                 for reload in list(self._reloads):
                     reload.cancel()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import itertools
 import logging
 import os
@@ -208,11 +209,17 @@ def become_subreaper() -> None:
 
 
 def install_orphan_reaper(loop: asyncio.AbstractEventLoop) -> None:
-    """On SIGCHLD, schedule a sweep that reaps exited children we did not spawn."""
-    signal.signal(signal.SIGCHLD,
-                  lambda signum, frame: loop.call_soon_threadsafe(sweep_soon, loop))
+    """On SIGCHLD, schedule a sweep that reaps exited children we did not spawn: once for
+    all the signals that come before it runs (a stop of 500 processes sends 500)."""
+    def on_sigchld(signum: int, frame: object) -> None:
+        global _sweep_asked
+        if not _sweep_asked:
+            _sweep_asked = True
+            loop.call_soon_threadsafe(sweep_soon, loop)
+    signal.signal(signal.SIGCHLD, on_sigchld)
 
 
+_sweep_asked = False            # a SIGCHLD asked for a sweep that has not run yet
 _sweep_due = False              # a sweep is scheduled and has not run yet
 _orphans: set[int] | None = None     # this turn's snapshot of orphans(), if taken
 
@@ -227,8 +234,8 @@ def sweep_soon(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _sweep() -> None:
-    global _sweep_due
-    _sweep_due = False
+    global _sweep_due, _sweep_asked
+    _sweep_due = _sweep_asked = False     # a SIGCHLD from here on asks for the next one
     reap_orphans()
 
 
@@ -387,21 +394,31 @@ class ProcessTree:
         return len(self.fds)
 
     def signal(self, sig: int, only: int | None = None) -> None:
-        """Signal the group and every member, or the member ``only``."""
-        if self.pgid is not None and only is None:
+        """Signal the group and every member still running, or the member ``only``."""
+        if only is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.fds[only], sig)
+            return
+        running = self._running()       # read before the group's signal ends some of them
+        if self.pgid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pgid, sig)
-        for pid, fd in self.fds.items():
-            if only is None or pid == only:
-                with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(fd, sig)
+        for fd in running:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, sig)
 
-    def alive(self) -> int:
-        """How many members have not exited yet (a pidfd is readable once its process exits)."""
+    def _running(self) -> list[int]:
+        """The pidfds of the members that have not exited (a pidfd is readable once its
+        process has): one poll instead of a signal each to processes already gone."""
         poller = select.poll()
         for fd in self.fds.values():
             poller.register(fd, select.POLLIN)
-        return len(self.fds) - len(poller.poll(0))
+        exited = {fd for fd, _ in poller.poll(0)}
+        return [fd for fd in self.fds.values() if fd not in exited]
+
+    def alive(self) -> int:
+        """How many members have not exited yet."""
+        return len(self._running())
 
     async def wait(self, timeout: float, only: int | None = None) -> bool:
         """Wait until every member (or ``only``) has exited; False when ``timeout`` passed first."""
@@ -410,15 +427,16 @@ class ProcessTree:
         if not pending:
             return True
         done = loop.create_future()
+        watched = readers()     # the daemon's one epoll set: cheaper than a loop reader each
 
         def gone(fd: int) -> None:
-            loop.remove_reader(fd)
+            watched.remove(fd)
             pending.discard(fd)
             if not pending and not done.done():
                 done.set_result(None)
 
         for fd in pending.copy():
-            loop.add_reader(fd, gone, fd)
+            watched.add(fd, functools.partial(gone, fd))
         try:
             await asyncio.wait_for(done, timeout)
             return True
@@ -426,7 +444,7 @@ class ProcessTree:
             return False
         finally:
             for fd in pending:
-                loop.remove_reader(fd)
+                watched.remove(fd)
 
     def close(self) -> None:
         for fd in self.fds.values():

@@ -4,6 +4,7 @@ cannot be made is said, never raised into an app's commit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import select
@@ -128,3 +129,34 @@ def test_a_watcher_closed_forgets_its_watches_and_can_watch_again(tmp_path: Path
         return reported
 
     assert asyncio.run(main()) == [("new", "config")]
+
+
+def inotify_descriptors() -> int:
+    """How many inotify descriptors this process has open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):      # the listing's own descriptor is gone
+            count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+    return count
+
+
+def test_a_watcher_closed_in_the_background_closes_its_descriptor(tmp_path: Path) -> None:
+    async def main() -> tuple[int, int, list[tuple[str, str]]]:
+        reported: list[tuple[str, str]] = []
+        done = asyncio.Event()
+        watcher = FileWatcher(lambda app, why: (reported.append((app, why)), done.set()))
+        watcher.watch("old", tmp_path, [])
+        before = inotify_descriptors()
+        await watcher.aclose()          # as a shutdown does, the close on a worker thread
+        after = inotify_descriptors()
+        watcher.watch("new", tmp_path, [])
+        try:
+            (tmp_path / "SCALING").write_text("web: 2\n")
+            async with asyncio.timeout(DEADLINE):
+                await done.wait()
+        finally:
+            watcher.close()
+        return before, after, reported
+
+    before, after, reported = asyncio.run(main())
+    assert before - after == 1 and reported == [("new", "config")]
