@@ -51,7 +51,7 @@ from bench.measure import (  # noqa: E402
 )
 from bench.wsgi import HOST, EventRun, under_load  # noqa: E402  (the paced load)
 from pikud.control.client import Client  # noqa: E402
-from tests.integration.test_reexec import PID_SERVER  # noqa: E402  (a server on fd 3)
+from tests.integration.app_code import PID_SERVER  # noqa: E402  (a server on fd 3)
 from tests.net import free_port  # noqa: E402
 from tests.nginx_master import NGINX, NginxMaster  # noqa: E402
 from tests.processes import stop_session  # noqa: E402
