@@ -171,6 +171,35 @@ def test_a_reexec_into_code_that_does_not_import_is_refused_and_the_old_image_se
     assert pids(daemon, "web") == before
 
 
+def test_behind_nginx_a_reexec_into_code_that_needs_ssl_is_refused_and_the_old_image_serves(
+        pikud_factory: Callable[..., Pikud], tmp_path: Path) -> None:
+    """Behind nginx the daemon runs on stock asyncio with ssl held off (launch.py): the
+    preflight imports the new code so too, or new code that needs ssl would pass it and
+    then kill the new image, its apps left unsupervised."""
+    copy = tmp_path / "code"
+    shutil.copytree(Path(package.__file__).parent, copy / "pikud")
+    daemon = pikud_factory(extra_env={"PYTHONPATH": str(copy), "PIKU_PROXY": "nginx"},
+                           cwd=tmp_path)
+    assert daemon.api("GET", "/status")["loop"] == "asyncio"
+    app = daemon.add_app("calm", WORKER, FAST)
+    (app / "ticker.py").write_text(TICKER)
+    daemon.api("POST", "/apps/calm/deploy")
+    before = daemon.wait_state("calm", "calm:worker.1", "RUNNING")["pid"]
+    module = copy / "pikud" / "handover.py"
+    text = module.read_text()
+    module.write_text(text + "import ssl  # new code that needs it\n")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGUSR2)
+    wait_for(lambda: "re-exec refused: " in daemon.output(), 30, "the refusal")
+    assert "import of ssl halted" in daemon.output()
+    assert daemon.api("GET", "/status")["started"] == "boot"
+    module.write_text(text)
+    reexec(daemon)
+    status = daemon.api("GET", "/status")
+    assert (status["started"], status["loop"]) == ("re-exec", "asyncio")
+    assert daemon.process("calm", "calm:worker.1")["pid"] == before
+
+
 def test_piku_status_shows_the_daemon(pikud: Pikud) -> None:
     deploy(pikud)
     text = pikud.cli("status", check=True).stdout
