@@ -51,6 +51,14 @@ def event_loop(chosen: str, proxy: str) -> str:
     return "uvloop" if proxy == "builtin" else "asyncio"
 
 
+def hold_off_ssl(loop: str) -> None:
+    """On stock asyncio, make every later `import ssl` of this process fail (design notes).
+    A re-exec's preflight imports the new code under the same hold: running images call
+    this by name (reexec.PREFLIGHT), so it keeps its name and argument."""
+    if loop == "asyncio":
+        sys.modules["ssl"] = None       # type: ignore[assignment]
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = daemonargs.parse(sys.argv[1:] if argv is None else argv, __version__)
@@ -66,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pikud: {exc}", file=sys.stderr)
         return 1
     loop = event_loop(args.loop, proxy)
-    if loop == "asyncio":
-        sys.modules["ssl"] = None       # type: ignore[assignment]  # design notes
+    hold_off_ssl(loop)
     from pikud.daemon import serve
     return serve(args, loop, proxy)

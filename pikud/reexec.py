@@ -6,8 +6,9 @@ control socket, the router's listeners, each slot's socket and output
 pipe, each cron run's pipe) is carried across the exec (handover.py).
 
 1. Preflight: the new code must import (and read this handover format), in
-   a child with the daemon's environment, within PREFLIGHT_TIMEOUT; else the
-   re-exec is refused before anything is touched.
+   a child with the daemon's environment (on stock asyncio, ssl held off as
+   the new image will hold it), within PREFLIGHT_TIMEOUT; else the re-exec is
+   refused before anything is touched.
    Meanwhile the re-exec bridge starts (bridge.py), when the router serves.
 2. Quiesce: the control socket stops accepting (new requests wait in its
    backlog and are answered by the new image); every app's lock is taken,
@@ -62,10 +63,12 @@ PREFLIGHT_TIMEOUT = 30.0    # seconds the new code has to import
 QUIESCE_TIMEOUT = 60.0      # seconds the changes under way have to finish
 ROUTER_DRAIN = 10.0         # seconds the router's requests in flight have to finish
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)    # the daemon's
-# And what pikud.daemon imports only at first use (README): the router (a daemon behind
-# nginx runs none), the build pipeline with its runtimes, cron's scheduler and croniter,
-# and the sites' jinja2.
-PREFLIGHT = ("import pikud, pikud.launch, pikud.daemon, pikud.handover, pikud.proxy.router, "
+# The new code is imported as the new image will: on stock asyncio with ssl held off
+# (launch.py; the loop is the child's argument). And what pikud.daemon imports only at
+# first use (README): the router (a daemon behind nginx runs none), the build pipeline
+# with its runtimes, cron's scheduler and croniter, and the sites' jinja2.
+PREFLIGHT = ("import sys, pikud.launch; pikud.launch.hold_off_ssl(sys.argv[1]); "
+             "import pikud, pikud.daemon, pikud.handover, pikud.proxy.router, "
              "pikud.deploy.pipeline, pikud.cron.scheduler, croniter, jinja2; "
              "print(pikud.__version__, pikud.handover.FORMAT)")
 BRIDGE_ENV = "PIKUD_BRIDGE"     # the number of the bridge's channel, for the new image
@@ -120,11 +123,12 @@ def block_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
 
 
-async def preflight() -> str:
-    """The version of the code a re-exec would run; ReexecRefused if it cannot run."""
+async def preflight(loop: str) -> str:
+    """The version of the code a re-exec would run on ``loop`` (the one running: the same
+    command line and environment choose it again); ReexecRefused if it cannot run."""
     lines: list[str] = []
     try:
-        info = await run_once([sys.executable, "-c", PREFLIGHT], env=os.environ,
+        info = await run_once([sys.executable, "-c", PREFLIGHT, loop], env=os.environ,
                               cwd=Path.cwd(), on_line=lines.append, timeout=PREFLIGHT_TIMEOUT)
     except OneShotTimeout as exc:
         raise ReexecRefused(f"the new code did not import within {PREFLIGHT_TIMEOUT:g}s "
@@ -229,7 +233,7 @@ class Reexec:
             raise ReexecRefused("pikud is still booting")
         bridge = self._bridge()
         try:
-            new = await preflight()
+            new = await preflight(daemon.loop_name)
             assert daemon.control is not None
             daemon.control.pause()
             try:

@@ -102,11 +102,11 @@ class AcmeSh:
             try:
                 done = await self._step(app, argv, self.timeout,
                                         "could not install the certificate")
+                problem = None if not done else await pair_problem(crt, key)
             except BaseException:       # cancelled (shutdown, destroy) while acme.sh copied
-                if previous is not None:
+                if previous is not None:        # or while the pair was being checked
                     _put_back(crt, key, previous)
                 raise
-            problem = None if not done else await pair_problem(crt, key)
             if done and problem is None:
                 if key.stat().st_mode & 0o777 != 0o600:
                     key.chmod(0o600)

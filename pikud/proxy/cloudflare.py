@@ -18,10 +18,12 @@ reads it back.
 #   wild); comments are not, since Cloudflare's lists have none.
 # - The download runs in a child, which answers with the checked lists in JSON
 #   (one range a line, so no line nears the pipe reader's 64 KiB cut) or with
-#   the error. The daemon thus never carries aiohttp's client (about 15 MiB of
-#   RSS) nor ssl (launch.py), not even after a refresh, and the lists are
-#   parsed outside it. pikud.toml's defaults (DEFAULT_URLS) come from here, so
-#   the module itself imports neither.
+#   the error (which quotes at most _SHOWN characters of a bad line, for the same
+#   reason: a page on one line would otherwise be cut into invalid JSON). The
+#   daemon thus never carries aiohttp's client (about 15 MiB of RSS) nor ssl
+#   (launch.py), not even after a refresh, and the lists are parsed outside it.
+#   pikud.toml's defaults (DEFAULT_URLS) come from here, so the module itself
+#   imports neither.
 
 from __future__ import annotations
 
@@ -68,9 +70,10 @@ def parse_list(url: str, text: str) -> RangeList:
             continue
         try:
             network = ipaddress.ip_network(line, strict=True)
-        except ValueError as exc:
+        except ValueError as exc:       # whose text quotes the whole line: not a long one
+            why = f" ({exc})" if len(line) <= _SHOWN else ""
             shown = line if len(line) <= _SHOWN else line[:_SHOWN] + "..."
-            raise _refuse(f"{url}, line {number}", f"{shown!r} is not an IP network ({exc})"
+            raise _refuse(f"{url}, line {number}", f"{shown!r} is not an IP network{why}"
                           ) from None
         ranges.append(str(network))
     if not ranges:

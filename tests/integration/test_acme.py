@@ -10,11 +10,14 @@ serves over TLS, and that every failure leaves the self-signed one serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -308,6 +311,28 @@ async def test_an_install_that_fails_or_is_cancelled_puts_the_pair_back(
     assert not await Acme(unchecked, str(mismatched.program), note=notes).certify(site, None)
     assert "acme.sh installed an unusable pair (" in notes.text(logging.ERROR)
     assert "KEY_VALUES_MISMATCH" in notes.text(logging.ERROR)      # what ssl said, in a child
+    pair_is_back()
+
+    # A shutdown while the child checks the pair (here a key whose load blocks: a FIFO that
+    # the test holds open without writing) puts the pair back too.
+    slow = acme_sh()
+    (slow.home / "install-key-fifo").touch()
+    task = asyncio.create_task(Acme(unchecked, str(slow.program), note=Notes())
+                               .certify(site, None))
+    writer = -1
+    try:
+        async with asyncio.timeout(DEADLINE):
+            while writer < 0:   # the check's open of the key is the event; nothing to await
+                with contextlib.suppress(OSError):      # ENXIO: no reader yet (or no FIFO)
+                    if stat.S_ISFIFO(key.lstat().st_mode):
+                        writer = os.open(key, os.O_WRONLY | os.O_NONBLOCK)
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()                    # a shutdown or destroy
+        await asyncio.gather(task, return_exceptions=True)
+        if writer >= 0:
+            os.close(writer)
+    assert task.cancelled() and not key.is_fifo()
     pair_is_back()
 
     hanging = server.nginx(reload_command=["sleep", "30"])     # acme.sh copies, then reloads

@@ -134,6 +134,12 @@ async def test_the_download_child_is_bounded_in_size_and_time(
     lists.files["/big"] = "198.51.100.0/24\n" * 100
     with pytest.raises(CloudflareError, match="larger than 1 KiB"):
         await cloudflare.fetch([lists.url("/big")], max_bytes=1024)
+    # An error page on one line (here a portal's, in Russian): its error names the line,
+    # though the page escaped in JSON would be longer than a line the daemon reads.
+    lists.files["/portal"] = f"<html><body>{'Доступ запрещён. ' * 800}</body></html>"
+    with pytest.raises(CloudflareError, match=r"/portal, line 1: '<html><body>Доступ.*' is not "
+                                              r"an IP network; nothing changed$"):
+        await cloudflare.fetch([lists.url("/portal")])
     with socket.socket() as silent:     # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen()

@@ -43,4 +43,4 @@ async def test_a_reexec_preflight_imports_what_the_daemon_imports_only_at_first_
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ReexecRefused, match="broken on purpose"):
-        await preflight()
+        await preflight("uvloop")
