@@ -28,6 +28,24 @@ def test_the_daemon_imports_jinja2_and_croniter_only_when_the_work_needs_them() 
                 if name.split(".")[0] in ("jinja2", "croniter", "dateutil")]
 
 
+BUILD = ("import sys, json, pikud.launch; pikud.launch.hold_off_ssl('asyncio'); "
+         "from pathlib import Path; import pikud.deploy.pipeline; "
+         "from pikud.deploy.runtimes import envcache; "
+         "envcache.content_key(['python'], [Path(sys.executable)]); "
+         "print(json.dumps(sorted(sys.modules)))")
+
+
+def test_a_build_leaves_openssl_out_of_the_daemon() -> None:
+    """The build pipeline, every runtime and an environment's content key, imported as a
+    daemon behind nginx imports them (ssl held off: launch.py), need no hashlib, which
+    sets up OpenSSL's digests and would map libcrypto from the first build on."""
+    result = subprocess.run([sys.executable, "-c", BUILD], capture_output=True, text=True,
+                            cwd=REPO, timeout=DEADLINE, check=True)
+    imported = json.loads(result.stdout)
+    assert "pikud.deploy.runtimes.envcache" in imported
+    assert not {"hashlib", "_hashlib", "_ssl"} & set(imported)
+
+
 @pytest.mark.parametrize("module", ["proxy/router.py", "deploy/pipeline.py", "cron/scheduler.py",
                                     "cron/jobs.py"])
 async def test_a_reexec_preflight_imports_what_the_daemon_imports_only_at_first_use(

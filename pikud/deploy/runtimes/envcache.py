@@ -24,13 +24,13 @@ change under it, and a rollback finds its own still in place.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import shutil
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from pikud.deploy.runtimes.base import BuildContext
+from pikud.digest import sha256_hasher
 
 MARKER = ".pikud-complete"
 KEY_LENGTH = 12
@@ -42,7 +42,7 @@ def content_key(parts: Iterable[str], files: Iterable[Path]) -> str:
     A file that does not exist counts as absent (distinct from empty). Every
     item is length-prefixed, so no two different inputs can run together.
     """
-    digest = hashlib.sha256()
+    digest = sha256_hasher()      # hashlib would set up OpenSSL's digests (digest.py)
 
     def feed(data: bytes) -> None:
         digest.update(len(data).to_bytes(8, "big"))
