@@ -80,7 +80,7 @@ def test_a_refused_reexec_stops_the_bridge(pikud_factory: Callable[..., Pikud],
     """The preflight fails: the bridge, already started, never serves, and exits."""
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(   # only the preflight's python -c
-        "import os, sys\nif '-c' in sys.orig_argv and 'pikud.handover' in sys.orig_argv[-1]:\n"
+        "import os, sys\nif '-c' in sys.orig_argv and 'pikud.handover' in sys.orig_argv[2]:\n"
         "    os._exit(3)\n")
     daemon = pikud_factory(extra_env={"PYTHONPATH": str(tmp_path / "site")})
     deploy(daemon)
