@@ -292,6 +292,63 @@ def test_what_a_dead_main_process_started_is_stopped_before_the_respawn(
     started_below(respawned["pid"], below)              # the new tree runs whole
 
 
+LEADER = """\
+import os, signal, sys, time
+workers = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:                # a worker: notes a SIGTERM, leaves on its leader's SIGUSR1
+        def termed(*args):
+            open(f"termed.{os.getpid()}", "w").close()
+            os._exit(1)
+        signal.signal(signal.SIGTERM, termed)
+        signal.signal(signal.SIGUSR1, lambda *args: os._exit(0))
+        time.sleep(300)
+        os._exit(0)
+    workers.append(pid)
+
+def stop_workers(*args):       # as granian's and gunicorn's main processes do
+    for pid in workers:
+        os.kill(pid, signal.SIGUSR1)
+    for pid in workers:
+        os.waitpid(pid, 0)
+    sys.exit(0)
+
+mode = sys.argv[1]
+if mode == "stops-its-workers":
+    signal.signal(signal.SIGTERM, stop_workers)
+elif mode == "ignores-sigterm":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("up", flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("mode, termed, killed", [
+    ("stops-its-workers", 0, None),     # its workers get no SIGTERM from pikud
+    ("dies", 2, None),                  # what it leaves gets SIGTERM once it is gone
+    ("ignores-sigterm", 2, "1 process"),    # the rest at its timeout, then SIGKILL for it
+])
+def test_a_program_stops_its_workers_itself_and_what_it_leaves_is_stopped_after(
+        pikud: Pikud, tmp_path: Path, mode: str, termed: int, killed: str | None) -> None:
+    app = pikud.add_app("leader", f"worker: python3 leader.py {mode}\n",
+                        FAST.replace("PIKU_STOP_TIMEOUT=3", "PIKU_STOP_TIMEOUT=1"))
+    (app / "leader.py").write_text(LEADER)
+    pikud.api("POST", "/apps/leader/deploy")
+    main = pikud.wait_state("leader", "leader:worker.1", "RUNNING")["pid"]
+    wait_for(lambda: "up" in pikud.log_text("leader", "worker.1"), 5, "the leader's start")
+    workers = started_below(main, 2)
+    pikud.api("POST", "/apps/leader/stop")
+    assert [pid for pid in {main, *workers} if alive(pid)] == []
+    assert len(list(app.glob("termed.*"))) == termed
+    out = pikud.output()
+    assert "stopped: leader:worker.1" in out
+    if killed is None:
+        assert "SIGKILL" not in out
+    else:
+        assert f"SIGKILL needed for {killed}" in out
+
+
 def test_a_shell_builtin_as_the_whole_command_runs_in_the_shell(pikud: Pikud) -> None:
     pikud.add_app("builtin", "worker: exit 3\n", FAST + "PIKU_START_RETRIES=0\n")
     pikud.api("POST", "/apps/builtin/deploy")
