@@ -499,22 +499,26 @@ async def stop_child(child: Child, timeout: float, on_kill: KillNote = lambda le
 
     ``leader_first``: the child is one program (not a shell running several), so it
     alone gets the first SIGTERM: a server with workers (granian, gunicorn) stops them
-    itself, and hangs when they are signalled beside it. Its tree is held before that
-    signal: once it has exited, what it started is re-parented to us, and a process that
-    left its session and its environment (setsid, env -i) is then known by nothing else.
-    Its orphans are looked for again once it has exited (or ``timeout`` passed): the
-    processes it started while it stopped.
+    itself, and hangs when they are signalled beside it. What is below it is held before
+    that signal: once it has exited, what it started is re-parented to us, and a process
+    that left its session and its environment (setsid, env -i) is then known by nothing
+    else. Its orphans are looked for again once it has exited (or ``timeout`` passed):
+    those it started while it stopped.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    tree = ProcessTree(child.pid, spawn_tree(child))
+    alone = leader_first and not child.exited
+    held = spawn_tree(child)
+    # A program alone is watched by its Child: most often the tree holds nothing else.
+    tree = ProcessTree(child.pid, held - {child.pid} if alone else held)
     try:
-        if leader_first and not child.exited:
+        if alone:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(child.pidfd, signal.SIGTERM)
             await asyncio.wait([child.ended], timeout=timeout)
-            tree.hold(spawn_tree(child))
+            tree.hold(spawn_tree(child))       # the program too, if it has not exited
         stopped = await tree.stop(timeout, on_kill, max(deadline - loop.time(), 0.1))
     finally:
         tree.close()
-    return await child.wait(), stopped
+    gone = alone and child.exited          # not in the tree, but stopped here
+    return await child.wait(), Stopped(stopped.found + int(gone), stopped.killed)
