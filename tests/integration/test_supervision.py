@@ -349,6 +349,36 @@ def test_a_program_stops_its_workers_itself_and_what_it_leaves_is_stopped_after(
         assert f"SIGKILL needed for {killed}" in out
 
 
+DETACHER = """\
+import subprocess, sys, time
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                          env={}, start_new_session=True)   # no PIKU_* left, its own session
+open("helper.pid", "w").write(str(helper.pid))
+time.sleep(300)
+"""
+
+
+def test_a_helper_that_left_the_session_and_the_environment_is_stopped_with_its_program(
+        pikud: Pikud) -> None:
+    """Once the program is gone its helper is re-parented to pikud, and neither its session
+    nor its environment tells whose it is: it is found below the program before the
+    program's SIGTERM."""
+    app = pikud.add_app("detach", "worker: python3 detacher.py\n", FAST)
+    (app / "detacher.py").write_text(DETACHER)
+    pikud.api("POST", "/apps/detach/deploy")
+    main = pikud.wait_state("detach", "detach:worker.1", "RUNNING")["pid"]
+    pidfile = app / "helper.pid"
+    helper = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 5, "the helper's pid"))
+    try:
+        assert helper in descendants(main)
+        pikud.api("POST", "/apps/detach/stop")
+        assert not alive(main)
+        assert not alive(helper)
+    finally:
+        if alive(helper):
+            os.kill(helper, signal.SIGKILL)
+
+
 def test_a_shell_builtin_as_the_whole_command_runs_in_the_shell(pikud: Pikud) -> None:
     pikud.add_app("builtin", "worker: exit 3\n", FAST + "PIKU_START_RETRIES=0\n")
     pikud.api("POST", "/apps/builtin/deploy")
