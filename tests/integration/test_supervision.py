@@ -79,13 +79,22 @@ time.sleep(300)
 """
 
 
+def deployed_with_pid_file(pikud: Pikud, name: str, script: str, code: str,
+                           pid_file: str) -> tuple[int, int]:
+    """Deploy ``name`` with one worker running ``script`` (``code``); the worker's pid,
+    and the pid the script writes into ``pid_file`` (first argument, or its own choice)."""
+    app = pikud.add_app(name, f"worker: python3 {script} {pid_file}\n", FAST)
+    (app / script).write_text(code)
+    pikud.api("POST", f"/apps/{name}/deploy")
+    worker = pikud.wait_state(name, f"{name}:worker.1", "RUNNING")["pid"]
+    path = app / pid_file
+    written = wait_for(lambda: path.exists() and path.read_text(), 5, f"{pid_file} written")
+    return worker, int(written)
+
+
 def test_double_forked_grandchild_dies_with_its_app(pikud: Pikud, tmp_path: Path) -> None:
-    app = pikud.add_app("forky", "worker: python3 daemonize.py grandchild.pid\n", FAST)
-    (app / "daemonize.py").write_text(DAEMONIZE)
-    pikud.api("POST", "/apps/forky/deploy")
-    worker = pikud.wait_state("forky", "forky:worker.1", "RUNNING")["pid"]
-    pidfile = app / "grandchild.pid"
-    grandchild = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 5, "pid file"))
+    worker, grandchild = deployed_with_pid_file(pikud, "forky", "daemonize.py", DAEMONIZE,
+                                                "grandchild.pid")
     assert alive(grandchild)
     # It left the worker's group and was orphaned: pikud, a subreaper, is now its parent.
     fields = proc_stat(grandchild)
@@ -363,12 +372,7 @@ def test_a_helper_that_left_the_session_and_the_environment_is_stopped_with_its_
     """Once the program is gone its helper is re-parented to pikud, and neither its session
     nor its environment tells whose it is: it is found below the program before the
     program's SIGTERM."""
-    app = pikud.add_app("detach", "worker: python3 detacher.py\n", FAST)
-    (app / "detacher.py").write_text(DETACHER)
-    pikud.api("POST", "/apps/detach/deploy")
-    main = pikud.wait_state("detach", "detach:worker.1", "RUNNING")["pid"]
-    pidfile = app / "helper.pid"
-    helper = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 5, "the helper's pid"))
+    main, helper = deployed_with_pid_file(pikud, "detach", "detacher.py", DETACHER, "helper.pid")
     try:
         assert helper in descendants(main)
         pikud.api("POST", "/apps/detach/stop")
