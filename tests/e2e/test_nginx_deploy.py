@@ -18,6 +18,7 @@ from tests.conftest import Pikud
 from tests.e2e.apps import WEB_APP, local_remote, push, python_app
 from tests.integration.nginx_server import NginxServer, fronted_by_nginx
 from tests.integration.test_acme import STAND_IN, served_certificate, subject_and_issuer
+from tests.integration.test_footprint import SSL_ITSELF, mapped
 from tests.nginx_master import DEADLINE
 from tests.waiting import wait_for
 
@@ -94,6 +95,12 @@ def test_push_goes_live_through_nginx_without_dropping_a_request(
     assert injected.returncode != 0 and "NGINX_SERVER_NAME" in injected.stderr
     assert (server.root / "nginx/shop.conf").read_text() == before
     assert server.request("shop.example").body == b"n2 tinypkg=42"
+
+    # Builds, sites, certificates and switches left the daemon without ssl (jinja2, which
+    # renders the sites, imports hashlib, and that maps libcrypto).
+    assert daemon.proc is not None
+    files = mapped(daemon.proc.pid)
+    assert not [name for name in files if any(part in name for part in SSL_ITSELF)]
 
 
 def test_a_first_deploy_goes_live_once_ready_and_says_what_nginx_cannot_reach(
