@@ -561,12 +561,10 @@ def start_phase(config: Config, sizes: Sizes, base: Path) -> None:
                 runs[-1]["rss_start_mib"] = rss_bytes(daemon.pid) / 2**20
             progress(f"{config.label}: spawned {runs[-1]['spawned']:.2f}s, RUNNING "
                      f"{runs[-1]['running']:.2f}s; stopping")
-        runs_before = len(runs)
-        took = run_session(config, base / f"start{rep}", sizes.start_groups,
-                           sizes.start_per_group, sizes, start)
-        if len(runs) > runs_before:
-            runs[-1]["stop"] = took
-            progress(f"{config.label}: stop took {took:.2f}s")
+        # run_session returns only once ``start`` has run: this session's entry is the last.
+        runs[-1]["stop"] = run_session(config, base / f"start{rep}", sizes.start_groups,
+                                       sizes.start_per_group, sizes, start)
+        progress(f"{config.label}: stop took {runs[-1]['stop']:.2f}s")
     for key in ("spawned", "running", "stop"):
         r[key] = statistics.median(run[key] for run in runs)
         r[key + "_all"] = [run[key] for run in runs]
