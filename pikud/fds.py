@@ -1,4 +1,5 @@
-"""The daemon's descriptors: its open-files limit, raised at start, and how many are open.
+"""The daemon's descriptors: its open-files limit, raised at start, how many are open, and
+how to duplicate a listening socket that other processes share.
 
 systemd starts a service with a soft RLIMIT_NOFILE of 1024 (FACTS.md), far
 below its hard limit; every connection, pipe and pidfd of the daemon counts
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import socket
 
 log = logging.getLogger("pikud")
 
@@ -42,3 +44,17 @@ def open_descriptors() -> int:
     a few microseconds, and no descriptor needed), else a listing of it (about 1 ms per
     1,000 descriptors)."""
     return os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd")) - 1
+
+
+def duplicate(sock: socket.socket) -> socket.socket:
+    """A second socket object on ``sock``'s open file, whose flags it leaves alone.
+
+    ``socket.dup()`` gives the copy ``sock``'s timeout, and a socket object made
+    from a descriptor (one inherited, or carried across a re-exec) has none: so
+    it clears O_NONBLOCK on the open file, which every process holding it shares.
+    The re-exec bridge accepts on the router's listener while the new image
+    starts its router on a duplicate; an accept of the bridge's in that instant
+    blocked until the next connection came, with the connection it had just
+    accepted unanswered (a client waited 20 s).
+    """
+    return socket.socket(fileno=os.dup(sock.fileno()))

@@ -29,6 +29,7 @@ from pikud.control.http import HttpServer
 from pikud.control.protocol import error, ok
 from pikud.control.request import Handler, Key, Reply, Request, Route, RouteTable, Stream, Values
 from pikud.errors import PikudError
+from pikud.fds import duplicate
 from pikud.procman.sockets import chmod_socket
 from pikud.refresh import CloudflareRefresh
 from pikud.registry import AppRegistry
@@ -142,7 +143,7 @@ class ControlServer:
         """Accept connections (again): on a duplicate, so that closing the server to stop
         accepting leaves the listener, and the connections waiting in it, alone."""
         assert self._sock is not None
-        await self.http.accept(self._sock.dup())
+        await self.http.accept(duplicate(self._sock))
 
     def fileno(self) -> int:
         assert self._sock is not None

@@ -53,13 +53,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, cast
 
-from pikud.fds import open_descriptors, open_files_limit
+from pikud.fds import duplicate, open_descriptors, open_files_limit
 from pikud.procman.children import spawn_reserve
 from pikud.settings import ConnectionLimits
 
@@ -158,12 +157,12 @@ class Connections:
         loop = asyncio.get_running_loop()
         if inherited:
             self._held = inherited
-            self._servers = [await loop.create_server(self._accept, sock=sock.dup(),
+            self._servers = [await loop.create_server(self._accept, sock=duplicate(sock),
                                                       backlog=BACKLOG) for sock in inherited]
         else:
             server = await loop.create_server(self._accept, host, port, backlog=BACKLOG)
             self._servers = [server]
-            self._held = [socket.socket(fileno=os.dup(s.fileno())) for s in server.sockets]
+            self._held = [duplicate(s) for s in server.sockets]
         limit = open_files_limit()
         self._ceiling = limit - self.limits.fd_reserve
         self._count()
@@ -363,7 +362,7 @@ class Connections:
         loop = asyncio.get_running_loop()
         try:
             for sock in self._held:
-                self._servers.append(await loop.create_server(self._accept, sock=sock.dup(),
+                self._servers.append(await loop.create_server(self._accept, sock=duplicate(sock),
                                                               backlog=BACKLOG))
         except OSError as exc:          # no descriptor for the duplicate after all
             for server in self._servers:

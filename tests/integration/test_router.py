@@ -8,17 +8,21 @@ fixture stops what it started and every wait has a deadline.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 
 import aiohttp
 import pytest
+import uvloop
 from aiohttp import web
 from yarl import URL
 
@@ -484,6 +488,40 @@ async def test_the_address_is_checked_at_start(router: Router) -> None:
     with pytest.raises(PikudError, match=f"cannot serve HTTP on 127.0.0.1:{port}: .*in use"):
         await taken.start()
     await taken.stop()                                        # harmless when never started
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop],
+                         ids=["asyncio", "uvloop"])
+def test_starting_on_a_shared_listener_never_makes_it_blocking(
+        loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    """The re-exec bridge accepts on the listener while the new image starts its router on
+    it: were the open file they share blocking for an instant, an accept of the bridge's
+    would sleep until the next connection, with one it had accepted unanswered. A probe
+    reads the file's flags at every call and return while the router starts, stops
+    accepting for a re-exec that is then refused, accepts again and stops."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    blocking_after: list[str] = []
+
+    def probe(frame: FrameType, event: str, arg: object) -> None:
+        if not fcntl.fcntl(listener.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK:
+            blocking_after.append(f"{event} {getattr(arg, '__qualname__', '')} in "
+                                  f"{frame.f_code.co_qualname}")
+
+    async def start_and_stop() -> None:
+        router = Router("127.0.0.1", 0)
+        sys.setprofile(probe)
+        try:
+            await router.start([socket.socket(fileno=os.dup(listener.fileno()))])
+            await router.drain(1)           # a refused re-exec: it stops accepting, then
+            router.resume()                 # accepts again on a new duplicate
+            assert (await raw_request(router, "GET / HTTP/1.0\r\nHost: x"))[0] == 404
+            await router.stop()
+        finally:
+            sys.setprofile(None)
+    with listener, asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(asyncio.wait_for(start_and_stop(), DEADLINE))
+    assert not blocking_after, blocking_after[:3]
 
 
 async def test_unix_sessions_are_closed_when_no_route_names_them(router: Router, backend,
