@@ -170,6 +170,7 @@ def test_install_push_upgrade_uninstall(fresh_machine: None, tmp_path: Path) -> 
 
         # Run again: an upgrade; the app keeps answering through nginx all along,
         # also while pikud may still be re-executing after the installer is done.
+        server.wait_settled()       # the push's reload is over: its old worker is gone
         with statuses_of(server, "hello.example") as statuses:
             again = install(*ports, "--host", "127.0.0.1")
             after = len(statuses)

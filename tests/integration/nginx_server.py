@@ -91,6 +91,13 @@ class NginxServer:
         """Live processes of the master's session: the master and its workers."""
         return set(self.master.processes())
 
+    def wait_settled(self) -> None:
+        """Until the workers a reload replaced have exited (they are titled "nginx: worker
+        process is shutting down"). An old worker that takes a new connection while it
+        shuts down may close it unanswered, as nginx closes idle connections on its way out."""
+        wait_for(lambda: not any("shutting down" in _title(pid) for pid in self.group()),
+                 DEADLINE, "nginx's replaced workers to exit")
+
     def stop(self) -> None:
         """Stop the master; fails if it had no processes or one had to be killed."""
         if self.proc is None:
@@ -155,6 +162,14 @@ class NginxServer:
             return check(last[0])
         wait_for(attempt, DEADLINE, what or f"{host}{path}")
         return last[0]
+
+
+def _title(pid: int) -> str:
+    """A process's title (nginx sets it over its argv), or "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager
