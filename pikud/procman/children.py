@@ -116,7 +116,11 @@ class Child:
             self.pidfd = -1
             self._exit.set_result(ExitInfo(None, None))
             return
-        readers().add(self.pidfd, self._on_exit)
+        try:
+            readers().add(self.pidfd, self._on_exit)
+        except BaseException:           # epoll_ctl failed (ENOSPC, ENOMEM): no pidfd is left
+            os.close(self.pidfd)
+            raise
 
     @classmethod
     def adopt(cls, pid: int, spawn_id: str) -> Child:
