@@ -263,9 +263,10 @@ def _forget_orphans() -> None:
 
 def own_children() -> set[int]:
     children: set[int] = set()
-    for task in Path("/proc/self/task").iterdir():
+    for task in os.listdir("/proc/self/task"):
         try:
-            children.update(int(pid) for pid in (task / "children").read_text().split())
+            children.update(int(pid) for pid in
+                            _read_proc(f"/proc/self/task/{task}/children").split())
         except OSError:
             continue
     return children
@@ -292,6 +293,21 @@ def reap_orphans() -> int:
         reaped += 1
 
 
+def _read_proc(path: str) -> bytes:
+    """A /proc file's whole content; OSError once its process is gone. Read with os.open
+    and os.read rather than open(): a stop reads several for every process it stops, and
+    a file object costs more than the read itself."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = chunk = os.read(fd, 1 << 16)
+        while chunk:
+            chunk = os.read(fd, 1 << 16)
+            data += chunk
+        return data
+    finally:
+        os.close(fd)
+
+
 def find_processes(needles: Sequence[bytes], pgid: int | None = None) -> set[int]:
     """Live pids (all of /proc) in group ``pgid`` or whose environment holds every needle.
 
@@ -313,8 +329,7 @@ def find_processes(needles: Sequence[bytes], pgid: int | None = None) -> set[int
             if pgid is not None and int(fields[2]) == pgid:
                 found.add(pid)
                 continue
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = b"\0" + f.read() + b"\0"
+            environ = b"\0" + _read_proc(f"/proc/{pid}/environ") + b"\0"
             if wanted and all(needle in environ for needle in wanted):
                 found.add(pid)
         except OSError:
@@ -325,8 +340,7 @@ def find_processes(needles: Sequence[bytes], pgid: int | None = None) -> set[int
 def stat_fields(pid: int) -> list[bytes] | None:
     """The fields of /proc/PID/stat after the command name (state first), or None."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        stat = _read_proc(f"/proc/{pid}/stat")
         fields = stat[stat.rindex(b")") + 2:].split()
     except (OSError, ValueError):
         return None
@@ -335,17 +349,13 @@ def stat_fields(pid: int) -> list[bytes] | None:
 
 def environ_has(pid: int, needle: bytes) -> bool:
     try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return b"\0" + needle + b"\0" in b"\0" + f.read() + b"\0"
+        return b"\0" + needle + b"\0" in b"\0" + _read_proc(f"/proc/{pid}/environ") + b"\0"
     except OSError:
         return False
 
 
 def descendants(pid: int) -> set[int]:
-    """``pid`` and every process below it, walking /proc/PID/task/TID/children.
-
-    Read with os.open and os.read rather than open(): a stop walks below every
-    process it stops, and a file object costs more than the read itself."""
+    """``pid`` and every process below it, walking /proc/PID/task/TID/children."""
     found, todo = set(), [pid]
     while todo:
         current = todo.pop()
@@ -354,15 +364,8 @@ def descendants(pid: int) -> set[int]:
         found.add(current)
         try:
             for task in os.listdir(f"/proc/{current}/task"):
-                fd = os.open(f"/proc/{current}/task/{task}/children", os.O_RDONLY)
-                try:
-                    data = chunk = os.read(fd, 1 << 16)
-                    while chunk:
-                        chunk = os.read(fd, 1 << 16)
-                        data += chunk
-                finally:
-                    os.close(fd)
-                todo += [int(child) for child in data.split()]
+                children = _read_proc(f"/proc/{current}/task/{task}/children")
+                todo += [int(child) for child in children.split()]
         except OSError:         # gone, or a task gone meanwhile
             continue
     return found
